@@ -1,0 +1,22 @@
+//! The Tessera daemon and its command line, as a library so that tests and
+//! benchmarks reach the same code the binary runs.
+//!
+//! The modules follow the pipeline: `weights` reads model files into one
+//! canonical naming, `onnx` builds graphs, `nets` describes each network,
+//! `engine` runs graphs on ONNX Runtime, `pipeline` turns an image into an
+//! upscaled image, `server` serves jobs over the local socket, `store` knows
+//! the data directory, and `cli` is the user's side of it all.
+
+pub mod cli;
+pub mod engine;
+pub mod nets;
+pub mod onnx;
+pub mod pipeline;
+pub mod server;
+pub mod store;
+pub mod weights;
+
+/// Returned by long work when its job was cancelled between two network calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the job was cancelled")]
+pub struct Cancelled;

@@ -1,0 +1,219 @@
+//! Framing: a little-endian `u32` payload length, then the payload, one
+//! bincode-encoded [`Message`]. Lengths are checked against the caller's
+//! maximum before anything is allocated, and payloads are read in bounded
+//! chunks so that a lying length prefix costs nothing until bytes arrive.
+
+use crate::message::Message;
+use bincode::config;
+use std::io::{self, Read, Write};
+
+/// Default largest accepted frame: 1 GiB, enough for a 16384² RGBA 8-bit
+/// image or an 8192² RGBA float one.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
+
+/// Bytes read per allocation step while a payload arrives.
+const READ_CHUNK: usize = 8 << 20;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the stream cleanly between frames.
+    #[error("the connection was closed")]
+    Closed,
+    /// The stream ended inside a frame.
+    #[error("the connection ended inside a frame ({got} of {expected} bytes)")]
+    Truncated { expected: u64, got: u64 },
+    /// The length prefix exceeds the maximum.
+    #[error("a frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge { len: u32, max: u32 },
+    /// The payload is not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// bincode's legacy configuration: little-endian, fixed-width integers.
+fn wire_config() -> config::Configuration<config::LittleEndian, config::Fixint, config::NoLimit> {
+    config::legacy()
+}
+
+/// Encodes a message as a frame payload (without the length prefix).
+pub fn encode(message: &Message) -> Vec<u8> {
+    bincode::serde::encode_to_vec(message, wire_config()).expect("encoding into a Vec cannot fail")
+}
+
+/// Decodes one frame payload. The whole payload must be consumed.
+pub fn decode(payload: &[u8]) -> Result<Message, FrameError> {
+    // bincode allocates a byte buffer or string as soon as it reads its length,
+    // before it knows whether that many bytes follow. A limit on the total
+    // claimed bytes, chosen from the payload's size, caps what a lying length
+    // can make it reserve to 16× the payload (1 MiB for small frames).
+    match payload.len() {
+        0..=0x10_0000 => decode_limited::<0x10_0000>(payload),
+        0..=0x100_0000 => decode_limited::<0x1000_0000>(payload),
+        _ => decode_limited::<{ u32::MAX as usize }>(payload),
+    }
+}
+
+fn decode_limited<const LIMIT: usize>(payload: &[u8]) -> Result<Message, FrameError> {
+    let config = wire_config().with_limit::<LIMIT>();
+    let (message, used) = bincode::serde::decode_from_slice::<Message, _>(payload, config)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::Malformed(format!(
+            "{} unexpected bytes after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(message)
+}
+
+/// Writes one frame and flushes.
+pub fn write_frame(writer: &mut impl Write, message: &Message) -> io::Result<()> {
+    let mut frame = vec![0u8; 4];
+    bincode::serde::encode_into_std_write(message, &mut frame, wire_config())
+        .map_err(io::Error::other)?;
+    let len = u32::try_from(frame.len() - 4).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "message larger than the 4 GiB frame limit",
+        )
+    })?;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    writer.write_all(&frame)?;
+    writer.flush()
+}
+
+/// Reads one frame whose payload is at most `max_bytes` long.
+pub fn read_frame(reader: &mut impl Read, max_bytes: u32) -> Result<Message, FrameError> {
+    let payload = read_payload(reader, max_bytes)?;
+    decode(&payload)
+}
+
+/// Reads one frame's payload without decoding it.
+pub fn read_payload(reader: &mut impl Read, max_bytes: u32) -> Result<Vec<u8>, FrameError> {
+    let mut prefix = [0u8; 4];
+    let got = read_full(reader, &mut prefix)?;
+    if got == 0 {
+        return Err(FrameError::Closed);
+    }
+    if got < prefix.len() {
+        return Err(FrameError::Truncated {
+            expected: 4,
+            got: got as u64,
+        });
+    }
+    let len = u32::from_le_bytes(prefix);
+    if len > max_bytes {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_bytes,
+        });
+    }
+    let len = len as usize;
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let start = payload.len();
+        payload.resize(start + (len - start).min(READ_CHUNK), 0);
+        let got = read_full(reader, &mut payload[start..])?;
+        if start + got < payload.len() {
+            return Err(FrameError::Truncated {
+                expected: 4 + len as u64,
+                got: (4 + start + got) as u64,
+            });
+        }
+    }
+    Ok(payload)
+}
+
+/// Like `read_exact`, but reports how much was read before the end of stream.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Handshake;
+
+    fn hello() -> Message {
+        Message::Handshake(Handshake {
+            protocol_version: 1,
+            agent: "test".into(),
+        })
+    }
+
+    #[test]
+    fn a_frame_round_trips() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &hello()).unwrap();
+        assert_eq!(&wire[..4], &((wire.len() - 4) as u32).to_le_bytes());
+        let back = read_frame(&mut wire.as_slice(), 1024).unwrap();
+        assert_eq!(back, hello());
+    }
+
+    #[test]
+    fn an_oversized_prefix_is_refused_before_reading_on() {
+        let wire = u32::MAX.to_le_bytes();
+        let err = read_frame(&mut wire.as_slice(), 1024).unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::TooLarge {
+                len: u32::MAX,
+                max: 1024
+            }
+        ));
+    }
+
+    #[test]
+    fn truncation_is_told_apart_from_a_clean_close() {
+        assert!(matches!(
+            read_frame(&mut [].as_slice(), 64),
+            Err(FrameError::Closed)
+        ));
+        assert!(matches!(
+            read_frame(&mut [5u8, 0].as_slice(), 64),
+            Err(FrameError::Truncated {
+                expected: 4,
+                got: 2
+            })
+        ));
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &hello()).unwrap();
+        wire.truncate(wire.len() - 1);
+        assert!(matches!(
+            read_frame(&mut wire.as_slice(), 1024),
+            Err(FrameError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_and_unknown_tags_are_malformed() {
+        let mut payload = encode(&Message::GetStatus);
+        payload.push(0);
+        assert!(matches!(decode(&payload), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode(&999u32.to_le_bytes()),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_lying_string_length_does_not_allocate_it() {
+        // Handshake tag, version, then a string that claims 2^40 bytes.
+        let mut payload = 0u32.to_le_bytes().to_vec();
+        payload.extend(1u32.to_le_bytes());
+        payload.extend((1u64 << 40).to_le_bytes());
+        assert!(matches!(decode(&payload), Err(FrameError::Malformed(_))));
+    }
+}
