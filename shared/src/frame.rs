@@ -48,10 +48,13 @@ pub fn decode(payload: &[u8]) -> Result<Message, FrameError> {
     // bincode allocates a byte buffer or string as soon as it reads its length,
     // before it knows whether that many bytes follow. A limit on the total
     // claimed bytes, chosen from the payload's size, caps what a lying length
-    // can make it reserve to 16× the payload (1 MiB for small frames).
+    // can make it reserve: 1 MiB for payloads up to 1 MiB, 256 MiB (16×) up to
+    // 16 MiB, 4 GiB beyond. Through serde, bincode claims exactly the bytes it
+    // consumes (each number, length and string/byte run once), so a valid
+    // message never exceeds its bracket's limit.
     match payload.len() {
         0..=0x10_0000 => decode_limited::<0x10_0000>(payload),
-        0..=0x100_0000 => decode_limited::<0x1000_0000>(payload),
+        0x10_0001..=0x100_0000 => decode_limited::<0x1000_0000>(payload),
         _ => decode_limited::<{ u32::MAX as usize }>(payload),
     }
 }
@@ -206,6 +209,43 @@ mod tests {
             decode(&999u32.to_le_bytes()),
             Err(FrameError::Malformed(_))
         ));
+    }
+
+    /// A `Done` whose payload is exactly `len` bytes, with several timings
+    /// (the in-memory `Vec<StageTiming>` is larger than its encoding).
+    fn done_of_len(len: usize) -> Message {
+        use crate::image::{Channels, Image, SampleFormat, Transfer};
+        use crate::message::{Done, StageTiming};
+        let mut done = Done {
+            job: 1,
+            image: Image {
+                width: 1,
+                height: 1,
+                channels: Channels::Gray,
+                sample: SampleFormat::U8,
+                transfer: Transfer::Srgb,
+                data: vec![],
+            },
+            timings: (0..8)
+                .map(|i| StageTiming {
+                    name: format!("stage {i}"),
+                    seconds: 1.0,
+                })
+                .collect(),
+        };
+        let overhead = encode(&Message::Done(done.clone())).len();
+        done.image.data = vec![7; len - overhead];
+        Message::Done(done)
+    }
+
+    #[test]
+    fn payloads_at_the_decode_limit_brackets_decode() {
+        for len in [0x10_0000, 0x10_0001, 0x100_0000, 0x100_0001] {
+            let message = done_of_len(len);
+            let payload = encode(&message);
+            assert_eq!(payload.len(), len);
+            assert_eq!(decode(&payload).unwrap(), message, "{len} bytes");
+        }
     }
 
     #[test]
