@@ -1,0 +1,113 @@
+"""Tessera's wire protocol and a blocking client for its daemon, in plain
+Python (standard library only, Python 3.8+), for the Krita and GIMP plug-ins
+and for tests.
+
+- :mod:`.messages`: the message types, mirroring the Rust crate
+  ``tessera-protocol``.
+- :mod:`.codec`: byte-exact encoding, decoding and framing.
+- :mod:`.paths`: where the daemon's socket is.
+- :mod:`.client`: :class:`Client`, which connects, shakes hands, submits
+  jobs and routes their events.
+
+The wire format is specified in ``docs/protocol.md`` and frozen by the golden
+vectors in ``shared/golden/``.
+"""
+
+from .client import Client, Job
+from .codec import (
+    decode,
+    encode,
+    encode_frame,
+    encode_parts,
+    read_frame,
+    read_payload,
+    write_frame,
+)
+from .errors import ConnectionClosed, DaemonNotRunning, ProtocolError, TesseraError
+from .messages import (
+    CONNECTION_ERRORS,
+    DEFAULT_MAX_FRAME_BYTES,
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    Accepted,
+    Cancel,
+    Channels,
+    Done,
+    Error,
+    ErrorInfo,
+    ErrorKind,
+    Failed,
+    GetStatus,
+    Handshake,
+    Image,
+    JobParams,
+    ListModels,
+    Message,
+    ModelEntry,
+    ModelKind,
+    Models,
+    Progress,
+    Rejected,
+    SampleFormat,
+    Shutdown,
+    ShuttingDown,
+    StageTiming,
+    Status,
+    Submit,
+    Transfer,
+    error_kind_name,
+)
+from .paths import DataDir, SocketAddress, data_dir, socket_address
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONNECTION_ERRORS",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "Accepted",
+    "Cancel",
+    "Channels",
+    "Client",
+    "ConnectionClosed",
+    "DaemonNotRunning",
+    "DataDir",
+    "Done",
+    "Error",
+    "ErrorInfo",
+    "ErrorKind",
+    "Failed",
+    "GetStatus",
+    "Handshake",
+    "Image",
+    "Job",
+    "JobParams",
+    "ListModels",
+    "Message",
+    "ModelEntry",
+    "ModelKind",
+    "Models",
+    "Progress",
+    "ProtocolError",
+    "Rejected",
+    "SampleFormat",
+    "Shutdown",
+    "ShuttingDown",
+    "SocketAddress",
+    "StageTiming",
+    "Status",
+    "Submit",
+    "TesseraError",
+    "Transfer",
+    "data_dir",
+    "decode",
+    "encode",
+    "encode_frame",
+    "encode_parts",
+    "error_kind_name",
+    "read_frame",
+    "read_payload",
+    "socket_address",
+    "write_frame",
+]

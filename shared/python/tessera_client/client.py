@@ -1,0 +1,504 @@
+"""A blocking client for the Tessera daemon.
+
+::
+
+    from tessera_client import Client, Image, Channels, SampleFormat, Transfer, JobParams
+
+    with Client(agent="krita-plugin 0.1.0") as client:
+        image = Image(w, h, Channels.BGRA, SampleFormat.U8, Transfer.SRGB, pixels)
+        result, timings = client.upscale(image, JobParams(scale=2), on_progress=print)
+
+One connection carries any number of jobs and requests. A background thread
+reads every frame and routes it: ``Accepted``/``Rejected`` to the submission
+with the same ``request`` number, ``Progress``/``Done``/``Failed`` to the job
+with the same ``job`` number, ``Status``/``Models``/``ShuttingDown`` to the
+oldest waiting request of that type. Callers wait in their own thread, and
+progress callbacks run there too (never on the reader thread). Writes are
+serialised by a lock, so :meth:`Client.cancel` may be called from any thread,
+e.g. a UI's Cancel button while another thread waits in :meth:`Client.upscale`.
+"""
+
+import collections
+import itertools
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+
+from . import transport
+from .codec import read_frame, write_frame
+from .errors import ConnectionClosed, ProtocolError, TesseraError
+from .messages import (
+    CONNECTION_ERRORS,
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Accepted,
+    Cancel,
+    Done,
+    Error,
+    ErrorKind,
+    Failed,
+    GetStatus,
+    Handshake,
+    Image,
+    JobParams,
+    ListModels,
+    Message,
+    ModelEntry,
+    Models,
+    Progress,
+    Rejected,
+    Shutdown,
+    ShuttingDown,
+    StageTiming,
+    Status,
+    Submit,
+)
+from .paths import SocketAddress, data_dir, socket_address
+
+__all__ = ["Client", "Job"]
+
+log = logging.getLogger("tessera_client")
+
+#: Longest accepted daemon handshake frame.
+_MAX_HANDSHAKE_BYTES = 64 * 1024
+# Marks "use the client's reply_timeout".
+_DEFAULT = object()
+
+ProgressCallback = Callable[[Progress], Any]
+
+
+class _Ended:
+    """Put on a job's event queue when the connection ends before the job."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class Job:
+    """A submitted job. ``job`` is the daemon's job number once accepted;
+    :meth:`wait` returns its ``Done`` message or raises its failure."""
+
+    def __init__(self, client: "Client", request: int) -> None:
+        self.request = request
+        #: The daemon's job number (``None`` until accepted).
+        self.job: Optional[int] = None
+        #: Jobs ahead of this one when it was accepted.
+        self.position: Optional[int] = None
+        #: The latest progress seen by :meth:`wait`.
+        self.last_progress: Optional[Progress] = None
+        self._client = client
+        self._answered = threading.Event()
+        self._refusal: Optional[BaseException] = None
+        self._events: queue.Queue = queue.Queue()
+        self._outcome: Optional[Union[Done, BaseException]] = None
+        self._cancel_requested = False
+        self._abandoned = False
+
+    def __repr__(self) -> str:
+        return f"Job(request={self.request}, job={self.job}, position={self.position})"
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`wait` has seen the job's end."""
+        return self._outcome is not None
+
+    def cancel(self) -> None:
+        """Asks the daemon to drop or stop the job (see :meth:`Client.cancel`)."""
+        self._client.cancel(self)
+
+    def wait(
+        self, on_progress: Optional[ProgressCallback] = None, timeout: Optional[float] = None
+    ) -> Done:
+        """Waits for the job's end, calling ``on_progress`` (in this thread)
+        with each :class:`Progress`. Returns the ``Done`` message; raises
+        :class:`TesseraError` for ``Failed`` (kind ``CANCELLED`` after a
+        cancel), :class:`ConnectionClosed` if the connection ends first, and
+        ``TimeoutError`` after ``timeout`` seconds (the job goes on)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._outcome is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                event = self._events.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError(f"job {self.job} did not finish within {timeout} s") from None
+            if isinstance(event, Progress):
+                self.last_progress = event
+                if on_progress is not None:
+                    on_progress(event)
+            elif isinstance(event, Done):
+                self._outcome = event
+            elif isinstance(event, Failed):
+                self._outcome = TesseraError.from_info(event.error)
+            elif isinstance(event, _Ended):
+                self._outcome = event.error
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+
+class _Waiter:
+    """One request waiting for its reply."""
+
+    def __init__(self, expect: type) -> None:
+        self.expect = expect
+        self.event = threading.Event()
+        self.reply: Optional[Message] = None
+        self.error: Optional[BaseException] = None
+
+
+class Client:
+    """A connection to the daemon, handshake done.
+
+    :param address: where the daemon listens: a :class:`SocketAddress`, a
+        socket path (or a pipe name on Windows), or ``None`` for the default of
+        :func:`~tessera_client.paths.socket_address` (``$TESSERA_SOCKET``, …).
+    :param agent: who is speaking, for the daemon's log.
+    :param data_dir: the daemon's data directory, if not the default; it
+        determines the default socket.
+    :param connect_timeout: seconds for connecting and for the handshake.
+    :param reply_timeout: default seconds to wait for ``Accepted``, ``Status``,
+        ``Models`` (without hashes) and ``ShuttingDown``; ``None`` waits forever.
+    :param max_frame_bytes: the largest frame accepted from the daemon.
+
+    Raises :class:`DaemonNotRunning` when no daemon listens,
+    :class:`TesseraError` (``VERSION_MISMATCH``) when it speaks another
+    protocol version, and ``TimeoutError`` when it does not answer.
+    """
+
+    def __init__(
+        self,
+        address: Union[SocketAddress, str, None] = None,
+        agent: str = "tessera-client",
+        data_dir: Optional[str] = None,
+        connect_timeout: Optional[float] = 10.0,
+        reply_timeout: Optional[float] = 30.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.address = _resolve_address(address, data_dir)
+        self.reply_timeout = reply_timeout
+        self.max_frame_bytes = max_frame_bytes
+        #: Errors from the daemon that answered no pending request, e.g.
+        #: ``UNKNOWN_JOB`` after cancelling a job that had just finished.
+        self.errors: Deque[Error] = collections.deque(maxlen=32)
+        self._lock = threading.Lock()  # guards the routing state below
+        self._write_lock = threading.Lock()
+        self._requests = itertools.count(1)
+        self._submissions: Dict[int, Job] = {}
+        self._jobs: Dict[int, Job] = {}
+        self._waiters: Deque[_Waiter] = collections.deque()
+        self._closed = False
+        self._failure: Optional[BaseException] = None
+        self._stopping = False
+
+        self._stream = transport.connect(self.address, connect_timeout)
+        try:
+            self._handshake(agent, connect_timeout)
+        except BaseException:
+            self._stream.close()
+            raise
+        self._reader = threading.Thread(
+            target=self._read_loop, name="tessera-client-reader", daemon=True
+        )
+        self._reader.start()
+
+    # --- Connection ---------------------------------------------------------
+
+    def _handshake(self, agent: str, timeout: Optional[float]) -> None:
+        self._stream.settimeout(timeout)
+        write_frame(self._stream, Handshake(PROTOCOL_VERSION, agent))
+        try:
+            reply = read_frame(self._stream, _MAX_HANDSHAKE_BYTES)
+        except ConnectionClosed:
+            raise ConnectionClosed(
+                f"the daemon at {self.address} closed the connection during the handshake"
+            ) from None
+        except TimeoutError:
+            raise TimeoutError(
+                f"the daemon at {self.address} did not answer the handshake within {timeout} s"
+            ) from None
+        self._stream.settimeout(None)
+        if isinstance(reply, Error):
+            raise TesseraError(reply.kind, reply.message)
+        if not isinstance(reply, Handshake):
+            raise ProtocolError(f"the daemon answered the handshake with {type(reply).__name__}")
+        if reply.protocol_version != PROTOCOL_VERSION:
+            raise TesseraError(
+                ErrorKind.VERSION_MISMATCH,
+                f"the daemon ({reply.agent}) speaks protocol version "
+                f"{reply.protocol_version} and this client version {PROTOCOL_VERSION}; "
+                "update the plug-in and the daemon to the same release",
+            )
+        #: The daemon's handshake agent, e.g. ``"tessera 0.1.0"``.
+        self.daemon_agent = reply.agent
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Closes the connection. The daemon cancels this connection's jobs;
+        threads waiting here get :class:`ConnectionClosed`."""
+        self._fail_all(ConnectionClosed("the client closed the connection"))
+        if self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _send(self, message: Message) -> None:
+        with self._write_lock:
+            if self._closed:
+                raise self._closed_error()
+            try:
+                write_frame(self._stream, message)
+            except OSError as e:
+                error = ConnectionClosed(f"the connection to the daemon broke: {e}")
+                self._fail_all(error)
+                raise error from e
+
+    def _closed_error(self) -> BaseException:
+        return self._failure or ConnectionClosed("the connection is closed")
+
+    # --- Requests -----------------------------------------------------------
+
+    def submit(
+        self,
+        image: Image,
+        params: Optional[JobParams] = None,
+        validate: bool = True,
+        timeout: Any = _DEFAULT,
+    ) -> Job:
+        """Sends an image and waits until the daemon queues it; returns the
+        :class:`Job`. Raises :class:`TesseraError` if the image is invalid
+        (checked here first unless ``validate`` is false) or the daemon
+        rejects the submission (``QUEUE_FULL``, ``MODEL_NOT_FOUND``, …)."""
+        if validate:
+            image.validate()
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            job = Job(self, next(self._requests))
+            self._submissions[job.request] = job
+        try:
+            self._send(Submit(job.request, image, params if params is not None else JobParams()))
+        except BaseException:
+            with self._lock:
+                self._submissions.pop(job.request, None)
+            raise
+        wait_for = self.reply_timeout if timeout is _DEFAULT else timeout
+        if not job._answered.wait(wait_for):
+            with self._lock:
+                answered = job._answered.is_set()
+                # An abandoned submission is cancelled as soon as it is accepted.
+                job._abandoned = not answered
+            if not answered:
+                raise TimeoutError(f"the daemon did not accept the job within {wait_for} s")
+        if job._refusal is not None:
+            raise job._refusal
+        return job
+
+    def upscale(
+        self,
+        image: Image,
+        params: Optional[JobParams] = None,
+        on_progress: Optional[ProgressCallback] = None,
+        timeout: Optional[float] = None,
+        validate: bool = True,
+    ) -> Tuple[Image, List[StageTiming]]:
+        """Submits ``image``, waits for the result and returns it with the
+        timings. ``on_progress`` is called in this thread with every
+        :class:`Progress`. If it raises, or ``timeout`` expires, or this
+        thread is interrupted, the job is cancelled and the error raised."""
+        job = self.submit(image, params, validate=validate)
+        try:
+            done = job.wait(on_progress=on_progress, timeout=timeout)
+        except BaseException:
+            if not job.finished:
+                try:
+                    self.cancel(job)
+                except (ConnectionError, OSError):
+                    pass
+            raise
+        return done.image, done.timings
+
+    def cancel(self, job: Union[Job, int, None] = None) -> None:
+        """Asks the daemon to stop a job: a :class:`Job`, a job number, or
+        ``None`` for every job of this client. Returns at once; the job then
+        ends with ``Failed`` of kind ``CANCELLED`` (or its result, if it
+        finished first). Safe to call from any thread."""
+        if isinstance(job, Job):
+            targets = [job]
+        elif job is None:
+            with self._lock:
+                targets = list(self._submissions.values()) + list(self._jobs.values())
+        else:
+            self._send(Cancel(int(job)))
+            return
+        numbers = []
+        with self._lock:
+            for target in targets:
+                target._cancel_requested = True
+                if target.job is not None and self._jobs.get(target.job) is target:
+                    numbers.append(target.job)
+        for number in numbers:
+            self._send(Cancel(number))
+
+    def _request(self, message: Message, expect: type, timeout: Optional[float]) -> Any:
+        waiter = _Waiter(expect)
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            self._waiters.append(waiter)
+        self._send(message)
+        if not waiter.event.wait(timeout):
+            # It stays queued, so that its late reply is not taken for another's.
+            raise TimeoutError(
+                f"the daemon did not answer {type(message).__name__} within {timeout} s"
+            )
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.reply
+
+    def status(self, timeout: Any = _DEFAULT) -> Status:
+        """The daemon's state: version, device, running job, queue length."""
+        return self._request(
+            GetStatus(), Status, self.reply_timeout if timeout is _DEFAULT else timeout
+        )
+
+    def list_models(self, hashes: bool = False, timeout: Any = _DEFAULT) -> List[ModelEntry]:
+        """The models in the daemon's data directory. ``hashes`` asks for
+        their SHA-256, which is slow the first time; it waits without a
+        timeout unless one is given."""
+        if timeout is _DEFAULT:
+            timeout = None if hashes else self.reply_timeout
+        reply = self._request(ListModels(hashes), Models, timeout)
+        return reply.models
+
+    def shutdown(self, timeout: Any = _DEFAULT) -> None:
+        """Asks the daemon to cancel every job and exit; returns once it has
+        acknowledged. The connection closes soon after."""
+        self._request(
+            Shutdown(), ShuttingDown, self.reply_timeout if timeout is _DEFAULT else timeout
+        )
+
+    # --- The reader thread ----------------------------------------------------
+
+    def _read_loop(self) -> None:
+        error: Optional[BaseException] = None
+        try:
+            while True:
+                message = read_frame(self._stream, self.max_frame_bytes)
+                self._route(message)
+        except ConnectionClosed:
+            pass
+        except TesseraError as e:
+            error = e
+        except OSError as e:
+            error = ConnectionClosed(f"the connection to the daemon broke: {e}")
+        except Exception as e:  # a bug here: fail loudly rather than hang
+            log.error("the tessera_client reader failed", exc_info=True)
+            error = ConnectionClosed(f"the client's reader failed: {e!r}")
+        if error is None:
+            if self._stopping:
+                error = TesseraError(ErrorKind.SHUTTING_DOWN, "the daemon shut down")
+            else:
+                error = ConnectionClosed("the daemon closed the connection")
+        self._fail_all(error)
+
+    def _route(self, message: Message) -> None:
+        to_cancel: Optional[int] = None
+        with self._lock:
+            if isinstance(message, (Progress, Done, Failed)):
+                job = self._jobs.get(message.job)
+                if job is None:
+                    log.debug("ignoring %s for job %s of no pending job", message, message.job)
+                    return
+                if not isinstance(message, Progress):
+                    del self._jobs[message.job]
+                job._events.put(message)
+            elif isinstance(message, Accepted):
+                job = self._submissions.pop(message.request, None)
+                if job is None:
+                    log.warning("cancelling job %s: no submission %s", message.job, message.request)
+                    to_cancel = message.job
+                    job = Job(self, message.request)
+                    job._abandoned = True
+                job.job = message.job
+                job.position = message.position
+                self._jobs[message.job] = job
+                if job._cancel_requested or job._abandoned:
+                    to_cancel = message.job
+                job._answered.set()
+            elif isinstance(message, Rejected):
+                job = self._submissions.pop(message.request, None)
+                if job is None:
+                    log.warning("ignoring %s: no such submission", message)
+                    return
+                job._refusal = TesseraError.from_info(message.error)
+                job._outcome = job._refusal
+                job._answered.set()
+            elif isinstance(message, (Status, Models, ShuttingDown)):
+                if isinstance(message, ShuttingDown):
+                    self._stopping = True
+                waiter = next((w for w in self._waiters if w.expect is type(message)), None)
+                if waiter is not None:
+                    self._waiters.remove(waiter)
+                    waiter.reply = message
+                    waiter.event.set()
+                elif not isinstance(message, ShuttingDown):
+                    log.warning("ignoring an unsolicited %s", type(message).__name__)
+            elif isinstance(message, Error):
+                if message.kind in CONNECTION_ERRORS:
+                    raise TesseraError(message.kind, message.message)
+                if message.kind != ErrorKind.UNKNOWN_JOB and self._waiters:
+                    waiter = self._waiters.popleft()
+                    waiter.error = TesseraError(message.kind, message.message)
+                    waiter.event.set()
+                else:
+                    log.info("daemon: %s", TesseraError(message.kind, message.message))
+                    self.errors.append(message)
+            else:
+                raise ProtocolError(f"a daemon may not send {type(message).__name__}")
+        if to_cancel is not None:
+            try:
+                self._send(Cancel(to_cancel))
+            except ConnectionError:
+                pass
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Closes the connection and hands ``error`` to everyone waiting."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._failure = error
+            submissions = list(self._submissions.values())
+            jobs = list(self._jobs.values())
+            waiters = list(self._waiters)
+            self._submissions.clear()
+            self._jobs.clear()
+            self._waiters.clear()
+        self._stream.close()
+        for job in submissions:
+            job._refusal = error
+            job._answered.set()
+        for job in jobs:
+            job._events.put(_Ended(error))
+        for waiter in waiters:
+            waiter.error = error
+            waiter.event.set()
+
+
+def _resolve_address(
+    address: Union[SocketAddress, str, None], data: Optional[str]
+) -> SocketAddress:
+    if isinstance(address, SocketAddress):
+        return address
+    if address is not None:
+        return socket_address(address)
+    return socket_address(None, data_dir(data))
