@@ -31,7 +31,6 @@ from .codec import read_frame, write_frame
 from .errors import ConnectionClosed, ProtocolError, TesseraError
 from .messages import (
     CONNECTION_ERRORS,
-    DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Accepted,
     Cancel,
@@ -61,6 +60,8 @@ __all__ = ["Client", "Job"]
 
 log = logging.getLogger("tessera_client")
 
+#: The default largest frame read from the daemon: what a ``u32`` prefix can say.
+MAX_FRAME_FROM_DAEMON = 0xFFFF_FFFF
 #: Longest accepted daemon handshake frame.
 _MAX_HANDSHAKE_BYTES = 64 * 1024
 # Marks "use the client's reply_timeout".
@@ -160,7 +161,9 @@ class Client:
     :param connect_timeout: seconds for connecting and for the handshake.
     :param reply_timeout: default seconds to wait for ``Accepted``, ``Status``,
         ``Models`` (without hashes) and ``ShuttingDown``; ``None`` waits forever.
-    :param max_frame_bytes: the largest frame accepted from the daemon.
+    :param max_frame_bytes: the largest frame accepted from the daemon; by
+        default anything the length prefix can say (4 GiB - 1), since a large
+        result may exceed the daemon's own 1 GiB limit on what it receives.
 
     Raises :class:`DaemonNotRunning` when no daemon listens,
     :class:`TesseraError` (``VERSION_MISMATCH``) when it speaks another
@@ -174,7 +177,7 @@ class Client:
         data_dir: Optional[str] = None,
         connect_timeout: Optional[float] = 10.0,
         reply_timeout: Optional[float] = 30.0,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_frame_bytes: int = MAX_FRAME_FROM_DAEMON,
     ) -> None:
         self.address = _resolve_address(address, data_dir)
         self.reply_timeout = reply_timeout

@@ -10,6 +10,7 @@ Python codec bug, fails here.
 import io
 import re
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -357,3 +358,17 @@ def test_every_message_type_error_kind_layout_and_model_kind_is_covered():
 def test_the_handshake_file_carries_this_modules_protocol_version(read_golden):
     hello = decode(read_golden("00-handshake")[4:])
     assert hello.protocol_version == PROTOCOL_VERSION
+
+
+def test_the_hex_dumps_in_the_protocol_document_match_the_golden_files(read_golden):
+    doc = Path(__file__).resolve().parents[3] / "docs" / "protocol.md"
+    text = doc.read_text(encoding="utf-8")
+    blocks = re.findall(r"<!-- golden: ([\w-]+) -->\n```text\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    for name, block in blocks:
+        pairs = []
+        for line in block.splitlines():
+            match = re.match(r"((?:[0-9a-f]{2} )*[0-9a-f]{2})(?:  |$)", line)
+            assert match, f"{name}: cannot read {line!r}"
+            pairs.append(match.group(1))
+        assert bytes.fromhex(" ".join(pairs)) == read_golden(name), name
