@@ -223,3 +223,44 @@ fn options_booleans_and_non_ascii_strings_appear() {
             .any(|c| matches!(&c.message, Message::Handshake(h) if h.agent.contains('🎨')))
     );
 }
+
+#[test]
+fn every_truncation_of_every_golden_payload_is_refused() {
+    for case in cases() {
+        let file = read_golden(&case);
+        let payload = &file[4..];
+        for cut in 0..payload.len() {
+            assert!(
+                decode(&payload[..cut]).is_err(),
+                "{}: {cut} bytes decoded",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn a_corrupted_payload_is_refused_or_re_encodes_to_itself() {
+    // Deterministic xorshift, so that a failure reproduces.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let payloads: Vec<Vec<u8>> = cases()
+        .iter()
+        .map(|c| read_golden(c)[4..].to_vec())
+        .collect();
+    for _ in 0..3000 {
+        let mut payload = payloads[next() as usize % payloads.len()].clone();
+        for _ in 0..1 + next() % 4 {
+            let at = next() as usize % payload.len();
+            payload[at] = next() as u8;
+        }
+        if let Ok(message) = decode(&payload) {
+            assert_eq!(encode(&message), payload);
+        }
+    }
+}
