@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import transport
 from .codec import read_frame, write_frame
@@ -206,6 +206,11 @@ class Client:
         )
         self._reader.start()
 
+    @classmethod
+    def connect(cls, *args: Any, **kwargs: Any) -> "Client":
+        """The same as ``Client(...)``: connects and shakes hands."""
+        return cls(*args, **kwargs)
+
     # --- Connection ---------------------------------------------------------
 
     def _handshake(self, agent: str, timeout: Optional[float]) -> None:
@@ -272,14 +277,18 @@ class Client:
     def submit(
         self,
         image: Image,
-        params: Optional[JobParams] = None,
+        params: Union[JobParams, Mapping[str, Any], None] = None,
         validate: bool = True,
         timeout: Any = _DEFAULT,
     ) -> Job:
         """Sends an image and waits until the daemon queues it; returns the
         :class:`Job`. Raises :class:`TesseraError` if the image is invalid
         (checked here first unless ``validate`` is false) or the daemon
-        rejects the submission (``QUEUE_FULL``, ``MODEL_NOT_FOUND``, …)."""
+        rejects the submission (``QUEUE_FULL``, ``MODEL_NOT_FOUND``, …).
+
+        ``params`` is a :class:`JobParams`, a mapping of its fields (e.g.
+        ``{"scale": 2.0}``), or ``None`` for the defaults."""
+        params = _job_params(params)
         if validate:
             image.validate()
         with self._lock:
@@ -288,7 +297,7 @@ class Client:
             job = Job(self, next(self._requests))
             self._submissions[job.request] = job
         try:
-            self._send(Submit(job.request, image, params if params is not None else JobParams()))
+            self._send(Submit(job.request, image, params))
         except BaseException:
             with self._lock:
                 self._submissions.pop(job.request, None)
@@ -308,7 +317,7 @@ class Client:
     def upscale(
         self,
         image: Image,
-        params: Optional[JobParams] = None,
+        params: Union[JobParams, Mapping[str, Any], None] = None,
         on_progress: Optional[ProgressCallback] = None,
         timeout: Optional[float] = None,
         validate: bool = True,
@@ -495,6 +504,14 @@ class Client:
         for waiter in waiters:
             waiter.error = error
             waiter.event.set()
+
+
+def _job_params(params: Union[JobParams, Mapping[str, Any], None]) -> JobParams:
+    if params is None:
+        return JobParams()
+    if isinstance(params, JobParams):
+        return params
+    return JobParams(**params)
 
 
 def _resolve_address(

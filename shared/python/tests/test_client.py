@@ -563,3 +563,17 @@ def test_messages_a_daemon_may_not_send_close_the_connection(fake_daemon):
     with Client(fake_daemon.address) as client:
         with pytest.raises(ProtocolError, match="may not send Submit"):
             client.status()
+
+
+def test_connect_and_params_as_a_mapping(fake_daemon):
+    def script(peer):
+        peer.handshake()
+        assert peer.expect(Submit).params == JobParams(2.0, "4x-UltraSharp")
+        peer.send(Accepted(1, 1, 0))
+        peer.send(Done(1, gray(5), []))
+        peer.wait_closed()
+
+    fake_daemon.serve(script)
+    with Client.connect(fake_daemon.address) as client:
+        image, _ = client.upscale(gray(1), {"scale": 2.0, "upscaler": "4x-UltraSharp"})
+    assert image == gray(5)
