@@ -15,7 +15,7 @@ use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use sha2::{Digest, Sha256};
 
-pub use runtime::{ENV_VARS, library_name, resolve as resolve_library};
+pub use runtime::{ENV_VARS, library_name, locate as locate_library};
 use runtime::{Runtime, one_line};
 
 /// A session shared between the cache and the networks using it.
@@ -31,10 +31,6 @@ pub struct EngineOptions {
     pub data_dir: PathBuf,
     /// Threads per session for work inside one op; default: the number of cores.
     pub intra_threads: Option<usize>,
-    /// Accelerators to try in order; the CPU is always the final fallback.
-    pub execution_providers: Vec<ExecutionProvider>,
-    /// How many warm sessions to keep.
-    pub session_cache_size: usize,
 }
 
 impl EngineOptions {
@@ -44,6 +40,22 @@ impl EngineOptions {
             ort_lib: None,
             data_dir: data_dir.into(),
             intra_threads: None,
+        }
+    }
+}
+
+/// Settings most callers leave alone (see [`Engine::with_tuning`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineTuning {
+    /// Accelerators to try in order; the CPU is always the final fallback.
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// How many warm sessions to keep.
+    pub session_cache_size: usize,
+}
+
+impl Default for EngineTuning {
+    fn default() -> EngineTuning {
+        EngineTuning {
             execution_providers: vec![ExecutionProvider::Cpu],
             session_cache_size: 4,
         }
@@ -137,6 +149,14 @@ pub struct Engine {
 impl Engine {
     /// Loads ONNX Runtime (once per process) and prepares the session cache.
     pub fn new(options: EngineOptions) -> Result<Engine, EngineError> {
+        Engine::with_tuning(options, EngineTuning::default())
+    }
+
+    /// [`Engine::new`] with explicit execution providers and cache size.
+    pub fn with_tuning(
+        options: EngineOptions,
+        tuning: EngineTuning,
+    ) -> Result<Engine, EngineError> {
         let runtime = runtime::load(options.ort_lib.as_deref(), &options.data_dir)?;
         let threads = options
             .intra_threads
@@ -145,8 +165,8 @@ impl Engine {
         Ok(Engine {
             runtime,
             threads,
-            providers: options.execution_providers,
-            cache: Mutex::new(SessionCache::new(options.session_cache_size.max(1))),
+            providers: tuning.execution_providers,
+            cache: Mutex::new(SessionCache::new(tuning.session_cache_size.max(1))),
         })
     }
 

@@ -30,9 +30,9 @@ pub(crate) struct Runtime {
 /// The one runtime of this process (ONNX Runtime allows one environment per process).
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
 
-/// Finds the library (see [`resolve`]), then loads it unless this process already has.
+/// Finds the library (see [`locate`]), then loads it unless this process already has.
 pub(crate) fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<Arc<Runtime>, EngineError> {
-    let path = resolve(explicit, data_dir)?;
+    let path = locate(explicit, data_dir)?;
     let mut slot = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(runtime) = slot.as_ref() {
         if same_file(&runtime.path, &path) {
@@ -61,7 +61,7 @@ pub(crate) fn loaded_path() -> Option<PathBuf> {
 /// else the newest matching library under `<data dir>/runtime/`. A path that names a folder is
 /// searched like `runtime/`. A path given explicitly (argument or variable) that does not
 /// exist is an error, not a reason to look elsewhere.
-pub fn resolve(explicit: Option<&Path>, data_dir: &Path) -> Result<PathBuf, EngineError> {
+pub fn locate(explicit: Option<&Path>, data_dir: &Path) -> Result<PathBuf, EngineError> {
     let from_env = ENV_VARS.iter().find_map(|v| {
         std::env::var_os(v)
             .filter(|s| !s.is_empty())
@@ -163,7 +163,7 @@ fn init(path: &Path) -> Result<Runtime, EngineError> {
     let library = unsafe { libloading::Library::new(path) }.map_err(|e| {
         unusable(format!(
             "not a loadable library ({})",
-            one_line(&e.to_string())
+            one_line(&error_chain(&e))
         ))
     })?;
     let version = {
@@ -228,6 +228,18 @@ fn init(path: &Path) -> Result<Runtime, EngineError> {
         version,
         _library: library,
     })
+}
+
+/// An error and its sources, joined (libloading keeps dlerror's text in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Error texts from C libraries may span lines; the CLI prints ours on one.

@@ -277,13 +277,20 @@ fn conv(g: &mut Graph, x: &Value, w: &Scope<ExternalTensor>) -> Result<Value, We
 /// Why an upscale did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum EsrganError {
-    #[error(transparent)]
-    Cancelled(#[from] Cancelled),
+    /// The progress callback asked to stop.
+    #[error("the job was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Runtime(#[from] EngineError),
     /// The image or tiling cannot be processed (empty image, not 3 channels).
     #[error("cannot upscale: {0}")]
     InvalidInput(String),
+}
+
+impl From<Cancelled> for EsrganError {
+    fn from(_: Cancelled) -> EsrganError {
+        EsrganError::Cancelled
+    }
 }
 
 /// A loaded ESRGAN model with its warm session.

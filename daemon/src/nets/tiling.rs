@@ -45,6 +45,7 @@ pub struct Span {
 /// sum to one at every output pixel.
 pub fn plan_axis(size: usize, tiling: Tiling, align: usize, scale: usize) -> Vec<Span> {
     let align = align.max(1);
+    debug_assert_eq!(size % align, 0, "pad the image to a multiple of the alignment first");
     let tile = (tiling.tile / align * align).max(align).min(size);
     let starts = place(
         size,
@@ -155,7 +156,7 @@ mod tests {
         for (size, tile, overlap, align) in [
             (137, 40, 30, 1),
             (200, 64, 8, 4),
-            (121, 24, 20, 2),
+            (122, 24, 20, 2),
             (33, 16, 15, 1),
         ] {
             let tiling = Tiling { tile, overlap };
