@@ -45,7 +45,11 @@ pub struct Span {
 /// sum to one at every output pixel.
 pub fn plan_axis(size: usize, tiling: Tiling, align: usize, scale: usize) -> Vec<Span> {
     let align = align.max(1);
-    debug_assert_eq!(size % align, 0, "pad the image to a multiple of the alignment first");
+    debug_assert_eq!(
+        size % align,
+        0,
+        "pad the image to a multiple of the alignment first"
+    );
     let tile = (tiling.tile / align * align).max(align).min(size);
     let starts = place(
         size,

@@ -235,7 +235,7 @@ impl Graph {
         beta: &Value,
         epsilon: f32,
     ) -> Value {
-        debug_assert!(groups > 0 && channels % groups == 0);
+        debug_assert!(groups > 0 && channels.is_multiple_of(groups));
         let original_shape = self.shape(x);
         let grouped = self.reshape(x, &[0, groups as i64, -1]);
         let ones = self.floats(&vec![1.0; groups]);

@@ -50,6 +50,9 @@ impl Layout {
     }
 }
 
+/// Maps a key of the file to its canonical name (`None`: not part of the layout).
+type Renamer<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
 /// Recognises the layout of `source` and renames its tensors to the canonical names.
 pub fn canonicalize(
     source: &SourceFile,
@@ -84,7 +87,7 @@ pub fn canonicalize(
         )));
     };
 
-    let rename: Box<dyn Fn(&str) -> Option<String>> = match layout {
+    let rename: Renamer<'_> = match layout {
         Layout::OldArch => Box::new(
             old_arch_renamer(tensors).map_err(|e| unknown(format!("{e} (old-arch layout)")))?,
         ),
@@ -200,7 +203,7 @@ fn old_arch_renamer(
                     "conv_last".to_owned()
                 } else if n == last - 2 {
                     "conv_hr".to_owned()
-                } else if n % 3 == 0 && (1..=ups).contains(&(n / 3)) {
+                } else if n.is_multiple_of(3) && (1..=ups).contains(&(n / 3)) {
                     format!("conv_up{}", n / 3)
                 } else {
                     return None;

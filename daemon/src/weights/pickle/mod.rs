@@ -516,7 +516,7 @@ fn empty_stack() -> PickleError {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, PickleError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return invalid("odd number of items for a dict");
     }
     Ok(items.chunks(2).map(|c| (c[0], c[1])).collect())
