@@ -186,3 +186,48 @@ fn real_esrgan_pth_uses_the_ema_weights() {
             .is_f32_in_place()
     );
 }
+
+/// Random byte corruptions and truncations of real files give errors or (rarely) a model,
+/// never a panic. A cheap stand-in until the proper fuzzer exists.
+#[test]
+fn corrupted_files_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for name in [
+        "tiny-x4-old.pth",
+        "tiny-x4-realesrgan.pth",
+        "tiny-x4.safetensors",
+    ] {
+        let good = std::fs::read(fixture(name)).unwrap();
+        let path = dir.path().join(name);
+        for round in 0..150 {
+            let mut bytes = good.clone();
+            if round % 3 == 0 {
+                bytes.truncate((next() % good.len() as u64) as usize);
+            } else {
+                // Hit the header / pickle region most of the time: that is where parsing happens.
+                let span = if round % 2 == 0 {
+                    4096.min(bytes.len())
+                } else {
+                    bytes.len()
+                };
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() % span as u64) as usize;
+                    bytes[at] = next() as u8;
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(source) = SourceFile::open(&path)
+                && let Ok((canonical, layout)) = canonicalize(&source)
+            {
+                let _ = tessera::nets::esrgan::EsrganConfig::infer(&canonical, layout);
+            }
+        }
+    }
+}
