@@ -35,19 +35,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Upscale {
             input,
             output,
-            scale,
-            model,
+            job,
             no_start,
-        } => upscale(
-            &target,
-            &input,
-            &output,
-            JobParams {
-                scale,
-                upscaler: model,
-            },
-            no_start,
-        ),
+        } => upscale(&target, &input, &output, job.to_params(), no_start),
         Command::Status => status(&target),
         Command::Stop => stop(&target),
         Command::Models {

@@ -7,6 +7,7 @@ mod commands;
 pub mod imagefile;
 mod launch;
 pub mod logging;
+pub mod params;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -45,15 +46,11 @@ pub enum Command {
     Upscale {
         /// Input image: PNG, JPEG, WebP or TIFF, 8 or 16 bits
         input: PathBuf,
-        /// Output image; the extension picks the format
+        /// Output image; the extension picks the format (png, jpg, webp, tif)
         #[arg(short, long)]
         output: PathBuf,
-        /// Output size ÷ input size, 1 to 16
-        #[arg(long, default_value_t = 4.0)]
-        scale: f32,
-        /// Upscaler in the data directory's models/upscalers/, with or without extension
-        #[arg(long, value_name = "NAME")]
-        model: Option<String>,
+        #[command(flatten)]
+        job: Box<params::JobArgs>,
         /// Fail instead of starting a daemon when none is running
         #[arg(long)]
         no_start: bool,

@@ -42,6 +42,7 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
         runtime: engine.runtime_description(),
         device: engine.device_description(),
         data_dir: dir.root().display().to_string(),
+        sessions: None,
     };
     tracing::info!(
         "tessera {} using {} on {}",

@@ -99,6 +99,7 @@ mod tests {
             tile: 1,
             tiles: 1,
             fraction,
+            eta_seconds: None,
         })
     }
 

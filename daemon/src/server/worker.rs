@@ -34,6 +34,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             client,
             cancel: &cancel,
             fraction: 0.0,
+            origin: None,
         };
         let outcome =
             panic::catch_unwind(AssertUnwindSafe(|| runner.run(image, &params, &mut sink)));
@@ -85,6 +86,19 @@ struct JobProgress<'a> {
     client: u64,
     cancel: &'a AtomicBool,
     fraction: f32,
+    /// When and at what fraction the first report came: the ETA extrapolates the rate since
+    /// then, so model loading before it does not count as work.
+    origin: Option<(Instant, f32)>,
+}
+
+impl JobProgress<'_> {
+    /// Seconds left at the average rate since the first report; `None` until there is one.
+    fn eta(&mut self) -> Option<f32> {
+        let (start, from) = *self.origin.get_or_insert((Instant::now(), self.fraction));
+        let done = self.fraction - from;
+        let elapsed = start.elapsed().as_secs_f32();
+        (done > 1e-3 && elapsed > 0.05).then(|| elapsed * (1.0 - self.fraction) / done)
+    }
 }
 
 impl ProgressSink for JobProgress<'_> {
@@ -95,6 +109,7 @@ impl ProgressSink for JobProgress<'_> {
         // Clients draw bars: never let them go backwards.
         self.fraction = self.fraction.max(step.fraction.clamp(0.0, 1.0));
         self.hub.set_fraction(self.job, self.fraction);
+        let eta_seconds = self.eta();
         if let Some(outbox) = self.hub.outbox_of(self.client) {
             outbox.send(Message::Progress(Progress {
                 job: self.job,
@@ -106,6 +121,7 @@ impl ProgressSink for JobProgress<'_> {
                 tile: step.tile,
                 tiles: step.tiles,
                 fraction: self.fraction,
+                eta_seconds,
             }));
         }
         Ok(())
