@@ -62,7 +62,7 @@ fn resolve_model(
     })
 }
 
-fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), ErrorInfo> {
+pub fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), ErrorInfo> {
     let limits = &config.limits;
     image
         .validate(limits.max_input_pixels)
@@ -79,6 +79,7 @@ fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), E
             ),
         ));
     }
+    crate::pipeline::clarity::params::validate(params)?;
     let (width, height) = output_size(image.width, image.height, params.scale);
     let pixels = width * height;
     let bytes = pixels * image.pixel_bytes() as u64;
@@ -100,6 +101,9 @@ fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), E
 impl JobChecker for Checker {
     fn check(&self, image: &Image, params: &JobParams) -> Result<(), ErrorInfo> {
         check_job(&self.config, image, params)?;
+        if params.diffuses() {
+            crate::pipeline::clarity::params::resolve_sd(&self.data_dir, &self.config, params)?;
+        }
         self.model(params).map(|_| ())
     }
 }
@@ -306,10 +310,7 @@ mod tests {
             transfer: tessera_protocol::Transfer::Srgb,
             data: vec![0; len],
         };
-        let params = |scale| JobParams {
-            scale,
-            upscaler: None,
-        };
+        let params = |scale| JobParams::upscaler_only(scale, None);
         assert_eq!(
             check_job(&config, &image(2, 2, 11), &params(4.0))
                 .unwrap_err()

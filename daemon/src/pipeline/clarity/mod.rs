@@ -1,0 +1,7 @@
+//! The Clarity pipeline: an image through ×2 stages of upscale → VAE encode → MultiDiffusion
+//! with ControlNet tile → VAE decode, by Clarity's rules or (preset) Refiners'.
+
+pub mod control;
+pub mod params;
+pub mod stages;
+pub mod tiles;
