@@ -2,6 +2,9 @@
 //! with ControlNet tile → VAE decode, by Clarity's rules or (preset) Refiners'.
 
 pub mod control;
+pub mod denoise;
+pub mod nets;
 pub mod params;
 pub mod stages;
 pub mod tiles;
+pub mod vae;
