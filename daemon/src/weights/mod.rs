@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 pub use map::{Scope, TensorMap};
 pub use source::{Format, SourceFile, SourceTensor};
-pub use store::{Weights, materialize};
+pub use store::{Weights, materialize, materialize_as};
 
 /// Element types found in weight files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,5 +1,5 @@
-//! Placing canonical weights where ONNX Runtime can map them: one f32 `.safetensors` file in
-//! one folder, referenced by external-data entries.
+//! Placing canonical weights where ONNX Runtime can map them: one f32 (or, for half-precision
+//! graphs, f16) `.safetensors` file in one folder, referenced by external-data entries.
 //!
 //! An f32 `.safetensors` source is used in place (no copy at all). Anything else is converted
 //! once into `<cache dir>/<network>-<key>.safetensors`, written to a temporary file and renamed
@@ -68,16 +68,46 @@ pub fn materialize(
     cache_dir: &Path,
     network: &str,
 ) -> Result<Weights, WeightsError> {
-    if source.format() == Format::Safetensors && canonical.iter().all(|(_, t)| t.is_f32_in_place())
+    materialize_as(source, canonical, cache_dir, network, DType::F32)
+}
+
+/// [`materialize`] with the weights stored as `dtype`: F32 for the CPU graphs, F16 for the
+/// half-precision graphs of GPU execution providers. A `.safetensors` source already in that
+/// dtype is used in place; anything else is converted once into the cache (f16 by rounding to
+/// nearest).
+pub fn materialize_as(
+    source: &SourceFile,
+    canonical: &TensorMap<SourceTensor>,
+    cache_dir: &Path,
+    network: &str,
+    dtype: DType,
+) -> Result<Weights, WeightsError> {
+    let elem_type = match dtype {
+        DType::F32 => ElemType::F32,
+        DType::F16 => ElemType::F16,
+        other => {
+            return Err(WeightsError::Unsupported {
+                path: source.path().to_owned(),
+                reason: format!("graph weights in {other:?}"),
+            });
+        }
+    };
+    if source.format() == Format::Safetensors
+        && canonical.iter().all(|(_, t)| t.is_in_place_as(dtype))
     {
-        return in_place(source, canonical);
+        return in_place(source, canonical, elem_type);
     }
-    convert(source, canonical, cache_dir, network)
+    let network = match dtype {
+        DType::F32 => network.to_owned(),
+        _ => format!("{network}-{}", dtype.safetensors_name().to_lowercase()),
+    };
+    convert(source, canonical, cache_dir, &network, dtype, elem_type)
 }
 
 fn in_place(
     source: &SourceFile,
     canonical: &TensorMap<SourceTensor>,
+    elem_type: ElemType,
 ) -> Result<Weights, WeightsError> {
     let path = source.path();
     let absolute = std::path::absolute(path).map_err(|e| WeightsError::io(path, e))?;
@@ -92,7 +122,14 @@ fn in_place(
     };
     let tensors = canonical.try_map(|canonical_name, t| {
         let (offset, length) = t.file_range().expect("in-place tensors are contiguous");
-        Ok::<_, WeightsError>(external(canonical_name, &t.shape, name, offset, length))
+        Ok::<_, WeightsError>(external(
+            canonical_name,
+            &t.shape,
+            elem_type,
+            name,
+            offset,
+            length,
+        ))
     })?;
     Ok(Weights {
         folder: folder.to_owned(),
@@ -107,6 +144,8 @@ fn convert(
     canonical: &TensorMap<SourceTensor>,
     cache_dir: &Path,
     network: &str,
+    dtype: DType,
+    elem_type: ElemType,
 ) -> Result<Weights, WeightsError> {
     let cache_error = |path: &Path, source: std::io::Error| WeightsError::Cache {
         path: path.to_owned(),
@@ -126,14 +165,15 @@ fn convert(
     let file_name = format!("{network}-{}.safetensors", &hex(&key.finalize())[..24]);
     let path = cache_dir.join(&file_name);
 
-    if let Some(weights) = reuse(&path, &file_name, canonical)? {
+    if let Some(weights) = reuse(&path, &file_name, canonical, dtype, elem_type)? {
         return Ok(weights);
     }
 
     tracing::info!(
         source = %source.path().display(),
         cache = %path.display(),
-        "converting weights to f32 safetensors"
+        dtype = dtype.safetensors_name(),
+        "converting weights to safetensors"
     );
     let order: Vec<(String, Vec<usize>)> = canonical
         .iter()
@@ -159,7 +199,7 @@ fn convert(
         .as_file()
         .try_clone()
         .map_err(|e| cache_error(tmp.path(), e))?;
-    let mut writer = F32Writer::new(BufWriter::new(file), &order, &metadata)
+    let mut writer = F32Writer::with_dtype(BufWriter::new(file), &order, &metadata, dtype)
         .map_err(|e| cache_error(tmp.path(), e))?;
     let mut reader = source.reader()?;
     for (name, t) in canonical.iter() {
@@ -175,20 +215,22 @@ fn convert(
         .map_err(|e| cache_error(tmp.path(), e))?;
     if let Err(e) = tmp.persist(&path) {
         // Another process may have finished the same conversion first; its file is as good.
-        if let Some(weights) = reuse(&path, &file_name, canonical)? {
+        if let Some(weights) = reuse(&path, &file_name, canonical, dtype, elem_type)? {
             return Ok(weights);
         }
         return Err(cache_error(&path, e.error));
     }
-    reuse(&path, &file_name, canonical)?
+    reuse(&path, &file_name, canonical, dtype, elem_type)?
         .ok_or_else(|| WeightsError::corrupt(&path, "the converted file does not read back"))
 }
 
-/// The cache file's weights if it exists and holds exactly the expected f32 tensors.
+/// The cache file's weights if it exists and holds exactly the expected tensors in `dtype`.
 fn reuse(
     path: &Path,
     file_name: &str,
     canonical: &TensorMap<SourceTensor>,
+    dtype: DType,
+    elem_type: ElemType,
 ) -> Result<Option<Weights>, WeightsError> {
     let Ok(mut file) = File::open(path) else {
         return Ok(None);
@@ -203,14 +245,13 @@ fn reuse(
     };
     let mut tensors = TensorMap::new();
     for e in header.entries {
-        let fits =
-            canonical.get(&e.name).is_some_and(|t| t.shape == e.shape) && e.dtype == DType::F32;
+        let fits = canonical.get(&e.name).is_some_and(|t| t.shape == e.shape) && e.dtype == dtype;
         if !fits {
             return Ok(None);
         }
         tensors.insert(
             e.name.clone(),
-            external(&e.name, &e.shape, file_name, e.offset, e.len),
+            external(&e.name, &e.shape, elem_type, file_name, e.offset, e.len),
         );
     }
     if tensors.len() != canonical.len() {
@@ -230,13 +271,14 @@ fn reuse(
 fn external(
     name: &str,
     shape: &[usize],
+    elem_type: ElemType,
     location: &str,
     offset: u64,
     length: u64,
 ) -> ExternalTensor {
     ExternalTensor {
         name: name.to_owned(),
-        elem_type: ElemType::F32,
+        elem_type,
         dims: shape.iter().map(|&d| d as i64).collect(),
         location: location.to_owned(),
         offset,
