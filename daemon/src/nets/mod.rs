@@ -4,11 +4,32 @@
 //! `crate::onnx`, and runs it through `crate::engine`. Foreign key layouts never reach this
 //! code: `crate::weights` translates them first.
 
+pub mod clip;
 pub mod esrgan;
 pub mod tiling;
 
 use crate::engine::EngineError;
+use crate::onnx::ElemType;
 use crate::weights::WeightsError;
+
+/// The element type a graph computes in: f32 for the CPU execution provider (f16 is no faster
+/// there, `shared/reference/ort-notes.md` §4), f16 for GPU execution providers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    /// The ONNX element type of the graph's weights and activations.
+    pub fn elem_type(self) -> ElemType {
+        match self {
+            Precision::F32 => ElemType::F32,
+            Precision::F16 => ElemType::F16,
+        }
+    }
+}
 
 /// Why a model could not be loaded. The caller can tell apart a file it could not read, a file
 /// that is not a usable model (corrupt, unsupported, refused pickle), and a runtime failure.
