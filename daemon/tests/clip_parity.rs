@@ -295,6 +295,11 @@ fn refusals_say_why() {
         assert!(matches!(e, WeightsError::UnknownLayout { .. }), "{e}");
         assert!(e.to_string().contains(says), "{e}");
     }
+    let e = TextualInversion::load(&fixture("old-module.pt")).unwrap_err();
+    assert!(
+        matches!(&e, WeightsError::ForeignGlobal { global, .. } if global.contains("ParameterDict")),
+        "{e}"
+    );
     // An embedding file is not a text encoder, and an ESRGAN is not one either.
     for file in [
         fixture("tiny-neg.pt"),
