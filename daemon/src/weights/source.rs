@@ -34,15 +34,16 @@ impl SourceTensor {
         self.shape.iter().product()
     }
 
+    /// Whether the bytes are `dtype`, contiguous, directly in the file (so ONNX Runtime can
+    /// map them in place for a graph computing in `dtype`).
+    pub fn is_in_place_as(&self, dtype: DType) -> bool {
+        self.dtype == dtype && matches!(self.data, DataRef::Contiguous { .. })
+    }
+
     /// Whether the bytes are f32, contiguous, directly in the file, so ONNX Runtime can map
     /// them in place.
     pub fn is_f32_in_place(&self) -> bool {
-        self.is_in_place_as(DType::F32)
-    }
-
-    /// Whether the bytes are `dtype`, contiguous, directly in the file.
-    pub fn is_in_place_as(&self, dtype: DType) -> bool {
-        self.dtype == dtype && matches!(self.data, DataRef::Contiguous { .. })
+        self.dtype == DType::F32 && matches!(self.data, DataRef::Contiguous { .. })
     }
 
     /// `(absolute byte offset, byte length)` when the data is contiguous in the file.
