@@ -341,3 +341,36 @@ fn refusals_say_why() {
     );
     assert!(enc.encode(Array2::zeros((1, 5)).view()).is_err());
 }
+
+/// A patch (how fused LoRAs arrive) reaches the graph: doubling the final layer norm's gain and
+/// bias doubles the output exactly.
+#[test]
+fn patches_are_applied_to_canonical_tensors() {
+    struct DoubleFinalNorm;
+    impl tessera::weights::Patch for DoubleFinalNorm {
+        fn fingerprint(&self) -> String {
+            "double-final-norm".into()
+        }
+        fn apply(&self, name: &str, _: &[usize], data: &mut [f32]) -> Result<(), WeightsError> {
+            if name.starts_with("text_model.final_layer_norm.") {
+                data.iter_mut().for_each(|v| *v *= 2.0);
+            }
+            Ok(())
+        }
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let options = ClipOptions::default();
+    let compiled = clip::compile_patched(
+        &fixture("tiny-sd"),
+        &[],
+        &options,
+        cache.path(),
+        Some(&DoubleFinalNorm),
+    )
+    .unwrap();
+    assert!(compiled.model.weight_files[0].starts_with(std::path::absolute(cache.path()).unwrap()));
+    let mut enc = TextEncoder::from_compiled(common::engine(), compiled).unwrap();
+    let last = enc.encode(reference_ids("ids").view()).unwrap();
+    let err = max_diff(&last.into_dyn(), &(reference("tiny-sd.last") * 2.0));
+    assert!(err < 2.0 * TOLERANCE, "{err}");
+}

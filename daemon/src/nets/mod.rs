@@ -9,11 +9,11 @@ pub mod esrgan;
 pub mod tiling;
 
 use crate::engine::EngineError;
-use crate::onnx::ElemType;
-use crate::weights::WeightsError;
+use crate::weights::{WeightType, WeightsError};
 
-/// The element type a graph computes in: f32 for the CPU execution provider (f16 is no faster
-/// there, `shared/reference/ort-notes.md` §4), f16 for GPU execution providers.
+/// The precision of a compiled graph's weights and arithmetic: f32 for the CPU execution
+/// provider (f16 is no faster there, `shared/reference/ort-notes.md` §4), f16 for GPU
+/// execution providers. Graphs keep f32 inputs and outputs either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
     #[default]
@@ -22,11 +22,19 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The ONNX element type of the graph's weights and activations.
-    pub fn elem_type(self) -> ElemType {
+    /// How the weights are stored (and so the element type the graph computes in).
+    pub fn weight_type(self) -> WeightType {
         match self {
-            Precision::F32 => ElemType::F32,
-            Precision::F16 => ElemType::F16,
+            Precision::F32 => WeightType::F32,
+            Precision::F16 => WeightType::F16,
+        }
+    }
+
+    /// `""` or `"-fp16"`, for file and cache names.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Precision::F32 => "",
+            Precision::F16 => "-fp16",
         }
     }
 }

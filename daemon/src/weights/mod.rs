@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 pub use map::{Scope, TensorMap};
 pub use source::{Format, SourceFile, SourceTensor};
-pub use store::{Weights, materialize, materialize_as};
+pub use store::{Patch, Target, WeightType, Weights, materialize, materialize_as};
 
 /// Element types found in weight files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

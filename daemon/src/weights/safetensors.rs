@@ -115,9 +115,8 @@ pub(crate) fn read_header(
     Ok(Header { entries, raw })
 }
 
-/// Writes an f32 (or f16, see [`F32Writer::with_dtype`]) safetensors file, header first, then
-/// each tensor in the declared order, so a multi-gigabyte conversion never holds more than one
-/// tensor in memory.
+/// Writes an f32 (or f16) safetensors file, header first, then each tensor in the declared
+/// order, so a multi-gigabyte conversion never holds more than one tensor in memory.
 pub(crate) struct F32Writer<W: Write> {
     out: W,
     pending: std::vec::IntoIter<(String, usize)>,
@@ -125,18 +124,25 @@ pub(crate) struct F32Writer<W: Write> {
 }
 
 impl<W: Write> F32Writer<W> {
-    /// Writes the header for `tensors` (name, shape), in that order, for data stored as `dtype`
-    /// (F32, or F16: the f32 input is rounded to nearest).
+    /// Writes the header for `tensors` (name, shape), in that order, all f32.
+    #[cfg(test)]
+    pub fn new(
+        out: W,
+        tensors: &[(String, Vec<usize>)],
+        metadata: &BTreeMap<String, String>,
+    ) -> std::io::Result<Self> {
+        Self::with_dtype(out, tensors, metadata, DType::F32)
+    }
+
+    /// The same with every tensor stored as `dtype` (F32 or F16); data is still given as f32.
     pub fn with_dtype(
         mut out: W,
         tensors: &[(String, Vec<usize>)],
         metadata: &BTreeMap<String, String>,
         dtype: DType,
     ) -> std::io::Result<Self> {
-        assert!(
-            matches!(dtype, DType::F32 | DType::F16),
-            "only f32 and f16 files are written"
-        );
+        assert!(matches!(dtype, DType::F32 | DType::F16));
+        let size = dtype.size() as u64;
         let mut header = serde_json::Map::new();
         if !metadata.is_empty() {
             header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
@@ -145,7 +151,7 @@ impl<W: Write> F32Writer<W> {
         let mut pending = Vec::with_capacity(tensors.len());
         for (name, shape) in tensors {
             let numel: usize = shape.iter().product();
-            let end = offset + (dtype.size() * numel) as u64;
+            let end = offset + size * numel as u64;
             header.insert(
                 name.clone(),
                 serde_json::json!({"dtype": dtype.safetensors_name(), "shape": shape, "data_offsets": [offset, end]}),
@@ -210,16 +216,12 @@ mod tests {
         let path = dir.path().join("w.safetensors");
         let tensors = vec![("b".to_owned(), vec![2]), ("a".to_owned(), vec![2, 3])];
         let meta = BTreeMap::from([("format".to_owned(), "pt".to_owned())]);
-        let mut w =
-            F32Writer::with_dtype(File::create(&path).unwrap(), &tensors, &meta, DType::F32)
-                .unwrap();
+        let mut w = F32Writer::new(File::create(&path).unwrap(), &tensors, &meta).unwrap();
         w.write_next("b", &[1.0, 2.0]).unwrap();
         assert!(w.write_next("x", &[0.0; 6]).is_err(), "order is enforced");
         let dir2 = tempfile::tempdir().unwrap();
         let path2 = dir2.path().join("w.safetensors");
-        let mut w =
-            F32Writer::with_dtype(File::create(&path2).unwrap(), &tensors, &meta, DType::F32)
-                .unwrap();
+        let mut w = F32Writer::new(File::create(&path2).unwrap(), &tensors, &meta).unwrap();
         w.write_next("b", &[1.0, 2.0]).unwrap();
         w.write_next("a", &[0.5; 6]).unwrap();
         w.finish().unwrap();

@@ -7,10 +7,10 @@ use ndarray::{Array2, Array3, ArrayView2};
 
 use super::{ClipConfig, ClipOptions, build_graph};
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
-use crate::nets::{ModelError, Precision};
+use crate::nets::ModelError;
 use crate::weights::clip_keys;
 use crate::weights::embedding::TextualInversion;
-use crate::weights::{self, DType, SourceFile, SourceTensor, TensorMap, WeightsError};
+use crate::weights::{self, Patch, SourceFile, SourceTensor, TensorMap, WeightsError};
 
 /// A textual-inversion embedding's place in the compiled graph's vocabulary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,12 +90,26 @@ pub fn compile(
     options: &ClipOptions,
     cache_dir: &Path,
 ) -> Result<CompiledTextEncoder, ModelError> {
+    compile_patched(model, embeddings, options, cache_dir, None)
+}
+
+/// [`compile`] with `patch` (the fused `lora_te_*` LoRAs) applied to the canonical
+/// `text_model.*` tensors while they are written into `cache_dir`; the cache entry is keyed by
+/// the patch's fingerprint, so the same LoRAs and multipliers reuse it.
+pub fn compile_patched(
+    model: &Path,
+    embeddings: &[TextualInversion],
+    options: &ClipOptions,
+    cache_dir: &Path,
+    patch: Option<&dyn Patch>,
+) -> Result<CompiledTextEncoder, ModelError> {
     let (source, canonical, config) = open(model)?;
-    let dtype = match options.precision {
-        Precision::F32 => DType::F32,
-        Precision::F16 => DType::F16,
+    let target = weights::Target {
+        network: "clip",
+        weight_type: options.precision.weight_type(),
+        patch,
     };
-    let weights = weights::materialize_as(&source, &canonical, cache_dir, "clip", dtype)?;
+    let weights = weights::materialize_as(&source, &canonical, cache_dir, target)?;
     let name = model
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());

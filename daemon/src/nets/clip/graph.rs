@@ -28,7 +28,7 @@ pub fn build_graph(
             ),
         });
     }
-    let dtype = options.precision.elem_type();
+    let dtype = options.precision.weight_type().elem();
     let mut b = Builder {
         g: Graph::new("clip_text_encoder"),
         dtype,

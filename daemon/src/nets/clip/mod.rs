@@ -39,7 +39,8 @@ mod encoder;
 mod graph;
 
 pub use encoder::{
-    CompiledTextEncoder, EmbeddingSlot, TextEncoder, compile, compile_weights, embedding_rows, open,
+    CompiledTextEncoder, EmbeddingSlot, TextEncoder, compile, compile_patched, compile_weights,
+    embedding_rows, open,
 };
 pub use graph::build_graph;
 
