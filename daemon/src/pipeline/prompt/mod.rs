@@ -53,7 +53,10 @@ impl PromptParser {
         let tokenizer = ClipTokenizer::new();
         let mut words: Vec<EmbeddingWord> = embeddings
             .iter()
-            .map(|e| EmbeddingWord {
+            .enumerate()
+            // A later embedding of the same name replaces an earlier one, as in A1111.
+            .filter(|(i, e)| !embeddings[i + 1..].iter().any(|later| later.name == e.name))
+            .map(|(_, e)| EmbeddingWord {
                 // A1111 registers an embedding under the tokens of its name.
                 name_ids: tokenizer.encode(&e.name),
                 first_id: e.first_id,
@@ -88,5 +91,22 @@ impl PromptParser {
             segments,
             chunks,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_embedding_of_the_same_name_wins() {
+        let slot = |first_id, len| EmbeddingSlot {
+            name: "style".into(),
+            first_id,
+            len,
+        };
+        let parser = PromptParser::new(&[slot(49408, 2), slot(49410, 1)]);
+        let p = parser.parse("a style").unwrap();
+        assert_eq!(&p.chunks[0].ids[..4], &[49406, 320, 49410, 49407]);
     }
 }
