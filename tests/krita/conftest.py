@@ -1,11 +1,11 @@
-"""Shared set-up of the Krita plug-in's tests: the plug-in's source folder on
-``sys.path`` (its pure modules need neither Qt nor Krita)."""
+"""Fixtures of the Krita plug-in's tests; the helpers live in
+``krita_support.py`` (importable from the tests, unlike this file)."""
 
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-PLUGIN = REPO / "plugin-krita"
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
 
-if str(PLUGIN) not in sys.path:
-    sys.path.insert(0, str(PLUGIN))
+from krita_support import daemon, fake_daemon, krita_home, plugin_zip  # noqa: E402, F401
