@@ -278,9 +278,9 @@ class Panel(QWidget):
         self.cancel_button.setEnabled(busy)
 
     def _progressed(self, fraction: float, text: str) -> None:
-        self.progress_bar.setValue(texts.percent(fraction))
         self.stage_label.setText(text)
         self.message_label.setText("")
+        self.progress_bar.setValue(texts.percent(fraction))
 
     def _finished(self, outcome: Any) -> None:
         if not outcome.ok:

@@ -40,10 +40,10 @@ if str(PLUGIN) not in sys.path:
 KRITA_TIMEOUT = int(os.environ.get("TESSERA_KRITA_TIMEOUT", "300"))
 
 
-def require(what: str, found: bool) -> None:
+def require(what: str, found: bool, hint: str = "scripts/setup-krita installs it") -> None:
     if found:
         return
-    message = f"{what} is missing (scripts/setup-krita installs it)"
+    message = f"{what} is missing ({hint})"
     if os.environ.get("TESSERA_REQUIRE_KRITA") == "1":
         pytest.fail(message)
     pytest.skip(message)
@@ -199,8 +199,14 @@ def run_krita(home: KritaHome, module: str, spec: dict, env: Dict[str, str], gui
 
 def tessera_bin() -> Path:
     exe = REPO / "target" / "debug" / "tessera"
-    require(f"{exe} (cargo build -p tessera)", exe.is_file())
+    require(str(exe), exe.is_file(), "cargo build -p tessera, as scripts/test does")
     return exe
+
+
+def require_daemon() -> None:
+    """The daemon's binary and the tiny model the tests give it."""
+    tessera_bin()
+    require(f"the tiny test model {TINY_MODEL}", TINY_MODEL.is_file(), "it comes with the daemon")
 
 
 def ort_lib() -> str:
@@ -210,7 +216,7 @@ def ort_lib() -> str:
     for folder in (REPO / ".cache" / "ort-data" / "runtime", REPO / ".cache" / "onnxruntime"):
         for candidate in sorted(folder.glob("libonnxruntime.*")):
             return str(candidate)
-    require("an ONNX Runtime library (TESSERA_ORT_LIB)", False)
+    require("an ONNX Runtime library", False, "set TESSERA_ORT_LIB or run scripts/test")
     return ""
 
 
@@ -291,8 +297,7 @@ DAEMON_CONFIG = "[upscale]\ntile = 32\noverlap = 4\n"
 
 @pytest.fixture(scope="module")
 def daemon():
-    tessera_bin()
-    require(f"the tiny test model {TINY_MODEL}", TINY_MODEL.is_file())
+    require_daemon()
     root = short_temp_dir("tk")
     running = Daemon(root, DAEMON_CONFIG).start()
     yield running
@@ -335,3 +340,17 @@ def fake_daemon():
     yield start
     for fake in started:
         fake.stop()
+
+
+GUI_DRIVER = Path(__file__).resolve().parent / "gui_driver"
+
+
+def install_gui_driver(home: KritaHome) -> None:
+    """Adds the test-only driver plug-in to the profile and enables it."""
+    pykrita = home.resources / "pykrita"
+    shutil.copy(GUI_DRIVER / "tessera_selftest.desktop", pykrita)
+    target = pykrita / "tessera_selftest"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(GUI_DRIVER / "tessera_selftest", target)
+    home.write_kritarc({"tessera_selftest": True})
