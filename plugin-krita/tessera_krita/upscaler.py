@@ -143,6 +143,8 @@ class Upscaler(QObject):
         Returns whether there was one."""
         if not self.busy or self.phase == APPLYING:
             return False
+        if self._cancelled:
+            return True  # asked already: the daemon is on it
         self._cancelled = True
         if self._ticket is None:
             self.link.forget(self._submit)
