@@ -38,7 +38,10 @@ class Services:
         self.upscaler.conversionOffered.connect(self._offer_conversion)
         self.upscaler.finished.connect(self._floating_message)
         self._from_action = False
-        logs.setup(self.link.data_dir)
+        try:
+            logs.setup(self.link.data_dir)
+        except Exception:  # no home folder: run without a log file
+            log.warning("no log file", exc_info=True)
 
     def upscale_from_action(self) -> None:
         self._from_action = True
