@@ -4,7 +4,8 @@ The transport (a ``QLocalSocket`` in :mod:`.connection`, a list in the
 tests) gives this class every message that arrives and sends what it asks
 to; the session does the handshake and routes the daemon's answers as
 ``docs/protocol.md`` §7 says: ``Accepted``/``Rejected`` by request number,
-``Progress``/``Done``/``Failed`` by job number, ``Status`` and ``Models`` to
+``Progress``/``Done``/``Failed`` by job number (those that overtake their
+job's ``Accepted`` are held until it comes), ``Status`` and ``Models`` to
 the oldest request of their kind, an ``Error`` to the oldest status or
 models request (``UnknownJob`` needs no answer).
 
@@ -43,6 +44,9 @@ from .proto import (
 log = logging.getLogger("tessera_krita")
 
 HANDSHAKING, OPEN, CLOSED = "handshaking", "open", "closed"
+
+#: Job events kept while waiting for their job's Accepted.
+_MAX_EARLY = 10_000
 
 
 def _ignore(*_args: Any) -> None:
@@ -110,6 +114,8 @@ class Session:
         self._jobs: Dict[int, JobTicket] = {}
         self._waiters: Deque[_Waiter] = collections.deque()
         self._stopping = False
+        #: Job events that arrived before their job's Accepted.
+        self._early: list = []
 
     # --- Outgoing ---------------------------------------------------------------
 
@@ -176,7 +182,14 @@ class Session:
         if isinstance(message, (Progress, Done, Failed)):
             ticket = self._jobs.get(message.job)
             if ticket is None:
-                log.debug("ignoring %s of job %s: not ours", type(message).__name__, message.job)
+                if self._submissions and len(self._early) < _MAX_EARLY:
+                    # Perhaps ours, ahead of its Accepted (a daemon may race
+                    # them): kept until a submission is answered.
+                    self._early.append(message)
+                else:
+                    log.debug(
+                        "ignoring %s of job %s: not ours", type(message).__name__, message.job
+                    )
                 return
             if isinstance(message, Progress):
                 ticket.on_progress(message)
@@ -197,12 +210,20 @@ class Session:
             if ticket.cancel_requested:
                 self._send(Cancel(message.job))
             ticket.on_accepted(ticket)
+            early = [m for m in self._early if m.job == message.job]
+            self._early = (
+                [] if not self._submissions else [m for m in self._early if m.job != message.job]
+            )
+            for event in early:
+                self.receive(event)
         elif isinstance(message, Rejected):
             ticket = self._submissions.pop(message.request, None)
             if ticket is None:
                 log.warning("ignoring a rejection of unknown submission %s", message.request)
                 return
             ticket._finish(TesseraError.from_info(message.error))
+            if not self._submissions:
+                self._early = []
         elif isinstance(message, (Status, Models, ShuttingDown)):
             if isinstance(message, ShuttingDown):
                 self._stopping = True

@@ -382,6 +382,25 @@ def test_handshake_then_jobs_are_routed_by_request_and_job_number():
     assert wire.session.busy_jobs == 0
 
 
+def test_events_that_overtake_their_accepted_are_held_until_it_comes():
+    """The daemon may queue a fast job's progress and result before the
+    Accepted that names it; they must not be lost (the job would hang)."""
+    wire = Wire()
+    wire.open()
+    job = Recorder()
+    wire.session.submit(tiny_image(), JobParams(), job.ticket)
+    wire.session.receive(Progress(7, 0, 1, "upscale", 1, 1, 1, 1, 0.95))
+    wire.session.receive(Progress(8, 0, 1, "upscale", 1, 1, 1, 1, 0.5))  # another client's
+    wire.session.receive(Done(7, tiny_image(), []))
+    assert job.events == []
+    wire.session.receive(Accepted(1, 7, 0))
+    assert job.events == [("accepted", 7, 0), ("progress", 0.95), ("done", 7)]
+    assert wire.session._early == [] and wire.session.busy_jobs == 0
+    # With no submission waiting, strangers' events are not kept.
+    wire.session.receive(Progress(9, 0, 1, "upscale", 1, 1, 1, 1, 0.5))
+    assert wire.session._early == []
+
+
 def test_a_rejected_submission_fails_with_the_daemons_reason():
     wire = Wire()
     wire.open()

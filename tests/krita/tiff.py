@@ -79,7 +79,9 @@ def read(path: str) -> Tiff:
     for i in range(count):
         at = offset + 2 + 12 * i
         tag, kind, n = struct.unpack(order + "HHI", raw[at : at + 8])
-        code = _TYPES[kind]
+        code = _TYPES.get(kind)
+        if code is None:
+            continue  # rationals, text, …: nothing this reader needs
         size = struct.calcsize(code) * n
         where = at + 8 if size <= 4 else struct.unpack(order + "I", raw[at + 8 : at + 12])[0]
         tags[tag] = list(struct.unpack(order + code * n, raw[where : where + size]))

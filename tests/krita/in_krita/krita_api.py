@@ -68,12 +68,12 @@ class Harness:
         )
         cancel_at = case.get("cancel_at_progress")
         if started and cancel_at is not None:
-            kritatest.wait_until(
-                lambda: self.outcomes
-                or any(f > cancel_at and t[:5] != "Sent " for f, t in self.progress),
-                timeout,
-            )
-            self.cancel_returned = self.upscaler.cancel()
+            # Cancel from the progress signal itself, as soon as the job runs.
+            def on_progress(fraction, text):
+                if fraction > cancel_at and not hasattr(self, "cancel_returned"):
+                    self.cancel_returned = self.upscaler.cancel()
+
+            self.upscaler.progressed.connect(on_progress)
         kritatest.wait_until(lambda: self.outcomes, timeout)
         return self.outcomes[0] if self.outcomes else None
 
