@@ -190,6 +190,12 @@ def main() -> int:
         "message": panel.message_label.text(),
         "unchanged": doc.changes == before,
     }
+    # An error is shown in words with a link to the log folder.
+    outcomes.clear()
+    doc.layer.type = lambda: "transparencymask"
+    panel.upscale_button.click()
+    wait(lambda: outcomes)
+    out["error"] = {"ok": outcomes[0].ok, "html": panel.message_label.text()}
     link.close()
     print(json.dumps(out))
     app.quit()

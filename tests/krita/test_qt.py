@@ -54,6 +54,11 @@ def check(out, qt):
         "unchanged": True,
     }
 
+    assert not out["error"]["ok"]
+    html = out["error"]["html"]
+    assert "The active node is a mask (Layer 1); select the layer to upscale." in html
+    assert '<a href="file:///' in html and '/logs">Open the log folder</a>' in html
+
 
 def test_pyqt5(fake_daemon):
     check(smoke(pyqt5_python(), fake_daemon, "5"), "5")
