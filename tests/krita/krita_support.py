@@ -163,6 +163,10 @@ def start_krita(
         command = [
             "timeout", "-k", "10", str(KRITA_TIMEOUT), "kritarunner", "-s", module, "-f", "main",
         ]  # fmt: skip
+    # E.g. "chroot /srv/trixie" to run another Krita (with /tmp and the
+    # repository bind-mounted at the same paths), as for Krita 5.2.
+    wrapper = os.environ.get("TESSERA_KRITA_WRAPPER", "").split()
+    command = wrapper + command
     log = open(out_dir / "krita-output.txt", "w")
     process = subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(out_dir)

@@ -33,6 +33,7 @@ def test_the_plugin_loads_with_its_actions_and_docker(gui):
         "tessera_cancel": "Cancel Tessera Upscale",
     }
     assert gui["docker_found"]
+    assert gui["active_node_settled"], "the test document's layer never became active"
     # Only what the daemon takes today: no diffusion controls that would do nothing.
     params = sorted(k for k in gui["docker_widgets"] if k.startswith("tessera_param_"))
     assert params == ["tessera_param_scale", "tessera_param_upscaler"]
