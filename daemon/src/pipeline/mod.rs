@@ -4,6 +4,7 @@
 pub mod clarity;
 pub mod pixels;
 pub mod progress;
+pub mod prompt;
 pub mod resize;
 pub mod sampling;
 pub mod upscale;
