@@ -5,6 +5,10 @@ pub mod control;
 pub mod denoise;
 pub mod nets;
 pub mod params;
+pub mod stage;
 pub mod stages;
 pub mod tiles;
 pub mod vae;
+
+#[cfg(test)]
+mod testing;

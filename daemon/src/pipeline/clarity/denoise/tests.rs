@@ -5,68 +5,9 @@
 //! slicing, cond/uncond order, residual scales, the average) shows.
 
 use super::*;
+use crate::pipeline::clarity::testing::Pointwise;
 use crate::pipeline::clarity::tiles::clarity_grid;
-use ndarray::{Array2, ArrayD, ArrayView1, ArrayView3, IxDyn};
-
-#[derive(Default)]
-struct Pointwise {
-    calls: usize,
-    largest_batch: usize,
-}
-
-impl ControlledUnet for Pointwise {
-    fn embed_hint(&mut self, hint: ArrayView4<f32>) -> NetResult<Array4<f32>> {
-        let (b, _, h, w) = hint.dim();
-        Ok(Array4::from_shape_fn(
-            (b, 2, h / 8, w / 8),
-            |(n, c, y, x)| {
-                hint.slice(s![n, c, y * 8..y * 8 + 8, x * 8..x * 8 + 8])
-                    .mean()
-                    .unwrap()
-            },
-        ))
-    }
-
-    fn control(
-        &mut self,
-        sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        _context: ArrayView3<f32>,
-        embedding: ArrayView4<f32>,
-    ) -> NetResult<Vec<ArrayD<f32>>> {
-        self.calls += 1;
-        let (b, _, h, w) = sample.dim();
-        Ok((0..RESIDUALS)
-            .map(|i| {
-                ArrayD::from_shape_fn(IxDyn(&[b, 1, h, w]), |ix| {
-                    let (n, y, x) = (ix[0], ix[2], ix[3]);
-                    embedding[[n, i % 2, y, x]]
-                        + 0.01 * i as f32 * sample[[n, 0, y, x]]
-                        + 1e-4 * timestep[n]
-                })
-            })
-            .collect())
-    }
-
-    fn unet(
-        &mut self,
-        sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        residuals: &[ArrayD<f32>],
-    ) -> NetResult<Array4<f32>> {
-        self.calls += 1;
-        let (b, c, h, w) = sample.dim();
-        self.largest_batch = self.largest_batch.max(b);
-        let text: Vec<f32> = (0..b)
-            .map(|n| context.index_axis(Axis(0), n).mean().unwrap())
-            .collect();
-        Ok(Array4::from_shape_fn((b, c, h, w), |(n, ch, y, x)| {
-            let r: f32 = residuals.iter().map(|r| r[[n, 0, y, x]]).sum();
-            0.5 * sample[[n, ch, y, x]] + text[n] * (ch as f32 + 1.0) + r + 1e-3 * timestep[n]
-        }))
-    }
-}
+use ndarray::Array2;
 
 struct Setup {
     x: Array4<f32>,
