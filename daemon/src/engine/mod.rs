@@ -214,11 +214,35 @@ impl Engine {
         let started = std::time::Instant::now();
         let session = Arc::new(Mutex::new(self.build_session(model)?));
         tracing::info!(model = %model.name, ms = started.elapsed().as_millis() as u64, "session ready");
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(key, session.clone());
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+            key,
+            model.name.clone(),
+            session.clone(),
+        );
         Ok(session)
+    }
+
+    /// The names of every session alive now, whether the cache or a network holds it, in the
+    /// order they were created.
+    pub fn held_sessions(&self) -> Vec<String> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.alive.retain(|(_, s)| s.strong_count() > 0);
+        cache.alive.iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    /// Drops the cached sessions that no network holds any more (the models a new job no
+    /// longer selects) and returns how many were freed. Callers drop their networks first.
+    pub fn release_unused(&self) -> usize {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let before = cache.entries.len();
+        cache.entries.retain(|(_, name, s)| {
+            let keep = Arc::strong_count(s) > 1;
+            if !keep {
+                tracing::info!(model = %name, "freeing a session no job uses");
+            }
+            keep
+        });
+        before - cache.entries.len()
     }
 
     /// How many sessions the cache holds now.
@@ -290,10 +314,12 @@ fn identity(model: &CompiledModel) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Least-recently-used sessions; tiny, so a vector is the right structure.
+/// Least-recently-used sessions; tiny, so a vector is the right structure. `alive` follows
+/// every session created (weakly), so that what is held can be reported whoever holds it.
 struct SessionCache {
     capacity: usize,
-    entries: Vec<([u8; 32], SharedSession)>,
+    entries: Vec<([u8; 32], String, SharedSession)>,
+    alive: Vec<(String, std::sync::Weak<Mutex<Session>>)>,
 }
 
 impl SessionCache {
@@ -301,24 +327,27 @@ impl SessionCache {
         SessionCache {
             capacity,
             entries: Vec::new(),
+            alive: Vec::new(),
         }
     }
 
     fn get(&mut self, key: &[u8; 32]) -> Option<SharedSession> {
-        let i = self.entries.iter().position(|(k, _)| k == key)?;
+        let i = self.entries.iter().position(|(k, _, _)| k == key)?;
         let entry = self.entries.remove(i);
-        let session = entry.1.clone();
+        let session = entry.2.clone();
         self.entries.push(entry);
         Some(session)
     }
 
-    fn put(&mut self, key: [u8; 32], session: SharedSession) {
-        self.entries.retain(|(k, _)| *k != key);
+    fn put(&mut self, key: [u8; 32], name: String, session: SharedSession) {
+        self.entries.retain(|(k, _, _)| *k != key);
         if self.entries.len() >= self.capacity {
             // Evicted sessions stay alive while a network still holds them.
             self.entries.remove(0);
         }
-        self.entries.push((key, session));
+        self.alive.retain(|(_, s)| s.strong_count() > 0);
+        self.alive.push((name.clone(), Arc::downgrade(&session)));
+        self.entries.push((key, name, session));
     }
 }
 

@@ -2,6 +2,7 @@
 //! the upscaling stages in between, and progress/cancel at every network call.
 
 pub mod clarity;
+pub mod filters;
 pub mod pixels;
 pub mod progress;
 pub mod prompt;

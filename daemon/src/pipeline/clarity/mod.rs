@@ -7,6 +7,7 @@ pub mod nets;
 pub mod params;
 pub mod stage;
 pub mod stages;
+pub mod text;
 pub mod tiles;
 pub mod vae;
 
