@@ -19,12 +19,14 @@ mod store;
 mod torch;
 
 pub mod esrgan;
+pub mod lora;
+pub mod sd;
 
 use std::path::PathBuf;
 
 pub use map::{Scope, TensorMap};
 pub use source::{Format, SourceFile, SourceTensor};
-pub use store::{Weights, materialize};
+pub use store::{Patch, Target, WeightType, Weights, materialize, materialize_as};
 
 /// Element types found in weight files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -120,6 +122,21 @@ pub enum WeightsError {
     /// The file uses a feature we deliberately do not read.
     #[error("{} is not supported: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
+    /// The file is a valid model of another kind than the one asked for (an SDXL checkpoint
+    /// given as SD 1.5, a LoRA given as a checkpoint, …).
+    #[error("{} is {found}, not {expected}", path.display())]
+    WrongKind {
+        path: PathBuf,
+        expected: &'static str,
+        found: sd::ModelKind,
+    },
+    /// A LoRA names a layer the network does not have.
+    #[error("{}: the LoRA key `{key}` matches no layer of the {network}", path.display())]
+    LoraMismatch {
+        path: PathBuf,
+        key: String,
+        network: &'static str,
+    },
     /// A canonical tensor the network needs is absent.
     #[error("the weights have no tensor `{name}`")]
     Missing { name: String },
