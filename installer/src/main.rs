@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tessera-install: {e:#}");
+            eprintln!("tessera-install: {}", tessera::cli::one_line(&e));
             ExitCode::FAILURE
         }
     }
