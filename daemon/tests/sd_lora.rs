@@ -38,14 +38,19 @@ fn unet_with_kohya_and_peft_loras_matches_diffusers() {
     ] {
         let cache = tempfile::tempdir().unwrap();
         let (compiled, _) = unet_with_lora(file, m, cache.path());
-        assert!(compiled.weights.converted(), "fused weights live in the cache");
+        assert!(
+            compiled.weights.converted(),
+            "fused weights live in the cache"
+        );
         let mut unet = Unet::new(engine(), compiled).unwrap();
         let (x, t, c) = (
             sd_reference("unet.sample"),
             sd_reference("unet.timestep"),
             sd_reference("unet.encoder_hidden_states"),
         );
-        let out = unet.forward(engine(), x.view(), t.view(), c.view(), None).unwrap();
+        let out = unet
+            .forward(engine(), x.view(), t.view(), c.view(), None)
+            .unwrap();
         let want = sd_reference(&format!("lora.{tag}.out_sample"));
         let base = sd_reference("unet.ldm.out_sample");
         let err = max_abs(&out, &want);
@@ -61,7 +66,10 @@ fn text_encoder(source: &SourceFile) -> TensorMap<SourceTensor> {
         .tensors()
         .iter()
         .filter_map(|(k, t)| {
-            Some((k.strip_prefix("cond_stage_model.transformer.")?.to_owned(), t.clone()))
+            Some((
+                k.strip_prefix("cond_stage_model.transformer.")?.to_owned(),
+                t.clone(),
+            ))
         })
         .collect()
 }
@@ -91,7 +99,13 @@ fn text_encoder_fusion_matches_the_reference() {
         let bytes = std::fs::read(weights.file()).unwrap();
         let fused = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let read = |name: &str| -> Vec<f32> {
-            fused.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+            fused
+                .tensor(name)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
         };
         let patched: Vec<String> = patch.patched().map(str::to_owned).collect();
         assert!(!patched.is_empty());
@@ -106,7 +120,9 @@ fn text_encoder_fusion_matches_the_reference() {
         let original = std::fs::read(sd_fixture("tiny-ldm.safetensors")).unwrap();
         let original = safetensors::SafeTensors::deserialize(&original).unwrap();
         for name in canonical.keys().filter(|k| !patched.iter().any(|p| p == k)) {
-            let a = original.tensor(&format!("cond_stage_model.transformer.{name}")).unwrap();
+            let a = original
+                .tensor(&format!("cond_stage_model.transformer.{name}"))
+                .unwrap();
             assert_eq!(a.data(), fused.tensor(name).unwrap().data(), "{name}");
         }
     }
@@ -118,8 +134,15 @@ fn fused_weights_are_written_once_per_lora_set() {
     let (_, first) = unet_with_lora("tiny-lora-kohya.safetensors", 0.7, cache.path());
     let written = std::fs::metadata(&first).unwrap().modified().unwrap();
     let (_, again) = unet_with_lora("tiny-lora-kohya.safetensors", 0.7, cache.path());
-    assert_eq!(first, again, "the same LoRAs and multipliers reuse the cache file");
-    assert_eq!(std::fs::metadata(&again).unwrap().modified().unwrap(), written, "not rewritten");
+    assert_eq!(
+        first, again,
+        "the same LoRAs and multipliers reuse the cache file"
+    );
+    assert_eq!(
+        std::fs::metadata(&again).unwrap().modified().unwrap(),
+        written,
+        "not rewritten"
+    );
     let (_, other) = unet_with_lora("tiny-lora-kohya.safetensors", 0.5, cache.path());
     assert_ne!(first, other, "another multiplier is another file");
     let files = std::fs::read_dir(cache.path()).unwrap().count();
@@ -136,14 +159,20 @@ fn write_file(path: &Path, tensors: &[(&str, Vec<usize>)]) {
         .iter()
         .map(|(n, s)| {
             let numel: usize = s.iter().product();
-            let bytes = (0..numel).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
+            let bytes = (0..numel)
+                .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+                .collect();
             (n.to_string(), s.clone(), bytes)
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
         .iter()
         .map(|(n, s, b)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
         })
         .collect();
     let bytes = safetensors::tensor::serialize(views, None::<HashMap<String, String>>).unwrap();
@@ -157,10 +186,22 @@ fn a_lora_key_without_a_layer_is_an_error_naming_it() {
     write_file(
         &path,
         &[
-            ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", vec![2, 4, 1, 1]),
-            ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight", vec![4, 2, 1, 1]),
-            ("lora_unet_down_blocks_7_resnets_0_conv1.lora_down.weight", vec![2, 4, 3, 3]),
-            ("lora_unet_down_blocks_7_resnets_0_conv1.lora_up.weight", vec![4, 2, 1, 1]),
+            (
+                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+                vec![2, 4, 1, 1],
+            ),
+            (
+                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight",
+                vec![4, 2, 1, 1],
+            ),
+            (
+                "lora_unet_down_blocks_7_resnets_0_conv1.lora_down.weight",
+                vec![2, 4, 3, 3],
+            ),
+            (
+                "lora_unet_down_blocks_7_resnets_0_conv1.lora_up.weight",
+                vec![4, 2, 1, 1],
+            ),
         ],
     );
     let net = sd::unet(&sd_fixture("tiny-ldm.safetensors")).unwrap();
@@ -168,7 +209,10 @@ fn a_lora_key_without_a_layer_is_an_error_naming_it() {
     match LoraPatch::resolve(&[(&lora, 1.0)], LoraTarget::Unet, &net.tensors) {
         Err(e @ WeightsError::LoraMismatch { .. }) => {
             let message = e.to_string();
-            assert!(message.contains("lora_unet_down_blocks_7_resnets_0_conv1.lora_down.weight"), "{message}");
+            assert!(
+                message.contains("lora_unet_down_blocks_7_resnets_0_conv1.lora_down.weight"),
+                "{message}"
+            );
         }
         Err(other) => panic!("expected LoraMismatch, got {other}"),
         Ok(_) => panic!("expected LoraMismatch, got a patch"),
@@ -193,22 +237,47 @@ fn files_that_are_not_sd15_say_what_they_are() {
     };
     let unet_keys = |prefix: &str, in_ch: usize, ctx: usize| -> Vec<(String, Vec<usize>)> {
         vec![
-            (format!("{prefix}input_blocks.0.0.weight"), vec![8, in_ch, 3, 3]),
-            (format!("{prefix}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"), vec![8, ctx]),
-            (format!("{prefix}input_blocks.3.0.op.weight"), vec![8, 8, 3, 3]),
+            (
+                format!("{prefix}input_blocks.0.0.weight"),
+                vec![8, in_ch, 3, 3],
+            ),
+            (
+                format!("{prefix}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"),
+                vec![8, ctx],
+            ),
+            (
+                format!("{prefix}input_blocks.3.0.op.weight"),
+                vec![8, 8, 3, 3],
+            ),
         ]
     };
-    let owned = |v: &[(String, Vec<usize>)]| v.iter().map(|(n, s)| (n.clone(), s.clone())).collect::<Vec<_>>();
+    let owned = |v: &[(String, Vec<usize>)]| {
+        v.iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect::<Vec<_>>()
+    };
 
     let mut sdxl = owned(&unet_keys("model.diffusion_model.", 4, 2048));
-    sdxl.push(("conditioner.embedders.0.transformer.text_model.final_layer_norm.weight".into(), vec![4]));
-    assert_eq!(kind_of(sd::unet(&file("sdxl.safetensors", &as_refs(&sdxl)))), ModelKind::Sdxl);
+    sdxl.push((
+        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight".into(),
+        vec![4],
+    ));
+    assert_eq!(
+        kind_of(sd::unet(&file("sdxl.safetensors", &as_refs(&sdxl)))),
+        ModelKind::Sdxl
+    );
 
     let mut sd2 = owned(&unet_keys("model.diffusion_model.", 4, 1024));
     sd2.push(("cond_stage_model.model.ln_final.weight".into(), vec![4]));
-    assert_eq!(kind_of(sd::unet(&file("sd2.safetensors", &as_refs(&sd2)))), ModelKind::Sd2);
+    assert_eq!(
+        kind_of(sd::unet(&file("sd2.safetensors", &as_refs(&sd2)))),
+        ModelKind::Sd2
+    );
     let sd2_unet = owned(&unet_keys("model.diffusion_model.", 4, 1024));
-    assert_eq!(kind_of(sd::unet(&file("sd2-unet.safetensors", &as_refs(&sd2_unet)))), ModelKind::Sd2);
+    assert_eq!(
+        kind_of(sd::unet(&file("sd2-unet.safetensors", &as_refs(&sd2_unet)))),
+        ModelKind::Sd2
+    );
 
     let inpaint = owned(&unet_keys("model.diffusion_model.", 9, 768));
     let kind = kind_of(sd::unet(&file("inpaint.safetensors", &as_refs(&inpaint))));
@@ -221,7 +290,13 @@ fn files_that_are_not_sd15_say_what_they_are() {
     let err = sd::unet(&vae).unwrap_err();
     assert!(err.to_string().contains("a VAE on its own"), "{err}");
     assert_eq!(kind_of(sd::unet(&vae)), ModelKind::Vae);
-    assert_eq!(kind_of(sd::unet(&sd_fixture("tiny-controlnet.pth"))), ModelKind::ControlNet);
-    assert_eq!(kind_of(sd::controlnet(&sd_fixture("tiny-ldm.safetensors"))), ModelKind::Sd15);
+    assert_eq!(
+        kind_of(sd::unet(&sd_fixture("tiny-controlnet.pth"))),
+        ModelKind::ControlNet
+    );
+    assert_eq!(
+        kind_of(sd::controlnet(&sd_fixture("tiny-ldm.safetensors"))),
+        ModelKind::Sd15
+    );
     assert_eq!(kind_of(sd::vae(&lora)), ModelKind::Lora);
 }

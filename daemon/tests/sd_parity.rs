@@ -51,7 +51,12 @@ fn check(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>, precision: Precision
     assert!(err <= limit, "{what}: max abs error {err} > {limit}");
 }
 
-fn run_unet(path: &str, hyper: Option<SdHyper>, precision: Precision, residuals: bool) -> ArrayD<f32> {
+fn run_unet(
+    path: &str,
+    hyper: Option<SdHyper>,
+    precision: Precision,
+    residuals: bool,
+) -> ArrayD<f32> {
     let net = sd::unet(&sd_fixture(path)).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let compiled = CompiledUnet::compile(&net, cache.path(), &options(precision, hyper)).unwrap();
@@ -66,7 +71,12 @@ fn run_unet(path: &str, hyper: Option<SdHyper>, precision: Precision, residuals:
 fn unet_from_a_single_file_checkpoint_matches_diffusers() {
     for precision in [Precision::F32, Precision::F16] {
         let out = run_unet("tiny-ldm.safetensors", Some(TINY), precision, false);
-        check(&format!("UNet LDM {precision:?}"), &out, &sd_reference("unet.ldm.out_sample"), precision);
+        check(
+            &format!("UNet LDM {precision:?}"),
+            &out,
+            &sd_reference("unet.ldm.out_sample"),
+            precision,
+        );
         let out = run_unet("tiny-ldm.safetensors", Some(TINY), precision, true);
         check(
             &format!("UNet LDM + residuals {precision:?}"),
@@ -81,9 +91,18 @@ fn unet_from_a_single_file_checkpoint_matches_diffusers() {
 fn unet_from_a_diffusers_folder_reads_its_config() {
     let net = sd::unet(&sd_fixture("tiny-diffusers")).unwrap();
     assert_eq!(net.layout, Layout::Diffusers);
-    assert_eq!(net.config_hyper, Some(TINY), "heads and groups from unet/config.json");
+    assert_eq!(
+        net.config_hyper,
+        Some(TINY),
+        "heads and groups from unet/config.json"
+    );
     let out = run_unet("tiny-diffusers", None, Precision::F32, false);
-    check("UNet diffusers fp16 file", &out, &sd_reference("unet.diffusers-fp16.out_sample"), Precision::F32);
+    check(
+        "UNet diffusers fp16 file",
+        &out,
+        &sd_reference("unet.diffusers-fp16.out_sample"),
+        Precision::F32,
+    );
 }
 
 #[test]
@@ -100,12 +119,39 @@ fn vae_in_every_layout_matches_diffusers() {
             let cache = tempfile::tempdir().unwrap();
             let vae = CompiledVae::compile(&net, cache.path(), &options(precision, hyper)).unwrap();
             let enc = engine().session(&vae.encoder).unwrap();
-            let out = tessera::nets::sd::run(&enc, "enc", &[("sample", image.view())], &["latent_mean", "latent_logvar"]).unwrap();
-            check(&format!("VAE {tag} mean {precision:?}"), &out[0], &sd_reference(&format!("vae.{tag}.mean")), precision);
-            check(&format!("VAE {tag} logvar {precision:?}"), &out[1], &sd_reference(&format!("vae.{tag}.logvar")), precision);
+            let out = tessera::nets::sd::run(
+                &enc,
+                "enc",
+                &[("sample", image.view())],
+                &["latent_mean", "latent_logvar"],
+            )
+            .unwrap();
+            check(
+                &format!("VAE {tag} mean {precision:?}"),
+                &out[0],
+                &sd_reference(&format!("vae.{tag}.mean")),
+                precision,
+            );
+            check(
+                &format!("VAE {tag} logvar {precision:?}"),
+                &out[1],
+                &sd_reference(&format!("vae.{tag}.logvar")),
+                precision,
+            );
             let dec = engine().session(&vae.decoder).unwrap();
-            let out = tessera::nets::sd::run(&dec, "dec", &[("latent_sample", latent.view())], &["sample"]).unwrap();
-            check(&format!("VAE {tag} decode {precision:?}"), &out[0], &sd_reference(&format!("vae.{tag}.decoded")), precision);
+            let out = tessera::nets::sd::run(
+                &dec,
+                "dec",
+                &[("latent_sample", latent.view())],
+                &["sample"],
+            )
+            .unwrap();
+            check(
+                &format!("VAE {tag} decode {precision:?}"),
+                &out[0],
+                &sd_reference(&format!("vae.{tag}.decoded")),
+                precision,
+            );
         }
     }
 }
@@ -122,16 +168,32 @@ fn controlnet_in_both_layouts_full_and_split_matches_diffusers() {
         for precision in [Precision::F32, Precision::F16] {
             let net = sd::controlnet(&sd_fixture(path)).unwrap();
             let cache = tempfile::tempdir().unwrap();
-            let compiled = CompiledControlNet::compile(&net, cache.path(), &options(precision, hyper)).unwrap();
+            let compiled =
+                CompiledControlNet::compile(&net, cache.path(), &options(precision, hyper))
+                    .unwrap();
             let names = compiled.output_names();
             let mut cn = ControlNet::new(engine(), compiled).unwrap();
             let emb = cn.embed_hint(hint.view()).unwrap();
-            let split = cn.residuals(x.view(), t.view(), c.view(), emb.view()).unwrap();
-            let full = cn.residuals_full(engine(), x.view(), t.view(), c.view(), hint.view()).unwrap();
+            let split = cn
+                .residuals(x.view(), t.view(), c.view(), emb.view())
+                .unwrap();
+            let full = cn
+                .residuals_full(engine(), x.view(), t.view(), c.view(), hint.view())
+                .unwrap();
             for (i, name) in names.iter().enumerate() {
                 let want = sd_reference(&format!("controlnet.{tag}.{name}"));
-                check(&format!("ControlNet {path} split {name} {precision:?}"), &split[i], &want, precision);
-                check(&format!("ControlNet {path} full {name} {precision:?}"), &full[i], &want, precision);
+                check(
+                    &format!("ControlNet {path} split {name} {precision:?}"),
+                    &split[i],
+                    &want,
+                    precision,
+                );
+                check(
+                    &format!("ControlNet {path} full {name} {precision:?}"),
+                    &full[i],
+                    &want,
+                    precision,
+                );
             }
         }
     }

@@ -43,7 +43,7 @@ impl ControlNetConfig {
         let emb = w.scope("controlnet_cond_embedding");
         let conv_in = emb.get("conv_in.weight")?;
         let blocks = emb.scope("blocks").count_indexed();
-        if blocks % 2 != 0 {
+        if !blocks.is_multiple_of(2) {
             return Err(WeightsError::BadShape {
                 name: emb.path("blocks"),
                 shape: vec![],
@@ -143,7 +143,15 @@ pub fn build_graph(
             &latent_dims(embedding_width, 1),
         )
     };
-    let (skips, mid) = encoder_half(&mut net, &config.unet, w, &sample, &temb, &context, Some(&emb))?;
+    let (skips, mid) = encoder_half(
+        &mut net,
+        &config.unet,
+        w,
+        &sample,
+        &temb,
+        &context,
+        Some(&emb),
+    )?;
     for (i, (skip, (channels, divisor))) in skips.iter().zip(config.unet.residuals()).enumerate() {
         let zero_conv = w.scope("controlnet_down_blocks").scope(i);
         let r = net.conv(skip, &zero_conv, Conv2d::padded(0))?;
@@ -191,7 +199,11 @@ impl CompiledControlNet {
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let graph = |which| -> Result<CompiledModel, ModelError> {
             let g = build_graph(&config, &weights, hyper, weight_type, which)?;
-            Ok(sd::compiled(format!("{} {file}", which.name()), g, &weights))
+            Ok(sd::compiled(
+                format!("{} {file}", which.name()),
+                g,
+                &weights,
+            ))
         };
         let cond_encoder = graph(ControlNetGraph::CondEncoder)?;
         let body = graph(ControlNetGraph::Body)?;

@@ -4,8 +4,10 @@
 //! `crate::onnx`, and runs it through `crate::engine`. Foreign key layouts never reach this
 //! code: `crate::weights` translates them first.
 
+pub mod bench;
 pub mod controlnet;
 pub mod esrgan;
+pub mod export;
 pub mod sd;
 pub mod sd_blocks;
 pub mod tiling;

@@ -186,9 +186,11 @@ pub(crate) fn common_inputs(
     w: &Weights,
 ) -> Result<(Value, Value, Value), WeightsError> {
     let sample = net.input("sample", &latent_dims(config.in_channels, 1));
-    let timestep = net
-        .g
-        .input("timestep", crate::onnx::ElemType::F32, &[Dim::from("batch")]);
+    let timestep = net.g.input(
+        "timestep",
+        crate::onnx::ElemType::F32,
+        &[Dim::from("batch")],
+    );
     let context = net.input(
         "encoder_hidden_states",
         &[
@@ -235,7 +237,12 @@ pub fn build_graph(
                 name: level.path("resnets"),
             })?;
             h = net.g.concat(&[&h, &skip], 1);
-            h = net.resnet(&h, Some(&temb), &level.scope("resnets").scope(j), RESNET_EPS)?;
+            h = net.resnet(
+                &h,
+                Some(&temb),
+                &level.scope("resnets").scope(j),
+                RESNET_EPS,
+            )?;
             if attention {
                 h = net.spatial_transformer(&h, &context, &level.scope("attentions").scope(j))?;
             }
@@ -355,7 +362,11 @@ impl Unet {
         if residuals.len() != names.len() {
             return Err(EngineError::ort(
                 &self.compiled.controlled.name,
-                format!("{} residuals given, {} needed", residuals.len(), names.len()),
+                format!(
+                    "{} residuals given, {} needed",
+                    residuals.len(),
+                    names.len()
+                ),
             ));
         }
         for (name, r) in names.iter().zip(residuals) {

@@ -77,9 +77,10 @@ impl Lora {
             path: path.to_owned(),
             reason,
         };
-        if let Some(k) = tensors.keys().find(|k| {
-            k.contains(".hada_") || k.contains(".lokr_") || k.contains("lora_mid")
-        }) {
+        if let Some(k) = tensors
+            .keys()
+            .find(|k| k.contains(".hada_") || k.contains(".lokr_") || k.contains("lora_mid"))
+        {
             return Err(unsupported(format!(
                 "LyCORIS LoHa/LoKr/Tucker factors (`{k}`) are not supported, only plain LoRA and LoCon"
             )));
@@ -181,7 +182,10 @@ fn parse_down_key(key: &str) -> Option<(LoraTarget, ModuleName, String, Option<S
     let forms = [
         (".lora_A.weight", ".lora_B.weight"),
         (".lora.down.weight", ".lora.up.weight"),
-        (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
+        (
+            ".lora_linear_layer.down.weight",
+            ".lora_linear_layer.up.weight",
+        ),
         ("_lora.down.weight", "_lora.up.weight"),
     ];
     for (down, up) in forms {
@@ -210,11 +214,13 @@ fn parse_down_key(key: &str) -> Option<(LoraTarget, ModuleName, String, Option<S
     None
 }
 
+/// A target's alphas in PEFT's adapter configuration: the default, and per module pattern.
+type Alphas = (Option<f32>, Vec<(String, f32)>);
+
 /// The PEFT adapter configuration diffusers stores in the safetensors metadata.
 #[derive(Default)]
 struct AdapterMetadata {
-    /// Per target: default alpha and per-module-pattern alphas.
-    alphas: HashMap<LoraTarget, (Option<f32>, Vec<(String, f32)>)>,
+    alphas: HashMap<LoraTarget, Alphas>,
 }
 
 impl AdapterMetadata {
@@ -236,10 +242,11 @@ fn adapter_metadata(source: &SourceFile) -> Result<AdapterMetadata, WeightsError
     let Some(raw) = source.metadata("lora_adapter_metadata") else {
         return Ok(AdapterMetadata::default());
     };
-    let json: serde_json::Value = serde_json::from_str(&raw).map_err(|e| WeightsError::Corrupt {
-        path: source.path().to_owned(),
-        reason: format!("lora_adapter_metadata is not JSON: {e}"),
-    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&raw).map_err(|e| WeightsError::Corrupt {
+            path: source.path().to_owned(),
+            reason: format!("lora_adapter_metadata is not JSON: {e}"),
+        })?;
     let mut out = AdapterMetadata::default();
     for (target, prefix) in [
         (LoraTarget::Unet, "unet."),
@@ -298,10 +305,7 @@ impl<'a> LoraPatch<'a> {
         let mut deltas: BTreeMap<String, Vec<Delta>> = BTreeMap::new();
         let mut fingerprint = format!("lora-1 {target:?}");
         for (index, (lora, multiplier)) in loras.iter().enumerate() {
-            fingerprint.push_str(&format!(
-                " {}:{multiplier}",
-                lora.source.fingerprint()
-            ));
+            fingerprint.push_str(&format!(" {}:{multiplier}", lora.source.fingerprint()));
             for m in lora.modules.iter().filter(|m| m.target == target) {
                 let mismatch = || WeightsError::LoraMismatch {
                     path: lora.path().to_owned(),

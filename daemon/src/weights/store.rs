@@ -171,11 +171,8 @@ impl Weights {
             .sync_all()
             .map_err(write_error)?;
         let len = std::fs::metadata(dest).map_err(write_error)?.len();
-        let header = safetensors::read_header(
-            dest,
-            &mut File::open(dest).map_err(write_error)?,
-            len,
-        )?;
+        let header =
+            safetensors::read_header(dest, &mut File::open(dest).map_err(write_error)?, len)?;
         let file_name = dest
             .file_name()
             .and_then(|n| n.to_str())

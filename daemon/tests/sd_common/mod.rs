@@ -16,7 +16,9 @@ pub const TINY: SdHyper = SdHyper {
 };
 
 pub fn sd_fixture(name: &str) -> PathBuf {
-    super::common::repo_root().join("tests/fixtures/sd").join(name)
+    super::common::repo_root()
+        .join("tests/fixtures/sd")
+        .join(name)
 }
 
 /// A tensor of `tests/fixtures/sd/reference.safetensors`, read with the `safetensors` crate.

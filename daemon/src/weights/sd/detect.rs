@@ -132,7 +132,10 @@ pub fn unet_kind(tensors: &TensorMap<SourceTensor>, prefix: &str) -> Option<Mode
     ]
     .into_iter()
     .find_map(|k| tensors.get(&k))?;
-    if !tensors.keys().any(|k| k.starts_with(prefix) && k.contains("attn2.to_k")) {
+    if !tensors
+        .keys()
+        .any(|k| k.starts_with(prefix) && k.contains("attn2.to_k"))
+    {
         // conv_in alone (a VAE's) is not a UNet.
         return None;
     }

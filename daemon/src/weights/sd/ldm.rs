@@ -82,15 +82,9 @@ fn unet_key(key: &str, layers: usize, all: &TensorMap<SourceTensor>) -> Option<S
                 _ => None,
             }
         }
-        ["middle_block", "0", ..] => Some(format!(
-            "mid_block.resnets.0.{}",
-            resnet_key(tail(2))?
-        )),
+        ["middle_block", "0", ..] => Some(format!("mid_block.resnets.0.{}", resnet_key(tail(2))?)),
         ["middle_block", "1", ..] => Some(format!("mid_block.attentions.0.{}", tail(2))),
-        ["middle_block", "2", ..] => Some(format!(
-            "mid_block.resnets.1.{}",
-            resnet_key(tail(2))?
-        )),
+        ["middle_block", "2", ..] => Some(format!("mid_block.resnets.1.{}", resnet_key(tail(2))?)),
         ["output_blocks", n, slot, rest] => {
             let n: usize = n.parse().ok()?;
             let (level, j) = (n / per, n % per);
@@ -118,7 +112,7 @@ fn unet_key(key: &str, layers: usize, all: &TensorMap<SourceTensor>) -> Option<S
                 .keys()
                 .filter(|k| k.starts_with("input_hint_block.") && k.ends_with(".weight"))
                 .count();
-            if k % 2 != 0 || convs < 2 {
+            if !k.is_multiple_of(2) || convs < 2 {
                 return None;
             }
             let index = k / 2;
@@ -200,7 +194,11 @@ fn vae_key(key: &str, up_levels: usize) -> Option<String> {
         ["norm_out", _] => "conv_norm_out".to_owned(),
         ["mid", block, m, _] if block.starts_with("block_") => {
             let j: usize = block["block_".len()..].parse().ok()?;
-            format!("mid_block.resnets.{}.{}", j.checked_sub(1)?, resnet_module(m)?)
+            format!(
+                "mid_block.resnets.{}.{}",
+                j.checked_sub(1)?,
+                resnet_module(m)?
+            )
         }
         ["mid", "attn_1", m, _] => {
             let m = match *m {

@@ -84,9 +84,15 @@ pub fn unet(path: &Path) -> Result<NetWeights, WeightsError> {
     }
     let all = source.tensors();
     let (tensors, layout) = if let Some(ldm) = strip(all, "model.diffusion_model.") {
-        (ldm::unet(&ldm).map_err(|k| unexpected(&file, "UNet", &k))?, Layout::Ldm)
+        (
+            ldm::unet(&ldm).map_err(|k| unexpected(&file, "UNet", &k))?,
+            Layout::Ldm,
+        )
     } else if all.contains("input_blocks.0.0.weight") {
-        (ldm::unet(all).map_err(|k| unexpected(&file, "UNet", &k))?, Layout::Ldm)
+        (
+            ldm::unet(all).map_err(|k| unexpected(&file, "UNet", &k))?,
+            Layout::Ldm,
+        )
     } else if all.contains("conv_in.weight") {
         (all.clone(), Layout::Diffusers)
     } else {
@@ -115,9 +121,15 @@ pub fn vae(path: &Path) -> Result<NetWeights, WeightsError> {
         if kind != ModelKind::Sd15 && kind != ModelKind::Vae {
             return Err(wrong(kind));
         }
-        (ldm::vae(&ldm).map_err(|k| unexpected(&file, "VAE", &k))?, Layout::Ldm)
+        (
+            ldm::vae(&ldm).map_err(|k| unexpected(&file, "VAE", &k))?,
+            Layout::Ldm,
+        )
     } else if all.keys().any(|k| k.starts_with("encoder.down.")) {
-        (ldm::vae(all).map_err(|k| unexpected(&file, "VAE", &k))?, Layout::Ldm)
+        (
+            ldm::vae(all).map_err(|k| unexpected(&file, "VAE", &k))?,
+            Layout::Ldm,
+        )
     } else if all.keys().any(|k| k.starts_with("encoder.down_blocks.")) {
         (diffusers_vae(all, &file)?, Layout::Diffusers)
     } else {
@@ -142,9 +154,15 @@ pub fn controlnet(path: &Path) -> Result<NetWeights, WeightsError> {
         return Err(wrong(kind));
     }
     let (tensors, layout) = if let Some(ldm) = strip(all, "control_model.") {
-        (ldm::unet(&ldm).map_err(|k| unexpected(&file, "ControlNet", &k))?, Layout::Ldm)
+        (
+            ldm::unet(&ldm).map_err(|k| unexpected(&file, "ControlNet", &k))?,
+            Layout::Ldm,
+        )
     } else if all.contains("input_hint_block.0.weight") {
-        (ldm::unet(all).map_err(|k| unexpected(&file, "ControlNet", &k))?, Layout::Ldm)
+        (
+            ldm::unet(all).map_err(|k| unexpected(&file, "ControlNet", &k))?,
+            Layout::Ldm,
+        )
     } else {
         (all.clone(), Layout::Diffusers)
     };
@@ -169,7 +187,10 @@ fn resolve(path: &Path, component: &str) -> Result<(PathBuf, Option<PathBuf>), W
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("diffusion_pytorch_model"));
         let config = path.with_file_name("config.json");
-        return Ok((path.to_owned(), (diffusers && config.is_file()).then_some(config)));
+        return Ok((
+            path.to_owned(),
+            (diffusers && config.is_file()).then_some(config),
+        ));
     }
     let folder = if path.join(component).is_dir() {
         path.join(component)
@@ -246,11 +267,8 @@ fn diffusers_vae(
             .replace(".attentions.0.value.", ".attentions.0.to_v.")
             .replace(".attentions.0.proj_attn.", ".attentions.0.to_out.0.");
         let mut t = t.clone();
-        if name.contains(".attentions.0.to_") && name.ends_with(".weight") && t.shape.len() == 4
-        {
-            t = t
-                .squeezed(2)
-                .ok_or_else(|| unexpected(file, "VAE", key))?;
+        if name.contains(".attentions.0.to_") && name.ends_with(".weight") && t.shape.len() == 4 {
+            t = t.squeezed(2).ok_or_else(|| unexpected(file, "VAE", key))?;
         }
         out.insert(name, t);
     }
