@@ -42,7 +42,7 @@ fn unet_with_kohya_and_peft_loras_matches_diffusers() {
             compiled.weights.converted(),
             "fused weights live in the cache"
         );
-        let mut unet = Unet::new(engine(), compiled).unwrap();
+        let mut unet = Unet::new(compiled);
         let (x, t, c) = (
             sd_reference("unet.sample"),
             sd_reference("unet.timestep"),

@@ -60,7 +60,7 @@ fn run_unet(
     let net = sd::unet(&sd_fixture(path)).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let compiled = CompiledUnet::compile(&net, cache.path(), &options(precision, hyper)).unwrap();
-    let mut unet = Unet::new(engine(), compiled).unwrap();
+    let mut unet = Unet::new(compiled);
     let (x, t, c) = unet_inputs();
     let r = residuals.then(residual_inputs);
     unet.forward(engine(), x.view(), t.view(), c.view(), r.as_deref())

@@ -65,8 +65,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     latent,
                     batch,
                     threads,
+                    runs,
                 },
-        } => super::sd::bench_sd_step(&target, dir, latent, batch, threads),
+        } => super::sd::bench_sd_step(&target, dir, latent, batch, threads, runs),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {

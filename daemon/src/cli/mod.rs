@@ -96,6 +96,9 @@ pub enum BenchCommand {
         /// ONNX Runtime threads (default: one per core)
         #[arg(long)]
         threads: Option<usize>,
+        /// Evaluations (at least 2: the first warms up; the best of the others is reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 

@@ -72,6 +72,7 @@ pub fn bench_sd_step(
     latent: usize,
     batch: usize,
     threads: Option<usize>,
+    runs: usize,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         latent >= 8 && latent.is_multiple_of(8) && batch > 0,
@@ -98,7 +99,7 @@ pub fn bench_sd_step(
         engine.runtime_description(),
         engine.device_description()
     );
-    let report = bench::sd_step(&engine, dir, latent, batch, &mut |line| {
+    let report = bench::sd_step(&engine, dir, latent, batch, runs, &mut |line| {
         println!("  {line}")
     })?;
     println!(

@@ -313,22 +313,35 @@ impl CompiledUnet {
     }
 }
 
-/// A UNet with warm sessions.
+/// A UNet with warm sessions, each graph's created on first use (or by [`Unet::warm`]): a
+/// pipeline with a ControlNet only ever needs the residual graph, and every session holds its own
+/// prepacked copy of the weights.
 pub struct Unet {
     pub compiled: CompiledUnet,
-    plain: SharedSession,
+    plain: Option<SharedSession>,
     controlled: Option<SharedSession>,
 }
 
 impl Unet {
-    /// Sessions for the plain graph now, and for the residual graph on first use.
-    pub fn new(engine: &Engine, compiled: CompiledUnet) -> Result<Unet, EngineError> {
-        let plain = engine.session(&compiled.plain)?;
-        Ok(Unet {
+    pub fn new(compiled: CompiledUnet) -> Unet {
+        Unet {
             compiled,
-            plain,
+            plain: None,
             controlled: None,
-        })
+        }
+    }
+
+    /// Creates the session of the graph with (`residuals`) or without residual inputs now.
+    pub fn warm(&mut self, engine: &Engine, residuals: bool) -> Result<(), EngineError> {
+        let (slot, model) = if residuals {
+            (&mut self.controlled, &self.compiled.controlled)
+        } else {
+            (&mut self.plain, &self.compiled.plain)
+        };
+        if slot.is_none() {
+            *slot = Some(engine.session(model)?);
+        }
+        Ok(())
     }
 
     /// One evaluation: the predicted noise `[B, 4, h, w]`. `residuals`, when given, are the 12
@@ -341,18 +354,18 @@ impl Unet {
         context: ArrayViewD<'_, f32>,
         residuals: Option<&[ArrayD<f32>]>,
     ) -> Result<ArrayD<f32>, EngineError> {
+        self.warm(engine, residuals.is_some())?;
         let mut inputs = vec![
             ("sample", sample),
             ("timestep", timestep),
             ("encoder_hidden_states", context),
         ];
         let Some(residuals) = residuals else {
-            let name = self.compiled.plain.name.clone();
-            return Ok(sd::run(&self.plain, &name, &inputs, &["out_sample"])?.remove(0));
+            let session = self.plain.as_ref().expect("warmed above");
+            return Ok(
+                sd::run(session, &self.compiled.plain.name, &inputs, &["out_sample"])?.remove(0),
+            );
         };
-        if self.controlled.is_none() {
-            self.controlled = Some(engine.session(&self.compiled.controlled)?);
-        }
         let count = self.compiled.config.residuals().len();
         let names: Vec<String> = (0..count)
             .map(Some)
@@ -372,8 +385,13 @@ impl Unet {
         for (name, r) in names.iter().zip(residuals) {
             inputs.push((name.as_str(), r.view()));
         }
-        let session = self.controlled.as_ref().expect("just created");
-        let name = self.compiled.controlled.name.clone();
-        Ok(sd::run(session, &name, &inputs, &["out_sample"])?.remove(0))
+        let session = self.controlled.as_ref().expect("warmed above");
+        Ok(sd::run(
+            session,
+            &self.compiled.controlled.name,
+            &inputs,
+            &["out_sample"],
+        )?
+        .remove(0))
     }
 }
