@@ -132,6 +132,13 @@ pub fn vae(path: &Path) -> Result<NetWeights, WeightsError> {
         )
     } else if all.keys().any(|k| k.starts_with("encoder.down_blocks.")) {
         (diffusers_vae(all, &file)?, Layout::Diffusers)
+    } else if detect::classify(all) == ModelKind::Sd15 {
+        return Err(WeightsError::UnknownLayout {
+            path: file.clone(),
+            network: "VAE",
+            found: "this checkpoint has no VAE (`first_stage_model.*`); give one separately"
+                .into(),
+        });
     } else {
         return Err(wrong(detect::classify(all)));
     };
