@@ -11,16 +11,18 @@
 //! | `unet.onnx`, `unet_controlnet.onnx` + `unet.safetensors` | UNet without / with the 13 residual inputs |
 //! | `vae_encoder.onnx`, `vae_decoder.onnx` + `vae.safetensors` | VAE |
 //! | `controlnet.onnx`, `controlnet_cond_encoder.onnx`, `controlnet_body.onnx` + `controlnet.safetensors` | ControlNet (when given) |
-//! | `text_encoder.onnx` + `text_encoder.safetensors` | CLIP text encoder (by the text side; see [`ExportError::TextEncoderUnavailable`]) |
+//! | `text_encoder.onnx` + `text_encoder.safetensors` | CLIP text encoder (`nets::clip`), LoRAs fused, embeddings appended to its vocabulary |
 
 use std::path::{Path, PathBuf};
 
 use super::ModelError;
+use super::clip::{self, ClipOptions};
 use super::controlnet::CompiledControlNet;
 use super::sd::{Precision, SdOptions};
 use super::unet::CompiledUnet;
 use super::vae::CompiledVae;
 use crate::engine::CompiledModel;
+use crate::weights::embedding::TextualInversion;
 use crate::weights::lora::{Lora, LoraPatch, LoraTarget};
 use crate::weights::sd::{self, SdHyper};
 use crate::weights::{Patch, WeightsError};
@@ -40,7 +42,7 @@ pub struct ExportOptions {
     pub precision: Precision,
     /// Heads and GroupNorm groups when not SD 1.5's (tiny test models).
     pub hyper: Option<SdHyper>,
-    /// Leave the text encoder out on purpose.
+    /// Leave the text encoder out.
     pub skip_text_encoder: bool,
     pub out_dir: PathBuf,
     /// Where converted and LoRA-fused weights are cached on the way.
@@ -58,13 +60,9 @@ pub enum ExportError {
         #[source]
         source: std::io::Error,
     },
-    /// The CLIP text encoder is not part of this build (it lands with the text side); the
-    /// other graphs were written.
-    #[error(
-        "text_encoder.onnx was not written: this build has no CLIP text encoder yet; the other graphs are in {}; pass --no-text-encoder to export without it",
-        out_dir.display()
-    )]
-    TextEncoderUnavailable { out_dir: PathBuf },
+    /// Embeddings only make sense with the text encoder.
+    #[error("--embedding needs the text encoder; drop --no-text-encoder")]
+    EmbeddingsWithoutTextEncoder,
 }
 
 impl From<WeightsError> for ExportError {
@@ -76,6 +74,9 @@ impl From<WeightsError> for ExportError {
 /// Writes the graphs; returns the files written.
 pub fn export(options: &ExportOptions) -> Result<Vec<PathBuf>, ExportError> {
     let out = &options.out_dir;
+    if options.skip_text_encoder && !options.embeddings.is_empty() {
+        return Err(ExportError::EmbeddingsWithoutTextEncoder);
+    }
     std::fs::create_dir_all(out).map_err(|source| ExportError::Write {
         path: out.clone(),
         source,
@@ -144,11 +145,39 @@ pub fn export(options: &ExportOptions) -> Result<Vec<PathBuf>, ExportError> {
         written.push(write_onnx(out, "controlnet_body", &cn.body)?);
     }
 
-    if !options.skip_text_encoder || !options.embeddings.is_empty() {
-        return Err(ExportError::TextEncoderUnavailable {
-            out_dir: out.clone(),
-        });
+    if options.skip_text_encoder {
+        return Ok(written);
     }
+    let embeddings = options
+        .embeddings
+        .iter()
+        .map(|p| TextualInversion::load(p))
+        .collect::<Result<Vec<_>, WeightsError>>()?;
+    let (source, canonical, config) = clip::open(&options.checkpoint)?;
+    let patch = LoraPatch::resolve(&lora_refs, LoraTarget::TextEncoder, &canonical)?;
+    let patch = (!lora_refs.is_empty()).then_some(&patch as &dyn Patch);
+    let placed = crate::weights::materialize_as(
+        &source,
+        &canonical,
+        &options.cache_dir,
+        crate::weights::Target {
+            network: &format!("clip{}", options.precision.suffix()),
+            weight_type: options.precision.weight_type(),
+            patch,
+        },
+    )?;
+    let weights = copy_weights(&placed, out, "text_encoder")?;
+    let clip_options = ClipOptions {
+        precision: options.precision,
+        ..ClipOptions::default()
+    };
+    let name = options
+        .checkpoint
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let te = clip::compile_weights(&config, &weights, &embeddings, &clip_options, &name)?;
+    written.push(weights.file().to_owned());
+    written.push(write_onnx(out, "text_encoder", &te.model)?);
     Ok(written)
 }
 

@@ -11,10 +11,11 @@ use ndarray::{ArrayD, ArrayViewD};
 use ort::session::SessionInputValue;
 
 use super::ModelError;
+pub use super::Precision;
 use crate::engine::{CompiledModel, EngineError, SharedSession};
 use crate::onnx::Graph;
 use crate::weights::sd::{NetWeights, SdHyper};
-use crate::weights::{self, Patch, Target, WeightType, Weights};
+use crate::weights::{self, Patch, Target, Weights};
 
 /// How to compile an SD network.
 #[derive(Clone, Copy, Default)]
@@ -26,31 +27,6 @@ pub struct SdOptions<'a> {
     pub hyper: Option<SdHyper>,
     /// Applied while the weights are converted (fused LoRAs).
     pub patch: Option<&'a dyn Patch>,
-}
-
-/// The precision of a compiled graph's weights and arithmetic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Precision {
-    #[default]
-    F32,
-    F16,
-}
-
-impl Precision {
-    pub fn weight_type(self) -> WeightType {
-        match self {
-            Precision::F32 => WeightType::F32,
-            Precision::F16 => WeightType::F16,
-        }
-    }
-
-    /// `""` or `"-fp16"`, for file and cache names.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Precision::F32 => "",
-            Precision::F16 => "-fp16",
-        }
-    }
 }
 
 /// Places `net`'s weights for ONNX Runtime (in place, or converted/patched into `cache_dir`)

@@ -18,6 +18,8 @@ mod source;
 mod store;
 mod torch;
 
+pub mod clip_keys;
+pub mod embedding;
 pub mod esrgan;
 pub mod lora;
 pub mod sd;

@@ -136,8 +136,7 @@ pub fn vae(path: &Path) -> Result<NetWeights, WeightsError> {
         return Err(WeightsError::UnknownLayout {
             path: file.clone(),
             network: "VAE",
-            found: "this checkpoint has no VAE (`first_stage_model.*`); give one separately"
-                .into(),
+            found: "this checkpoint has no VAE (`first_stage_model.*`); give one separately".into(),
         });
     } else {
         return Err(wrong(detect::classify(all)));
