@@ -300,3 +300,109 @@ fn files_that_are_not_sd15_say_what_they_are() {
     );
     assert_eq!(kind_of(sd::vae(&lora)), ModelKind::Lora);
 }
+
+#[test]
+fn kohya_keys_in_ldm_block_numbering_fuse_the_same() {
+    // The kohya fixture's UNet modules under the LDM names (2 ResNets per level).
+    let renames = [
+        (
+            "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+            "input_blocks_1_1_transformer_blocks_0_attn1_to_q",
+        ),
+        (
+            "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0",
+            "input_blocks_1_1_transformer_blocks_0_attn1_to_out_0",
+        ),
+        (
+            "down_blocks_1_attentions_1_transformer_blocks_0_attn2_to_k",
+            "input_blocks_5_1_transformer_blocks_0_attn2_to_k",
+        ),
+        (
+            "down_blocks_1_attentions_1_transformer_blocks_0_attn2_to_v",
+            "input_blocks_5_1_transformer_blocks_0_attn2_to_v",
+        ),
+        (
+            "mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj",
+            "middle_block_1_transformer_blocks_0_ff_net_0_proj",
+        ),
+        (
+            "up_blocks_2_attentions_1_transformer_blocks_0_ff_net_2",
+            "output_blocks_7_1_transformer_blocks_0_ff_net_2",
+        ),
+        (
+            "up_blocks_1_attentions_0_proj_in",
+            "output_blocks_3_1_proj_in",
+        ),
+        (
+            "down_blocks_2_attentions_0_proj_out",
+            "input_blocks_7_1_proj_out",
+        ),
+        (
+            "down_blocks_0_resnets_1_conv1",
+            "input_blocks_2_0_in_layers_2",
+        ),
+        (
+            "up_blocks_0_resnets_2_conv2",
+            "output_blocks_2_0_out_layers_3",
+        ),
+        (
+            "up_blocks_3_resnets_0_conv_shortcut",
+            "output_blocks_9_0_skip_connection",
+        ),
+        (
+            "down_blocks_1_resnets_0_time_emb_proj",
+            "input_blocks_4_0_emb_layers_1",
+        ),
+    ];
+    let bytes = std::fs::read(sd_fixture("tiny-lora-kohya.safetensors")).unwrap();
+    let original = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut renamed = Vec::new();
+    for (name, view) in original.tensors() {
+        let new = renames
+            .iter()
+            .find_map(|(d, l)| {
+                name.strip_prefix(&format!("lora_unet_{d}."))
+                    .map(|rest| format!("lora_unet_{l}.{rest}"))
+            })
+            .unwrap_or_else(|| name.clone());
+        renamed.push((new, view));
+    }
+    assert_eq!(
+        renamed
+            .iter()
+            .filter(|(n, _)| n.contains("_blocks_")
+                && !n.contains("down_blocks")
+                && !n.contains("up_blocks"))
+            .count(),
+        36
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ldm-names.safetensors");
+    std::fs::write(
+        &path,
+        safetensors::tensor::serialize(renamed, None::<HashMap<String, String>>).unwrap(),
+    )
+    .unwrap();
+
+    let net = sd::unet(&sd_fixture("tiny-ldm.safetensors")).unwrap();
+    let lora = Lora::open(&path).unwrap();
+    let patch = LoraPatch::resolve(&[(&lora, 0.7)], LoraTarget::Unet, &net.tensors).unwrap();
+    assert_eq!(patch.patched().count(), 12);
+    let options = SdOptions {
+        precision: Precision::F32,
+        hyper: Some(TINY),
+        patch: Some(&patch),
+    };
+    let compiled = CompiledUnet::compile(&net, dir.path(), &options).unwrap();
+    let mut unet = Unet::new(compiled);
+    let (x, t, c) = (
+        sd_reference("unet.sample"),
+        sd_reference("unet.timestep"),
+        sd_reference("unet.encoder_hidden_states"),
+    );
+    let out = unet
+        .forward(engine(), x.view(), t.view(), c.view(), None)
+        .unwrap();
+    let err = max_abs(&out, &sd_reference("lora.kohya.out_sample"));
+    assert!(err < 1e-4, "{err}");
+}

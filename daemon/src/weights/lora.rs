@@ -11,7 +11,8 @@
 //! Modules are UNet modules in diffusers naming and text-encoder modules in Hugging Face CLIP
 //! naming (`text_model.encoder.layers.{i}.self_attn.q_proj`, …), the canonical names of
 //! `nets::unet` and `nets::clip`; kohya's underscored names are matched against the canonical
-//! module names with `.` read as `_`. Convolution LoRAs (kohya's LoCon on 3×3 ResNet convs:
+//! module names with `.` read as `_` (or, for UNet keys in LDM block numbering such as
+//! `lora_unet_input_blocks_4_1_proj_in`, translated first). Convolution LoRAs (kohya's LoCon on 3×3 ResNet convs:
 //! down `[r, in, 3, 3]`, up `[out, r, 1, 1]`) and 1×1 LoRAs on Linear layers are fused through
 //! the same product, reshaped to the weight. Without alpha the scale is 1 (alpha = rank).
 //!
@@ -217,6 +218,72 @@ fn parse_down_key(key: &str) -> Option<(LoraTarget, ModuleName, String, Option<S
 /// A target's alphas in PEFT's adapter configuration: the default, and per module pattern.
 type Alphas = (Option<f32>, Vec<(String, f32)>);
 
+/// A kohya UNet module named in LDM block numbering (`input_blocks_4_1_proj_in`, as kohya
+/// writes SDXL and some SD 1.5 tools write SD 1.5) in diffusers' names with `_`
+/// (`down_blocks_1_attentions_0_proj_in`), for a UNet of `layers` ResNets per level. The
+/// numbering is that of `weights::sd::ldm`.
+fn ldm_underscored(name: &str, layers: usize) -> Option<String> {
+    let per = layers + 1;
+    let resnet = |rest: &str| -> Option<String> {
+        let pairs = [
+            ("in_layers_2", "conv1"),
+            ("emb_layers_1", "time_emb_proj"),
+            ("out_layers_3", "conv2"),
+            ("skip_connection", "conv_shortcut"),
+        ];
+        pairs
+            .iter()
+            .find(|(from, _)| rest == *from)
+            .map(|(_, to)| (*to).to_owned())
+    };
+    // "<n>_<slot>_<rest>" → (n, slot, rest)
+    let numbered = |s: &str| -> Option<(usize, usize, String)> {
+        let (n, s) = s.split_once('_')?;
+        let (slot, rest) = s.split_once('_').unwrap_or((s, ""));
+        Some((n.parse().ok()?, slot.parse().ok()?, rest.to_owned()))
+    };
+    match name {
+        "time_embed_0" => return Some("time_embedding_linear_1".into()),
+        "time_embed_2" => return Some("time_embedding_linear_2".into()),
+        "input_blocks_0_0" => return Some("conv_in".into()),
+        "out_2" => return Some("conv_out".into()),
+        _ => {}
+    }
+    if let Some(s) = name.strip_prefix("input_blocks_") {
+        let (n, slot, rest) = numbered(s)?;
+        let (level, j) = ((n.checked_sub(1)?) / per, (n - 1) % per);
+        return match (slot, j == layers) {
+            (0, true) if rest == "op" => Some(format!("down_blocks_{level}_downsamplers_0_conv")),
+            (0, false) => Some(format!(
+                "down_blocks_{level}_resnets_{j}_{}",
+                resnet(&rest)?
+            )),
+            (1, false) => Some(format!("down_blocks_{level}_attentions_{j}_{rest}")),
+            _ => None,
+        };
+    }
+    if let Some(s) = name.strip_prefix("middle_block_") {
+        let (n, rest) = s.split_once('_')?;
+        return match n {
+            "0" => Some(format!("mid_block_resnets_0_{}", resnet(rest)?)),
+            "1" => Some(format!("mid_block_attentions_0_{rest}")),
+            "2" => Some(format!("mid_block_resnets_1_{}", resnet(rest)?)),
+            _ => None,
+        };
+    }
+    if let Some(s) = name.strip_prefix("output_blocks_") {
+        let (n, slot, rest) = numbered(s)?;
+        let (level, j) = (n / per, n % per);
+        return match slot {
+            0 => Some(format!("up_blocks_{level}_resnets_{j}_{}", resnet(&rest)?)),
+            1 | 2 if rest == "conv" => Some(format!("up_blocks_{level}_upsamplers_0_conv")),
+            1 => Some(format!("up_blocks_{level}_attentions_{j}_{rest}")),
+            _ => None,
+        };
+    }
+    None
+}
+
 /// The PEFT adapter configuration diffusers stores in the safetensors metadata.
 #[derive(Default)]
 struct AdapterMetadata {
@@ -302,6 +369,7 @@ impl<'a> LoraPatch<'a> {
             .filter_map(|k| k.strip_suffix(".weight"))
             .map(|m| (m.replace('.', "_"), m))
             .collect();
+        let layers = canonical.scope("down_blocks.0.resnets").count_indexed();
         let mut deltas: BTreeMap<String, Vec<Delta>> = BTreeMap::new();
         let mut fingerprint = format!("lora-1 {target:?}");
         for (index, (lora, multiplier)) in loras.iter().enumerate() {
@@ -313,7 +381,13 @@ impl<'a> LoraPatch<'a> {
                     network: target.describe(),
                 };
                 let module = match &m.name {
-                    ModuleName::Underscored(n) => modules.get(n).map(|s| s.to_string()),
+                    ModuleName::Underscored(n) => modules
+                        .get(n)
+                        .or_else(|| {
+                            let translated = ldm_underscored(n, layers)?;
+                            modules.get(&translated)
+                        })
+                        .map(|s| s.to_string()),
                     ModuleName::Dotted(n) => canonical
                         .contains(&format!("{n}.weight"))
                         .then(|| n.clone()),
