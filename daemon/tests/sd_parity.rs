@@ -198,3 +198,98 @@ fn controlnet_in_both_layouts_full_and_split_matches_diffusers() {
         }
     }
 }
+
+#[test]
+fn vae_with_frozen_group_norm_statistics() {
+    let net = sd::vae(&sd_fixture("tiny-ldm.safetensors")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let vae =
+        CompiledVae::compile(&net, cache.path(), &options(Precision::F32, Some(TINY))).unwrap();
+    let image = sd_reference("vae.image");
+    let other = image.mapv(|v| 0.5 * v + 0.2);
+    let run = |model: &tessera::engine::CompiledModel,
+               inputs: &[(&str, ndarray::ArrayViewD<f32>)],
+               outputs: &[&str]| {
+        let session = engine().session(model).unwrap();
+        tessera::nets::sd::run(&session, &model.name, inputs, outputs).unwrap()
+    };
+    use tessera::nets::vae::NormStats;
+    // Encoder: statistics of `image`, exported, then fed back: the same output as the live graph.
+    let export = vae.with_stats(false, NormStats::Export).unwrap();
+    let frozen = vae.with_stats(false, NormStats::Frozen).unwrap();
+    let norms = tessera::onnx::decode(&export.onnx)
+        .unwrap()
+        .graph
+        .unwrap()
+        .output
+        .len()
+        - 2;
+    // 8 ResNets (2 norms each) + 2 in the mid block, its attention, the output norm.
+    assert_eq!(norms, 2 * (2 * 8 + 2 * 2 + 1 + 1));
+    let names: Vec<String> = (0..norms / 2)
+        .flat_map(|k| [format!("groupnorm_{k}_mean"), format!("groupnorm_{k}_var")])
+        .collect();
+    let mut outputs = vec!["latent_mean"];
+    outputs.extend(names.iter().map(String::as_str));
+    let exported = run(&export, &[("sample", image.view())], &outputs);
+    check(
+        "VAE encoder, exporting statistics",
+        &exported[0],
+        &sd_reference("vae.ldm.mean"),
+        Precision::F32,
+    );
+    let mut inputs: Vec<(&str, ndarray::ArrayViewD<f32>)> = vec![("sample", image.view())];
+    inputs.extend(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(exported[1..].iter().map(|a| a.view())),
+    );
+    let same = run(&frozen, &inputs, &["latent_mean"]);
+    check(
+        "VAE encoder, own statistics frozen",
+        &same[0],
+        &sd_reference("vae.ldm.mean"),
+        Precision::F32,
+    );
+    // Another image normalised with `image`'s statistics differs from its live encoding.
+    inputs[0] = ("sample", other.view());
+    let borrowed = run(&frozen, &inputs, &["latent_mean"]);
+    let live = run(&vae.encoder, &[("sample", other.view())], &["latent_mean"]);
+    assert!(
+        max_abs(&borrowed[0], &live[0]) > 1e-2,
+        "the frozen statistics are used"
+    );
+
+    // Decoder: the same round trip.
+    let latent = sd_reference("vae.latent");
+    let export = vae.with_stats(true, NormStats::Export).unwrap();
+    let frozen = vae.with_stats(true, NormStats::Frozen).unwrap();
+    let norms = tessera::onnx::decode(&export.onnx)
+        .unwrap()
+        .graph
+        .unwrap()
+        .output
+        .len()
+        - 1;
+    let names: Vec<String> = (0..norms / 2)
+        .flat_map(|k| [format!("groupnorm_{k}_mean"), format!("groupnorm_{k}_var")])
+        .collect();
+    let mut outputs = vec!["sample"];
+    outputs.extend(names.iter().map(String::as_str));
+    let exported = run(&export, &[("latent_sample", latent.view())], &outputs);
+    let mut inputs: Vec<(&str, ndarray::ArrayViewD<f32>)> = vec![("latent_sample", latent.view())];
+    inputs.extend(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(exported[1..].iter().map(|a| a.view())),
+    );
+    let same = run(&frozen, &inputs, &["sample"]);
+    check(
+        "VAE decoder, own statistics frozen",
+        &same[0],
+        &sd_reference("vae.ldm.decoded"),
+        Precision::F32,
+    );
+}

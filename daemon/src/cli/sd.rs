@@ -107,11 +107,11 @@ pub fn bench_sd_step(
         report.compile_s
     );
     println!(
-        "session creation (UNet, UNet+residuals, ControlNet hint + body): {:.1} s",
+        "session creation (UNet with residual inputs, ControlNet hint encoder + body): {:.1} s",
         report.session_s
     );
     println!(
-        "evaluation: {:.2} s first, {:.2} s second; {:.0} GFLOP",
+        "evaluation: {:.2} s first, {:.2} s best of the others; {:.0} GFLOP",
         report.first_eval_s, report.eval_s, report.eval_gflop
     );
     println!(

@@ -5,8 +5,9 @@
 //!   f16 with f16 weights, and casts its outputs back (so callers never see the difference).
 //! - GroupNorm is built in exactly one place, [`SdNet::group_norm`]: Reshape → InstanceNorm →
 //!   Reshape → affine, the fast form on ONNX Runtime (ort-notes §4). Its statistics are always
-//!   computed in f32 (as PyTorch's autocast does), also in fp16 graphs. The VAE's tiled mode
-//!   with frozen statistics will replace the InstanceNorm here and nowhere else.
+//!   computed in f32 (as PyTorch's autocast does), also in fp16 graphs. [`NormStats`] selects
+//!   where the statistics come from: the input itself (normal), the input with the statistics
+//!   also returned as graph outputs, or graph inputs (frozen, for the tiled VAE).
 //! - Attention is one `com.microsoft.MultiHeadAttention` node on `[B, N, C]` tokens (ort-notes
 //!   §6); Linear weights are PyTorch's `[out, in]` and are transposed by a node on the
 //!   initializer, which ONNX Runtime folds once at session creation.
@@ -18,12 +19,32 @@ use crate::weights::{Scope, WeightType, WeightsError};
 /// Weights of one module.
 pub type W<'a> = Scope<'a, ExternalTensor>;
 
+/// Where every GroupNorm of a graph takes its per-(sample, group) mean and variance from.
+///
+/// Tiled VAE (clarity-algorithm.md §2.5) runs a graph with `Export` once on a downscaled whole
+/// image and then the `Frozen` graph on every tile with those statistics, so tiles are
+/// normalised alike. GroupNorm *k* (in graph order) has `groupnorm_{k}_mean` and
+/// `groupnorm_{k}_var`, f32 `[batch, groups]` (biased variance, as PyTorch's GroupNorm).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NormStats {
+    /// From each GroupNorm's own input.
+    #[default]
+    Live,
+    /// From the input, and returned as graph outputs.
+    Export,
+    /// From graph inputs.
+    Frozen,
+}
+
 /// A graph under construction plus what every layer needs to know.
 pub struct SdNet {
     pub g: Graph,
     /// The type activations and weights have inside the graph.
     pub dtype: ElemType,
     pub hyper: SdHyper,
+    pub norm_stats: NormStats,
+    /// GroupNorms built so far (numbers their statistics).
+    group_norms: usize,
 }
 
 /// GroupNorm epsilon of the UNet's ResNets and output norm (diffusers `norm_eps`).
@@ -39,6 +60,8 @@ impl SdNet {
             g: Graph::new(name),
             dtype: weight_type.elem(),
             hyper,
+            norm_stats: NormStats::Live,
+            group_norms: 0,
         }
     }
 
@@ -135,9 +158,43 @@ impl SdNet {
             self.g.cast(x, ElemType::F32)
         };
         let grouped = self.g.reshape(&x32, &[0, groups as i64, -1]);
-        let ones = self.g.floats(&vec![1.0; groups]);
-        let zeros = self.g.floats(&vec![0.0; groups]);
-        let normed = self.g.instance_norm(&grouped, &ones, &zeros, eps);
+        let k = self.group_norms;
+        self.group_norms += 1;
+        let stats_dims = [Dim::from("batch"), Dim::from(groups as i64)];
+        let (mean_name, var_name) = (format!("groupnorm_{k}_mean"), format!("groupnorm_{k}_var"));
+        let normed = match self.norm_stats {
+            NormStats::Live | NormStats::Export => {
+                if self.norm_stats == NormStats::Export {
+                    let axes = self.g.ints(&[2]);
+                    let mean = self.g.node("ReduceMean", &[&grouped, &axes], vec![]);
+                    let centred = self.g.sub(&grouped, &mean);
+                    let squared = self.g.mul(&centred, &centred);
+                    let var = self.g.node("ReduceMean", &[&squared, &axes], vec![]);
+                    let flat = self.g.ints(&[0, groups as i64]);
+                    let mean = self.g.reshape_to(&mean, &flat);
+                    let var = self.g.reshape_to(&var, &flat);
+                    self.g
+                        .output(&mean_name, &mean, ElemType::F32, Some(&stats_dims));
+                    self.g
+                        .output(&var_name, &var, ElemType::F32, Some(&stats_dims));
+                }
+                let ones = self.g.floats(&vec![1.0; groups]);
+                let zeros = self.g.floats(&vec![0.0; groups]);
+                self.g.instance_norm(&grouped, &ones, &zeros, eps)
+            }
+            NormStats::Frozen => {
+                let mean = self.g.input(&mean_name, ElemType::F32, &stats_dims);
+                let var = self.g.input(&var_name, ElemType::F32, &stats_dims);
+                let axes = self.g.ints(&[2]);
+                let mean = self.g.node("Unsqueeze", &[&mean, &axes], vec![]);
+                let var = self.g.node("Unsqueeze", &[&var, &axes], vec![]);
+                let eps = self.g.scalar(eps);
+                let var = self.g.add(&var, &eps);
+                let std = self.g.node("Sqrt", &[&var], vec![]);
+                let centred = self.g.sub(&grouped, &mean);
+                self.g.div(&centred, &std)
+            }
+        };
         let normed = self.g.reshape_to(&normed, &shape);
         let normed = if self.dtype == ElemType::F32 {
             normed

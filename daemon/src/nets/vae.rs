@@ -17,6 +17,7 @@
 
 use super::ModelError;
 use super::sd::{self, SdOptions};
+pub use super::sd_blocks::NormStats;
 use super::sd_blocks::{SdNet, TRANSFORMER_NORM_EPS, W, nchw};
 use crate::engine::CompiledModel;
 use crate::onnx::{Conv2d, Graph, Value};
@@ -99,14 +100,17 @@ fn output_head(net: &mut SdNet, x: &Value, w: &W) -> Result<Value, WeightsError>
     net.conv(&h, &w.scope("conv_out"), Conv2d::padded(1))
 }
 
-/// Image → (mean, log-variance).
+/// Image → (mean, log-variance). With `stats` other than `Live` the GroupNorm statistics are
+/// also outputs (`Export`) or inputs (`Frozen`), see [`NormStats`].
 pub fn build_encoder(
     config: &VaeConfig,
     w: &Weights,
     hyper: SdHyper,
     weight_type: WeightType,
+    stats: NormStats,
 ) -> Result<Graph, WeightsError> {
     let mut net = SdNet::new("vae_encoder", weight_type, hyper);
+    net.norm_stats = stats;
     let enc = w.scope("encoder");
     let x = net.input("sample", &nchw(config.image_channels, "height", "width"));
     let mut h = net.conv(&x, &enc.scope("conv_in"), Conv2d::padded(1))?;
@@ -135,14 +139,16 @@ pub fn build_encoder(
     Ok(net.g)
 }
 
-/// Latent → image.
+/// Latent → image; `stats` as for [`build_encoder`].
 pub fn build_decoder(
     config: &VaeConfig,
     w: &Weights,
     hyper: SdHyper,
     weight_type: WeightType,
+    stats: NormStats,
 ) -> Result<Graph, WeightsError> {
     let mut net = SdNet::new("vae_decoder", weight_type, hyper);
+    net.norm_stats = stats;
     let dec = w.scope("decoder");
     let z = net.input(
         "latent_sample",
@@ -181,6 +187,37 @@ pub struct CompiledVae {
 }
 
 impl CompiledVae {
+    /// The encoder (`decoder == false`) or decoder graph with the GroupNorm statistics
+    /// exported or frozen, over the same weights (for tiled encoding and decoding).
+    pub fn with_stats(&self, decoder: bool, stats: NormStats) -> Result<CompiledModel, ModelError> {
+        let weight_type = if self
+            .weights
+            .tensors()
+            .iter()
+            .all(|(_, t)| t.elem_type == crate::onnx::ElemType::F16)
+        {
+            WeightType::F16
+        } else {
+            WeightType::F32
+        };
+        let (graph, base) = if decoder {
+            (
+                build_decoder(&self.config, &self.weights, self.hyper, weight_type, stats)?,
+                &self.decoder,
+            )
+        } else {
+            (
+                build_encoder(&self.config, &self.weights, self.hyper, weight_type, stats)?,
+                &self.encoder,
+            )
+        };
+        Ok(sd::compiled(
+            format!("{} ({stats:?} GroupNorm statistics)", base.name),
+            graph,
+            &self.weights,
+        ))
+    }
+
     pub fn compile(
         net: &NetWeights,
         cache_dir: &std::path::Path,
@@ -203,8 +240,8 @@ impl CompiledVae {
             .path()
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let encoder = build_encoder(&config, &weights, hyper, weight_type)?;
-        let decoder = build_decoder(&config, &weights, hyper, weight_type)?;
+        let encoder = build_encoder(&config, &weights, hyper, weight_type, NormStats::Live)?;
+        let decoder = build_decoder(&config, &weights, hyper, weight_type, NormStats::Live)?;
         Ok(CompiledVae {
             encoder: sd::compiled(format!("VAE encoder {file}"), encoder, &weights),
             decoder: sd::compiled(format!("VAE decoder {file}"), decoder, &weights),
