@@ -195,6 +195,17 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
         None => println!("job:     idle"),
     }
     println!("queued:  {}", status.queued);
+    if status.resident_bytes > 0 {
+        println!("memory:  {} resident", human_size(status.resident_bytes));
+    }
+    if status.sessions.is_empty() {
+        println!("models:  none loaded");
+    } else {
+        println!("models:  {} warm sessions", status.sessions.len());
+        for session in &status.sessions {
+            println!("         {session}");
+        }
+    }
     println!("clients: {}", status.clients);
     println!("data:    {}", status.data_dir);
     Ok(ExitCode::SUCCESS)

@@ -3,7 +3,8 @@
 use super::launch::Target;
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions};
-use crate::pipeline::upscale::{Checker, Upscaler};
+use crate::pipeline::clarity::job::ClarityRunner;
+use crate::pipeline::upscale::Checker;
 use crate::server::{self, ServeOptions, hub::DaemonInfo, instance};
 use crate::store::DataDir;
 use anyhow::Context;
@@ -30,19 +31,22 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
         }
         Err(e) => return Err(e.into()),
     };
-    let engine = Engine::new(EngineOptions {
+    let engine = Arc::new(Engine::new(EngineOptions {
         ort_lib: target
             .ort_lib_flag
             .clone()
             .or(config.engine.ort_lib.clone()),
         data_dir: dir.root().to_path_buf(),
         intra_threads: (config.engine.threads > 0).then_some(config.engine.threads),
-    })?;
+    })?);
     let info = DaemonInfo {
         runtime: engine.runtime_description(),
         device: engine.device_description(),
         data_dir: dir.root().display().to_string(),
-        sessions: None,
+        sessions: Some({
+            let engine = engine.clone();
+            Arc::new(move || engine.held_sessions())
+        }),
     };
     tracing::info!(
         "tessera {} using {} on {}",
@@ -51,7 +55,7 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
         info.device
     );
     let checker = Arc::new(Checker::new(dir.clone(), config.clone()));
-    let runner = Box::new(Upscaler::new(engine, dir.clone(), config.clone()));
+    let runner = Box::new(ClarityRunner::new(engine, dir.clone(), config.clone()));
     server::serve(
         ServeOptions {
             data_dir: dir,

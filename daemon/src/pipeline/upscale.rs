@@ -45,7 +45,7 @@ impl Checker {
     }
 }
 
-fn resolve_model(
+pub(crate) fn resolve_model(
     dir: &DataDir,
     config: &Config,
     params: &JobParams,
@@ -103,6 +103,7 @@ impl JobChecker for Checker {
         check_job(&self.config, image, params)?;
         if params.diffuses() {
             crate::pipeline::clarity::params::resolve_sd(&self.data_dir, &self.config, params)?;
+            crate::pipeline::clarity::params::lora_files(&self.data_dir, params)?;
         }
         self.model(params).map(|_| ())
     }
@@ -119,14 +120,14 @@ struct Loaded {
 
 /// Runs upscaler jobs on the engine thread, keeping the last network warm.
 pub struct Upscaler {
-    engine: Engine,
+    engine: std::sync::Arc<Engine>,
     data_dir: DataDir,
     config: Config,
     loaded: Option<Loaded>,
 }
 
 impl Upscaler {
-    pub fn new(engine: Engine, data_dir: DataDir, config: Config) -> Upscaler {
+    pub fn new(engine: std::sync::Arc<Engine>, data_dir: DataDir, config: Config) -> Upscaler {
         Upscaler {
             engine,
             data_dir,
@@ -135,7 +136,8 @@ impl Upscaler {
         }
     }
 
-    fn network(&mut self, model: &ModelFile) -> Result<&mut Esrgan, ErrorInfo> {
+    /// The ESRGAN of `model`, loaded once and kept until another one is asked for.
+    pub(crate) fn network(&mut self, model: &ModelFile) -> Result<&mut Esrgan, ErrorInfo> {
         let meta = std::fs::metadata(&model.path).map_err(|e| {
             ErrorInfo::new(
                 ErrorKind::ModelNotFound,

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod denoise;
+pub mod job;
 pub mod models;
 pub mod nets;
 pub mod params;

@@ -128,18 +128,15 @@ pub fn resolve(
     found.map_err(model_error)
 }
 
-/// The SD model files a diffusion job needs (LoRAs of the prompt's tags are resolved when
-/// the prompt is parsed).
+/// The SD model files a diffusion job needs besides its LoRAs ([`lora_files`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SdModels {
     pub checkpoint: ModelFile,
     pub vae: ModelFile,
     pub controlnet: ModelFile,
-    /// The job's explicit LoRAs with their weights (as milli-units, to stay `Eq`).
-    pub loras: Vec<(ModelFile, i32)>,
 }
 
-/// Resolves the checkpoint, VAE, ControlNet and explicit LoRAs of a diffusing job.
+/// Resolves the checkpoint, VAE and ControlNet of a diffusing job.
 pub fn resolve_sd(
     dir: &DataDir,
     config: &Config,
@@ -159,21 +156,33 @@ pub fn resolve_sd(
         params.controlnet.as_deref(),
         &d.default_controlnet,
     )?;
-    let loras = params
-        .loras
-        .iter()
-        .map(|l| {
-            registry::resolve(dir, ModelKind::Lora, &l.name)
-                .map(|f| (f, (l.weight * 1000.0).round() as i32))
-                .map_err(model_error)
-        })
-        .collect::<Result<_, _>>()?;
     Ok(SdModels {
         checkpoint,
         vae,
         controlnet,
-        loras,
     })
+}
+
+/// Every LoRA a job applies: the positive prompt's `<lora:name:te:unet>` tags (A1111 reads
+/// them from the prompt, not the negative prompt), then the job's `loras` (one weight for
+/// both), as (file, text-encoder multiplier, UNet multiplier).
+pub fn lora_files(
+    dir: &DataDir,
+    params: &JobParams,
+) -> Result<Vec<(ModelFile, f64, f64)>, ErrorInfo> {
+    let (_, tags) = crate::pipeline::prompt::syntax::extract_networks(&params.prompt)
+        .map_err(|e| invalid(format!("prompt: {e}")))?;
+    let mut out = Vec::new();
+    for tag in tags {
+        let file = registry::resolve(dir, ModelKind::Lora, &tag.name).map_err(model_error)?;
+        out.push((file, tag.te, tag.unet));
+    }
+    for lora in &params.loras {
+        let file = registry::resolve(dir, ModelKind::Lora, &lora.name).map_err(model_error)?;
+        let w = f64::from(lora.weight);
+        out.push((file, w, w));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -282,6 +291,55 @@ mod tests {
             ..JobParams::upscaler_only(2.0, None)
         };
         assert!(validate(&upscale).is_ok());
+    }
+
+    #[test]
+    fn loras_come_from_the_prompt_tags_then_the_list() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path()).unwrap();
+        let params = JobParams {
+            loras: vec![LoraWeight {
+                name: "extra".into(),
+                weight: 0.25,
+            }],
+            ..JobParams::default()
+        };
+        let e = lora_files(&dir, &params).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ModelNotFound);
+        assert!(
+            e.message.contains("more_details.safetensors"),
+            "{}",
+            e.message
+        );
+        for name in ["more_details", "SDXLrender_v2.0", "extra"] {
+            std::fs::write(
+                dir.models(ModelKind::Lora)
+                    .join(format!("{name}.safetensors")),
+                b"x",
+            )
+            .unwrap();
+        }
+        let found: Vec<(String, f64, f64)> = lora_files(&dir, &params)
+            .unwrap()
+            .into_iter()
+            .map(|(f, te, unet)| (f.name, te, unet))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("more_details".to_owned(), 0.5, 0.5),
+                ("SDXLrender_v2.0".to_owned(), 1.0, 1.0),
+                ("extra".to_owned(), 0.25, 0.25)
+            ]
+        );
+        let bad = JobParams {
+            prompt: "<lora:x:heavy>".into(),
+            ..JobParams::default()
+        };
+        assert_eq!(
+            lora_files(&dir, &bad).unwrap_err().kind,
+            ErrorKind::InvalidParams
+        );
     }
 
     #[test]

@@ -196,6 +196,7 @@ pub fn run_stage(
     setup: &StageSetup<'_>,
     noise: &mut dyn NoiseSource,
     report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+    on_latent: &mut dyn FnMut(&Array4<f32>),
 ) -> NetResult<Array3<f32>> {
     let (cw, ch) = setup.stage.canvas;
     let (lw, lh) = setup.latent_size();
@@ -352,12 +353,14 @@ pub fn run_stage(
         );
     }
 
-    // 7. Decode.
-    let k = (run.output_scale / f64::from(LATENT_SCALE)) as f32;
-    let latent = x
-        .into_dimensionality::<ndarray::Ix4>()
-        .map_err(shape)?
-        .mapv(|v| v * k);
+    // 7. Decode (the final latent is shown to `on_latent` first: the reference-parity test
+    // compares it).
+    let mut latent = x.into_dimensionality::<ndarray::Ix4>().map_err(shape)?;
+    let out_scale = run.output_scale as f32;
+    latent.mapv_inplace(|v| v * out_scale);
+    on_latent(&latent);
+    let k = 1.0 / LATENT_SCALE;
+    latent.mapv_inplace(|v| v * k);
     let mut last = 0;
     let decoded: Array4<f32> = vae::decode(
         vae_net,

@@ -5,7 +5,7 @@
 use ndarray::Array2;
 
 use crate::nets::clip::TextEncoder;
-use crate::pipeline::prompt::{self, LoraTag, PromptParser, SyntaxError};
+use crate::pipeline::prompt::{self, PromptParser, SyntaxError};
 
 /// Conditionings kept per text encoder.
 const CACHE: usize = 8;
@@ -73,9 +73,4 @@ impl From<TextError> for super::nets::StageError {
             TextError::Syntax(e) => super::nets::StageError::Unexpected(e.to_string()),
         }
     }
-}
-
-/// The LoRA tags of a prompt (A1111 reads them from the positive prompt).
-pub fn lora_tags(prompt: &str) -> Result<Vec<LoraTag>, SyntaxError> {
-    Ok(prompt::syntax::extract_networks(prompt)?.1)
 }

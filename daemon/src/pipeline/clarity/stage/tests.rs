@@ -84,6 +84,7 @@ fn run(sampler: Sampler, rules: Rules, batch: usize, strength: f32) -> Outcome {
             events.push(e);
             Ok(())
         },
+        &mut |_| {},
     )
     .unwrap();
     Outcome {
@@ -211,6 +212,7 @@ fn a_cancel_stops_the_stage_at_the_next_network_call() {
                 Ok(())
             }
         },
+        &mut |_| {},
     );
     assert!(matches!(result, Err(StageError::Cancelled)));
     assert_eq!(unet.calls, 1, "stopped after the first ControlNet call");
