@@ -216,8 +216,10 @@ fn four(a: ArrayD<f32>, what: &str) -> NetResult<Array4<f32>> {
 
 impl ControlledUnet for SdUnet {
     fn embed_hint(&mut self, hint: ArrayView4<f32>) -> NetResult<Array4<f32>> {
+        // Tiles are slices of the condition image; ONNX Runtime wants contiguous memory.
+        let hint = hint.as_standard_layout();
         four(
-            self.controlnet.embed_hint(hint.into_dyn())?,
+            self.controlnet.embed_hint(hint.view().into_dyn())?,
             "hint embedding",
         )
     }
@@ -229,11 +231,16 @@ impl ControlledUnet for SdUnet {
         context: ArrayView3<f32>,
         embedding: ArrayView4<f32>,
     ) -> NetResult<Vec<ArrayD<f32>>> {
+        let (sample, context, embedding) = (
+            sample.as_standard_layout(),
+            context.as_standard_layout(),
+            embedding.as_standard_layout(),
+        );
         Ok(self.controlnet.residuals(
-            sample.into_dyn(),
+            sample.view().into_dyn(),
             timestep.into_dyn(),
-            context.into_dyn(),
-            embedding.into_dyn(),
+            context.view().into_dyn(),
+            embedding.view().into_dyn(),
         )?)
     }
 
@@ -244,11 +251,12 @@ impl ControlledUnet for SdUnet {
         context: ArrayView3<f32>,
         residuals: &[ArrayD<f32>],
     ) -> NetResult<Array4<f32>> {
+        let (sample, context) = (sample.as_standard_layout(), context.as_standard_layout());
         let eps = self.unet.forward(
             &self.engine,
-            sample.into_dyn(),
+            sample.view().into_dyn(),
             timestep.into_dyn(),
-            context.into_dyn(),
+            context.view().into_dyn(),
             Some(residuals),
         )?;
         four(eps, "UNet output")
