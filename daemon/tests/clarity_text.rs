@@ -1,4 +1,5 @@
-//! The text side of a Clarity job on the tiny CLIP fixture: A1111's emphasis rescale as the
+//! The text side of a Clarity job on the tiny pipeline's text encoder (the real CLIP
+//! vocabulary, so real prompts tokenize into it): A1111's emphasis rescale as the
 //! pipeline applies it (re-derived here from the raw encoder output), plain prompts for the
 //! Refiners preset, and the cache that spares a repeated prompt the encoder.
 
@@ -10,15 +11,17 @@ use tessera::pipeline::clarity::text::TextSide;
 use tessera::pipeline::prompt::PromptParser;
 use tessera::weights::embedding::TextualInversion;
 
-fn clip_fixture(name: &str) -> std::path::PathBuf {
-    common::repo_root().join("tests/fixtures/clip").join(name)
+fn pipeline_fixture(name: &str) -> std::path::PathBuf {
+    common::repo_root()
+        .join("tests/fixtures/pipeline")
+        .join(name)
 }
 
 fn encoder(cache: &std::path::Path) -> TextEncoder {
-    let neg = TextualInversion::load(&clip_fixture("tiny-neg.pt")).unwrap();
+    let neg = TextualInversion::load(&pipeline_fixture("tiny-embedding.pt")).unwrap();
     TextEncoder::load(
         common::engine(),
-        &clip_fixture("tiny-sd"),
+        &pipeline_fixture("tiny-clarity"),
         &[neg],
         &ClipOptions::default(),
         cache,
@@ -26,7 +29,8 @@ fn encoder(cache: &std::path::Path) -> TextEncoder {
     .unwrap()
 }
 
-const NEGATIVE: &str = "(worst quality, low quality, normal quality:2) tiny-neg";
+/// Clarity's negative prompt with the test embedding in place of JuggernautNegative-neg.
+const NEGATIVE: &str = "(worst quality, low quality, normal quality:2) tiny-embedding";
 
 #[test]
 fn emphasis_multiplies_rows_then_restores_the_chunk_mean() {
@@ -40,6 +44,10 @@ fn emphasis_multiplies_rows_then_restores_the_chunk_mean() {
     assert_eq!(parsed.chunks.len(), 1);
     let chunk = &parsed.chunks[0];
     assert!(chunk.weights.contains(&2.0) && chunk.weights.contains(&1.0));
+    assert!(
+        chunk.ids.iter().any(|&id| id >= 49408),
+        "the embedding's vectors are used"
+    );
     let ids = Array2::from_shape_vec((1, chunk.ids.len()), chunk.ids.clone()).unwrap();
     let z = raw.encode(ids.view()).unwrap().index_axis_move(Axis(0), 0);
     let before: f64 = z.iter().map(|&v| f64::from(v)).sum::<f64>() / z.len() as f64;
