@@ -18,7 +18,7 @@ use tessera::nets::esrgan::{Esrgan, Tiling};
 use tessera::nets::sd::Precision;
 use tessera::pipeline::clarity::job::{JobSetup, run_stages};
 use tessera::pipeline::clarity::models::{EsrganUpscaler, FileStamp, ModelSet, SetKey};
-use tessera::pipeline::clarity::stage::Rules;
+use tessera::pipeline::clarity::stage::{Rules, StageNets};
 use tessera::pipeline::clarity::stages;
 use tessera::pipeline::clarity::vae::VaeTiling;
 use tessera::pipeline::sampling::Update;
@@ -134,12 +134,14 @@ fn run(engine: &Arc<Engine>, refs: &HashMap<String, ArrayD<f32>>, batch: usize) 
     let mut latents = Vec::new();
     let mut tiles_seen = Vec::new();
     let output = run_stages(
-        &mut EsrganUpscaler {
-            net: &mut esrgan,
-            tiling: Tiling::default(),
+        &mut StageNets {
+            upscaler: &mut EsrganUpscaler {
+                net: &mut esrgan,
+                tiling: Tiling::default(),
+            },
+            vae: &mut set.vae,
+            unet: &mut set.unet,
         },
-        &mut set.vae,
-        &mut set.unet,
         input,
         &plan,
         &setup,

@@ -11,9 +11,9 @@ use ndarray::{Array3, Array4, ArrayView2};
 use tessera_protocol::{ErrorInfo, ErrorKind, Image, JobParams, ModelKind, Preset, StageTiming};
 
 use super::models::{EsrganUpscaler, FileStamp, LoraChoice, ModelSet, SetKey};
-use super::nets::{ControlledUnet, NetResult, StageError, Vae};
+use super::nets::{NetResult, StageError};
 use super::params;
-use super::stage::{self, Event, PreUpscaler, Rules, StageSetup};
+use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
 use super::vae::VaeTiling;
 use crate::Cancelled;
@@ -87,11 +87,8 @@ impl JobSetup<'_> {
 
 /// Runs every stage of `plan` on `input` (`[3, H, W]`, 0..1); `report(stage, event)` follows
 /// every network call, `on_latent(stage, latent)` sees each stage's final latent.
-#[allow(clippy::too_many_arguments)]
 pub fn run_stages(
-    upscaler: &mut dyn PreUpscaler,
-    vae: &mut dyn Vae,
-    unet: &mut dyn ControlledUnet,
+    nets: &mut StageNets<'_>,
     input: Array3<f32>,
     plan: &[Stage],
     setup: &JobSetup<'_>,
@@ -103,9 +100,7 @@ pub fn run_stages(
     for index in 0..plan.len() {
         let stage_setup = setup.stage(plan, index);
         image = stage::run_stage(
-            upscaler,
-            vae,
-            unet,
+            nets,
             image.view(),
             &stage_setup,
             noise,
@@ -317,9 +312,11 @@ impl ClarityRunner {
         let mut done = 0.0;
         let mut phase = "";
         let rgb = run_stages(
-            &mut pre,
-            &mut models.vae,
-            &mut models.unet,
+            &mut StageNets {
+                upscaler: &mut pre,
+                vae: &mut models.vae,
+                unet: &mut models.unet,
+            },
             input.rgb,
             &plan,
             &setup,

@@ -186,12 +186,17 @@ pub fn planned_work(setup: &StageSetup<'_>, input: (usize, usize), upscaler_scal
     work + per_eval * setup.run().evaluations() as f64
 }
 
+/// The networks a stage runs.
+pub struct StageNets<'a> {
+    pub upscaler: &'a mut dyn PreUpscaler,
+    pub vae: &'a mut dyn Vae,
+    pub unet: &'a mut dyn ControlledUnet,
+}
+
 /// Runs one stage on `input` (`[3, H, W]`, 0..1) and returns its output (`[3, h, w]` with
 /// (w, h) = `setup.stage.output`).
 pub fn run_stage(
-    upscaler: &mut dyn PreUpscaler,
-    vae_net: &mut dyn Vae,
-    unet: &mut dyn ControlledUnet,
+    nets: &mut StageNets<'_>,
     input: ArrayView3<f32>,
     setup: &StageSetup<'_>,
     noise: &mut dyn NoiseSource,
@@ -200,6 +205,7 @@ pub fn run_stage(
 ) -> NetResult<Array3<f32>> {
     let (cw, ch) = setup.stage.canvas;
     let (lw, lh) = setup.latent_size();
+    let (upscaler, vae_net, unet) = (&mut *nets.upscaler, &mut *nets.vae, &mut *nets.unet);
 
     // 1. Pre-upscale: ESRGAN while smaller than the canvas, then Lanczos to it.
     let (_, ih, iw) = input.dim();

@@ -74,9 +74,11 @@ fn run(sampler: Sampler, rules: Rules, batch: usize, strength: f32) -> Outcome {
     let planned = planned_work(&setup, (40, 24), 4);
     let mut events = Vec::new();
     let image = run_stage(
-        &mut upscaler,
-        &mut vae,
-        &mut unet,
+        &mut StageNets {
+            upscaler: &mut upscaler,
+            vae: &mut vae,
+            unet: &mut unet,
+        },
         image.view(),
         &setup,
         &mut noise,
@@ -198,9 +200,11 @@ fn a_cancel_stops_the_stage_at_the_next_network_call() {
     let mut unet = Pointwise::default();
     let mut seen = 0;
     let result = run_stage(
-        &mut NearestUpscaler { scale: 4, calls: 0 },
-        &mut TinyVae::default(),
-        &mut unet,
+        &mut StageNets {
+            upscaler: &mut NearestUpscaler { scale: 4, calls: 0 },
+            vae: &mut TinyVae::default(),
+            unet: &mut unet,
+        },
         image.view(),
         &setup,
         &mut SeededNoise { seed: 1 },
