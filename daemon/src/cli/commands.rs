@@ -58,6 +58,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     runs,
                 },
         } => super::sd::bench_sd_step(&target, dir, latent, batch, threads, runs),
+        Command::Bench {
+            command:
+                BenchCommand::Clarity {
+                    dir,
+                    size,
+                    scale,
+                    runs,
+                    threads,
+                },
+        } => super::sd::bench_clarity(&target, dir, size, scale, runs, threads),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {

@@ -97,6 +97,26 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// A whole Clarity job on random full-size models: per-phase times, peak memory, the
+    /// UNet + ControlNet rate against the GEMM peak
+    Clarity {
+        /// Folder for the random models (about 5.8 GB; kept and reused when given; a RAM disk
+        /// such as /dev/shm spares the disk)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Input side in pixels (the input is square)
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+        /// Scale factor
+        #[arg(long, default_value_t = 2.0)]
+        scale: f32,
+        /// Jobs in a row on the same warm models (the second shows the warm cost)
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// ONNX Runtime threads (default: one per core)
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 /// `models export-onnx` arguments.

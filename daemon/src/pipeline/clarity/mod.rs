@@ -1,6 +1,7 @@
 //! The Clarity pipeline: an image through ×2 stages of upscale → VAE encode → MultiDiffusion
 //! with ControlNet tile → VAE decode, by Clarity's rules or (preset) Refiners'.
 
+pub mod bench;
 pub mod control;
 pub mod denoise;
 pub mod job;
