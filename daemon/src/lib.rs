@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod fuzzing;
 pub mod nets;
 pub mod onnx;
 pub mod pipeline;

@@ -19,6 +19,7 @@ mod store;
 mod torch;
 
 pub mod esrgan;
+pub mod fuzz;
 
 use std::path::PathBuf;
 

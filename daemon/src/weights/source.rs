@@ -258,7 +258,7 @@ fn decode_one(dtype: DType, c: &[u8]) -> f32 {
 }
 
 /// Copies a strided view out of its storage (bounds were checked when the pickle was read).
-fn gather_strided(dtype: DType, storage: &[u8], desc: &TensorDesc) -> Vec<f32> {
+pub(super) fn gather_strided(dtype: DType, storage: &[u8], desc: &TensorDesc) -> Vec<f32> {
     let numel: usize = desc.shape.iter().product();
     let size = dtype.size();
     let mut out = Vec::with_capacity(numel);
