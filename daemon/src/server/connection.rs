@@ -69,6 +69,7 @@ fn write_loop(outbox: &Outbox, mut send: SharedStream) {
             outbox.kill();
             return;
         }
+        outbox.written(&message);
     }
 }
 
@@ -130,6 +131,8 @@ fn request_loop(
 ) -> End {
     let max = shared.hub.limits().max_frame_bytes;
     loop {
+        // A client that does not read its replies gets no more requests read.
+        outbox.wait_for_room();
         let message = match read_frame(reader, max) {
             Ok(message) => message,
             Err(e) => return frame_end(e, max),
