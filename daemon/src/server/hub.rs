@@ -307,6 +307,11 @@ impl Hub {
         clients.values().cloned().collect()
     }
 
+    /// Whether no job waits for the engine.
+    pub fn queue_is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
+    }
+
     /// Whether a running job has terminated: used by shutdown to wait for the
     /// engine to come to rest.
     pub fn is_idle(&self) -> bool {
