@@ -222,14 +222,16 @@ pub fn test_image(width: u32, height: u32) -> Image {
 
 /// Resident memory of a process in bytes (`VmRSS` in `/proc/<pid>/status`).
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read the status of process {pid}: {e}"));
+    try_rss_bytes(pid).unwrap_or_else(|| panic!("cannot read the memory of process {pid}"))
+}
+
+fn try_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    kib * 1024
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib * 1024)
 }
 
 /// Samples a process's resident memory every 20 ms until stopped; the peak is returned.
@@ -244,11 +246,12 @@ impl RssSampler {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut peak = 0;
+            // A process that has exited has no more memory to sample.
             while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                peak = peak.max(rss_bytes(pid));
+                peak = peak.max(try_rss_bytes(pid).unwrap_or(0));
                 std::thread::sleep(Duration::from_millis(20));
             }
-            peak.max(rss_bytes(pid))
+            peak.max(try_rss_bytes(pid).unwrap_or(0))
         });
         RssSampler {
             stop,
