@@ -66,6 +66,9 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     child: Option<Child>,
+    /// A command that runs `tessera serve` (appended as its last arguments), e.g. to set
+    /// up a mount namespace first; empty: run it directly.
+    wrapper: Vec<std::ffi::OsString>,
 }
 
 impl Daemon {
@@ -89,7 +92,18 @@ impl Daemon {
             dir,
             socket,
             child: None,
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Runs the daemon through `wrapper` (a program and its arguments, which must `exec` the
+    /// command appended to them, so that the daemon keeps the child's process id).
+    pub fn wrapped<S: Into<std::ffi::OsString>>(
+        mut self,
+        wrapper: impl IntoIterator<Item = S>,
+    ) -> Daemon {
+        self.wrapper = wrapper.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Starts `tessera serve` on a prepared directory and waits until it listens.
@@ -100,8 +114,19 @@ impl Daemon {
 
     /// Starts (again) a daemon on this directory and waits until it listens.
     pub fn restart(&mut self) {
-        let child = self
-            .command(["serve"])
+        let mut command = self.command(["serve"]);
+        if let Some((program, args)) = self.wrapper.split_first() {
+            let mut wrapped = Command::new(program);
+            wrapped.args(args).arg(tessera_bin()).arg("serve");
+            for (key, value) in command.get_envs() {
+                match value {
+                    Some(value) => wrapped.env(key, value),
+                    None => wrapped.env_remove(key),
+                };
+            }
+            command = wrapped;
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

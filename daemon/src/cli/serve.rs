@@ -30,6 +30,7 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
         }
         Err(e) => return Err(e.into()),
     };
+    crate::weights::remove_stale_conversions(&dir.cache(), crate::weights::STALE_CONVERSION_AGE);
     let engine = Engine::new(EngineOptions {
         ort_lib: target
             .ort_lib_flag

@@ -10,9 +10,9 @@ use crate::engine::Engine;
 use crate::nets::ModelError;
 use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
 use crate::server::{JobChecker, JobOutput, JobRunner};
-use crate::store::{DataDir, ModelFile, RegistryError, registry};
+use crate::store::{DataDir, FileStamp, ModelFile, RegistryError, registry};
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 use tessera_protocol::{
     ErrorInfo, ErrorKind, Image, ImageError, JobParams, ModelKind, StageTiming,
 };
@@ -108,8 +108,7 @@ impl JobChecker for Checker {
 /// replaced on disk is reloaded.
 struct Loaded {
     path: PathBuf,
-    modified: Option<SystemTime>,
-    size: u64,
+    stamp: FileStamp,
     net: Esrgan,
 }
 
@@ -132,16 +131,16 @@ impl Upscaler {
     }
 
     fn network(&mut self, model: &ModelFile) -> Result<&mut Esrgan, ErrorInfo> {
-        let meta = std::fs::metadata(&model.path).map_err(|e| {
+        let stamp = FileStamp::read(&model.path).map_err(|e| {
             ErrorInfo::new(
                 ErrorKind::ModelNotFound,
                 format!("{}: {e}", model.path.display()),
             )
         })?;
-        let modified = meta.modified().ok();
-        let fresh = self.loaded.as_ref().is_some_and(|l| {
-            l.path == model.path && l.modified == modified && l.size == meta.len()
-        });
+        let fresh = self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.path == model.path && l.stamp == stamp);
         if !fresh {
             self.loaded = None;
             tracing::info!("loading upscaler {}", model.path.display());
@@ -156,8 +155,7 @@ impl Upscaler {
                 })?;
             self.loaded = Some(Loaded {
                 path: model.path.clone(),
-                modified,
-                size: meta.len(),
+                stamp,
                 net,
             });
         }

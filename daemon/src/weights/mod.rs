@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 pub use map::{Scope, TensorMap};
 pub use source::{Format, SourceFile, SourceTensor};
-pub use store::{Weights, materialize};
+pub use store::{STALE_CONVERSION_AGE, Weights, materialize, remove_stale_conversions};
 
 /// Element types found in weight files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

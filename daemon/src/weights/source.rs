@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 use half::{bf16, f16};
 use sha2::{Digest, Sha256};
@@ -133,14 +132,8 @@ impl SourceFile {
             });
         };
 
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
         let mut hash = Sha256::new();
-        hash.update(len.to_le_bytes());
-        hash.update(mtime.to_le_bytes());
+        hash.update(crate::store::FileStamp::of(&meta).to_bytes());
         hash.update(&fingerprint_bytes);
         let fingerprint = hex(&hash.finalize());
 
@@ -165,7 +158,8 @@ impl SourceFile {
         &self.tensors
     }
 
-    /// Changes when the file's size, mtime or header/pickle changes; keys converted copies.
+    /// Changes when the file's [`FileStamp`](crate::store::FileStamp) (size, times, inode) or
+    /// header/pickle changes; keys converted copies.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
