@@ -122,6 +122,42 @@ fn a_model_rewritten_in_place_with_its_old_size_and_time_is_reloaded() {
 }
 
 #[test]
+fn a_model_truncated_and_rewritten_during_a_job_does_not_bring_the_daemon_down() {
+    let daemon = Daemon::with_small_tiles();
+    let mut client = daemon.client();
+    let path = upscalers(&daemon).join("tiny-x4.safetensors");
+    let original = std::fs::read(&path).unwrap();
+    let job = client
+        .submit(test_image(640, 640), params("tiny-x4"))
+        .unwrap()
+        .job;
+    loop {
+        if let Message::Progress(_) = client.read().unwrap() {
+            break;
+        }
+    }
+    // Truncated under the running session (as `cp` does before it writes), then rewritten
+    // with another model.
+    std::fs::File::create(&path).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&path, retrained(&original)).unwrap();
+    // The running job ends one way or the other; the daemon lives on.
+    let outcome = client.wait(job, |_| {});
+    assert!(
+        !matches!(outcome, Err(ClientError::JobLost { .. })),
+        "the daemon died: {:?}",
+        outcome.err()
+    );
+    let after = upscale(&mut client, "tiny-x4").unwrap();
+    std::fs::write(
+        upscalers(&daemon).join("reference.safetensors"),
+        retrained(&original),
+    )
+    .unwrap();
+    assert!(after == upscale(&mut client, "reference").unwrap());
+}
+
+#[test]
 fn models_replaced_by_rename_or_copy_are_reloaded_and_reconverted() {
     let daemon = Daemon::with_small_tiles();
     let folder = upscalers(&daemon);
