@@ -67,7 +67,10 @@ fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), E
     image
         .validate(limits.max_input_pixels)
         .map_err(|e| match e {
-            ImageError::TooLarge { .. } => ErrorInfo::new(ErrorKind::ImageTooLarge, e.to_string()),
+            ImageError::TooLarge { .. } => ErrorInfo::new(
+                ErrorKind::ImageTooLarge,
+                format!("{e} (limits.max_input_pixels)"),
+            ),
             _ => ErrorInfo::new(ErrorKind::InvalidImage, e.to_string()),
         })?;
     if !(MIN_SCALE..=MAX_SCALE).contains(&params.scale) {
@@ -89,7 +92,8 @@ fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), E
             ErrorKind::ImageTooLarge,
             format!(
                 "the result would be {width}×{height} pixels, more than this daemon's limit \
-                 ({} pixels, {} bytes per frame); upscale a smaller area or use a smaller scale",
+                 ({} pixels in limits.max_output_pixels, {} bytes per frame); upscale a smaller \
+                 area or use a smaller scale",
                 limits.max_output_pixels, frame_room
             ),
         ));

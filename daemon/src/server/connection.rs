@@ -98,7 +98,8 @@ fn handshake(
 ) -> Result<(), End> {
     match read_frame(reader, MAX_HANDSHAKE_BYTES) {
         Ok(Message::Handshake(hello)) if hello.protocol_version == PROTOCOL_VERSION => {
-            tracing::info!("client {client} connected: {}", hello.agent);
+            // Quoted: the agent is the client's text, and must not forge log lines.
+            tracing::info!("client {client} connected: {:?}", hello.agent);
             outbox.send(Message::Handshake(Handshake {
                 protocol_version: PROTOCOL_VERSION,
                 agent: format!("tessera {}", env!("CARGO_PKG_VERSION")),

@@ -137,7 +137,8 @@ impl Hub {
             return Err(ErrorInfo::new(
                 ErrorKind::QueueFull,
                 format!(
-                    "the queue is full ({} jobs waiting); try again when some have finished",
+                    "the queue is full ({} jobs waiting, limits.max_queue); try again when \
+                     some have finished",
                     state.queue.len()
                 ),
             ));
@@ -155,7 +156,7 @@ impl Hub {
                 ErrorKind::TooManyJobs,
                 format!(
                     "this client already has {owned} jobs queued, running or with results not \
-                     yet read (the limit is {})",
+                     yet read (limits.max_jobs_per_client is {})",
                     self.limits.max_jobs_per_client
                 ),
             ));
