@@ -73,6 +73,23 @@ fn a_daemon_killed_mid_job_gives_a_clear_error_and_starts_again_cleanly() {
     assert_eq!(pid, daemon.pid(), "the lock names the new daemon");
 }
 
+#[test]
+fn a_daemon_whose_stderr_nobody_reads_keeps_serving() {
+    // The harness pipes the daemon's stderr and stops reading it once the daemon listens, as
+    // a plug-in that started the daemon and forgot it would. Every connection logs its agent:
+    // 200 of 60 KB each are far more than a pipe holds.
+    let daemon = Daemon::with_small_tiles();
+    let agent = "a".repeat(60_000);
+    for _ in 0..200 {
+        Client::connect(&daemon.address(), &agent).unwrap();
+    }
+    assert_eq!(
+        upscale(&mut daemon.client(), "tiny-x4").unwrap().width,
+        96,
+        "still serving"
+    );
+}
+
 /// Multiplies every f32 of a safetensors file's data by 0.5: a different model with the same
 /// size and header, as a retrained model of the same architecture would be.
 fn retrained(safetensors: &[u8]) -> Vec<u8> {

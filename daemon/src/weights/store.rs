@@ -114,7 +114,9 @@ fn in_place(
     canonical: &TensorMap<SourceTensor>,
 ) -> Result<Weights, WeightsError> {
     let path = source.path();
-    let absolute = std::path::absolute(path).map_err(|e| WeightsError::io(path, e))?;
+    // The real file, not a symlink to it: ONNX Runtime refuses external data that leaves the
+    // folder it is resolved against, and users link models shared with other tools.
+    let absolute = std::fs::canonicalize(path).map_err(|e| WeightsError::io(path, e))?;
     let (Some(folder), Some(name)) = (
         absolute.parent(),
         absolute.file_name().and_then(|n| n.to_str()),
