@@ -151,11 +151,9 @@ fn run_client(address: &SocketAddress, index: usize, inputs: &[(Image, JobParams
     // A status request is answered after everything already queued for this client: nothing
     // more may come for its jobs.
     client.send(&Message::GetStatus).unwrap();
-    loop {
-        match client.read().unwrap() {
-            Message::Status(_) => break,
-            other => panic!("client {index}: {other:?} after all its jobs ended"),
-        }
+    match client.read().unwrap() {
+        Message::Status(_) => {}
+        other => panic!("client {index}: {other:?} after all its jobs ended"),
     }
     terminals
 }

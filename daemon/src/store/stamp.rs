@@ -49,7 +49,7 @@ impl FileStamp {
         std::fs::metadata(path).map(|meta| FileStamp::of(&meta))
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.len
     }
 
@@ -89,7 +89,7 @@ mod tests {
         file.set_modified(mtime).unwrap();
         drop(file);
         let after = FileStamp::read(&path).unwrap();
-        assert_eq!(after.len(), before.len());
+        assert_eq!(after.size(), before.size());
         assert_ne!(before, after);
     }
 }
