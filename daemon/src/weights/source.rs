@@ -36,7 +36,28 @@ impl SourceTensor {
     /// Whether the bytes are f32, contiguous, directly in the file, so ONNX Runtime can map
     /// them in place.
     pub fn is_f32_in_place(&self) -> bool {
-        self.dtype == DType::F32 && matches!(self.data, DataRef::Contiguous { .. })
+        self.is_in_place(DType::F32)
+    }
+
+    /// Whether the bytes are `dtype`, contiguous, directly in the file.
+    pub fn is_in_place(&self, dtype: DType) -> bool {
+        self.dtype == dtype && matches!(self.data, DataRef::Contiguous { .. })
+    }
+
+    /// The same tensor with its trailing size-1 axes dropped down to `rank` axes (a 1×1
+    /// convolution kernel seen as a Linear weight); `None` if those axes are not all 1.
+    pub fn squeezed(&self, rank: usize) -> Option<SourceTensor> {
+        if self.shape.len() < rank || self.shape[rank..].iter().any(|&d| d != 1) {
+            return None;
+        }
+        let mut t = self.clone();
+        t.shape.truncate(rank);
+        if let DataRef::Torch(desc) = &mut t.data {
+            // Size-1 axes never move the element offset, so their strides can simply go.
+            desc.shape.truncate(rank);
+            desc.strides.truncate(rank);
+        }
+        Some(t)
     }
 
     /// `(absolute byte offset, byte length)` when the data is contiguous in the file.
@@ -65,6 +86,7 @@ pub struct SourceFile {
     tensors: TensorMap<SourceTensor>,
     fingerprint: String,
     torch_prefix: Arc<str>,
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl SourceFile {
@@ -87,6 +109,7 @@ impl SourceFile {
         file.seek(SeekFrom::Start(0))
             .map_err(|e| WeightsError::io(path, e))?;
 
+        let mut metadata = std::collections::BTreeMap::new();
         let (format, names, fingerprint_bytes, prefix) = if head.starts_with(b"PK\x03\x04") {
             let index = torch::read_index(path, file)?;
             let tensors = index
@@ -109,6 +132,7 @@ impl SourceFile {
             });
         } else if head.len() >= 9 && head[8] == b'{' {
             let header = safetensors::read_header(path, &mut file, len)?;
+            metadata = header.metadata;
             let tensors = header
                 .entries
                 .into_iter()
@@ -143,6 +167,7 @@ impl SourceFile {
             tensors: strip_common_prefix(names),
             fingerprint,
             torch_prefix: prefix.into(),
+            metadata,
         })
     }
 
@@ -152,6 +177,11 @@ impl SourceFile {
 
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// A value of a `.safetensors` file's `__metadata__` map.
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        self.metadata.get(key).cloned()
     }
 
     pub fn tensors(&self) -> &TensorMap<SourceTensor> {
