@@ -1,7 +1,7 @@
 //! Replays the fuzz corpus on stable Rust: every file under `fuzz/corpus/<target>/` (seeds and
 //! what the fuzzers found worth keeping) and `fuzz/regressions/<target>/` (inputs that once
 //! crashed a target) goes through the same entry point as the `cargo fuzz` target, so CI keeps
-//! every one of them passing without nightly or libFuzzer. See `docs/fuzzing.md`.
+//! every one of them passing without nightly or libFuzzer. See `docs/hardening.md`.
 
 use std::path::{Path, PathBuf};
 use tessera::fuzzing::{TARGETS, Target};
