@@ -250,10 +250,22 @@ fn replies_and_results_are_found_behind_other_jobs_events() {
     let daemon = Daemon::with_small_tiles();
     let mut client = daemon.client();
     let first = client.submit(test_image(6, 6), params()).unwrap();
-    // Let the first job finish, so its events are on the wire ahead of the next replies.
-    std::thread::sleep(Duration::from_millis(300));
+    // Let the first job finish, so its events are on the wire ahead of the next replies
+    // (watched from another connection: this one must not read them yet).
+    let mut watcher = daemon.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while let Ok(status) = watcher.status()
+        && (status.running.is_some() || status.queued > 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first job never ended"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let second = client.submit(test_image(5, 5), params()).unwrap();
-    assert_eq!(client.status().unwrap().queued, 0);
+    let status = client.status().unwrap();
+    assert!(status.queued + u32::from(status.running.is_some()) <= 1);
     // Waiting for the second job first must not lose the first one's result.
     assert_eq!(client.wait(second.job, |_| {}).unwrap().image.width, 20);
     assert_eq!(client.wait(first.job, |_| {}).unwrap().image.width, 24);
