@@ -234,6 +234,26 @@ fn wait_until_idle(probe: &mut Client) {
     }
 }
 
+#[test]
+fn connections_that_never_shake_hands_are_closed() {
+    let daemon = Daemon::with_small_tiles();
+    let mut probe = daemon.client();
+    let silent = UnixStream::connect(&daemon.socket).unwrap();
+    let mut stalled = UnixStream::connect(&daemon.socket).unwrap();
+    stalled.write_all(&[10, 0]).unwrap(); // half a length prefix, then nothing
+    // The daemon closes both after its handshake timeout (10 s); the guard only keeps a
+    // broken daemon from hanging the test.
+    for mut stream in [silent, stalled] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).unwrap(), 0, "closed without a word");
+    }
+    wait_until_alone_and_idle(&mut probe);
+    still_serves(&mut probe);
+}
+
 /// Waits until `counter` stops moving for a while: the daemon no longer reads the writer.
 fn wait_until_stuck(counter: &AtomicU64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(120);
