@@ -1,13 +1,14 @@
 //! Faults on the daemon's side, over the real socket: the daemon killed in the middle of a
-//! job and started again, its cache on a file system that is full or read-only while a model
-//! is converted, and model files changed on disk between jobs.
+//! job and started again, its data directory read-only, its cache on a file system that is
+//! full or read-only while a model is converted, model files changed on disk between jobs,
+//! and a stderr that nobody reads.
 #![cfg(unix)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 use tessera::cli::client::{Client, ClientError};
-use tessera_e2e::{Daemon, fixture, test_image};
+use tessera_e2e::{Daemon, fixture, test_image, wrap};
 use tessera_protocol::{ErrorKind, Image, JobParams, Message};
 
 fn params(model: &str) -> JobParams {
@@ -282,6 +283,55 @@ fn failed_kind(result: Result<Image, ClientError>) -> (ErrorKind, String) {
     }
 }
 
+/// `unshare` and `sh` arguments that mount `script`'s mount in a private mount namespace and
+/// then run the command appended to them; `$0` in `script` is `path`.
+fn in_mount_namespace(script: &str, path: &Path) -> Vec<std::ffi::OsString> {
+    let mut wrapper: Vec<std::ffi::OsString> = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect();
+    wrapper.push(format!("{script} && exec \"$@\"").into());
+    wrapper.push(path.into());
+    wrapper
+}
+
+#[test]
+fn a_read_only_data_dir_stops_the_daemon_with_a_message_that_says_where() {
+    if !can_mount() {
+        eprintln!("SKIPPED: this user cannot mount in a mount namespace (needs root)");
+        return;
+    }
+    let daemon = Daemon::prepare("");
+    let root = daemon.dir.path();
+    for sub in ["cache", "logs", "runtime", "models/checkpoints"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    // Read-only from the first start (nothing creatable), then with the layout in place.
+    for first in [true, false] {
+        if !first {
+            for kind in ["vae", "controlnet", "loras", "embeddings"] {
+                std::fs::create_dir_all(root.join("models").join(kind)).unwrap();
+            }
+        }
+        let wrapper = in_mount_namespace("mount --bind -o ro \"$0\" \"$0\"", root);
+        let output = wrap(daemon.command(["serve"]), &wrapper).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("Read-only file system") && stderr.contains(&*root.to_string_lossy()),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_full_or_read_only_cache_fails_the_conversion_clearly_and_leaves_nothing_half_written() {
     if !can_mount() {
@@ -300,20 +350,10 @@ fn a_full_or_read_only_cache_fails_the_conversion_clearly_and_leaves_nothing_hal
     .unwrap();
     // The daemon's cache is a 16 KiB tmpfs in a mount namespace of its own; a .pth converts
     // to about 30 KiB of f32 safetensors.
-    let mut wrapper: Vec<std::ffi::OsString> = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-        "mount -t tmpfs -o size=16k,mode=0700 tessera-cache \"$0\" && exec \"$@\"",
-    ]
-    .into_iter()
-    .map(Into::into)
-    .collect();
-    wrapper.push(cache.clone().into());
+    let wrapper = in_mount_namespace(
+        "mount -t tmpfs -o size=16k,mode=0700 tessera-cache \"$0\"",
+        &cache,
+    );
     let daemon = daemon.wrapped(wrapper).start();
     let mut client = daemon.client();
 

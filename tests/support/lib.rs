@@ -114,19 +114,7 @@ impl Daemon {
 
     /// Starts (again) a daemon on this directory and waits until it listens.
     pub fn restart(&mut self) {
-        let mut command = self.command(["serve"]);
-        if let Some((program, args)) = self.wrapper.split_first() {
-            let mut wrapped = Command::new(program);
-            wrapped.args(args).arg(tessera_bin()).arg("serve");
-            for (key, value) in command.get_envs() {
-                match value {
-                    Some(value) => wrapped.env(key, value),
-                    None => wrapped.env_remove(key),
-                };
-            }
-            command = wrapped;
-        }
-        let child = command
+        let child = wrap(self.command(["serve"]), &self.wrapper)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -243,6 +231,26 @@ pub fn test_image(width: u32, height: u32) -> Image {
         transfer: Transfer::Srgb,
         data,
     }
+}
+
+/// `command` run through `wrapper` (a program and its arguments, to which the command's
+/// program and arguments are appended), with the same environment. No wrapper: `command`.
+pub fn wrap(command: Command, wrapper: &[std::ffi::OsString]) -> Command {
+    let Some((program, args)) = wrapper.split_first() else {
+        return command;
+    };
+    let mut wrapped = Command::new(program);
+    wrapped
+        .args(args)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
 }
 
 /// Resident memory of a process in bytes (`VmRSS` in `/proc/<pid>/status`).

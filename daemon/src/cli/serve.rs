@@ -17,7 +17,8 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
             target.data_dir.path.display()
         )
     })?;
-    let _log = super::logging::init_daemon(&dir.logs())?;
+    let _log = super::logging::init_daemon(&dir.logs())
+        .with_context(|| format!("cannot write logs to {}", dir.logs().display()))?;
     let mut config = Config::load(&dir.config_file())?;
     if let Some(threads) = threads {
         config.engine.threads = threads;
