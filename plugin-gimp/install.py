@@ -26,9 +26,7 @@ CLIENT_SOURCE = os.path.join(HERE, os.pardir, "shared", "python", "tessera_clien
 GIMP_SERIES = "3.0"
 
 
-def default_dest(
-    env: Optional[Mapping[str, str]] = None, platform: Optional[str] = None
-) -> str:
+def default_dest(env: Optional[Mapping[str, str]] = None, platform: Optional[str] = None) -> str:
     """GIMP 3's per-user plug-ins folder on this platform."""
     env = os.environ if env is None else env
     platform = platform or sys.platform

@@ -104,11 +104,17 @@ class TesseraUpscale(Gimp.PlugIn):
         for argument in core.ARGUMENTS:
             _add_argument(procedure, argument)
         procedure.add_image_return_value(
-            "result-image", "Result image", "The image holding the result", True,
+            "result-image",
+            "Result image",
+            "The image holding the result",
+            True,
             GObject.ParamFlags.READWRITE,
         )
         procedure.add_layer_return_value(
-            "result-layer", "Result layer", "The new layer with the result", True,
+            "result-layer",
+            "Result layer",
+            "The new layer with the result",
+            True,
             GObject.ParamFlags.READWRITE,
         )
         return procedure
@@ -144,10 +150,13 @@ def run(procedure, run_mode, image, drawables, config, data):
     finally:
         Gimp.progress_end()
     Gimp.displays_flush()
-    results = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
-    results.append(GObject.Value(Gimp.Image, result_image))
-    results.append(GObject.Value(Gimp.Layer, layer))
-    return results
+    return Gimp.ValueArray.new_from_values(
+        [
+            GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
+            GObject.Value(Gimp.Image, result_image),
+            GObject.Value(Gimp.Layer, layer),
+        ]
+    )
 
 
 def _words(error):
@@ -209,7 +218,9 @@ def _upscale(image, drawable, values, run_mode):
     """Reads, sends, waits, writes; returns the result's image and layer."""
     non_empty, x, y, width, height = drawable.mask_intersect()
     if not non_empty or width <= 0 or height <= 0:
-        raise RuntimeError("the selection does not cover any of the active layer; select part of it")
+        raise RuntimeError(
+            "the selection does not cover any of the active layer; select part of it"
+        )
     layout = core.layout_for(
         image.get_precision().value_nick, image.get_base_type().value_nick, drawable.has_alpha()
     )

@@ -174,7 +174,7 @@ def layout_for(precision_nick: str, base_type_nick: str, has_alpha: bool) -> Lay
     babl_type, sample = _COMPONENTS[component]
     mark, transfer = _TRCS[trc]
     if base_type_nick == "rgb":
-        model = "R{0}G{0}B{0}".format(mark) + ("A" if has_alpha else "")
+        model = f"R{mark}G{mark}B{mark}" + ("A" if has_alpha else "")
         channels = Channels.RGBA if has_alpha else Channels.RGB
     elif base_type_nick == "gray":
         model = f"Y{mark}" + ("A" if has_alpha else "")
@@ -237,8 +237,7 @@ def find_tessera(env: Optional[Mapping[str, str]] = None) -> str:
     explicit = env.get(BIN_ENV)
     if explicit and not _is_program(explicit):
         raise TesseraMissing(
-            f"{BIN_ENV} is set to {explicit}, which is not a program; "
-            f"correct {BIN_ENV} or unset it"
+            f"{BIN_ENV} is set to {explicit}, which is not a program; correct {BIN_ENV} or unset it"
         )
     for path in candidates:
         if _is_program(path):

@@ -1,0 +1,370 @@
+"""The plug-in inside real GIMP 3, against a stand-in daemon that upscales by
+pixel repetition: registration, reading the selection in every precision,
+the new layer's place, size and pixels, the new-image output, and the error
+messages. (``test_end_to_end.py`` uses the real daemon.)"""
+
+import json
+from pathlib import Path
+
+import pytest
+from fake_daemon import FAKE_UPSCALERS, ErrorKind, FakeDaemon, repeat_pixels
+from pixels import crop, pattern, unpack
+
+from tessera_client import Channels, SampleFormat, Transfer
+
+# GIMP precision → what the plug-in must send: babl format (RGBA version),
+# sample format and transfer.
+PRECISIONS = {
+    "U8_NON_LINEAR": ("R'G'B'A u8", SampleFormat.U8, Transfer.SRGB),
+    "U8_LINEAR": ("RGBA u8", SampleFormat.U8, Transfer.LINEAR),
+    "U8_PERCEPTUAL": ("R~G~B~A u8", SampleFormat.U8, Transfer.SRGB),
+    "U16_NON_LINEAR": ("R'G'B'A u16", SampleFormat.U16, Transfer.SRGB),
+    "U16_LINEAR": ("RGBA u16", SampleFormat.U16, Transfer.LINEAR),
+    "HALF_LINEAR": ("RGBA half", SampleFormat.F16, Transfer.LINEAR),
+    "HALF_NON_LINEAR": ("R'G'B'A half", SampleFormat.F16, Transfer.SRGB),
+    "FLOAT_LINEAR": ("RGBA float", SampleFormat.F32, Transfer.LINEAR),
+    "FLOAT_NON_LINEAR": ("R'G'B'A float", SampleFormat.F32, Transfer.SRGB),
+    # No 32-bit integer or 64-bit float samples in the protocol: sent as f32.
+    "U32_NON_LINEAR": ("R'G'B'A float", SampleFormat.F32, Transfer.SRGB),
+    "DOUBLE_LINEAR": ("RGBA float", SampleFormat.F32, Transfer.LINEAR),
+}
+# Precisions whose storage is exactly what the plug-in sends.
+EXACT = {name for name in PRECISIONS if not name.startswith(("U32", "DOUBLE"))}
+
+IMAGE_SIZE = (64, 48)
+LAYER_SIZE = (40, 30)
+LAYER_OFFSET = (3, 4)
+# Image coordinates; in the layer: (7, 8, 16, 10).
+SELECTION = (10, 12, 16, 10)
+
+
+def _without_alpha(babl: str) -> str:
+    return babl.replace("A ", " ")
+
+
+def _gray(babl: str) -> str:
+    model, kind = babl.split(" ")
+    mark = model[1] if model[1] in "'~" else ""
+    return f"Y{mark}{'A' if model.endswith('A') else ''} {kind}"
+
+
+class Case:
+    """One call of the procedure, and what it must do."""
+
+    def __init__(
+        self,
+        gimp,
+        folder: Path,
+        name: str,
+        precision: str = "U8_NON_LINEAR",
+        base: str = "RGB",
+        alpha: bool = True,
+        selection=SELECTION,
+        arguments=None,
+        in_group: bool = False,
+        layer_offset=LAYER_OFFSET,
+    ) -> None:
+        babl, sample, transfer = PRECISIONS[precision]
+        if base == "GRAY":
+            babl = _gray(babl)
+        if not alpha:
+            babl = _without_alpha(babl)
+        self.name = name
+        self.precision = precision
+        self.babl = babl
+        self.sample = sample
+        self.transfer = transfer
+        channels = {
+            ("RGB", True): Channels.RGBA,
+            ("RGB", False): Channels.RGB,
+            ("GRAY", True): Channels.GRAY_ALPHA,
+            ("GRAY", False): Channels.GRAY,
+        }[(base, alpha)]
+        self.channels = channels
+        self.pixels = pattern(*LAYER_SIZE, channels, sample)
+        self.pixel_bytes = channels.count * sample.bytes
+        self.arguments = {"scale": 2.0, **(arguments or {})}
+        self.selection = selection
+        self.layer_offset = layer_offset
+        pixels_path = folder / f"{name}.in"
+        pixels_path.write_bytes(self.pixels)
+        self.out = folder / name
+        self.spec = {
+            "name": name,
+            "precision": precision,
+            "base": base,
+            "image_size": IMAGE_SIZE,
+            "layer": {
+                "size": LAYER_SIZE,
+                "offset": layer_offset,
+                "alpha": alpha,
+                "pixels": gimp.inside(pixels_path),
+                "babl": babl,
+                "in_group": in_group,
+            },
+            "selection": selection,
+            "arguments": self.arguments,
+            "read_babl": babl,
+            "out": gimp.inside(self.out),
+        }
+
+    def region(self):
+        """The selection clipped to the layer, in layer coordinates."""
+        if self.selection is None:
+            return (0, 0, *LAYER_SIZE)
+        sx, sy, sw, sh = self.selection
+        ox, oy = self.layer_offset
+        x0, y0 = max(sx - ox, 0), max(sy - oy, 0)
+        x1, y1 = min(sx - ox + sw, LAYER_SIZE[0]), min(sy - oy + sh, LAYER_SIZE[1])
+        return (x0, y0, x1 - x0, y1 - y0)
+
+    def sent(self) -> bytes:
+        """The pixels the plug-in must send (when storage is exact)."""
+        return crop(self.pixels, LAYER_SIZE[0], self.pixel_bytes, *self.region())
+
+    def outcome(self):
+        return json.loads(self.out.with_suffix(".json").read_text())
+
+    def result_pixels(self) -> bytes:
+        return self.out.with_suffix(".raw").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def fake(gimp):
+    folder = gimp.folder("fake-daemon")
+    daemon = FakeDaemon(str(folder / "tessera.sock"))
+    yield daemon, {"TESSERA_SOCKET": gimp.inside(folder / "tessera.sock")}
+    daemon.close()
+
+
+@pytest.fixture(scope="module")
+def batch(gimp, fake):
+    """All the successful cases, run in one GIMP session (GIMP starts in
+    seconds; the calls take a fraction of one)."""
+    daemon, env = fake
+    folder = gimp.folder("cases")
+    cases = {}
+
+    def add(name, **kwargs):
+        cases[name] = Case(gimp, folder, name, **kwargs)
+
+    for precision in PRECISIONS:
+        add(precision.lower(), precision=precision)
+    add("rgb-no-alpha", alpha=False)
+    add("gray-alpha-u8", base="GRAY")
+    add("gray-u16", base="GRAY", alpha=False, precision="U16_NON_LINEAR")
+    add("no-selection", selection=None)
+    add("selection-past-the-layer", selection=(30, 20, 60, 60))
+    add("scale-3", arguments={"scale": 3.0, "upscaler": FAKE_UPSCALERS[1]})
+    add("in-group", in_group=True)
+    add("new-image", arguments={"output": "new-image"}, precision="U16_NON_LINEAR")
+    before = len(daemon.submissions)
+    run = gimp.run("upscale_cases.py", [case.spec for case in cases.values()], env=env)
+    received = daemon.submissions[before:]
+    # Each case submits once, in order.
+    assert len(received) == len(cases), run.output
+    return {name: (case, sub) for (name, case), sub in zip(cases.items(), received)}, run
+
+
+def _outcome(batch, name):
+    results, run = batch
+    case, submission = results[name]
+    path = case.out.with_suffix(".json")
+    assert path.is_file(), f"GIMP did not run case {name} (rc {run.returncode}):\n{run.output}"
+    outcome = case.outcome()
+    assert "exception" not in outcome, outcome["exception"] + run.output
+    assert outcome["status"] == "success", f"{outcome}\n{run.output}"
+    assert (submission.image.width, submission.image.height) == case.region()[2:]
+    return case, outcome, submission.image, submission.params
+
+
+def test_procedure_is_registered_in_the_filters_menu(gimp):
+    run = gimp.run("describe_procedure.py")
+    described = json.loads((gimp.shared / "procedure.json").read_text())
+    assert described["menu_paths"] == ["<Image>/Filters/Enhance"], run.output
+    assert described["menu_label"] == "Tessera _Upscale…"
+    assert described["image_types"] == "RGB*, GRAY*"
+    arguments = {a["name"]: a for a in described["arguments"]}
+    assert list(arguments) == ["run-mode", "image", "drawables", "scale", "upscaler", "output"]
+    assert arguments["scale"]["default"] == 2.0
+    assert (arguments["scale"]["minimum"], arguments["scale"]["maximum"]) == (1.0, 16.0)
+    assert arguments["upscaler"]["default"] == ""
+    assert arguments["output"]["default"] == "new-layer"
+    assert arguments["output"]["choices"] == ["new-layer", "new-image"]
+    assert [r["name"] for r in described["return_values"]] == ["result-image", "result-layer"]
+
+
+@pytest.mark.parametrize("precision", sorted(PRECISIONS))
+def test_each_precision_is_sent_in_its_own_format_and_written_back(batch, precision):
+    case, outcome, image, _ = _outcome(batch, precision.lower())
+    assert (image.channels, image.sample, image.transfer) == (
+        Channels.RGBA,
+        case.sample,
+        case.transfer,
+    )
+    expected = repeat_pixels(image, 2).data
+    if precision in EXACT:
+        assert bytes(image.data) == case.sent()
+        assert case.result_pixels() == expected
+    else:  # stored as u32 or double: equal within that storage's rounding
+        assert _max_difference(bytes(image.data), case.sent()) < 1e-6
+        assert _max_difference(case.result_pixels(), expected) < 1e-6
+    assert outcome["result"]["size"] == [2 * case.region()[2], 2 * case.region()[3]]
+    assert outcome["source_unchanged"]
+
+
+def _max_difference(a: bytes, b: bytes) -> float:
+    x, y = unpack(a, SampleFormat.F32), unpack(b, SampleFormat.F32)
+    assert len(x) == len(y)
+    return max(abs(p - q) for p, q in zip(x, y))
+
+
+def test_new_layer_sits_above_the_source_at_the_selection(batch):
+    case, outcome, image, params = _outcome(batch, "u8_non_linear")
+    assert outcome["same_image"]
+    assert outcome["stack_before"] == ["top", "source", "background"]
+    assert outcome["stack_after"] == ["top", "source ×2 (Tessera)", "source", "background"]
+    result = outcome["result"]
+    assert result["offset"] == list(SELECTION[:2])
+    assert result["size"] == [SELECTION[2] * 2, SELECTION[3] * 2]
+    assert result["alpha"]
+    assert params.scale == 2.0
+    assert params.upscaler is None
+
+
+@pytest.mark.parametrize(
+    "name, channels, sample",
+    [
+        ("rgb-no-alpha", Channels.RGB, SampleFormat.U8),
+        ("gray-alpha-u8", Channels.GRAY_ALPHA, SampleFormat.U8),
+        ("gray-u16", Channels.GRAY, SampleFormat.U16),
+    ],
+)
+def test_layouts_without_alpha_and_gray(batch, name, channels, sample):
+    case, outcome, image, _ = _outcome(batch, name)
+    assert (image.channels, image.sample, image.transfer) == (channels, sample, Transfer.SRGB)
+    assert bytes(image.data) == case.sent()
+    assert case.result_pixels() == repeat_pixels(image, 2).data
+    assert outcome["result"]["alpha"] == channels.has_alpha
+
+
+def test_without_selection_the_whole_layer_goes(batch):
+    case, outcome, image, _ = _outcome(batch, "no-selection")
+    assert case.region() == (0, 0, *LAYER_SIZE)
+    assert bytes(image.data) == case.sent()
+    assert outcome["result"]["offset"] == list(LAYER_OFFSET)
+    assert outcome["result"]["size"] == [LAYER_SIZE[0] * 2, LAYER_SIZE[1] * 2]
+
+
+def test_selection_is_clipped_to_the_layer(batch):
+    case, outcome, image, _ = _outcome(batch, "selection-past-the-layer")
+    # The selection starts inside the layer and runs past its right and bottom edges.
+    assert case.region() == (27, 16, 13, 14)
+    assert bytes(image.data) == case.sent()
+    assert outcome["result"]["offset"] == [30, 20]
+    assert outcome["result"]["size"] == [26, 28]
+
+
+def test_scale_and_model_reach_the_daemon(batch):
+    case, outcome, image, params = _outcome(batch, "scale-3")
+    assert (params.scale, params.upscaler) == (3.0, FAKE_UPSCALERS[1])
+    assert outcome["result"]["size"] == [SELECTION[2] * 3, SELECTION[3] * 3]
+    assert outcome["result"]["name"] == "source ×3 (Tessera)"
+    assert case.result_pixels() == repeat_pixels(image, 3).data
+
+
+def test_result_stays_in_the_sources_group(batch):
+    case, outcome, _, _ = _outcome(batch, "in-group")
+    assert outcome["result"]["parent"] == "group"
+    assert outcome["stack_after"][:4] == [
+        "group",
+        "group/top",
+        "group/source ×2 (Tessera)",
+        "group/source",
+    ]
+
+
+def test_new_image_output_keeps_the_precision(batch):
+    case, outcome, image, _ = _outcome(batch, "new-image")
+    assert not outcome["same_image"]
+    assert outcome["stack_after"] == outcome["stack_before"]
+    assert outcome["images_after"] == outcome["images_before"] + 1
+    assert outcome["result_image"] == {
+        "size": [SELECTION[2] * 2, SELECTION[3] * 2],
+        "precision": "u16-non-linear",
+        "base": "rgb",
+        "layers": 1,
+    }
+    assert outcome["result"]["offset"] == [0, 0]
+    assert case.result_pixels() == repeat_pixels(image, 2).data
+
+
+def test_progress_reaches_gimp(batch):
+    results, run = batch
+    progress = run.of("progress")
+    # Three progress events per job from the stand-in daemon.
+    assert len(progress) == 3 * len(results)
+    assert progress[0]["text"] == "Tessera: upscale, tile 1 of 3"
+    assert [e["fraction"] for e in progress[:3]] == [0.25, 0.5, 0.75]
+    assert len(run.of("undo-group")) == len(results) - 1  # all but the new image
+
+
+def _error_case(gimp, fake, name, **kwargs):
+    daemon, env = fake
+    folder = gimp.folder(f"error-{name}")
+    case = Case(gimp, folder, name, **kwargs)
+    run = gimp.run("upscale_cases.py", [case.spec], env=kwargs.pop("env", env))
+    outcome = case.outcome()
+    assert "exception" not in outcome, outcome["exception"] + run.output
+    assert outcome["status"] == "execution-error", outcome
+    assert outcome["stack_after"] == outcome["stack_before"]
+    assert outcome["source_unchanged"]
+    return outcome, run
+
+
+def test_daemon_refusal_becomes_a_plain_message(gimp, fake):
+    daemon, env = fake
+    daemon.reject = (ErrorKind.MODEL_NOT_FOUND, "there is no upscaler named “nope”")
+    try:
+        outcome, run = _error_case(gimp, fake, "refused", arguments={"upscaler": "nope"})
+    finally:
+        daemon.reject = None
+    assert outcome["error"] == (
+        "Tessera could not upscale: there is no upscaler named “nope”. "
+        "Installed upscalers: fake-x2, fake-sharp."
+    )
+
+
+def test_selection_outside_the_layer_is_an_error(gimp, fake):
+    outcome, run = _error_case(gimp, fake, "outside", selection=(50, 40, 10, 5))
+    assert "selection does not cover any of the active layer" in outcome["error"]
+
+
+def test_missing_daemon_and_program_is_explained(gimp):
+    folder = gimp.folder("no-daemon")
+    case = Case(gimp, folder, "no-daemon")
+    env = {"TESSERA_SOCKET": gimp.inside(folder / "nothing-here.sock")}
+    run = gimp.run("upscale_cases.py", [case.spec], env=env)
+    outcome = case.outcome()
+    assert outcome["status"] == "execution-error", run.output
+    assert outcome["error"].startswith(
+        "Tessera is not running, and its program `tessera` was not found"
+    )
+    assert "set TESSERA_BIN" in outcome["error"]
+    assert outcome["stack_after"] == outcome["stack_before"]
+
+
+def test_misconfigured_tessera_bin_is_explained(gimp):
+    folder = gimp.folder("bad-bin")
+    case = Case(gimp, folder, "bad-bin")
+    env = {
+        "TESSERA_SOCKET": gimp.inside(folder / "nothing-here.sock"),
+        "TESSERA_BIN": "/nowhere/tessera",
+    }
+    run = gimp.run("upscale_cases.py", [case.spec], env=env)
+    outcome = case.outcome()
+    assert outcome["status"] == "execution-error", run.output
+    assert outcome["error"] == (
+        "TESSERA_BIN is set to /nowhere/tessera, which is not a program; "
+        "correct TESSERA_BIN or unset it"
+    )
