@@ -175,10 +175,12 @@ def _dialog(procedure, config):
 
     GimpUi.init(core.PROCEDURE_NAME)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Tessera Upscale")
-    dialog.get_label("installed-upscalers", _installed_upscalers_hint(), False, False)
+    hint = _installed_upscalers_hint()
+    dialog.get_label("installed-upscalers", hint, False, False)
     dialog.fill(["scale", "upscaler", "installed-upscalers", "output"])
     answer = os.environ.get(TEST_DIALOG_ENV)
     if answer:
+        _test_log("dialog-hint", text=hint)
         _answer_dialog_for_test(dialog, config, json.loads(answer), Gtk)
     confirmed = dialog.run()
     dialog.destroy()
