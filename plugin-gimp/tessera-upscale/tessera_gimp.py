@@ -199,18 +199,12 @@ class TesseraMissing(Exception):
     """No ``tessera`` program was found to start the daemon with."""
 
 
-def candidate_binaries(env: Optional[Mapping[str, str]] = None) -> List[str]:
-    """Where the ``tessera`` program may be, in order: ``$TESSERA_BIN``,
-    ``PATH``, then the folders installers and ``cargo install`` use."""
-    env = os.environ if env is None else env
-    exe = "tessera.exe" if sys.platform == "win32" else "tessera"
-    found: List[str] = []
-    explicit = env.get(BIN_ENV)
-    if explicit:
-        found.append(explicit)
-    on_path = shutil.which(exe, path=env.get("PATH", os.defpath))
-    if on_path:
-        found.append(on_path)
+def _program_name() -> str:
+    return "tessera.exe" if sys.platform == "win32" else "tessera"
+
+
+def install_folders(env: Mapping[str, str]) -> List[str]:
+    """Folders where installers and ``cargo install`` put ``tessera``."""
     home = env.get("HOME") or env.get("USERPROFILE") or ""
     folders = []
     if home:
@@ -221,7 +215,22 @@ def candidate_binaries(env: Optional[Mapping[str, str]] = None) -> List[str]:
             folders.append(os.path.join(local, "Programs", "Tessera"))
     else:
         folders += ["/usr/local/bin", "/opt/tessera/bin"]
-    found += [os.path.join(folder, exe) for folder in folders]
+    return folders
+
+
+def candidate_binaries(env: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Where the ``tessera`` program may be, in order: ``$TESSERA_BIN``,
+    ``PATH``, then :func:`install_folders`."""
+    env = os.environ if env is None else env
+    exe = _program_name()
+    found: List[str] = []
+    explicit = env.get(BIN_ENV)
+    if explicit:
+        found.append(explicit)
+    on_path = shutil.which(exe, path=env.get("PATH", os.defpath))
+    if on_path:
+        found.append(on_path)
+    found += [os.path.join(folder, exe) for folder in install_folders(env)]
     unique: List[str] = []
     for path in found:
         if path not in unique:
@@ -233,18 +242,17 @@ def find_tessera(env: Optional[Mapping[str, str]] = None) -> str:
     """The ``tessera`` program; raises :class:`TesseraMissing` with the
     places looked at."""
     env = os.environ if env is None else env
-    candidates = candidate_binaries(env)
     explicit = env.get(BIN_ENV)
     if explicit and not _is_program(explicit):
         raise TesseraMissing(
             f"{BIN_ENV} is set to {explicit}, which is not a program; correct {BIN_ENV} or unset it"
         )
-    for path in candidates:
+    for path in candidate_binaries(env):
         if _is_program(path):
             return path
     raise TesseraMissing(
         "Tessera is not running, and its program `tessera` was not found "
-        f"(looked on PATH and in {', '.join(os.path.dirname(p) for p in candidates[1:]) or '-'}). "
+        f"(looked on PATH and in {', '.join(install_folders(env))}). "
         f"Install Tessera, or set {BIN_ENV} to the path of the `tessera` program."
     )
 
