@@ -5,6 +5,7 @@ GIMP precision. The end-to-end tests use the real daemon."""
 
 import socket
 import threading
+import time
 from typing import List, Optional
 
 from tessera_client import (
@@ -54,10 +55,14 @@ class FakeDaemon:
     """Listens on ``path`` until :meth:`close`. ``reject`` makes every
     submission fail with that ``(ErrorKind, message)``."""
 
-    def __init__(self, path: str, progress_steps: int = 3) -> None:
+    def __init__(self, path: str, progress_steps: int = 3, step_delay: float = 0.0) -> None:
         self.path = path
         self.progress_steps = progress_steps
+        #: Seconds between progress events, to make a job last.
+        self.step_delay = step_delay
         self.reject: Optional[tuple] = None
+        #: Jobs whose client went away before their end.
+        self.abandoned: List[int] = []
         #: Every ``Submit`` received, in order.
         self.submissions: List[Submit] = []
         self._jobs = 0
@@ -119,11 +124,16 @@ class FakeDaemon:
                 return
             write_frame(conn, Accepted(message.request, job, 0))
             steps = self.progress_steps
-            for tile in range(1, steps + 1):
-                progress = Progress(job, 0, 1, "upscale", 1, 1, tile, steps, tile / (steps + 1))
-                write_frame(conn, progress)
-            result = repeat_pixels(message.image, int(message.params.scale))
-            write_frame(conn, Done(job, result, [StageTiming("upscale", 0.001)]))
+            try:
+                for tile in range(1, steps + 1):
+                    time.sleep(self.step_delay)
+                    progress = Progress(job, 0, 1, "upscale", 1, 1, tile, steps, tile / (steps + 1))
+                    write_frame(conn, progress)
+                result = repeat_pixels(message.image, int(message.params.scale))
+                write_frame(conn, Done(job, result, [StageTiming("upscale", 0.001)]))
+            except OSError:
+                self.abandoned.append(job)
+                raise
         else:
             raise AssertionError(f"the fake daemon does not expect {message!r}")
 

@@ -2,6 +2,9 @@
 ``gimp_scripts/upscale_cases.py`` runs it, and what it must send and return."""
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 from pixels import crop, pattern
@@ -123,3 +126,20 @@ class Case:
 
     def result_pixels(self) -> bytes:
         return self.out.with_suffix(".raw").read_bytes()
+
+
+def kill_plugin_at_first_progress(running, timeout: float = 90.0) -> int:
+    """Waits until the plug-in running in ``running`` (a ``RunningGimp``)
+    reports progress, then kills its process as GIMP's Cancel button does
+    (SIGKILL); returns its process id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        progress = [e for e in running.events() if e["event"] == "progress"]
+        if progress:
+            pid = progress[0]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        if running.process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"the plug-in reported no progress: {running.events()}")

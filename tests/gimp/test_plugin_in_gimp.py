@@ -7,7 +7,15 @@ import json
 
 import pytest
 from fake_daemon import FAKE_UPSCALERS, ErrorKind, FakeDaemon, repeat_pixels
-from gimp_cases import EXACT, LAYER_OFFSET, LAYER_SIZE, PRECISIONS, SELECTION, Case
+from gimp_cases import (
+    EXACT,
+    LAYER_OFFSET,
+    LAYER_SIZE,
+    PRECISIONS,
+    SELECTION,
+    Case,
+    kill_plugin_at_first_progress,
+)
 from pixels import unpack
 
 from tessera_client import Channels, SampleFormat, Transfer
@@ -252,3 +260,30 @@ def test_misconfigured_tessera_bin_is_explained(gimp):
         "TESSERA_BIN is set to /nowhere/tessera, which is not a program; "
         "correct TESSERA_BIN or unset it"
     )
+
+
+def test_killing_the_plugin_mid_job_drops_the_connection_and_spares_the_image(gimp):
+    """GIMP's Cancel button kills the plug-in: the connection drops (which the
+    daemon takes as a cancel), GIMP goes on, the image is as it was."""
+    folder = gimp.folder("killed")
+    daemon = FakeDaemon(str(folder / "tessera.sock"), progress_steps=100, step_delay=0.2)
+    try:
+        doomed = Case(gimp, folder, "doomed")
+        after = Case(gimp, folder, "after")
+        env = {"TESSERA_SOCKET": gimp.inside(folder / "tessera.sock")}
+        running = gimp.start("upscale_cases.py", [doomed.spec, after.spec], env=env)
+        pid = kill_plugin_at_first_progress(running)
+        daemon.progress_steps, daemon.step_delay = 3, 0.0
+        run = running.wait()
+    finally:
+        daemon.close()
+    assert daemon.abandoned == [1], run.output
+    killed = doomed.outcome()
+    assert killed["status"] != "success", killed
+    assert killed["stack_after"] == killed["stack_before"]
+    assert killed["source_unchanged"]
+    # The next call, in the same GIMP, from a new plug-in process, works.
+    outcome = after.outcome()
+    assert outcome["status"] == "success", f"{outcome}\n{run.output}"
+    assert [e["pid"] for e in run.of("start")][0] == pid
+    assert len({e["pid"] for e in run.of("start")}) == 2
