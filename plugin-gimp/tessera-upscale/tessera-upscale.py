@@ -246,7 +246,8 @@ def _upscale(image, drawable, values, run_mode):
 
     Gimp.progress_init("Tessera: connecting…")
     client = core.connect_or_start(
-        on_start=lambda binary: Gimp.progress_set_text("Tessera: starting its service…")
+        on_start=lambda binary: Gimp.progress_set_text("Tessera: starting its service…"),
+        on_spawn=lambda pid: _test_log("daemon-started", daemon_pid=pid),
     )
     shown = [None]
 

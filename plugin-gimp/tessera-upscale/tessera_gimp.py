@@ -271,6 +271,7 @@ def start_daemon(
     env: Optional[Mapping[str, str]] = None,
     timeout: float = START_TIMEOUT,
     agent: str = AGENT,
+    on_spawn: Optional[Callable[[int], Any]] = None,
 ) -> Client:
     """Starts ``binary serve`` in the background (it outlives GIMP and this
     plug-in) and returns a connection once it listens. The daemon finds its
@@ -296,6 +297,8 @@ def start_daemon(
             close_fds=True,
             **kwargs,
         )
+    if on_spawn is not None:
+        on_spawn(process.pid)
     address = socket_address(env=env)
     deadline = time.monotonic() + timeout
     while True:
@@ -330,11 +333,14 @@ def _last_error(log_path: str, code: int) -> str:
 
 
 def connect_or_start(
-    env: Optional[Mapping[str, str]] = None, on_start: Optional[Callable[[str], Any]] = None
+    env: Optional[Mapping[str, str]] = None,
+    on_start: Optional[Callable[[str], Any]] = None,
+    on_spawn: Optional[Callable[[int], Any]] = None,
 ) -> Client:
     """Connects to the daemon, starting it first when none runs. Raises
     :class:`TesseraMissing` when none runs and no ``tessera`` program is
-    found. ``on_start`` is called with the program's path before starting."""
+    found. ``on_start`` is called with the program's path before starting,
+    ``on_spawn`` with the new process's id."""
     env = os.environ if env is None else env
     try:
         return Client(socket_address(env=env), agent=AGENT)
@@ -343,7 +349,7 @@ def connect_or_start(
     binary = find_tessera(env)
     if on_start is not None:
         on_start(binary)
-    return start_daemon(binary, env)
+    return start_daemon(binary, env, on_spawn=on_spawn)
 
 
 # --- Words for the user -------------------------------------------------------

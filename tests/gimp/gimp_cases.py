@@ -62,6 +62,8 @@ class Case:
         arguments=None,
         in_group: bool = False,
         layer_offset=LAYER_OFFSET,
+        layer_size=LAYER_SIZE,
+        image_size=IMAGE_SIZE,
     ) -> None:
         babl, sample, transfer = PRECISIONS[precision]
         if base == "GRAY":
@@ -80,7 +82,8 @@ class Case:
             ("GRAY", False): Channels.GRAY,
         }[(base, alpha)]
         self.channels = channels
-        self.pixels = pattern(*LAYER_SIZE, channels, sample)
+        self.layer_size = tuple(layer_size)
+        self.pixels = pattern(*layer_size, channels, sample)
         self.pixel_bytes = channels.count * sample.bytes
         self.arguments = {"scale": 2.0, **(arguments or {})}
         self.selection = selection
@@ -92,9 +95,9 @@ class Case:
             "name": name,
             "precision": precision,
             "base": base,
-            "image_size": IMAGE_SIZE,
+            "image_size": image_size,
             "layer": {
-                "size": LAYER_SIZE,
+                "size": layer_size,
                 "offset": layer_offset,
                 "alpha": alpha,
                 "pixels": gimp.inside(pixels_path),
@@ -110,16 +113,17 @@ class Case:
     def region(self):
         """The selection clipped to the layer, in layer coordinates."""
         if self.selection is None:
-            return (0, 0, *LAYER_SIZE)
+            return (0, 0, *self.layer_size)
         sx, sy, sw, sh = self.selection
         ox, oy = self.layer_offset
         x0, y0 = max(sx - ox, 0), max(sy - oy, 0)
-        x1, y1 = min(sx - ox + sw, LAYER_SIZE[0]), min(sy - oy + sh, LAYER_SIZE[1])
+        x1 = min(sx - ox + sw, self.layer_size[0])
+        y1 = min(sy - oy + sh, self.layer_size[1])
         return (x0, y0, x1 - x0, y1 - y0)
 
     def sent(self) -> bytes:
         """The pixels the plug-in must send (when storage is exact)."""
-        return crop(self.pixels, LAYER_SIZE[0], self.pixel_bytes, *self.region())
+        return crop(self.pixels, self.layer_size[0], self.pixel_bytes, *self.region())
 
     def outcome(self):
         return json.loads(self.out.with_suffix(".json").read_text())

@@ -189,13 +189,14 @@ def _fake_tessera(tmp_path: Path) -> Path:
 
 def test_connect_or_start_starts_a_detached_daemon(tmp_path, daemon_env):
     daemon_env["TESSERA_BIN"] = str(_fake_tessera(tmp_path))
-    started = []
-    client = core.connect_or_start(daemon_env, on_start=started.append)
+    started, spawned = [], []
+    client = core.connect_or_start(daemon_env, on_start=started.append, on_spawn=spawned.append)
     try:
         assert started == [daemon_env["TESSERA_BIN"]]
         assert client.daemon_agent == "fake-tessera 0"
         assert [m.name for m in client.list_models()] == ["fake-x2", "fake-sharp"]
         pid = int((tmp_path / "pid").read_text())
+        assert spawned == [pid]
         # Its own session: GIMP killing the plug-in does not reach it.
         assert os.getsid(pid) == pid != os.getsid(0)
         # Once running, it is reused: the program is not needed any more.
