@@ -1,6 +1,6 @@
-"""The interactive path: GIMP 3 with its user interface (under Xvfb) opens
-the procedure's dialog, a test hook answers it as a user would, and the
-dialog remembers the values of the last run."""
+"""GIMP 3 with its user interface (under Xvfb): the procedure's dialog,
+answered by a test hook as a user would, remembers the values of the last
+run; and one Ctrl+Z in the image's window takes the whole result away."""
 
 import json
 
@@ -93,3 +93,23 @@ def test_cancelling_the_dialog_changes_nothing(dialog_runs):
     assert outcome["status"] == "cancel", run.output
     assert outcome["stack_after"] == outcome["stack_before"]
     assert len(submissions) == 2
+
+
+def test_one_undo_removes_the_result_and_nothing_else(gimp):
+    """The new layer, its position and its pixels are one undo step: a single
+    Ctrl+Z removes the layer, and the step before it (the selection) stays."""
+    folder = gimp.folder("undo")
+    daemon = FakeDaemon(str(folder / "tessera.sock"))
+    try:
+        case = Case(gimp, folder, "undo")
+        case.spec["undo"] = True
+        env = {"TESSERA_SOCKET": gimp.inside(folder / "tessera.sock")}
+        run = gimp.run("upscale_cases.py", [case.spec], env=env, gui=True)
+    finally:
+        daemon.close()
+    outcome = case.outcome()
+    assert "exception" not in outcome, outcome["exception"] + run.output
+    assert outcome["status"] == "success", run.output
+    assert outcome["stack_after"] == ["top", "source ×2 (Tessera)", "source", "background"]
+    assert outcome["stack_undone"] == outcome["stack_before"]
+    assert outcome["selection_undone"], "a second undo step was taken back"

@@ -9,10 +9,14 @@
 #   "NONINTERACTIVE"|"INTERACTIVE", "arguments": {"scale": 2.0, ...},
 #   "read_babl": FORMAT, "out": PATH prefix}
 # writes OUT.json (status, error, layers, result) and OUT.raw (the result's
-# pixels in read_babl).
+# pixels in read_babl). With "undo": true (GIMP with its user interface only),
+# the image gets a window, and after the call Ctrl+Z is pressed in it once,
+# as a user would (xdotool): OUT.json's "stack_undone" is the layer stack then.
 
 import json
 import os
+import subprocess
+import time
 import traceback
 
 from gi.repository import Gegl, Gimp
@@ -95,6 +99,7 @@ def run_case(case):
         image.select_rectangle(Gimp.ChannelOps.REPLACE, *case["selection"])
     out["stack_before"] = _stack(image)
     out["images_before"] = len(Gimp.get_images())
+    display = Gimp.Display.new(image) if case.get("undo") else None
 
     procedure = Gimp.get_pdb().lookup_procedure(PROCEDURE)
     config = procedure.create_config()
@@ -127,6 +132,13 @@ def run_case(case):
             f.write(data)
     out["stack_after"] = _stack(image)
     out["images_after"] = len(Gimp.get_images())
+    if display is not None:
+        _press_undo(image)
+        deadline = time.monotonic() + 20
+        while _stack(image) == out["stack_after"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out["stack_undone"] = _stack(image)
+        out["selection_undone"] = bool(Gimp.Selection.bounds(image)[1])
     out["source_unchanged"] = (
         layer.get_buffer().get(
             Gegl.Rectangle.new(0, 0, spec["size"][0], spec["size"][1]),
@@ -136,7 +148,42 @@ def run_case(case):
         )
         == pixels
     )
+    if display is not None:
+        display.delete()
     return out
+
+
+def _press_undo(image):
+    """Ctrl+Z in the image's window (its title holds "-<image id>.")."""
+    Gimp.displays_flush()
+    marker = f"-{image.get_id()}."
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = subprocess.run(
+            ["xdotool", "search", "--onlyvisible", "--name", "GIMP"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        for window in found:
+            name = subprocess.run(
+                ["xdotool", "getwindowname", window], capture_output=True, text=True
+            ).stdout
+            if marker in name:
+                subprocess.run(
+                    [
+                        "xdotool",
+                        "windowfocus",
+                        "--sync",
+                        window,
+                        "key",
+                        "--clearmodifiers",
+                        "ctrl+z",
+                    ],
+                    check=True,
+                )
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"no window for image {image.get_id()}")
 
 
 def main():
