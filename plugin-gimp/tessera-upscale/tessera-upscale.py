@@ -191,7 +191,7 @@ def _dialog(procedure, config):
 def _installed_upscalers_hint():
     """A line under the model field: the daemon's upscalers if it runs."""
     try:
-        with core.connect() as client:
+        with core.connect(connect_timeout=3.0, reply_timeout=5.0) as client:
             names = [m.name for m in client.list_models() if m.kind == ModelKind.UPSCALER]
     except Exception:
         return "Tessera is not running; it starts when you press OK."
