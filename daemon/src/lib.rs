@@ -8,6 +8,7 @@
 //! the data directory, and `cli` is the user's side of it all.
 
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod nets;
 pub mod onnx;

@@ -1,1 +1,211 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: a real `tessera serve` in a temporary
+//! data directory with the tiny test models, and ways to talk to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tessera::cli::client::Client;
+use tessera_protocol::paths::SocketAddress;
+use tessera_protocol::{Channels, Image, SampleFormat, Transfer};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `tessera` binary of this build (`target/<profile>/tessera`).
+pub fn tessera_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let bin = profile_dir.join(format!("tessera{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build --workspace`, as scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The ONNX Runtime library the tests use: `TESSERA_ORT_LIB`, else what
+/// `scripts/test` installed under `.cache/`.
+pub fn ort_lib() -> PathBuf {
+    if let Some(path) = std::env::var_os("TESSERA_ORT_LIB").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    for folder in [".cache/ort-data/runtime", ".cache/onnxruntime"] {
+        let folder = repo_root().join(folder);
+        if let Ok(entries) = std::fs::read_dir(&folder) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("libonnxruntime.") || name == "onnxruntime.dll" {
+                    return entry.path();
+                }
+            }
+        }
+    }
+    panic!(
+        "no ONNX Runtime library: set TESSERA_ORT_LIB or run scripts/test, which installs one into .cache/"
+    );
+}
+
+/// A test fixture file.
+pub fn fixture(relative: &str) -> PathBuf {
+    let path = repo_root().join("tests/fixtures").join(relative);
+    assert!(path.is_file(), "missing fixture {}", path.display());
+    path
+}
+
+/// A running daemon with its own data directory and socket; killed on drop.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// A data directory with the tiny ×4 upscaler installed as "tiny-x4",
+    /// and `config` (TOML) as its config.toml.
+    pub fn prepare(config: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-e2e")
+            .tempdir()
+            .expect("temp dir");
+        let upscalers = dir.path().join("models/upscalers");
+        std::fs::create_dir_all(&upscalers).unwrap();
+        std::fs::copy(
+            fixture("esrgan/tiny-x4.safetensors"),
+            upscalers.join("tiny-x4.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let socket = dir.path().join("tessera.sock");
+        Daemon {
+            dir,
+            socket,
+            child: None,
+        }
+    }
+
+    /// Starts `tessera serve` on a prepared directory and waits until it listens.
+    pub fn start(mut self) -> Daemon {
+        self.restart();
+        self
+    }
+
+    /// Starts (again) a daemon on this directory and waits until it listens.
+    pub fn restart(&mut self) {
+        let child = self
+            .command(["serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tessera serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Client::connect(&self.address(), "e2e-probe").is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                self.child
+                    .as_mut()
+                    .unwrap()
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("tessera serve exited with {status}: {err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tessera serve did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The tiny model with a small tile, so that a modest image makes many network calls.
+    pub fn with_small_tiles() -> Daemon {
+        Daemon::prepare("[upscale]\ntile = 32\noverlap = 4\n").start()
+    }
+
+    pub fn address(&self) -> SocketAddress {
+        SocketAddress::Path(self.socket.clone())
+    }
+
+    /// A `tessera` command aimed at this daemon's data directory and socket.
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = Command::new(tessera_bin());
+        command
+            .args(args)
+            .env("TESSERA_DATA_DIR", self.dir.path())
+            .env("TESSERA_SOCKET", &self.socket)
+            .env("TESSERA_ORT_LIB", ort_lib())
+            .env_remove("ORT_DYLIB_PATH");
+        command
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.address(), "e2e-test").expect("connect to the test daemon")
+    }
+
+    /// The daemon process, for tests that signal or wait on it.
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("the daemon was started")
+    }
+
+    /// Waits for the daemon to exit by itself and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child().try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A deterministic RGB test image with some structure.
+pub fn test_image(width: u32, height: u32) -> Image {
+    let mut data = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            data.extend([
+                ((x * 255) / width.max(2).saturating_sub(1).max(1)) as u8,
+                ((y * 255) / height.max(2).saturating_sub(1).max(1)) as u8,
+                (((x / 4 + y / 4) % 2) * 200) as u8,
+            ]);
+        }
+    }
+    Image {
+        width,
+        height,
+        channels: Channels::Rgb,
+        sample: SampleFormat::U8,
+        transfer: Transfer::Srgb,
+        data,
+    }
+}

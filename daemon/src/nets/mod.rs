@@ -1,1 +1,36 @@
-//! (being written)
+//! The neural networks, one file each, written as ONNX graphs over canonical weights.
+//!
+//! Each network infers its hyper-parameters from tensor shapes, builds its graph with
+//! `crate::onnx`, and runs it through `crate::engine`. Foreign key layouts never reach this
+//! code: `crate::weights` translates them first.
+
+pub mod esrgan;
+pub mod tiling;
+
+use crate::engine::EngineError;
+use crate::weights::WeightsError;
+
+/// Why a model could not be loaded. The caller can tell apart a file it could not read, a file
+/// that is not a usable model (corrupt, unsupported, refused pickle), and a runtime failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The model file (or the conversion cache) could not be read or written.
+    #[error(transparent)]
+    Io(WeightsError),
+    /// The file is corrupt, of an unsupported layout, or a refused pickle.
+    #[error(transparent)]
+    Invalid(WeightsError),
+    /// ONNX Runtime could not create a session for it.
+    #[error(transparent)]
+    Runtime(#[from] EngineError),
+}
+
+impl From<WeightsError> for ModelError {
+    fn from(e: WeightsError) -> ModelError {
+        if e.is_io() {
+            ModelError::Io(e)
+        } else {
+            ModelError::Invalid(e)
+        }
+    }
+}

@@ -1,1 +1,7 @@
-//! (being written)
+//! From an image to an upscaled image: pixel-format conversion at the edges,
+//! the upscaling stages in between, and progress/cancel at every network call.
+
+pub mod pixels;
+pub mod progress;
+pub mod resize;
+pub mod upscale;

@@ -1,0 +1,198 @@
+//! A blocking client of the daemon, used by the CLI and the end-to-end tests:
+//! connect and handshake, ask for status or models, submit a job and follow
+//! its events, cancel from another thread.
+
+use crate::server::socket::{self, SharedStream};
+use std::io::BufReader;
+use std::sync::{Arc, Mutex};
+use tessera_protocol::paths::SocketAddress;
+use tessera_protocol::{
+    Accepted, Done, ErrorInfo, FrameError, Handshake, Image, JobId, JobParams, Message, ModelEntry,
+    PROTOCOL_VERSION, Progress, Status, Submit, read_frame, write_frame,
+};
+
+/// Results may be large: accept frames up to the protocol's hard limit.
+const MAX_REPLY_BYTES: u32 = u32::MAX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no Tessera daemon is running on {address} ({source})")]
+    NotRunning {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon closed the connection")]
+    Closed,
+    #[error("the daemon shut down")]
+    ShutDown,
+    #[error(transparent)]
+    Daemon(#[from] ErrorInfo),
+    #[error("protocol error: {0}")]
+    Frame(#[from] FrameError),
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unexpected reply from the daemon: {0}")]
+    Unexpected(String),
+}
+
+/// Sends cancels for a client's jobs from any thread.
+#[derive(Clone)]
+pub struct Canceller {
+    writer: Arc<Mutex<SharedStream>>,
+}
+
+impl Canceller {
+    pub fn cancel(&self, job: JobId) -> std::io::Result<()> {
+        write_frame(
+            &mut *self.writer.lock().expect("writer lock"),
+            &Message::Cancel { job },
+        )
+    }
+}
+
+pub struct Client {
+    reader: BufReader<SharedStream>,
+    writer: Arc<Mutex<SharedStream>>,
+    next_request: u64,
+    daemon_agent: String,
+}
+
+impl Client {
+    /// Connects and exchanges handshakes; `agent` names this client in the daemon's log.
+    pub fn connect(address: &SocketAddress, agent: &str) -> Result<Client, ClientError> {
+        let stream = socket::connect(address).map_err(|source| ClientError::NotRunning {
+            address: address.to_string(),
+            source,
+        })?;
+        let stream = SharedStream::new(stream);
+        let mut client = Client {
+            reader: BufReader::new(stream.clone()),
+            writer: Arc::new(Mutex::new(stream)),
+            next_request: 1,
+            daemon_agent: String::new(),
+        };
+        client.send(&Message::Handshake(Handshake {
+            protocol_version: PROTOCOL_VERSION,
+            agent: agent.to_owned(),
+        }))?;
+        match client.read()? {
+            Message::Handshake(hello) => client.daemon_agent = hello.agent,
+            other => return Err(unexpected(&other)),
+        }
+        Ok(client)
+    }
+
+    /// The daemon's own description, e.g. "tessera 0.1.0".
+    pub fn daemon_agent(&self) -> &str {
+        &self.daemon_agent
+    }
+
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            writer: self.writer.clone(),
+        }
+    }
+
+    pub fn send(&self, message: &Message) -> Result<(), ClientError> {
+        write_frame(&mut *self.writer.lock().expect("writer lock"), message)?;
+        Ok(())
+    }
+
+    /// The next message from the daemon; daemon errors come back as `Err`.
+    pub fn read(&mut self) -> Result<Message, ClientError> {
+        match read_frame(&mut self.reader, MAX_REPLY_BYTES) {
+            Ok(Message::Error(error)) => Err(ClientError::Daemon(error)),
+            Ok(message) => Ok(message),
+            Err(FrameError::Closed) => Err(ClientError::Closed),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn status(&mut self) -> Result<Status, ClientError> {
+        self.send(&Message::GetStatus)?;
+        match self.read()? {
+            Message::Status(status) => Ok(status),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn list_models(&mut self, hashes: bool) -> Result<Vec<ModelEntry>, ClientError> {
+        self.send(&Message::ListModels { hashes })?;
+        match self.read()? {
+            Message::Models(list) => Ok(list.models),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Queues a job and returns once the daemon has accepted it.
+    pub fn submit(&mut self, image: Image, params: JobParams) -> Result<Accepted, ClientError> {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.send(&Message::Submit(Submit {
+            request,
+            image,
+            params,
+        }))?;
+        match self.read()? {
+            Message::Accepted(accepted) if accepted.request == request => Ok(accepted),
+            Message::Rejected(rejected) if rejected.request == request => {
+                Err(ClientError::Daemon(rejected.error))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Follows an accepted job to its end, passing progress to `on_progress`.
+    pub fn wait(
+        &mut self,
+        job: JobId,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<Done, ClientError> {
+        loop {
+            match self.read() {
+                Ok(Message::Progress(progress)) if progress.job == job => on_progress(&progress),
+                Ok(Message::Done(done)) if done.job == job => return Ok(done),
+                Ok(Message::Failed(failed)) if failed.job == job => {
+                    return Err(failed.error.into());
+                }
+                Ok(Message::ShuttingDown) => return Err(ClientError::ShutDown),
+                // Events of this connection's other jobs are not this call's business.
+                Ok(Message::Progress(_) | Message::Done(_) | Message::Failed(_)) => {}
+                Ok(other) => return Err(unexpected(&other)),
+                // A failed cancel (the job ended meanwhile) is no reason to stop waiting.
+                Err(ClientError::Daemon(e))
+                    if e.kind == tessera_protocol::ErrorKind::UnknownJob => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Submits and waits: the whole job in one call.
+    pub fn upscale(
+        &mut self,
+        image: Image,
+        params: JobParams,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<Done, ClientError> {
+        let accepted = self.submit(image, params)?;
+        self.wait(accepted.job, on_progress)
+    }
+
+    /// Asks the daemon to stop and waits for its acknowledgement.
+    pub fn shutdown(&mut self) -> Result<(), ClientError> {
+        self.send(&Message::Shutdown)?;
+        loop {
+            match self.read() {
+                Ok(Message::ShuttingDown) | Err(ClientError::Closed) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn unexpected(message: &Message) -> ClientError {
+    let text = format!("{message:?}");
+    ClientError::Unexpected(text.chars().take(200).collect())
+}

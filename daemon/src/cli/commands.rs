@@ -1,0 +1,283 @@
+//! What each client-side command does.
+
+use super::launch::{self, Target};
+use super::{Cli, Command, ModelsCommand, RuntimeCommand, client::ClientError, imagefile};
+use crate::store::{self, registry, runtime};
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tessera_protocol::{ErrorKind, JobParams, paths};
+
+/// Exit code of a job stopped by Ctrl-C (the shell's convention for SIGINT).
+const EXIT_CANCELLED: u8 = 130;
+/// Exit code of `status` when no daemon runs.
+const EXIT_NOT_RUNNING: u8 = 3;
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = paths::data_dir(cli.data_dir.as_deref())?;
+    let address = paths::socket_address(cli.socket.as_deref(), &data_dir);
+    let target = Target {
+        data_dir,
+        address,
+        data_dir_flag: cli.data_dir,
+        socket_flag: cli.socket,
+        ort_lib_flag: cli.ort_lib,
+    };
+    if let Command::Serve { threads } = cli.command {
+        return super::serve::run(&target, threads);
+    }
+    super::logging::init_client();
+    match cli.command {
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Upscale {
+            input,
+            output,
+            scale,
+            model,
+            no_start,
+        } => upscale(
+            &target,
+            &input,
+            &output,
+            JobParams {
+                scale,
+                upscaler: model,
+            },
+            no_start,
+        ),
+        Command::Status => status(&target),
+        Command::Stop => stop(&target),
+        Command::Models {
+            command: ModelsCommand::List { no_hashes },
+        } => list_models(&target, !no_hashes),
+        Command::Runtime {
+            command:
+                RuntimeCommand::Install {
+                    version,
+                    package,
+                    wheel,
+                    force,
+                },
+        } => install_runtime(
+            &target,
+            runtime::InstallOptions {
+                package,
+                version,
+                wheel,
+                force,
+            },
+        ),
+        Command::Runtime {
+            command: RuntimeCommand::Path,
+        } => runtime_path(&target),
+    }
+}
+
+fn upscale(
+    target: &Target,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    params: JobParams,
+    no_start: bool,
+) -> anyhow::Result<ExitCode> {
+    // Refuse an unknown output type before any work is done.
+    image::ImageFormat::from_path(output)
+        .map_err(|_| imagefile::ImageFileError::UnknownFormat(output.to_path_buf()))?;
+    let image = imagefile::read(input)?;
+    let (width, height) = (image.width, image.height);
+    let mut client = if no_start {
+        launch::connect(target)?
+    } else {
+        launch::connect_or_start(target)?
+    };
+
+    // Ctrl-C cancels the job (once it has a number) instead of killing us.
+    let job = Arc::new(AtomicU64::new(0));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let (job, interrupted, canceller) = (job.clone(), interrupted.clone(), client.canceller());
+        ctrlc::set_handler(move || {
+            if interrupted.swap(true, Ordering::SeqCst) {
+                std::process::exit(i32::from(EXIT_CANCELLED));
+            }
+            eprintln!("\ntessera: cancelling (press Ctrl-C again to quit at once)");
+            let id = job.load(Ordering::SeqCst);
+            if id != 0 {
+                let _ = canceller.cancel(id);
+            }
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let accepted = client.submit(image, params)?;
+    job.store(accepted.job, Ordering::SeqCst);
+    if interrupted.load(Ordering::SeqCst) {
+        client.canceller().cancel(accepted.job)?;
+    }
+    let bar = ProgressBar::new(1000);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:28} [{bar:32}] {percent:>3}% {elapsed_precise} ETA {eta}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    if accepted.position > 0 {
+        bar.set_message(format!("queued ({} ahead)", accepted.position));
+    }
+    let outcome = client.wait(accepted.job, |p| {
+        let stage = if p.stages > 1 {
+            format!("stage {}/{} ", p.stage + 1, p.stages)
+        } else {
+            String::new()
+        };
+        bar.set_message(format!("{stage}{} tile {}/{}", p.phase, p.tile, p.tiles));
+        bar.set_position((p.fraction * 1000.0) as u64);
+    });
+    bar.finish_and_clear();
+    let done = match outcome {
+        Ok(done) => done,
+        Err(ClientError::Daemon(e)) if e.kind == ErrorKind::Cancelled => {
+            eprintln!("tessera: cancelled");
+            return Ok(ExitCode::from(EXIT_CANCELLED));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(note) = imagefile::write(&done.image, output)? {
+        eprintln!("tessera: note: {note}");
+    }
+    let timings: Vec<String> = done
+        .timings
+        .iter()
+        .map(|t| format!("{} {:.2} s", t.name, t.seconds))
+        .collect();
+    println!(
+        "{} ({width}×{height}) → {} ({}×{}) in {:.2} s [{}]",
+        input.display(),
+        output.display(),
+        done.image.width,
+        done.image.height,
+        done.timings.iter().map(|t| t.seconds).sum::<f64>(),
+        timings.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(target: &Target) -> anyhow::Result<ExitCode> {
+    let mut client = match launch::connect(target) {
+        Ok(client) => client,
+        Err(ClientError::NotRunning { .. }) => {
+            println!("not running (socket {})", target.address);
+            return Ok(ExitCode::from(EXIT_NOT_RUNNING));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = client.status()?;
+    println!(
+        "running: tessera {} on {}",
+        status.daemon_version, target.address
+    );
+    println!("runtime: {}", status.runtime);
+    println!("device:  {}", status.device);
+    match status.running {
+        Some(job) => println!(
+            "job:     {job} ({:.0}% done)",
+            status.running_fraction * 100.0
+        ),
+        None => println!("job:     idle"),
+    }
+    println!("queued:  {}", status.queued);
+    println!("clients: {}", status.clients);
+    println!("data:    {}", status.data_dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop(target: &Target) -> anyhow::Result<ExitCode> {
+    match launch::connect(target) {
+        Ok(mut client) => {
+            client.shutdown()?;
+            println!("stopped the daemon on {}", target.address);
+        }
+        Err(ClientError::NotRunning { .. }) => {
+            println!("no daemon is running on {}", target.address)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_models(target: &Target, hashes: bool) -> anyhow::Result<ExitCode> {
+    let dir = store::DataDir::open(&target.data_dir.path)?;
+    let models = registry::entries(&dir, hashes)?;
+    if models.is_empty() {
+        println!("no models in {}", dir.models_root().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<11} {:<28} {:>10}  {:<64}  FILE",
+        "KIND", "NAME", "SIZE", "SHA256"
+    );
+    for model in models {
+        println!(
+            "{:<11} {:<28} {:>10}  {:<64}  {}",
+            format!("{:?}", model.kind).to_lowercase(),
+            model.name,
+            human_size(model.size),
+            model.sha256.as_deref().unwrap_or("-"),
+            model.file
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn install_runtime(target: &Target, options: runtime::InstallOptions) -> anyhow::Result<ExitCode> {
+    let dir = store::DataDir::open(&target.data_dir.path)?;
+    eprintln!(
+        "tessera: installing {}=={} into {}",
+        options.package,
+        options.version,
+        dir.runtime().display()
+    );
+    let installed = runtime::install(&dir, &options)?;
+    println!("{}", installed.library_path(&dir).display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime_path(target: &Target) -> anyhow::Result<ExitCode> {
+    let found =
+        crate::engine::locate_library(target.ort_lib_flag.as_deref(), &target.data_dir.path);
+    match found {
+        Ok(path) => {
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => bail!("{e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_like_a_file_manager() {
+        assert_eq!(super::human_size(999), "999 B");
+        assert_eq!(super::human_size(67_040_989), "67.0 MB");
+    }
+}

@@ -1,0 +1,175 @@
+//! The daemon's settings: defaults, overridden by `config.toml` in the data
+//! directory, overridden by command-line flags. Every key is documented in
+//! `docs/configuration.md`.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub limits: Limits,
+    pub engine: EngineConfig,
+    pub upscale: UpscaleConfig,
+}
+
+/// Bounds on what one client may ask of the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame accepted from a client, in bytes (checked before reading it).
+    pub max_frame_bytes: u32,
+    /// Largest input image, in pixels.
+    pub max_input_pixels: u64,
+    /// Largest result image, in pixels.
+    pub max_output_pixels: u64,
+    /// Jobs waiting in the queue, all clients together.
+    pub max_queue: usize,
+    /// Jobs one client may have queued or running at once.
+    pub max_jobs_per_client: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: tessera_protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_input_pixels: 8192 * 8192,
+            max_output_pixels: 16384 * 16384,
+            max_queue: 64,
+            max_jobs_per_client: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The ONNX Runtime library; empty means: `--ort-lib`, `TESSERA_ORT_LIB`,
+    /// `ORT_DYLIB_PATH`, then the data directory's `runtime/`.
+    pub ort_lib: Option<PathBuf>,
+    /// Threads per network call; 0 means one per CPU core.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpscaleConfig {
+    /// The upscaler used when a job names none (falls back to the first one
+    /// in `models/upscalers/` when this one is absent).
+    pub default_upscaler: String,
+    /// ESRGAN tile size in input pixels.
+    pub tile: usize,
+    /// ESRGAN tile overlap in input pixels.
+    pub overlap: usize,
+}
+
+impl Default for UpscaleConfig {
+    fn default() -> Self {
+        Self {
+            default_upscaler: "RealESRGAN_x4plus".into(),
+            tile: 192,
+            overlap: 8,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid configuration: {message}", .path.display())]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads `path` if it exists; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_owned(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let u = &self.upscale;
+        if u.tile < 16 {
+            return Err(format!("upscale.tile must be at least 16 (got {})", u.tile));
+        }
+        if u.overlap * 2 >= u.tile {
+            return Err(format!(
+                "upscale.overlap ({}) must be less than half of upscale.tile ({})",
+                u.overlap, u.tile
+            ));
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024 || l.max_queue == 0 || l.max_jobs_per_client == 0 {
+            return Err("limits must allow at least a 1 KiB frame and one job".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_means_defaults() {
+        let temp = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Config::load(&temp.path().join("config.toml")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn a_partial_file_overrides_only_its_keys() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("config.toml");
+        std::fs::write(&path, "[limits]\nmax_queue = 3\n[upscale]\ntile = 256\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.limits.max_queue, 3);
+        assert_eq!(config.upscale.tile, 256);
+        assert_eq!(config.upscale.overlap, 8);
+        assert_eq!(config.limits.max_jobs_per_client, 16);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_reported() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("config.toml");
+        std::fs::write(&path, "[limits]\nmax_qeue = 3\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("max_qeue")
+        );
+        std::fs::write(&path, "[upscale]\ntile = 32\noverlap = 16\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("less than half")
+        );
+    }
+}

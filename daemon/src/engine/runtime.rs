@@ -1,0 +1,248 @@
+//! Finding, checking and loading the ONNX Runtime shared library, once per process.
+//!
+//! `ort` with `load-dynamic` panics when it cannot load the library on its own, and it loads
+//! only one library per process. So we resolve the path ourselves, open it with `libloading`
+//! and read its version before `ort` ever sees it: a missing file, a non-library, a library
+//! without the ONNX Runtime entry point or an old version each become a one-line
+//! [`EngineError`] instead of a panic. The `ort` initialisation itself runs under
+//! `catch_unwind` as a last guard.
+
+use std::ffi::CStr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::EngineError;
+
+/// Environment variables naming the library, in order of precedence.
+pub const ENV_VARS: [&str; 2] = ["TESSERA_ORT_LIB", "ORT_DYLIB_PATH"];
+
+/// The loaded runtime: `ort`'s environment plus what we learned about the library.
+pub(crate) struct Runtime {
+    pub env: ort::environment::Environment,
+    pub path: PathBuf,
+    pub version: String,
+    /// Our own handle, kept open for the life of the process so the library is never unloaded
+    /// under `ort`.
+    _library: libloading::Library,
+}
+
+/// The one runtime of this process (ONNX Runtime allows one environment per process).
+static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+
+/// Finds the library (see [`locate`]), then loads it unless this process already has.
+pub(crate) fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<Arc<Runtime>, EngineError> {
+    let path = locate(explicit, data_dir)?;
+    let mut slot = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(runtime) = slot.as_ref() {
+        if same_file(&runtime.path, &path) {
+            return Ok(runtime.clone());
+        }
+        return Err(EngineError::RuntimeConflict {
+            loaded: runtime.path.clone(),
+            requested: path,
+        });
+    }
+    let runtime = Arc::new(init(&path)?);
+    *slot = Some(runtime.clone());
+    Ok(runtime)
+}
+
+/// The library this process loaded, if any.
+pub(crate) fn loaded_path() -> Option<PathBuf> {
+    RUNTIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|r| r.path.clone())
+}
+
+/// The library to load: the explicit path, else `TESSERA_ORT_LIB`, else `ORT_DYLIB_PATH`,
+/// else the newest matching library under `<data dir>/runtime/`. A path that names a folder is
+/// searched like `runtime/`. A path given explicitly (argument or variable) that does not
+/// exist is an error, not a reason to look elsewhere.
+pub fn locate(explicit: Option<&Path>, data_dir: &Path) -> Result<PathBuf, EngineError> {
+    let from_env = ENV_VARS.iter().find_map(|v| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(|s| (*v, PathBuf::from(s)))
+    });
+    let named = match (explicit, from_env) {
+        (Some(p), _) => Some(("the --ort-lib option", p.to_owned())),
+        (None, Some((var, p))) => Some((var, p)),
+        (None, None) => None,
+    };
+    if let Some((origin, path)) = named {
+        if path.is_dir() {
+            return search(&path).ok_or_else(|| EngineError::RuntimeNotFound {
+                searched: format!("no {} in {} from {origin}", library_name(), path.display()),
+            });
+        }
+        if !path.exists() {
+            return Err(EngineError::RuntimeNotFound {
+                searched: format!("{} from {origin} does not exist", path.display()),
+            });
+        }
+        return Ok(std::path::absolute(&path).unwrap_or(path));
+    }
+    let runtime_dir = data_dir.join("runtime");
+    search(&runtime_dir).ok_or_else(|| EngineError::RuntimeNotFound {
+        searched: format!("no {} in {}", library_name(), runtime_dir.display()),
+    })
+}
+
+/// The platform's library file name.
+pub fn library_name() -> &'static str {
+    if cfg!(windows) {
+        "onnxruntime.dll"
+    } else if cfg!(target_os = "macos") {
+        "libonnxruntime.dylib"
+    } else {
+        "libonnxruntime.so"
+    }
+}
+
+fn is_library_name(name: &str) -> bool {
+    if cfg!(windows) {
+        name.eq_ignore_ascii_case("onnxruntime.dll")
+    } else if cfg!(target_os = "macos") {
+        name.starts_with("libonnxruntime")
+            && name.ends_with(".dylib")
+            && !name.contains("providers")
+    } else {
+        name == "libonnxruntime.so" || name.starts_with("libonnxruntime.so.")
+    }
+}
+
+/// Searches `dir` and up to three levels below it (the PyPI wheel keeps the library in
+/// `onnxruntime/capi/`) and returns the match with the longest (most specific) version.
+fn search(dir: &Path) -> Option<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(dir.to_owned(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if depth < 3 {
+                    stack.push((path, depth + 1));
+                }
+            } else if entry.file_name().to_str().is_some_and(is_library_name) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort_by_key(|p| (version_key(p), p.clone()));
+    found.pop().map(|p| std::path::absolute(&p).unwrap_or(p))
+}
+
+fn version_key(p: &Path) -> Vec<u32> {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Checks the library and initialises `ort` with it.
+fn init(path: &Path) -> Result<Runtime, EngineError> {
+    let unusable = |reason: String| EngineError::RuntimeUnusable {
+        path: path.to_owned(),
+        reason,
+    };
+    // SAFETY: loading a shared library runs its initialisers; the user named this file as
+    // their ONNX Runtime, which is the trust we need anyway.
+    let library = unsafe { libloading::Library::new(path) }.map_err(|e| {
+        unusable(format!(
+            "not a loadable library ({})",
+            one_line(&error_chain(&e))
+        ))
+    })?;
+    let version = {
+        // SAFETY: the symbol has this signature in every ONNX Runtime release.
+        let get_base = unsafe {
+            library.get::<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase>(b"OrtGetApiBase\0")
+        }
+        .map_err(|_| unusable("it has no OrtGetApiBase, so it is not ONNX Runtime".into()))?;
+        // SAFETY: OrtGetApiBase takes no arguments and returns a static table or null.
+        let base = unsafe { get_base() };
+        if base.is_null() {
+            return Err(unusable("OrtGetApiBase returned nothing".into()));
+        }
+        // SAFETY: non-null OrtApiBase pointers point at a static table whose GetVersionString
+        // returns a static NUL-terminated string.
+        let version = unsafe { CStr::from_ptr(((*base).GetVersionString)()) };
+        let version = version.to_string_lossy().into_owned();
+        let minor: u32 = version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if minor < ort::MINOR_VERSION {
+            return Err(EngineError::RuntimeTooOld {
+                path: path.to_owned(),
+                found: version,
+                required: ort::MINOR_VERSION,
+            });
+        }
+        // SAFETY: as above; GetApi returns null for API versions the library lacks.
+        if unsafe { ((*base).GetApi)(ort::sys::ORT_API_VERSION) }.is_null() {
+            return Err(unusable(format!(
+                "version {version} does not offer API {}",
+                ort::sys::ORT_API_VERSION
+            )));
+        }
+        version
+    };
+
+    let env = catch_unwind(AssertUnwindSafe(|| -> Result<_, String> {
+        let builder = ort::init_from(path).map_err(|e| e.to_string())?;
+        builder
+            .with_name("tessera")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| e.to_string())
+    }))
+    .map_err(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "ort panicked".into());
+        unusable(one_line(&msg))
+    })?
+    .map_err(|e| unusable(one_line(&e)))?;
+
+    tracing::info!(path = %path.display(), %version, "loaded ONNX Runtime");
+    Ok(Runtime {
+        env,
+        path: path.to_owned(),
+        version,
+        _library: library,
+    })
+}
+
+/// An error and its sources, joined (libloading keeps dlerror's text in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Error texts from C libraries may span lines; the CLI prints ours on one.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

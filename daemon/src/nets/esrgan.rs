@@ -1,0 +1,504 @@
+//! ESRGAN: the RRDBNet super-resolution network (Wang et al., 2018), with tiled inference.
+//!
+//! The graph is built from canonical weights (see `crate::weights::esrgan`) and every
+//! hyper-parameter is read from tensor shapes: input channels and pixel-unshuffle factor from
+//! `conv_first`, filters `nf` from its output, blocks `nb` from `body.N`, growth `gc` from the
+//! first dense conv, and the scale from the number of `conv_upK`. Graph interface:
+//! `input` `[batch, 3, height, width]` f32 RGB in 0..1 → `output`
+//! `[batch, 3, height·s, width·s]` f32 RGB, unclamped. For old/new-arch models the RGB→BGR flip
+//! (and back) is inside the graph, so callers always speak RGB.
+
+use std::path::Path;
+
+use ndarray::{Array3, Array4, ArrayView3, ArrayView4, CowArray, Ix3, s};
+
+use super::ModelError;
+use super::tiling::plan_axis;
+pub use super::tiling::{BLEND, Tiling};
+use crate::Cancelled;
+use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
+use crate::onnx::{Conv2d, Dim, ElemType, ExternalTensor, Graph, Value};
+use crate::weights::esrgan::{ChannelOrder, Layout};
+use crate::weights::{self, Scope, SourceFile, SourceTensor, TensorMap, WeightsError};
+
+/// LeakyReLU slope used throughout RRDBNet.
+const SLOPE: f32 = 0.2;
+/// Residual scaling of dense blocks and RRDBs.
+const RESIDUAL: f32 = 0.2;
+
+/// Hyper-parameters, all inferred from the weights.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EsrganConfig {
+    pub layout: Layout,
+    pub channel_order: ChannelOrder,
+    /// Filters of the trunk.
+    pub nf: usize,
+    /// Number of RRDB blocks.
+    pub nb: usize,
+    /// Growth channels of the dense blocks.
+    pub gc: usize,
+    /// Nearest-×2 + conv stages.
+    pub upsamples: usize,
+    /// Pixel-unshuffle factor applied to the input (1, or 2/4 for Real-ESRGAN x2/x1 models).
+    pub unshuffle: usize,
+}
+
+impl EsrganConfig {
+    /// The model's overall scale factor.
+    pub fn scale(&self) -> usize {
+        (1 << self.upsamples) / self.unshuffle
+    }
+
+    /// Reads and checks every hyper-parameter from the canonical tensors' shapes.
+    pub fn infer(
+        w: &TensorMap<SourceTensor>,
+        layout: Layout,
+    ) -> Result<EsrganConfig, WeightsError> {
+        let shape = |name: &str| -> Result<Vec<usize>, WeightsError> {
+            Ok(w.root().get(name)?.shape.clone())
+        };
+        let first = shape("conv_first.weight")?;
+        let [nf, in_ch, 3, 3] = first[..] else {
+            return Err(bad(w, "conv_first.weight", "expected a 3×3 convolution"));
+        };
+        let nb = w.scope("body").count_indexed();
+        if nb == 0 {
+            return Err(WeightsError::Missing {
+                name: "body.0".into(),
+            });
+        }
+        let gc = shape("body.0.rdb1.conv1.weight")?[0];
+        let upsamples = (1..)
+            .take_while(|k| w.root().contains(&format!("conv_up{k}.weight")))
+            .count();
+        let last = shape("conv_last.weight")?;
+        let out_ch = last[0];
+        let unshuffle = match (in_ch, out_ch) {
+            (3, 3) => 1,
+            (12, 3) => 2,
+            (48, 3) => 4,
+            _ => {
+                return Err(bad(
+                    w,
+                    "conv_first.weight",
+                    &format!(
+                        "{in_ch} → {out_ch} channels; only RGB models (3, or 12/48 with pixel-unshuffle) are supported"
+                    ),
+                ));
+            }
+        };
+        if upsamples > 4 || (1 << upsamples) < unshuffle {
+            return Err(bad(
+                w,
+                "conv_last.weight",
+                &format!("{upsamples} upsampling stages after unshuffle ×{unshuffle}"),
+            ));
+        }
+        let config = EsrganConfig {
+            layout,
+            channel_order: layout.channel_order(),
+            nf,
+            nb,
+            gc,
+            upsamples,
+            unshuffle,
+        };
+        config.check_shapes(w, in_ch, out_ch)?;
+        Ok(config)
+    }
+
+    /// Every tensor must have the shape this configuration implies, and none may be left over.
+    fn check_shapes(
+        &self,
+        w: &TensorMap<SourceTensor>,
+        in_ch: usize,
+        out_ch: usize,
+    ) -> Result<(), WeightsError> {
+        let (nf, gc) = (self.nf, self.gc);
+        let mut expected: Vec<(String, usize, usize)> = vec![("conv_first".into(), in_ch, nf)];
+        for i in 0..self.nb {
+            for r in 1..=3 {
+                for k in 1..=5 {
+                    let out = if k == 5 { nf } else { gc };
+                    expected.push((format!("body.{i}.rdb{r}.conv{k}"), nf + (k - 1) * gc, out));
+                }
+            }
+        }
+        expected.push(("conv_body".into(), nf, nf));
+        for k in 1..=self.upsamples {
+            expected.push((format!("conv_up{k}"), nf, nf));
+        }
+        expected.push(("conv_hr".into(), nf, nf));
+        expected.push(("conv_last".into(), nf, out_ch));
+        for (module, cin, cout) in &expected {
+            let weight = w.scope(module).get("weight")?;
+            if weight.shape != [*cout, *cin, 3, 3] {
+                return Err(bad(
+                    w,
+                    &format!("{module}.weight"),
+                    &format!("expected [{cout}, {cin}, 3, 3]"),
+                ));
+            }
+            if w.scope(module).get("bias")?.shape != [*cout] {
+                return Err(bad(
+                    w,
+                    &format!("{module}.bias"),
+                    &format!("expected [{cout}]"),
+                ));
+            }
+        }
+        if w.len() != 2 * expected.len() {
+            let known: std::collections::HashSet<String> = expected
+                .iter()
+                .flat_map(|(m, _, _)| [format!("{m}.weight"), format!("{m}.bias")])
+                .collect();
+            let extra = w.keys().find(|k| !known.contains(*k)).unwrap_or_default();
+            return Err(bad(
+                w,
+                extra,
+                "not part of an RRDBNet with these dimensions",
+            ));
+        }
+        for t in w.iter().map(|(_, t)| t) {
+            if !t.dtype.is_float() {
+                return Err(bad(w, "(weights)", "integer weights"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad(w: &TensorMap<SourceTensor>, name: &str, reason: &str) -> WeightsError {
+    WeightsError::BadShape {
+        name: name.to_owned(),
+        shape: w
+            .get(name)
+            .map(|t| t.shape.iter().map(|&d| d as i64).collect())
+            .unwrap_or_default(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Builds the ONNX graph of an RRDBNet over `w` (external f32 weights).
+pub fn build_graph(config: &EsrganConfig, w: &weights::Weights) -> Result<Graph, WeightsError> {
+    let mut g = Graph::new("esrgan");
+    let batch = Dim::from("batch");
+    let input = g.input(
+        "input",
+        ElemType::F32,
+        &[
+            batch.clone(),
+            Dim::from(3),
+            Dim::from("height"),
+            Dim::from("width"),
+        ],
+    );
+    let flip = config.channel_order == ChannelOrder::Bgr;
+    let mut x = input;
+    if flip {
+        x = g.gather(&x, 1, &[2, 1, 0]);
+    }
+    if config.unshuffle > 1 {
+        x = g.pixel_unshuffle(&x, config.unshuffle, 3);
+    }
+
+    let fea = conv(&mut g, &x, &w.scope("conv_first"))?;
+    let mut trunk = fea.clone();
+    for i in 0..config.nb {
+        trunk = rrdb(&mut g, &trunk, &w.scope("body").scope(i))?;
+    }
+    let trunk = conv(&mut g, &trunk, &w.scope("conv_body"))?;
+    let mut fea = g.add(&fea, &trunk);
+    for k in 1..=config.upsamples {
+        let up = g.resize_nearest(&fea, 2.0);
+        let up = conv(&mut g, &up, &w.scope(format!("conv_up{k}")))?;
+        fea = g.leaky_relu(&up, SLOPE);
+    }
+    let hr = conv(&mut g, &fea, &w.scope("conv_hr"))?;
+    let hr = g.leaky_relu(&hr, SLOPE);
+    let mut out = conv(&mut g, &hr, &w.scope("conv_last"))?;
+    if flip {
+        out = g.gather(&out, 1, &[2, 1, 0]);
+    }
+    g.output(
+        "output",
+        &out,
+        ElemType::F32,
+        Some(&[
+            batch,
+            Dim::from(3),
+            Dim::from("out_height"),
+            Dim::from("out_width"),
+        ]),
+    );
+    Ok(g)
+}
+
+/// Residual-in-residual dense block: three dense blocks, then a scaled skip.
+fn rrdb(g: &mut Graph, x: &Value, w: &Scope<ExternalTensor>) -> Result<Value, WeightsError> {
+    let mut y = x.clone();
+    for r in 1..=3 {
+        y = rdb(g, &y, &w.scope(format!("rdb{r}")))?;
+    }
+    let y = g.scale(&y, RESIDUAL);
+    Ok(g.add(&y, x))
+}
+
+/// Residual dense block: five 3×3 convs, each seeing the block input and all earlier outputs
+/// (growth `gc` channels each), the last one projecting back to `nf`; then a scaled skip.
+fn rdb(g: &mut Graph, x: &Value, w: &Scope<ExternalTensor>) -> Result<Value, WeightsError> {
+    let mut features = vec![x.clone()];
+    for k in 1..=4 {
+        let input = concat_all(g, &features);
+        let y = conv(g, &input, &w.scope(format!("conv{k}")))?;
+        features.push(g.leaky_relu(&y, SLOPE));
+    }
+    let input = concat_all(g, &features);
+    let y = conv(g, &input, &w.scope("conv5"))?;
+    let y = g.scale(&y, RESIDUAL);
+    Ok(g.add(&y, x))
+}
+
+fn concat_all(g: &mut Graph, values: &[Value]) -> Value {
+    if values.len() == 1 {
+        return values[0].clone();
+    }
+    let refs: Vec<&Value> = values.iter().collect();
+    g.concat(&refs, 1)
+}
+
+/// A 3×3 "same" convolution with bias.
+fn conv(g: &mut Graph, x: &Value, w: &Scope<ExternalTensor>) -> Result<Value, WeightsError> {
+    let weight = g.external(w.get("weight")?);
+    let bias = g.external(w.get("bias")?);
+    Ok(g.conv(x, &weight, Some(&bias), Conv2d::padded(1)))
+}
+
+/// Why an upscale did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum EsrganError {
+    /// The progress callback asked to stop.
+    #[error("the job was cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Runtime(#[from] EngineError),
+    /// The image or tiling cannot be processed (empty image, not 3 channels).
+    #[error("cannot upscale: {0}")]
+    InvalidInput(String),
+}
+
+impl From<Cancelled> for EsrganError {
+    fn from(_: Cancelled) -> EsrganError {
+        EsrganError::Cancelled
+    }
+}
+
+/// A loaded ESRGAN model with its warm session.
+pub struct Esrgan {
+    config: EsrganConfig,
+    model: CompiledModel,
+    session: SharedSession,
+}
+
+impl Esrgan {
+    /// Reads `model_file` (.safetensors or .pth, any of the three layouts), converts its weights
+    /// into `cache_dir` when they cannot be used in place, and gets a session from `engine`.
+    pub fn load(
+        engine: &Engine,
+        model_file: &Path,
+        cache_dir: &Path,
+    ) -> Result<Esrgan, ModelError> {
+        let (config, model) = Esrgan::compile(model_file, cache_dir)?;
+        let session = engine.session(&model)?;
+        Ok(Esrgan {
+            config,
+            model,
+            session,
+        })
+    }
+
+    /// Everything `load` does short of creating a session: the configuration and the graph
+    /// with its weights folder (also what an ONNX export writes out).
+    pub fn compile(
+        model_file: &Path,
+        cache_dir: &Path,
+    ) -> Result<(EsrganConfig, CompiledModel), ModelError> {
+        let source = SourceFile::open(model_file)?;
+        let (canonical, layout) = weights::esrgan::canonicalize(&source)?;
+        let config = EsrganConfig::infer(&canonical, layout)?;
+        let weights = weights::materialize(&source, &canonical, cache_dir, "esrgan")?;
+        let graph = build_graph(&config, &weights)?;
+        tracing::debug!(
+            ?config,
+            nodes = graph.node_count(),
+            converted = weights.converted(),
+            "ESRGAN graph built"
+        );
+        let name = model_file
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let model = CompiledModel {
+            name: format!("ESRGAN {name}"),
+            onnx: graph.to_bytes(),
+            weights_folder: weights.folder().to_owned(),
+            weight_files: vec![weights.file().to_owned()],
+        };
+        Ok((config, model))
+    }
+
+    /// The overall scale factor (1, 2, 4 or 8).
+    pub fn scale(&self) -> u32 {
+        self.config.scale() as u32
+    }
+
+    pub fn config(&self) -> &EsrganConfig {
+        &self.config
+    }
+
+    pub fn compiled(&self) -> &CompiledModel {
+        &self.model
+    }
+
+    /// One pass of the network over a `[N, 3, H, W]` batch (H and W multiples of the unshuffle
+    /// factor), unclamped: the raw graph output, for tests and tools.
+    pub fn forward(&mut self, x: ArrayView4<f32>) -> Result<Array4<f32>, EsrganError> {
+        let (n, c, h, w) = x.dim();
+        let align = self.config.unshuffle;
+        if c != 3 || h % align != 0 || w % align != 0 {
+            return Err(EsrganError::InvalidInput(format!(
+                "forward needs [N, 3, H, W] with H, W multiples of {align}"
+            )));
+        }
+        let name = &self.model.name;
+        let input = x.as_standard_layout();
+        let tensor = ort::value::TensorRef::from_array_view(input.view())
+            .map_err(|e| EngineError::ort(name, e))?;
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let outputs = session
+            .run(ort::inputs!["input" => tensor])
+            .map_err(|e| EngineError::ort(name, e))?;
+        let y = outputs["output"]
+            .try_extract_array::<f32>()
+            .map_err(|e| EngineError::ort(name, e))?;
+        let s = self.config.scale();
+        y.to_owned()
+            .into_shape_with_order((n, 3, h * s, w * s))
+            .map_err(|e| EngineError::ort(name, e).into())
+    }
+
+    /// Upscales a `[3, H, W]` RGB image in 0..1 to `[3, H·s, W·s]`, tile by tile (see
+    /// [`Tiling`]), calling `on_tile(done, total)` after each network call; an `Err` from it
+    /// stops the work and is returned as `EsrganError::Cancelled`. Everything stays f32: tiles
+    /// are not rounded to 8 bits (unlike A1111), so 16-bit and float images keep their
+    /// precision. The result is clamped to 0..1.
+    pub fn upscale(
+        &mut self,
+        rgb: ArrayView3<f32>,
+        tiling: &Tiling,
+        on_tile: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
+    ) -> Result<Array3<f32>, EsrganError> {
+        let (channels, h, w) = rgb.dim();
+        if channels != 3 || h == 0 || w == 0 {
+            return Err(EsrganError::InvalidInput(format!(
+                "expected a [3, H, W] image, got [{channels}, {h}, {w}]"
+            )));
+        }
+        if tiling.tile == 0 {
+            return Err(EsrganError::InvalidInput("the tile size is 0".into()));
+        }
+        let scale = self.config.scale();
+        let align = self.config.unshuffle;
+        // Pixel-unshuffle needs whole blocks: pad like spandrel (reflect) and crop at the end.
+        let padded = pad_to_multiple(rgb, align);
+        let (_, ph, pw) = padded.dim();
+        let rows = plan_axis(ph, *tiling, align, scale);
+        let cols = plan_axis(pw, *tiling, align, scale);
+        let total = rows.len() * cols.len();
+        let (oh, ow) = (h * scale, w * scale);
+        let mut out = Array3::<f32>::zeros((3, oh, ow));
+        let mut done = 0;
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        for row in &rows {
+            for col in &cols {
+                let tile = padded.slice(s![
+                    ..,
+                    row.start..row.start + row.len,
+                    col.start..col.start + col.len
+                ]);
+                let input: Vec<f32> = tile.iter().copied().collect();
+                let tensor = ort::value::TensorRef::from_array_view((
+                    [1usize, 3, row.len, col.len],
+                    &input[..],
+                ))
+                .map_err(|e| EngineError::ort(&self.model.name, e))?;
+                let outputs = session
+                    .run(ort::inputs!["input" => tensor])
+                    .map_err(|e| EngineError::ort(&self.model.name, e))?;
+                let (shape, data) = outputs["output"]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| EngineError::ort(&self.model.name, e))?;
+                let (th, tw) = (row.len * scale, col.len * scale);
+                if shape[..] != [1, 3, th as i64, tw as i64] {
+                    return Err(EngineError::ort(
+                        &self.model.name,
+                        format!("unexpected output shape {shape:?}"),
+                    )
+                    .into());
+                }
+                blend(&mut out, data, row, col, scale);
+                done += 1;
+                on_tile(done, total)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Adds a tile's clamped output, weighted, into `out` (pixels past the crop are dropped).
+fn blend(
+    out: &mut Array3<f32>,
+    data: &[f32],
+    row: &super::tiling::Span,
+    col: &super::tiling::Span,
+    scale: usize,
+) {
+    let (_, oh, ow) = out.dim();
+    let (th, tw) = (row.len * scale, col.len * scale);
+    let (y0, x0) = (row.start * scale, col.start * scale);
+    for c in 0..3 {
+        for y in 0..th.min(oh.saturating_sub(y0)) {
+            let wy = row.weights[y];
+            if wy == 0.0 {
+                continue;
+            }
+            let src = &data[(c * th + y) * tw..(c * th + y + 1) * tw];
+            let mut dst = out.slice_mut(s![c, y0 + y, x0..(x0 + tw).min(ow)]);
+            for (x, d) in dst.iter_mut().enumerate() {
+                let wv = wy * col.weights[x];
+                if wv != 0.0 {
+                    *d += wv * src[x].clamp(0.0, 1.0);
+                }
+            }
+        }
+    }
+}
+
+/// The image padded on the bottom and right to a multiple of `m` by reflection (as
+/// `F.pad(mode="reflect")`; edge replication where the image is too small to reflect).
+fn pad_to_multiple(img: ArrayView3<'_, f32>, m: usize) -> CowArray<'_, f32, Ix3> {
+    let (c, h, w) = img.dim();
+    let (ph, pw) = (h.div_ceil(m) * m, w.div_ceil(m) * m);
+    if (ph, pw) == (h, w) {
+        return CowArray::from(img);
+    }
+    let reflect = |i: usize, n: usize| {
+        if i < n {
+            i
+        } else {
+            (2 * (n - 1)).saturating_sub(i).min(n - 1)
+        }
+    };
+    CowArray::from(Array3::from_shape_fn((c, ph, pw), |(k, y, x)| {
+        img[[k, reflect(y, h), reflect(x, w)]]
+    }))
+}

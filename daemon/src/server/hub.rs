@@ -1,0 +1,417 @@
+//! The daemon's shared state: connected clients, the FIFO job queue, the job
+//! on the engine, and cancellation. Connection threads and the engine worker
+//! meet here; every method takes the one lock briefly and never does I/O
+//! while holding it.
+
+use super::outbox::Outbox;
+use crate::config::Limits;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use tessera_protocol::{
+    Accepted, ErrorInfo, ErrorKind, Failed, Image, JobId, JobParams, Message, Status,
+};
+
+pub type ClientId = u64;
+
+/// A job waiting for, or on, the engine.
+pub struct Job {
+    pub id: JobId,
+    pub client: ClientId,
+    pub image: Image,
+    pub params: JobParams,
+    pub cancel: Arc<AtomicBool>,
+}
+
+struct Running {
+    id: JobId,
+    client: ClientId,
+    cancel: Arc<AtomicBool>,
+    fraction: f32,
+}
+
+#[derive(Default)]
+struct State {
+    next_job: JobId,
+    next_client: ClientId,
+    queue: VecDeque<Job>,
+    running: Option<Running>,
+    clients: HashMap<ClientId, Arc<Outbox>>,
+    shutting_down: bool,
+}
+
+/// Facts about the daemon that `Status` reports.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub runtime: String,
+    pub device: String,
+    pub data_dir: String,
+}
+
+pub struct Hub {
+    limits: Limits,
+    info: DaemonInfo,
+    state: Mutex<State>,
+    work: Condvar,
+}
+
+impl Hub {
+    pub fn new(limits: Limits, info: DaemonInfo) -> Hub {
+        Hub {
+            limits,
+            info,
+            state: Mutex::new(State {
+                next_job: 1,
+                next_client: 1,
+                ..State::default()
+            }),
+            work: Condvar::new(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("hub lock")
+    }
+
+    pub fn add_client(&self) -> (ClientId, Arc<Outbox>) {
+        let mut state = self.lock();
+        let id = state.next_client;
+        state.next_client += 1;
+        let outbox = Arc::new(Outbox::default());
+        state.clients.insert(id, outbox.clone());
+        (id, outbox)
+    }
+
+    /// A client went away: its queued jobs are dropped and its running job
+    /// is told to stop. Nobody else is affected.
+    pub fn remove_client(&self, client: ClientId) {
+        self.detach(client, true);
+    }
+
+    /// Like [`Hub::remove_client`], but what is already in the client's
+    /// outbox is still written (a last error before the connection closes).
+    pub fn remove_client_after_flush(&self, client: ClientId) {
+        self.detach(client, false);
+    }
+
+    fn detach(&self, client: ClientId, kill_outbox: bool) {
+        let mut state = self.lock();
+        if let Some(outbox) = state.clients.remove(&client)
+            && kill_outbox
+        {
+            outbox.kill();
+        }
+        let before = state.queue.len();
+        state.queue.retain(|job| job.client != client);
+        let dropped = before - state.queue.len();
+        if let Some(running) = state.running.as_ref().filter(|r| r.client == client) {
+            running.cancel.store(true, Ordering::SeqCst);
+            tracing::info!("client {client} left; stopping its job {}", running.id);
+        }
+        if dropped > 0 {
+            tracing::info!("client {client} left; dropped its {dropped} queued job(s)");
+        }
+    }
+
+    /// Queues a job whose image and parameters have been checked.
+    pub fn submit(
+        &self,
+        client: ClientId,
+        request: u64,
+        image: Image,
+        params: JobParams,
+    ) -> Result<Accepted, ErrorInfo> {
+        let mut state = self.lock();
+        if state.shutting_down {
+            return Err(ErrorInfo::new(
+                ErrorKind::ShuttingDown,
+                "the daemon is shutting down and takes no new jobs",
+            ));
+        }
+        if state.queue.len() >= self.limits.max_queue {
+            return Err(ErrorInfo::new(
+                ErrorKind::QueueFull,
+                format!(
+                    "the queue is full ({} jobs waiting); try again when some have finished",
+                    state.queue.len()
+                ),
+            ));
+        }
+        let owned = state.queue.iter().filter(|j| j.client == client).count()
+            + usize::from(state.running.as_ref().is_some_and(|r| r.client == client));
+        if owned >= self.limits.max_jobs_per_client {
+            return Err(ErrorInfo::new(
+                ErrorKind::TooManyJobs,
+                format!(
+                    "this client already has {owned} jobs queued or running (the limit is {})",
+                    self.limits.max_jobs_per_client
+                ),
+            ));
+        }
+        let id = state.next_job;
+        state.next_job += 1;
+        let position = (state.queue.len() + usize::from(state.running.is_some())) as u32;
+        state.queue.push_back(Job {
+            id,
+            client,
+            image,
+            params,
+            cancel: Arc::new(AtomicBool::new(false)),
+        });
+        self.work.notify_one();
+        Ok(Accepted {
+            request,
+            job: id,
+            position,
+        })
+    }
+
+    /// Cancels a queued job at once, or tells a running job to stop at its
+    /// next network call. Any client may cancel any job of this user.
+    pub fn cancel(&self, job: JobId) -> Result<(), ErrorInfo> {
+        let mut state = self.lock();
+        if let Some(index) = state.queue.iter().position(|j| j.id == job) {
+            let dropped = state.queue.remove(index).expect("index is in range");
+            let outbox = state.clients.get(&dropped.client).cloned();
+            drop(state);
+            tracing::info!("job {job} cancelled while queued");
+            if let Some(outbox) = outbox {
+                outbox.send(Message::Failed(Failed {
+                    job,
+                    error: ErrorInfo::new(
+                        ErrorKind::Cancelled,
+                        "the job was cancelled before it started",
+                    ),
+                }));
+            }
+            return Ok(());
+        }
+        if let Some(running) = state.running.as_ref().filter(|r| r.id == job) {
+            running.cancel.store(true, Ordering::SeqCst);
+            tracing::info!("job {job} cancelled while running");
+            return Ok(());
+        }
+        Err(ErrorInfo::new(
+            ErrorKind::UnknownJob,
+            format!("job {job} is neither queued nor running"),
+        ))
+    }
+
+    /// The engine worker's wait for work; `None` once the daemon shuts down.
+    pub fn next_job(&self) -> Option<Job> {
+        let mut state = self.lock();
+        loop {
+            if state.shutting_down {
+                return None;
+            }
+            if let Some(job) = state.queue.pop_front() {
+                state.running = Some(Running {
+                    id: job.id,
+                    client: job.client,
+                    cancel: job.cancel.clone(),
+                    fraction: 0.0,
+                });
+                return Some(job);
+            }
+            state = self.work.wait(state).expect("hub lock");
+        }
+    }
+
+    /// The client a running job reports to, if it is still connected.
+    pub fn outbox_of(&self, client: ClientId) -> Option<Arc<Outbox>> {
+        self.lock().clients.get(&client).cloned()
+    }
+
+    pub fn set_fraction(&self, job: JobId, fraction: f32) {
+        if let Some(running) = self.lock().running.as_mut().filter(|r| r.id == job) {
+            running.fraction = fraction;
+        }
+    }
+
+    /// The running job ended; its terminal message goes to its client.
+    pub fn finish(&self, job: JobId, client: ClientId, message: Message) {
+        let outbox = {
+            let mut state = self.lock();
+            if state.running.as_ref().is_some_and(|r| r.id == job) {
+                state.running = None;
+            }
+            state.clients.get(&client).cloned()
+        };
+        if let Some(outbox) = outbox {
+            outbox.send(message);
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let state = self.lock();
+        Status {
+            daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+            runtime: self.info.runtime.clone(),
+            device: self.info.device.clone(),
+            running: state.running.as_ref().map(|r| r.id),
+            running_fraction: state.running.as_ref().map_or(0.0, |r| r.fraction),
+            queued: state.queue.len() as u32,
+            clients: state.clients.len() as u32,
+            data_dir: self.info.data_dir.clone(),
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.lock().shutting_down
+    }
+
+    /// Stops taking work: queued jobs fail with `ShuttingDown`, the running
+    /// job is told to stop, and every client hears `ShuttingDown`. Returns
+    /// the outboxes, so the caller can wait for them to drain.
+    pub fn begin_shutdown(&self) -> Vec<Arc<Outbox>> {
+        let mut state = self.lock();
+        if state.shutting_down {
+            return Vec::new();
+        }
+        state.shutting_down = true;
+        let dropped: Vec<Job> = state.queue.drain(..).collect();
+        if let Some(running) = &state.running {
+            running.cancel.store(true, Ordering::SeqCst);
+        }
+        let clients = state.clients.clone();
+        drop(state);
+        self.work.notify_all();
+        for job in dropped {
+            if let Some(outbox) = clients.get(&job.client) {
+                outbox.send(Message::Failed(Failed {
+                    job: job.id,
+                    error: ErrorInfo::new(
+                        ErrorKind::ShuttingDown,
+                        "the daemon shut down before the job started",
+                    ),
+                }));
+            }
+        }
+        clients.values().cloned().collect()
+    }
+
+    /// Whether a running job has terminated: used by shutdown to wait for the
+    /// engine to come to rest.
+    pub fn is_idle(&self) -> bool {
+        self.lock().running.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_protocol::{Channels, SampleFormat, Transfer};
+
+    fn hub(limits: Limits) -> Hub {
+        Hub::new(
+            limits,
+            DaemonInfo {
+                runtime: "test".into(),
+                device: "test".into(),
+                data_dir: "/tmp".into(),
+            },
+        )
+    }
+
+    fn image() -> Image {
+        Image {
+            width: 1,
+            height: 1,
+            channels: Channels::Gray,
+            sample: SampleFormat::U8,
+            transfer: Transfer::Srgb,
+            data: vec![0],
+        }
+    }
+
+    fn submit(hub: &Hub, client: ClientId) -> Result<Accepted, ErrorInfo> {
+        hub.submit(client, 7, image(), JobParams::default())
+    }
+
+    #[test]
+    fn jobs_run_in_submission_order_with_positions() {
+        let hub = hub(Limits::default());
+        let (a, _) = hub.add_client();
+        let (b, _) = hub.add_client();
+        let first = submit(&hub, a).unwrap();
+        let second = submit(&hub, b).unwrap();
+        assert_eq!((first.position, second.position), (0, 1));
+        assert_eq!(first.request, 7);
+        assert_eq!(hub.next_job().unwrap().id, first.job);
+        assert_eq!(
+            submit(&hub, a).unwrap().position,
+            2,
+            "the running job is ahead too"
+        );
+        assert_eq!(hub.next_job().unwrap().id, second.job);
+    }
+
+    #[test]
+    fn cancelling_a_queued_job_tells_its_owner_and_a_running_job_gets_flagged() {
+        let hub = hub(Limits::default());
+        let (a, outbox) = hub.add_client();
+        let running = submit(&hub, a).unwrap().job;
+        let queued = submit(&hub, a).unwrap().job;
+        let job = hub.next_job().unwrap();
+        hub.cancel(queued).unwrap();
+        assert!(
+            matches!(outbox.next(), Some(Message::Failed(f)) if f.job == queued && f.error.kind == ErrorKind::Cancelled)
+        );
+        assert!(!job.cancel.load(Ordering::SeqCst));
+        hub.cancel(running).unwrap();
+        assert!(job.cancel.load(Ordering::SeqCst));
+        assert_eq!(hub.cancel(999).unwrap_err().kind, ErrorKind::UnknownJob);
+    }
+
+    #[test]
+    fn a_leaving_client_loses_only_its_own_jobs() {
+        let hub = hub(Limits::default());
+        let (a, _) = hub.add_client();
+        let (b, _) = hub.add_client();
+        submit(&hub, a).unwrap();
+        submit(&hub, a).unwrap();
+        let kept = submit(&hub, b).unwrap().job;
+        let job_of_a = hub.next_job().unwrap();
+        hub.remove_client(a);
+        assert!(job_of_a.cancel.load(Ordering::SeqCst));
+        hub.finish(job_of_a.id, a, Message::Shutdown);
+        assert_eq!(hub.next_job().unwrap().id, kept);
+        assert_eq!(hub.status().clients, 1);
+    }
+
+    #[test]
+    fn limits_give_typed_errors() {
+        let hub = hub(Limits {
+            max_queue: 2,
+            max_jobs_per_client: 1,
+            ..Limits::default()
+        });
+        let (a, _) = hub.add_client();
+        let (b, _) = hub.add_client();
+        let (c, _) = hub.add_client();
+        submit(&hub, a).unwrap();
+        assert_eq!(submit(&hub, a).unwrap_err().kind, ErrorKind::TooManyJobs);
+        submit(&hub, b).unwrap();
+        assert_eq!(submit(&hub, c).unwrap_err().kind, ErrorKind::QueueFull);
+    }
+
+    #[test]
+    fn shutdown_fails_queued_jobs_and_stops_the_worker() {
+        let hub = hub(Limits::default());
+        let (a, outbox) = hub.add_client();
+        submit(&hub, a).unwrap();
+        let running = hub.next_job().unwrap();
+        let queued = submit(&hub, a).unwrap().job;
+        assert_eq!(hub.begin_shutdown().len(), 1);
+        assert!(running.cancel.load(Ordering::SeqCst));
+        assert!(
+            matches!(outbox.next(), Some(Message::Failed(f)) if f.job == queued && f.error.kind == ErrorKind::ShuttingDown)
+        );
+        assert!(hub.next_job().is_none());
+        assert_eq!(submit(&hub, a).unwrap_err().kind, ErrorKind::ShuttingDown);
+    }
+}

@@ -1,0 +1,113 @@
+//! The engine worker: one thread that takes jobs from the queue in order and
+//! runs them one at a time, turning each outcome (result, error, cancel or
+//! even a panic) into exactly one terminal message for its client.
+
+use super::JobRunner;
+use super::hub::{Hub, Job};
+use crate::Cancelled;
+use crate::pipeline::progress::{ProgressSink, Step};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tessera_protocol::{Done, ErrorInfo, ErrorKind, Failed, Message, Progress};
+
+pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
+    while let Some(job) = hub.next_job() {
+        let Job {
+            id,
+            client,
+            image,
+            params,
+            cancel,
+        } = job;
+        let started = Instant::now();
+        tracing::info!(
+            "job {id} started ({}×{}, ×{})",
+            image.width,
+            image.height,
+            params.scale
+        );
+        let mut sink = JobProgress {
+            hub: &hub,
+            job: id,
+            client,
+            cancel: &cancel,
+            fraction: 0.0,
+        };
+        let outcome =
+            panic::catch_unwind(AssertUnwindSafe(|| runner.run(image, &params, &mut sink)));
+        let message = match outcome {
+            Ok(Ok(output)) => {
+                tracing::info!("job {id} done in {:.2} s", started.elapsed().as_secs_f64());
+                Message::Done(Done {
+                    job: id,
+                    image: output.image,
+                    timings: output.timings,
+                })
+            }
+            Ok(Err(mut error)) => {
+                if error.kind == ErrorKind::Cancelled && hub.is_shutting_down() {
+                    error = ErrorInfo::new(
+                        ErrorKind::ShuttingDown,
+                        "the daemon shut down while the job ran",
+                    );
+                }
+                tracing::info!("job {id} ended: {error}");
+                Message::Failed(Failed { job: id, error })
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!("job {id} panicked: {what}");
+                Message::Failed(Failed {
+                    job: id,
+                    error: ErrorInfo::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "the daemon hit a bug while running this job ({what}); the log has details"
+                        ),
+                    ),
+                })
+            }
+        };
+        hub.finish(id, client, message);
+    }
+}
+
+/// Forwards a running job's progress to its client and tells it when to stop.
+struct JobProgress<'a> {
+    hub: &'a Hub,
+    job: u64,
+    client: u64,
+    cancel: &'a AtomicBool,
+    fraction: f32,
+}
+
+impl ProgressSink for JobProgress<'_> {
+    fn report(&mut self, step: Step) -> Result<(), Cancelled> {
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(Cancelled);
+        }
+        // Clients draw bars: never let them go backwards.
+        self.fraction = self.fraction.max(step.fraction.clamp(0.0, 1.0));
+        self.hub.set_fraction(self.job, self.fraction);
+        if let Some(outbox) = self.hub.outbox_of(self.client) {
+            outbox.send(Message::Progress(Progress {
+                job: self.job,
+                stage: step.stage,
+                stages: step.stages,
+                phase: step.phase.to_owned(),
+                step: step.step,
+                steps: step.steps,
+                tile: step.tile,
+                tiles: step.tiles,
+                fraction: self.fraction,
+            }));
+        }
+        Ok(())
+    }
+}

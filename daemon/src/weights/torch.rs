@@ -1,0 +1,232 @@
+//! PyTorch checkpoints (`torch.save` since 1.6: a zip with `<name>/data.pkl` and one record per
+//! storage under `<name>/data/`), read through the restricted unpickler.
+//!
+//! Only the pickle is read here; tensor bytes stay in the zip until a conversion asks for them.
+//! The legacy pre-1.6 format (a bare pickle stream) is refused with a message saying so.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use super::WeightsError;
+use super::pickle::{self, Object, PickleError, TensorDesc, Unpickled, Value};
+
+/// A `data.pkl` larger than this is refused; real state dicts have a few hundred KB.
+const MAX_PICKLE: u64 = 64 * 1024 * 1024;
+/// Keys under which training checkpoints wrap their state dict, in order of preference (the
+/// same list spandrel uses: EMA weights before raw ones).
+const WRAPPERS: [&str; 7] = [
+    "model_state_dict",
+    "state_dict",
+    "params_ema",
+    "params-ema",
+    "params",
+    "model",
+    "net",
+];
+const MAX_DEPTH: usize = 32;
+const MAX_TENSORS: usize = 1 << 20;
+/// Dict entries visited while flattening; shared sub-dicts could otherwise make the walk
+/// exponential.
+const MAX_VISITS: usize = 1 << 22;
+
+/// Whether `head` (the first bytes of a file) look like the legacy torch format.
+pub(crate) fn is_legacy(head: &[u8]) -> bool {
+    // A protocol-2 pickle whose first item is the torch magic number (a LONG1 of 10 bytes).
+    head.len() >= 4 && head[..4] == [0x80, 0x02, 0x8a, 0x0a]
+}
+
+/// What a checkpoint holds.
+#[derive(Debug)]
+pub(crate) struct Index {
+    /// Folder prefix of the records inside the zip (`archive/`, or the file stem for old torch).
+    pub prefix: String,
+    /// Flattened tensor names (nested dicts joined by `.`) and descriptors.
+    pub tensors: Vec<(String, TensorDesc)>,
+    /// The pickle bytes, for fingerprinting.
+    pub pickle: Vec<u8>,
+}
+
+/// Opens the zip `path` and reads its tensor index.
+pub(crate) fn read_index(path: &Path, file: File) -> Result<Index, WeightsError> {
+    let corrupt = |reason: String| WeightsError::corrupt(path, reason);
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| corrupt(format!("not a readable zip: {e}")))?;
+    let pkl_names: Vec<String> = zip
+        .file_names()
+        .filter_map(Result::ok)
+        .filter(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
+        .map(|n| n.into_owned())
+        .collect();
+    let [pkl_name] = pkl_names.as_slice() else {
+        return Err(corrupt(format!(
+            "expected one data.pkl in the zip, found {}",
+            pkl_names.len()
+        )));
+    };
+    let prefix = pkl_name
+        .strip_suffix("data.pkl")
+        .unwrap_or_default()
+        .to_owned();
+
+    if let Ok(mut entry) = zip.by_name(&format!("{prefix}byteorder")) {
+        let mut order = String::new();
+        let _ = entry.by_ref().take(16).read_to_string(&mut order);
+        if order.trim() != "little" {
+            return Err(WeightsError::Unsupported {
+                path: path.to_owned(),
+                reason: format!("tensors are stored {} endian", order.trim()),
+            });
+        }
+    }
+
+    let mut pickle_bytes = Vec::new();
+    {
+        let entry = zip
+            .by_name(pkl_name)
+            .map_err(|e| corrupt(format!("cannot open {pkl_name}: {e}")))?;
+        entry
+            .take(MAX_PICKLE + 1)
+            .read_to_end(&mut pickle_bytes)
+            .map_err(|e| corrupt(format!("cannot read {pkl_name}: {e}")))?;
+    }
+    if pickle_bytes.len() as u64 > MAX_PICKLE {
+        return Err(corrupt(format!("{pkl_name} is implausibly large")));
+    }
+
+    let unpickled = pickle::unpickle(&pickle_bytes).map_err(|e| match e {
+        PickleError::Foreign(global) => WeightsError::ForeignGlobal {
+            path: path.to_owned(),
+            global,
+        },
+        PickleError::Invalid(reason) => corrupt(format!("{pkl_name}: {reason}")),
+    })?;
+    let tensors = flatten(&unpickled).map_err(|reason| corrupt(format!("{pkl_name}: {reason}")))?;
+
+    // Every storage must exist and be large enough for what the pickle says it holds.
+    let mut sizes = BTreeMap::new();
+    for (name, t) in &tensors {
+        let record = format!("{prefix}data/{}", t.storage.key);
+        let size = match sizes.get(&record) {
+            Some(&s) => s,
+            None => {
+                let s = zip
+                    .by_name(&record)
+                    .map_err(|_| {
+                        corrupt(format!(
+                            "tensor `{name}`: storage record {record} is missing"
+                        ))
+                    })?
+                    .size();
+                sizes.insert(record.clone(), s);
+                s
+            }
+        };
+        let needed = t.storage.numel.checked_mul(t.storage.dtype.size() as u64);
+        if needed.is_none_or(|n| n > size) {
+            return Err(corrupt(format!(
+                "tensor `{name}`: storage record {record} is too short"
+            )));
+        }
+    }
+    Ok(Index {
+        prefix,
+        tensors,
+        pickle: pickle_bytes,
+    })
+}
+
+/// Reads one storage record's bytes, bounded by the size the pickle declares.
+pub(crate) fn read_storage(
+    path: &Path,
+    zip: &mut zip::ZipArchive<File>,
+    prefix: &str,
+    t: &TensorDesc,
+) -> Result<Vec<u8>, WeightsError> {
+    let record = format!("{prefix}data/{}", t.storage.key);
+    let corrupt = |reason: String| WeightsError::corrupt(path, reason);
+    let entry = zip
+        .by_name(&record)
+        .map_err(|e| corrupt(format!("cannot open {record}: {e}")))?;
+    let len = t.storage.numel * t.storage.dtype.size() as u64;
+    let mut bytes = Vec::new();
+    entry
+        .take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| corrupt(format!("cannot read {record}: {e}")))?;
+    if (bytes.len() as u64) < len {
+        return Err(corrupt(format!("{record} is truncated")));
+    }
+    Ok(bytes)
+}
+
+/// Descends through wrapper dicts, then flattens nested dicts into dotted names. Entries that
+/// are not tensors (step counters, hyper-parameters, `_metadata`) are skipped.
+fn flatten(u: &Unpickled) -> Result<Vec<(String, TensorDesc)>, String> {
+    let mut root = u.root;
+    if let Some(Object::Dict(pairs)) = u.get(root) {
+        let dict_value = |key: &str| {
+            pairs
+                .iter()
+                .rev()
+                .find(|(k, v)| u.str(*k) == Some(key) && matches!(u.get(*v), Some(Object::Dict(_))))
+                .map(|(_, v)| *v)
+        };
+        if let Some(inner) = WRAPPERS.iter().find_map(|w| dict_value(w)) {
+            root = inner;
+        }
+    }
+    if let Some(Object::Dict(pairs)) = u.get(root)
+        && let [(_, only)] = pairs.as_slice()
+        && matches!(u.get(*only), Some(Object::Dict(_)))
+    {
+        root = *only;
+    }
+    if !matches!(u.get(root), Some(Object::Dict(_))) {
+        return Err("the pickle does not hold a dict of tensors".into());
+    }
+    let mut out = BTreeMap::new();
+    let mut visits = 0;
+    walk(u, root, String::new(), 0, &mut visits, &mut out)?;
+    Ok(out.into_iter().collect())
+}
+
+fn walk(
+    u: &Unpickled,
+    v: Value,
+    prefix: String,
+    depth: usize,
+    visits: &mut usize,
+    out: &mut BTreeMap<String, TensorDesc>,
+) -> Result<(), String> {
+    *visits += 1;
+    if depth > MAX_DEPTH || *visits > MAX_VISITS {
+        return Err("dicts nested too deeply or too often".into());
+    }
+    match u.get(v) {
+        Some(Object::Tensor(t)) => {
+            if out.len() >= MAX_TENSORS {
+                return Err("too many tensors".into());
+            }
+            out.insert(prefix, t.clone());
+        }
+        Some(Object::Dict(pairs)) => {
+            for (k, child) in pairs {
+                let key = match (u.str(*k), k) {
+                    (Some(s), _) => s.to_owned(),
+                    (None, Value::Int(i)) => i.to_string(),
+                    _ => continue,
+                };
+                let name = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                walk(u, *child, name, depth + 1, visits, out)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! ESRGAN through the real loaders and ONNX Runtime, against PyTorch (spandrel) references
+//! computed from the same files by `tests/fixtures/generate.py`.
+
+mod common;
+
+use common::*;
+use ndarray::{Array3, Axis, s};
+use tessera::Cancelled;
+use tessera::nets::esrgan::{Esrgan, EsrganError, Tiling};
+use tessera::weights::esrgan::{ChannelOrder, Layout};
+
+const TOLERANCE: f32 = 1e-4;
+
+struct Case {
+    file: &'static str,
+    reference: &'static str,
+    layout: Layout,
+    scale: u32,
+    nb: usize,
+    unshuffle: usize,
+    /// Whether the weights must be converted into the cache (else used in place).
+    converted: bool,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        file: "tiny-x4.safetensors",
+        reference: "tiny-x4",
+        layout: Layout::OldArch,
+        scale: 4,
+        nb: 2,
+        unshuffle: 1,
+        converted: false,
+    },
+    Case {
+        file: "tiny-x4-new.safetensors",
+        reference: "tiny-x4-new",
+        layout: Layout::NewArch,
+        scale: 4,
+        nb: 2,
+        unshuffle: 1,
+        converted: false,
+    },
+    Case {
+        file: "tiny-x4-realesrgan.safetensors",
+        reference: "tiny-x4-realesrgan",
+        layout: Layout::RealEsrgan,
+        scale: 4,
+        nb: 2,
+        unshuffle: 1,
+        converted: false,
+    },
+    Case {
+        file: "tiny-x4-old.pth",
+        reference: "tiny-x4-old-pth",
+        layout: Layout::OldArch,
+        scale: 4,
+        nb: 1,
+        unshuffle: 1,
+        converted: true,
+    },
+    Case {
+        file: "tiny-x4-realesrgan.pth",
+        reference: "tiny-x4-realesrgan-pth",
+        layout: Layout::RealEsrgan,
+        scale: 4,
+        nb: 1,
+        unshuffle: 1,
+        converted: true,
+    },
+    Case {
+        file: "tiny-x4-fp16.safetensors",
+        reference: "tiny-x4-fp16",
+        layout: Layout::OldArch,
+        scale: 4,
+        nb: 2,
+        unshuffle: 1,
+        converted: true,
+    },
+    Case {
+        file: "tiny-x4-bf16.safetensors",
+        reference: "tiny-x4-bf16",
+        layout: Layout::NewArch,
+        scale: 4,
+        nb: 1,
+        unshuffle: 1,
+        converted: true,
+    },
+    Case {
+        file: "tiny-x2.safetensors",
+        reference: "tiny-x2",
+        layout: Layout::OldArch,
+        scale: 2,
+        nb: 1,
+        unshuffle: 1,
+        converted: false,
+    },
+    Case {
+        file: "tiny-x2-unshuffle.safetensors",
+        reference: "tiny-x2-unshuffle",
+        layout: Layout::RealEsrgan,
+        scale: 2,
+        nb: 1,
+        unshuffle: 2,
+        converted: false,
+    },
+    Case {
+        file: "tiny-x1-unshuffle.safetensors",
+        reference: "tiny-x1-unshuffle",
+        layout: Layout::RealEsrgan,
+        scale: 1,
+        nb: 1,
+        unshuffle: 4,
+        converted: false,
+    },
+];
+
+fn no_progress() -> impl FnMut(usize, usize) -> Result<(), Cancelled> {
+    |_, _| Ok(())
+}
+
+#[test]
+fn every_layout_matches_pytorch() {
+    let input = reference3("input");
+    let mut report = Vec::new();
+    for case in CASES {
+        let cache = tempfile::tempdir().unwrap();
+        let mut model = Esrgan::load(engine(), &fixture(case.file), cache.path())
+            .unwrap_or_else(|e| panic!("{}: {e}", case.file));
+        let config = model.config().clone();
+        assert_eq!(model.scale(), case.scale, "{}", case.file);
+        assert_eq!(
+            (config.layout, config.nb, config.unshuffle),
+            (case.layout, case.nb, case.unshuffle),
+            "{}",
+            case.file
+        );
+        assert_eq!((config.nf, config.gc), (4, 3), "{}", case.file);
+        let expected_order = if case.layout == Layout::RealEsrgan {
+            ChannelOrder::Rgb
+        } else {
+            ChannelOrder::Bgr
+        };
+        assert_eq!(config.channel_order, expected_order);
+        let cached = std::fs::read_dir(cache.path()).unwrap().count();
+        assert_eq!(
+            cached,
+            usize::from(case.converted),
+            "{}: files in the cache",
+            case.file
+        );
+
+        let expected = reference3(case.reference);
+        let (_, h, w) = input.dim();
+        assert_eq!(
+            expected.dim(),
+            (3, h * case.scale as usize, w * case.scale as usize)
+        );
+
+        // The raw network output, where the input allows one pass (no unshuffle padding).
+        if h % case.unshuffle == 0 && w % case.unshuffle == 0 {
+            let raw = model.forward(input.view().insert_axis(Axis(0))).unwrap();
+            let err = max_abs_diff(&raw.index_axis(Axis(0), 0).to_owned(), &expected);
+            assert!(
+                err <= TOLERANCE,
+                "{}: raw output differs by {err}",
+                case.file
+            );
+        }
+        // The public path: tiling (one tile here), padding, clamping.
+        let out = model
+            .upscale(input.view(), &Tiling::default(), &mut no_progress())
+            .unwrap();
+        let err = max_abs_diff(&out, &expected.mapv(|v| v.clamp(0.0, 1.0)));
+        report.push(format!(
+            "{:32} {:?} max |err| {err:.2e}",
+            case.file, case.layout
+        ));
+        assert!(err <= TOLERANCE, "{}: upscale differs by {err}", case.file);
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn tiled_with_enough_context_equals_the_whole_image() {
+    let mut model = Esrgan::load(
+        engine(),
+        &fixture("tiny-x4.safetensors"),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .unwrap();
+    let image = procedural_image(120, 136);
+    let whole = model.forward(image.view().insert_axis(Axis(0))).unwrap();
+    let whole = whole.index_axis(Axis(0), 0).mapv(|v| v.clamp(0.0, 1.0));
+    let torch = reference3("tiny-x4.procedural-120x136.every9").mapv(|v| v.clamp(0.0, 1.0));
+
+    // 96/80: (80 − 8) / 2 = 36 pixels of context ≥ the 33-pixel receptive radius of this
+    // 2-block RRDBNet, so the tiles are exact by construction. 48/24 keeps only 8 pixels of
+    // context, which is still within 1e-4 here because far pixels contribute little; it is
+    // the sensitive case (blending across the whole overlap instead makes it fail by 3e-2).
+    for (tile, overlap, tiles) in [(96, 80, 3 * 4), (48, 24, 4 * 5)] {
+        let mut calls = Vec::new();
+        let tiled = model
+            .upscale(
+                image.view(),
+                &Tiling { tile, overlap },
+                &mut |done, total| {
+                    calls.push((done, total));
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(calls.len(), tiles, "{tile}/{overlap}: {calls:?}");
+        assert!(
+            calls
+                .iter()
+                .enumerate()
+                .all(|(i, &(d, t))| d == i + 1 && t == tiles)
+        );
+
+        let err = max_abs_diff(&tiled, &whole);
+        eprintln!("tiled ({tile}/{overlap}) vs whole image: max |err| {err:.2e}");
+        assert!(
+            err <= TOLERANCE,
+            "{tile}/{overlap}: tiled result differs from the whole image by {err}"
+        );
+
+        let sub = tiled.slice(s![.., 4usize..;9, 4usize..;9]).to_owned();
+        let err = max_abs_diff(&sub, &torch);
+        eprintln!(
+            "tiled ({tile}/{overlap}) vs PyTorch whole image, every 9th pixel: max |err| {err:.2e}"
+        );
+        assert!(
+            err <= TOLERANCE,
+            "{tile}/{overlap}: tiled result differs from PyTorch by {err}"
+        );
+    }
+}
+
+#[test]
+fn default_tiling_is_sane() {
+    let mut model = Esrgan::load(
+        engine(),
+        &fixture("tiny-x4.safetensors"),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .unwrap();
+    let image = procedural_image(120, 136);
+    let whole = model.forward(image.view().insert_axis(Axis(0))).unwrap();
+    let whole = whole.index_axis(Axis(0), 0).mapv(|v| v.clamp(0.0, 1.0));
+    // Small tiles with the default 8-pixel overlap: 4 × 5 tiles, seams with little context.
+    let tiled = model
+        .upscale(
+            image.view(),
+            &Tiling {
+                tile: 40,
+                overlap: 8,
+            },
+            &mut no_progress(),
+        )
+        .unwrap();
+    assert!(
+        tiled
+            .iter()
+            .all(|v| v.is_finite() && (0.0..=1.0).contains(v))
+    );
+    let mean = (&tiled - &whole).mapv(f32::abs).mean().unwrap();
+    let max = max_abs_diff(&tiled, &whole);
+    eprintln!("default-overlap tiles (40/8) vs whole image: mean |err| {mean:.2e}, max {max:.2e}");
+    assert!(mean < 0.01 && max < 0.25, "mean {mean}, max {max}");
+    // Far from every seam the tiles agree with the whole image closely.
+    let centre = tiled.slice(s![.., 60..100, 60..100]).to_owned();
+    assert!(max_abs_diff(&centre, &whole.slice(s![.., 60..100, 60..100]).to_owned()) < 0.05);
+}
+
+#[test]
+fn odd_sizes_and_unshuffle_tiling_match() {
+    // A ×2 Real-ESRGAN (pixel-unshuffle by 2) model on an odd-sized image, tiled with odd
+    // tile sizes: tiles must stay aligned to the 2×2 blocks and padding must reflect.
+    let mut model = Esrgan::load(
+        engine(),
+        &fixture("tiny-x2-unshuffle.safetensors"),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .unwrap();
+    let image = procedural_image(61, 75);
+    let whole = model
+        .upscale(
+            image.view(),
+            &Tiling {
+                tile: 512,
+                overlap: 8,
+            },
+            &mut no_progress(),
+        )
+        .unwrap();
+    assert_eq!(whole.dim(), (3, 122, 150));
+    let tiled = model
+        .upscale(
+            image.view(),
+            &Tiling {
+                tile: 47,
+                overlap: 45,
+            },
+            &mut no_progress(),
+        )
+        .unwrap();
+    let err = max_abs_diff(&tiled, &whole);
+    eprintln!("unshuffle ×2, tiled (47/45) vs whole: max |err| {err:.2e}");
+    assert!(err <= TOLERANCE, "{err}");
+}
+
+#[test]
+fn cancelling_stops_after_the_current_tile() {
+    let mut model = Esrgan::load(
+        engine(),
+        &fixture("tiny-x4.safetensors"),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .unwrap();
+    let image = procedural_image(64, 64);
+    let mut calls = 0;
+    let result = model.upscale(
+        image.view(),
+        &Tiling {
+            tile: 24,
+            overlap: 8,
+        },
+        &mut |done, total| {
+            calls += 1;
+            assert!(total > 2);
+            if done == 2 { Err(Cancelled) } else { Ok(()) }
+        },
+    );
+    assert!(matches!(result, Err(EsrganError::Cancelled)), "{result:?}");
+    assert_eq!(calls, 2);
+}
+
+#[test]
+fn sessions_and_conversions_are_reused() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.pth");
+    std::fs::copy(fixture("tiny-x4-old.pth"), &file).unwrap();
+
+    let first = Esrgan::load(engine(), &file, cache.path()).unwrap();
+    let sessions = engine().cached_sessions();
+    let converted: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(converted.len(), 1);
+    let mtime = std::fs::metadata(&converted[0])
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    let second = Esrgan::load(engine(), &file, cache.path()).unwrap();
+    assert_eq!(
+        engine().cached_sessions(),
+        sessions,
+        "the warm session is reused"
+    );
+    assert_eq!(
+        std::fs::metadata(&converted[0])
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime,
+        "no second conversion"
+    );
+    assert_eq!(first.compiled().onnx, second.compiled().onnx);
+
+    // A changed source file gets a fresh conversion.
+    std::fs::copy(fixture("tiny-x4-realesrgan.pth"), &file).unwrap();
+    let third = Esrgan::load(engine(), &file, cache.path()).unwrap();
+    assert_eq!(third.config().layout, Layout::RealEsrgan);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn engine_describes_itself() {
+    let e = engine();
+    assert!(
+        e.runtime_description().starts_with("ONNX Runtime 1."),
+        "{}",
+        e.runtime_description()
+    );
+    assert!(e.runtime_description().contains("onnxruntime"));
+    assert_eq!(e.device_description(), "CPU (2 threads)");
+    eprintln!("{} on {}", e.runtime_description(), e.device_description());
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let mut model = Esrgan::load(
+        engine(),
+        &fixture("tiny-x2.safetensors"),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .unwrap();
+    let gray = Array3::<f32>::zeros((1, 8, 8));
+    assert!(matches!(
+        model.upscale(gray.view(), &Tiling::default(), &mut no_progress()),
+        Err(EsrganError::InvalidInput(_))
+    ));
+    let empty = Array3::<f32>::zeros((3, 0, 8));
+    assert!(
+        model
+            .upscale(empty.view(), &Tiling::default(), &mut no_progress())
+            .is_err()
+    );
+    // A one-pixel image still works.
+    let dot = Array3::<f32>::from_elem((3, 1, 1), 0.5);
+    let out = model
+        .upscale(dot.view(), &Tiling::default(), &mut no_progress())
+        .unwrap();
+    assert_eq!(out.dim(), (3, 2, 2));
+}
