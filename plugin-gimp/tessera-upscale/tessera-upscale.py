@@ -31,7 +31,7 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
 import tessera_gimp as core  # noqa: E402
-from tessera_client import ErrorKind, Image, ModelKind, TesseraError  # noqa: E402
+from tessera_client import Image, ModelKind  # noqa: E402
 
 # --- Test hooks ---------------------------------------------------------------
 # Only read when the variables are set (by tests/gimp/): a log of what the
@@ -146,7 +146,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     try:
         result_image, layer = _upscale(image, drawable, values, run_mode)
     except Exception as error:  # every failure becomes GIMP's error message
-        return _failure(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, _words(error))
+        return _failure(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, core.error_text(error))
     finally:
         Gimp.progress_end()
     Gimp.displays_flush()
@@ -157,13 +157,6 @@ def run(procedure, run_mode, image, drawables, config, data):
             GObject.Value(Gimp.Layer, layer),
         ]
     )
-
-
-def _words(error):
-    """The error in plain words; names the installed upscalers when the
-    chosen one is missing."""
-    models = getattr(error, "installed_upscalers", ())
-    return core.error_text(error, models)
 
 
 def _dialog(procedure, config):
@@ -261,17 +254,7 @@ def _upscale(image, drawable, values, run_mode):
 
     with client:
         Gimp.progress_set_text("Tessera: waiting for the daemon…")
-        try:
-            result, timings = client.upscale(source, params, on_progress=on_progress)
-        except TesseraError as error:
-            if error.kind == ErrorKind.MODEL_NOT_FOUND:
-                try:
-                    error.installed_upscalers = [
-                        m.name for m in client.list_models() if m.kind == ModelKind.UPSCALER
-                    ]
-                except Exception:
-                    pass
-            raise
+        result, timings = client.upscale(source, params, on_progress=on_progress)
     if (result.channels, result.sample, result.transfer) != (
         layout.channels,
         layout.sample,

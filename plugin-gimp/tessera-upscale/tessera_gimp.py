@@ -11,14 +11,13 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from tessera_client import (
     Channels,
     Client,
     ConnectionClosed,
     DaemonNotRunning,
-    ErrorKind,
     Progress,
     SampleFormat,
     TesseraError,
@@ -368,9 +367,10 @@ def progress_text(progress: Progress) -> str:
     return "Tessera: " + ", ".join(parts)
 
 
-def error_text(error: BaseException, models: Sequence[str] = ()) -> str:
-    """One or two plain sentences for GIMP's error message. ``models``: the
-    installed upscalers, named when the chosen one does not exist."""
+def error_text(error: BaseException) -> str:
+    """One or two plain sentences for GIMP's error message. The daemon's
+    own sentences (which name the installed models when one is missing) are
+    passed on as they are."""
     if isinstance(error, TesseraMissing):
         return str(error)
     if isinstance(error, DaemonNotRunning):
@@ -384,12 +384,6 @@ def error_text(error: BaseException, models: Sequence[str] = ()) -> str:
         text = error.message.strip() or error.kind_name
         if not text.endswith("."):
             text += "."
-        if error.kind == ErrorKind.MODEL_NOT_FOUND:
-            text += (
-                f" Installed upscalers: {', '.join(models)}."
-                if models
-                else " No upscaler is installed in Tessera's models/upscalers/ folder."
-            )
         return f"Tessera could not upscale: {text}"
     if isinstance(error, TimeoutError):
         return f"Tessera did not answer in time: {error}."

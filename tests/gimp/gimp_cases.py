@@ -132,15 +132,17 @@ class Case:
         return self.out.with_suffix(".raw").read_bytes()
 
 
-def kill_plugin_at_first_progress(running, timeout: float = 90.0) -> int:
+def kill_plugin_at_first_progress(running, timeout: float = 90.0, before_kill=None) -> int:
     """Waits until the plug-in running in ``running`` (a ``RunningGimp``)
-    reports progress, then kills its process as GIMP's Cancel button does
-    (SIGKILL); returns its process id."""
+    reports progress, calls ``before_kill()``, then kills the plug-in's
+    process as GIMP's Cancel button does (SIGKILL); returns its process id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         progress = [e for e in running.events() if e["event"] == "progress"]
         if progress:
             pid = progress[0]["pid"]
+            if before_kill is not None:
+                before_kill()
             os.kill(pid, signal.SIGKILL)
             return pid
         if running.process.poll() is not None:

@@ -249,41 +249,33 @@ def test_progress_text():
 
 
 @pytest.mark.parametrize(
-    "error, models, expected",
+    "error, expected",
     [
         (
-            TesseraError(ErrorKind.MODEL_NOT_FOUND, "there is no upscaler named “x”"),
-            ["a", "b"],
-            "Tessera could not upscale: there is no upscaler named “x”. Installed upscalers: a, b.",
+            TesseraError(ErrorKind.MODEL_NOT_FOUND, "there is no upscaler named “x”; available: a"),
+            "Tessera could not upscale: there is no upscaler named “x”; available: a.",
         ),
         (
-            TesseraError(ErrorKind.MODEL_NOT_FOUND, "there is no upscaler named “x”."),
-            [],
-            "Tessera could not upscale: there is no upscaler named “x”. "
-            "No upscaler is installed in Tessera's models/upscalers/ folder.",
-        ),
-        (
-            TesseraError(ErrorKind.IMAGE_TOO_LARGE, "the output would be too large"),
-            [],
+            TesseraError(ErrorKind.IMAGE_TOO_LARGE, "the output would be too large."),
             "Tessera could not upscale: the output would be too large.",
         ),
         (
             ConnectionClosed("gone"),
-            [],
             "The connection to Tessera broke before the result arrived; "
             "its service may have stopped (gone).",
         ),
         (
             DaemonNotRunning("/run/t.sock"),
-            [],
             "Tessera is not running and could not be reached: the Tessera daemon is not "
             "running (nothing listens at /run/t.sock); start it with `tessera serve`.",
         ),
-        (RuntimeError("it broke"), [], "Tessera could not upscale: it broke"),
+        (TimeoutError("no answer"), "Tessera did not answer in time: no answer."),
+        (RuntimeError("it broke"), "Tessera could not upscale: it broke"),
+        (KeyError("x"), "Tessera failed unexpectedly: KeyError('x')"),
     ],
 )
-def test_error_text(error, models, expected):
-    assert core.error_text(error, models) == expected
+def test_error_text(error, expected):
+    assert core.error_text(error) == expected
 
 
 # --- Installing -------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 import json
 
-from gi.repository import Gimp
+from gi.repository import Gimp, GObject
 
 procedure = Gimp.get_pdb().lookup_procedure("plug-in-tessera-upscale")
 described = {
@@ -17,6 +17,8 @@ for spec in procedure.get_arguments():
     entry = {"name": spec.name}
     default = spec.get_default_value()
     if isinstance(default, (int, float, str)) and not hasattr(default, "value_nick"):
+        entry["default"] = default
+    if spec.value_type == GObject.TYPE_STRING:
         entry["default"] = default
     if hasattr(spec, "minimum"):
         entry["minimum"], entry["maximum"] = spec.minimum, spec.maximum
