@@ -94,7 +94,8 @@ impl Default for JobParams {
 pub struct Accepted {
     pub request: u64,
     pub job: JobId,
-    /// Jobs ahead of this one: 0 means it is next (or already running).
+    /// Jobs that run before this one, the running job included: 0 means it
+    /// starts at once.
     pub position: u32,
 }
 

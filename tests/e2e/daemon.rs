@@ -220,3 +220,41 @@ fn sigterm_mid_job_fails_the_job_and_exits_cleanly() {
     );
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+#[test]
+fn the_daemon_logs_to_the_data_dir() {
+    let daemon = Daemon::with_small_tiles();
+    daemon
+        .client()
+        .upscale(test_image(8, 8), params(), |_| {})
+        .unwrap();
+    let logs = daemon.dir.path().join("logs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text: String = std::fs::read_dir(&logs)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("tessera."))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        if text.contains("listening on") && text.contains("job 1 done") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "log so far:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn replies_and_results_are_found_behind_other_jobs_events() {
+    let daemon = Daemon::with_small_tiles();
+    let mut client = daemon.client();
+    let first = client.submit(test_image(6, 6), params()).unwrap();
+    // Let the first job finish, so its events are on the wire ahead of the next replies.
+    std::thread::sleep(Duration::from_millis(300));
+    let second = client.submit(test_image(5, 5), params()).unwrap();
+    assert_eq!(client.status().unwrap().queued, 0);
+    // Waiting for the second job first must not lose the first one's result.
+    assert_eq!(client.wait(second.job, |_| {}).unwrap().image.width, 20);
+    assert_eq!(client.wait(first.job, |_| {}).unwrap().image.width, 24);
+}

@@ -2,6 +2,7 @@
 //! directory's `logs/` (a week kept); client commands log warnings to stderr.
 //! `TESSERA_LOG` takes a tracing filter such as `debug` or `tessera=trace`.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -45,6 +46,7 @@ pub fn init_client() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter("warn"))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -4,11 +4,40 @@
 //! `crate::onnx`, and runs it through `crate::engine`. Foreign key layouts never reach this
 //! code: `crate::weights` translates them first.
 
+pub mod clip;
 pub mod esrgan;
 pub mod tiling;
 
 use crate::engine::EngineError;
-use crate::weights::WeightsError;
+use crate::weights::{WeightType, WeightsError};
+
+/// The precision of a compiled graph's weights and arithmetic: f32 for the CPU execution
+/// provider (f16 is no faster there, `shared/reference/ort-notes.md` §4), f16 for GPU
+/// execution providers. Graphs keep f32 inputs and outputs either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    /// How the weights are stored (and so the element type the graph computes in).
+    pub fn weight_type(self) -> WeightType {
+        match self {
+            Precision::F32 => WeightType::F32,
+            Precision::F16 => WeightType::F16,
+        }
+    }
+
+    /// `""` or `"-fp16"`, for file and cache names.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Precision::F32 => "",
+            Precision::F16 => "-fp16",
+        }
+    }
+}
 
 /// Why a model could not be loaded. The caller can tell apart a file it could not read, a file
 /// that is not a usable model (corrupt, unsupported, refused pickle), and a runtime failure.

@@ -3,5 +3,6 @@
 
 pub mod pixels;
 pub mod progress;
+pub mod prompt;
 pub mod resize;
 pub mod upscale;

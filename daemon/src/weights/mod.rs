@@ -18,13 +18,15 @@ mod source;
 mod store;
 mod torch;
 
+pub mod clip_keys;
+pub mod embedding;
 pub mod esrgan;
 
 use std::path::PathBuf;
 
 pub use map::{Scope, TensorMap};
 pub use source::{Format, SourceFile, SourceTensor};
-pub use store::{Weights, materialize};
+pub use store::{Patch, Target, WeightType, Weights, materialize, materialize_as};
 
 /// Element types found in weight files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

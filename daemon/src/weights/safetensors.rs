@@ -115,20 +115,34 @@ pub(crate) fn read_header(
     Ok(Header { entries, raw })
 }
 
-/// Writes an f32 safetensors file, header first, then each tensor in the declared order, so a
-/// multi-gigabyte conversion never holds more than one tensor in memory.
+/// Writes an f32 (or f16) safetensors file, header first, then each tensor in the declared
+/// order, so a multi-gigabyte conversion never holds more than one tensor in memory.
 pub(crate) struct F32Writer<W: Write> {
     out: W,
     pending: std::vec::IntoIter<(String, usize)>,
+    dtype: DType,
 }
 
 impl<W: Write> F32Writer<W> {
-    /// Writes the header for `tensors` (name, shape), in that order.
+    /// Writes the header for `tensors` (name, shape), in that order, all f32.
+    #[cfg(test)]
     pub fn new(
-        mut out: W,
+        out: W,
         tensors: &[(String, Vec<usize>)],
         metadata: &BTreeMap<String, String>,
     ) -> std::io::Result<Self> {
+        Self::with_dtype(out, tensors, metadata, DType::F32)
+    }
+
+    /// The same with every tensor stored as `dtype` (F32 or F16); data is still given as f32.
+    pub fn with_dtype(
+        mut out: W,
+        tensors: &[(String, Vec<usize>)],
+        metadata: &BTreeMap<String, String>,
+        dtype: DType,
+    ) -> std::io::Result<Self> {
+        assert!(matches!(dtype, DType::F32 | DType::F16));
+        let size = dtype.size() as u64;
         let mut header = serde_json::Map::new();
         if !metadata.is_empty() {
             header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
@@ -137,10 +151,10 @@ impl<W: Write> F32Writer<W> {
         let mut pending = Vec::with_capacity(tensors.len());
         for (name, shape) in tensors {
             let numel: usize = shape.iter().product();
-            let end = offset + 4 * numel as u64;
+            let end = offset + size * numel as u64;
             header.insert(
                 name.clone(),
-                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+                serde_json::json!({"dtype": dtype.safetensors_name(), "shape": shape, "data_offsets": [offset, end]}),
             );
             offset = end;
             pending.push((name.clone(), numel));
@@ -155,6 +169,7 @@ impl<W: Write> F32Writer<W> {
         Ok(F32Writer {
             out,
             pending: pending.into_iter(),
+            dtype,
         })
     }
 
@@ -168,9 +183,15 @@ impl<W: Write> F32Writer<W> {
                 )));
             }
         }
-        let mut buf = Vec::with_capacity(data.len() * 4);
-        for v in data {
-            buf.extend_from_slice(&v.to_le_bytes());
+        let mut buf = Vec::with_capacity(data.len() * self.dtype.size());
+        if self.dtype == DType::F16 {
+            for v in data {
+                buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            }
+        } else {
+            for v in data {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
         }
         self.out.write_all(&buf)
     }

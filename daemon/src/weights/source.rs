@@ -37,7 +37,28 @@ impl SourceTensor {
     /// Whether the bytes are f32, contiguous, directly in the file, so ONNX Runtime can map
     /// them in place.
     pub fn is_f32_in_place(&self) -> bool {
-        self.dtype == DType::F32 && matches!(self.data, DataRef::Contiguous { .. })
+        self.is_in_place(DType::F32)
+    }
+
+    /// Whether the bytes are `dtype`, contiguous, directly in the file.
+    pub fn is_in_place(&self, dtype: DType) -> bool {
+        self.dtype == dtype && matches!(self.data, DataRef::Contiguous { .. })
+    }
+
+    /// The same tensor with its trailing size-1 axes dropped down to `rank` axes (a 1×1
+    /// convolution kernel seen as a Linear weight); `None` if those axes are not all 1.
+    pub fn squeezed(&self, rank: usize) -> Option<SourceTensor> {
+        if self.shape.len() < rank || self.shape[rank..].iter().any(|&d| d != 1) {
+            return None;
+        }
+        let mut t = self.clone();
+        t.shape.truncate(rank);
+        if let DataRef::Torch(desc) = &mut t.data {
+            // Size-1 axes never move the element offset, so their strides can simply go.
+            desc.shape.truncate(rank);
+            desc.strides.truncate(rank);
+        }
+        Some(t)
     }
 
     /// `(absolute byte offset, byte length)` when the data is contiguous in the file.

@@ -1,15 +1,18 @@
-//! Placing canonical weights where ONNX Runtime can map them: one f32 `.safetensors` file in
-//! one folder, referenced by external-data entries.
+//! Placing canonical weights where ONNX Runtime can map them: one `.safetensors` file (f32, or
+//! f16 for fp16 graphs) in one folder, referenced by external-data entries.
 //!
-//! An f32 `.safetensors` source is used in place (no copy at all). Anything else is converted
-//! once into `<cache dir>/<network>-<key>.safetensors`, written to a temporary file and renamed
-//! into place so a crash never leaves a half-written cache file. The key hashes the source's
-//! fingerprint (size, mtime, header or pickle bytes) and the canonical names and shapes, so an
-//! edited source file, or a change to the layout translation, gets a fresh conversion.
+//! A `.safetensors` source whose tensors already have the wanted type is used in place (no copy
+//! at all). Anything else (another type, pickles, strided views, or weights patched by a
+//! [`Patch`] such as fused LoRAs) is converted once into
+//! `<cache dir>/<network>-<key>.safetensors`, written to a temporary file and renamed into place
+//! so a crash never leaves a half-written cache file. The key hashes the source's fingerprint
+//! (size, mtime, header or pickle bytes), the canonical names and shapes, the target type and
+//! the patch's fingerprint, so an edited source file, a change to the layout translation, or
+//! another set of LoRAs and multipliers gets a fresh conversion, and the same ones reuse it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -21,6 +24,57 @@ use crate::onnx::{ElemType, ExternalTensor};
 
 /// Bump when the conversion itself changes, to invalidate every cached file.
 const CONVERSION_VERSION: &str = "tessera-weights-1";
+
+/// The element type a graph's weights are stored and computed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightType {
+    F32,
+    F16,
+}
+
+impl WeightType {
+    pub fn dtype(self) -> DType {
+        match self {
+            WeightType::F32 => DType::F32,
+            WeightType::F16 => DType::F16,
+        }
+    }
+
+    pub fn elem(self) -> ElemType {
+        match self {
+            WeightType::F32 => ElemType::F32,
+            WeightType::F16 => ElemType::F16,
+        }
+    }
+}
+
+/// A change applied to some canonical tensors while they are converted (LoRA fusion).
+pub trait Patch {
+    /// Identifies the patch in cache keys: the same fingerprint must mean the same result.
+    fn fingerprint(&self) -> String;
+    /// Applies the patch to tensor `name` (f32, row-major, of shape `shape`), if it touches it.
+    fn apply(&self, name: &str, shape: &[usize], data: &mut [f32]) -> Result<(), WeightsError>;
+}
+
+/// What [`materialize_as`] should produce.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// Names the cache file (`unet-….safetensors`).
+    pub network: &'a str,
+    pub weight_type: WeightType,
+    pub patch: Option<&'a dyn Patch>,
+}
+
+impl<'a> Target<'a> {
+    /// Plain f32 weights.
+    pub fn f32(network: &'a str) -> Target<'a> {
+        Target {
+            network,
+            weight_type: WeightType::F32,
+            patch: None,
+        }
+    }
+}
 
 /// Canonical weights as external-data references into one f32 file.
 #[derive(Clone, Debug)]
@@ -58,26 +112,128 @@ impl Weights {
     pub fn scope(&self, name: impl std::fmt::Display) -> Scope<'_, ExternalTensor> {
         self.tensors.scope(name)
     }
+
+    /// Copies every tensor, in its type, into the new file `dest` (e.g. beside an exported
+    /// `.onnx`) and returns the weights there.
+    pub fn copy_to(&self, dest: &Path) -> Result<Weights, WeightsError> {
+        let write_error = |source| WeightsError::Cache {
+            path: dest.to_owned(),
+            source,
+        };
+        let types: std::collections::HashSet<ElemType> =
+            self.tensors.iter().map(|(_, t)| t.elem_type).collect();
+        let weight_type = match types.into_iter().collect::<Vec<_>>().as_slice() {
+            [ElemType::F16] => WeightType::F16,
+            _ => WeightType::F32,
+        };
+        let order: Vec<(String, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.to_owned(), t.dims.iter().map(|&d| d as usize).collect()))
+            .collect();
+        let file = File::create(dest).map_err(write_error)?;
+        let mut writer = F32Writer::with_dtype(
+            BufWriter::new(file),
+            &order,
+            &BTreeMap::from([("format".to_owned(), "pt".to_owned())]),
+            weight_type.dtype(),
+        )
+        .map_err(write_error)?;
+        let mut open: Option<(String, File)> = None;
+        for (name, t) in self.tensors.iter() {
+            if open.as_ref().is_none_or(|(loc, _)| *loc != t.location) {
+                let path = self.folder.join(&t.location);
+                let f = File::open(&path).map_err(|e| WeightsError::io(&path, e))?;
+                open = Some((t.location.clone(), f));
+            }
+            let (_, f) = open.as_mut().expect("just opened");
+            let mut bytes = vec![0u8; t.length as usize];
+            f.seek(SeekFrom::Start(t.offset))
+                .and_then(|_| f.read_exact(&mut bytes))
+                .map_err(|e| WeightsError::io(&self.folder.join(&t.location), e))?;
+            let data: Vec<f32> = match t.elem_type {
+                ElemType::F16 => bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                _ => bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            };
+            writer.write_next(name, &data).map_err(write_error)?;
+        }
+        writer
+            .finish()
+            .map_err(write_error)?
+            .into_inner()
+            .map_err(|e| write_error(e.into_error()))?
+            .sync_all()
+            .map_err(write_error)?;
+        let len = std::fs::metadata(dest).map_err(write_error)?.len();
+        let header =
+            safetensors::read_header(dest, &mut File::open(dest).map_err(write_error)?, len)?;
+        let file_name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let tensors = header
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    external(&e.name, &e.shape, weight_type, &file_name, e.offset, e.len),
+                )
+            })
+            .collect();
+        let folder = std::path::absolute(dest)
+            .map_err(write_error)?
+            .parent()
+            .expect("a file lives in a folder")
+            .to_owned();
+        Ok(Weights {
+            file: folder.join(&file_name),
+            folder,
+            converted: true,
+            tensors,
+        })
+    }
 }
 
-/// Makes `canonical` (tensors of `source` under canonical names) loadable by ONNX Runtime; see
-/// the module docs. `network` names the cache file (`esrgan-….safetensors`).
+/// Makes `canonical` (tensors of `source` under canonical names) loadable by ONNX Runtime as
+/// f32; see the module docs. `network` names the cache file (`esrgan-….safetensors`).
 pub fn materialize(
     source: &SourceFile,
     canonical: &TensorMap<SourceTensor>,
     cache_dir: &Path,
     network: &str,
 ) -> Result<Weights, WeightsError> {
-    if source.format() == Format::Safetensors && canonical.iter().all(|(_, t)| t.is_f32_in_place())
+    materialize_as(source, canonical, cache_dir, Target::f32(network))
+}
+
+/// [`materialize`] for any [`Target`]: f16 weights, or weights with a patch applied.
+pub fn materialize_as(
+    source: &SourceFile,
+    canonical: &TensorMap<SourceTensor>,
+    cache_dir: &Path,
+    target: Target<'_>,
+) -> Result<Weights, WeightsError> {
+    let dtype = target.weight_type.dtype();
+    if source.format() == Format::Safetensors
+        && target.patch.is_none()
+        && canonical.iter().all(|(_, t)| t.is_in_place(dtype))
     {
-        return in_place(source, canonical);
+        return in_place(source, canonical, target.weight_type);
     }
-    convert(source, canonical, cache_dir, network)
+    convert(source, canonical, cache_dir, target)
 }
 
 fn in_place(
     source: &SourceFile,
     canonical: &TensorMap<SourceTensor>,
+    weight_type: WeightType,
 ) -> Result<Weights, WeightsError> {
     let path = source.path();
     let absolute = std::path::absolute(path).map_err(|e| WeightsError::io(path, e))?;
@@ -92,7 +248,14 @@ fn in_place(
     };
     let tensors = canonical.try_map(|canonical_name, t| {
         let (offset, length) = t.file_range().expect("in-place tensors are contiguous");
-        Ok::<_, WeightsError>(external(canonical_name, &t.shape, name, offset, length))
+        Ok::<_, WeightsError>(external(
+            canonical_name,
+            &t.shape,
+            weight_type,
+            name,
+            offset,
+            length,
+        ))
     })?;
     Ok(Weights {
         folder: folder.to_owned(),
@@ -106,8 +269,10 @@ fn convert(
     source: &SourceFile,
     canonical: &TensorMap<SourceTensor>,
     cache_dir: &Path,
-    network: &str,
+    target: Target<'_>,
 ) -> Result<Weights, WeightsError> {
+    let network = target.network;
+    let weight_type = target.weight_type;
     let cache_error = |path: &Path, source: std::io::Error| WeightsError::Cache {
         path: path.to_owned(),
         source,
@@ -123,17 +288,22 @@ fn convert(
         key.update(name);
         key.update(format!("{:?}", t.shape));
     }
+    key.update(format!("{weight_type:?}"));
+    if let Some(patch) = target.patch {
+        key.update(patch.fingerprint());
+    }
     let file_name = format!("{network}-{}.safetensors", &hex(&key.finalize())[..24]);
     let path = cache_dir.join(&file_name);
 
-    if let Some(weights) = reuse(&path, &file_name, canonical)? {
+    if let Some(weights) = reuse(&path, &file_name, canonical, weight_type)? {
         return Ok(weights);
     }
 
     tracing::info!(
         source = %source.path().display(),
         cache = %path.display(),
-        "converting weights to f32 safetensors"
+        ?weight_type,
+        "converting weights"
     );
     let order: Vec<(String, Vec<usize>)> = canonical
         .iter()
@@ -159,11 +329,15 @@ fn convert(
         .as_file()
         .try_clone()
         .map_err(|e| cache_error(tmp.path(), e))?;
-    let mut writer = F32Writer::new(BufWriter::new(file), &order, &metadata)
-        .map_err(|e| cache_error(tmp.path(), e))?;
+    let mut writer =
+        F32Writer::with_dtype(BufWriter::new(file), &order, &metadata, weight_type.dtype())
+            .map_err(|e| cache_error(tmp.path(), e))?;
     let mut reader = source.reader()?;
     for (name, t) in canonical.iter() {
-        let data = reader.read_f32(t)?;
+        let mut data = reader.read_f32(t)?;
+        if let Some(patch) = target.patch {
+            patch.apply(name, &t.shape, &mut data)?;
+        }
         writer
             .write_next(name, &data)
             .map_err(|e| cache_error(tmp.path(), e))?;
@@ -175,20 +349,21 @@ fn convert(
         .map_err(|e| cache_error(tmp.path(), e))?;
     if let Err(e) = tmp.persist(&path) {
         // Another process may have finished the same conversion first; its file is as good.
-        if let Some(weights) = reuse(&path, &file_name, canonical)? {
+        if let Some(weights) = reuse(&path, &file_name, canonical, weight_type)? {
             return Ok(weights);
         }
         return Err(cache_error(&path, e.error));
     }
-    reuse(&path, &file_name, canonical)?
+    reuse(&path, &file_name, canonical, weight_type)?
         .ok_or_else(|| WeightsError::corrupt(&path, "the converted file does not read back"))
 }
 
-/// The cache file's weights if it exists and holds exactly the expected f32 tensors.
+/// The cache file's weights if it exists and holds exactly the expected tensors.
 fn reuse(
     path: &Path,
     file_name: &str,
     canonical: &TensorMap<SourceTensor>,
+    weight_type: WeightType,
 ) -> Result<Option<Weights>, WeightsError> {
     let Ok(mut file) = File::open(path) else {
         return Ok(None);
@@ -203,14 +378,14 @@ fn reuse(
     };
     let mut tensors = TensorMap::new();
     for e in header.entries {
-        let fits =
-            canonical.get(&e.name).is_some_and(|t| t.shape == e.shape) && e.dtype == DType::F32;
+        let fits = canonical.get(&e.name).is_some_and(|t| t.shape == e.shape)
+            && e.dtype == weight_type.dtype();
         if !fits {
             return Ok(None);
         }
         tensors.insert(
             e.name.clone(),
-            external(&e.name, &e.shape, file_name, e.offset, e.len),
+            external(&e.name, &e.shape, weight_type, file_name, e.offset, e.len),
         );
     }
     if tensors.len() != canonical.len() {
@@ -230,13 +405,14 @@ fn reuse(
 fn external(
     name: &str,
     shape: &[usize],
+    weight_type: WeightType,
     location: &str,
     offset: u64,
     length: u64,
 ) -> ExternalTensor {
     ExternalTensor {
         name: name.to_owned(),
-        elem_type: ElemType::F32,
+        elem_type: weight_type.elem(),
         dims: shape.iter().map(|&d| d as i64).collect(),
         location: location.to_owned(),
         offset,
