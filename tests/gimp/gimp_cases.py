@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from pixels import crop, pattern
+from gimp_pixels import crop, pattern
 
 from tessera_client import Channels, SampleFormat, Transfer
 

@@ -5,8 +5,8 @@ run; and one Ctrl+Z in the image's window takes the whole result away."""
 import json
 
 import pytest
-from fake_daemon import FAKE_UPSCALERS, FakeDaemon
 from gimp_cases import SELECTION, Case
+from gimp_fake_daemon import FAKE_UPSCALERS, FakeDaemon
 
 from tessera_client import Channels
 

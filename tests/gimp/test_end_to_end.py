@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from gimp_cases import Case, kill_plugin_at_first_progress
-from pixels import read_png, write_png
+from gimp_pixels import read_png, write_png
 
 from tessera_client import Channels, Client, DaemonNotRunning, SampleFormat
 

@@ -178,7 +178,7 @@ def _fake_tessera(tmp_path: Path) -> Path:
         f"#!{sys.executable}\n"
         "import os, sys, time\n"
         f"sys.path[:0] = {paths!r}\n"
-        "from fake_daemon import FakeDaemon\n"
+        "from gimp_fake_daemon import FakeDaemon\n"
         "assert sys.argv[1:] == ['serve'], sys.argv\n"
         "time.sleep(0.3)  # a daemon takes a moment to listen\n"
         "FakeDaemon(os.environ['TESSERA_SOCKET'])\n"

@@ -6,7 +6,6 @@ messages. (``test_end_to_end.py`` uses the real daemon.)"""
 import json
 
 import pytest
-from fake_daemon import FAKE_UPSCALERS, ErrorKind, FakeDaemon, repeat_pixels
 from gimp_cases import (
     EXACT,
     LAYER_OFFSET,
@@ -16,7 +15,8 @@ from gimp_cases import (
     Case,
     kill_plugin_at_first_progress,
 )
-from pixels import unpack
+from gimp_fake_daemon import FAKE_UPSCALERS, ErrorKind, FakeDaemon, repeat_pixels
+from gimp_pixels import unpack
 
 from tessera_client import Channels, SampleFormat, Transfer
 
