@@ -60,6 +60,11 @@ def daemon(gimp):
 
 
 def _env(gimp, daemon):
+    """The plug-in's environment for ``daemon``, which must still run."""
+    code = daemon.process.poll()
+    if code is not None:
+        logs = "".join(p.read_text() for p in (Path(daemon.root) / "logs").glob("*.log"))
+        raise AssertionError(f"the daemon exited with {code}; its log ends:\n{logs[-3000:]}")
     return {"TESSERA_SOCKET": gimp.inside(Path(daemon.socket))}
 
 
