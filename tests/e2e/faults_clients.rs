@@ -332,7 +332,7 @@ fn a_client_that_never_reads_blocks_nobody_and_is_held_to_its_limits() {
     let peak = sampler.peak();
     eprintln!(
         "never-reading client: 12 jobs with 3 MiB results, then {} KiB of status requests \
-         before the daemon stopped reading; daemon memory idle {}, while held {}, peak {} \
+         before its own writes blocked; daemon memory idle {}, while held {}, peak {} \
          (peak includes the running jobs' working memory)",
         pushed / 1024,
         mib(idle),
