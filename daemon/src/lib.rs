@@ -5,7 +5,8 @@
 //! canonical naming, `onnx` builds graphs, `nets` describes each network,
 //! `engine` runs graphs on ONNX Runtime, `pipeline` turns an image into an
 //! upscaled image, `server` serves jobs over the local socket, `store` knows
-//! the data directory, and `cli` is the user's side of it all.
+//! the data directory, `setup` knows what the installer puts where, and
+//! `cli` is the user's side of it all.
 
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod nets;
 pub mod onnx;
 pub mod pipeline;
 pub mod server;
+pub mod setup;
 pub mod store;
 pub mod weights;
 
