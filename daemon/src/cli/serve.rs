@@ -2,7 +2,7 @@
 
 use super::launch::Target;
 use crate::config::Config;
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
 use crate::pipeline::upscale::{Checker, Upscaler};
 use crate::server::{self, ServeOptions, hub::DaemonInfo, instance};
 use crate::store::DataDir;
@@ -30,14 +30,21 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
         }
         Err(e) => return Err(e.into()),
     };
-    let engine = Engine::new(EngineOptions {
-        ort_lib: target
-            .ort_lib_flag
-            .clone()
-            .or(config.engine.ort_lib.clone()),
-        data_dir: dir.root().to_path_buf(),
-        intra_threads: (config.engine.threads > 0).then_some(config.engine.threads),
-    })?;
+    let ort_lib = target
+        .ort_lib_flag
+        .clone()
+        .or(config.engine.ort_lib.clone());
+    let engine = Engine::with_tuning(
+        EngineOptions {
+            ort_lib: ort_lib.clone(),
+            data_dir: dir.root().to_path_buf(),
+            intra_threads: (config.engine.threads > 0).then_some(config.engine.threads),
+        },
+        EngineTuning {
+            execution_providers: execution_providers(&config, &dir, ort_lib.as_deref()),
+            ..EngineTuning::default()
+        },
+    )?;
     let info = DaemonInfo {
         runtime: engine.runtime_description(),
         device: engine.device_description(),
@@ -64,4 +71,26 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
     .with_context(|| format!("cannot serve on {}", target.address))?;
     drop(instance);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The execution providers to try: `engine.execution_providers` from the configuration, else
+/// the list recorded with the installed runtime when that is the library in use, else the CPU.
+pub(crate) fn execution_providers(
+    config: &Config,
+    dir: &DataDir,
+    ort_lib: Option<&std::path::Path>,
+) -> Vec<ExecutionProvider> {
+    let names = config.engine.execution_providers.clone().or_else(|| {
+        let installed = crate::store::runtime::installed(dir)?;
+        let in_use = crate::engine::locate_library(ort_lib, dir.root()).ok()?;
+        (in_use == installed.library_path(dir)).then_some(installed.providers)
+    });
+    match names {
+        // The configuration was validated when it was loaded; a record is ours.
+        Some(names) => crate::engine::parse_providers(&names).unwrap_or_else(|e| {
+            tracing::warn!("{e}; using the CPU");
+            vec![ExecutionProvider::Cpu]
+        }),
+        None => vec![ExecutionProvider::Cpu],
+    }
 }

@@ -46,6 +46,9 @@ pub struct IniEntry {
     pub previous: Option<String>,
     /// The file did not exist before.
     pub created_file: bool,
+    /// The `[group]` did not exist before.
+    #[serde(default)]
+    pub created_group: bool,
 }
 
 /// How `tessera serve` was registered to start at login.
@@ -205,6 +208,7 @@ mod tests {
             key: "enable_x".into(),
             previous: previous.map(String::from),
             created_file: false,
+            created_group: false,
         };
         record.note_ini(ini(Some("false")));
         record.note_ini(ini(Some("true")));
