@@ -3,6 +3,7 @@
 //! its events, cancel from another thread.
 
 use crate::server::socket::{self, SharedStream};
+use std::collections::VecDeque;
 use std::io::BufReader;
 use std::sync::{Arc, Mutex};
 use tessera_protocol::paths::SocketAddress;
@@ -56,6 +57,8 @@ pub struct Client {
     writer: Arc<Mutex<SharedStream>>,
     next_request: u64,
     daemon_agent: String,
+    /// Job events that arrived while a reply was awaited, in arrival order.
+    held: VecDeque<Message>,
 }
 
 impl Client {
@@ -71,6 +74,7 @@ impl Client {
             writer: Arc::new(Mutex::new(stream)),
             next_request: 1,
             daemon_agent: String::new(),
+            held: VecDeque::new(),
         };
         client.send(&Message::Handshake(Handshake {
             protocol_version: PROTOCOL_VERSION,
@@ -101,6 +105,13 @@ impl Client {
 
     /// The next message from the daemon; daemon errors come back as `Err`.
     pub fn read(&mut self) -> Result<Message, ClientError> {
+        if let Some(message) = self.held.pop_front() {
+            return Ok(message);
+        }
+        self.read_wire()
+    }
+
+    fn read_wire(&mut self) -> Result<Message, ClientError> {
         match read_frame(&mut self.reader, MAX_REPLY_BYTES) {
             Ok(Message::Error(error)) => Err(ClientError::Daemon(error)),
             Ok(message) => Ok(message),
@@ -109,9 +120,23 @@ impl Client {
         }
     }
 
+    /// The next message that is not an event of a job (those are held for
+    /// [`Client::read`]): replies come in request order, but a running job's
+    /// events may come before them.
+    fn reply(&mut self) -> Result<Message, ClientError> {
+        loop {
+            match self.read_wire()? {
+                event @ (Message::Progress(_) | Message::Done(_) | Message::Failed(_)) => {
+                    self.held.push_back(event)
+                }
+                reply => return Ok(reply),
+            }
+        }
+    }
+
     pub fn status(&mut self) -> Result<Status, ClientError> {
         self.send(&Message::GetStatus)?;
-        match self.read()? {
+        match self.reply()? {
             Message::Status(status) => Ok(status),
             other => Err(unexpected(&other)),
         }
@@ -119,7 +144,7 @@ impl Client {
 
     pub fn list_models(&mut self, hashes: bool) -> Result<Vec<ModelEntry>, ClientError> {
         self.send(&Message::ListModels { hashes })?;
-        match self.read()? {
+        match self.reply()? {
             Message::Models(list) => Ok(list.models),
             other => Err(unexpected(&other)),
         }
@@ -134,7 +159,7 @@ impl Client {
             image,
             params,
         }))?;
-        match self.read()? {
+        match self.reply()? {
             Message::Accepted(accepted) if accepted.request == request => Ok(accepted),
             Message::Rejected(rejected) if rejected.request == request => {
                 Err(ClientError::Daemon(rejected.error))
@@ -144,28 +169,33 @@ impl Client {
     }
 
     /// Follows an accepted job to its end, passing progress to `on_progress`.
+    /// Events of this connection's other jobs are kept for their own `wait`.
     pub fn wait(
         &mut self,
         job: JobId,
         mut on_progress: impl FnMut(&Progress),
     ) -> Result<Done, ClientError> {
-        loop {
+        let mut others = Vec::new();
+        let outcome = loop {
             match self.read() {
                 Ok(Message::Progress(progress)) if progress.job == job => on_progress(&progress),
-                Ok(Message::Done(done)) if done.job == job => return Ok(done),
-                Ok(Message::Failed(failed)) if failed.job == job => {
-                    return Err(failed.error.into());
+                Ok(Message::Done(done)) if done.job == job => break Ok(done),
+                Ok(Message::Failed(failed)) if failed.job == job => break Err(failed.error.into()),
+                Ok(Message::ShuttingDown) => break Err(ClientError::ShutDown),
+                Ok(event @ (Message::Progress(_) | Message::Done(_) | Message::Failed(_))) => {
+                    others.push(event)
                 }
-                Ok(Message::ShuttingDown) => return Err(ClientError::ShutDown),
-                // Events of this connection's other jobs are not this call's business.
-                Ok(Message::Progress(_) | Message::Done(_) | Message::Failed(_)) => {}
-                Ok(other) => return Err(unexpected(&other)),
+                Ok(other) => break Err(unexpected(&other)),
                 // A failed cancel (the job ended meanwhile) is no reason to stop waiting.
                 Err(ClientError::Daemon(e))
                     if e.kind == tessera_protocol::ErrorKind::UnknownJob => {}
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
+        };
+        for event in others.into_iter().rev() {
+            self.held.push_front(event);
         }
+        outcome
     }
 
     /// Submits and waits: the whole job in one call.

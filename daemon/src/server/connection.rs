@@ -152,7 +152,6 @@ fn request_loop(
                             accepted.job,
                             accepted.position
                         );
-                        outbox.send(Message::Accepted(accepted));
                     }
                     Err(error) => {
                         tracing::info!("client {client}: submission {request} rejected: {error}");

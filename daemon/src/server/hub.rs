@@ -117,7 +117,8 @@ impl Hub {
         }
     }
 
-    /// Queues a job whose image and parameters have been checked.
+    /// Queues a job whose image and parameters have been checked, and sends the client its
+    /// `Accepted` (the returned copy is for the caller's log).
     pub fn submit(
         &self,
         client: ClientId,
@@ -155,6 +156,16 @@ impl Hub {
         let id = state.next_job;
         state.next_job += 1;
         let position = (state.queue.len() + usize::from(state.running.is_some())) as u32;
+        let accepted = Accepted {
+            request,
+            job: id,
+            position,
+        };
+        // Queued for the client before the engine can see the job, so that `Accepted`
+        // always precedes the job's progress and result on the wire.
+        if let Some(outbox) = state.clients.get(&client) {
+            outbox.send(Message::Accepted(accepted.clone()));
+        }
         state.queue.push_back(Job {
             id,
             client,
@@ -163,11 +174,7 @@ impl Hub {
             cancel: Arc::new(AtomicBool::new(false)),
         });
         self.work.notify_one();
-        Ok(Accepted {
-            request,
-            job: id,
-            position,
-        })
+        Ok(accepted)
     }
 
     /// Cancels a queued job at once, or tells a running job to stop at its
@@ -332,12 +339,23 @@ mod tests {
         hub.submit(client, 7, image(), JobParams::default())
     }
 
+    /// The next message that is not an `Accepted`.
+    fn next_event(outbox: &Outbox) -> Option<Message> {
+        loop {
+            match outbox.next()? {
+                Message::Accepted(_) => {}
+                other => return Some(other),
+            }
+        }
+    }
+
     #[test]
     fn jobs_run_in_submission_order_with_positions() {
         let hub = hub(Limits::default());
-        let (a, _) = hub.add_client();
+        let (a, outbox) = hub.add_client();
         let (b, _) = hub.add_client();
         let first = submit(&hub, a).unwrap();
+        assert_eq!(outbox.next(), Some(Message::Accepted(first.clone())));
         let second = submit(&hub, b).unwrap();
         assert_eq!((first.position, second.position), (0, 1));
         assert_eq!(first.request, 7);
@@ -359,7 +377,7 @@ mod tests {
         let job = hub.next_job().unwrap();
         hub.cancel(queued).unwrap();
         assert!(
-            matches!(outbox.next(), Some(Message::Failed(f)) if f.job == queued && f.error.kind == ErrorKind::Cancelled)
+            matches!(next_event(&outbox), Some(Message::Failed(f)) if f.job == queued && f.error.kind == ErrorKind::Cancelled)
         );
         assert!(!job.cancel.load(Ordering::SeqCst));
         hub.cancel(running).unwrap();
@@ -409,7 +427,7 @@ mod tests {
         assert_eq!(hub.begin_shutdown().len(), 1);
         assert!(running.cancel.load(Ordering::SeqCst));
         assert!(
-            matches!(outbox.next(), Some(Message::Failed(f)) if f.job == queued && f.error.kind == ErrorKind::ShuttingDown)
+            matches!(next_event(&outbox), Some(Message::Failed(f)) if f.job == queued && f.error.kind == ErrorKind::ShuttingDown)
         );
         assert!(hub.next_job().is_none());
         assert_eq!(submit(&hub, a).unwrap_err().kind, ErrorKind::ShuttingDown);

@@ -1,0 +1,289 @@
+"""The job parameters: Clarity's names, defaults, ranges and tooltips, and
+their mapping onto the protocol's ``JobParams``.
+
+Every parameter the Clarity pipeline will take is described here once. A
+parameter is *offered* — shown in the docker, saved in the settings and sent
+— only when the protocol's ``JobParams`` has a field of the same name, so
+the diffusion parameters (creativity, resemblance, …) appear by themselves
+once the daemon accepts them, and no control is shown that would do nothing.
+Today that leaves the scale and the upscaler model.
+
+No Qt and no Krita here.
+"""
+
+import dataclasses
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from .proto import JobParams, ModelKind
+
+FLOAT, INT, TEXT, MODEL = "float", "int", "text", "model"
+
+
+class Spec(NamedTuple):
+    """One parameter."""
+
+    #: The field name in ``JobParams`` (and the settings key).
+    key: str
+    label: str
+    kind: str
+    default: Any
+    tooltip: str
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    step: Optional[float] = None
+    decimals: int = 2
+    #: For :data:`MODEL`: which models the choice lists.
+    model_kind: Optional[ModelKind] = None
+    #: Shown on the same row as the previous spec with this group label.
+    group: str = ""
+    #: Placeholder text for an empty :data:`TEXT` or :data:`MODEL`.
+    placeholder: str = ""
+
+
+CLARITY_PROMPT = (
+    "masterpiece, best quality, highres, <lora:more_details:0.5> <lora:SDXLrender_v2.0:1>"
+)
+CLARITY_NEGATIVE_PROMPT = "(worst quality, low quality, normal quality:2) JuggernautNegative-neg"
+
+#: Every parameter, in the order the docker shows them.
+SPECS: Tuple[Spec, ...] = (
+    Spec(
+        "scale",
+        "Scale",
+        FLOAT,
+        2.0,
+        "How many times larger the result is, per side. Large factors are done in ×2 "
+        "passes, each one inventing detail anew: more passes give a sharper image that "
+        "strays further from the original.",
+        minimum=1.0,
+        maximum=16.0,
+        step=0.5,
+        decimals=2,
+    ),
+    Spec(
+        "creativity",
+        "Creativity",
+        FLOAT,
+        0.35,
+        "How much the diffusion pass may repaint. Higher invents more detail and "
+        "texture (quality), lower stays truer to the pixels you have (fidelity); "
+        "0.3–0.9 is the useful range.",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.05,
+    ),
+    Spec(
+        "resemblance",
+        "Resemblance",
+        FLOAT,
+        0.6,
+        "How strongly the result is held to the original's shapes and colours. "
+        "Higher keeps fidelity but can look flat; lower frees the model to add "
+        "detail that was never there. Try 0.3–1.6.",
+        minimum=0.0,
+        maximum=3.0,
+        step=0.05,
+    ),
+    Spec(
+        "tile_width",
+        "Fractality",
+        INT,
+        112,
+        "The size of the diffusion tiles, in latent units (×8 pixels). Smaller tiles "
+        "make the model see the image closer up and add finer, busier detail; larger "
+        "tiles keep the whole coherent.",
+        minimum=16,
+        maximum=256,
+        step=16,
+        group="fractality",
+    ),
+    Spec(
+        "tile_height",
+        "Fractality",
+        INT,
+        144,
+        "The height of the diffusion tiles, in latent units (×8 pixels); see the width.",
+        minimum=16,
+        maximum=256,
+        step=16,
+        group="fractality",
+    ),
+    Spec(
+        "dynamic",
+        "Dynamic",
+        FLOAT,
+        6.0,
+        "How hard the model follows the prompt (CFG). Higher gives more contrast "
+        "and punch but can burn colours; lower is softer and more faithful. Try 3–9.",
+        minimum=1.0,
+        maximum=50.0,
+        step=0.5,
+        decimals=1,
+    ),
+    Spec(
+        "steps",
+        "Steps",
+        INT,
+        18,
+        "Sampler steps for a full denoise; only about creativity × steps are run. "
+        "More steps are slower and refine detail a little further.",
+        minimum=1,
+        maximum=100,
+        step=1,
+    ),
+    Spec(
+        "seed",
+        "Seed",
+        INT,
+        1337,
+        "The noise seed. The same seed and settings give the same result; change it "
+        "to get another take on the invented detail.",
+        minimum=0,
+        maximum=2**31 - 1,
+        step=1,
+    ),
+    Spec(
+        "prompt",
+        "Prompt",
+        TEXT,
+        CLARITY_PROMPT,
+        "What the detail should look like. Words steer the invented texture (quality); "
+        "describing the image keeps it on subject (fidelity). <lora:name:weight> tags work.",
+    ),
+    Spec(
+        "negative_prompt",
+        "Negative prompt",
+        TEXT,
+        CLARITY_NEGATIVE_PROMPT,
+        "What to steer away from, such as blur or artefacts.",
+    ),
+    Spec(
+        "checkpoint",
+        "Checkpoint",
+        MODEL,
+        None,
+        "The Stable Diffusion 1.5 model that repaints the detail; its style shows in the result.",
+        model_kind=ModelKind.CHECKPOINT,
+        placeholder="Daemon default",
+    ),
+    Spec(
+        "upscaler",
+        "Upscaler model",
+        MODEL,
+        None,
+        "The ESRGAN model that enlarges the image first. Models trained on photos keep "
+        "photos faithful; others sharpen drawings. The daemon's default is used if none "
+        "is chosen.",
+        model_kind=ModelKind.UPSCALER,
+        placeholder="Daemon default",
+    ),
+)
+
+SPECS_BY_KEY: Dict[str, Spec] = {spec.key: spec for spec in SPECS}
+
+
+def wire_fields(params_type: type = JobParams) -> List[str]:
+    """The field names of the protocol's ``JobParams``."""
+    return [f.name for f in dataclasses.fields(params_type)]
+
+
+def offered_specs(params_type: type = JobParams) -> List[Spec]:
+    """The parameters the daemon accepts: those named by ``JobParams``."""
+    fields = set(wire_fields(params_type))
+    return [spec for spec in SPECS if spec.key in fields]
+
+
+class InvalidParameter(ValueError):
+    """A value out of range; ``str()`` is a sentence for the user."""
+
+    def __init__(self, spec: Spec, message: str) -> None:
+        super().__init__(message)
+        self.spec = spec
+
+
+def validate(spec: Spec, value: Any) -> Any:
+    """``value`` converted to the parameter's type and checked against its
+    range; raises :class:`InvalidParameter`."""
+    if spec.kind in (FLOAT, INT):
+        if isinstance(value, bool):
+            raise InvalidParameter(spec, f"{spec.label} must be a number.")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InvalidParameter(spec, f"{spec.label} must be a number, not {value!r}.") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise InvalidParameter(spec, f"{spec.label} must be a finite number.")
+        if spec.kind == INT:
+            if number != int(number):
+                raise InvalidParameter(spec, f"{spec.label} must be a whole number.")
+            number = int(number)
+        low, high = spec.minimum, spec.maximum
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise InvalidParameter(
+                spec,
+                f"{spec.label} must be between {_fmt(low)} and {_fmt(high)}; "
+                f"{_fmt(number)} is out of range.",
+            )
+        return number
+    if spec.kind == TEXT:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise InvalidParameter(spec, f"{spec.label} must be text.")
+        return value
+    if spec.kind == MODEL:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise InvalidParameter(spec, f"{spec.label} must be a model name.")
+        return value
+    raise AssertionError("unknown parameter kind " + spec.kind)
+
+
+def _fmt(value: Optional[float]) -> str:
+    if value is None:
+        return "any"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
+
+
+def defaults(specs: Sequence[Spec] = SPECS) -> Dict[str, Any]:
+    return {spec.key: spec.default for spec in specs}
+
+
+def to_job_params(values: Mapping[str, Any], params_type: type = JobParams) -> Any:
+    """The ``JobParams`` for the docker's values: every field the protocol has,
+    from ``values`` or else from the defaults, validated. Values the protocol
+    does not take are left out; raises :class:`InvalidParameter`."""
+    kwargs = {}
+    for name in wire_fields(params_type):
+        spec = SPECS_BY_KEY.get(name)
+        if spec is None:
+            continue  # a field this plug-in does not know: the protocol's default
+        value = values.get(name, spec.default)
+        kwargs[name] = validate(spec, value)
+    if "scale" in kwargs:
+        kwargs["scale"] = float(kwargs["scale"])
+    return params_type(**kwargs)
+
+
+def parse_setting(spec: Spec, text: Optional[str]) -> Any:
+    """A value read back from the settings (strings), or the default when it is
+    missing or no longer valid."""
+    if text is None or (text == "" and spec.kind != TEXT):
+        return spec.default
+    try:
+        return validate(spec, text)
+    except InvalidParameter:
+        return spec.default
+
+
+def format_setting(spec: Spec, value: Any) -> str:
+    if value is None:
+        return ""
+    if spec.kind == INT:
+        return str(int(value))
+    if spec.kind == FLOAT:
+        return repr(float(value))
+    return str(value)

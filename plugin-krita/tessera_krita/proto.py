@@ -1,0 +1,53 @@
+"""The protocol client, ``tessera_client`` from ``shared/python/``.
+
+The release zip carries a verbatim copy of it in ``tessera_krita/vendor/``
+(``scripts/build-krita-plugin`` puts it there), so that the plug-in needs
+nothing besides Krita. In the source tree, where there is no copy, the
+package on ``sys.path`` is used instead (the tests put ``shared/python``
+there).
+"""
+
+try:
+    from .vendor import tessera_client
+except ImportError:
+    import tessera_client  # type: ignore[no-redef]
+
+from_vendor = tessera_client.__name__ != "tessera_client"
+
+Channels = tessera_client.Channels
+ConnectionClosed = tessera_client.ConnectionClosed
+DaemonNotRunning = tessera_client.DaemonNotRunning
+Done = tessera_client.Done
+Error = tessera_client.Error
+ErrorInfo = tessera_client.ErrorInfo
+ErrorKind = tessera_client.ErrorKind
+Failed = tessera_client.Failed
+GetStatus = tessera_client.GetStatus
+Handshake = tessera_client.Handshake
+Image = tessera_client.Image
+JobParams = tessera_client.JobParams
+ListModels = tessera_client.ListModels
+ModelEntry = tessera_client.ModelEntry
+ModelKind = tessera_client.ModelKind
+Models = tessera_client.Models
+Progress = tessera_client.Progress
+PROTOCOL_VERSION = tessera_client.PROTOCOL_VERSION
+ProtocolError = tessera_client.ProtocolError
+Rejected = tessera_client.Rejected
+Accepted = tessera_client.Accepted
+SampleFormat = tessera_client.SampleFormat
+Shutdown = tessera_client.Shutdown
+ShuttingDown = tessera_client.ShuttingDown
+SocketAddress = tessera_client.SocketAddress
+Status = tessera_client.Status
+Submit = tessera_client.Submit
+Cancel = tessera_client.Cancel
+TesseraError = tessera_client.TesseraError
+Transfer = tessera_client.Transfer
+CONNECTION_ERRORS = tessera_client.CONNECTION_ERRORS
+data_dir = tessera_client.data_dir
+decode = tessera_client.decode
+encode_parts = tessera_client.encode_parts
+error_kind_name = tessera_client.error_kind_name
+socket_address = tessera_client.socket_address
+client_version = tessera_client.__version__

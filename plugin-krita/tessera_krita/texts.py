@@ -1,0 +1,100 @@
+"""The words the docker shows: progress, the daemon's state, errors.
+
+No Qt and no Krita here.
+"""
+
+from typing import Any, Optional
+
+from .proto import ConnectionClosed, DaemonNotRunning, ErrorKind, Progress, Status, TesseraError
+
+#: A headline per error kind; the daemon's own sentence follows it.
+_HEADLINES = {
+    ErrorKind.PROTOCOL: "The plug-in and the daemon did not understand each other.",
+    ErrorKind.VERSION_MISMATCH: "The plug-in and the daemon are from different releases.",
+    ErrorKind.FRAME_TOO_LARGE: "The image is too large to send to the daemon.",
+    ErrorKind.INVALID_IMAGE: "The daemon could not read the image.",
+    ErrorKind.INVALID_PARAMS: "A setting is out of range.",
+    ErrorKind.MODEL_NOT_FOUND: "A model is missing.",
+    ErrorKind.MODEL_INVALID: "A model file cannot be used.",
+    ErrorKind.RUNTIME: "The AI runtime failed.",
+    ErrorKind.CANCELLED: "Cancelled.",
+    ErrorKind.UNKNOWN_JOB: "The job had already ended.",
+    ErrorKind.QUEUE_FULL: "The daemon's queue is full; try again when a job has finished.",
+    ErrorKind.TOO_MANY_JOBS: "Too many jobs are waiting; wait for one to finish.",
+    ErrorKind.IMAGE_TOO_LARGE: "The image is too large for the daemon's limits.",
+    ErrorKind.SHUTTING_DOWN: "The daemon is shutting down.",
+    ErrorKind.IO: "The daemon could not read or write a file.",
+    ErrorKind.INTERNAL: "The daemon hit a bug.",
+}
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
+
+
+def error_text_cancelled() -> str:
+    return "Cancelled; the document was left as it was."
+
+
+def error_text(error: BaseException) -> str:
+    """One or two plain sentences about ``error`` for the user."""
+    if isinstance(error, TesseraError):
+        headline = _HEADLINES.get(error.kind, "The daemon reported an error.")
+        if error.kind == ErrorKind.CANCELLED:
+            return error_text_cancelled()
+        detail = _sentence(error.message)
+        return headline + (" " + detail if detail else "")
+    if isinstance(error, DaemonNotRunning):
+        return (
+            "The Tessera daemon is not running. Start it with `tessera serve`, or set the "
+            "path to the tessera program in the settings so the plug-in can start it."
+        )
+    if isinstance(error, ConnectionClosed):
+        return (
+            "The connection to the Tessera daemon was lost (it stopped or crashed) "
+            "before the job finished; the document was left as it was."
+        )
+    return _sentence(str(error)) or type(error).__name__
+
+
+def is_cancelled(error: BaseException) -> bool:
+    return isinstance(error, TesseraError) and error.kind == ErrorKind.CANCELLED
+
+
+def progress_text(progress: Progress) -> str:
+    """E.g. ``Stage 1/2 · denoise · step 3/7 · tile 2/6``; parts that say
+    nothing (one stage, one step, one tile) are left out."""
+    parts = []
+    if progress.stages > 1:
+        parts.append(f"Stage {progress.stage + 1}/{progress.stages}")
+    parts.append(progress.phase or "working")
+    if progress.steps > 1:
+        parts.append(f"step {progress.step}/{progress.steps}")
+    if progress.tiles > 1:
+        parts.append(f"tile {progress.tile}/{progress.tiles}")
+    text = " · ".join(parts)
+    return text[0].upper() + text[1:]
+
+
+def percent(fraction: float) -> int:
+    """A progress bar value, 0 to 1000 (tenths of a percent), from a fraction."""
+    if fraction != fraction:
+        return 0
+    return max(0, min(1000, int(round(fraction * 1000))))
+
+
+def status_text(status: Optional[Status], state: str, error: Optional[Any] = None) -> str:
+    """The daemon line of the docker: connected or not, busy, queue, device."""
+    if state != "connected" or status is None:
+        if state == "starting":
+            return "Starting the Tessera daemon…"
+        if state == "connecting":
+            return "Connecting to the Tessera daemon…"
+        return "Daemon not running"
+    busy = f"busy ({status.running_fraction * 100:.0f}%)" if status.running else "idle"
+    queued = f"{status.queued} queued"
+    return "Connected · {} · {} · {}".format(busy, queued, status.device or "unknown device")

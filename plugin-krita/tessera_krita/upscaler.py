@@ -1,0 +1,246 @@
+"""One upscale from start to end: read the pixels, make sure a daemon runs,
+submit, follow the progress, put the result in, or report why not.
+
+This is the request path that the docker's button, the action and the
+in-Krita tests all go through. Nothing is changed in the document until the
+result is there, so a cancel or an error leaves it as it was.
+"""
+
+import logging
+import time
+from typing import Any, Optional
+
+from . import document as doc_io
+from . import params, texts
+from .pixels import UnsupportedColorSpace
+from .proto import Done, Progress
+from .qt import QObject, pyqtSignal
+from .region import NothingToUpscale
+from .session import JobTicket
+from .settings import OUTPUT_IN_PLACE
+
+log = logging.getLogger("tessera_krita")
+
+IDLE, CONNECTING, QUEUED, RUNNING, APPLYING = "idle", "connecting", "queued", "running", "applying"
+
+
+class Outcome:
+    """How an upscale ended, for the docker and the tests."""
+
+    def __init__(
+        self,
+        ok: bool,
+        message: str,
+        cancelled: bool = False,
+        error: Optional[BaseException] = None,
+        result: Any = None,
+        seconds: float = 0.0,
+    ) -> None:
+        self.ok = ok
+        self.message = message
+        self.cancelled = cancelled
+        self.error = error
+        #: The new layer (in place) or the new document.
+        self.result = result
+        self.seconds = seconds
+
+    def __repr__(self) -> str:
+        return f"Outcome(ok={self.ok}, cancelled={self.cancelled}, message={self.message!r})"
+
+
+class Upscaler(QObject):
+    """Runs one upscale at a time through a :class:`~.connection.DaemonLink`."""
+
+    #: The phase: idle, connecting, queued, running, applying.
+    phaseChanged = pyqtSignal(str)
+    #: fraction (0 to 1), text such as "Upscale · tile 3/12".
+    progressed = pyqtSignal(float, str)
+    #: An :class:`Outcome`.
+    finished = pyqtSignal(object)
+    #: A colour space the daemon cannot take: (document, conversion, message).
+    conversionOffered = pyqtSignal(object, object, str)
+
+    def __init__(
+        self, app: Any, link: Any, settings: Any, parent: Optional[QObject] = None
+    ) -> None:
+        super().__init__(parent)
+        self.app = app
+        self.link = link
+        self.settings = settings
+        self.phase = IDLE
+        self._source: Optional[doc_io.Source] = None
+        self._params: Any = None
+        self._output = ""
+        self._ticket: Optional[JobTicket] = None
+        self._cancelled = False
+        self._started = 0.0
+        #: The latest progress of the running job.
+        self.last_progress: Optional[Progress] = None
+
+    @property
+    def busy(self) -> bool:
+        return self.phase != IDLE
+
+    def _set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self.phaseChanged.emit(phase)
+
+    def upscale(
+        self,
+        document: Any = None,
+        node: Any = None,
+        source: Optional[str] = None,
+        output: Optional[str] = None,
+        values: Optional[dict] = None,
+    ) -> bool:
+        """Starts an upscale of ``node`` (default: the active layer) of
+        ``document`` (default: the active one) with the settings' parameters,
+        or those in ``values``. Returns whether it started; the end is
+        reported by :attr:`finished` either way."""
+        if self.busy:
+            self.finished.emit(
+                Outcome(False, "An upscale is already running; cancel it or wait for it.")
+            )
+            return False
+        if document is None:
+            document = self.app.activeDocument()
+        source = source or self.settings.source
+        self._output = output or self.settings.output
+        try:
+            job_params = params.to_job_params(
+                values if values is not None else self.settings.values()
+            )
+            self._source = doc_io.read_source(document, node, source)
+        except UnsupportedColorSpace as e:
+            self.conversionOffered.emit(document, e.conversion, e.message)
+            self.finished.emit(Outcome(False, e.message, error=e))
+            return False
+        except (doc_io.UserError, NothingToUpscale, params.InvalidParameter) as e:
+            self.finished.emit(Outcome(False, str(e), error=e))
+            return False
+        self._params = job_params
+        self._cancelled = False
+        self._ticket = None
+        self.last_progress = None
+        self._started = time.monotonic()
+        image = self._source.image
+        log.info(
+            "upscaling %s×%s %s/%s ×%s",
+            image.width,
+            image.height,
+            image.channels.name,
+            image.sample.name,
+            job_params.scale,
+        )
+        self._set_phase(CONNECTING)
+        self.progressed.emit(0.0, "Connecting to the daemon…")
+        self.link.when_connected(self._submit, self._failed, start_daemon=True)
+        return True
+
+    def cancel(self) -> bool:
+        """Stops the running upscale; the document is left as it was.
+        Returns whether there was one."""
+        if not self.busy or self.phase == APPLYING:
+            return False
+        if self._cancelled:
+            return True  # asked already: the daemon is on it
+        self._cancelled = True
+        if self._ticket is None:
+            self.link.forget(self._submit)
+            self._end(Outcome(False, texts.error_text_cancelled(), cancelled=True))
+            return True
+        self.progressed.emit(self._fraction(), "Cancelling…")
+        session = self.link.session
+        if session is not None:
+            try:
+                session.cancel(self._ticket)
+            except (ConnectionError, OSError) as e:
+                self._failed(e)
+        return True
+
+    def _fraction(self) -> float:
+        return self.last_progress.fraction if self.last_progress is not None else 0.0
+
+    def _submit(self) -> None:
+        if self._cancelled or self._source is None:
+            return
+        ticket = JobTicket(
+            on_accepted=self._accepted,
+            on_progress=self._progress,
+            on_done=self._done,
+            on_failed=self._failed,
+        )
+        self._ticket = ticket
+        try:
+            self.link.session.submit(self._source.image, self._params, ticket)
+        except (ConnectionError, OSError, ValueError, TypeError) as e:
+            self._failed(e)
+            return
+        self._set_phase(QUEUED)
+        self.progressed.emit(
+            0.0,
+            f"Sent {self._source.image.width}×{self._source.image.height} pixels; "
+            "waiting for the daemon…",
+        )
+
+    def _accepted(self, ticket: JobTicket) -> None:
+        if ticket.position:
+            self.progressed.emit(0.0, f"Queued behind {ticket.position} job(s)…")
+        else:
+            self.progressed.emit(0.0, "Starting…")
+
+    def _progress(self, progress: Progress) -> None:
+        self.last_progress = progress
+        self._set_phase(RUNNING)
+        if not self._cancelled:
+            self.progressed.emit(float(progress.fraction), texts.progress_text(progress))
+
+    def _done(self, done: Done) -> None:
+        source = self._source
+        if self._cancelled or source is None:
+            # Cancelled, but it finished first: the user asked for no change.
+            self._end(Outcome(False, texts.error_text_cancelled(), cancelled=True))
+            return
+        self._set_phase(APPLYING)
+        self.progressed.emit(1.0, "Adding the result…")
+        scale = self._params.scale
+        try:
+            if self._output == OUTPUT_IN_PLACE:
+                result = doc_io.in_place(self.app, source, done.image, scale)
+                where = "as a new layer"
+            else:
+                result = doc_io.to_new_document(self.app, source, done.image, scale)
+                where = "in a new document"
+        except doc_io.UserError as e:
+            self._end(Outcome(False, str(e), error=e))
+            return
+        except Exception as e:  # a Krita API failure: report it, keep Krita alive
+            log.exception("could not add the result")
+            self._end(Outcome(False, f"The result could not be added: {e}", error=e))
+            return
+        seconds = time.monotonic() - self._started
+        message = (
+            f"Upscaled {source.rect.width}×{source.rect.height} to "
+            f"{done.image.width}×{done.image.height} {where} in {seconds:.1f} s."
+        )
+        self._end(Outcome(True, message, result=result, seconds=seconds))
+
+    def _failed(self, error: BaseException) -> None:
+        if not self.busy:
+            return
+        cancelled = texts.is_cancelled(error) or (
+            self._cancelled and not isinstance(error, ConnectionError)
+        )
+        message = texts.error_text_cancelled() if cancelled else texts.error_text(error)
+        self._end(Outcome(False, message, cancelled=cancelled, error=error))
+
+    def _end(self, outcome: Outcome) -> None:
+        self._ticket = None
+        self._source = None
+        self._set_phase(IDLE)
+        if outcome.ok:
+            self.progressed.emit(1.0, "Done")
+            self.link.refresh_status()
+        log.info("upscale ended: %s", outcome)
+        self.finished.emit(outcome)

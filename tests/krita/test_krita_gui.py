@@ -1,0 +1,74 @@
+"""The whole Krita, under Xvfb: the plug-in loaded from its profile like a
+user's (enabled in ``kritarc``), its docker and actions driven by a test-only
+plug-in against a real ``tessera serve``. Progress must reach the docker, a
+cancel mid-job must leave the document untouched, and an in-place result
+must undo in one step per change."""
+
+import pytest
+from krita_support import install_gui_driver, run_krita
+
+SELECTION = [16, 8, 192, 160]
+
+
+@pytest.fixture(scope="module")
+def gui(krita_home, daemon, tmp_path_factory):
+    install_gui_driver(krita_home)
+    out = tmp_path_factory.mktemp("gui")
+    spec = {
+        "out_dir": str(out),
+        "width": 224,
+        "height": 176,
+        "selection": SELECTION,
+        "model": "tiny-x4",
+        "scale": 4,
+    }
+    run = run_krita(krita_home, None, spec, daemon.env, gui=True)
+    print(f"krita under xvfb-run: {run.seconds:.1f} s")
+    return run.report
+
+
+def test_the_plugin_loads_with_its_actions_and_docker(gui):
+    assert gui["actions"] == {
+        "tessera_upscale": "Upscale Selection or Layer (Tessera)",
+        "tessera_cancel": "Cancel Tessera Upscale",
+    }
+    assert gui["docker_found"]
+    assert gui["active_node_settled"], "the test document's layer never became active"
+    # Only what the daemon takes today: no diffusion controls that would do nothing.
+    params = sorted(k for k in gui["docker_widgets"] if k.startswith("tessera_param_"))
+    assert params == ["tessera_param_scale", "tessera_param_upscaler"]
+    assert gui["connected"], gui["status_text"]
+    assert gui["status_text"].startswith("Connected · idle · 0 queued · ")
+    assert "tiny-x4" in gui["models_in_combo"]
+
+
+def test_progress_reaches_the_docker_and_a_cancel_leaves_the_document_untouched(gui):
+    cancel = gui["cancel"]
+    assert gui["progress_reached_docker"] and gui["busy_when_cancelled"]
+    assert any(0 < value < 1000 for value in cancel["values"]), cancel["values"]
+    assert any(stage.startswith("Upscale · tile ") for stage in cancel["stages"]), cancel
+    assert gui["idle_after_cancel"]
+    assert cancel["message"] == "Cancelled; the document was left as it was."
+    assert cancel["document_untouched"]
+    assert cancel["documents"][0] == cancel["documents"][1], "no new document either"
+    first = gui["outcomes"][0]
+    assert first["cancelled"] and "CANCELLED" in first["error"], first  # the daemon's Failed
+
+
+def test_an_in_place_result_arrives_and_undoes_one_step_per_change(gui):
+    in_place = gui["in_place"]
+    assert gui["idle_after_upscale"] and gui["outcomes"][1]["ok"], in_place["message"]
+    assert in_place["message"].startswith("Upscaled 192×160 to 768×640 as a new layer")
+    assert in_place["final_value"] == 1000
+    before, after = in_place["before"], in_place["after"]
+    assert after["size"] == [896, 704]
+    names = [layer[0] for layer in after["layers"]]
+    new = "Layer 1 ×4 (768×640) [Tessera]"
+    assert names.index(new) == names.index("Layer 1") + 1
+    assert after["layers"][names.index(new)][1] == [64, 32, 768, 640]
+    # Undo 1: the layer goes; undo 2: the canvas is its old size, all as before.
+    assert [layer[0] for layer in gui["after_one_undo"]["layers"]] == [
+        layer[0] for layer in before["layers"]
+    ]
+    assert gui["after_one_undo"]["size"] == [896, 704]
+    assert gui["after_two_undos"] == before
