@@ -67,10 +67,15 @@ impl Fetcher {
             .user_agent(concat!("tessera-install/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
+        // The first pause between attempts; tests shorten it.
+        let backoff_ms = std::env::var("TESSERA_INSTALL_RETRY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
         Fetcher {
             agent,
             attempts: 4,
-            backoff: Duration::from_secs(1),
+            backoff: Duration::from_millis(backoff_ms),
             progress,
         }
     }
