@@ -197,3 +197,125 @@ fn install_gimp(
     files::remove_stale(record, Item::Plugin, &folder, &written);
     Ok(format!("{:<20} {}", place.label(), folder.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use tessera::setup::places::{Home, Platform};
+
+    fn zip(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, content) in files {
+            writer
+                .start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            writer.write_all(content.as_bytes()).unwrap();
+        }
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn a_release_zip_is_read_with_the_importers_rules() {
+        let bundle = KritaBundle::from_zip(&zip(&[
+            ("p.desktop", "[Desktop Entry]\nX-KDE-Library=p\n"),
+            ("p.action", "<ActionCollection/>"),
+            ("p/__init__.py", ""),
+            ("p/vendor/c.py", ""),
+            ("README.md", "not a plug-in file"),
+        ]))
+        .unwrap();
+        assert_eq!(bundle.name, "p");
+        assert_eq!(bundle.enable_key(), "enable_p");
+        let targets: Vec<_> = bundle.files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            targets,
+            [
+                "pykrita/p.desktop",
+                "actions/p.action",
+                "pykrita/p/__init__.py",
+                "pykrita/p/vendor/c.py"
+            ]
+        );
+        let no_library = zip(&[("p.desktop", "[Desktop Entry]\n"), ("p/__init__.py", "")]);
+        assert!(KritaBundle::from_zip(&no_library).is_err());
+        let no_package = zip(&[("p.desktop", "X-KDE-Library=p\n")]);
+        let err = KritaBundle::from_zip(&no_package)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no p/__init__.py"), "{err}");
+    }
+
+    #[test]
+    fn gimp_gets_the_executable_plug_in_and_the_codec_in_each_3x_folder() {
+        let temp = tempfile::tempdir().unwrap();
+        let home = Home::at(Platform::Linux, temp.path());
+        for series in [".config/GIMP/2.10", ".config/GIMP/3.0", ".config/GIMP/3.2"] {
+            std::fs::create_dir_all(temp.path().join(series)).unwrap();
+        }
+        std::fs::create_dir_all(temp.path().join(".var/app/org.gimp.GIMP/config/GIMP/3.0"))
+            .unwrap();
+        let bundle = Bundle {
+            krita: Err("none in this test".into()),
+            gimp: vec![
+                (
+                    "tessera-upscale/tessera-upscale.py".into(),
+                    b"#!/usr/bin/env python3\n".to_vec(),
+                    true,
+                ),
+                (
+                    "tessera-upscale/tessera_client/codec.py".into(),
+                    b"codec".to_vec(),
+                    false,
+                ),
+            ],
+        };
+        let mut record = InstallRecord::default();
+        let report = install(&mut record, &home.gimp_places(), &bundle).unwrap();
+        assert_eq!(report.len(), 3, "{report:?}");
+        for folder in [
+            ".config/GIMP/3.0/plug-ins",
+            ".config/GIMP/3.2/plug-ins",
+            ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins",
+        ] {
+            let plugin = temp.path().join(folder).join("tessera-upscale");
+            let script = plugin.join("tessera-upscale.py");
+            assert!(plugin.join("tessera_client/codec.py").is_file(), "{folder}");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&script).unwrap().permissions().mode();
+                assert_eq!(
+                    mode & 0o777,
+                    0o755,
+                    "{folder}: GIMP ignores it without the bit"
+                );
+                let codec = std::fs::metadata(plugin.join("tessera_client/codec.py")).unwrap();
+                assert_eq!(codec.permissions().mode() & 0o777, 0o644);
+            }
+        }
+        assert!(!temp.path().join(".config/GIMP/2.10/plug-ins").exists());
+        // Created folders are recorded (plug-ins/ did not exist), and files with their hash.
+        assert!(
+            record
+                .dirs
+                .contains(&temp.path().join(".config/GIMP/3.2/plug-ins"))
+        );
+        assert_eq!(record.files.len(), 6);
+
+        // A newer bundle without the codec file: the old copy is removed, not left behind.
+        let newer = Bundle {
+            krita: Err("none".into()),
+            gimp: bundle.gimp[..1].to_vec(),
+        };
+        install(&mut record, &home.gimp_places(), &newer).unwrap();
+        assert!(
+            !temp
+                .path()
+                .join(".config/GIMP/3.0/plug-ins/tessera-upscale/tessera_client/codec.py")
+                .exists()
+        );
+        assert_eq!(record.files.len(), 3);
+    }
+}
