@@ -330,3 +330,76 @@ fn uninstall_keeps_models_unless_asked_and_never_touches_the_users_own() {
     );
     assert!(!home.data().join("install.toml").exists());
 }
+
+#[test]
+fn doctor_reports_each_problem_with_a_fix() {
+    let home = Home::new();
+    home.write(".config/kritarc", "[General]\nfoo=1\n");
+    home.mkdir(".local/share/krita");
+    let models = models(&home);
+    let output = run(home
+        .installer("")
+        .args(["--ort-lib"])
+        .arg(tessera_e2e::ort_lib())
+        .arg("--tessera-bin")
+        .arg(tessera_e2e::tessera_bin())
+        .arg("--manifest")
+        .arg(&models.manifest));
+    assert!(output.status.success());
+    let doctor = || {
+        run(std::process::Command::new(home.join(".local/bin/tessera"))
+            .arg("doctor")
+            .arg("--manifest")
+            .arg(&models.manifest)
+            .env("HOME", home.path())
+            .env("XDG_RUNTIME_DIR", home.path())
+            .env_remove("TESSERA_DATA_DIR")
+            .env_remove("TESSERA_SOCKET")
+            .env_remove("TESSERA_ORT_LIB")
+            .env_remove("ORT_DYLIB_PATH"))
+    };
+    let healthy = doctor();
+    let out = stdout(&healthy);
+    assert!(healthy.status.success(), "{out}");
+    assert!(
+        out.contains("upscalers/tiny-x4.safetensors valid (tiny-x4"),
+        "{out}"
+    );
+    assert!(out.contains("CPU: usable"), "{out}");
+    assert!(out.contains("unchanged since it was installed"), "{out}");
+    assert!(
+        out.contains("Krita (native): ") && out.contains("(enabled)"),
+        "{out}"
+    );
+    assert!(out.contains("no problems found"), "{out}");
+
+    let model = home.data().join("models/upscalers/tiny-x4.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&model, bytes).unwrap();
+    home.write(".config/kritarc", "[python]\nenable_tessera_krita=false\n");
+    std::fs::remove_file(home.join(".local/share/krita/actions/tessera_krita.action")).unwrap();
+    let sick = doctor();
+    let out = stdout(&sick);
+    assert!(!sick.status.success());
+    assert!(
+        out.contains("PROBLEM  upscalers/tiny-x4.safetensors is not the expected tiny-x4"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not enabled in") && out.contains("Python Plugin Manager"),
+        "{out}"
+    );
+    assert!(out.contains("tessera_krita.action is missing"), "{out}");
+    assert!(out.contains("3 problem(s) found"), "{out}");
+    let problems = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("PROBLEM"))
+        .count();
+    let fixes = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("fix:"))
+        .count();
+    assert_eq!((problems, fixes), (3, 3), "one fix per problem");
+}

@@ -49,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_start,
         ),
         Command::Status => status(&target),
+        Command::Doctor { manifest } => super::doctor::run(&target, manifest.as_deref()),
         Command::Stop => stop(&target),
         Command::Models {
             command: ModelsCommand::List { no_hashes },
