@@ -26,8 +26,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         socket_flag: cli.socket,
         ort_lib_flag: cli.ort_lib,
     };
-    if let Command::Serve { threads } = cli.command {
-        return super::serve::run(&target, threads);
+    if let Command::Serve { threads, tray } = cli.command {
+        return super::serve::run(&target, threads, tray);
     }
     super::logging::init_client();
     match cli.command {

@@ -41,6 +41,10 @@ pub enum Command {
         /// Threads per network call (default: one per CPU core)
         #[arg(long)]
         threads: Option<usize>,
+        /// Show a tray icon (idle / busy / error) with the current job, Pause/Resume, Open
+        /// models folder, Open log and Quit
+        #[arg(long, hide = !cfg!(feature = "tray"))]
+        tray: bool,
     },
     /// Upscale an image file (starts the daemon if none is running)
     Upscale {

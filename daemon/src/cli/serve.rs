@@ -10,7 +10,12 @@ use anyhow::Context;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Result<ExitCode> {
+    if tray && !cfg!(all(feature = "tray", target_os = "linux")) {
+        anyhow::bail!(
+            "this tessera has no tray: it is built with `cargo build --release -p tessera --features tray`, on Linux"
+        );
+    }
     let dir = DataDir::open(&target.data_dir.path).with_context(|| {
         format!(
             "cannot use the data directory {}",
@@ -58,17 +63,24 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
     );
     let checker = Arc::new(Checker::new(dir.clone(), config.clone()));
     let runner = Box::new(Upscaler::new(engine, dir.clone(), config.clone()));
-    server::serve(
-        ServeOptions {
-            data_dir: dir,
-            address: target.address.clone(),
-            limits: config.limits,
-            info,
-        },
-        runner,
-        checker,
-    )
-    .with_context(|| format!("cannot serve on {}", target.address))?;
+    let options = ServeOptions {
+        data_dir: dir,
+        address: target.address.clone(),
+        limits: config.limits,
+        info,
+    };
+    let address = target.address.clone();
+    let serve = move |on_listening: Box<dyn FnOnce(server::Control) + Send>| {
+        server::serve_controlled(options, runner, checker, on_listening)
+    };
+    #[cfg(all(feature = "tray", target_os = "linux"))]
+    if tray {
+        crate::tray::serve_with_tray(serve)
+            .with_context(|| format!("cannot serve on {address}"))?;
+        drop(instance);
+        return Ok(ExitCode::SUCCESS);
+    }
+    serve(Box::new(|_| {})).with_context(|| format!("cannot serve on {address}"))?;
     drop(instance);
     Ok(ExitCode::SUCCESS)
 }
