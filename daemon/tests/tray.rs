@@ -375,6 +375,8 @@ fn the_tray_shows_its_menu_pauses_opens_and_quits_the_daemon() {
     let location = paths::data_dir(Some(&data)).unwrap();
     let socket = paths::socket_address(None, &location);
     let mut client = Client::connect(&socket, "tray-test").unwrap();
+    // The pipeline adds more parameters, all with defaults.
+    #[allow(clippy::needless_update)]
     let params = JobParams {
         scale: 2.0,
         upscaler: Some("tiny-x4".into()),
@@ -404,10 +406,8 @@ fn the_tray_shows_its_menu_pauses_opens_and_quits_the_daemon() {
     });
 
     // A failing job turns the icon red and says why.
-    let broken = JobParams {
-        upscaler: Some("broken".into()),
-        ..params
-    };
+    let mut broken = params;
+    broken.upscaler = Some("broken".into());
     let failing = client.submit(image(), broken).unwrap();
     assert!(client.wait(failing.job, |_| {}).is_err());
     wait_for("the failure in the menu", || {

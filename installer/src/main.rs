@@ -279,10 +279,7 @@ fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> an
         installed.providers.join(", ")
     );
     let wheels = dir.cache().join("wheels");
-    if wheels.is_dir()
-        && !before.iter().any(|p| *p == wheels)
-        && record.dirs.iter().all(|d| *d != wheels)
-    {
+    if wheels.is_dir() && !before.contains(&wheels) && record.dirs.iter().all(|d| *d != wheels) {
         record.note_dir(&wheels);
     }
     for path in listing(&[dir.runtime(), wheels.clone()]) {
