@@ -374,3 +374,41 @@ fn patches_are_applied_to_canonical_tensors() {
     let err = max_diff(&last.into_dyn(), &(reference("tiny-sd.last") * 2.0));
     assert!(err < 2.0 * TOLERANCE, "{err}");
 }
+
+/// A kohya LoRA on the text encoder, fused by `weights::lora` through `compile_patched`,
+/// against transformers with the weights fused as A1111 does (multiplier 0.7).
+#[test]
+fn kohya_lora_on_the_text_encoder() {
+    use tessera::weights::lora::{Lora, LoraPatch, LoraTarget};
+    let lora = Lora::open(&fixture("tiny-lora-te.safetensors")).unwrap();
+    let model = fixture("tiny-sd");
+    let (_, canonical, _) = clip::open(&model).unwrap();
+    let patch = LoraPatch::resolve(&[(&lora, 0.7)], LoraTarget::TextEncoder, &canonical).unwrap();
+    assert_eq!(patch.patched().count(), 3);
+    let ids = reference_ids("ids");
+    for precision in [Precision::F32, Precision::F16] {
+        let cache = tempfile::tempdir().unwrap();
+        let options = ClipOptions {
+            precision,
+            ..ClipOptions::default()
+        };
+        let compiled =
+            clip::compile_patched(&model, &[], &options, cache.path(), Some(&patch)).unwrap();
+        let mut enc = TextEncoder::from_compiled(common::engine(), compiled).unwrap();
+        let (last, pooled) = enc.run(ids.view()).unwrap();
+        let last = max_diff(&last.into_dyn(), &reference("tiny-sd.lora.last"));
+        let pooled = max_diff(&pooled.into_dyn(), &reference("tiny-sd.lora.pooled"));
+        println!(
+            "tiny-sd.lora {precision:?}: last_hidden_state {last:.2e}, pooler_output {pooled:.2e}"
+        );
+        let tolerance = if precision == Precision::F32 {
+            TOLERANCE
+        } else {
+            TOLERANCE_F16
+        };
+        assert!(
+            last < tolerance && pooled < tolerance,
+            "{precision:?}: {last} {pooled}"
+        );
+    }
+}

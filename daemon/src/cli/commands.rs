@@ -1,7 +1,9 @@
 //! What each client-side command does.
 
 use super::launch::{self, Target};
-use super::{Cli, Command, ModelsCommand, RuntimeCommand, client::ClientError, imagefile};
+use super::{
+    BenchCommand, Cli, Command, ModelsCommand, RuntimeCommand, client::ClientError, imagefile,
+};
 use crate::store::{self, registry, runtime};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -54,6 +56,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models {
             command: ModelsCommand::List { no_hashes },
         } => list_models(&target, !no_hashes),
+        Command::Models {
+            command: ModelsCommand::ExportOnnx(args),
+        } => super::sd::export_onnx(&target, &args),
+        Command::Bench {
+            command:
+                BenchCommand::SdStep {
+                    dir,
+                    latent,
+                    batch,
+                    threads,
+                    runs,
+                },
+        } => super::sd::bench_sd_step(&target, dir, latent, batch, threads, runs),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {

@@ -8,6 +8,7 @@ mod doctor;
 pub mod imagefile;
 mod launch;
 pub mod logging;
+mod sd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -83,6 +84,67 @@ pub enum Command {
         #[command(subcommand)]
         command: RuntimeCommand,
     },
+    /// Benchmarks (not part of the tests)
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// One SD 1.5 UNet + ControlNet evaluation on random full-size weights, against the GEMM peak
+    SdStep {
+        /// Folder for the random checkpoints and the converted weights (about 7 GB; default: a temporary folder, removed afterwards)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Latent size (the image is 8× larger)
+        #[arg(long, default_value_t = 64)]
+        latent: usize,
+        /// Batch (2: a CFG pair)
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// ONNX Runtime threads (default: one per core)
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Evaluations (at least 2: the first warms up; the best of the others is reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+/// `models export-onnx` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// SD 1.5 single-file checkpoint or diffusers folder
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// VAE to use instead of the checkpoint's (LDM or diffusers)
+    #[arg(long, value_name = "PATH")]
+    pub vae: Option<PathBuf>,
+    /// ControlNet (LDM .pth/.safetensors or diffusers)
+    #[arg(long, value_name = "PATH")]
+    pub controlnet: Option<PathBuf>,
+    /// LoRA fused into UNet and text encoder, with its multiplier (repeatable)
+    #[arg(long = "lora", value_name = "PATH:WEIGHT")]
+    pub loras: Vec<String>,
+    /// Textual-inversion embedding for the text encoder (repeatable)
+    #[arg(long = "embedding", value_name = "PATH")]
+    pub embeddings: Vec<PathBuf>,
+    /// fp16 weights and arithmetic (inputs and outputs stay fp32), for GPU execution providers
+    #[arg(long)]
+    pub fp16: bool,
+    /// Export without the text encoder
+    #[arg(long)]
+    pub no_text_encoder: bool,
+    /// Attention heads, for models that are not SD 1.5-sized (default 8, or the diffusers config's)
+    #[arg(long, value_name = "N", requires = "norm_groups")]
+    pub attention_heads: Option<usize>,
+    /// GroupNorm groups, for models that are not SD 1.5-sized (default 32, or the diffusers config's)
+    #[arg(long, value_name = "N", requires = "attention_heads")]
+    pub norm_groups: Option<usize>,
+    /// Output folder
+    pub out_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +155,8 @@ pub enum ModelsCommand {
         #[arg(long)]
         no_hashes: bool,
     },
+    /// Write the SD 1.5 graphs as standard .onnx files with their weights beside them
+    ExportOnnx(ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]

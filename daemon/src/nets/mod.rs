@@ -4,9 +4,16 @@
 //! `crate::onnx`, and runs it through `crate::engine`. Foreign key layouts never reach this
 //! code: `crate::weights` translates them first.
 
+pub mod bench;
 pub mod clip;
+pub mod controlnet;
 pub mod esrgan;
+pub mod export;
+pub mod sd;
+pub mod sd_blocks;
 pub mod tiling;
+pub mod unet;
+pub mod vae;
 
 use crate::engine::EngineError;
 use crate::weights::{WeightType, WeightsError};

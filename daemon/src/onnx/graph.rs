@@ -175,6 +175,23 @@ impl Graph {
         self.embedded(ElemType::F32, dims, raw)
     }
 
+    /// A float constant embedded in the model as `elem_type` (F32 or F16), for graphs that
+    /// compute in either type.
+    pub fn constant(&mut self, elem_type: ElemType, dims: &[i64], data: &[f32]) -> Value {
+        debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
+        match elem_type {
+            ElemType::F16 => {
+                let raw = data
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect();
+                self.embedded(ElemType::F16, dims, raw)
+            }
+            ElemType::F32 => self.constant_f32(dims, data),
+            other => panic!("float constants are F32 or F16, not {other:?}"),
+        }
+    }
+
     /// An i64 constant embedded in the model (shapes, axes, indices).
     pub fn constant_i64(&mut self, dims: &[i64], data: &[i64]) -> Value {
         debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());

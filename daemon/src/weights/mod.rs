@@ -21,6 +21,8 @@ mod torch;
 pub mod clip_keys;
 pub mod embedding;
 pub mod esrgan;
+pub mod lora;
+pub mod sd;
 
 use std::path::PathBuf;
 
@@ -122,6 +124,21 @@ pub enum WeightsError {
     /// The file uses a feature we deliberately do not read.
     #[error("{} is not supported: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
+    /// The file is a valid model of another kind than the one asked for (an SDXL checkpoint
+    /// given as SD 1.5, a LoRA given as a checkpoint, …).
+    #[error("{} is {found}, not {expected}", path.display())]
+    WrongKind {
+        path: PathBuf,
+        expected: &'static str,
+        found: sd::ModelKind,
+    },
+    /// A LoRA names a layer the network does not have.
+    #[error("{}: the LoRA key `{key}` matches no layer of the {network}", path.display())]
+    LoraMismatch {
+        path: PathBuf,
+        key: String,
+        network: &'static str,
+    },
     /// A canonical tensor the network needs is absent.
     #[error("the weights have no tensor `{name}`")]
     Missing { name: String },

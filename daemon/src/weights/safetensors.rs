@@ -34,6 +34,8 @@ pub(crate) struct Header {
     pub entries: Vec<Entry>,
     /// The raw JSON, for fingerprinting.
     pub raw: Vec<u8>,
+    /// The `__metadata__` string map (empty when absent or not strings).
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -70,8 +72,10 @@ pub(crate) fn read_header(
     let json: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&raw)
         .map_err(|e| corrupt(format!("header is not valid JSON: {e}")))?;
     let mut entries = Vec::with_capacity(json.len());
+    let mut metadata = BTreeMap::new();
     for (name, value) in json {
         if name == "__metadata__" {
+            metadata = serde_json::from_value(value).unwrap_or_default();
             continue;
         }
         let e: RawEntry = serde_json::from_value(value)
@@ -112,7 +116,11 @@ pub(crate) fn read_header(
             len: end - begin,
         });
     }
-    Ok(Header { entries, raw })
+    Ok(Header {
+        entries,
+        raw,
+        metadata,
+    })
 }
 
 /// Writes an f32 (or f16) safetensors file, header first, then each tensor in the declared

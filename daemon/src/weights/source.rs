@@ -87,6 +87,7 @@ pub struct SourceFile {
     tensors: TensorMap<SourceTensor>,
     fingerprint: String,
     torch_prefix: Arc<str>,
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl SourceFile {
@@ -109,6 +110,7 @@ impl SourceFile {
         file.seek(SeekFrom::Start(0))
             .map_err(|e| WeightsError::io(path, e))?;
 
+        let mut metadata = std::collections::BTreeMap::new();
         let (format, names, fingerprint_bytes, prefix) = if head.starts_with(b"PK\x03\x04") {
             let index = torch::read_index(path, file)?;
             let tensors = index
@@ -131,6 +133,7 @@ impl SourceFile {
             });
         } else if head.len() >= 9 && head[8] == b'{' {
             let header = safetensors::read_header(path, &mut file, len)?;
+            metadata = header.metadata;
             let tensors = header
                 .entries
                 .into_iter()
@@ -171,6 +174,7 @@ impl SourceFile {
             tensors: strip_common_prefix(names),
             fingerprint,
             torch_prefix: prefix.into(),
+            metadata,
         })
     }
 
@@ -180,6 +184,11 @@ impl SourceFile {
 
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// A value of a `.safetensors` file's `__metadata__` map.
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        self.metadata.get(key).cloned()
     }
 
     pub fn tensors(&self) -> &TensorMap<SourceTensor> {

@@ -1,0 +1,310 @@
+//! ControlNet for SD 1.5 (Zhang et al., 2023; diffusers' `ControlNetModel`): a copy of the
+//! UNet's encoder half whose input gets the embedded hint image, and whose 12 skip tensors and
+//! mid-block output each pass a zero-initialised 1×1 convolution to become the residuals the
+//! UNet adds.
+//!
+//! Three graphs over the same weights:
+//!
+//! - `controlnet_cond_encoder`: `controlnet_cond` `[B, 3, 8h, 8w]` (the hint, RGB in 0..1) →
+//!   `controlnet_cond_embedding` `[B, C₀, h, w]`: convs 16/32/96/256 wide with SiLU, ×8 down.
+//!   The pipeline runs it once per tile and stage: the hint does not change between steps.
+//! - `controlnet_body`: `sample`, `timestep`, `encoder_hidden_states`,
+//!   `controlnet_cond_embedding` → `down_block_{0..11}_additional_residual`,
+//!   `mid_block_additional_residual`.
+//! - `controlnet`: both in one (`controlnet_cond` instead of the embedding), for tools that
+//!   expect the usual interface.
+//!
+//! The residuals are unscaled (conditioning scale 1); the pipeline multiplies them.
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use super::ModelError;
+use super::sd::{self, SdOptions};
+use super::sd_blocks::{SdNet, nchw};
+use super::unet::{UnetConfig, common_inputs, encoder_half, latent_dims, residual_name};
+use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
+use crate::onnx::{Conv2d, Value};
+use crate::weights::sd::{NetWeights, SdHyper};
+use crate::weights::{SourceTensor, TensorMap, WeightType, Weights, WeightsError};
+
+/// A ControlNet's shape: its UNet encoder half plus the hint encoder's widths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlNetConfig {
+    pub unet: UnetConfig,
+    /// Input channels of the hint (3).
+    pub hint_channels: usize,
+    /// Widths of the hint encoder's stages (SD 1.5: 16, 32, 96, 256).
+    pub hint_widths: Vec<usize>,
+}
+
+impl ControlNetConfig {
+    pub fn infer(w: &TensorMap<SourceTensor>) -> Result<ControlNetConfig, WeightsError> {
+        let unet = UnetConfig::infer(w)?;
+        let emb = w.scope("controlnet_cond_embedding");
+        let conv_in = emb.get("conv_in.weight")?;
+        let blocks = emb.scope("blocks").count_indexed();
+        if !blocks.is_multiple_of(2) {
+            return Err(WeightsError::BadShape {
+                name: emb.path("blocks"),
+                shape: vec![],
+                reason: format!("{blocks} hint-encoder blocks; pairs are expected"),
+            });
+        }
+        let mut hint_widths = vec![conv_in.shape[0]];
+        for k in (1..blocks).step_by(2) {
+            hint_widths.push(emb.get(&format!("blocks.{k}.weight"))?.shape[0]);
+        }
+        let expected = unet.residuals().len();
+        for i in 0..expected {
+            w.root()
+                .get(&format!("controlnet_down_blocks.{i}.weight"))?;
+        }
+        w.root().get("controlnet_mid_block.weight")?;
+        Ok(ControlNetConfig {
+            hint_channels: conv_in.shape[1],
+            hint_widths,
+            unet,
+        })
+    }
+}
+
+/// The hint encoder: conv → SiLU, then per stage a conv and a stride-2 conv (each → SiLU),
+/// then the zero-initialised `conv_out` to the UNet's width.
+fn cond_embedding(net: &mut SdNet, hint: &Value, w: &Weights) -> Result<Value, WeightsError> {
+    let emb = w.scope("controlnet_cond_embedding");
+    let h = net.conv(hint, &emb.scope("conv_in"), Conv2d::padded(1))?;
+    let mut h = net.silu(&h);
+    let blocks = emb.scope("blocks");
+    for k in 0..blocks.count_indexed() {
+        let attrs = if k % 2 == 1 {
+            Conv2d::strided(1, 2)
+        } else {
+            Conv2d::padded(1)
+        };
+        h = net.conv(&h, &blocks.scope(k), attrs)?;
+        h = net.silu(&h);
+    }
+    net.conv(&h, &emb.scope("conv_out"), Conv2d::padded(1))
+}
+
+/// Which of the three graphs to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlNetGraph {
+    /// Hint → embedding.
+    CondEncoder,
+    /// Latent + embedding → residuals.
+    Body,
+    /// Latent + hint → residuals.
+    Full,
+}
+
+impl ControlNetGraph {
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlNetGraph::CondEncoder => "controlnet_cond_encoder",
+            ControlNetGraph::Body => "controlnet_body",
+            ControlNetGraph::Full => "controlnet",
+        }
+    }
+}
+
+pub fn build_graph(
+    config: &ControlNetConfig,
+    w: &Weights,
+    hyper: SdHyper,
+    weight_type: WeightType,
+    which: ControlNetGraph,
+) -> Result<crate::onnx::Graph, WeightsError> {
+    let mut net = SdNet::new(which.name(), weight_type, hyper);
+    let embedding_width = config.unet.block_channels[0];
+    if which == ControlNetGraph::CondEncoder {
+        let hint = net.input(
+            "controlnet_cond",
+            &nchw(config.hint_channels, "image_height", "image_width"),
+        );
+        let emb = cond_embedding(&mut net, &hint, w)?;
+        net.output(
+            "controlnet_cond_embedding",
+            &emb,
+            &latent_dims(embedding_width, 1),
+        );
+        return Ok(net.g);
+    }
+    let (sample, temb, context) = common_inputs(&mut net, &config.unet, w)?;
+    let emb = if which == ControlNetGraph::Full {
+        let hint = net.input(
+            "controlnet_cond",
+            &nchw(config.hint_channels, "image_height", "image_width"),
+        );
+        cond_embedding(&mut net, &hint, w)?
+    } else {
+        net.input(
+            "controlnet_cond_embedding",
+            &latent_dims(embedding_width, 1),
+        )
+    };
+    let (skips, mid) = encoder_half(
+        &mut net,
+        &config.unet,
+        w,
+        &sample,
+        &temb,
+        &context,
+        Some(&emb),
+    )?;
+    for (i, (skip, (channels, divisor))) in skips.iter().zip(config.unet.residuals()).enumerate() {
+        let zero_conv = w.scope("controlnet_down_blocks").scope(i);
+        let r = net.conv(skip, &zero_conv, Conv2d::padded(0))?;
+        net.output(&residual_name(Some(i)), &r, &latent_dims(channels, divisor));
+    }
+    let (channels, divisor) = config.unet.mid();
+    let r = net.conv(&mid, &w.scope("controlnet_mid_block"), Conv2d::padded(0))?;
+    net.output(&residual_name(None), &r, &latent_dims(channels, divisor));
+    Ok(net.g)
+}
+
+/// A compiled ControlNet: configuration, weights and the three graphs.
+#[derive(Debug)]
+pub struct CompiledControlNet {
+    pub config: ControlNetConfig,
+    pub hyper: SdHyper,
+    pub weights: Weights,
+    pub cond_encoder: CompiledModel,
+    pub body: CompiledModel,
+    pub full: CompiledModel,
+}
+
+impl CompiledControlNet {
+    pub fn compile(
+        net: &NetWeights,
+        cache_dir: &std::path::Path,
+        options: &SdOptions<'_>,
+    ) -> Result<CompiledControlNet, ModelError> {
+        let config = ControlNetConfig::infer(&net.tensors)?;
+        let (weights, hyper) = sd::prepare(net, "controlnet", cache_dir, options)?;
+        CompiledControlNet::build(config, hyper, weights, options.precision.weight_type(), net)
+    }
+
+    pub fn build(
+        config: ControlNetConfig,
+        hyper: SdHyper,
+        weights: Weights,
+        weight_type: WeightType,
+        net: &NetWeights,
+    ) -> Result<CompiledControlNet, ModelError> {
+        let file = net
+            .source
+            .path()
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let graph = |which| -> Result<CompiledModel, ModelError> {
+            let g = build_graph(&config, &weights, hyper, weight_type, which)?;
+            Ok(sd::compiled(
+                format!("{} {file}", which.name()),
+                g,
+                &weights,
+            ))
+        };
+        let cond_encoder = graph(ControlNetGraph::CondEncoder)?;
+        let body = graph(ControlNetGraph::Body)?;
+        let full = graph(ControlNetGraph::Full)?;
+        Ok(CompiledControlNet {
+            config,
+            hyper,
+            weights,
+            cond_encoder,
+            body,
+            full,
+        })
+    }
+
+    /// The 13 output names, down blocks first.
+    pub fn output_names(&self) -> Vec<String> {
+        (0..self.config.unet.residuals().len())
+            .map(Some)
+            .chain([None])
+            .map(residual_name)
+            .collect()
+    }
+}
+
+/// A ControlNet with warm sessions for the split graphs (and the full one on demand).
+pub struct ControlNet {
+    pub compiled: CompiledControlNet,
+    cond_encoder: SharedSession,
+    body: SharedSession,
+    full: Option<SharedSession>,
+}
+
+impl ControlNet {
+    pub fn new(engine: &Engine, compiled: CompiledControlNet) -> Result<ControlNet, EngineError> {
+        Ok(ControlNet {
+            cond_encoder: engine.session(&compiled.cond_encoder)?,
+            body: engine.session(&compiled.body)?,
+            full: None,
+            compiled,
+        })
+    }
+
+    /// The hint embedding, to compute once per tile and reuse at every step.
+    pub fn embed_hint(&self, hint: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>, EngineError> {
+        let name = &self.compiled.cond_encoder.name;
+        Ok(sd::run(
+            &self.cond_encoder,
+            name,
+            &[("controlnet_cond", hint)],
+            &["controlnet_cond_embedding"],
+        )?
+        .remove(0))
+    }
+
+    /// The 13 residuals (12 down blocks, then the mid block) from an embedded hint.
+    pub fn residuals(
+        &self,
+        sample: ArrayViewD<'_, f32>,
+        timestep: ArrayViewD<'_, f32>,
+        context: ArrayViewD<'_, f32>,
+        embedding: ArrayViewD<'_, f32>,
+    ) -> Result<Vec<ArrayD<f32>>, EngineError> {
+        let names = self.compiled.output_names();
+        let outputs: Vec<&str> = names.iter().map(String::as_str).collect();
+        sd::run(
+            &self.body,
+            &self.compiled.body.name,
+            &[
+                ("sample", sample),
+                ("timestep", timestep),
+                ("encoder_hidden_states", context),
+                ("controlnet_cond_embedding", embedding),
+            ],
+            &outputs,
+        )
+    }
+
+    /// The 13 residuals straight from the hint image (the single-graph form).
+    pub fn residuals_full(
+        &mut self,
+        engine: &Engine,
+        sample: ArrayViewD<'_, f32>,
+        timestep: ArrayViewD<'_, f32>,
+        context: ArrayViewD<'_, f32>,
+        hint: ArrayViewD<'_, f32>,
+    ) -> Result<Vec<ArrayD<f32>>, EngineError> {
+        if self.full.is_none() {
+            self.full = Some(engine.session(&self.compiled.full)?);
+        }
+        let names = self.compiled.output_names();
+        let outputs: Vec<&str> = names.iter().map(String::as_str).collect();
+        sd::run(
+            self.full.as_ref().expect("just created"),
+            &self.compiled.full.name,
+            &[
+                ("sample", sample),
+                ("timestep", timestep),
+                ("encoder_hidden_states", context),
+                ("controlnet_cond", hint),
+            ],
+            &outputs,
+        )
+    }
+}

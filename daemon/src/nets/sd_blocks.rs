@@ -1,0 +1,421 @@
+//! The layers Stable Diffusion's UNet, ControlNet and VAE are built from, as graph-building
+//! helpers over canonical (diffusers-named) weights.
+//!
+//! - Every graph takes and returns f32; an fp16 graph casts its inputs to f16 once, computes in
+//!   f16 with f16 weights, and casts its outputs back (so callers never see the difference).
+//! - GroupNorm is built in exactly one place, [`SdNet::group_norm`]: Reshape → InstanceNorm →
+//!   Reshape → affine, the fast form on ONNX Runtime (ort-notes §4). Its statistics are always
+//!   computed in f32 (as PyTorch's autocast does), also in fp16 graphs. [`NormStats`] selects
+//!   where the statistics come from: the input itself (normal), the input with the statistics
+//!   also returned as graph outputs, or graph inputs (frozen, for the tiled VAE).
+//! - Attention is one `com.microsoft.MultiHeadAttention` node on `[B, N, C]` tokens (ort-notes
+//!   §6); Linear weights are PyTorch's `[out, in]` and are transposed by a node on the
+//!   initializer, which ONNX Runtime folds once at session creation.
+
+use crate::onnx::{Conv2d, Dim, ElemType, ExternalTensor, Graph, Value};
+use crate::weights::sd::SdHyper;
+use crate::weights::{Scope, WeightType, WeightsError};
+
+/// Weights of one module.
+pub type W<'a> = Scope<'a, ExternalTensor>;
+
+/// Where every GroupNorm of a graph takes its per-(sample, group) mean and variance from.
+///
+/// Tiled VAE (clarity-algorithm.md §2.5) runs a graph with `Export` once on a downscaled whole
+/// image and then the `Frozen` graph on every tile with those statistics, so tiles are
+/// normalised alike. GroupNorm *k* (in graph order) has `groupnorm_{k}_mean` and
+/// `groupnorm_{k}_var`, f32 `[batch, groups]` (biased variance, as PyTorch's GroupNorm).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NormStats {
+    /// From each GroupNorm's own input.
+    #[default]
+    Live,
+    /// From the input, and returned as graph outputs.
+    Export,
+    /// From graph inputs.
+    Frozen,
+}
+
+/// A graph under construction plus what every layer needs to know.
+pub struct SdNet {
+    pub g: Graph,
+    /// The type activations and weights have inside the graph.
+    pub dtype: ElemType,
+    pub hyper: SdHyper,
+    pub norm_stats: NormStats,
+    /// GroupNorms built so far (numbers their statistics).
+    group_norms: usize,
+}
+
+/// GroupNorm epsilon of the UNet's ResNets and output norm (diffusers `norm_eps`).
+pub const RESNET_EPS: f32 = 1e-5;
+/// GroupNorm epsilon in front of a spatial transformer, and everywhere in the VAE.
+pub const TRANSFORMER_NORM_EPS: f32 = 1e-6;
+/// LayerNorm epsilon inside transformer blocks.
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+
+impl SdNet {
+    pub fn new(name: &str, weight_type: WeightType, hyper: SdHyper) -> SdNet {
+        SdNet {
+            g: Graph::new(name),
+            dtype: weight_type.elem(),
+            hyper,
+            norm_stats: NormStats::Live,
+            group_norms: 0,
+        }
+    }
+
+    /// A graph input (always f32), cast to the compute type.
+    pub fn input(&mut self, name: &str, dims: &[Dim]) -> Value {
+        let x = self.g.input(name, ElemType::F32, dims);
+        self.to_compute(&x)
+    }
+
+    /// An f32 tensor of the graph (an input, the time embedding) in the compute type.
+    pub fn to_compute(&mut self, x: &Value) -> Value {
+        if self.dtype == ElemType::F32 {
+            x.clone()
+        } else {
+            self.g.cast(x, self.dtype)
+        }
+    }
+
+    /// Declares `x` as the f32 graph output `name`.
+    pub fn output(&mut self, name: &str, x: &Value, dims: &[Dim]) {
+        let x = if self.dtype == ElemType::F32 {
+            x.clone()
+        } else {
+            self.g.cast(x, ElemType::F32)
+        };
+        self.g.output(name, &x, ElemType::F32, Some(dims));
+    }
+
+    pub fn param(&mut self, w: &W, name: &str) -> Result<Value, WeightsError> {
+        Ok(self.g.external(w.get(name)?))
+    }
+
+    /// A float constant in the compute type.
+    pub fn constant(&mut self, dims: &[i64], data: &[f32]) -> Value {
+        self.g.constant(self.dtype, dims, data)
+    }
+
+    /// 2-D convolution with the module's weight and (optional) bias.
+    pub fn conv(&mut self, x: &Value, w: &W, attrs: Conv2d) -> Result<Value, WeightsError> {
+        let weight = self.param(w, "weight")?;
+        let bias = if w.contains("bias") {
+            Some(self.param(w, "bias")?)
+        } else {
+            None
+        };
+        Ok(self.g.conv(x, &weight, bias.as_ref(), attrs))
+    }
+
+    /// `x · Wᵀ + b` over the last axis (PyTorch `nn.Linear`), bias optional.
+    pub fn linear(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        let weight = self.param(w, "weight")?;
+        self.linear_with(x, &weight, w, None)
+    }
+
+    /// A Linear layer with a given weight value (e.g. a slice of the stored one) and the bias
+    /// `bias` (a value) or the module's own.
+    fn linear_with(
+        &mut self,
+        x: &Value,
+        weight: &Value,
+        w: &W,
+        bias: Option<Value>,
+    ) -> Result<Value, WeightsError> {
+        let wt = self.g.transpose(weight, &[1, 0]);
+        let y = self.g.matmul(x, &wt);
+        let bias = match bias {
+            Some(b) => Some(b),
+            None if w.contains("bias") => Some(self.param(w, "bias")?),
+            None => None,
+        };
+        Ok(match bias {
+            Some(b) => self.g.add(&y, &b),
+            None => y,
+        })
+    }
+
+    /// GroupNorm over `[B, C, H, W]` with the module's per-channel weight and bias; see the
+    /// module docs for the form and the precision.
+    pub fn group_norm(&mut self, x: &Value, w: &W, eps: f32) -> Result<Value, WeightsError> {
+        let gamma_t = w.get("weight")?;
+        let channels = gamma_t.dim(0);
+        let groups = self.hyper.norm_groups;
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            return Err(WeightsError::BadShape {
+                name: gamma_t.name.clone(),
+                shape: gamma_t.dims.clone(),
+                reason: format!("{channels} channels do not split into {groups} GroupNorm groups"),
+            });
+        }
+        let shape = self.g.shape(x);
+        let x32 = if self.dtype == ElemType::F32 {
+            x.clone()
+        } else {
+            self.g.cast(x, ElemType::F32)
+        };
+        let grouped = self.g.reshape(&x32, &[0, groups as i64, -1]);
+        let k = self.group_norms;
+        self.group_norms += 1;
+        let stats_dims = [Dim::from("batch"), Dim::from(groups as i64)];
+        let (mean_name, var_name) = (format!("groupnorm_{k}_mean"), format!("groupnorm_{k}_var"));
+        let normed = match self.norm_stats {
+            NormStats::Live | NormStats::Export => {
+                if self.norm_stats == NormStats::Export {
+                    let axes = self.g.ints(&[2]);
+                    let mean = self.g.node("ReduceMean", &[&grouped, &axes], vec![]);
+                    let centred = self.g.sub(&grouped, &mean);
+                    let squared = self.g.mul(&centred, &centred);
+                    let var = self.g.node("ReduceMean", &[&squared, &axes], vec![]);
+                    let flat = self.g.ints(&[0, groups as i64]);
+                    let mean = self.g.reshape_to(&mean, &flat);
+                    let var = self.g.reshape_to(&var, &flat);
+                    self.g
+                        .output(&mean_name, &mean, ElemType::F32, Some(&stats_dims));
+                    self.g
+                        .output(&var_name, &var, ElemType::F32, Some(&stats_dims));
+                }
+                let ones = self.g.floats(&vec![1.0; groups]);
+                let zeros = self.g.floats(&vec![0.0; groups]);
+                self.g.instance_norm(&grouped, &ones, &zeros, eps)
+            }
+            NormStats::Frozen => {
+                let mean = self.g.input(&mean_name, ElemType::F32, &stats_dims);
+                let var = self.g.input(&var_name, ElemType::F32, &stats_dims);
+                let axes = self.g.ints(&[2]);
+                let mean = self.g.node("Unsqueeze", &[&mean, &axes], vec![]);
+                let var = self.g.node("Unsqueeze", &[&var, &axes], vec![]);
+                let eps = self.g.scalar(eps);
+                let var = self.g.add(&var, &eps);
+                let std = self.g.node("Sqrt", &[&var], vec![]);
+                let centred = self.g.sub(&grouped, &mean);
+                self.g.div(&centred, &std)
+            }
+        };
+        let normed = self.g.reshape_to(&normed, &shape);
+        let normed = if self.dtype == ElemType::F32 {
+            normed
+        } else {
+            self.g.cast(&normed, self.dtype)
+        };
+        let gamma = self.param(w, "weight")?;
+        let beta = self.param(w, "bias")?;
+        let gamma = self.g.reshape(&gamma, &[channels as i64, 1, 1]);
+        let beta = self.g.reshape(&beta, &[channels as i64, 1, 1]);
+        let scaled = self.g.mul(&normed, &gamma);
+        Ok(self.g.add(&scaled, &beta))
+    }
+
+    /// LayerNorm over the last axis.
+    pub fn layer_norm(&mut self, x: &Value, w: &W, eps: f32) -> Result<Value, WeightsError> {
+        let gamma = self.param(w, "weight")?;
+        let beta = self.param(w, "bias")?;
+        Ok(self.g.node(
+            "LayerNormalization",
+            &[x, &gamma, &beta],
+            vec![
+                crate::onnx::attr::int("axis", -1),
+                crate::onnx::attr::float("epsilon", eps),
+            ],
+        ))
+    }
+
+    pub fn silu(&mut self, x: &Value) -> Value {
+        self.g.silu(x)
+    }
+
+    /// ResNet block: GroupNorm → SiLU → conv, plus the projected time embedding (given
+    /// already through SiLU), GroupNorm → SiLU → conv, plus the (1×1-projected) input.
+    pub fn resnet(
+        &mut self,
+        x: &Value,
+        temb_silu: Option<&Value>,
+        w: &W,
+        eps: f32,
+    ) -> Result<Value, WeightsError> {
+        let h = self.group_norm(x, &w.scope("norm1"), eps)?;
+        let h = self.silu(&h);
+        let mut h = self.conv(&h, &w.scope("conv1"), Conv2d::padded(1))?;
+        if let Some(t) = temb_silu {
+            let t = self.linear(t, &w.scope("time_emb_proj"))?;
+            let axes = self.g.ints(&[2, 3]);
+            let t = self.g.node("Unsqueeze", &[&t, &axes], vec![]);
+            h = self.g.add(&h, &t);
+        }
+        let h = self.group_norm(&h, &w.scope("norm2"), eps)?;
+        let h = self.silu(&h);
+        let h = self.conv(&h, &w.scope("conv2"), Conv2d::padded(1))?;
+        let shortcut = if w.scope("conv_shortcut").exists() {
+            self.conv(x, &w.scope("conv_shortcut"), Conv2d::padded(0))?
+        } else {
+            x.clone()
+        };
+        Ok(self.g.add(&shortcut, &h))
+    }
+
+    /// `[B, C, H, W]` → `[B, H·W, C]`.
+    pub fn to_tokens(&mut self, x: &Value) -> Value {
+        let flat = self.g.reshape(x, &[0, 0, -1]);
+        self.g.transpose(&flat, &[0, 2, 1])
+    }
+
+    /// `[B, H·W, C]` → the shape of `like` (`[B, C, H, W]`).
+    pub fn to_image(&mut self, tokens: &Value, like: &Value) -> Value {
+        let channels_first = self.g.transpose(tokens, &[0, 2, 1]);
+        let shape = self.g.shape(like);
+        self.g.reshape_to(&channels_first, &shape)
+    }
+
+    /// Diffusers' `Transformer2DModel` (LDM's SpatialTransformer): GroupNorm, proj_in (1×1
+    /// conv, or Linear for `use_linear_projection` models), the transformer blocks on tokens,
+    /// proj_out, plus the input.
+    pub fn spatial_transformer(
+        &mut self,
+        x: &Value,
+        context: &Value,
+        w: &W,
+    ) -> Result<Value, WeightsError> {
+        let h = self.group_norm(x, &w.scope("norm"), TRANSFORMER_NORM_EPS)?;
+        let conv_projection = w.get("proj_in.weight")?.rank() == 4;
+        let mut tokens = if conv_projection {
+            let h = self.conv(&h, &w.scope("proj_in"), Conv2d::padded(0))?;
+            self.to_tokens(&h)
+        } else {
+            let t = self.to_tokens(&h);
+            self.linear(&t, &w.scope("proj_in"))?
+        };
+        let blocks = w.scope("transformer_blocks");
+        for i in 0..blocks.count_indexed() {
+            tokens = self.transformer_block(&tokens, context, &blocks.scope(i))?;
+        }
+        let h = if conv_projection {
+            let h = self.to_image(&tokens, x);
+            self.conv(&h, &w.scope("proj_out"), Conv2d::padded(0))?
+        } else {
+            let t = self.linear(&tokens, &w.scope("proj_out"))?;
+            self.to_image(&t, x)
+        };
+        Ok(self.g.add(&h, x))
+    }
+
+    /// Self-attention, cross-attention on the text, GEGLU feed-forward; each pre-LayerNorm
+    /// and residual.
+    fn transformer_block(
+        &mut self,
+        x: &Value,
+        context: &Value,
+        w: &W,
+    ) -> Result<Value, WeightsError> {
+        let heads = self.hyper.attention_heads;
+        let n = self.layer_norm(x, &w.scope("norm1"), LAYER_NORM_EPS)?;
+        let a = self.attention(&n, None, &w.scope("attn1"), heads)?;
+        let x = self.g.add(x, &a);
+        let n = self.layer_norm(&x, &w.scope("norm2"), LAYER_NORM_EPS)?;
+        let a = self.attention(&n, Some(context), &w.scope("attn2"), heads)?;
+        let x = self.g.add(&x, &a);
+        let n = self.layer_norm(&x, &w.scope("norm3"), LAYER_NORM_EPS)?;
+        let f = self.geglu_feed_forward(&n, &w.scope("ff").scope("net"))?;
+        Ok(self.g.add(&x, &f))
+    }
+
+    /// Multi-head attention of `x` on itself or on `context`, with the output projection.
+    pub fn attention(
+        &mut self,
+        x: &Value,
+        context: Option<&Value>,
+        w: &W,
+        heads: usize,
+    ) -> Result<Value, WeightsError> {
+        let channels = w.get("to_q.weight")?.dim(0);
+        if heads == 0 || !channels.is_multiple_of(heads) {
+            let t = w.get("to_q.weight")?;
+            return Err(WeightsError::BadShape {
+                name: t.name.clone(),
+                shape: t.dims.clone(),
+                reason: format!("{channels} channels do not split into {heads} heads"),
+            });
+        }
+        let source = context.unwrap_or(x);
+        let q = self.linear(x, &w.scope("to_q"))?;
+        let k = self.linear(source, &w.scope("to_k"))?;
+        let v = self.linear(source, &w.scope("to_v"))?;
+        let o = self.g.multi_head_attention(&q, &k, &v, heads);
+        self.linear(&o, &w.scope("to_out").scope(0))
+    }
+
+    /// GEGLU: the first projection yields a value half and a gate half; value · GELU(gate),
+    /// then the second projection. The stored weight is split by (folded) slices into two
+    /// Linear layers, so no activation is ever copied by a Split.
+    fn geglu_feed_forward(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        let proj = w.scope(0).scope("proj");
+        let inner = (w.get("0.proj.weight")?.dim(0) / 2) as i64;
+        let weight = self.param(&proj, "weight")?;
+        let bias = self.param(&proj, "bias")?;
+        let half = |net: &mut SdNet, v: &Value, k: i64| {
+            net.g.slice(v, &[k * inner], &[(k + 1) * inner], &[0], &[1])
+        };
+        let (w_value, w_gate) = (half(self, &weight, 0), half(self, &weight, 1));
+        let (b_value, b_gate) = (half(self, &bias, 0), half(self, &bias, 1));
+        let value = self.linear_with(x, &w_value, &proj, Some(b_value))?;
+        let gate = self.linear_with(x, &w_gate, &proj, Some(b_gate))?;
+        let gate = self.g.node(
+            "Gelu",
+            &[&gate],
+            vec![crate::onnx::attr::string("approximate", "none")],
+        );
+        let h = self.g.mul(&value, &gate);
+        self.linear(&h, &w.scope(2))
+    }
+
+    /// Stride-2 3×3 convolution, padding `pads` (UNet: 1 all round; VAE: 0/1 asymmetric).
+    pub fn downsample(&mut self, x: &Value, w: &W, pads: [i64; 4]) -> Result<Value, WeightsError> {
+        let attrs = Conv2d {
+            pads,
+            ..Conv2d::strided(0, 2)
+        };
+        self.conv(x, &w.scope("conv"), attrs)
+    }
+
+    /// Nearest ×2, then a 3×3 convolution.
+    pub fn upsample(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        let up = self.g.resize_nearest(x, 2.0);
+        self.conv(&up, &w.scope("conv"), Conv2d::padded(1))
+    }
+
+    /// The sinusoidal timestep embedding (cos half first, as SD 1.5's `flip_sin_to_cos`, no
+    /// frequency shift), computed in f32 from the f32 `timestep` input `[B]` (non-integer
+    /// steps allowed), then `linear_1` → SiLU → `linear_2`. Returns the embedding through a
+    /// final SiLU, which is all the ResNets use.
+    pub fn time_embedding_silu(&mut self, timestep: &Value, w: &W) -> Result<Value, WeightsError> {
+        let channels = w.get("linear_1.weight")?.dim(1);
+        let half = channels / 2;
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32)
+            .collect();
+        let freqs = self.g.constant_f32(&[1, half as i64], &freqs);
+        let axes = self.g.ints(&[1]);
+        let t = self.g.node("Unsqueeze", &[timestep, &axes], vec![]);
+        let args = self.g.mul(&t, &freqs);
+        let cos = self.g.node("Cos", &[&args], vec![]);
+        let sin = self.g.node("Sin", &[&args], vec![]);
+        let emb = self.g.concat(&[&cos, &sin], 1);
+        let emb = self.to_compute(&emb);
+        let h = self.linear(&emb, &w.scope("linear_1"))?;
+        let h = self.silu(&h);
+        let h = self.linear(&h, &w.scope("linear_2"))?;
+        Ok(self.silu(&h))
+    }
+}
+
+/// `[batch, channels, name_h, name_w]`.
+pub fn nchw(channels: usize, h: &str, w: &str) -> Vec<Dim> {
+    vec![
+        Dim::from("batch"),
+        Dim::from(channels as i64),
+        Dim::from(h),
+        Dim::from(w),
+    ]
+}

@@ -1,0 +1,397 @@
+//! The UNet of Stable Diffusion 1.5 (diffusers' `UNet2DConditionModel`), with the ControlNet
+//! residual inputs added where diffusers adds them.
+//!
+//! Two graphs are built over the same weights:
+//!
+//! - `unet`: `sample` `[B, 4, h, w]`, `timestep` `[B]` (f32, may be fractional),
+//!   `encoder_hidden_states` `[B, 77, 768]` → `out_sample` `[B, 4, h, w]`;
+//! - `unet_controlnet`: the same plus `down_block_{0..11}_additional_residual` and
+//!   `mid_block_additional_residual`, each added unscaled (the pipeline scales them) to the
+//!   skip tensor of the same index and to the mid-block output.
+//!
+//! Hyper-parameters come from tensor shapes: levels and their widths, ResNets per level,
+//! which levels attend, the text width. Heads and GroupNorm groups cannot be seen in shapes
+//! (`SdHyper`).
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use super::ModelError;
+use super::sd::{self, SdOptions};
+use super::sd_blocks::{RESNET_EPS, SdNet, nchw};
+use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
+use crate::onnx::{Conv2d, Dim, Graph, Value};
+use crate::weights::sd::{NetWeights, SdHyper};
+use crate::weights::{SourceTensor, TensorMap, WeightType, Weights, WeightsError};
+
+/// The shape of a UNet (or of a ControlNet's encoder half), read from its tensors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnetConfig {
+    pub in_channels: usize,
+    /// Output channels (0 for a ControlNet, which has no decoder).
+    pub out_channels: usize,
+    /// Width of each level, top first (SD 1.5: 320, 640, 1280, 1280).
+    pub block_channels: Vec<usize>,
+    /// ResNets per down level (SD 1.5: 2; up levels have one more).
+    pub layers_per_block: usize,
+    /// Whether each down level has cross-attention transformers.
+    pub attention: Vec<bool>,
+    /// Width of the text embedding (SD 1.5: 768).
+    pub context_dim: usize,
+}
+
+impl UnetConfig {
+    /// Reads the encoder half (shared with the ControlNet) and, if present, the decoder.
+    pub fn infer(w: &TensorMap<SourceTensor>) -> Result<UnetConfig, WeightsError> {
+        let shape = |name: &str| -> Result<Vec<usize>, WeightsError> {
+            Ok(w.root().get(name)?.shape.clone())
+        };
+        let conv_in = shape("conv_in.weight")?;
+        let levels = w.scope("down_blocks").count_indexed();
+        if levels == 0 || conv_in.len() != 4 {
+            return Err(WeightsError::Missing {
+                name: "down_blocks.0".into(),
+            });
+        }
+        let layers = w.scope("down_blocks.0.resnets").count_indexed();
+        let mut block_channels = Vec::new();
+        let mut attention = Vec::new();
+        for i in 0..levels {
+            let level = w.scope("down_blocks").scope(i);
+            block_channels.push(shape(&level.path("resnets.0.conv1.weight"))?[0]);
+            attention.push(level.scope("attentions").exists());
+            if level.scope("resnets").count_indexed() != layers {
+                return Err(WeightsError::BadShape {
+                    name: level.path("resnets"),
+                    shape: vec![],
+                    reason: "every level needs the same number of ResNets".into(),
+                });
+            }
+        }
+        let context_dim = w
+            .iter()
+            .find(|(k, _)| k.ends_with("attn2.to_k.weight"))
+            .map_or(0, |(_, t)| t.shape.get(1).copied().unwrap_or(0));
+        let out_channels = if w.contains("conv_out.weight") {
+            shape("conv_out.weight")?[0]
+        } else {
+            0
+        };
+        if out_channels > 0 {
+            let ups = w.scope("up_blocks").count_indexed();
+            if ups != levels {
+                return Err(WeightsError::BadShape {
+                    name: "up_blocks".into(),
+                    shape: vec![],
+                    reason: format!("{ups} up levels for {levels} down levels"),
+                });
+            }
+        }
+        Ok(UnetConfig {
+            in_channels: conv_in[1],
+            out_channels,
+            block_channels,
+            layers_per_block: layers,
+            attention,
+            context_dim,
+        })
+    }
+
+    /// Channels and the height/width divisor of each skip tensor, in the order diffusers
+    /// collects them (and numbers the ControlNet residuals): conv_in, then each ResNet (or
+    /// transformer) output and each downsampler output.
+    pub fn residuals(&self) -> Vec<(usize, usize)> {
+        let mut out = vec![(self.block_channels[0], 1)];
+        let levels = self.block_channels.len();
+        for (i, &c) in self.block_channels.iter().enumerate() {
+            out.extend(std::iter::repeat_n((c, 1 << i), self.layers_per_block));
+            if i + 1 < levels {
+                out.push((c, 1 << (i + 1)));
+            }
+        }
+        out
+    }
+
+    /// Channels and divisor of the mid-block output.
+    pub fn mid(&self) -> (usize, usize) {
+        let levels = self.block_channels.len();
+        (self.block_channels[levels - 1], 1 << (levels - 1))
+    }
+}
+
+/// The graph input/output name of residual `i` (`mid` for the mid block).
+pub fn residual_name(i: Option<usize>) -> String {
+    match i {
+        Some(i) => format!("down_block_{i}_additional_residual"),
+        None => "mid_block_additional_residual".to_owned(),
+    }
+}
+
+/// The symbolic dims of a tensor at `divisor` of the latent size.
+pub fn latent_dims(channels: usize, divisor: usize) -> Vec<Dim> {
+    if divisor == 1 {
+        nchw(channels, "height", "width")
+    } else {
+        nchw(
+            channels,
+            &format!("height_div{divisor}"),
+            &format!("width_div{divisor}"),
+        )
+    }
+}
+
+/// The encoder half shared by the UNet and the ControlNet: time embedding, `conv_in`, the down
+/// levels and the mid block. `after_conv_in` may add to the conv_in output (the ControlNet's
+/// hint). Returns the skip tensors and the mid-block output.
+pub(crate) fn encoder_half(
+    net: &mut SdNet,
+    config: &UnetConfig,
+    w: &Weights,
+    sample: &Value,
+    temb: &Value,
+    context: &Value,
+    after_conv_in: Option<&Value>,
+) -> Result<(Vec<Value>, Value), WeightsError> {
+    let mut h = net.conv(sample, &w.scope("conv_in"), Conv2d::padded(1))?;
+    if let Some(extra) = after_conv_in {
+        h = net.g.add(&h, extra);
+    }
+    let mut skips = vec![h.clone()];
+    let levels = config.block_channels.len();
+    for i in 0..levels {
+        let level = w.scope("down_blocks").scope(i);
+        for j in 0..config.layers_per_block {
+            h = net.resnet(&h, Some(temb), &level.scope("resnets").scope(j), RESNET_EPS)?;
+            if config.attention[i] {
+                h = net.spatial_transformer(&h, context, &level.scope("attentions").scope(j))?;
+            }
+            skips.push(h.clone());
+        }
+        if i + 1 < levels {
+            h = net.downsample(&h, &level.scope("downsamplers").scope(0), [1, 1, 1, 1])?;
+            skips.push(h.clone());
+        }
+    }
+    let mid = w.scope("mid_block");
+    h = net.resnet(&h, Some(temb), &mid.scope("resnets").scope(0), RESNET_EPS)?;
+    h = net.spatial_transformer(&h, context, &mid.scope("attentions").scope(0))?;
+    h = net.resnet(&h, Some(temb), &mid.scope("resnets").scope(1), RESNET_EPS)?;
+    Ok((skips, h))
+}
+
+/// The graph inputs every UNet-like graph has: `sample`, `timestep`, `encoder_hidden_states`.
+/// Returns them (in the compute type, the timestep as f32) and the time embedding.
+pub(crate) fn common_inputs(
+    net: &mut SdNet,
+    config: &UnetConfig,
+    w: &Weights,
+) -> Result<(Value, Value, Value), WeightsError> {
+    let sample = net.input("sample", &latent_dims(config.in_channels, 1));
+    let timestep = net.g.input(
+        "timestep",
+        crate::onnx::ElemType::F32,
+        &[Dim::from("batch")],
+    );
+    let context = net.input(
+        "encoder_hidden_states",
+        &[
+            Dim::from("batch"),
+            Dim::from("sequence"),
+            Dim::from(config.context_dim as i64),
+        ],
+    );
+    let temb = net.time_embedding_silu(&timestep, &w.scope("time_embedding"))?;
+    Ok((sample, temb, context))
+}
+
+/// Builds the UNet graph; with `residual_inputs` the 13 ControlNet residuals are inputs.
+pub fn build_graph(
+    config: &UnetConfig,
+    w: &Weights,
+    hyper: SdHyper,
+    weight_type: WeightType,
+    residual_inputs: bool,
+) -> Result<Graph, WeightsError> {
+    let name = if residual_inputs {
+        "unet_controlnet"
+    } else {
+        "unet"
+    };
+    let mut net = SdNet::new(name, weight_type, hyper);
+    let (sample, temb, context) = common_inputs(&mut net, config, w)?;
+    let (mut skips, mut h) = encoder_half(&mut net, config, w, &sample, &temb, &context, None)?;
+    if residual_inputs {
+        for (i, (channels, divisor)) in config.residuals().into_iter().enumerate() {
+            let r = net.input(&residual_name(Some(i)), &latent_dims(channels, divisor));
+            skips[i] = net.g.add(&skips[i], &r);
+        }
+        let (channels, divisor) = config.mid();
+        let r = net.input(&residual_name(None), &latent_dims(channels, divisor));
+        h = net.g.add(&h, &r);
+    }
+    let levels = config.block_channels.len();
+    for i in 0..levels {
+        let level = w.scope("up_blocks").scope(i);
+        let attention = level.scope("attentions").exists();
+        for j in 0..=config.layers_per_block {
+            let skip = skips.pop().ok_or_else(|| WeightsError::Missing {
+                name: level.path("resnets"),
+            })?;
+            h = net.g.concat(&[&h, &skip], 1);
+            h = net.resnet(
+                &h,
+                Some(&temb),
+                &level.scope("resnets").scope(j),
+                RESNET_EPS,
+            )?;
+            if attention {
+                h = net.spatial_transformer(&h, &context, &level.scope("attentions").scope(j))?;
+            }
+        }
+        if i + 1 < levels {
+            h = net.upsample(&h, &level.scope("upsamplers").scope(0))?;
+        }
+    }
+    let h = net.group_norm(&h, &w.scope("conv_norm_out"), RESNET_EPS)?;
+    let h = net.silu(&h);
+    let out = net.conv(&h, &w.scope("conv_out"), Conv2d::padded(1))?;
+    net.output("out_sample", &out, &latent_dims(config.out_channels, 1));
+    Ok(net.g)
+}
+
+/// A compiled UNet: its configuration, weights, and both graphs.
+#[derive(Debug)]
+pub struct CompiledUnet {
+    pub config: UnetConfig,
+    pub hyper: SdHyper,
+    pub weights: Weights,
+    /// Without residual inputs.
+    pub plain: CompiledModel,
+    /// With the 13 ControlNet residual inputs.
+    pub controlled: CompiledModel,
+}
+
+impl CompiledUnet {
+    /// Places the weights of `net` (from `weights::sd::unet`) and builds both graphs.
+    pub fn compile(
+        net: &NetWeights,
+        cache_dir: &std::path::Path,
+        options: &SdOptions<'_>,
+    ) -> Result<CompiledUnet, ModelError> {
+        let config = UnetConfig::infer(&net.tensors)?;
+        if config.out_channels == 0 {
+            return Err(WeightsError::Missing {
+                name: "conv_out.weight".into(),
+            }
+            .into());
+        }
+        let (weights, hyper) = sd::prepare(net, "unet", cache_dir, options)?;
+        CompiledUnet::build(config, hyper, weights, options.precision.weight_type(), net)
+    }
+
+    /// Both graphs over already placed `weights`.
+    pub fn build(
+        config: UnetConfig,
+        hyper: SdHyper,
+        weights: Weights,
+        weight_type: WeightType,
+        net: &NetWeights,
+    ) -> Result<CompiledUnet, ModelError> {
+        let file = net
+            .source
+            .path()
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let plain = build_graph(&config, &weights, hyper, weight_type, false)?;
+        let controlled = build_graph(&config, &weights, hyper, weight_type, true)?;
+        Ok(CompiledUnet {
+            plain: sd::compiled(format!("UNet {file}"), plain, &weights),
+            controlled: sd::compiled(format!("UNet+ControlNet {file}"), controlled, &weights),
+            config,
+            hyper,
+            weights,
+        })
+    }
+}
+
+/// A UNet with warm sessions, each graph's created on first use (or by [`Unet::warm`]): a
+/// pipeline with a ControlNet only ever needs the residual graph, and every session holds its own
+/// prepacked copy of the weights.
+pub struct Unet {
+    pub compiled: CompiledUnet,
+    plain: Option<SharedSession>,
+    controlled: Option<SharedSession>,
+}
+
+impl Unet {
+    pub fn new(compiled: CompiledUnet) -> Unet {
+        Unet {
+            compiled,
+            plain: None,
+            controlled: None,
+        }
+    }
+
+    /// Creates the session of the graph with (`residuals`) or without residual inputs now.
+    pub fn warm(&mut self, engine: &Engine, residuals: bool) -> Result<(), EngineError> {
+        let (slot, model) = if residuals {
+            (&mut self.controlled, &self.compiled.controlled)
+        } else {
+            (&mut self.plain, &self.compiled.plain)
+        };
+        if slot.is_none() {
+            *slot = Some(engine.session(model)?);
+        }
+        Ok(())
+    }
+
+    /// One evaluation: the predicted noise `[B, 4, h, w]`. `residuals`, when given, are the 12
+    /// down-block residuals and the mid-block residual, in that order, already scaled.
+    pub fn forward(
+        &mut self,
+        engine: &Engine,
+        sample: ArrayViewD<'_, f32>,
+        timestep: ArrayViewD<'_, f32>,
+        context: ArrayViewD<'_, f32>,
+        residuals: Option<&[ArrayD<f32>]>,
+    ) -> Result<ArrayD<f32>, EngineError> {
+        self.warm(engine, residuals.is_some())?;
+        let mut inputs = vec![
+            ("sample", sample),
+            ("timestep", timestep),
+            ("encoder_hidden_states", context),
+        ];
+        let Some(residuals) = residuals else {
+            let session = self.plain.as_ref().expect("warmed above");
+            return Ok(
+                sd::run(session, &self.compiled.plain.name, &inputs, &["out_sample"])?.remove(0),
+            );
+        };
+        let count = self.compiled.config.residuals().len();
+        let names: Vec<String> = (0..count)
+            .map(Some)
+            .chain([None])
+            .map(residual_name)
+            .collect();
+        if residuals.len() != names.len() {
+            return Err(EngineError::ort(
+                &self.compiled.controlled.name,
+                format!(
+                    "{} residuals given, {} needed",
+                    residuals.len(),
+                    names.len()
+                ),
+            ));
+        }
+        for (name, r) in names.iter().zip(residuals) {
+            inputs.push((name.as_str(), r.view()));
+        }
+        let session = self.controlled.as_ref().expect("warmed above");
+        Ok(sd::run(
+            session,
+            &self.compiled.controlled.name,
+            &inputs,
+            &["out_sample"],
+        )?
+        .remove(0))
+    }
+}

@@ -1,0 +1,307 @@
+//! Stable Diffusion 1.5 weights (UNet, VAE, ControlNet) from every layout users have, under
+//! one canonical naming: diffusers' module names.
+//!
+//! | what | layouts read |
+//! |---|---|
+//! | UNet | single-file LDM checkpoint (`model.diffusion_model.*`), diffusers folder (`unet/`), a diffusers UNet file |
+//! | VAE | single-file checkpoint (`first_stage_model.*`), a standalone LDM VAE (`encoder.down.*`, like `vae-ft-mse-840000-ema-pruned.safetensors`), diffusers folder (`vae/`) or file |
+//! | ControlNet | LDM (`control_model.*` or bare, `.pth` / `.safetensors`), diffusers (folder with `config.json`, or the weights file) |
+//!
+//! in `.safetensors` or torch zips (`.ckpt`, `.pth`, `.bin`), f32, f16 or bf16. Diffusers folders
+//! are searched for `diffusion_pytorch_model{,.fp16}.{safetensors,bin}`. A file that is not an
+//! SD 1.5 model of the wanted kind is refused with [`WeightsError::WrongKind`], which says what
+//! it is instead (see [`detect`]). The text encoder (`cond_stage_model.transformer.*`,
+//! `text_encoder/`) is read by the CLIP side.
+
+pub mod detect;
+pub mod ldm;
+
+use std::path::{Path, PathBuf};
+
+use super::{SourceFile, SourceTensor, TensorMap, WeightsError};
+pub use detect::ModelKind;
+
+/// The hyper-parameters of an SD network that tensor shapes cannot tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SdHyper {
+    /// Attention heads of the UNet/ControlNet transformers (SD 1.5: 8 at every level; diffusers'
+    /// `attention_head_dim` config field holds this number for SD 1.5).
+    pub attention_heads: usize,
+    /// GroupNorm groups everywhere (SD 1.5: 32).
+    pub norm_groups: usize,
+}
+
+impl SdHyper {
+    /// Stable Diffusion 1.5's values.
+    pub const SD15: SdHyper = SdHyper {
+        attention_heads: 8,
+        norm_groups: 32,
+    };
+}
+
+impl Default for SdHyper {
+    fn default() -> SdHyper {
+        SdHyper::SD15
+    }
+}
+
+/// Which key layout a network's weights came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// CompVis/A1111 names (single-file checkpoints, LDM VAEs, original ControlNets).
+    Ldm,
+    /// diffusers names (the canonical ones).
+    Diffusers,
+}
+
+/// One network's weights: the file, its tensors under canonical names, and what a diffusers
+/// `config.json` beside it said.
+#[derive(Debug)]
+pub struct NetWeights {
+    pub source: SourceFile,
+    pub tensors: TensorMap<SourceTensor>,
+    pub layout: Layout,
+    /// From `config.json` when the weights sit in a diffusers folder.
+    pub config_hyper: Option<SdHyper>,
+}
+
+impl NetWeights {
+    /// The hyper-parameters to build with: `explicit` if given, else `config.json`'s, else
+    /// SD 1.5's.
+    pub fn hyper(&self, explicit: Option<SdHyper>) -> SdHyper {
+        explicit.or(self.config_hyper).unwrap_or_default()
+    }
+}
+
+/// The UNet of a checkpoint, a diffusers pipeline folder, a diffusers `unet/` folder or file.
+pub fn unet(path: &Path) -> Result<NetWeights, WeightsError> {
+    let (file, config) = resolve(path, "unet")?;
+    let source = SourceFile::open(&file)?;
+    let wrong = |found| wrong_kind(&file, "an SD 1.5 checkpoint or UNet", found);
+    let kind = detect::classify(source.tensors());
+    if kind != ModelKind::Sd15 {
+        return Err(wrong(kind));
+    }
+    let all = source.tensors();
+    let (tensors, layout) = if let Some(ldm) = strip(all, "model.diffusion_model.") {
+        (
+            ldm::unet(&ldm).map_err(|k| unexpected(&file, "UNet", &k))?,
+            Layout::Ldm,
+        )
+    } else if all.contains("input_blocks.0.0.weight") {
+        (
+            ldm::unet(all).map_err(|k| unexpected(&file, "UNet", &k))?,
+            Layout::Ldm,
+        )
+    } else if all.contains("conv_in.weight") {
+        (all.clone(), Layout::Diffusers)
+    } else {
+        return Err(wrong(ModelKind::Unknown));
+    };
+    if let Some(kind) = detect::unet_kind(&tensors, "").filter(|k| *k != ModelKind::Sd15) {
+        return Err(wrong(kind));
+    }
+    Ok(NetWeights {
+        source,
+        tensors,
+        layout,
+        config_hyper: config.as_deref().map(read_config).transpose()?,
+    })
+}
+
+/// The VAE of a checkpoint, a standalone VAE file (LDM or diffusers names), or a diffusers
+/// pipeline / `vae/` folder.
+pub fn vae(path: &Path) -> Result<NetWeights, WeightsError> {
+    let (file, config) = resolve(path, "vae")?;
+    let source = SourceFile::open(&file)?;
+    let all = source.tensors();
+    let wrong = |found| wrong_kind(&file, "an SD 1.5 checkpoint or VAE", found);
+    let (tensors, layout) = if let Some(ldm) = strip(all, "first_stage_model.") {
+        let kind = detect::classify(all);
+        if kind != ModelKind::Sd15 && kind != ModelKind::Vae {
+            return Err(wrong(kind));
+        }
+        (
+            ldm::vae(&ldm).map_err(|k| unexpected(&file, "VAE", &k))?,
+            Layout::Ldm,
+        )
+    } else if all.keys().any(|k| k.starts_with("encoder.down.")) {
+        (
+            ldm::vae(all).map_err(|k| unexpected(&file, "VAE", &k))?,
+            Layout::Ldm,
+        )
+    } else if all.keys().any(|k| k.starts_with("encoder.down_blocks.")) {
+        (diffusers_vae(all, &file)?, Layout::Diffusers)
+    } else if detect::classify(all) == ModelKind::Sd15 {
+        return Err(WeightsError::UnknownLayout {
+            path: file.clone(),
+            network: "VAE",
+            found: "this checkpoint has no VAE (`first_stage_model.*`); give one separately".into(),
+        });
+    } else {
+        return Err(wrong(detect::classify(all)));
+    };
+    Ok(NetWeights {
+        source,
+        tensors,
+        layout,
+        config_hyper: config.as_deref().map(read_config).transpose()?,
+    })
+}
+
+/// A ControlNet: LDM (`control_model.*` or bare) or diffusers, a file or a diffusers folder.
+pub fn controlnet(path: &Path) -> Result<NetWeights, WeightsError> {
+    let (file, config) = resolve(path, "controlnet")?;
+    let source = SourceFile::open(&file)?;
+    let all = source.tensors();
+    let wrong = |found| wrong_kind(&file, "an SD 1.5 ControlNet", found);
+    let kind = detect::classify(all);
+    if kind != ModelKind::ControlNet {
+        return Err(wrong(kind));
+    }
+    let (tensors, layout) = if let Some(ldm) = strip(all, "control_model.") {
+        (
+            ldm::unet(&ldm).map_err(|k| unexpected(&file, "ControlNet", &k))?,
+            Layout::Ldm,
+        )
+    } else if all.contains("input_hint_block.0.weight") {
+        (
+            ldm::unet(all).map_err(|k| unexpected(&file, "ControlNet", &k))?,
+            Layout::Ldm,
+        )
+    } else {
+        (all.clone(), Layout::Diffusers)
+    };
+    if let Some(kind) = detect::unet_kind(&tensors, "").filter(|k| *k != ModelKind::Sd15) {
+        return Err(wrong(kind));
+    }
+    Ok(NetWeights {
+        source,
+        tensors,
+        layout,
+        config_hyper: config.as_deref().map(read_config).transpose()?,
+    })
+}
+
+/// The weights file and its `config.json` for `path`: the file itself, or the diffusers folder
+/// (pipeline root with a `component/` sub-folder, or the component folder).
+fn resolve(path: &Path, component: &str) -> Result<(PathBuf, Option<PathBuf>), WeightsError> {
+    if !path.is_dir() {
+        // Only a diffusers weights file has its config beside it.
+        let diffusers = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("diffusion_pytorch_model"));
+        let config = path.with_file_name("config.json");
+        return Ok((
+            path.to_owned(),
+            (diffusers && config.is_file()).then_some(config),
+        ));
+    }
+    let folder = if path.join(component).is_dir() {
+        path.join(component)
+    } else {
+        path.to_owned()
+    };
+    let names = [
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model.fp16.bin",
+    ];
+    let file = names.iter().map(|n| folder.join(n)).find(|p| p.is_file());
+    let Some(file) = file else {
+        return Err(WeightsError::Io {
+            path: folder.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no {} in this folder", names.join(" / ")),
+            ),
+        });
+    };
+    let config = folder.join("config.json");
+    Ok((file, config.is_file().then_some(config)))
+}
+
+/// The hyper-parameters in a diffusers `config.json` (missing fields: SD 1.5's).
+fn read_config(path: &Path) -> Result<SdHyper, WeightsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| WeightsError::io(path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| WeightsError::corrupt(path, format!("not JSON: {e}")))?;
+    let number = |v: &serde_json::Value| -> Result<Option<usize>, WeightsError> {
+        match v {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::Number(n) => Ok(n.as_u64().map(|n| n as usize)),
+            serde_json::Value::Array(items) => {
+                let first = items.first().and_then(|v| v.as_u64());
+                if items.iter().all(|v| v.as_u64() == first) {
+                    Ok(first.map(|n| n as usize))
+                } else {
+                    Err(WeightsError::Unsupported {
+                        path: path.to_owned(),
+                        reason: "a different number of attention heads per level".into(),
+                    })
+                }
+            }
+            _ => Ok(None),
+        }
+    };
+    // diffusers names SD 1.5's head count `attention_head_dim` (a known misnomer);
+    // `num_attention_heads` wins when present.
+    let heads = match number(&json["num_attention_heads"])? {
+        Some(h) => Some(h),
+        None => number(&json["attention_head_dim"])?,
+    };
+    let groups = number(&json["norm_num_groups"])?;
+    Ok(SdHyper {
+        attention_heads: heads.unwrap_or(SdHyper::SD15.attention_heads),
+        norm_groups: groups.unwrap_or(SdHyper::SD15.norm_groups),
+    })
+}
+
+/// Old diffusers VAEs name the mid-block attention `query`/`key`/`value`/`proj_attn`, some
+/// with 1×1-convolution shapes; both become the current names and Linear shapes.
+fn diffusers_vae(
+    all: &TensorMap<SourceTensor>,
+    file: &Path,
+) -> Result<TensorMap<SourceTensor>, WeightsError> {
+    let mut out = TensorMap::new();
+    for (key, t) in all.iter() {
+        let name = key
+            .replace(".attentions.0.query.", ".attentions.0.to_q.")
+            .replace(".attentions.0.key.", ".attentions.0.to_k.")
+            .replace(".attentions.0.value.", ".attentions.0.to_v.")
+            .replace(".attentions.0.proj_attn.", ".attentions.0.to_out.0.");
+        let mut t = t.clone();
+        if name.contains(".attentions.0.to_") && name.ends_with(".weight") && t.shape.len() == 4 {
+            t = t.squeezed(2).ok_or_else(|| unexpected(file, "VAE", key))?;
+        }
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// The tensors under `prefix`, with the prefix removed; `None` when there are none.
+fn strip(all: &TensorMap<SourceTensor>, prefix: &str) -> Option<TensorMap<SourceTensor>> {
+    let map: TensorMap<SourceTensor> = all
+        .iter()
+        .filter_map(|(k, t)| Some((k.strip_prefix(prefix)?.to_owned(), t.clone())))
+        .collect();
+    (!map.is_empty()).then_some(map)
+}
+
+fn wrong_kind(path: &Path, expected: &'static str, found: ModelKind) -> WeightsError {
+    WeightsError::WrongKind {
+        path: path.to_owned(),
+        expected,
+        found,
+    }
+}
+
+fn unexpected(path: &Path, network: &'static str, key: &str) -> WeightsError {
+    WeightsError::UnknownLayout {
+        path: path.to_owned(),
+        network,
+        found: format!("unexpected tensor `{key}`"),
+    }
+}
