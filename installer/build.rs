@@ -33,7 +33,7 @@ fn main() {
             entry(&mut code, &format!("tessera-upscale/{rel}"), &abs, exec);
         }
         let client = repo.join("shared/python/tessera_client");
-        for (rel, abs) in files(&client, &|p| p.extension().is_some_and(|e| e == "py")) {
+        for (rel, abs) in files(&client, &|_| true) {
             entry(
                 &mut code,
                 &format!("tessera-upscale/tessera_client/{rel}"),

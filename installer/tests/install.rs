@@ -159,6 +159,39 @@ fn a_full_install_places_everything_and_the_program_upscales() {
         std::fs::read_to_string(flatpak.join("config/kritarc")).unwrap(),
         "[python]\nenable_tessera_krita=true\n"
     );
+    // GIMP 3.0, native and Flatpak: the executable plug-in with the codec beside it.
+    for root in [".config/GIMP/3.0", ".var/app/org.gimp.GIMP/config/GIMP/3.0"] {
+        let plugin = home.join(root).join("plug-ins/tessera-upscale");
+        let script = plugin.join("tessera-upscale.py");
+        assert_eq!(
+            std::fs::read(&script).unwrap(),
+            std::fs::read(
+                tessera_e2e::repo_root().join("plugin-gimp/tessera-upscale/tessera-upscale.py")
+            )
+            .unwrap()
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&script).unwrap().permissions(),
+        );
+        assert_eq!(
+            mode & 0o777,
+            0o755,
+            "{root}: GIMP ignores a plug-in without the bit"
+        );
+        assert!(plugin.join("tessera_gimp.py").is_file(), "{root}");
+        for file in ["__init__.py", "codec.py", "client.py"] {
+            assert_eq!(
+                std::fs::read(plugin.join("tessera_client").join(file)).unwrap(),
+                std::fs::read(
+                    tessera_e2e::repo_root()
+                        .join("shared/python/tessera_client")
+                        .join(file)
+                )
+                .unwrap(),
+                "{root}: {file}"
+            );
+        }
+    }
     // GIMP 2.10 is not a target.
     assert_eq!(
         std::fs::read_dir(home.join(".config/GIMP/2.10/plug-ins"))
