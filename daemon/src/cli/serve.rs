@@ -106,3 +106,43 @@ pub(crate) fn execution_providers(
         None => vec![ExecutionProvider::Cpu],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn providers_come_from_the_config_else_the_installed_runtime_in_use() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path().join("data")).unwrap();
+        let library = dir.runtime().join("libonnxruntime.so.1.32.0");
+        std::fs::write(&library, b"stand-in").unwrap();
+        std::fs::write(
+            dir.runtime().join("runtime.toml"),
+            "package = \"onnxruntime-gpu\"\nversion = \"1.32.0\"\nlibrary = \"libonnxruntime.so.1.32.0\"\nsha256 = \"x\"\nwheel = \"w\"\nproviders = [\"cuda\", \"cpu\"]\n",
+        )
+        .unwrap();
+        let cuda = ExecutionProvider::Cuda { device_id: 0 };
+        let config = Config::default();
+        assert_eq!(
+            execution_providers(&config, &dir, Some(&library)),
+            [cuda, ExecutionProvider::Cpu]
+        );
+        let other = temp.path().join("libonnxruntime.so.1.31.0");
+        std::fs::write(&other, b"another library").unwrap();
+        assert_eq!(
+            execution_providers(&config, &dir, Some(&other)),
+            [ExecutionProvider::Cpu],
+            "the record describes its own library only"
+        );
+        let mut config = Config::default();
+        config.engine.execution_providers = Some(vec!["directml:1".into()]);
+        assert_eq!(
+            execution_providers(&config, &dir, Some(&library)),
+            [
+                ExecutionProvider::DirectMl { device_id: 1 },
+                ExecutionProvider::Cpu
+            ]
+        );
+    }
+}
