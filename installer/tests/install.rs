@@ -54,16 +54,30 @@ fn models(home: &Home) -> Models {
     }
 }
 
-fn full_install(home: &Home, tools: &Path, models: &Models) -> std::process::Output {
+fn full_install(
+    home: &Home,
+    tools: &Path,
+    models: &Models,
+    program: &Path,
+) -> std::process::Output {
     let systemctl = home.systemctl_recorder(tools);
     run(home
         .installer(systemctl.to_str().unwrap())
         .arg("--ort-lib")
         .arg(tessera_e2e::ort_lib())
         .arg("--tessera-bin")
-        .arg(tessera_e2e::tessera_bin())
+        .arg(program)
         .arg("--manifest")
         .arg(&models.manifest))
+}
+
+/// A small stand-in for the `tessera` program, for tests that never run it (the real one is
+/// large, and each install copies it).
+fn stand_in_program(tools: &Path) -> PathBuf {
+    let program = tools.join("tessera-stand-in");
+    std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+    support::make_executable(&program);
+    program
 }
 
 fn systemctl_calls(tools: &Path) -> Vec<String> {
@@ -100,7 +114,7 @@ fn a_full_install_places_everything_and_the_program_upscales() {
     let home = editors_home();
     let tools = tempfile::tempdir().unwrap();
     let models = models(&home);
-    let output = full_install(&home, tools.path(), &models);
+    let output = full_install(&home, tools.path(), &models, &tessera_e2e::tessera_bin());
     assert!(output.status.success());
     let out = stdout(&output);
 
@@ -279,6 +293,7 @@ fn without_a_user_manager_the_service_step_says_what_happens_instead() {
     )
     .unwrap();
     support::make_executable(&failing);
+    let program = stand_in_program(tools.path());
     for (systemctl, expected) in [
         ("", "systemctl not found"),
         (
@@ -291,7 +306,7 @@ fn without_a_user_manager_the_service_step_says_what_happens_instead() {
             .args(["--no-models", "--no-plugins", "--ort-lib"])
             .arg(tessera_e2e::ort_lib())
             .arg("--tessera-bin")
-            .arg(tessera_e2e::tessera_bin()));
+            .arg(&program));
         assert!(output.status.success());
         let out = stdout(&output);
         assert!(out.contains(expected), "{out}");
@@ -306,8 +321,30 @@ fn uninstall_leaves_home_as_it_was() {
     let tools = tempfile::tempdir().unwrap();
     let models = models(&home);
     let before = snapshot(home.path());
-    assert!(full_install(&home, tools.path(), &models).status.success());
-    assert_ne!(snapshot(home.path()), before);
+    let program = stand_in_program(tools.path());
+    assert!(
+        full_install(&home, tools.path(), &models, &program)
+            .status
+            .success()
+    );
+    let installed = snapshot(home.path());
+    assert_ne!(installed, before);
+    // Installing again changes nothing and keeps the first record of what was there before.
+    assert!(
+        full_install(&home, tools.path(), &models, &program)
+            .status
+            .success()
+    );
+    let again = snapshot(home.path());
+    let differing: Vec<_> = installed
+        .keys()
+        .chain(again.keys())
+        .filter(|k| installed.get(*k) != again.get(*k))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "a second install changed {differing:?}"
+    );
     let systemctl = tools.path().join("systemctl");
     let output = run(home
         .installer(systemctl.to_str().unwrap())

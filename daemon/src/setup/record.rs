@@ -148,12 +148,15 @@ impl InstallRecord {
 
     /// Records a file the installer wrote, replacing an older entry for the same path.
     pub fn note_file(&mut self, path: &Path, item: Item, sha256: String) {
-        self.files.retain(|f| f.path != path);
-        self.files.push(FileEntry {
+        let entry = FileEntry {
             path: path.to_path_buf(),
             item,
             sha256,
-        });
+        };
+        match self.files.iter_mut().find(|f| f.path == path) {
+            Some(known) => *known = entry,
+            None => self.files.push(entry),
+        }
     }
 
     pub fn file(&self, path: &Path) -> Option<&FileEntry> {
