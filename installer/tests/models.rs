@@ -269,3 +269,19 @@ fn opt_in_models_need_their_name_and_show_their_licence() {
         "{out}"
     );
 }
+
+#[test]
+fn without_python_the_runtime_step_says_what_to_do() {
+    let home = Home::new();
+    let empty = home.join("no-tools");
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = run(home
+        .installer("")
+        .args(["--no-service", "--no-plugins", "--no-models"])
+        .env("PATH", &empty));
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("needs Python 3 with pip"), "{err}");
+    assert!(err.contains("tessera-install --ort-lib PATH"), "{err}");
+}
