@@ -98,16 +98,23 @@ fn watcher(address: &str) -> Arc<Mutex<Vec<(String, String)>>> {
                         |_, _, _, _, _, _| false,
                     )
                     .unwrap();
-                let tx = ready_tx.clone();
-                let _owner = gio::bus_own_name_on_connection(
-                    &connection,
-                    "org.kde.StatusNotifierWatcher",
-                    gio::BusNameOwnerFlags::NONE,
-                    move |_, _| {
-                        let _ = tx.send(());
-                    },
-                    |_, _| {},
-                );
+                // RequestName by hand: gio's name-owning helper aborts the process when the
+                // bus goes away at the end of the test (its name-lost callback gets no name).
+                let reply = connection
+                    .call_sync(
+                        Some("org.freedesktop.DBus"),
+                        "/org/freedesktop/DBus",
+                        "org.freedesktop.DBus",
+                        "RequestName",
+                        Some(&("org.kde.StatusNotifierWatcher", 4u32).to_variant()),
+                        None,
+                        gio::DBusCallFlags::NONE,
+                        5000,
+                        None::<&gio::Cancellable>,
+                    )
+                    .unwrap();
+                assert_eq!(reply.child_value(0).get::<u32>(), Some(1), "primary owner");
+                ready_tx.send(()).unwrap();
                 glib::MainLoop::new(Some(&context), false).run();
             })
             .unwrap();
