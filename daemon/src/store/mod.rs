@@ -6,6 +6,7 @@
 //! `runtime/` (ONNX Runtime library), `cache/` (converted weights, hashes),
 //! `logs/`, and an optional `config.toml`.
 
+pub mod accelerator;
 pub mod hashes;
 pub mod registry;
 pub mod runtime;
