@@ -129,8 +129,15 @@ impl Config {
                 .map_err(|e| format!("engine.execution_providers: {e}"))?;
         }
         let l = &self.limits;
-        if l.max_frame_bytes < 1024 || l.max_queue == 0 || l.max_jobs_per_client == 0 {
-            return Err("limits must allow at least a 1 KiB frame and one job".into());
+        if l.max_frame_bytes < 1024
+            || l.max_queue == 0
+            || l.max_jobs_per_client == 0
+            || l.max_input_pixels == 0
+            || l.max_output_pixels == 0
+        {
+            return Err(
+                "limits must allow at least a 1 KiB frame, a one-pixel image and one job".into(),
+            );
         }
         Ok(())
     }
@@ -171,6 +178,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("max_qeue")
+        );
+        std::fs::write(&path, "[limits]\nmax_input_pixels = 0\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("one-pixel image")
         );
         std::fs::write(
             &path,

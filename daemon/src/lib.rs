@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod fuzzing;
 pub mod nets;
 pub mod onnx;
 pub mod pipeline;

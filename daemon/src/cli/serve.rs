@@ -22,7 +22,8 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
             target.data_dir.path.display()
         )
     })?;
-    let _log = super::logging::init_daemon(&dir.logs())?;
+    let _log = super::logging::init_daemon(&dir.logs())
+        .with_context(|| format!("cannot write logs to {}", dir.logs().display()))?;
     let mut config = Config::load(&dir.config_file())?;
     if let Some(threads) = threads {
         config.engine.threads = threads;
@@ -35,6 +36,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         }
         Err(e) => return Err(e.into()),
     };
+    crate::weights::remove_stale_conversions(&dir.cache(), crate::weights::STALE_CONVERSION_AGE);
     let ort_lib = target
         .ort_lib_flag
         .clone()

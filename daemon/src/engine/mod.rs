@@ -10,7 +10,6 @@ mod runtime;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::UNIX_EPOCH;
 
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
@@ -247,7 +246,7 @@ impl Engine {
     }
 
     /// A warm session for `model`: from the cache when the same graph over the same weight
-    /// files (same size and mtime) was built before, else a new one.
+    /// files (same [`FileStamp`](crate::store::FileStamp)) was built before, else a new one.
     pub fn session(&self, model: &CompiledModel) -> Result<SharedSession, EngineError> {
         let key = identity(model);
         if let Some(s) = self
@@ -315,13 +314,8 @@ fn identity(model: &CompiledModel) -> [u8; 32] {
     h.update(model.weights_folder.as_os_str().as_encoded_bytes());
     for f in &model.weight_files {
         h.update(f.as_os_str().as_encoded_bytes());
-        if let Ok(meta) = std::fs::metadata(f) {
-            h.update(meta.len().to_le_bytes());
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
-            h.update(mtime.map_or(0, |d| d.as_nanos()).to_le_bytes());
+        if let Ok(stamp) = crate::store::FileStamp::read(f) {
+            h.update(stamp.to_bytes());
         }
     }
     h.finalize().into()

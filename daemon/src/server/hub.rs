@@ -151,18 +151,26 @@ impl Hub {
             return Err(ErrorInfo::new(
                 ErrorKind::QueueFull,
                 format!(
-                    "the queue is full ({} jobs waiting); try again when some have finished",
+                    "the queue is full ({} jobs waiting, limits.max_queue); try again when \
+                     some have finished",
                     state.queue.len()
                 ),
             ));
         }
+        // Results the client has not read yet count too: they are held in memory for it.
+        let unsent = state
+            .clients
+            .get(&client)
+            .map_or(0, |outbox| outbox.unsent_results());
         let owned = state.queue.iter().filter(|j| j.client == client).count()
-            + usize::from(state.running.as_ref().is_some_and(|r| r.client == client));
+            + usize::from(state.running.as_ref().is_some_and(|r| r.client == client))
+            + unsent;
         if owned >= self.limits.max_jobs_per_client {
             return Err(ErrorInfo::new(
                 ErrorKind::TooManyJobs,
                 format!(
-                    "this client already has {owned} jobs queued or running (the limit is {})",
+                    "this client already has {owned} jobs queued, running or with results not \
+                     yet read (limits.max_jobs_per_client is {})",
                     self.limits.max_jobs_per_client
                 ),
             ));
@@ -255,23 +263,22 @@ impl Hub {
 
     /// The running job ended; its terminal message goes to its client.
     pub fn finish(&self, job: JobId, client: ClientId, message: Message) {
-        let outbox = {
-            let mut state = self.lock();
-            if state.running.as_ref().is_some_and(|r| r.id == job) {
-                state.running = None;
+        let mut state = self.lock();
+        if state.running.as_ref().is_some_and(|r| r.id == job) {
+            state.running = None;
+        }
+        match &message {
+            Message::Done(_) => state.last_failure = None,
+            Message::Failed(f)
+                if !matches!(f.error.kind, ErrorKind::Cancelled | ErrorKind::ShuttingDown) =>
+            {
+                state.last_failure = Some(format!("job {job}: {}", f.error.message));
             }
-            match &message {
-                Message::Done(_) => state.last_failure = None,
-                Message::Failed(f)
-                    if !matches!(f.error.kind, ErrorKind::Cancelled | ErrorKind::ShuttingDown) =>
-                {
-                    state.last_failure = Some(format!("job {job}: {}", f.error.message));
-                }
-                _ => {}
-            }
-            state.clients.get(&client).cloned()
-        };
-        if let Some(outbox) = outbox {
+            _ => {}
+        }
+        // Queued under the lock, so that no submission sees the job neither running nor
+        // waiting to be sent (the outbox only takes its own lock, briefly).
+        if let Some(outbox) = state.clients.get(&client) {
             outbox.send(message);
         }
     }
@@ -342,6 +349,11 @@ impl Hub {
             }
         }
         clients.values().cloned().collect()
+    }
+
+    /// Whether no job waits for the engine.
+    pub fn queue_is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
     }
 
     /// Whether a running job has terminated: used by shutdown to wait for the
@@ -458,6 +470,33 @@ mod tests {
         assert_eq!(submit(&hub, a).unwrap_err().kind, ErrorKind::TooManyJobs);
         submit(&hub, b).unwrap();
         assert_eq!(submit(&hub, c).unwrap_err().kind, ErrorKind::QueueFull);
+    }
+
+    #[test]
+    fn unread_results_count_against_the_job_limit() {
+        let hub = hub(Limits {
+            max_jobs_per_client: 1,
+            ..Limits::default()
+        });
+        let (a, outbox) = hub.add_client();
+        let first = submit(&hub, a).unwrap().job;
+        let job = hub.next_job().unwrap();
+        hub.finish(
+            job.id,
+            a,
+            Message::Failed(Failed {
+                job: first,
+                error: ErrorInfo::new(ErrorKind::Cancelled, "x"),
+            }),
+        );
+        assert_eq!(
+            submit(&hub, a).unwrap_err().kind,
+            ErrorKind::TooManyJobs,
+            "the result waits in the outbox"
+        );
+        let result = next_event(&outbox).unwrap();
+        outbox.written(&result);
+        assert!(submit(&hub, a).is_ok(), "read results free the slot");
     }
 
     #[test]

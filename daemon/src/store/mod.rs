@@ -10,12 +10,14 @@ pub mod accelerator;
 pub mod hashes;
 pub mod registry;
 pub mod runtime;
+pub mod stamp;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use tessera_protocol::ModelKind;
 
 pub use registry::{ModelFile, RegistryError};
+pub use stamp::FileStamp;
 
 /// The data directory of one daemon.
 #[derive(Debug, Clone)]
