@@ -50,6 +50,10 @@ pub struct EngineConfig {
     pub ort_lib: Option<PathBuf>,
     /// Threads per network call; 0 means one per CPU core.
     pub threads: usize,
+    /// Execution providers to try, best first (`cuda`, `cuda:1`, `directml`, `coreml`, `cpu`);
+    /// unset means the list recorded with the installed runtime (`runtime/runtime.toml`),
+    /// else the CPU alone.
+    pub execution_providers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,9 +162,20 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(names) = &self.engine.execution_providers {
+            crate::engine::parse_providers(names)
+                .map_err(|e| format!("engine.execution_providers: {e}"))?;
+        }
         let l = &self.limits;
-        if l.max_frame_bytes < 1024 || l.max_queue == 0 || l.max_jobs_per_client == 0 {
-            return Err("limits must allow at least a 1 KiB frame and one job".into());
+        if l.max_frame_bytes < 1024
+            || l.max_queue == 0
+            || l.max_jobs_per_client == 0
+            || l.max_input_pixels == 0
+            || l.max_output_pixels == 0
+        {
+            return Err(
+                "limits must allow at least a 1 KiB frame, a one-pixel image and one job".into(),
+            );
         }
         Ok(())
     }
@@ -201,6 +216,23 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("max_qeue")
+        );
+        std::fs::write(&path, "[limits]\nmax_input_pixels = 0\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("one-pixel image")
+        );
+        std::fs::write(
+            &path,
+            "[engine]\nexecution_providers = [\"cuda\", \"npu\"]\n",
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("engine.execution_providers") && err.contains("npu"),
+            "{err}"
         );
         std::fs::write(&path, "[upscale]\ntile = 32\noverlap = 16\n").unwrap();
         assert!(

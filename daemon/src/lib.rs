@@ -5,16 +5,21 @@
 //! canonical naming, `onnx` builds graphs, `nets` describes each network,
 //! `engine` runs graphs on ONNX Runtime, `pipeline` turns an image into an
 //! upscaled image, `server` serves jobs over the local socket, `store` knows
-//! the data directory, and `cli` is the user's side of it all.
+//! the data directory, `setup` knows what the installer puts where, `tray`
+//! (cargo feature `tray`) is the tray icon, and `cli` is the user's side of it all.
 
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod fuzzing;
 pub mod nets;
 pub mod onnx;
 pub mod pipeline;
 pub mod server;
+pub mod setup;
 pub mod store;
+#[cfg(all(feature = "tray", target_os = "linux"))]
+pub mod tray;
 pub mod weights;
 
 /// Returned by long work when its job was cancelled between two network calls.

@@ -1,22 +1,31 @@
-//! `tessera-install`: prepares a machine for Tessera. Today it creates the
-//! data directory, puts the ONNX Runtime library in place (from the
-//! onnxruntime wheel, through the user's own pip, or from a library the user
-//! already has) and reports which models are present. Registering the
-//! service, placing the editor plug-ins and downloading the default models
-//! build on these steps.
+//! `tessera-install`: sets up Tessera for this user in one command, in this order: the data
+//! directory; the ONNX Runtime library (the onnxruntime wheel that fits the machine, through
+//! the user's pip, or a library the user already has); the `tessera` program and its login
+//! service; the Krita and GIMP plug-ins; the default models. Everything it adds is recorded in
+//! `<data dir>/install.toml`, which `--uninstall` and `tessera doctor` read.
 
-use anyhow::Context;
+mod download;
+mod files;
+mod models;
+mod plugins;
+mod service;
+mod uninstall;
+
+use anyhow::{Context, bail};
 use clap::Parser;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tessera::store::{DataDir, registry, runtime};
+use tessera::setup::manifest::Manifest;
+use tessera::setup::places::Home;
+use tessera::setup::record::{InstallRecord, Item};
+use tessera::store::{DataDir, accelerator, runtime};
 use tessera_protocol::{ModelKind, paths};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tessera-install",
     version,
-    about = "Set up Tessera for this user"
+    about = "Set up Tessera for this user: ONNX Runtime, the tessera program and its login service, the Krita and GIMP plug-ins, the default models"
 )]
 struct Args {
     /// Data directory [env: TESSERA_DATA_DIR]
@@ -25,12 +34,43 @@ struct Args {
     /// Use this ONNX Runtime library instead of fetching one
     #[arg(long, value_name = "FILE")]
     ort_lib: Option<PathBuf>,
-    /// PyPI package to take the runtime from (onnxruntime, onnxruntime-gpu, onnxruntime-directml)
-    #[arg(long, default_value = "onnxruntime")]
-    package: String,
+    /// onnxruntime package to fetch (default: chosen for this machine: onnxruntime,
+    /// onnxruntime-gpu or onnxruntime-directml)
+    #[arg(long, alias = "package", value_name = "NAME")]
+    ort_package: Option<String>,
     /// onnxruntime release
     #[arg(long, default_value = runtime::DEFAULT_VERSION)]
     ort_version: String,
+    /// Use this onnxruntime wheel file instead of downloading one
+    #[arg(long, value_name = "FILE")]
+    wheel: Option<PathBuf>,
+    /// Also install this opt-in model (repeatable; see the list at the end of an install)
+    #[arg(long, value_name = "NAME")]
+    with: Vec<String>,
+    /// Take model files from this folder instead of downloading them (they are verified)
+    #[arg(long, value_name = "DIR")]
+    models_from: Option<PathBuf>,
+    /// Read the model list from this manifest instead of the built-in one
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// The tessera program to install (default: the one next to tessera-install)
+    #[arg(long, value_name = "FILE")]
+    tessera_bin: Option<PathBuf>,
+    /// Skip the models
+    #[arg(long)]
+    no_models: bool,
+    /// Skip installing the program and its login service
+    #[arg(long)]
+    no_service: bool,
+    /// Skip the editor plug-ins
+    #[arg(long)]
+    no_plugins: bool,
+    /// Remove everything tessera-install added (models it fetched stay unless --remove-models)
+    #[arg(long)]
+    uninstall: bool,
+    /// With --uninstall: also delete the models tessera-install fetched or imported
+    #[arg(long, requires = "uninstall")]
+    remove_models: bool,
 }
 
 fn main() -> ExitCode {
@@ -45,55 +85,242 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let location = paths::data_dir(args.data_dir.as_deref())?;
-    let dir = DataDir::open(&location.path).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            location.path.display()
-        )
-    })?;
-    println!("data directory: {}", dir.root().display());
-
-    match &args.ort_lib {
-        Some(lib) => {
-            let found = tessera::engine::locate_library(Some(lib), dir.root())?;
+    let home = Home::from_env().context("cannot find the home folder (HOME is not set)")?;
+    if args.uninstall {
+        if !location.path.is_dir() {
             println!(
-                "ONNX Runtime:   {} (yours; pass it to `tessera serve --ort-lib` or set TESSERA_ORT_LIB)",
-                found.display()
+                "nothing to remove: {} does not exist",
+                location.path.display()
             );
+            return Ok(());
         }
-        None => {
-            let installed = runtime::install(
-                &dir,
-                &runtime::InstallOptions {
-                    package: args.package,
-                    version: args.ort_version,
-                    ..runtime::InstallOptions::default()
-                },
-            )?;
-            println!(
-                "ONNX Runtime:   {} {} ({})",
-                installed.package,
-                installed.version,
-                installed.library_path(&dir).display()
-            );
+        let dir = DataDir::open(&location.path)?;
+        for line in uninstall::run(&dir, &location, args.remove_models)? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let manifest = match &args.manifest {
+        Some(path) => Manifest::load(path)?,
+        None => Manifest::builtin(),
+    };
+    // Refuse unknown model names before doing anything.
+    models::selection(&manifest, &args.with)?;
+
+    let mut record = InstallRecord::default();
+    let dir = open_data_dir(&location.path, &mut record)?;
+    let mut previous = InstallRecord::load(&dir)?;
+    merge(&mut previous, record);
+    let mut record = previous;
+    println!("data directory   {}", dir.root().display());
+
+    let result = steps(&args, &home, &location, &dir, &manifest, &mut record);
+    record.save(&dir)?;
+    result?;
+
+    let offers = models::offers(&dir, &manifest);
+    if !offers.is_empty() {
+        println!("\noptional models:");
+        for offer in offers {
+            println!("  {offer}");
         }
     }
+    println!(
+        "\nready: `tessera upscale IN.png -o OUT.png`, or Filters ▸ Enhance ▸ Tessera Upscale… in GIMP and the Tessera docker in Krita; `tessera doctor` checks the setup"
+    );
+    Ok(())
+}
 
-    for kind in ModelKind::ALL {
-        let models = registry::list(&dir, kind)?;
-        let names: Vec<_> = models.iter().map(|m| m.name.as_str()).collect();
-        let shown = if names.is_empty() {
-            "none".to_owned()
-        } else {
-            names.join(", ")
+fn steps(
+    args: &Args,
+    home: &Home,
+    location: &paths::DataDir,
+    dir: &DataDir,
+    manifest: &Manifest,
+    record: &mut InstallRecord,
+) -> anyhow::Result<()> {
+    install_runtime(args, dir, record)?;
+    record.save(dir)?;
+    if !args.no_service {
+        let source = match &args.tessera_bin {
+            Some(path) => path.clone(),
+            None => sibling_program()?,
         };
-        println!("{:<15} {shown}", format!("{}:", kind.folder()));
+        let program = service::install_program(record, home, &source)?;
+        println!("program          {}", program.display());
+        if !on_path(&home.bin_dir()) {
+            println!(
+                "                 (add {} to PATH to type `tessera` in a terminal)",
+                home.bin_dir().display()
+            );
+        }
+        let launch = service::Launch {
+            tray: service::has_tray(&program),
+            program,
+            data_dir: location.explicit.then(|| dir.root().to_path_buf()),
+        };
+        let line = service::install_service(record, home, &launch)?;
+        println!("login service    {line}");
+        record.save(dir)?;
     }
-    if registry::list(&dir, ModelKind::Upscaler)?.is_empty() {
-        println!(
-            "\nNo upscaler yet: put an ESRGAN model (e.g. RealESRGAN_x4plus.pth) into {}",
-            dir.models(ModelKind::Upscaler).display()
-        );
+    if !args.no_plugins {
+        let mut places = home.krita_places();
+        places.extend(home.gimp_places());
+        let bundle = plugins::Bundle::embedded();
+        let lines = plugins::install(record, &places, &bundle)?;
+        println!("plug-ins");
+        for line in &lines {
+            println!("  {line}");
+        }
+        if places.iter().all(|p| !p.found()) {
+            println!(
+                "  no Krita and no GIMP 3 found for this user: start the editor once, then run tessera-install again"
+            );
+        }
+        record.save(dir)?;
+    }
+    if !args.no_models {
+        println!("models ({})", dir.models_root().display());
+        let fetcher = download::Fetcher::new(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        models::install(
+            dir,
+            record,
+            &models::ModelOptions {
+                manifest,
+                with: &args.with,
+                from: args.models_from.as_deref(),
+                fetcher: &fetcher,
+            },
+        )?;
+        let staging = dir.cache().join("downloads");
+        if std::fs::read_dir(&staging).is_ok_and(|mut d| d.next().is_none())
+            && record.dirs.contains(&staging)
+        {
+            let _ = std::fs::remove_dir(&staging);
+            record.dirs.retain(|d| *d != staging);
+        }
     }
     Ok(())
+}
+
+/// Opens the data directory, recording the folders of its layout that did not exist.
+fn open_data_dir(root: &Path, record: &mut InstallRecord) -> anyhow::Result<DataDir> {
+    let mut layout = vec![root.to_path_buf(), root.join("models")];
+    layout.extend(
+        ModelKind::ALL
+            .iter()
+            .map(|k| root.join("models").join(k.folder())),
+    );
+    layout.extend(["runtime", "cache", "logs"].map(|f| root.join(f)));
+    let mut missing: Vec<PathBuf> = root
+        .ancestors()
+        .skip(1)
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    missing.reverse();
+    missing.extend(layout.into_iter().filter(|p| !p.exists()));
+    let dir = DataDir::open(root)
+        .with_context(|| format!("cannot create the data directory {}", root.display()))?;
+    for folder in missing {
+        record.note_dir(&folder);
+    }
+    Ok(dir)
+}
+
+/// Adds what this run recorded to what earlier runs did.
+fn merge(into: &mut InstallRecord, new: InstallRecord) {
+    for d in new.dirs {
+        into.note_dir(&d);
+    }
+}
+
+fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> anyhow::Result<()> {
+    let before = listing(&[dir.runtime(), dir.cache().join("wheels")]);
+    let installed = match &args.ort_lib {
+        Some(lib) => {
+            let found = tessera::engine::locate_library(Some(lib), dir.root())?;
+            let adopted = runtime::adopt(dir, &found)?;
+            println!(
+                "ONNX Runtime     {} (yours, linked into {})",
+                found.display(),
+                dir.runtime().display()
+            );
+            adopted
+        }
+        None => {
+            let (package, why) = match &args.ort_package {
+                Some(p) => (p.clone(), "as asked".to_owned()),
+                None => {
+                    let choice = accelerator::choose(&accelerator::Machine::detect());
+                    (choice.package.to_owned(), choice.reason)
+                }
+            };
+            println!("ONNX Runtime     {package} {} ({why})", args.ort_version);
+            let options = runtime::InstallOptions {
+                package: package.clone(),
+                version: args.ort_version.clone(),
+                wheel: args.wheel.clone(),
+                force: false,
+            };
+            let installed = match runtime::install(dir, &options) {
+                Ok(installed) => installed,
+                Err(e @ runtime::RuntimeInstallError::NoPython { .. }) => bail!(
+                    "{e}; or run tessera-install --ort-lib PATH with an ONNX Runtime library you have"
+                ),
+                Err(e) => return Err(e.into()),
+            };
+            println!("                 {}", installed.library_path(dir).display());
+            installed
+        }
+    };
+    println!(
+        "                 execution providers: {}",
+        installed.providers.join(", ")
+    );
+    let wheels = dir.cache().join("wheels");
+    if wheels.is_dir() && !before.contains(&wheels) && record.dirs.iter().all(|d| *d != wheels) {
+        record.note_dir(&wheels);
+    }
+    for path in listing(&[dir.runtime(), wheels.clone()]) {
+        if !before.contains(&path) && path != wheels {
+            let item = if path.starts_with(&wheels) {
+                Item::Wheel
+            } else {
+                Item::Runtime
+            };
+            let sha = tessera::store::hashes::sha256_file(&path).unwrap_or_default();
+            record.note_file(&path, item, sha);
+        }
+    }
+    Ok(())
+}
+
+/// The files in `folders` (and the folders themselves when they exist).
+fn listing(folders: &[PathBuf]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for folder in folders {
+        if let Ok(entries) = std::fs::read_dir(folder) {
+            found.push(folder.clone());
+            found.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    found
+}
+
+/// The `tessera` program built next to this one.
+fn sibling_program() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find tessera-install's own path")?;
+    let program = me.with_file_name(format!("tessera{}", std::env::consts::EXE_SUFFIX));
+    if !program.is_file() {
+        bail!(
+            "the tessera program is not next to tessera-install ({} is missing): build it with `cargo build --release -p tessera`, or pass --tessera-bin FILE",
+            program.display()
+        );
+    }
+    Ok(program)
+}
+
+fn on_path(folder: &Path) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d == folder))
 }

@@ -72,20 +72,41 @@ fn decode_limited<const LIMIT: usize>(payload: &[u8]) -> Result<Message, FrameEr
     Ok(message)
 }
 
-/// Writes one frame and flushes.
+/// Writes one frame and flushes. The message is encoded twice, once to learn its length and
+/// once straight into the writer, so that a large result is never copied into a buffer of its
+/// own size first.
 pub fn write_frame(writer: &mut impl Write, message: &Message) -> io::Result<()> {
-    let mut frame = vec![0u8; 4];
-    bincode::serde::encode_into_std_write(message, &mut frame, wire_config())
+    let mut counter = ByteCounter(0);
+    bincode::serde::encode_into_std_write(message, &mut counter, wire_config())
         .map_err(io::Error::other)?;
-    let len = u32::try_from(frame.len() - 4).map_err(|_| {
+    let len = u32::try_from(counter.0).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             "message larger than the 4 GiB frame limit",
         )
     })?;
-    frame[..4].copy_from_slice(&len.to_le_bytes());
-    writer.write_all(&frame)?;
-    writer.flush()
+    let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, &mut *writer);
+    out.write_all(&len.to_le_bytes())?;
+    bincode::serde::encode_into_std_write(message, &mut out, wire_config())
+        .map_err(io::Error::other)?;
+    out.flush()
+}
+
+/// Small messages go out in one write; large byte runs pass straight through.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// A writer that only counts what it is given.
+struct ByteCounter(u64);
+
+impl Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads one frame whose payload is at most `max_bytes` long.
@@ -163,6 +184,16 @@ mod tests {
         assert_eq!(&wire[..4], &((wire.len() - 4) as u32).to_le_bytes());
         let back = read_frame(&mut wire.as_slice(), 1024).unwrap();
         assert_eq!(back, hello());
+    }
+
+    #[test]
+    fn large_frames_are_written_whole_and_read_back() {
+        let message = done_of_len(0x20_0000);
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &message).unwrap();
+        assert_eq!(&wire[..4], &0x20_0000u32.to_le_bytes());
+        assert_eq!(wire.len(), 4 + 0x20_0000);
+        assert_eq!(read_frame(&mut wire.as_slice(), u32::MAX).unwrap(), message);
     }
 
     #[test]

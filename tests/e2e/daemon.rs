@@ -247,10 +247,16 @@ fn replies_and_results_are_found_behind_other_jobs_events() {
     let daemon = Daemon::with_small_tiles();
     let mut client = daemon.client();
     let first = client.submit(test_image(6, 6), params()).unwrap();
-    // Let the first job finish, so its events are on the wire ahead of the next replies.
-    std::thread::sleep(Duration::from_millis(300));
+    // Once the first job has finished, its events are on the wire ahead of the
+    // replies that follow; the status replies below already come after some of them.
+    loop {
+        let status = client.status().unwrap();
+        if status.running.is_none() && status.queued == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let second = client.submit(test_image(5, 5), params()).unwrap();
-    assert_eq!(client.status().unwrap().queued, 0);
     // Waiting for the second job first must not lose the first one's result.
     assert_eq!(client.wait(second.job, |_| {}).unwrap().image.width, 20);
     assert_eq!(client.wait(first.job, |_| {}).unwrap().image.width, 24);

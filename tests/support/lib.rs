@@ -66,6 +66,9 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     child: Option<Child>,
+    /// A command that runs `tessera serve` (appended as its last arguments), e.g. to set
+    /// up a mount namespace first; empty: run it directly.
+    wrapper: Vec<std::ffi::OsString>,
 }
 
 impl Daemon {
@@ -89,7 +92,18 @@ impl Daemon {
             dir,
             socket,
             child: None,
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Runs the daemon through `wrapper` (a program and its arguments, which must `exec` the
+    /// command appended to them, so that the daemon keeps the child's process id).
+    pub fn wrapped<S: Into<std::ffi::OsString>>(
+        mut self,
+        wrapper: impl IntoIterator<Item = S>,
+    ) -> Daemon {
+        self.wrapper = wrapper.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Starts `tessera serve` on a prepared directory and waits until it listens.
@@ -105,8 +119,7 @@ impl Daemon {
 
     /// Starts a daemon with these arguments (`serve` and its flags) and waits until it listens.
     pub fn restart_with(&mut self, args: &[&str]) {
-        let child = self
-            .command(args)
+        let child = wrap(self.command(args), &self.wrapper)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -207,6 +220,16 @@ impl Daemon {
         self.child.as_mut().expect("the daemon was started")
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon was started").id()
+    }
+
+    /// The daemon's resident memory in bytes, from `/proc/<pid>/status` (Linux).
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid())
+    }
+
     /// Waits for the daemon to exit by itself and returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
@@ -263,4 +286,75 @@ pub fn test_image(width: u32, height: u32) -> Image {
         transfer: Transfer::Srgb,
         data,
     }
+}
+
+/// `command` run through `wrapper` (a program and its arguments, to which the command's
+/// program and arguments are appended), with the same environment. No wrapper: `command`.
+pub fn wrap(command: Command, wrapper: &[std::ffi::OsString]) -> Command {
+    let Some((program, args)) = wrapper.split_first() else {
+        return command;
+    };
+    let mut wrapped = Command::new(program);
+    wrapped
+        .args(args)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
+}
+
+/// Resident memory of a process in bytes (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    try_rss_bytes(pid).unwrap_or_else(|| panic!("cannot read the memory of process {pid}"))
+}
+
+fn try_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib * 1024)
+}
+
+/// Samples a process's resident memory every 20 ms until stopped; the peak is returned.
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> RssSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            // A process that has exited has no more memory to sample.
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(try_rss_bytes(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak.max(try_rss_bytes(pid).unwrap_or(0))
+        });
+        RssSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling and returns the peak in bytes.
+    pub fn peak(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// Bytes as MiB with one decimal, for reports.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }

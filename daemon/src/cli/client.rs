@@ -27,6 +27,13 @@ pub enum ClientError {
     Closed,
     #[error("the daemon shut down")]
     ShutDown,
+    /// The connection broke while a job was pending: the daemon crashed or was killed, and
+    /// the job went with it.
+    #[error(
+        "the daemon went away before job {job} finished (it crashed or was stopped); \
+         the job is lost: submit it again once the daemon runs"
+    )]
+    JobLost { job: JobId },
     #[error(transparent)]
     Daemon(#[from] ErrorInfo),
     #[error("protocol error: {0}")]
@@ -35,6 +42,18 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("unexpected reply from the daemon: {0}")]
     Unexpected(String),
+}
+
+impl ClientError {
+    /// Whether the connection itself broke (closed, cut inside a frame, reset).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Closed
+                | ClientError::Io(_)
+                | ClientError::Frame(FrameError::Truncated { .. } | FrameError::Io(_))
+        )
+    }
 }
 
 /// Sends cancels for a client's jobs from any thread.
@@ -189,6 +208,7 @@ impl Client {
                 // A failed cancel (the job ended meanwhile) is no reason to stop waiting.
                 Err(ClientError::Daemon(e))
                     if e.kind == tessera_protocol::ErrorKind::UnknownJob => {}
+                Err(e) if e.is_connection_lost() => break Err(ClientError::JobLost { job }),
                 Err(e) => break Err(e),
             }
         };

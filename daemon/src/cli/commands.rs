@@ -28,8 +28,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         socket_flag: cli.socket,
         ort_lib_flag: cli.ort_lib,
     };
-    if let Command::Serve { threads } = cli.command {
-        return super::serve::run(&target, threads);
+    if let Command::Serve { threads, tray } = cli.command {
+        return super::serve::run(&target, threads, tray);
     }
     super::logging::init_client();
     match cli.command {
@@ -41,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_start,
         } => upscale(&target, &input, &output, job.to_params(), no_start),
         Command::Status => status(&target),
+        Command::Doctor { manifest } => super::doctor::run(&target, manifest.as_deref()),
         Command::Stop => stop(&target),
         Command::Models {
             command: ModelsCommand::List { no_hashes },

@@ -1,5 +1,6 @@
 //! Logging: the daemon logs to stderr and to daily files in the data
-//! directory's `logs/` (a week kept); client commands log warnings to stderr.
+//! directory's `logs/` (a week kept), never blocking on either; client commands
+//! log warnings to stderr.
 //! `TESSERA_LOG` takes a tracing filter such as `debug` or `tessera=trace`.
 
 use std::io::IsTerminal;
@@ -15,9 +16,9 @@ fn filter(default: &str) -> EnvFilter {
     EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default))
 }
 
-/// Logging for the daemon; keep the guard alive until exit so the file gets
+/// Logging for the daemon; keep the guards alive until exit so the file gets
 /// everything.
-pub fn init_daemon(logs: &Path) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+pub fn init_daemon(logs: &Path) -> anyhow::Result<LogGuards> {
     let appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix(LOG_FILE_PREFIX)
@@ -25,11 +26,19 @@ pub fn init_daemon(logs: &Path) -> anyhow::Result<tracing_appender::non_blocking
         .max_log_files(7)
         .build(logs)?;
     let (file, guard) = tracing_appender::non_blocking(appender);
+    // stderr may be a pipe that nobody reads (a plug-in that started the daemon and forgot
+    // it): writing to it must never block a thread, so lines beyond a small backlog are
+    // dropped there (the log file still gets them).
+    let (stderr, stderr_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(STDERR_BACKLOG_LINES)
+        .lossy(true)
+        .thread_name("log-stderr")
+        .finish(std::io::stderr());
     tracing_subscriber::registry()
         .with(filter("info"))
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(stderr)
                 .with_target(false),
         )
         .with(
@@ -38,7 +47,19 @@ pub fn init_daemon(logs: &Path) -> anyhow::Result<tracing_appender::non_blocking
                 .with_ansi(false),
         )
         .try_init()?;
-    Ok(guard)
+    Ok(LogGuards {
+        _file: guard,
+        _stderr: stderr_guard,
+    })
+}
+
+/// Log lines that may wait for a slow stderr before further ones are dropped there.
+const STDERR_BACKLOG_LINES: usize = 1024;
+
+/// Flushes the daemon's logs when dropped: keep it alive until exit.
+pub struct LogGuards {
+    _file: tracing_appender::non_blocking::WorkerGuard,
+    _stderr: tracing_appender::non_blocking::WorkerGuard,
 }
 
 /// Logging for the client commands: warnings and errors only.

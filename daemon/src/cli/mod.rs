@@ -1,9 +1,10 @@
 //! The `tessera` command line: `serve` runs the daemon; `upscale`, `status`,
 //! `stop` and `models` talk to it (starting it when needed); `runtime`
-//! fetches the ONNX Runtime library.
+//! fetches the ONNX Runtime library; `doctor` checks the installation.
 
 pub mod client;
 mod commands;
+mod doctor;
 pub mod imagefile;
 mod launch;
 pub mod logging;
@@ -42,6 +43,10 @@ pub enum Command {
         /// Threads per network call (default: one per CPU core)
         #[arg(long)]
         threads: Option<usize>,
+        /// Show a tray icon (idle / busy / error) with the current job, Pause/Resume, Open
+        /// models folder, Open log and Quit
+        #[arg(long, hide = !cfg!(feature = "tray"))]
+        tray: bool,
     },
     /// Upscale an image file (starts the daemon if none is running)
     Upscale {
@@ -64,6 +69,12 @@ pub enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Check the installation: runtime, execution providers, models, service, plug-ins
+    Doctor {
+        /// Check the models against this manifest instead of the built-in one
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
     },
     /// The ONNX Runtime library
     Runtime {

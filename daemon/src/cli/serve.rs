@@ -2,7 +2,7 @@
 
 use super::launch::Target;
 use crate::config::Config;
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
 use crate::pipeline::clarity::job::ClarityRunner;
 use crate::pipeline::upscale::Checker;
 use crate::server::{self, ServeOptions, hub::DaemonInfo, instance};
@@ -11,14 +11,20 @@ use anyhow::Context;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Result<ExitCode> {
+    if tray && !cfg!(all(feature = "tray", target_os = "linux")) {
+        anyhow::bail!(
+            "this tessera has no tray: it is built with `cargo build --release -p tessera --features tray`, on Linux"
+        );
+    }
     let dir = DataDir::open(&target.data_dir.path).with_context(|| {
         format!(
             "cannot use the data directory {}",
             target.data_dir.path.display()
         )
     })?;
-    let _log = super::logging::init_daemon(&dir.logs())?;
+    let _log = super::logging::init_daemon(&dir.logs())
+        .with_context(|| format!("cannot write logs to {}", dir.logs().display()))?;
     let mut config = Config::load(&dir.config_file())?;
     if let Some(threads) = threads {
         config.engine.threads = threads;
@@ -31,14 +37,22 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
         }
         Err(e) => return Err(e.into()),
     };
-    let engine = Arc::new(Engine::new(EngineOptions {
-        ort_lib: target
-            .ort_lib_flag
-            .clone()
-            .or(config.engine.ort_lib.clone()),
-        data_dir: dir.root().to_path_buf(),
-        intra_threads: (config.engine.threads > 0).then_some(config.engine.threads),
-    })?);
+    crate::weights::remove_stale_conversions(&dir.cache(), crate::weights::STALE_CONVERSION_AGE);
+    let ort_lib = target
+        .ort_lib_flag
+        .clone()
+        .or(config.engine.ort_lib.clone());
+    let engine = Arc::new(Engine::with_tuning(
+        EngineOptions {
+            ort_lib: ort_lib.clone(),
+            data_dir: dir.root().to_path_buf(),
+            intra_threads: (config.engine.threads > 0).then_some(config.engine.threads),
+        },
+        EngineTuning {
+            execution_providers: execution_providers(&config, &dir, ort_lib.as_deref()),
+            ..EngineTuning::default()
+        },
+    )?);
     let info = DaemonInfo {
         runtime: engine.runtime_description(),
         device: engine.device_description(),
@@ -56,17 +70,86 @@ pub fn run(target: &Target, threads: Option<usize>) -> anyhow::Result<ExitCode> 
     );
     let checker = Arc::new(Checker::new(dir.clone(), config.clone()));
     let runner = Box::new(ClarityRunner::new(engine, dir.clone(), config.clone()));
-    server::serve(
-        ServeOptions {
-            data_dir: dir,
-            address: target.address.clone(),
-            limits: config.limits,
-            info,
-        },
-        runner,
-        checker,
-    )
-    .with_context(|| format!("cannot serve on {}", target.address))?;
+    let options = ServeOptions {
+        data_dir: dir,
+        address: target.address.clone(),
+        limits: config.limits,
+        info,
+    };
+    let address = target.address.clone();
+    let serve = move |on_listening: Box<dyn FnOnce(server::Control) + Send>| {
+        server::serve_controlled(options, runner, checker, on_listening)
+    };
+    #[cfg(all(feature = "tray", target_os = "linux"))]
+    if tray {
+        crate::tray::serve_with_tray(serve)
+            .with_context(|| format!("cannot serve on {address}"))?;
+        drop(instance);
+        return Ok(ExitCode::SUCCESS);
+    }
+    serve(Box::new(|_| {})).with_context(|| format!("cannot serve on {address}"))?;
     drop(instance);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The execution providers to try: `engine.execution_providers` from the configuration, else
+/// the list recorded with the installed runtime when that is the library in use, else the CPU.
+pub(crate) fn execution_providers(
+    config: &Config,
+    dir: &DataDir,
+    ort_lib: Option<&std::path::Path>,
+) -> Vec<ExecutionProvider> {
+    let names = config.engine.execution_providers.clone().or_else(|| {
+        let installed = crate::store::runtime::installed(dir)?;
+        let in_use = crate::engine::locate_library(ort_lib, dir.root()).ok()?;
+        (in_use == installed.library_path(dir)).then_some(installed.providers)
+    });
+    match names {
+        // The configuration was validated when it was loaded; a record is ours.
+        Some(names) => crate::engine::parse_providers(&names).unwrap_or_else(|e| {
+            tracing::warn!("{e}; using the CPU");
+            vec![ExecutionProvider::Cpu]
+        }),
+        None => vec![ExecutionProvider::Cpu],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn providers_come_from_the_config_else_the_installed_runtime_in_use() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path().join("data")).unwrap();
+        let library = dir.runtime().join("libonnxruntime.so.1.32.0");
+        std::fs::write(&library, b"stand-in").unwrap();
+        std::fs::write(
+            dir.runtime().join("runtime.toml"),
+            "package = \"onnxruntime-gpu\"\nversion = \"1.32.0\"\nlibrary = \"libonnxruntime.so.1.32.0\"\nsha256 = \"x\"\nwheel = \"w\"\nproviders = [\"cuda\", \"cpu\"]\n",
+        )
+        .unwrap();
+        let cuda = ExecutionProvider::Cuda { device_id: 0 };
+        let config = Config::default();
+        assert_eq!(
+            execution_providers(&config, &dir, Some(&library)),
+            [cuda, ExecutionProvider::Cpu]
+        );
+        let other = temp.path().join("libonnxruntime.so.1.31.0");
+        std::fs::write(&other, b"another library").unwrap();
+        assert_eq!(
+            execution_providers(&config, &dir, Some(&other)),
+            [ExecutionProvider::Cpu],
+            "the record describes its own library only"
+        );
+        let mut config = Config::default();
+        config.engine.execution_providers = Some(vec!["directml:1".into()]);
+        assert_eq!(
+            execution_providers(&config, &dir, Some(&library)),
+            [
+                ExecutionProvider::DirectMl { device_id: 1 },
+                ExecutionProvider::Cpu
+            ]
+        );
+    }
 }

@@ -5,16 +5,17 @@
 //! one folder (see `crate::weights`). The engine is shared by the server and the worker
 //! (`Send + Sync`); sessions are `Arc<Mutex<_>>` because `ort` runs take `&mut`.
 
+mod providers;
 mod runtime;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::UNIX_EPOCH;
 
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use sha2::{Digest, Sha256};
 
+pub use providers::parse_list as parse_providers;
 pub use runtime::{ENV_VARS, library_name, locate as locate_library};
 use runtime::{Runtime, one_line};
 
@@ -62,10 +63,9 @@ impl Default for EngineTuning {
     }
 }
 
-/// An ONNX Runtime execution provider.
-///
-/// Only the CPU is built into this binary so far; the others are accepted in configuration
-/// and fall back to the CPU with a logged reason until their `ort` features are enabled.
+/// An ONNX Runtime execution provider. Which ones work depends on the library: the
+/// `onnxruntime-gpu` wheel carries CUDA, `onnxruntime-directml` DirectML, the macOS wheel CoreML;
+/// one that cannot be registered is dropped with a logged reason and the CPU takes over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExecutionProvider {
     Cpu,
@@ -142,7 +142,10 @@ pub struct CompiledModel {
 pub struct Engine {
     runtime: Arc<Runtime>,
     threads: usize,
+    /// The providers that registered when the engine started, the CPU last.
     providers: Vec<ExecutionProvider>,
+    /// Configured providers that could not be used here, with the reason.
+    dropped: Vec<(ExecutionProvider, String)>,
     cache: Mutex<SessionCache>,
 }
 
@@ -162,10 +165,25 @@ impl Engine {
             .intra_threads
             .filter(|&t| t > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let mut providers = Vec::new();
+        let mut dropped = Vec::new();
+        for (ep, outcome) in providers::probe(&runtime, &tuning.execution_providers) {
+            match outcome {
+                Ok(()) => providers.push(ep),
+                Err(reason) => {
+                    tracing::warn!(provider = %ep, "cannot use this execution provider: {reason}");
+                    dropped.push((ep, reason));
+                }
+            }
+        }
+        if !providers.contains(&ExecutionProvider::Cpu) {
+            providers.push(ExecutionProvider::Cpu);
+        }
         Ok(Engine {
             runtime,
             threads,
-            providers: tuning.execution_providers,
+            providers,
+            dropped,
             cache: Mutex::new(SessionCache::new(tuning.session_cache_size.max(1))),
         })
     }
@@ -179,13 +197,42 @@ impl Engine {
         )
     }
 
-    /// e.g. `CPU (2 threads)`.
+    /// e.g. `CPU (2 threads)`, or `CUDA, then CPU (2 threads)` with an accelerator.
     pub fn device_description(&self) -> String {
-        format!(
+        let accelerators: Vec<String> = self
+            .providers
+            .iter()
+            .filter(|ep| **ep != ExecutionProvider::Cpu)
+            .map(|ep| ep.to_string())
+            .collect();
+        let cpu = format!(
             "CPU ({} thread{})",
             self.threads,
             if self.threads == 1 { "" } else { "s" }
-        )
+        );
+        if accelerators.is_empty() {
+            cpu
+        } else {
+            format!("{}, then {cpu}", accelerators.join(", "))
+        }
+    }
+
+    /// The execution providers sessions get, best first, the CPU last.
+    pub fn execution_providers(&self) -> &[ExecutionProvider] {
+        &self.providers
+    }
+
+    /// Configured providers that could not be registered, with the reason.
+    pub fn dropped_providers(&self) -> &[(ExecutionProvider, String)] {
+        &self.dropped
+    }
+
+    /// Whether each of `list` can be registered with this library here (for `tessera doctor`).
+    pub fn probe_providers(
+        &self,
+        list: &[ExecutionProvider],
+    ) -> Vec<(ExecutionProvider, Result<(), String>)> {
+        providers::probe(&self.runtime, list)
     }
 
     /// The ONNX Runtime version string.
@@ -199,7 +246,7 @@ impl Engine {
     }
 
     /// A warm session for `model`: from the cache when the same graph over the same weight
-    /// files (same size and mtime) was built before, else a new one.
+    /// files (same [`FileStamp`](crate::store::FileStamp)) was built before, else a new one.
     pub fn session(&self, model: &CompiledModel) -> Result<SharedSession, EngineError> {
         let key = identity(model);
         if let Some(s) = self
@@ -274,24 +321,13 @@ impl Engine {
             )
             .map_err(err)?;
         for ep in &self.providers {
-            builder = self.register(builder, *ep);
+            if let Err(reason) = providers::register(&mut builder, *ep) {
+                tracing::warn!(provider = %ep, model = %model.name, "execution provider not used: {reason}");
+            }
         }
         builder
             .commit_from_memory(&model.onnx)
             .map_err(|e| EngineError::ort(&model.name, e))
-    }
-
-    fn register(&self, builder: SessionBuilder, ep: ExecutionProvider) -> SessionBuilder {
-        match ep {
-            ExecutionProvider::Cpu => builder,
-            other => {
-                tracing::warn!(
-                    provider = other.name(),
-                    "execution provider not built into this binary; falling back to the CPU"
-                );
-                builder
-            }
-        }
     }
 }
 
@@ -302,13 +338,8 @@ fn identity(model: &CompiledModel) -> [u8; 32] {
     h.update(model.weights_folder.as_os_str().as_encoded_bytes());
     for f in &model.weight_files {
         h.update(f.as_os_str().as_encoded_bytes());
-        if let Ok(meta) = std::fs::metadata(f) {
-            h.update(meta.len().to_le_bytes());
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
-            h.update(mtime.map_or(0, |d| d.as_nanos()).to_le_bytes());
+        if let Ok(stamp) = crate::store::FileStamp::read(f) {
+            h.update(stamp.to_bytes());
         }
     }
     h.finalize().into()

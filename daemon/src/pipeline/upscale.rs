@@ -10,9 +10,9 @@ use crate::engine::Engine;
 use crate::nets::ModelError;
 use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
 use crate::server::{JobChecker, JobOutput, JobRunner};
-use crate::store::{DataDir, ModelFile, RegistryError, registry};
+use crate::store::{DataDir, FileStamp, ModelFile, RegistryError, registry};
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 use tessera_protocol::{
     ErrorInfo, ErrorKind, Image, ImageError, JobParams, ModelKind, StageTiming,
 };
@@ -67,7 +67,10 @@ pub fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(
     image
         .validate(limits.max_input_pixels)
         .map_err(|e| match e {
-            ImageError::TooLarge { .. } => ErrorInfo::new(ErrorKind::ImageTooLarge, e.to_string()),
+            ImageError::TooLarge { .. } => ErrorInfo::new(
+                ErrorKind::ImageTooLarge,
+                format!("{e} (limits.max_input_pixels)"),
+            ),
             _ => ErrorInfo::new(ErrorKind::InvalidImage, e.to_string()),
         })?;
     if !(MIN_SCALE..=MAX_SCALE).contains(&params.scale) {
@@ -90,7 +93,8 @@ pub fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(
             ErrorKind::ImageTooLarge,
             format!(
                 "the result would be {width}×{height} pixels, more than this daemon's limit \
-                 ({} pixels, {} bytes per frame); upscale a smaller area or use a smaller scale",
+                 ({} pixels in limits.max_output_pixels, {} bytes per frame); upscale a smaller \
+                 area or use a smaller scale",
                 limits.max_output_pixels, frame_room
             ),
         ));
@@ -113,8 +117,7 @@ impl JobChecker for Checker {
 /// replaced on disk is reloaded.
 struct Loaded {
     path: PathBuf,
-    modified: Option<SystemTime>,
-    size: u64,
+    stamp: FileStamp,
     net: Esrgan,
 }
 
@@ -138,16 +141,16 @@ impl Upscaler {
 
     /// The ESRGAN of `model`, loaded once and kept until another one is asked for.
     pub(crate) fn network(&mut self, model: &ModelFile) -> Result<&mut Esrgan, ErrorInfo> {
-        let meta = std::fs::metadata(&model.path).map_err(|e| {
+        let stamp = FileStamp::read(&model.path).map_err(|e| {
             ErrorInfo::new(
                 ErrorKind::ModelNotFound,
                 format!("{}: {e}", model.path.display()),
             )
         })?;
-        let modified = meta.modified().ok();
-        let fresh = self.loaded.as_ref().is_some_and(|l| {
-            l.path == model.path && l.modified == modified && l.size == meta.len()
-        });
+        let fresh = self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.path == model.path && l.stamp == stamp);
         if !fresh {
             self.loaded = None;
             tracing::info!("loading upscaler {}", model.path.display());
@@ -162,8 +165,7 @@ impl Upscaler {
                 })?;
             self.loaded = Some(Loaded {
                 path: model.path.clone(),
-                modified,
-                size: meta.len(),
+                stamp,
                 net,
             });
         }

@@ -9,6 +9,7 @@ use super::socket::SharedStream;
 use interprocess::local_socket::Stream;
 use std::io::BufReader;
 use std::sync::Arc;
+use std::time::Duration;
 use tessera_protocol::{
     ErrorInfo, ErrorKind, FrameError, Handshake, Message, ModelList, PROTOCOL_VERSION, Rejected,
     read_frame, write_frame,
@@ -16,6 +17,11 @@ use tessera_protocol::{
 
 /// A handshake is tiny; refuse anything bigger before the client is known.
 const MAX_HANDSHAKE_BYTES: u32 = 64 * 1024;
+
+/// A connection that does not say who it is within this time is closed, so that stray or
+/// stalled connections do not hold threads for ever. Once a client has shaken hands it may
+/// stay idle as long as it likes.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) fn serve(shared: Arc<Shared>, stream: Stream) {
     let (client, outbox) = shared.hub.add_client();
@@ -32,9 +38,15 @@ pub(super) fn serve(shared: Arc<Shared>, stream: Stream) {
             return;
         }
     }
+    if let Err(e) = stream.set_recv_timeout(Some(HANDSHAKE_TIMEOUT)) {
+        tracing::debug!("client {client}: no handshake timeout ({e})");
+    }
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let ended = match handshake(&mut reader, &outbox, client) {
-        Ok(()) => request_loop(&shared, &mut reader, &outbox, client),
+        Ok(()) => match reader.get_ref().set_recv_timeout(None) {
+            Ok(()) => request_loop(&shared, &mut reader, &outbox, client),
+            Err(e) => End::Left(format!("cannot clear the handshake timeout: {e}")),
+        },
         Err(end) => end,
     };
     match ended {
@@ -69,6 +81,7 @@ fn write_loop(outbox: &Outbox, mut send: SharedStream) {
             outbox.kill();
             return;
         }
+        outbox.written(&message);
     }
 }
 
@@ -97,7 +110,8 @@ fn handshake(
 ) -> Result<(), End> {
     match read_frame(reader, MAX_HANDSHAKE_BYTES) {
         Ok(Message::Handshake(hello)) if hello.protocol_version == PROTOCOL_VERSION => {
-            tracing::info!("client {client} connected: {}", hello.agent);
+            // Quoted: the agent is the client's text, and must not forge log lines.
+            tracing::info!("client {client} connected: {:?}", hello.agent);
             outbox.send(Message::Handshake(Handshake {
                 protocol_version: PROTOCOL_VERSION,
                 agent: format!("tessera {}", env!("CARGO_PKG_VERSION")),
@@ -118,6 +132,17 @@ fn handshake(
             ErrorKind::Protocol,
             "the first message must be a Handshake",
         ))),
+        Err(FrameError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(End::Left(format!(
+                "no handshake within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            )))
+        }
         Err(e) => Err(frame_end(e, MAX_HANDSHAKE_BYTES)),
     }
 }
@@ -130,6 +155,8 @@ fn request_loop(
 ) -> End {
     let max = shared.hub.limits().max_frame_bytes;
     loop {
+        // A client that does not read its replies gets no more requests read.
+        outbox.wait_for_room();
         let message = match read_frame(reader, max) {
             Ok(message) => message,
             Err(e) => return frame_end(e, max),

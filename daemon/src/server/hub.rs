@@ -38,6 +38,20 @@ struct State {
     running: Option<Running>,
     clients: HashMap<ClientId, Arc<Outbox>>,
     shutting_down: bool,
+    /// Queued jobs wait while paused (the tray's Pause); the running one finishes.
+    paused: bool,
+    /// The last job that failed for a reason other than a cancel, until one succeeds.
+    last_failure: Option<String>,
+}
+
+/// What the engine is doing, for a controller in the same process (the tray).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activity {
+    pub running: Option<JobId>,
+    pub fraction: f32,
+    pub queued: u32,
+    pub paused: bool,
+    pub last_failure: Option<String>,
 }
 
 /// Lists the warm sessions the engine holds (asked at every `GetStatus`).
@@ -167,18 +181,26 @@ impl Hub {
             return Err(ErrorInfo::new(
                 ErrorKind::QueueFull,
                 format!(
-                    "the queue is full ({} jobs waiting); try again when some have finished",
+                    "the queue is full ({} jobs waiting, limits.max_queue); try again when \
+                     some have finished",
                     state.queue.len()
                 ),
             ));
         }
+        // Results the client has not read yet count too: they are held in memory for it.
+        let unsent = state
+            .clients
+            .get(&client)
+            .map_or(0, |outbox| outbox.unsent_results());
         let owned = state.queue.iter().filter(|j| j.client == client).count()
-            + usize::from(state.running.as_ref().is_some_and(|r| r.client == client));
+            + usize::from(state.running.as_ref().is_some_and(|r| r.client == client))
+            + unsent;
         if owned >= self.limits.max_jobs_per_client {
             return Err(ErrorInfo::new(
                 ErrorKind::TooManyJobs,
                 format!(
-                    "this client already has {owned} jobs queued or running (the limit is {})",
+                    "this client already has {owned} jobs queued, running or with results not \
+                     yet read (limits.max_jobs_per_client is {})",
                     self.limits.max_jobs_per_client
                 ),
             ));
@@ -245,7 +267,7 @@ impl Hub {
             if state.shutting_down {
                 return None;
             }
-            if let Some(job) = state.queue.pop_front() {
+            if let Some(job) = (!state.paused).then(|| state.queue.pop_front()).flatten() {
                 state.running = Some(Running {
                     id: job.id,
                     client: job.client,
@@ -271,14 +293,22 @@ impl Hub {
 
     /// The running job ended; its terminal message goes to its client.
     pub fn finish(&self, job: JobId, client: ClientId, message: Message) {
-        let outbox = {
-            let mut state = self.lock();
-            if state.running.as_ref().is_some_and(|r| r.id == job) {
-                state.running = None;
+        let mut state = self.lock();
+        if state.running.as_ref().is_some_and(|r| r.id == job) {
+            state.running = None;
+        }
+        match &message {
+            Message::Done(_) => state.last_failure = None,
+            Message::Failed(f)
+                if !matches!(f.error.kind, ErrorKind::Cancelled | ErrorKind::ShuttingDown) =>
+            {
+                state.last_failure = Some(format!("job {job}: {}", f.error.message));
             }
-            state.clients.get(&client).cloned()
-        };
-        if let Some(outbox) = outbox {
+            _ => {}
+        }
+        // Queued under the lock, so that no submission sees the job neither running nor
+        // waiting to be sent (the outbox only takes its own lock, briefly).
+        if let Some(outbox) = state.clients.get(&client) {
             outbox.send(message);
         }
     }
@@ -298,6 +328,26 @@ impl Hub {
             data_dir: self.info.data_dir.clone(),
             sessions,
             resident_bytes: resident_bytes(),
+        }
+    }
+
+    /// Holds queued jobs back (the running one finishes), or lets them run again.
+    pub fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+        if !paused {
+            self.work.notify_all();
+        }
+        tracing::info!("queue {}", if paused { "paused" } else { "resumed" });
+    }
+
+    pub fn activity(&self) -> Activity {
+        let state = self.lock();
+        Activity {
+            running: state.running.as_ref().map(|r| r.id),
+            fraction: state.running.as_ref().map_or(0.0, |r| r.fraction),
+            queued: state.queue.len() as u32,
+            paused: state.paused,
+            last_failure: state.last_failure.clone(),
         }
     }
 
@@ -333,6 +383,11 @@ impl Hub {
             }
         }
         clients.values().cloned().collect()
+    }
+
+    /// Whether no job waits for the engine.
+    pub fn queue_is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
     }
 
     /// Whether a running job has terminated: used by shutdown to wait for the
@@ -450,6 +505,77 @@ mod tests {
         assert_eq!(submit(&hub, a).unwrap_err().kind, ErrorKind::TooManyJobs);
         submit(&hub, b).unwrap();
         assert_eq!(submit(&hub, c).unwrap_err().kind, ErrorKind::QueueFull);
+    }
+
+    #[test]
+    fn unread_results_count_against_the_job_limit() {
+        let hub = hub(Limits {
+            max_jobs_per_client: 1,
+            ..Limits::default()
+        });
+        let (a, outbox) = hub.add_client();
+        let first = submit(&hub, a).unwrap().job;
+        let job = hub.next_job().unwrap();
+        hub.finish(
+            job.id,
+            a,
+            Message::Failed(Failed {
+                job: first,
+                error: ErrorInfo::new(ErrorKind::Cancelled, "x"),
+            }),
+        );
+        assert_eq!(
+            submit(&hub, a).unwrap_err().kind,
+            ErrorKind::TooManyJobs,
+            "the result waits in the outbox"
+        );
+        let result = next_event(&outbox).unwrap();
+        outbox.written(&result);
+        assert!(submit(&hub, a).is_ok(), "read results free the slot");
+    }
+
+    #[test]
+    fn a_paused_queue_holds_jobs_until_resumed_and_failures_are_remembered() {
+        let hub = Arc::new(hub(Limits::default()));
+        let (a, _) = hub.add_client();
+        hub.set_paused(true);
+        let first = submit(&hub, a).unwrap().job;
+        let worker = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.next_job().map(|j| j.id))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!worker.is_finished(), "a paused queue gives out no job");
+        let activity = hub.activity();
+        assert!(activity.paused && activity.queued == 1 && activity.running.is_none());
+        hub.set_paused(false);
+        assert_eq!(worker.join().unwrap(), Some(first));
+        hub.finish(
+            first,
+            a,
+            Message::Failed(Failed {
+                job: first,
+                error: ErrorInfo::new(ErrorKind::Internal, "it broke"),
+            }),
+        );
+        assert_eq!(
+            hub.activity().last_failure.as_deref(),
+            Some("job 1: it broke")
+        );
+        let second = submit(&hub, a).unwrap().job;
+        hub.next_job().unwrap();
+        hub.finish(
+            second,
+            a,
+            Message::Failed(Failed {
+                job: second,
+                error: ErrorInfo::new(ErrorKind::Cancelled, "cancelled"),
+            }),
+        );
+        assert!(
+            hub.activity().last_failure.is_some(),
+            "a cancel is not a recovery"
+        );
     }
 
     #[test]

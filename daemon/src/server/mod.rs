@@ -72,11 +72,47 @@ pub struct ServeOptions {
 const SHUTDOWN_JOB_GRACE: Duration = Duration::from_secs(30);
 const SHUTDOWN_FLUSH_GRACE: Duration = Duration::from_secs(3);
 
+/// A handle on a running server for a controller in the same process (the tray): what the
+/// engine is doing, pausing the queue, and shutting down as a `Shutdown` message would.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
+}
+
+impl Control {
+    pub fn activity(&self) -> hub::Activity {
+        self.shared.hub.activity()
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.hub.set_paused(paused);
+    }
+
+    pub fn shutdown(&self) {
+        tracing::info!("shutdown requested in the daemon's process");
+        self.shared.request_shutdown();
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.shared.data_dir
+    }
+}
+
 /// Serves until shutdown. The caller has claimed the instance lock.
 pub fn serve(
     options: ServeOptions,
     runner: Box<dyn JobRunner>,
     checker: Arc<dyn JobChecker>,
+) -> std::io::Result<()> {
+    serve_controlled(options, runner, checker, |_| {})
+}
+
+/// [`serve`], handing a [`Control`] to `on_listening` once the socket is bound.
+pub fn serve_controlled(
+    options: ServeOptions,
+    runner: Box<dyn JobRunner>,
+    checker: Arc<dyn JobChecker>,
+    on_listening: impl FnOnce(Control),
 ) -> std::io::Result<()> {
     let listener = socket::bind(&options.address)?;
     let hub = Arc::new(Hub::new(options.limits, options.info));
@@ -108,6 +144,9 @@ pub fn serve(
     }
     tracing::info!("listening on {}", options.address);
     eprintln!("tessera: listening on {}", options.address);
+    on_listening(Control {
+        shared: shared.clone(),
+    });
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
             break;

@@ -1,21 +1,33 @@
 //! One client's queue of outgoing messages, drained by that client's writer
-//! thread. A slow or stuck client never blocks the engine or other clients:
-//! its progress events are coalesced (only the newest per job is kept), so
-//! what waits for it is bounded by one progress and one result per job.
+//! thread. A slow or stuck client never blocks the engine or other clients,
+//! and what waits for it stays bounded:
+//! - progress events are coalesced (only the newest per job is kept);
+//! - results not yet written count as the client's jobs, so the per-client
+//!   job limit also caps the results waiting here (see `Hub::submit`);
+//! - replies to requests are capped: the connection stops reading requests
+//!   while [`MAX_PENDING`] messages wait (see [`Outbox::wait_for_room`]), so a
+//!   client that sends without reading is slowed down by its own socket.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use tessera_protocol::Message;
 
+/// Messages that may wait for one client before its requests stop being read.
+pub const MAX_PENDING: usize = 64;
+
 #[derive(Default)]
 pub struct Outbox {
     state: Mutex<State>,
     ready: Condvar,
+    /// Signalled when messages leave the queue (or the outbox ends).
+    room: Condvar,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Message>,
+    /// `Done` and `Failed` messages queued or being written, not yet sent whole.
+    unsent_results: usize,
     /// No more messages will be queued; the writer stops once the queue is empty.
     closing: bool,
     /// The connection is gone; everything queued is dropped.
@@ -38,14 +50,41 @@ impl Outbox {
             *pending = message;
             return;
         }
+        if is_result(&message) {
+            state.unsent_results += 1;
+        }
         state.queue.push_back(message);
         self.ready.notify_one();
+    }
+
+    /// The writer has sent `message` whole.
+    pub fn written(&self, message: &Message) {
+        if is_result(message) {
+            let mut state = self.state.lock().expect("outbox lock");
+            state.unsent_results = state.unsent_results.saturating_sub(1);
+        }
+    }
+
+    /// Job results queued or being written: they count against the client's job limit.
+    pub fn unsent_results(&self) -> usize {
+        self.state.lock().expect("outbox lock").unsent_results
+    }
+
+    /// Waits while [`MAX_PENDING`] or more messages wait to be written, so that a client
+    /// that sends requests without reading the replies gets no more read from it.
+    /// Returns at once when the outbox is closing or dead.
+    pub fn wait_for_room(&self) {
+        let mut state = self.state.lock().expect("outbox lock");
+        while state.queue.len() >= MAX_PENDING && !state.closing && !state.dead {
+            state = self.room.wait(state).expect("outbox lock");
+        }
     }
 
     /// Sends what is queued, then ends the writer (and so the connection).
     pub fn close(&self) {
         self.state.lock().expect("outbox lock").closing = true;
         self.ready.notify_all();
+        self.room.notify_all();
     }
 
     /// The peer is gone: drop everything, now and later.
@@ -53,7 +92,9 @@ impl Outbox {
         let mut state = self.state.lock().expect("outbox lock");
         state.dead = true;
         state.queue.clear();
+        state.unsent_results = 0;
         self.ready.notify_all();
+        self.room.notify_all();
     }
 
     pub fn is_dead(&self) -> bool {
@@ -68,6 +109,7 @@ impl Outbox {
                 return None;
             }
             if let Some(message) = state.queue.pop_front() {
+                self.room.notify_all();
                 return Some(message);
             }
             if state.closing {
@@ -81,6 +123,10 @@ impl Outbox {
     pub fn pending(&self) -> usize {
         self.state.lock().expect("outbox lock").queue.len()
     }
+}
+
+fn is_result(message: &Message) -> bool {
+    matches!(message, Message::Done(_) | Message::Failed(_))
 }
 
 #[cfg(test)]
@@ -127,6 +173,53 @@ mod tests {
         outbox.send(Message::Shutdown);
         assert_eq!(outbox.next(), None);
         assert!(outbox.is_dead());
+    }
+
+    fn failed(job: u64) -> Message {
+        Message::Failed(tessera_protocol::Failed {
+            job,
+            error: tessera_protocol::ErrorInfo::new(tessera_protocol::ErrorKind::Cancelled, "x"),
+        })
+    }
+
+    #[test]
+    fn results_count_until_written() {
+        let outbox = Outbox::default();
+        outbox.send(failed(1));
+        outbox.send(progress(2, 0.5));
+        outbox.send(failed(2));
+        assert_eq!(outbox.unsent_results(), 2);
+        let first = outbox.next().unwrap();
+        assert_eq!(outbox.unsent_results(), 2, "taken is not yet written");
+        outbox.written(&first);
+        assert_eq!(outbox.unsent_results(), 1);
+        let progress = outbox.next().unwrap();
+        outbox.written(&progress);
+        assert_eq!(outbox.unsent_results(), 1);
+        outbox.kill();
+        assert_eq!(outbox.unsent_results(), 0);
+    }
+
+    #[test]
+    fn a_full_outbox_holds_the_reader_until_the_writer_makes_room() {
+        let outbox = std::sync::Arc::new(Outbox::default());
+        for _ in 0..MAX_PENDING {
+            outbox.send(Message::GetStatus);
+        }
+        let reader = {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || outbox.wait_for_room())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!reader.is_finished(), "no room yet");
+        outbox.next().unwrap();
+        reader.join().unwrap();
+        // A dead outbox never holds anyone.
+        for _ in 0..MAX_PENDING {
+            outbox.send(Message::GetStatus);
+        }
+        outbox.kill();
+        outbox.wait_for_room();
     }
 
     #[test]

@@ -93,6 +93,11 @@ impl SharedStream {
     pub fn new(stream: Stream) -> SharedStream {
         SharedStream(Arc::new(stream))
     }
+
+    /// Bounds how long one read waits for data (`None`: forever).
+    pub fn set_recv_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        self.0.set_recv_timeout(timeout)
+    }
 }
 
 impl Read for SharedStream {

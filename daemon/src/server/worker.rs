@@ -76,6 +76,21 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             }
         };
         hub.finish(id, client, message);
+        if hub.queue_is_empty() {
+            release_free_memory();
+        }
+    }
+}
+
+/// Hands memory freed by the last job back to the OS when the queue runs dry. glibc keeps
+/// freed blocks in its arenas (one per thread that allocated), so without this a daemon that
+/// once upscaled a large image would keep that heap for the rest of the session. (ONNX
+/// Runtime's own CPU arena is not affected: it belongs to the warm session.)
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

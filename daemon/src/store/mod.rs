@@ -6,16 +6,19 @@
 //! `runtime/` (ONNX Runtime library), `cache/` (converted weights, hashes),
 //! `logs/`, and an optional `config.toml`.
 
+pub mod accelerator;
 pub mod defaults;
 pub mod hashes;
 pub mod registry;
 pub mod runtime;
+pub mod stamp;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use tessera_protocol::ModelKind;
 
 pub use registry::{ModelFile, RegistryError};
+pub use stamp::FileStamp;
 
 /// The data directory of one daemon.
 #[derive(Debug, Clone)]

@@ -78,6 +78,9 @@ pub fn extensions(kind: ModelKind) -> &'static [&'static str] {
     }
 }
 
+/// Longer names cannot name a file (the usual file-name limit).
+const MAX_NAME_BYTES: usize = 255;
+
 /// Diffusers-style folders are models too (for the kinds that have them).
 fn accepts_folders(kind: ModelKind) -> bool {
     matches!(
@@ -177,6 +180,16 @@ fn folder_size(path: &Path) -> u64 {
 /// same ignoring case.
 pub fn resolve(dir: &DataDir, kind: ModelKind, name: &str) -> Result<ModelFile, RegistryError> {
     let models = list(dir, kind)?;
+    if name.len() > MAX_NAME_BYTES {
+        // No file has such a name; and the name is not echoed whole into messages and logs.
+        let shown: String = name.chars().take(48).collect();
+        return Err(RegistryError::NotFound {
+            kind,
+            name: format!("{shown}… ({} bytes)", name.len()),
+            folder: dir.models(kind),
+            available: available_names(&models),
+        });
+    }
     let file_name = |m: &ModelFile| {
         m.path
             .file_name()
@@ -317,6 +330,14 @@ mod tests {
         for name in ["../secret", "../secret.pth", "/etc/passwd", "..\\secret"] {
             assert!(resolve(&dir, ModelKind::Upscaler, name).is_err(), "{name}");
         }
+        let long = "../".repeat(1000);
+        let message = resolve(&dir, ModelKind::Upscaler, &long)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("(3000 bytes)") && message.len() < 400,
+            "{message}"
+        );
     }
 
     #[test]

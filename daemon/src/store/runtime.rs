@@ -25,6 +25,14 @@ pub struct InstalledRuntime {
     pub sha256: String,
     /// The wheel it was taken from.
     pub wheel: String,
+    /// Execution providers the package carries, best first (see `accelerator`); the daemon
+    /// uses them unless `engine.execution_providers` in `config.toml` says otherwise.
+    #[serde(default = "cpu_only")]
+    pub providers: Vec<String>,
+}
+
+fn cpu_only() -> Vec<String> {
+    vec!["cpu".into()]
 }
 
 impl InstalledRuntime {
@@ -104,6 +112,57 @@ pub fn install(
         None => download_wheel(dir, &options.package, &options.version)?,
     };
     unpack(dir, &wheel, &options.package, &options.version)
+}
+
+/// Makes a library the user already has the data directory's runtime: linked (copied on
+/// Windows) into `runtime/` and recorded, so that every daemon started for this data directory
+/// (by the login service, an editor or the CLI) finds it. Returns the record and the path of
+/// the link.
+pub fn adopt(dir: &DataDir, library: &Path) -> Result<InstalledRuntime, RuntimeInstallError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeInstallError::Io { path, source }
+    };
+    let source = library.canonicalize().map_err(io(library))?;
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !is_main_library(&name) {
+        return Err(RuntimeInstallError::BadWheel {
+            wheel: source.clone(),
+            detail: "this is not an ONNX Runtime library file name (libonnxruntime.so…, libonnxruntime…dylib, onnxruntime.dll)".into(),
+        });
+    }
+    let link = dir.runtime().join(&name);
+    if link.symlink_metadata().is_ok() {
+        std::fs::remove_file(&link).map_err(io(&link))?;
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&source, &link).map_err(io(&link))?;
+    #[cfg(not(unix))]
+    std::fs::copy(&source, &link)
+        .map(|_| ())
+        .map_err(io(&link))?;
+    let version = name
+        .trim_start_matches("lib")
+        .trim_start_matches("onnxruntime")
+        .trim_matches(|c: char| !c.is_ascii_digit())
+        .to_owned();
+    let record = InstalledRuntime {
+        package: "local".into(),
+        version: if version.is_empty() {
+            "unknown".into()
+        } else {
+            version
+        },
+        sha256: sha256_file(&source).map_err(io(&source))?,
+        library: name,
+        wheel: String::new(),
+        providers: cpu_only(),
+    };
+    write_record(dir, &record)?;
+    Ok(record)
 }
 
 fn download_wheel(
@@ -263,14 +322,22 @@ fn unpack(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        providers: super::accelerator::providers_for(
+            package,
+            crate::setup::places::Platform::current(),
+        ),
     };
-    let text = toml::to_string(&record).expect("plain record serialises");
-    let record_path = runtime.join(RECORD);
+    write_record(dir, &record)?;
+    Ok(record)
+}
+
+fn write_record(dir: &DataDir, record: &InstalledRuntime) -> Result<(), RuntimeInstallError> {
+    let text = toml::to_string(record).expect("plain record serialises");
+    let record_path = dir.runtime().join(RECORD);
     write_atomically(&record_path, text.as_bytes()).map_err(|source| RuntimeInstallError::Io {
         path: record_path,
         source,
-    })?;
-    Ok(record)
+    })
 }
 
 #[cfg(test)]
@@ -315,6 +382,7 @@ mod tests {
         };
         let record = install(&dir, &options).unwrap();
         assert_eq!(record.library, "libonnxruntime.so.9.9.9");
+        assert_eq!(record.providers, ["cpu"]);
         assert_eq!(
             record.sha256,
             sha256_file(&dir.runtime().join("libonnxruntime.so.9.9.9")).unwrap()

@@ -21,6 +21,7 @@ mod torch;
 pub mod clip_keys;
 pub mod embedding;
 pub mod esrgan;
+pub mod fuzz;
 pub mod lora;
 pub mod sd;
 
@@ -28,7 +29,10 @@ use std::path::PathBuf;
 
 pub use map::{Scope, TensorMap};
 pub use source::{Format, SourceFile, SourceTensor};
-pub use store::{Patch, Target, WeightType, Weights, materialize, materialize_as};
+pub use store::{
+    Patch, STALE_CONVERSION_AGE, Target, WeightType, Weights, materialize, materialize_as,
+    remove_stale_conversions,
+};
 
 /// Element types found in weight files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

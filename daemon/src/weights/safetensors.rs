@@ -6,7 +6,6 @@
 //! offsets are relative to the end of the header.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -49,7 +48,7 @@ struct RawEntry {
 /// bytes long). Only the header is read.
 pub(crate) fn read_header(
     path: &Path,
-    file: &mut File,
+    file: &mut impl Read,
     file_len: u64,
 ) -> Result<Header, WeightsError> {
     let corrupt = |reason: String| WeightsError::corrupt(path, reason);
@@ -217,6 +216,7 @@ impl<W: Write> F32Writer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     #[test]
     fn written_files_read_back() {

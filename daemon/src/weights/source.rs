@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 use half::{bf16, f16};
 use sha2::{Digest, Sha256};
@@ -157,14 +156,8 @@ impl SourceFile {
             });
         };
 
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
         let mut hash = Sha256::new();
-        hash.update(len.to_le_bytes());
-        hash.update(mtime.to_le_bytes());
+        hash.update(crate::store::FileStamp::of(&meta).to_bytes());
         hash.update(&fingerprint_bytes);
         let fingerprint = hex(&hash.finalize());
 
@@ -195,7 +188,8 @@ impl SourceFile {
         &self.tensors
     }
 
-    /// Changes when the file's size, mtime or header/pickle changes; keys converted copies.
+    /// Changes when the file's [`FileStamp`](crate::store::FileStamp) (size, times, inode) or
+    /// header/pickle changes; keys converted copies.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
@@ -288,7 +282,7 @@ fn decode_one(dtype: DType, c: &[u8]) -> f32 {
 }
 
 /// Copies a strided view out of its storage (bounds were checked when the pickle was read).
-fn gather_strided(dtype: DType, storage: &[u8], desc: &TensorDesc) -> Vec<f32> {
+pub(super) fn gather_strided(dtype: DType, storage: &[u8], desc: &TensorDesc) -> Vec<f32> {
     let numel: usize = desc.shape.iter().product();
     let size = dtype.size();
     let mut out = Vec::with_capacity(numel);

@@ -6,7 +6,7 @@
 //! [`Patch`] such as fused LoRAs) is converted once into
 //! `<cache dir>/<network>-<key>.safetensors`, written to a temporary file and renamed into place
 //! so a crash never leaves a half-written cache file. The key hashes the source's fingerprint
-//! (size, mtime, header or pickle bytes), the canonical names and shapes, the target type and
+//! (size, times and inode, header or pickle bytes), the canonical names and shapes, the target type and
 //! the patch's fingerprint, so an edited source file, a change to the layout translation, or
 //! another set of LoRAs and multipliers gets a fresh conversion, and the same ones reuse it.
 
@@ -24,6 +24,40 @@ use crate::onnx::{ElemType, ExternalTensor};
 
 /// Bump when the conversion itself changes, to invalidate every cached file.
 const CONVERSION_VERSION: &str = "tessera-weights-1";
+
+/// Conversions write `<cache dir>/.converting-XXXXXX.tmp`, then rename it into place.
+const TEMP_PREFIX: &str = ".converting-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// A temporary conversion file untouched for this long belongs to a conversion that died
+/// (a killed daemon, a power cut): a live one writes tensor after tensor.
+pub const STALE_CONVERSION_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes temporary conversion files in `cache_dir` not written to for `older_than`, which a
+/// daemon killed mid-conversion leaves behind (they are never read: only finished files are
+/// renamed into place). Returns how many were removed.
+pub fn remove_stale_conversions(cache_dir: &Path, older_than: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > older_than));
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed an abandoned conversion");
+            removed += 1;
+        }
+    }
+    removed
+}
 
 /// The element type a graph's weights are stored and computed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -236,7 +270,9 @@ fn in_place(
     weight_type: WeightType,
 ) -> Result<Weights, WeightsError> {
     let path = source.path();
-    let absolute = std::path::absolute(path).map_err(|e| WeightsError::io(path, e))?;
+    // The real file, not a symlink to it: ONNX Runtime refuses external data that leaves the
+    // folder it is resolved against, and users link models shared with other tools.
+    let absolute = std::fs::canonicalize(path).map_err(|e| WeightsError::io(path, e))?;
     let (Some(folder), Some(name)) = (
         absolute.parent(),
         absolute.file_name().and_then(|n| n.to_str()),
@@ -321,8 +357,8 @@ fn convert(
         ),
     ]);
     let tmp = tempfile::Builder::new()
-        .prefix(".converting-")
-        .suffix(".tmp")
+        .prefix(TEMP_PREFIX)
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(&cache_dir)
         .map_err(|e| cache_error(&cache_dir, e))?;
     let file = tmp

@@ -4,9 +4,9 @@
 //! Only the pickle is read here; tensor bytes stay in the zip until a conversion asks for them.
 //! The legacy pre-1.6 format (a bare pickle stream) is refused with a message saying so.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use super::WeightsError;
@@ -30,6 +30,10 @@ const MAX_TENSORS: usize = 1 << 20;
 /// Dict entries visited while flattening; shared sub-dicts could otherwise make the walk
 /// exponential.
 const MAX_VISITS: usize = 1 << 22;
+/// Longest flattened tensor name, and all names together: long keys shared through the memo
+/// at every level of a nested dict would otherwise multiply into gigabytes of names.
+const MAX_NAME_BYTES: usize = 1024;
+const MAX_TOTAL_NAME_BYTES: usize = 64 << 20;
 
 /// Whether `head` (the first bytes of a file) look like the legacy torch format.
 pub(crate) fn is_legacy(head: &[u8]) -> bool {
@@ -48,8 +52,8 @@ pub(crate) struct Index {
     pub pickle: Vec<u8>,
 }
 
-/// Opens the zip `path` and reads its tensor index.
-pub(crate) fn read_index(path: &Path, file: File) -> Result<Index, WeightsError> {
+/// Opens the zip `path` (read through `file`) and reads its tensor index.
+pub(crate) fn read_index<R: Read + Seek>(path: &Path, file: R) -> Result<Index, WeightsError> {
     let corrupt = |reason: String| WeightsError::corrupt(path, reason);
     let mut zip =
         zip::ZipArchive::new(file).map_err(|e| corrupt(format!("not a readable zip: {e}")))?;
@@ -140,7 +144,7 @@ pub(crate) fn read_index(path: &Path, file: File) -> Result<Index, WeightsError>
 /// Reads one storage record's bytes, bounded by the size the pickle declares.
 pub(crate) fn read_storage(
     path: &Path,
-    zip: &mut zip::ZipArchive<File>,
+    zip: &mut zip::ZipArchive<impl Read + Seek>,
     prefix: &str,
     t: &TensorDesc,
 ) -> Result<Vec<u8>, WeightsError> {
@@ -163,7 +167,7 @@ pub(crate) fn read_storage(
 
 /// Descends through wrapper dicts, then flattens nested dicts into dotted names. Entries that
 /// are not tensors (step counters, hyper-parameters, `_metadata`) are skipped.
-fn flatten(u: &Unpickled) -> Result<Vec<(String, TensorDesc)>, String> {
+pub(super) fn flatten(u: &Unpickled) -> Result<Vec<(String, TensorDesc)>, String> {
     let mut root = u.root;
     if let Some(Object::Dict(pairs)) = u.get(root) {
         let dict_value = |key: &str| {
@@ -186,47 +190,68 @@ fn flatten(u: &Unpickled) -> Result<Vec<(String, TensorDesc)>, String> {
     if !matches!(u.get(root), Some(Object::Dict(_))) {
         return Err("the pickle does not hold a dict of tensors".into());
     }
-    let mut out = BTreeMap::new();
-    let mut visits = 0;
-    walk(u, root, String::new(), 0, &mut visits, &mut out)?;
-    Ok(out.into_iter().collect())
+    let mut walk = Walk {
+        u,
+        visits: 0,
+        name_bytes: 0,
+        out: BTreeMap::new(),
+    };
+    walk.visit(root, String::new(), 0)?;
+    Ok(walk.out.into_iter().collect())
 }
 
-fn walk(
-    u: &Unpickled,
-    v: Value,
-    prefix: String,
-    depth: usize,
-    visits: &mut usize,
-    out: &mut BTreeMap<String, TensorDesc>,
-) -> Result<(), String> {
-    *visits += 1;
-    if depth > MAX_DEPTH || *visits > MAX_VISITS {
-        return Err("dicts nested too deeply or too often".into());
-    }
-    match u.get(v) {
-        Some(Object::Tensor(t)) => {
-            if out.len() >= MAX_TENSORS {
-                return Err("too many tensors".into());
-            }
-            out.insert(prefix, t.clone());
+/// The state of one flattening walk, with its budgets.
+struct Walk<'a> {
+    u: &'a Unpickled,
+    visits: usize,
+    name_bytes: usize,
+    out: BTreeMap<String, TensorDesc>,
+}
+
+impl Walk<'_> {
+    fn visit(&mut self, v: Value, prefix: String, depth: usize) -> Result<(), String> {
+        self.visits += 1;
+        if depth > MAX_DEPTH || self.visits > MAX_VISITS {
+            return Err("dicts nested too deeply or too often".into());
         }
-        Some(Object::Dict(pairs)) => {
-            for (k, child) in pairs {
-                let key = match (u.str(*k), k) {
-                    (Some(s), _) => s.to_owned(),
-                    (None, Value::Int(i)) => i.to_string(),
-                    _ => continue,
-                };
-                let name = if prefix.is_empty() {
-                    key
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                walk(u, *child, name, depth + 1, visits, out)?;
+        let u = self.u;
+        match u.get(v) {
+            Some(Object::Tensor(t)) => {
+                if self.out.len() >= MAX_TENSORS {
+                    return Err("too many tensors".into());
+                }
+                self.name_bytes += prefix.len();
+                if self.name_bytes > MAX_TOTAL_NAME_BYTES {
+                    return Err("the tensor names are implausibly long".into());
+                }
+                self.out.insert(prefix, t.clone());
             }
+            Some(Object::Dict(pairs)) => {
+                for (k, child) in pairs {
+                    // Step counters, hyper-parameters and the like name nothing.
+                    if !matches!(u.get(*child), Some(Object::Tensor(_) | Object::Dict(_))) {
+                        continue;
+                    }
+                    let key = match (u.str(*k), k) {
+                        (Some(s), _) => Cow::Borrowed(s),
+                        (None, Value::Int(i)) => Cow::Owned(i.to_string()),
+                        _ => continue,
+                    };
+                    if prefix.len() + 1 + key.len() > MAX_NAME_BYTES {
+                        return Err(format!(
+                            "a tensor name is longer than {MAX_NAME_BYTES} bytes"
+                        ));
+                    }
+                    let name = if prefix.is_empty() {
+                        key.into_owned()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    self.visit(*child, name, depth + 1)?;
+                }
+            }
+            _ => {}
         }
-        _ => {}
+        Ok(())
     }
-    Ok(())
 }

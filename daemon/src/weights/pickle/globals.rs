@@ -7,6 +7,9 @@ use super::{
 };
 use crate::weights::DType;
 
+/// Nested `_rebuild_from_type_v2` calls allowed (torch emits one level).
+const MAX_CALL_NESTING: usize = 2;
+
 /// The globals a state dict needs. Anything else is `PickleError::Foreign`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Global {
@@ -53,6 +56,20 @@ pub(super) fn lookup_global(module: &str, name: &str) -> Option<Global> {
 
 impl Machine<'_> {
     pub(super) fn call(&mut self, callable: Value, args: Value) -> Result<Value, PickleError> {
+        self.call_nested(callable, args, 0)
+    }
+
+    /// `depth` counts the `_rebuild_from_type_v2` calls around this one: `torch.save` nests
+    /// one, and a list that contains itself could otherwise nest them without end.
+    fn call_nested(
+        &mut self,
+        callable: Value,
+        args: Value,
+        depth: usize,
+    ) -> Result<Value, PickleError> {
+        if depth > MAX_CALL_NESTING {
+            return invalid("tensor rebuild calls nested too deeply");
+        }
         let Some(Object::Global(GlobalRef(global))) = self.object(callable).cloned() else {
             return invalid("REDUCE on something that is not an allowed global");
         };
@@ -95,7 +112,7 @@ impl Machine<'_> {
                     Some(Object::Global(GlobalRef(Global::TensorType))) => {}
                     _ => return invalid("_rebuild_from_type_v2 of a type other than Tensor"),
                 }
-                self.call(*func, *inner)
+                self.call_nested(*func, *inner, depth + 1)
             }
             Global::Size => match args.as_slice() {
                 [dims] => {
@@ -165,6 +182,15 @@ impl Machine<'_> {
         if numel > 0 && last >= storage.numel {
             return invalid(format!(
                 "a tensor reaches element {last} of a storage with {} elements",
+                storage.numel
+            ));
+        }
+        // A view with more elements than its storage repeats elements (zero or overlapping
+        // strides). Weights are never saved that way, and a tiny file could otherwise make a
+        // conversion allocate without bound.
+        if numel > storage.numel {
+            return invalid(format!(
+                "a tensor of {numel} elements is an expanded view of a storage with {} elements",
                 storage.numel
             ));
         }

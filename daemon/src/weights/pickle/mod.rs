@@ -18,6 +18,8 @@ use super::DType;
 mod globals;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hostile;
 
 use globals::{Global, lookup_global};
 

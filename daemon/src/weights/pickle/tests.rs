@@ -5,39 +5,39 @@ use super::*;
 
 /// A tiny pickle assembler so tests read as opcode listings.
 #[derive(Default)]
-struct P(Vec<u8>);
+pub(super) struct P(Vec<u8>);
 
 impl P {
-    fn op(mut self, b: u8) -> P {
+    pub(super) fn op(mut self, b: u8) -> P {
         self.0.push(b);
         self
     }
-    fn global(mut self, module: &str, name: &str) -> P {
+    pub(super) fn global(mut self, module: &str, name: &str) -> P {
         self.0.push(b'c');
         self.0
             .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
         self
     }
-    fn str(mut self, s: &str) -> P {
+    pub(super) fn str(mut self, s: &str) -> P {
         self.0.push(b'X');
         self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
         self.0.extend_from_slice(s.as_bytes());
         self
     }
-    fn int(mut self, v: u8) -> P {
+    pub(super) fn int(mut self, v: u8) -> P {
         self.0.extend_from_slice(&[b'K', v]);
         self
     }
-    fn put(mut self, i: u8) -> P {
+    pub(super) fn put(mut self, i: u8) -> P {
         self.0.extend_from_slice(&[b'q', i]);
         self
     }
-    fn get(mut self, i: u8) -> P {
+    pub(super) fn get(mut self, i: u8) -> P {
         self.0.extend_from_slice(&[b'h', i]);
         self
     }
     /// `('storage', torch.FloatStorage, key, 'cpu', numel)` as a persistent id.
-    fn storage(self, key: &str, numel: u8) -> P {
+    pub(super) fn storage(self, key: &str, numel: u8) -> P {
         self.op(b'(')
             .str("storage")
             .global("torch", "FloatStorage")
@@ -48,7 +48,7 @@ impl P {
             .op(b'Q')
     }
     /// `_rebuild_tensor_v2(storage, offset, (size,), (stride,), False, OrderedDict())`.
-    fn tensor(self, key: &str, numel: u8, offset: u8, size: u8, stride: u8) -> P {
+    pub(super) fn tensor(self, key: &str, numel: u8, offset: u8, size: u8, stride: u8) -> P {
         self.global("torch._utils", "_rebuild_tensor_v2")
             .op(b'(')
             .storage(key, numel)
@@ -64,7 +64,7 @@ impl P {
             .op(b't')
             .op(b'R')
     }
-    fn bytes(self) -> Vec<u8> {
+    pub(super) fn bytes(self) -> Vec<u8> {
         self.0
     }
 }

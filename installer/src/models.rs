@@ -1,0 +1,204 @@
+//! The model step: which manifest entries to install (the default set plus `--with NAME`), files
+//! already present and valid are skipped, files the user has (`--models-from DIR`) are imported
+//! after the same checks as a download, and the rest are downloaded from their sources in order.
+
+use crate::download::{Fetcher, SourceError, host, partial_path};
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use tessera::setup::manifest::{Manifest, ModelSpec};
+use tessera::setup::record::{InstallRecord, Item};
+use tessera::store::DataDir;
+
+pub struct ModelOptions<'a> {
+    pub manifest: &'a Manifest,
+    /// Opt-in models asked for by name.
+    pub with: &'a [String],
+    /// A folder of files the user already has.
+    pub from: Option<&'a Path>,
+    pub fetcher: &'a Fetcher,
+}
+
+/// Picks the entries to install; an unknown name is an error listing the known ones.
+pub fn selection<'a>(
+    manifest: &'a Manifest,
+    with: &[String],
+) -> anyhow::Result<Vec<&'a ModelSpec>> {
+    let mut chosen: Vec<&ModelSpec> = manifest.defaults().collect();
+    for name in with {
+        let Some(spec) = manifest.find(name) else {
+            let known: Vec<_> = manifest.models.iter().map(|m| m.name.as_str()).collect();
+            bail!(
+                "there is no model named {name:?} in the manifest (known: {})",
+                known.join(", ")
+            );
+        };
+        if !chosen.iter().any(|c| c.name == spec.name) {
+            chosen.push(spec);
+        }
+    }
+    Ok(chosen)
+}
+
+/// Installs the selected models, recording what it added. Stops at the first model that can
+/// be neither found, imported nor downloaded, with one line saying which and what to do.
+pub fn install(
+    dir: &DataDir,
+    record: &mut InstallRecord,
+    options: &ModelOptions,
+) -> anyhow::Result<()> {
+    let chosen = selection(options.manifest, options.with)?;
+    let staging = dir.cache().join("downloads");
+    record
+        .create_dir_all(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    for spec in chosen {
+        if spec.licence_note.is_some() {
+            println!("  {}: licence {}", spec.name, spec.licence_text());
+        }
+        let target = spec.path(dir);
+        if target.exists() {
+            match spec.verify(&target) {
+                Ok(()) => {
+                    println!(
+                        "  {:<24} present and valid ({})",
+                        spec.file,
+                        shown(dir, &target)
+                    );
+                    continue;
+                }
+                Err(why) => bail!(
+                    "{} is there but is not the expected {} ({why}); it was left alone: move it away and run tessera-install again",
+                    target.display(),
+                    spec.name
+                ),
+            }
+        }
+        if let Some(from) = options.from
+            && let Some(found) = import(spec, from, &staging, &target)?
+        {
+            record.note_file(&target, Item::Model, spec.sha256.clone());
+            println!("  {:<24} imported from {}", spec.file, found.display());
+            continue;
+        }
+        download(spec, &staging, &target, options)?;
+        record.note_file(&target, Item::Model, spec.sha256.clone());
+        println!(
+            "  {:<24} downloaded and verified ({})",
+            spec.file,
+            shown(dir, &target)
+        );
+    }
+    Ok(())
+}
+
+fn download(
+    spec: &ModelSpec,
+    staging: &Path,
+    target: &Path,
+    options: &ModelOptions,
+) -> anyhow::Result<()> {
+    let partial = partial_path(staging, spec);
+    let mut failures = Vec::new();
+    for source in &spec.sources {
+        match options.fetcher.fetch(spec, &source.url, &partial, target) {
+            Ok(()) => return Ok(()),
+            Err(SourceError::Disk(reason)) => bail!("cannot save {}: {reason}", spec.file),
+            Err(error @ SourceError::Unreachable(_)) => failures.push(error.to_string()),
+            Err(error) => failures.push(format!("{}: {error}", host(&source.url))),
+        }
+    }
+    bail!(
+        "could not fetch {}: {}; download it from {} ({} bytes, SHA-256 {}) and run `tessera-install --models-from DIR` with the folder that holds it",
+        spec.file,
+        failures.join("; "),
+        spec.sources[0].url,
+        spec.size,
+        spec.sha256
+    )
+}
+
+/// Finds `spec` in `from` (by file name, any case, else by size and SHA-256 under another
+/// name), copies it into place through a partial file, and verifies it. `None` when absent.
+fn import(
+    spec: &ModelSpec,
+    from: &Path,
+    staging: &Path,
+    target: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    let entries = std::fs::read_dir(from)
+        .with_context(|| format!("cannot read the folder {}", from.display()))?;
+    let files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    let by_name = files.iter().find(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.eq_ignore_ascii_case(&spec.file))
+    });
+    let source = match by_name {
+        Some(path) => {
+            if let Err(why) = spec.verify(path) {
+                bail!(
+                    "{} is not the expected {} ({why}); get the file again (SHA-256 {})",
+                    path.display(),
+                    spec.name,
+                    spec.sha256
+                );
+            }
+            path.clone()
+        }
+        None => match files
+            .iter()
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == spec.size))
+            .find(|p| spec.verify(p).is_ok())
+        {
+            Some(path) => path.clone(),
+            None => return Ok(None),
+        },
+    };
+    let partial = partial_path(staging, spec);
+    std::fs::copy(&source, &partial).with_context(|| {
+        format!(
+            "cannot copy {} into {}",
+            source.display(),
+            partial.display()
+        )
+    })?;
+    if let Err(why) = spec.verify(&partial) {
+        let _ = std::fs::remove_file(&partial);
+        bail!(
+            "the copy of {} is damaged ({why}) and was deleted",
+            source.display()
+        );
+    }
+    std::fs::rename(&partial, target)
+        .with_context(|| format!("cannot move {} into place", target.display()))?;
+    Ok(Some(source))
+}
+
+/// A path relative to the data directory when it is inside it.
+fn shown(dir: &DataDir, path: &Path) -> String {
+    path.strip_prefix(dir.root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// The opt-in models not installed, with their licences, for the closing report.
+pub fn offers(dir: &DataDir, manifest: &Manifest) -> Vec<String> {
+    manifest
+        .opt_ins()
+        .filter(|spec| !spec.path(dir).exists())
+        .map(|spec| {
+            format!(
+                "{} — {} — licence {} — add it with `tessera-install --with {}`",
+                spec.name,
+                spec.role,
+                spec.licence_text(),
+                spec.name
+            )
+        })
+        .collect()
+}

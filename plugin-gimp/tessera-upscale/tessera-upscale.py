@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""Tessera Upscale for GIMP 3: Filters ▸ Enhance ▸ Tessera Upscale…
+
+Sends the selected part of the active layer (or all of it) to the Tessera
+daemon, shows its progress, and puts the upscaled pixels in a new layer above
+the source at the selection's position (one undo step), or in a new image.
+
+GIMP runs this file as its own process: it must sit in a folder of the same
+name inside a ``plug-ins`` folder, be executable, and have ``tessera_gimp.py``
+and the ``tessera_client`` package beside it (``plugin-gimp/install.py`` puts
+them there). GIMP's Cancel button kills this process; the daemon then cancels
+the job because its connection dropped.
+"""
+
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+# Run from a source checkout: the client is in shared/python.
+_CHECKOUT_CLIENT = os.path.join(HERE, os.pardir, os.pardir, "shared", "python")
+if not os.path.isdir(os.path.join(HERE, "tessera_client")) and os.path.isdir(_CHECKOUT_CLIENT):
+    sys.path.insert(1, os.path.normpath(_CHECKOUT_CLIENT))
+
+import gi  # noqa: E402
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+
+import tessera_gimp as core  # noqa: E402
+from tessera_client import Image, ModelKind  # noqa: E402
+
+# --- Test hooks ---------------------------------------------------------------
+# Only read when the variables are set (by tests/gimp/): a log of what the
+# plug-in did, and an automatic answer to its dialog.
+TEST_LOG_ENV = "TESSERA_GIMP_TEST_LOG"
+TEST_DIALOG_ENV = "TESSERA_GIMP_TEST_DIALOG"
+
+
+def _test_log(event, **fields):
+    path = os.environ.get(TEST_LOG_ENV)
+    if not path:
+        return
+    fields.update(event=event, pid=os.getpid())
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(fields) + "\n")
+        f.flush()
+
+
+# --- Registration -------------------------------------------------------------
+
+
+def _add_argument(procedure, argument):
+    flags = GObject.ParamFlags.READWRITE
+    if argument.kind == "double":
+        procedure.add_double_argument(
+            argument.name,
+            argument.nick,
+            argument.blurb,
+            argument.minimum,
+            argument.maximum,
+            argument.default,
+            flags,
+        )
+    elif argument.kind == "string":
+        procedure.add_string_argument(
+            argument.name, argument.nick, argument.blurb, argument.default, flags
+        )
+    elif argument.kind == "choice":
+        choice = Gimp.Choice.new()
+        for number, (nick, label, help_text) in enumerate(argument.choices):
+            choice.add(nick, number, label, help_text)
+        procedure.add_choice_argument(
+            argument.name, argument.nick, argument.blurb, choice, argument.default, flags
+        )
+    else:
+        raise ValueError(f"unknown argument kind {argument.kind!r}")
+
+
+class TesseraUpscale(Gimp.PlugIn):
+    def do_query_procedures(self):
+        return [core.PROCEDURE_NAME]
+
+    def do_set_i18n(self, name):
+        return False
+
+    def do_create_procedure(self, name):
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.set_menu_label(core.MENU_LABEL)
+        procedure.add_menu_path(core.MENU_PATH)
+        procedure.set_documentation(
+            "Upscale the selection or layer with Tessera's AI upscaler",
+            "Sends the selection (clipped to the active layer), or the whole layer, to the "
+            "Tessera daemon and puts the upscaled pixels in a new layer above it at the "
+            "selection's position, or in a new image. Starts the daemon when it is not running.",
+            name,
+        )
+        procedure.set_attribution("Tessera contributors", "Tessera contributors", "2026")
+        for argument in core.ARGUMENTS:
+            _add_argument(procedure, argument)
+        procedure.add_image_return_value(
+            "result-image",
+            "Result image",
+            "The image holding the result",
+            True,
+            GObject.ParamFlags.READWRITE,
+        )
+        procedure.add_layer_return_value(
+            "result-layer",
+            "Result layer",
+            "The new layer with the result",
+            True,
+            GObject.ParamFlags.READWRITE,
+        )
+        return procedure
+
+
+# --- Running ------------------------------------------------------------------
+
+
+def _failure(procedure, status, message):
+    _test_log("error", status=status.value_nick, message=message)
+    error = GLib.Error.new_literal(Gimp.PlugIn.error_quark(), message, 0)
+    return procedure.new_return_values(status, error)
+
+
+def run(procedure, run_mode, image, drawables, config, data):
+    _test_log("start", run_mode=run_mode.value_nick)
+    if len(drawables) != 1:
+        return _failure(
+            procedure,
+            Gimp.PDBStatusType.CALLING_ERROR,
+            "Tessera Upscale works on one layer at a time: select a single layer.",
+        )
+    drawable = drawables[0]
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        if not _dialog(procedure, config):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    values = {argument.name: config.get_property(argument.name) for argument in core.ARGUMENTS}
+    _test_log("values", values=values)
+    try:
+        result_image, layer = _upscale(image, drawable, values, run_mode)
+    except Exception as error:  # every failure becomes GIMP's error message
+        return _failure(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, core.error_text(error))
+    finally:
+        Gimp.progress_end()
+    Gimp.displays_flush()
+    return Gimp.ValueArray.new_from_values(
+        [
+            GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
+            GObject.Value(Gimp.Image, result_image),
+            GObject.Value(Gimp.Layer, layer),
+        ]
+    )
+
+
+def _dialog(procedure, config):
+    """Shows the procedure's dialog (GIMP fills it with the last values used);
+    True when the user pressed OK."""
+    gi.require_version("GimpUi", "3.0")
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import GimpUi, Gtk
+
+    GimpUi.init(core.PROCEDURE_NAME)
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, "Tessera Upscale")
+    hint = _installed_upscalers_hint()
+    dialog.get_label("installed-upscalers", hint, False, False)
+    dialog.fill(["scale", "upscaler", "installed-upscalers", "output"])
+    answer = os.environ.get(TEST_DIALOG_ENV)
+    if answer:
+        _test_log("dialog-hint", text=hint)
+        _answer_dialog_for_test(dialog, config, json.loads(answer), Gtk)
+    confirmed = dialog.run()
+    dialog.destroy()
+    _test_log("dialog-closed", confirmed=bool(confirmed))
+    return confirmed
+
+
+def _installed_upscalers_hint():
+    """A line under the model field: the daemon's upscalers if it runs."""
+    try:
+        with core.connect(connect_timeout=3.0, reply_timeout=5.0) as client:
+            names = [m.name for m in client.list_models() if m.kind == ModelKind.UPSCALER]
+    except Exception:
+        return "Tessera is not running; it starts when you press OK."
+    if not names:
+        return "No upscaler is installed in Tessera's models/upscalers/ folder."
+    return "Installed: " + ", ".join(names)
+
+
+def _answer_dialog_for_test(dialog, config, answer, Gtk):
+    """Test hook: once the dialog is shown, log the values it shows, set
+    ``answer["set"]`` as a user would, and press OK (or Cancel)."""
+
+    def respond():
+        shown = {argument.name: config.get_property(argument.name) for argument in core.ARGUMENTS}
+        _test_log("dialog-shown", values=shown, visible=bool(dialog.get_visible()))
+        for name, value in answer.get("set", {}).items():
+            config.set_property(name, value)
+        ok = answer.get("response", "ok") == "ok"
+        dialog.response(Gtk.ResponseType.OK if ok else Gtk.ResponseType.CANCEL)
+        return False
+
+    dialog.connect("map", lambda *_: GLib.timeout_add(int(answer.get("delay_ms", 200)), respond))
+
+
+def _upscale(image, drawable, values, run_mode):
+    """Reads, sends, waits, writes; returns the result's image and layer."""
+    non_empty, x, y, width, height = drawable.mask_intersect()
+    if not non_empty or width <= 0 or height <= 0:
+        raise RuntimeError(
+            "the selection does not cover any of the active layer; select part of it"
+        )
+    layout = core.layout_for(
+        image.get_precision().value_nick, image.get_base_type().value_nick, drawable.has_alpha()
+    )
+    pixels = drawable.get_buffer().get(
+        Gegl.Rectangle.new(x, y, width, height), 1.0, layout.babl, Gegl.AbyssPolicy.NONE
+    )
+    source = Image(width, height, layout.channels, layout.sample, layout.transfer, pixels)
+    params = core.job_params(values)
+    _test_log(
+        "submit",
+        x=x,
+        y=y,
+        width=width,
+        height=height,
+        babl=layout.babl,
+        channels=layout.channels.name,
+        sample=layout.sample.name,
+        transfer=layout.transfer.name,
+        params=params,
+    )
+
+    Gimp.progress_init("Tessera: connecting…")
+    client = core.connect_or_start(
+        on_start=lambda binary: Gimp.progress_set_text("Tessera: starting its service…"),
+        on_spawn=lambda pid: _test_log("daemon-started", daemon_pid=pid),
+    )
+    shown = [None]
+
+    def on_progress(progress):
+        text = core.progress_text(progress)
+        if text != shown[0]:
+            Gimp.progress_set_text(text)
+            shown[0] = text
+        Gimp.progress_update(min(max(progress.fraction, 0.0), 1.0))
+        _test_log("progress", fraction=progress.fraction, text=text)
+
+    with client:
+        Gimp.progress_set_text("Tessera: waiting for the daemon…")
+        result, timings = client.upscale(source, params, on_progress=on_progress)
+    if (result.channels, result.sample, result.transfer) != (
+        layout.channels,
+        layout.sample,
+        layout.transfer,
+    ):
+        raise RuntimeError(f"the daemon answered in another pixel layout ({result!r})")
+    Gimp.progress_update(1.0)
+    _test_log("done", width=result.width, height=result.height, timings=len(timings))
+
+    name = f"{drawable.get_name()} ×{params['scale']:g} (Tessera)"
+    if values["output"] == core.OUTPUT_NEW_IMAGE:
+        return _to_new_image(image, name, layout, result, run_mode)
+    return image, _to_new_layer(image, drawable, x, y, name, layout, result)
+
+
+def _layer_type(image, layout):
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    if layout.channels.has_alpha:
+        return Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+    return Gimp.ImageType.GRAY_IMAGE if gray else Gimp.ImageType.RGB_IMAGE
+
+
+def _fill(layer, layout, result):
+    buffer = layer.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, result.width, result.height), layout.babl, result.data)
+    buffer.flush()
+    layer.update(0, 0, result.width, result.height)
+
+
+def _to_new_layer(image, drawable, x, y, name, layout, result):
+    """A new layer above the source, its corner at the selection's, in one
+    undo step."""
+    _, offset_x, offset_y = drawable.get_offsets()
+    if drawable.is_layer_mask():
+        anchor = Gimp.Layer.from_mask(drawable)
+    elif drawable.is_layer():
+        anchor = drawable
+    else:  # a channel: on top of the layer stack
+        anchor = None
+    parent = anchor.get_parent() if anchor is not None else None
+    position = image.get_item_position(anchor) if anchor is not None else 0
+    image.undo_group_start()
+    try:
+        layer = Gimp.Layer.new(
+            image,
+            name,
+            result.width,
+            result.height,
+            _layer_type(image, layout),
+            100.0,
+            Gimp.LayerMode.NORMAL,
+        )
+        image.insert_layer(layer, parent, position)
+        layer.set_offsets(offset_x + x, offset_y + y)
+        _fill(layer, layout, result)
+    finally:
+        image.undo_group_end()
+    _test_log("undo-group", layers=len(image.get_layers()))
+    return layer
+
+
+def _to_new_image(image, name, layout, result, run_mode):
+    """A new image of the source's precision, profile and resolution."""
+    new_image = Gimp.Image.new_with_precision(
+        result.width, result.height, image.get_base_type(), image.get_precision()
+    )
+    new_image.undo_disable()
+    profile = image.get_color_profile()
+    if profile is not None:
+        new_image.set_color_profile(profile)
+    ok, x_resolution, y_resolution = image.get_resolution()
+    if ok:
+        new_image.set_resolution(x_resolution, y_resolution)
+    layer = Gimp.Layer.new(
+        new_image,
+        name,
+        result.width,
+        result.height,
+        _layer_type(image, layout),
+        100.0,
+        Gimp.LayerMode.NORMAL,
+    )
+    new_image.insert_layer(layer, None, 0)
+    _fill(layer, layout, result)
+    new_image.undo_enable()
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        Gimp.Display.new(new_image)
+    return new_image, layer
+
+
+if __name__ == "__main__":
+    Gimp.main(TesseraUpscale.__gtype__, sys.argv)

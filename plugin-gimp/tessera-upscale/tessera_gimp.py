@@ -1,0 +1,392 @@
+"""The parts of the GIMP plug-in that do not need GIMP: the procedure's
+arguments and how they become job parameters, the pixel layout sent for each
+GIMP precision, finding and starting the daemon, and the words shown to the
+user. ``tessera-upscale.py`` (the plug-in proper) glues them to GIMP's API.
+
+Standard library only, Python 3.8+, like ``tessera_client``.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+from tessera_client import (
+    Channels,
+    Client,
+    ConnectionClosed,
+    DaemonNotRunning,
+    Progress,
+    SampleFormat,
+    TesseraError,
+    Transfer,
+    data_dir,
+    socket_address,
+)
+
+__version__ = "0.1.0"
+AGENT = f"gimp-plugin {__version__}"
+
+PROCEDURE_NAME = "plug-in-tessera-upscale"
+MENU_LABEL = "Tessera _Upscale…"
+MENU_PATH = "<Image>/Filters/Enhance"
+
+# --- The procedure's arguments ------------------------------------------------
+
+
+class Argument(NamedTuple):
+    """One argument of the procedure: how GIMP shows and checks it, and which
+    job parameter (a field of ``tessera_client.JobParams``) it sets.
+
+    Adding a job parameter (when the protocol grows one, e.g. the diffusion
+    stage's creativity) is one more entry in :data:`ARGUMENTS`; arguments that
+    are not job parameters (``job_field`` ``None``) steer the plug-in itself.
+    """
+
+    name: str
+    #: "double", "string" or "choice".
+    kind: str
+    nick: str
+    blurb: str
+    default: Any
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    #: For "choice": (nick, label, help) of each choice, in order.
+    choices: Tuple[Tuple[str, str, str], ...] = ()
+    #: The ``JobParams`` field this argument sets.
+    job_field: Optional[str] = None
+    #: Turns the GIMP value into the job parameter's value.
+    to_job: Callable[[Any], Any] = lambda value: value
+
+
+def _model_name(value: Any) -> Optional[str]:
+    text = (value or "").strip()
+    return text or None
+
+
+OUTPUT_NEW_LAYER = "new-layer"
+OUTPUT_NEW_IMAGE = "new-image"
+
+#: Clarity's defaults where Clarity has one: it upscales ×2.
+ARGUMENTS: Tuple[Argument, ...] = (
+    Argument(
+        "scale",
+        "double",
+        "_Scale",
+        "Output size ÷ input size, per side (1 to 16)",
+        2.0,
+        minimum=1.0,
+        maximum=16.0,
+        job_field="scale",
+        to_job=float,
+    ),
+    Argument(
+        "upscaler",
+        "string",
+        "_Upscaler model",
+        "An upscaler in Tessera's models/upscalers/ folder, by name; empty: Tessera's default",
+        "",
+        job_field="upscaler",
+        to_job=_model_name,
+    ),
+    Argument(
+        "output",
+        "choice",
+        "_Output",
+        "Where the result goes",
+        OUTPUT_NEW_LAYER,
+        choices=(
+            (OUTPUT_NEW_LAYER, "New layer above the source", "At the selection's position"),
+            (OUTPUT_NEW_IMAGE, "New image", "In a new image of the same precision"),
+        ),
+    ),
+)
+
+
+def job_params(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """The job parameters (a mapping of ``JobParams`` fields) for the
+    arguments' ``values``."""
+    params = {}
+    for argument in ARGUMENTS:
+        if argument.job_field is not None:
+            params[argument.job_field] = argument.to_job(values[argument.name])
+    return params
+
+
+# --- Pixels -------------------------------------------------------------------
+
+
+class Layout(NamedTuple):
+    """How the plug-in reads a drawable's pixels and describes them to the
+    daemon: the babl format name for the Gegl buffer, and the protocol's
+    ``Channels``, ``SampleFormat`` and ``Transfer``. The result comes back in
+    the same layout and is written with the same babl format."""
+
+    babl: str
+    channels: Channels
+    sample: SampleFormat
+    transfer: Transfer
+
+
+#: GIMP's component type (the first word of its precision's nick) → the babl
+#: type name and the protocol's sample format. The protocol has no 32-bit
+#: integer or 64-bit float samples: those travel as 32-bit floats, and GIMP
+#: stores the result back in the image's own precision.
+_COMPONENTS = {
+    "u8": ("u8", SampleFormat.U8),
+    "u16": ("u16", SampleFormat.U16),
+    "u32": ("float", SampleFormat.F32),
+    "half": ("half", SampleFormat.F16),
+    "float": ("float", SampleFormat.F32),
+    "double": ("float", SampleFormat.F32),
+}
+
+#: GIMP's tone response (the rest of the precision's nick) → the babl model
+#: prefix marker and the protocol's transfer. "Perceptual" is babl's ``~``
+#: (the sRGB curve whatever the profile), "non-linear" its ``'`` (the curve
+#: of the image's profile, the sRGB curve for GIMP's built-in profile).
+_TRCS = {
+    "linear": ("", Transfer.LINEAR),
+    "non-linear": ("'", Transfer.SRGB),
+    "perceptual": ("~", Transfer.SRGB),
+}
+
+
+class UnsupportedImage(Exception):
+    """An image the plug-in cannot send (indexed colours)."""
+
+
+def layout_for(precision_nick: str, base_type_nick: str, has_alpha: bool) -> Layout:
+    """The layout for a drawable of an image with GIMP precision
+    ``precision_nick`` (e.g. ``"u16-non-linear"``, ``Gimp.Precision``'s
+    ``value_nick``) and base type ``base_type_nick`` (``"rgb"``, ``"gray"``).
+
+    The pixels are read in babl's sRGB space (GIMP converts from the image's
+    profile, which for GIMP's built-in profiles changes nothing), so the
+    transfer told to the daemon is true whatever the profile.
+    """
+    component, _, trc = precision_nick.partition("-")
+    if component not in _COMPONENTS or trc not in _TRCS:
+        raise UnsupportedImage(f"GIMP precision {precision_nick!r} is not supported")
+    babl_type, sample = _COMPONENTS[component]
+    mark, transfer = _TRCS[trc]
+    if base_type_nick == "rgb":
+        model = f"R{mark}G{mark}B{mark}" + ("A" if has_alpha else "")
+        channels = Channels.RGBA if has_alpha else Channels.RGB
+    elif base_type_nick == "gray":
+        model = f"Y{mark}" + ("A" if has_alpha else "")
+        channels = Channels.GRAY_ALPHA if has_alpha else Channels.GRAY
+    else:
+        raise UnsupportedImage(
+            "Tessera upscales RGB and grayscale images; convert this "
+            f"{base_type_nick} image with Image ▸ Mode first"
+        )
+    return Layout(f"{model} {babl_type}", channels, sample, transfer)
+
+
+# --- The daemon ---------------------------------------------------------------
+
+#: Set to the ``tessera`` program to use, when it is not on ``PATH``.
+BIN_ENV = "TESSERA_BIN"
+#: How long a daemon the plug-in started may take to listen.
+START_TIMEOUT = 30.0
+
+
+class TesseraMissing(Exception):
+    """No ``tessera`` program was found to start the daemon with."""
+
+
+def _program_name() -> str:
+    return "tessera.exe" if sys.platform == "win32" else "tessera"
+
+
+def install_folders(env: Mapping[str, str]) -> List[str]:
+    """Folders where installers and ``cargo install`` put ``tessera``."""
+    home = env.get("HOME") or env.get("USERPROFILE") or ""
+    folders = []
+    if home:
+        folders += [os.path.join(home, ".local", "bin"), os.path.join(home, ".cargo", "bin")]
+    if sys.platform == "win32":
+        local = env.get("LOCALAPPDATA")
+        if local:
+            folders.append(os.path.join(local, "Programs", "Tessera"))
+    else:
+        folders += ["/usr/local/bin", "/opt/tessera/bin"]
+    return folders
+
+
+def candidate_binaries(env: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Where the ``tessera`` program may be, in order: ``$TESSERA_BIN``,
+    ``PATH``, then :func:`install_folders`."""
+    env = os.environ if env is None else env
+    exe = _program_name()
+    found: List[str] = []
+    explicit = env.get(BIN_ENV)
+    if explicit:
+        found.append(explicit)
+    on_path = shutil.which(exe, path=env.get("PATH", os.defpath))
+    if on_path:
+        found.append(on_path)
+    found += [os.path.join(folder, exe) for folder in install_folders(env)]
+    unique: List[str] = []
+    for path in found:
+        if path not in unique:
+            unique.append(path)
+    return unique
+
+
+def find_tessera(env: Optional[Mapping[str, str]] = None) -> str:
+    """The ``tessera`` program; raises :class:`TesseraMissing` with the
+    places looked at."""
+    env = os.environ if env is None else env
+    explicit = env.get(BIN_ENV)
+    if explicit and not _is_program(explicit):
+        raise TesseraMissing(
+            f"{BIN_ENV} is set to {explicit}, which is not a program; correct {BIN_ENV} or unset it"
+        )
+    for path in candidate_binaries(env):
+        if _is_program(path):
+            return path
+    raise TesseraMissing(
+        "Tessera is not running, and its program `tessera` was not found "
+        f"(looked on PATH and in {', '.join(install_folders(env))}). "
+        f"Install Tessera, or set {BIN_ENV} to the path of the `tessera` program."
+    )
+
+
+def _is_program(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def connect(agent: str = AGENT, **kwargs: Any) -> Client:
+    """Connects to the running daemon (raises ``DaemonNotRunning`` if none)."""
+    return Client(agent=agent, **kwargs)
+
+
+def start_daemon(
+    binary: str,
+    env: Optional[Mapping[str, str]] = None,
+    timeout: float = START_TIMEOUT,
+    agent: str = AGENT,
+    on_spawn: Optional[Callable[[int], Any]] = None,
+) -> Client:
+    """Starts ``binary serve`` in the background (it outlives GIMP and this
+    plug-in) and returns a connection once it listens. The daemon finds its
+    data directory and socket from the same environment as this process.
+    Raises ``RuntimeError`` with the daemon's own words if it does not start.
+    """
+    env = dict(os.environ if env is None else env)
+    logs = os.path.join(data_dir(env=env).path, "logs")
+    os.makedirs(logs, exist_ok=True)
+    log_path = os.path.join(logs, "daemon-start.log")
+    kwargs: Dict[str, Any] = {}
+    if sys.platform == "win32":  # pragma: no cover - Windows only
+        kwargs["creationflags"] = 0x00000008 | 0x00000200  # DETACHED_PROCESS | NEW_PROCESS_GROUP
+    else:
+        kwargs["start_new_session"] = True
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [binary, "serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            env=env,
+            close_fds=True,
+            **kwargs,
+        )
+    if on_spawn is not None:
+        on_spawn(process.pid)
+    address = socket_address(env=env)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(address, agent=agent)
+        except DaemonNotRunning:
+            pass
+        code = process.poll()
+        if code is not None:
+            raise RuntimeError(
+                f"Tessera's service could not start: {_last_error(log_path, code)} "
+                f"(its output is in {log_path})"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"Tessera's service started but did not answer on {address} within "
+                f"{timeout:.0f} s (its output is in {log_path})"
+            )
+        time.sleep(0.1)
+
+
+def _last_error(log_path: str, code: int) -> str:
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        if "tessera:" in line or "ERROR" in line or "error" in line:
+            return line.split("tessera:", 1)[-1].strip()
+    return lines[-1] if lines else f"it exited with status {code}"
+
+
+def connect_or_start(
+    env: Optional[Mapping[str, str]] = None,
+    on_start: Optional[Callable[[str], Any]] = None,
+    on_spawn: Optional[Callable[[int], Any]] = None,
+) -> Client:
+    """Connects to the daemon, starting it first when none runs. Raises
+    :class:`TesseraMissing` when none runs and no ``tessera`` program is
+    found. ``on_start`` is called with the program's path before starting,
+    ``on_spawn`` with the new process's id."""
+    env = os.environ if env is None else env
+    try:
+        return Client(socket_address(env=env), agent=AGENT)
+    except DaemonNotRunning:
+        pass
+    binary = find_tessera(env)
+    if on_start is not None:
+        on_start(binary)
+    return start_daemon(binary, env, on_spawn=on_spawn)
+
+
+# --- Words for the user -------------------------------------------------------
+
+
+def progress_text(progress: Progress) -> str:
+    """The status line under GIMP's progress bar, e.g. ``Tessera: upscale,
+    tile 3 of 12`` (with the stage when there are several)."""
+    parts = [progress.phase or "working"]
+    if progress.stages > 1:
+        parts.insert(0, f"stage {progress.stage + 1} of {progress.stages}")
+    if progress.steps > 1:
+        parts.append(f"step {progress.step} of {progress.steps}")
+    if progress.tiles > 1:
+        parts.append(f"tile {progress.tile} of {progress.tiles}")
+    return "Tessera: " + ", ".join(parts)
+
+
+def error_text(error: BaseException) -> str:
+    """One or two plain sentences for GIMP's error message. The daemon's
+    own sentences (which name the installed models when one is missing) are
+    passed on as they are."""
+    if isinstance(error, TesseraMissing):
+        return str(error)
+    if isinstance(error, DaemonNotRunning):
+        return f"Tessera is not running and could not be reached: {error}."
+    if isinstance(error, ConnectionClosed):
+        return (
+            "The connection to Tessera broke before the result arrived; "
+            f"its service may have stopped ({error})."
+        )
+    if isinstance(error, TesseraError):
+        text = error.message.strip() or error.kind_name
+        if not text.endswith("."):
+            text += "."
+        return f"Tessera could not upscale: {text}"
+    if isinstance(error, TimeoutError):
+        return f"Tessera did not answer in time: {error}."
+    if isinstance(error, (RuntimeError, OSError, UnsupportedImage)):
+        return f"Tessera could not upscale: {error}"
+    return f"Tessera failed unexpectedly: {error!r}"
