@@ -67,8 +67,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     scale,
                     runs,
                     threads,
+                    steps,
                 },
-        } => super::sd::bench_clarity(&target, dir, size, scale, runs, threads),
+        } => super::sd::bench_clarity(&target, dir, size, scale, runs, threads, steps),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {

@@ -127,6 +127,10 @@ pub enum BenchCommand {
         /// ONNX Runtime threads (default: one per core)
         #[arg(long)]
         threads: Option<usize>,
+        /// Sampler steps of a full denoise (Clarity's 18). Fewer steps make a run that only
+        /// measures peak memory cheaper: memory depends on the shapes, not on the step count
+        #[arg(long, default_value_t = 18)]
+        steps: u32,
     },
 }
 

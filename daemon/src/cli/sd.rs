@@ -134,10 +134,11 @@ pub fn bench_clarity(
     scale: f32,
     runs: usize,
     threads: Option<usize>,
+    steps: u32,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        size >= 8 && (1.0..=16.0).contains(&scale),
-        "the size must be at least 8 and the scale between 1 and 16"
+        size >= 8 && (1.0..=16.0).contains(&scale) && (1..=100).contains(&steps),
+        "the size must be at least 8, the scale between 1 and 16 and the steps between 1 and 100"
     );
     let engine = std::sync::Arc::new(Engine::new(EngineOptions {
         ort_lib: target.ort_lib_flag.clone(),
@@ -156,12 +157,12 @@ pub fn bench_clarity(
         }
     };
     println!(
-        "Clarity job, {size}×{size} ×{scale}, random SD 1.5-sized models, {}, {}",
+        "Clarity job, {size}×{size} ×{scale}, {steps} steps, random SD 1.5-sized models, {}, {}",
         engine.runtime_description(),
         engine.device_description()
     );
     let report =
-        crate::pipeline::clarity::bench::clarity(engine, dir, size, scale, runs, &mut |line| {
+        crate::pipeline::clarity::bench::clarity(engine, dir, size, scale, runs, steps, &mut |line| {
             println!("  {line}")
         })?;
     for (i, job) in report.jobs.iter().enumerate() {

@@ -364,13 +364,15 @@ fn workload(params: &JobParams, size: u32) -> (usize, f64) {
 
 /// Runs the benchmark: writes the models into `dir` unless they are there, runs the default
 /// Clarity job (without its LoRAs and embedding, which the random set lacks) on a `size`²
-/// image at `scale`, `runs` times on one runner (the second run is the warm case).
+/// image at `scale` with `steps` sampler steps, `runs` times on one runner (the second run is the
+/// warm case).
 pub fn clarity(
     engine: std::sync::Arc<Engine>,
     dir: &Path,
     size: u32,
     scale: f32,
     runs: usize,
+    steps: u32,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<ClarityReport> {
     let data = DataDir::open(dir)?;
@@ -394,6 +396,7 @@ pub fn clarity(
     let mut runner = ClarityRunner::new(engine.clone(), data, config);
     let params = JobParams {
         scale,
+        steps,
         prompt: "masterpiece, best quality, highres".into(),
         negative_prompt: "(worst quality, low quality, normal quality:2)".into(),
         ..JobParams::default()
