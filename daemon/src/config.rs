@@ -54,6 +54,10 @@ pub struct EngineConfig {
     /// unset means the list recorded with the installed runtime (`runtime/runtime.toml`),
     /// else the CPU alone.
     pub execution_providers: Option<Vec<String>>,
+    /// Keep ONNX Runtime's CPU memory arena: each warm session then holds on to the largest
+    /// activations it ever needed. Off (the default), activation memory goes back after every
+    /// network call, so a job's peak is its largest phase rather than the sum of all of them.
+    pub cpu_arena: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,9 +105,9 @@ impl Default for DiffusionConfig {
             default_checkpoint: "juggernaut_reborn".into(),
             default_vae: "vae-ft-mse-840000-ema-pruned".into(),
             default_controlnet: "control_v11f1e_sd15_tile".into(),
-            tile_batch: 8,
-            vae_encoder_tile: 1024,
-            vae_decoder_tile: 128,
+            tile_batch: 1,
+            vae_encoder_tile: 512,
+            vae_decoder_tile: 64,
         }
     }
 }

@@ -50,6 +50,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         },
         EngineTuning {
             execution_providers: execution_providers(&config, &dir, ort_lib.as_deref()),
+            cpu_arena: config.engine.cpu_arena,
             ..EngineTuning::default()
         },
     )?);

@@ -52,6 +52,8 @@ pub struct EngineTuning {
     pub execution_providers: Vec<ExecutionProvider>,
     /// How many warm sessions to keep.
     pub session_cache_size: usize,
+    /// Whether sessions keep ONNX Runtime's CPU memory arena (`engine.cpu_arena`).
+    pub cpu_arena: bool,
 }
 
 impl Default for EngineTuning {
@@ -59,6 +61,7 @@ impl Default for EngineTuning {
         EngineTuning {
             execution_providers: vec![ExecutionProvider::Cpu],
             session_cache_size: 4,
+            cpu_arena: false,
         }
     }
 }
@@ -144,6 +147,7 @@ pub struct Engine {
     threads: usize,
     /// The providers that registered when the engine started, the CPU last.
     providers: Vec<ExecutionProvider>,
+    cpu_arena: bool,
     /// Configured providers that could not be used here, with the reason.
     dropped: Vec<(ExecutionProvider, String)>,
     cache: Mutex<SessionCache>,
@@ -183,6 +187,7 @@ impl Engine {
             runtime,
             threads,
             providers,
+            cpu_arena: tuning.cpu_arena,
             dropped,
             cache: Mutex::new(SessionCache::new(tuning.session_cache_size.max(1))),
         })
@@ -320,6 +325,13 @@ impl Engine {
                 folder,
             )
             .map_err(err)?;
+        // A session option (Enable/DisableCpuMemArena), not a provider registration: the
+        // accelerators below keep their precedence over the CPU.
+        ort::ep::ExecutionProvider::register(
+            &ort::ep::CPU::default().with_arena_allocator(self.cpu_arena),
+            &mut builder,
+        )
+        .map_err(|e| EngineError::ort(&model.name, e))?;
         for ep in &self.providers {
             if let Err(reason) = providers::register(&mut builder, *ep) {
                 tracing::warn!(provider = %ep, model = %model.name, "execution provider not used: {reason}");

@@ -328,6 +328,7 @@ fn workload(params: &JobParams, size: u32) -> (usize, f64) {
         context_dim: 768,
     };
     let empty = ndarray::Array2::<f32>::zeros((77, 768));
+    let diffusion = crate::config::DiffusionConfig::default();
     let (mut evaluations, mut gflop) = (0, 0.0);
     for (index, stage) in stages.iter().enumerate() {
         let setup = StageSetup {
@@ -338,13 +339,16 @@ fn workload(params: &JobParams, size: u32) -> (usize, f64) {
             schedule: &full,
             update: Update::of(params.sampler),
             tile: (params.tile_width as usize, params.tile_height as usize),
-            batch: 8,
+            batch: diffusion.tile_batch,
             cond: empty.view(),
             uncond: empty.view(),
             cfg: params.dynamic,
             resemblance: params.resemblance,
             decay: params.decay,
-            vae_tiling: super::vae::VaeTiling::new(1024, 128),
+            vae_tiling: super::vae::VaeTiling::new(
+                diffusion.vae_encoder_tile,
+                diffusion.vae_decoder_tile,
+            ),
         };
         let evals = setup.run().evaluations();
         let per_eval: f64 = setup

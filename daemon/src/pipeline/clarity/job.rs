@@ -311,6 +311,8 @@ impl ClarityRunner {
         let models = self.models.as_mut().expect("loaded above");
         let mut done = 0.0;
         let mut phase = "";
+        // Every event reports the network call that just finished, so the time since the last
+        // event belongs to the event's own phase.
         let rgb = run_stages(
             &mut StageNets {
                 upscaler: &mut pre,
@@ -322,10 +324,8 @@ impl ClarityRunner {
             &setup,
             &mut SeededNoise { seed: params.seed },
             &mut |index, e: Event| {
-                if e.phase != phase {
-                    timings.lap(phase);
-                    phase = e.phase;
-                }
+                timings.lap(e.phase);
+                phase = e.phase;
                 done += e.work;
                 progress.report(Step {
                     stage: index as u32,
