@@ -374,7 +374,9 @@ fn models_from_puts_every_kind_in_its_folder_and_doctor_checks_them() {
     for (_, file, sub) in kinds {
         let name = file.split('.').next().unwrap();
         assert!(
-            out.contains(&format!("ok       {sub}/{file} valid ({name}, licence MIT)")),
+            out.contains(&format!(
+                "ok       {sub}/{file} valid ({name}, licence MIT)"
+            )),
             "{sub}/{file}: {out}"
         );
     }

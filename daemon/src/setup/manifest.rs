@@ -345,13 +345,21 @@ mod tests {
         assert_eq!(defaults.len(), expected.len());
         for (spec, (kind, file, size, sha256, licence)) in defaults.iter().zip(expected) {
             assert_eq!(
-                (spec.kind, spec.file.as_str(), spec.size, spec.sha256.as_str()),
+                (
+                    spec.kind,
+                    spec.file.as_str(),
+                    spec.size,
+                    spec.sha256.as_str()
+                ),
                 (kind, file, size, sha256)
             );
             assert_eq!(spec.licence, licence, "{file}");
             // The name a job uses is the file name without its extension.
             assert!(spec.file.starts_with(&format!("{}.", spec.name)), "{file}");
-            assert!(!spec.non_commercial(), "{file}: the default set is never non-commercial");
+            assert!(
+                !spec.non_commercial(),
+                "{file}: the default set is never non-commercial"
+            );
             assert!(spec.sources[0].url.starts_with("https://"), "{file}");
         }
         let config = crate::config::Config::default();

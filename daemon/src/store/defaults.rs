@@ -55,7 +55,10 @@ mod tests {
     fn every_known_model_is_findable_by_name_or_file_of_its_kind() {
         for m in &manifest().models {
             assert!(std::ptr::eq(find(m.kind, &m.name).unwrap(), m));
-            assert!(std::ptr::eq(find(m.kind, &m.file.to_uppercase()).unwrap(), m));
+            assert!(std::ptr::eq(
+                find(m.kind, &m.file.to_uppercase()).unwrap(),
+                m
+            ));
         }
         assert!(find(ModelKind::Checkpoint, "more_details").is_none());
         assert!(find(ModelKind::Lora, "more_details").is_some());
