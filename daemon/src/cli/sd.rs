@@ -161,10 +161,15 @@ pub fn bench_clarity(
         engine.runtime_description(),
         engine.device_description()
     );
-    let report =
-        crate::pipeline::clarity::bench::clarity(engine, dir, size, scale, runs, steps, &mut |line| {
-            println!("  {line}")
-        })?;
+    let report = crate::pipeline::clarity::bench::clarity(
+        engine,
+        dir,
+        size,
+        scale,
+        runs,
+        steps,
+        &mut |line| println!("  {line}"),
+    )?;
     for (i, job) in report.jobs.iter().enumerate() {
         println!(
             "job {} ({}×{}): {:.1} s",
