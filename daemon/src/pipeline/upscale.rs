@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::nets::ModelError;
 use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
 use crate::server::{JobChecker, JobOutput, JobRunner};
-use crate::store::{DataDir, FileStamp, ModelFile, RegistryError, registry};
+use crate::store::{DataDir, FileStamp, ModelFile};
 use std::path::PathBuf;
 use std::time::Instant;
 use tessera_protocol::{
@@ -50,16 +50,13 @@ pub(crate) fn resolve_model(
     config: &Config,
     params: &JobParams,
 ) -> Result<ModelFile, ErrorInfo> {
-    let found = match params.upscaler.as_deref() {
-        Some(name) => registry::resolve(dir, ModelKind::Upscaler, name),
-        None => {
-            registry::resolve_default(dir, ModelKind::Upscaler, &config.upscale.default_upscaler)
-        }
-    };
-    found.map_err(|e| match e {
-        RegistryError::NotFound { .. } => ErrorInfo::new(ErrorKind::ModelNotFound, e.to_string()),
-        RegistryError::Io { .. } => ErrorInfo::new(ErrorKind::Io, e.to_string()),
-    })
+    // A missing default (or known opt-in) upscaler says how to get it, as the SD models do.
+    super::clarity::params::resolve(
+        dir,
+        ModelKind::Upscaler,
+        params.upscaler.as_deref(),
+        &config.upscale.default_upscaler,
+    )
 }
 
 pub fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), ErrorInfo> {
