@@ -172,6 +172,7 @@ def main():
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--scale", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=18)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -212,7 +213,7 @@ def main():
             t = lap("encode", t)
             hint = torch.from_numpy(canvas_img)[None]
             lat = canvas // 8
-            evals = int(min(creativity, 0.999) * 18) + 1
+            evals = int(min(creativity, 0.999) * args.steps) + 1
             tiles = clarity_grid(lat, lat)
             for _ in range(evals):
                 total = torch.zeros_like(z)

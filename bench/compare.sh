@@ -3,7 +3,7 @@
 # same workload in PyTorch eager (bench/clarity_pytorch.py), on the same machine, one after the
 # other, with the same threads; prints both reports and the ratios.
 #
-#   bench/compare.sh [SIZE] [SCALE] [THREADS]       # default: 256 2 2
+#   bench/compare.sh [SIZE] [SCALE] [THREADS] [STEPS]      # default: 256 2 2 18
 #
 # Needs a release build (cargo build --release -p tessera), an ONNX Runtime library
 # (TESSERA_ORT_LIB or the data directory's runtime/), and a Python with torch, diffusers and
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 size=${1:-256}
 scale=${2:-2}
 threads=${3:-2}
+steps=${4:-18}
 python=${PYTHON:-/root/fixture-venv/bin/python}
 dir=${BENCH_DIR:-/dev/shm/tessera-bench}
 trap 'rm -rf "$dir"' EXIT
@@ -21,16 +22,18 @@ trap 'rm -rf "$dir"' EXIT
 tessera_log=$(mktemp)
 torch_log=$(mktemp)
 target/release/tessera bench clarity --dir "$dir" --size "$size" --scale "$scale" \
-  --runs 2 --threads "$threads" | tee "$tessera_log"
+  --runs 2 --threads "$threads" --steps "$steps" | tee "$tessera_log"
 rm -rf "$dir"
-"$python" bench/clarity_pytorch.py --size "$size" --scale "$scale" --threads "$threads" \
+"$python" bench/clarity_pytorch.py --size "$size" --scale "$scale" --threads "$threads" --steps "$steps" \
   | tee "$torch_log"
 
 first=$(awk '/^job 1 /{print $(NF-1)}' "$tessera_log")
 warm=$(awk '/^job 2 /{print $(NF-1)}' "$tessera_log")
 torch_job=$(awk '/^job without load:/{print $4}' "$torch_log")
-tessera_eval=$(awk '/^UNet \+ ControlNet:/{for (i=1;i<=NF;i++) if ($i=="each,") print $(i-2)}' "$tessera_log" | head -1)
-torch_eval=$(awk '/^UNet \+ ControlNet:/{print $(NF-1)}' "$torch_log")
+# "… 13.28 s each …": the seconds per evaluation, in both reports.
+seconds_each='/^UNet \+ ControlNet:/{for (i=3;i<=NF;i++) if ($i ~ /^each/ && $(i-1)=="s") print $(i-2)}'
+tessera_eval=$(awk "$seconds_each" "$tessera_log" | head -1)
+torch_eval=$(awk "$seconds_each" "$torch_log" | head -1)
 echo
 echo "== ${size}² ×${scale}, ${threads} threads"
 awk -v t="$torch_job" -v w="$warm" -v f="$first" -v te="$tessera_eval" -v pe="$torch_eval" 'BEGIN {
