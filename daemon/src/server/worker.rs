@@ -82,11 +82,13 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
     }
 }
 
-/// Hands memory freed by the last job back to the OS when the queue runs dry. glibc keeps
-/// freed blocks in its arenas (one per thread that allocated), so without this a daemon that
-/// once upscaled a large image would keep that heap for the rest of the session. (ONNX
-/// Runtime's own CPU arena is not affected: it belongs to the warm session.)
-fn release_free_memory() {
+/// Hands freed memory back to the OS: when the queue runs dry after a job, and when a client
+/// leaves with results it never read. glibc keeps freed blocks in its arenas (one per thread
+/// that allocated), and once a large block has been freed it serves even multi-megabyte
+/// requests from those arenas, so without this a daemon that once upscaled a large image would
+/// keep that heap for the rest of the session. (With `engine.cpu_arena`, ONNX Runtime's own
+/// arena is not affected: it belongs to the warm session.)
+pub(super) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the kernel.
     unsafe {
