@@ -129,6 +129,8 @@ OUTPUT_NEW_IMAGE = "new-image"
 #: The daemon's diffusion tile sides, in latents (multiples of 8).
 TILE_MIN, TILE_MAX = 16, 256
 #: The largest seed a GIMP integer argument holds; the protocol takes any u64.
+#: (An unsigned argument would reach 2³² − 1, but GIMP 3.0's procedure dialog
+#: has no widget for one.)
 SEED_MAX = 2**31 - 1
 
 #: Every default is ``JobParams()``'s: Clarity's.
@@ -141,7 +143,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "scale",
         "double",
-        "_Scale",
+        "Sc_ale",
         "How many times larger the result is per side (1 to 16): above ×2 the detail is "
         "invented anew in each ×2 stage, sharper but further from the original",
         _DEFAULTS.scale,
@@ -162,7 +164,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "output",
         "choice",
-        "_Output",
+        "Ou_tput",
         "Where the result goes",
         OUTPUT_NEW_LAYER,
         choices=(
@@ -189,7 +191,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "creativity",
         "double",
-        "_Creativity",
+        "Creat_ivity",
         "How much the diffusion may repaint (0 to 1): more invents more detail but strays "
         "further from the original; 0 runs the upscaler alone",
         _DEFAULTS.creativity,
@@ -201,7 +203,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "resemblance",
         "double",
-        "_Resemblance",
+        "Resem_blance",
         "How strongly the ControlNet holds the result to the original (0 to 3): more keeps "
         "the original's shapes and colours, less lets the model add detail that was never there",
         _DEFAULTS.resemblance,
@@ -213,7 +215,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "dynamic",
         "double",
-        "_Dynamic",
+        "D_ynamic",
         "How hard the model follows the prompt (guidance scale, 1 to 50): more gives contrast "
         "and punch but can burn colours, less is softer and more faithful",
         _DEFAULTS.dynamic,
@@ -238,7 +240,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "tile-height",
         "int",
-        "Tile _height",
+        "Tile hei_ght",
         "Height of the diffusion tiles in latents of 8 pixels (16 to 256, a multiple of 8): "
         "smaller tiles add finer, busier detail, larger ones keep the whole coherent",
         _DEFAULTS.tile_height,
@@ -250,7 +252,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "steps",
         "int",
-        "S_teps",
+        "_Steps",
         "Sampler steps of a full denoise (1 to 100), of which about creativity × steps run: "
         "more refine the detail a little further but take longer",
         _DEFAULTS.steps,
@@ -262,7 +264,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "seed",
         "int",
-        "S_eed",
+        "See_d",
         "The noise seed: the same seed and settings give the same result, another seed "
         "another take on the invented detail",
         _DEFAULTS.seed,
@@ -274,7 +276,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "prompt",
         "string",
-        "Pro_mpt",
+        "P_rompt",
         "What the invented detail should look like, in A1111 syntax with <lora:name:weight> "
         "tags: quality words steer the texture, describing the image keeps it on subject",
         _DEFAULTS.prompt,
@@ -284,7 +286,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "negative-prompt",
         "string",
-        "Negat_ive prompt",
+        "_Negative prompt",
         "What the invented detail should avoid, in the same syntax: naming flaws such as blur "
         "or artefacts keeps them out, at the cost of steering the model less by the prompt",
         _DEFAULTS.negative_prompt,
@@ -294,7 +296,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "sampler",
         "choice",
-        "Samp_ler",
+        "Sa_mpler",
         "The diffusion sampler: Clarity's SDE sampler adds fresh noise at each step for more "
         "texture, the others follow a smoother path",
         _nick(SAMPLERS, _DEFAULTS.sampler),
@@ -310,7 +312,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "decay",
         "double",
-        "Deca_y",
+        "D_ecay",
         "How much of the ControlNet's hold reaches its fine, high-resolution blocks (0 to 1): "
         "more keeps fine detail truer to the original, less leaves fine texture to the model",
         _DEFAULTS.decay,
@@ -354,7 +356,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "controlnet",
         "string",
-        "Control_Net",
+        "Contro_lNet",
         "A tile ControlNet in Tessera's models/controlnet/ folder, by name, which holds the "
         "result to the original; empty: Tessera's default",
         "",
@@ -364,7 +366,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "sharpen",
         "double",
-        "Sh_arpen",
+        "S_harpen",
         "Sharpening of the result (0 to 10): more looks crisper but can add halos; 0 is off",
         _DEFAULTS.sharpen,
         minimum=0.0,
@@ -399,6 +401,9 @@ DIALOG_ADVANCED: Tuple[str, ...] = (
     "controlnet",
     "sharpen",
 )
+
+#: What the upscaler-only preset ignores: greyed out in the dialog while it is chosen.
+DIFFUSION_ONLY: Tuple[str, ...] = ("creativity", "resemblance", "prompt") + DIALOG_ADVANCED
 
 
 def job_params(values: Mapping[str, Any]) -> Dict[str, Any]:

@@ -95,6 +95,9 @@ def test_every_mnemonic_is_unique():
         assert argument.nick.count("_") == 1, argument.nick
         keys.append(argument.nick[argument.nick.index("_") + 1].lower())
     assert len(set(keys)) == len(keys), keys
+    # Nor those of the dialog's OK and Cancel buttons (there are too few
+    # letters left to spare Reset, Load and Save Defaults too).
+    assert not {"o", "c"} & set(keys), keys
 
 
 def test_the_dialog_shows_every_argument_once():
@@ -109,6 +112,9 @@ def test_the_dialog_shows_every_argument_once():
     )
     placed = core.DIALOG_MAIN + core.DIALOG_ADVANCED
     assert sorted(placed) == sorted(NAMES)
+    # Greyed out for the upscaler alone: all but what it uses.
+    kept = {"scale", "upscaler", "output", "preset"}
+    assert sorted(core.DIFFUSION_ONLY) == sorted(set(NAMES) - kept)
 
 
 def test_defaults_are_the_protocols():
