@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Result<ExitCode> {
+    // Before anything allocates: the daemon lives for the whole session.
+    server::keep_large_blocks_mapped();
     if tray && !cfg!(all(feature = "tray", target_os = "linux")) {
         anyhow::bail!(
             "this tessera has no tray: it is built with `cargo build --release -p tessera --features tray`, on Linux"

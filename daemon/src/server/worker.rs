@@ -96,6 +96,19 @@ pub(super) fn release_free_memory() {
     }
 }
 
+/// Keeps every block of 1 MiB or more in its own mapping, which goes back to the OS the moment it
+/// is freed. glibc otherwise raises this threshold each time such a block is freed (up to 32 MiB),
+/// after which images and results of a few megabytes live in the heap and stay there. Blocks
+/// above 32 MiB (the networks' large activations) are mapped either way; only blocks between
+/// 1 and 32 MiB change.
+pub fn keep_large_blocks_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning and takes its lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Forwards a running job's progress to its client and tells it when to stop.
 struct JobProgress<'a> {
     hub: &'a Hub,
