@@ -53,15 +53,47 @@ fn a_2x_job_runs_every_phase_with_monotonic_progress_and_an_eta() {
         .unwrap();
     assert_eq!((done.image.width, done.image.height), (96, 80));
     assert_eq!(done.image.channels, Channels::Rgb);
-    let phases: Vec<&str> = {
-        let mut p: Vec<&str> = events.iter().map(|e| e.phase.as_str()).collect();
-        p.dedup();
-        p
-    };
+    const ORDER: [&str; 7] = [
+        "load",
+        "upscale",
+        "encode",
+        "condition",
+        "denoise",
+        "decode",
+        "finish",
+    ];
+    // A client that falls behind gets its unsent progress replaced by newer progress, so on a
+    // busy machine a short phase may go unseen: the phases seen come in order, and the job's
+    // timings show that every phase ran.
+    let mut phases: Vec<&str> = events.iter().map(|e| e.phase.as_str()).collect();
+    phases.dedup();
+    let positions: Vec<usize> = phases
+        .iter()
+        .map(|p| ORDER.iter().position(|o| o == p).expect("a known phase"))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{phases:?}");
+    assert!(phases.contains(&"denoise"), "{phases:?}");
+    assert_eq!(phases.last(), Some(&"finish"));
+    let fractions: Vec<f32> = events.iter().map(|e| e.fraction).collect();
+    assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "{fractions:?}");
+    assert_eq!(*fractions.last().unwrap(), 1.0);
+    // 7 evaluations at creativity 0.35, two network calls each (ControlNet, UNet).
+    let denoise: Vec<&Progress> = events.iter().filter(|e| e.phase == "denoise").collect();
+    assert!(
+        denoise
+            .iter()
+            .all(|e| e.steps == 7 && (1..=7).contains(&e.step))
+    );
+    assert!(
+        events.iter().any(|e| e.eta_seconds.is_some()),
+        "an ETA is given"
+    );
+    let names: Vec<&str> = done.timings.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
-        phases,
+        names,
         [
             "load",
+            "text",
             "upscale",
             "encode",
             "condition",
@@ -70,20 +102,6 @@ fn a_2x_job_runs_every_phase_with_monotonic_progress_and_an_eta() {
             "finish"
         ]
     );
-    let fractions: Vec<f32> = events.iter().map(|e| e.fraction).collect();
-    assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "{fractions:?}");
-    assert_eq!(*fractions.last().unwrap(), 1.0);
-    // 7 evaluations at creativity 0.35, two network calls each (ControlNet, UNet).
-    let denoise: Vec<&Progress> = events.iter().filter(|e| e.phase == "denoise").collect();
-    assert_eq!(denoise.last().map(|e| (e.step, e.steps)), Some((7, 7)));
-    assert!(
-        events.iter().any(|e| e.eta_seconds.is_some()),
-        "an ETA is given"
-    );
-    let names: Vec<&str> = done.timings.iter().map(|t| t.name.as_str()).collect();
-    for phase in ["load", "text", "upscale", "encode", "denoise", "decode"] {
-        assert!(names.contains(&phase), "{names:?}");
-    }
 }
 
 #[test]
