@@ -21,12 +21,10 @@ pub fn find(kind: ModelKind, name: &str) -> Option<&'static ModelSpec> {
     })
 }
 
-/// How to get a missing model: the installer (and the file's first source) for a model the
-/// manifest lists, else the folder to put it in.
-pub fn how_to_get(kind: ModelKind, name: &str, folder: &Path) -> String {
-    let Some(m) = find(kind, name) else {
-        return format!("put the file in {}", folder.display());
-    };
+/// How to get a missing model the manifest lists: the installer and the file's first source.
+/// `None` for any other model (the error already names the folder it belongs in).
+pub fn how_to_get(kind: ModelKind, name: &str, folder: &Path) -> Option<String> {
+    let m = find(kind, name)?;
     let install = match m.set {
         Set::Default => {
             "is one of the default models: run `tessera-install` to download them".to_owned()
@@ -37,14 +35,14 @@ pub fn how_to_get(kind: ModelKind, name: &str, folder: &Path) -> String {
             m.name
         ),
     };
-    format!(
+    Some(format!(
         "{} {install}, or download {} ({} bytes, SHA-256 {}) into {}",
         m.file,
         m.sources[0].url,
         m.size,
         m.sha256,
         folder.display()
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -67,7 +65,7 @@ mod tests {
     #[test]
     fn the_advice_names_the_file_the_installer_and_the_first_source() {
         let folder = Path::new("/d/models/vae");
-        let how = how_to_get(ModelKind::Vae, "vae-ft-mse-840000-ema-pruned", folder);
+        let how = how_to_get(ModelKind::Vae, "vae-ft-mse-840000-ema-pruned", folder).unwrap();
         assert!(
             how.starts_with("vae-ft-mse-840000-ema-pruned.safetensors is one of the default models")
                 && how.contains("run `tessera-install`")
@@ -80,7 +78,8 @@ mod tests {
             ModelKind::Embedding,
             "JuggernautNegative-neg",
             Path::new("/d/models/embeddings"),
-        );
+        )
+        .unwrap();
         assert!(
             how.contains("JuggernautNegative-neg.pt") && how.contains("tessera-install"),
             "{how}"
@@ -89,14 +88,15 @@ mod tests {
             ModelKind::Upscaler,
             "4x-UltraSharp",
             Path::new("/d/models/upscalers"),
-        );
+        )
+        .unwrap();
         assert!(
             how.contains("tessera-install --with 4x-UltraSharp") && how.contains("non-commercial"),
             "{how}"
         );
         assert_eq!(
             how_to_get(ModelKind::Lora, "mine", Path::new("/d/models/loras")),
-            "put the file in /d/models/loras"
+            None
         );
     }
 }

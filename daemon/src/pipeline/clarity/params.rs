@@ -93,8 +93,11 @@ pub fn model_error(error: RegistryError) -> ErrorInfo {
             ref folder,
             ..
         } => {
-            let how = defaults::how_to_get(kind, name, folder);
-            ErrorInfo::new(ErrorKind::ModelNotFound, format!("{error}; {how}"))
+            let message = match defaults::how_to_get(kind, name, folder) {
+                Some(how) => format!("{error}; {how}"),
+                None => error.to_string(),
+            };
+            ErrorInfo::new(ErrorKind::ModelNotFound, message)
         }
         RegistryError::Io { .. } => ErrorInfo::new(ErrorKind::Io, error.to_string()),
     }
