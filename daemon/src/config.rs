@@ -11,6 +11,7 @@ pub struct Config {
     pub limits: Limits,
     pub engine: EngineConfig,
     pub upscale: UpscaleConfig,
+    pub diffusion: DiffusionConfig,
 }
 
 /// Bounds on what one client may ask of the daemon.
@@ -53,6 +54,10 @@ pub struct EngineConfig {
     /// unset means the list recorded with the installed runtime (`runtime/runtime.toml`),
     /// else the CPU alone.
     pub execution_providers: Option<Vec<String>>,
+    /// Keep ONNX Runtime's CPU memory arena: each warm session then holds on to the largest
+    /// activations it ever needed. Off (the default), activation memory goes back after every
+    /// network call, so a job's peak is its largest phase rather than the sum of all of them.
+    pub cpu_arena: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +78,36 @@ impl Default for UpscaleConfig {
             default_upscaler: "RealESRGAN_x4plus".into(),
             tile: 192,
             overlap: 8,
+        }
+    }
+}
+
+/// The diffusion pipeline's settings that are not job parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiffusionConfig {
+    /// Models used when a job names none (each falls back to the first model of its folder).
+    pub default_checkpoint: String,
+    pub default_vae: String,
+    pub default_controlnet: String,
+    /// Diffusion tiles per network call: speed and memory only, the result is the same.
+    pub tile_batch: usize,
+    /// Images up to this many pixels a side (plus context) are VAE-encoded whole; larger ones
+    /// in tiles with frozen GroupNorm statistics.
+    pub vae_encoder_tile: usize,
+    /// Latents up to this many a side (plus context) are decoded whole; larger ones in tiles.
+    pub vae_decoder_tile: usize,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        Self {
+            default_checkpoint: "juggernaut_reborn".into(),
+            default_vae: "vae-ft-mse-840000-ema-pruned".into(),
+            default_controlnet: "control_v11f1e_sd15_tile".into(),
+            tile_batch: 1,
+            vae_encoder_tile: 512,
+            vae_decoder_tile: 64,
         }
     }
 }
@@ -123,6 +158,13 @@ impl Config {
                 "upscale.overlap ({}) must be less than half of upscale.tile ({})",
                 u.overlap, u.tile
             ));
+        }
+        let d = &self.diffusion;
+        if d.tile_batch == 0 || d.vae_encoder_tile < 64 || d.vae_decoder_tile < 8 {
+            return Err(
+                "diffusion.tile_batch must be at least 1, vae_encoder_tile at least 64 and vae_decoder_tile at least 8"
+                    .into(),
+            );
         }
         if let Some(names) = &self.engine.execution_providers {
             crate::engine::parse_providers(names)

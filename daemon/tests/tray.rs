@@ -382,13 +382,7 @@ fn the_tray_shows_its_menu_pauses_opens_and_quits_the_daemon() {
     let location = paths::data_dir(Some(&data)).unwrap();
     let socket = paths::socket_address(None, &location);
     let mut client = Client::connect(&socket, "tray-test").unwrap();
-    // The pipeline adds more parameters, all with defaults.
-    #[allow(clippy::needless_update)]
-    let params = JobParams {
-        scale: 2.0,
-        upscaler: Some("tiny-x4".into()),
-        ..JobParams::default()
-    };
+    let params = JobParams::upscaler_only(2.0, Some("tiny-x4".into()));
     let accepted = client.submit(image(), params.clone()).unwrap();
     wait_for("the job line to show the waiting job", || {
         labels(&item)

@@ -5,7 +5,7 @@
 use crate::download::{Fetcher, SourceError, host, partial_path};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
-use tessera::setup::manifest::{Manifest, ModelSpec};
+use tessera::setup::manifest::{Manifest, ModelSpec, size_text};
 use tessera::setup::record::{InstallRecord, Item};
 use tessera::store::DataDir;
 
@@ -39,6 +39,24 @@ pub fn selection<'a>(
     Ok(chosen)
 }
 
+/// What the model step is about to do, in one line: how many files, how large, and how much of
+/// that is still to be downloaded (or imported).
+pub fn summary(dir: &DataDir, chosen: &[&ModelSpec], from: Option<&Path>) -> String {
+    let files = |n: usize| format!("{n} file{}", if n == 1 { "" } else { "s" });
+    let total: u64 = chosen.iter().map(|s| s.size).sum();
+    let missing: Vec<_> = chosen.iter().filter(|s| !s.path(dir).exists()).collect();
+    let all = format!("{} ({})", files(chosen.len()), size_text(total));
+    if missing.is_empty() {
+        return format!("{all}, all in place: checking them");
+    }
+    let bytes = size_text(missing.iter().map(|s| s.size).sum());
+    let how = match from {
+        Some(folder) => format!("to import from {} or download", folder.display()),
+        None => "to download".to_owned(),
+    };
+    format!("{all}; {} not here yet: {bytes} {how}", missing.len())
+}
+
 /// Installs the selected models, recording what it added. Stops at the first model that can
 /// be neither found, imported nor downloaded, with one line saying which and what to do.
 pub fn install(
@@ -47,6 +65,7 @@ pub fn install(
     options: &ModelOptions,
 ) -> anyhow::Result<()> {
     let chosen = selection(options.manifest, options.with)?;
+    println!("  {}", summary(dir, &chosen, options.from));
     let staging = dir.cache().join("downloads");
     record
         .create_dir_all(&staging)
@@ -98,13 +117,17 @@ fn download(
     options: &ModelOptions,
 ) -> anyhow::Result<()> {
     let partial = partial_path(staging, spec);
-    let mut failures = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for source in &spec.sources {
-        match options.fetcher.fetch(spec, &source.url, &partial, target) {
+        let failure = match options.fetcher.fetch(spec, &source.url, &partial, target) {
             Ok(()) => return Ok(()),
             Err(SourceError::Disk(reason)) => bail!("cannot save {}: {reason}", spec.file),
-            Err(error @ SourceError::Unreachable(_)) => failures.push(error.to_string()),
-            Err(error) => failures.push(format!("{}: {error}", host(&source.url))),
+            Err(error @ SourceError::Unreachable(_)) => error.to_string(),
+            Err(error) => format!("{}: {error}", host(&source.url)),
+        };
+        // Mirrors on one host fail alike (no network, say): say it once.
+        if !failures.contains(&failure) {
+            failures.push(failure);
         }
     }
     bail!(

@@ -43,6 +43,7 @@ fn models(home: &Home) -> Models {
         &[Entry {
             name: "tiny-x4",
             file: "tiny-x4.safetensors",
+            kind: "upscaler",
             set: "default",
             content: &content,
             urls: vec![server.url("/r1/tiny-x4.safetensors")],
@@ -222,7 +223,9 @@ fn a_full_install_places_everything_and_the_program_upscales() {
         "{out}"
     );
 
-    // The model, then an upscale with the installed program and nothing else.
+    // The model, then an upscale with the installed program and nothing else. The test manifest
+    // holds only the tiny ESRGAN, so the job is the upscaler alone (a default job also needs the
+    // SD models of the built-in default set).
     let model = home.data().join("models/upscalers/tiny-x4.safetensors");
     assert!(model.is_file());
     let input = home.join("in.png");
@@ -232,7 +235,7 @@ fn a_full_install_places_everything_and_the_program_upscales() {
     .save(&input)
     .unwrap();
     let upscale = run(std::process::Command::new(&program)
-        .args(["upscale"])
+        .args(["upscale", "--preset", "upscaler", "--scale", "4"])
         .arg(&input)
         .arg("-o")
         .arg(home.join("out.png"))

@@ -1,6 +1,7 @@
 //! The model step against a local HTTP server: a plain download, a connection dropped mid-file
 //! (the next attempt resumes with `Range`), wrong bytes (refused, partial deleted, one line
-//! naming the file), files already present, `--models-from`, and an unreachable server.
+//! naming the file), files already present, `--models-from` (every kind into its folder), and an
+//! unreachable server; `tessera doctor` on the result and on the built-in default set.
 
 mod support;
 
@@ -27,6 +28,7 @@ fn setup(behaviour: Behaviour) -> Setup {
         &[Entry {
             name: "test-model",
             file: "model.pth",
+            kind: "upscaler",
             set: "default",
             content: &content,
             urls: vec![server.url("/r1/model.pth")],
@@ -80,6 +82,10 @@ fn a_model_is_downloaded_verified_and_recorded() {
     assert!(output.status.success());
     assert_eq!(std::fs::read(installed(&s)).unwrap(), s.content);
     assert!(stdout(&output).contains("model.pth"));
+    assert!(
+        stdout(&output).contains("1 file (3.15 MB); 1 not here yet: 3.15 MB to download"),
+        "the size is said before the download"
+    );
     assert!(stdout(&output).contains("downloaded and verified"));
     assert_eq!(s.server.ranges(), [None]);
     assert!(downloads(&s).is_empty(), "no partial file is left");
@@ -136,6 +142,7 @@ fn present_and_valid_files_are_not_fetched_again() {
     let output = install(&s, &[]);
     assert!(output.status.success());
     assert!(stdout(&output).contains("present and valid"));
+    assert!(stdout(&output).contains("1 file (3.15 MB), all in place"));
     assert_eq!(s.server.ranges().len(), 1, "the second run made no request");
 }
 
@@ -166,6 +173,10 @@ fn models_from_imports_by_name_or_by_hash_after_the_same_checks() {
     std::fs::write(folder.join("other.pth"), b"unrelated").unwrap();
     let output = install(&s, &["--models-from", folder.to_str().unwrap()]);
     assert!(output.status.success());
+    assert!(stdout(&output).contains(&format!(
+        "3.15 MB to import from {} or download",
+        folder.display()
+    )));
     assert!(stdout(&output).contains("imported from"));
     assert_eq!(std::fs::read(installed(&s)).unwrap(), s.content);
     assert!(s.server.ranges().is_empty(), "nothing was downloaded");
@@ -203,6 +214,7 @@ fn an_unreachable_server_stops_with_one_line_naming_the_file_and_the_import() {
         &[Entry {
             name: "test-model",
             file: "model.pth",
+            kind: "upscaler",
             set: "default",
             content: &content,
             urls: vec![format!("http://127.0.0.1:{port}/r1/model.pth")],
@@ -284,4 +296,113 @@ fn without_python_the_runtime_step_says_what_to_do() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("needs Python 3 with pip"), "{err}");
     assert!(err.contains("tessera-install --ort-lib PATH"), "{err}");
+}
+
+/// `tessera doctor` for this HOME (against `manifest`, else the built-in one).
+fn doctor(home: &Home, manifest: Option<&std::path::Path>) -> std::process::Output {
+    let mut command = std::process::Command::new(tessera_e2e::tessera_bin());
+    command.arg("doctor");
+    if let Some(manifest) = manifest {
+        command.arg("--manifest").arg(manifest);
+    }
+    run(command
+        .env("HOME", home.path())
+        .env("XDG_RUNTIME_DIR", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("TESSERA_DATA_DIR")
+        .env_remove("TESSERA_SOCKET")
+        .env_remove("TESSERA_ORT_LIB")
+        .env_remove("ORT_DYLIB_PATH"))
+}
+
+#[test]
+fn models_from_puts_every_kind_in_its_folder_and_doctor_checks_them() {
+    let home = Home::new();
+    let server = Server::start(BTreeMap::new(), Behaviour::Good);
+    // (manifest kind, file, folder under models/): the default set's kinds.
+    let kinds = [
+        ("checkpoint", "juggernaut.safetensors", "checkpoints"),
+        ("vae", "vae.safetensors", "vae"),
+        ("controlnet", "tile.pth", "controlnet"),
+        ("upscaler", "esrgan.pth", "upscalers"),
+        ("lora", "detail.safetensors", "loras"),
+        ("embedding", "negative.pt", "embeddings"),
+    ];
+    let contents: Vec<Vec<u8>> = (0..kinds.len())
+        .map(|i| generated(1000 * (i + 1), i as u64))
+        .collect();
+    let entries: Vec<Entry> = kinds
+        .iter()
+        .zip(&contents)
+        .map(|((kind, file, _), content)| Entry {
+            name: file.split('.').next().unwrap(),
+            file,
+            kind,
+            set: "default",
+            content,
+            urls: vec![server.url(&format!("/r1/{file}"))],
+        })
+        .collect();
+    let manifest = manifest(home.path(), &entries);
+    let folder = home.join("mine");
+    std::fs::create_dir_all(&folder).unwrap();
+    for ((_, file, _), content) in kinds.iter().zip(&contents) {
+        std::fs::write(folder.join(file), content).unwrap();
+    }
+    let output = run(home
+        .installer("")
+        .args(["--no-service", "--no-plugins", "--ort-lib"])
+        .arg(fake_library(&home))
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--models-from")
+        .arg(&folder));
+    assert!(output.status.success());
+    assert!(
+        stdout(&output).contains("6 files (21.0 kB); 6 not here yet: 21.0 kB to import from"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(server.ranges().is_empty(), "nothing was downloaded");
+    for ((_, file, sub), content) in kinds.iter().zip(&contents) {
+        let placed = home.data().join("models").join(sub).join(file);
+        assert_eq!(&std::fs::read(&placed).unwrap(), content, "{sub}/{file}");
+    }
+
+    let out = stdout(&doctor(&home, Some(&manifest)));
+    for (_, file, sub) in kinds {
+        let name = file.split('.').next().unwrap();
+        assert!(
+            out.contains(&format!(
+                "ok       {sub}/{file} valid ({name}, licence MIT)"
+            )),
+            "{sub}/{file}: {out}"
+        );
+    }
+    assert!(!out.contains("is missing"), "{out}");
+}
+
+#[test]
+fn doctor_names_each_missing_default_model() {
+    let home = Home::new();
+    let out = stdout(&doctor(&home, None));
+    for file in [
+        "checkpoints/juggernaut_reborn.safetensors (2.13 GB)",
+        "vae/vae-ft-mse-840000-ema-pruned.safetensors (335 MB)",
+        "controlnet/control_v11f1e_sd15_tile.pth (1.45 GB)",
+        "upscalers/RealESRGAN_x4plus.pth (67.0 MB)",
+        "loras/more_details.safetensors (9.55 MB)",
+        "loras/SDXLrender_v2.0.safetensors (181 MB)",
+        "embeddings/JuggernautNegative-neg.pt (13.3 kB)",
+    ] {
+        assert!(
+            out.contains(&format!("PROBLEM  the default model {file} is missing")),
+            "{file}: {out}"
+        );
+    }
+    assert!(
+        !out.contains("4x-UltraSharp.pth is missing"),
+        "an opt-in model is not a problem: {out}"
+    );
 }

@@ -65,6 +65,16 @@ def _add_argument(procedure, argument):
             argument.default,
             flags,
         )
+    elif argument.kind == "int":
+        procedure.add_int_argument(
+            argument.name,
+            argument.nick,
+            argument.blurb,
+            int(argument.minimum),
+            int(argument.maximum),
+            argument.default,
+            flags,
+        )
     elif argument.kind == "string":
         procedure.add_string_argument(
             argument.name, argument.nick, argument.blurb, argument.default, flags
@@ -96,8 +106,10 @@ class TesseraUpscale(Gimp.PlugIn):
         procedure.set_documentation(
             "Upscale the selection or layer with Tessera's AI upscaler",
             "Sends the selection (clipped to the active layer), or the whole layer, to the "
-            "Tessera daemon and puts the upscaled pixels in a new layer above it at the "
-            "selection's position, or in a new image. Starts the daemon when it is not running.",
+            "Tessera daemon, which enlarges it and (with the Clarity or Refiners preset) "
+            "repaints its detail with Stable Diffusion, and puts the result in a new layer "
+            "above it at the selection's position, or in a new image. Starts the daemon when "
+            "it is not running.",
             name,
         )
         procedure.set_attribution("Tessera contributors", "Tessera contributors", "2026")
@@ -159,18 +171,45 @@ def run(procedure, run_mode, image, drawables, config, data):
     )
 
 
+#: Ids of the dialog's Advanced section (an expander around a box).
+ADVANCED = "advanced"
+ADVANCED_BOX = "advanced-box"
+
+
 def _dialog(procedure, config):
     """Shows the procedure's dialog (GIMP fills it with the last values used);
-    True when the user pressed OK."""
+    True when the user pressed OK. The main arguments are at the top
+    (``core.DIALOG_MAIN``), the others in a folded Advanced section."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     from gi.repository import GimpUi, Gtk
 
     GimpUi.init(core.PROCEDURE_NAME)
+    # GIMP hands an empty string argument back as None, which an entry cannot show.
+    for argument in core.ARGUMENTS:
+        if argument.kind == "string" and config.get_property(argument.name) is None:
+            config.set_property(argument.name, "")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Tessera Upscale")
     hint = _installed_upscalers_hint()
     dialog.get_label("installed-upscalers", hint, False, False)
-    dialog.fill(["scale", "upscaler", "installed-upscalers", "output"])
+    # Sliders for the main values; numbers to type for the rest (the seed has
+    # two billion), the tile sides stepping by 8 as the daemon wants them.
+    for name in ("scale", "creativity", "resemblance"):
+        dialog.get_widget(name, GimpUi.SpinScale.__gtype__)
+    dialog.get_widget("seed", GimpUi.LabelSpin.__gtype__)
+    for name in ("tile-width", "tile-height"):
+        dialog.get_widget(name, GimpUi.LabelSpin.__gtype__).set_increments(8, 32)
+    main = list(core.DIALOG_MAIN)
+    main.insert(main.index("upscaler") + 1, "installed-upscalers")
+    dialog.fill_box(ADVANCED_BOX, list(core.DIALOG_ADVANCED))
+    dialog.get_label("advanced-title", "Advanced", False, False)
+    dialog.fill_expander(ADVANCED, "advanced-title", False, ADVANCED_BOX)
+    dialog.fill(main + [ADVANCED])
+    upscaler_only = Gimp.ValueArray.new_from_values(
+        [GObject.Value(GObject.TYPE_STRING, "upscaler")]
+    )
+    for name in core.DIFFUSION_ONLY:
+        dialog.set_sensitive_if_in(name, None, "preset", upscaler_only, False)
     answer = os.environ.get(TEST_DIALOG_ENV)
     if answer:
         _test_log("dialog-hint", text=hint)
@@ -197,11 +236,27 @@ def _answer_dialog_for_test(dialog, config, answer, Gtk):
     """Test hook: once the dialog is shown, log the values it shows, set
     ``answer["set"]`` as a user would, and press OK (or Cancel)."""
 
+    def widget(name):
+        return dialog.get_widget(name, GObject.TYPE_NONE)
+
+    def sensitive():
+        return {a.name: bool(widget(a.name).get_sensitive()) for a in core.ARGUMENTS}
+
     def respond():
         shown = {argument.name: config.get_property(argument.name) for argument in core.ARGUMENTS}
-        _test_log("dialog-shown", values=shown, visible=bool(dialog.get_visible()))
+        advanced = widget(ADVANCED)
+        _test_log(
+            "dialog-shown",
+            values=shown,
+            visible=bool(dialog.get_visible()),
+            advanced=[a.name for a in core.ARGUMENTS if widget(a.name).is_ancestor(advanced)],
+            advanced_expanded=bool(advanced.get_expanded()),
+            tile_step=widget("tile-width").get_spin_button().get_increments()[0],
+            sensitive=sensitive(),
+        )
         for name, value in answer.get("set", {}).items():
             config.set_property(name, value)
+        _test_log("dialog-set", sensitive=sensitive())
         ok = answer.get("response", "ok") == "ok"
         dialog.response(Gtk.ResponseType.OK if ok else Gtk.ResponseType.CANCEL)
         return False

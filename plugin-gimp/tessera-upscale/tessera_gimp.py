@@ -18,8 +18,11 @@ from tessera_client import (
     Client,
     ConnectionClosed,
     DaemonNotRunning,
+    JobParams,
+    Preset,
     Progress,
     SampleFormat,
+    Sampler,
     TesseraError,
     Transfer,
     data_dir,
@@ -40,13 +43,13 @@ class Argument(NamedTuple):
     """One argument of the procedure: how GIMP shows and checks it, and which
     job parameter (a field of ``tessera_client.JobParams``) it sets.
 
-    Adding a job parameter (when the protocol grows one, e.g. the diffusion
-    stage's creativity) is one more entry in :data:`ARGUMENTS`; arguments that
-    are not job parameters (``job_field`` ``None``) steer the plug-in itself.
+    Adding a job parameter (when the protocol grows one) is one more entry in
+    :data:`ARGUMENTS`; arguments that are not job parameters (``job_field``
+    ``None``) steer the plug-in itself.
     """
 
     name: str
-    #: "double", "string" or "choice".
+    #: "double", "int", "string" or "choice".
     kind: str
     nick: str
     blurb: str
@@ -61,22 +64,89 @@ class Argument(NamedTuple):
     to_job: Callable[[Any], Any] = lambda value: value
 
 
+class InvalidArgument(ValueError):
+    """A value that GIMP's ranges let through but the daemon refuses; ``str()``
+    is a sentence for the user."""
+
+
 def _model_name(value: Any) -> Optional[str]:
     text = (value or "").strip()
     return text or None
 
 
+def _text(value: Any) -> str:
+    return value or ""
+
+
+def _tile(name: str) -> Callable[[Any], int]:
+    """A diffusion tile side, in latents: the daemon takes multiples of 8 only."""
+
+    def to_job(value: Any) -> int:
+        tile = int(value)
+        if tile % 8 != 0:
+            raise InvalidArgument(
+                f"{name} must be a multiple of 8 between {TILE_MIN} and {TILE_MAX} (got {tile})"
+            )
+        return tile
+
+    return to_job
+
+
+def _choice(name: str, by_nick: Mapping[str, Any]) -> Callable[[Any], Any]:
+    def to_job(nick: Any) -> Any:
+        try:
+            return by_nick[nick]
+        except KeyError:
+            raise InvalidArgument(
+                f"{name} must be one of {', '.join(by_nick)} (got {nick!r})"
+            ) from None
+
+    return to_job
+
+
+#: The preset choice's nicks (the CLI's ``--preset`` values).
+PRESETS: Dict[str, Preset] = {
+    "clarity": Preset.CLARITY,
+    "refiners": Preset.REFINERS,
+    "upscaler": Preset.UPSCALER,
+}
+#: The sampler choice's nicks (the CLI's ``--sampler`` values).
+SAMPLERS: Dict[str, Sampler] = {
+    "dpmpp-3m-sde-karras": Sampler.DPMPP_3M_SDE_KARRAS,
+    "dpmpp-2m-karras": Sampler.DPMPP_2M_KARRAS,
+    "dpmpp-2m": Sampler.DPMPP_2M,
+    "ddim": Sampler.DDIM,
+}
+
+
+def _nick(by_nick: Mapping[str, Any], value: Any) -> str:
+    return next(nick for nick, member in by_nick.items() if member == value)
+
+
 OUTPUT_NEW_LAYER = "new-layer"
 OUTPUT_NEW_IMAGE = "new-image"
 
-#: Clarity's defaults where Clarity has one: it upscales ×2.
+#: The daemon's diffusion tile sides, in latents (multiples of 8).
+TILE_MIN, TILE_MAX = 16, 256
+#: The largest seed a GIMP integer argument holds; the protocol takes any u64.
+#: (An unsigned argument would reach 2³² − 1, but GIMP 3.0's procedure dialog
+#: has no widget for one.)
+SEED_MAX = 2**31 - 1
+
+#: Every default is ``JobParams()``'s: Clarity's.
+_DEFAULTS = JobParams()
+
+#: In registration order: new arguments go last, so that scripts passing them
+#: by position keep working. The ranges are the daemon's
+#: (``daemon/src/pipeline/clarity/params.rs``).
 ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "scale",
         "double",
-        "_Scale",
-        "Output size ÷ input size, per side (1 to 16)",
-        2.0,
+        "Sc_ale",
+        "How many times larger the result is per side (1 to 16): above ×2 the detail is "
+        "invented anew in each ×2 stage, sharper but further from the original",
+        _DEFAULTS.scale,
         minimum=1.0,
         maximum=16.0,
         job_field="scale",
@@ -94,7 +164,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "output",
         "choice",
-        "_Output",
+        "Ou_tput",
         "Where the result goes",
         OUTPUT_NEW_LAYER,
         choices=(
@@ -102,12 +172,244 @@ ARGUMENTS: Tuple[Argument, ...] = (
             (OUTPUT_NEW_IMAGE, "New image", "In a new image of the same precision"),
         ),
     ),
+    Argument(
+        "preset",
+        "choice",
+        "_Preset",
+        "Which pipeline runs: Clarity and Refiners repaint detail with Stable Diffusion "
+        "(more quality), the upscaler alone only enlarges (most faithful, and needs no "
+        "Stable Diffusion model)",
+        _nick(PRESETS, _DEFAULTS.preset),
+        choices=(
+            ("clarity", "Clarity", "The Clarity upscaler: ×2 diffusion stages by its rules"),
+            ("refiners", "Refiners", "The Refiners library's MultiUpscaler: one diffusion pass"),
+            ("upscaler", "Upscaler alone", "ESRGAN only: no diffusion, no Stable Diffusion model"),
+        ),
+        job_field="preset",
+        to_job=_choice("preset", PRESETS),
+    ),
+    Argument(
+        "creativity",
+        "double",
+        "Creat_ivity",
+        "How much the diffusion may repaint (0 to 1): more invents more detail but strays "
+        "further from the original; 0 runs the upscaler alone",
+        _DEFAULTS.creativity,
+        minimum=0.0,
+        maximum=1.0,
+        job_field="creativity",
+        to_job=float,
+    ),
+    Argument(
+        "resemblance",
+        "double",
+        "Resem_blance",
+        "How strongly the ControlNet holds the result to the original (0 to 3): more keeps "
+        "the original's shapes and colours, less lets the model add detail that was never there",
+        _DEFAULTS.resemblance,
+        minimum=0.0,
+        maximum=3.0,
+        job_field="resemblance",
+        to_job=float,
+    ),
+    Argument(
+        "dynamic",
+        "double",
+        "D_ynamic",
+        "How hard the model follows the prompt (guidance scale, 1 to 50): more gives contrast "
+        "and punch but can burn colours, less is softer and more faithful",
+        _DEFAULTS.dynamic,
+        minimum=1.0,
+        maximum=50.0,
+        job_field="dynamic",
+        to_job=float,
+    ),
+    Argument(
+        "tile-width",
+        "int",
+        "Tile _width",
+        "Width of the diffusion tiles in latents of 8 pixels (16 to 256, a multiple of 8; "
+        "with the height, Clarity's fractality): smaller tiles add finer, busier detail, "
+        "larger ones keep the whole coherent",
+        _DEFAULTS.tile_width,
+        minimum=TILE_MIN,
+        maximum=TILE_MAX,
+        job_field="tile_width",
+        to_job=_tile("tile-width"),
+    ),
+    Argument(
+        "tile-height",
+        "int",
+        "Tile hei_ght",
+        "Height of the diffusion tiles in latents of 8 pixels (16 to 256, a multiple of 8): "
+        "smaller tiles add finer, busier detail, larger ones keep the whole coherent",
+        _DEFAULTS.tile_height,
+        minimum=TILE_MIN,
+        maximum=TILE_MAX,
+        job_field="tile_height",
+        to_job=_tile("tile-height"),
+    ),
+    Argument(
+        "steps",
+        "int",
+        "_Steps",
+        "Sampler steps of a full denoise (1 to 100), of which about creativity × steps run: "
+        "more refine the detail a little further but take longer",
+        _DEFAULTS.steps,
+        minimum=1,
+        maximum=100,
+        job_field="steps",
+        to_job=int,
+    ),
+    Argument(
+        "seed",
+        "int",
+        "See_d",
+        "The noise seed: the same seed and settings give the same result, another seed "
+        "another take on the invented detail",
+        _DEFAULTS.seed,
+        minimum=0,
+        maximum=SEED_MAX,
+        job_field="seed",
+        to_job=int,
+    ),
+    Argument(
+        "prompt",
+        "string",
+        "P_rompt",
+        "What the invented detail should look like, in A1111 syntax with <lora:name:weight> "
+        "tags: quality words steer the texture, describing the image keeps it on subject",
+        _DEFAULTS.prompt,
+        job_field="prompt",
+        to_job=_text,
+    ),
+    Argument(
+        "negative-prompt",
+        "string",
+        "_Negative prompt",
+        "What the invented detail should avoid, in the same syntax: naming flaws such as blur "
+        "or artefacts keeps them out, at the cost of steering the model less by the prompt",
+        _DEFAULTS.negative_prompt,
+        job_field="negative_prompt",
+        to_job=_text,
+    ),
+    Argument(
+        "sampler",
+        "choice",
+        "Sa_mpler",
+        "The diffusion sampler: Clarity's SDE sampler adds fresh noise at each step for more "
+        "texture, the others follow a smoother path",
+        _nick(SAMPLERS, _DEFAULTS.sampler),
+        choices=(
+            ("dpmpp-3m-sde-karras", "DPM++ 3M SDE Karras", "Clarity's default"),
+            ("dpmpp-2m-karras", "DPM++ 2M Karras", "A1111's DPM++ 2M Karras"),
+            ("dpmpp-2m", "DPM-Solver++ 2M", "On linear timesteps, the Refiners library's default"),
+            ("ddim", "DDIM", "The Refiners Space's default"),
+        ),
+        job_field="sampler",
+        to_job=_choice("sampler", SAMPLERS),
+    ),
+    Argument(
+        "decay",
+        "double",
+        "D_ecay",
+        "How much of the ControlNet's hold reaches its fine, high-resolution blocks (0 to 1): "
+        "more keeps fine detail truer to the original, less leaves fine texture to the model",
+        _DEFAULTS.decay,
+        minimum=0.0,
+        maximum=1.0,
+        job_field="decay",
+        to_job=float,
+    ),
+    Argument(
+        "multistep-factor",
+        "double",
+        "Multistep _factor",
+        "Creativity multiplier for each ×2 stage after the first (0 to 2): less keeps the later "
+        "stages faithful, more lets them invent as much as the first",
+        _DEFAULTS.multistep_factor,
+        minimum=0.0,
+        maximum=2.0,
+        job_field="multistep_factor",
+        to_job=float,
+    ),
+    Argument(
+        "checkpoint",
+        "string",
+        "Chec_kpoint",
+        "A Stable Diffusion 1.5 model in Tessera's models/checkpoints/ folder, by name, whose "
+        "style shows in the invented detail; empty: Tessera's default",
+        "",
+        job_field="checkpoint",
+        to_job=_model_name,
+    ),
+    Argument(
+        "vae",
+        "string",
+        "_VAE",
+        "A VAE in Tessera's models/vae/ folder, by name, which turns the diffusion's latents "
+        "back into pixels; empty: Tessera's default",
+        "",
+        job_field="vae",
+        to_job=_model_name,
+    ),
+    Argument(
+        "controlnet",
+        "string",
+        "Contro_lNet",
+        "A tile ControlNet in Tessera's models/controlnet/ folder, by name, which holds the "
+        "result to the original; empty: Tessera's default",
+        "",
+        job_field="controlnet",
+        to_job=_model_name,
+    ),
+    Argument(
+        "sharpen",
+        "double",
+        "S_harpen",
+        "Sharpening of the result (0 to 10): more looks crisper but can add halos; 0 is off",
+        _DEFAULTS.sharpen,
+        minimum=0.0,
+        maximum=10.0,
+        job_field="sharpen",
+        to_job=float,
+    ),
 )
+
+#: The dialog: these arguments at the top, the rest in its Advanced section.
+DIALOG_MAIN: Tuple[str, ...] = (
+    "scale",
+    "preset",
+    "creativity",
+    "resemblance",
+    "prompt",
+    "upscaler",
+    "output",
+)
+DIALOG_ADVANCED: Tuple[str, ...] = (
+    "dynamic",
+    "tile-width",
+    "tile-height",
+    "steps",
+    "seed",
+    "negative-prompt",
+    "sampler",
+    "decay",
+    "multistep-factor",
+    "checkpoint",
+    "vae",
+    "controlnet",
+    "sharpen",
+)
+
+#: What the upscaler-only preset ignores: greyed out in the dialog while it is chosen.
+DIFFUSION_ONLY: Tuple[str, ...] = ("creativity", "resemblance", "prompt") + DIALOG_ADVANCED
 
 
 def job_params(values: Mapping[str, Any]) -> Dict[str, Any]:
     """The job parameters (a mapping of ``JobParams`` fields) for the
-    arguments' ``values``."""
+    arguments' ``values``; raises :class:`InvalidArgument` for a value the
+    daemon would refuse that GIMP's ranges let through."""
     params = {}
     for argument in ARGUMENTS:
         if argument.job_field is not None:
@@ -387,6 +689,6 @@ def error_text(error: BaseException) -> str:
         return f"Tessera could not upscale: {text}"
     if isinstance(error, TimeoutError):
         return f"Tessera did not answer in time: {error}."
-    if isinstance(error, (RuntimeError, OSError, UnsupportedImage)):
+    if isinstance(error, (RuntimeError, OSError, UnsupportedImage, InvalidArgument)):
         return f"Tessera could not upscale: {error}"
     return f"Tessera failed unexpectedly: {error!r}"

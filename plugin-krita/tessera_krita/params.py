@@ -4,9 +4,9 @@ their mapping onto the protocol's ``JobParams``.
 Every parameter the Clarity pipeline will take is described here once. A
 parameter is *offered* — shown in the docker, saved in the settings and sent
 — only when the protocol's ``JobParams`` has a field of the same name, so
-the diffusion parameters (creativity, resemblance, …) appear by themselves
-once the daemon accepts them, and no control is shown that would do nothing.
-Today that leaves the scale and the upscaler model.
+the docker never shows a control that would do nothing, and works against
+an older daemon that takes fewer parameters. A creativity of 0 runs the
+upscaler alone.
 
 No Qt and no Krita here.
 """

@@ -13,16 +13,18 @@ pub mod error;
 pub mod frame;
 pub mod image;
 pub mod message;
+pub mod params;
 pub mod paths;
 
 pub use error::{ErrorInfo, ErrorKind};
 pub use frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode, encode, read_frame, write_frame};
 pub use image::{Channels, Image, ImageError, SampleFormat, Transfer};
 pub use message::{
-    Accepted, Done, Failed, Handshake, JobId, JobParams, Message, ModelEntry, ModelKind, ModelList,
-    Progress, Rejected, StageTiming, Status, Submit,
+    Accepted, Done, Failed, Handshake, JobId, Message, ModelEntry, ModelKind, ModelList, Progress,
+    Rejected, StageTiming, Status, Submit,
 };
+pub use params::{JobParams, LoraWeight, Preset, Sampler};
 
 /// Version of the wire format. Both sides send it in their [`Handshake`]; a
 /// daemon answers a different version with [`ErrorKind::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

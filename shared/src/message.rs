@@ -11,6 +11,7 @@
 
 use crate::error::ErrorInfo;
 use crate::image::Image;
+use crate::params::JobParams;
 use serde::{Deserialize, Serialize};
 
 /// A job number, unique for the life of one daemon process.
@@ -71,25 +72,6 @@ pub struct Submit {
     pub params: JobParams,
 }
 
-/// What to do with the image.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobParams {
-    /// Output size ÷ input size, per axis; 1 to 16.
-    pub scale: f32,
-    /// Name of a model in the data directory's `models/upscalers/` (with or
-    /// without its extension); `None` takes the daemon's default.
-    pub upscaler: Option<String>,
-}
-
-impl Default for JobParams {
-    fn default() -> Self {
-        Self {
-            scale: 4.0,
-            upscaler: None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
     pub request: u64,
@@ -121,6 +103,8 @@ pub struct Progress {
     pub tiles: u32,
     /// Fraction of the whole job done, 0 to 1, never decreasing.
     pub fraction: f32,
+    /// Estimated seconds until the job is done; `None` until there is a basis for it.
+    pub eta_seconds: Option<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +144,10 @@ pub struct Status {
     pub clients: u32,
     /// The data directory the daemon uses.
     pub data_dir: String,
+    /// The warm ONNX Runtime sessions the engine holds, e.g. "UNet+ControlNet juggernaut_reborn.safetensors".
+    pub sessions: Vec<String>,
+    /// The daemon's resident memory in bytes (0 where the platform does not say).
+    pub resident_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -16,8 +16,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::PathBuf;
 use tessera_protocol::{
-    Channels, DEFAULT_MAX_FRAME_BYTES, ErrorKind, Image, Message, ModelKind, SampleFormat,
-    Transfer, decode, encode, read_frame, write_frame,
+    Channels, DEFAULT_MAX_FRAME_BYTES, ErrorKind, Image, JobParams, Message, ModelKind, Preset,
+    SampleFormat, Sampler, Transfer, decode, encode, read_frame, write_frame,
 };
 
 const REGENERATE: &str = "cargo run -p tessera-protocol --example write_golden";
@@ -202,13 +202,33 @@ fn every_image_layout_and_model_kind_appears() {
 }
 
 #[test]
+fn every_preset_and_sampler_appears() {
+    let all = cases();
+    let params: Vec<&JobParams> = all
+        .iter()
+        .filter_map(|c| match &c.message {
+            Message::Submit(s) => Some(&s.params),
+            _ => None,
+        })
+        .collect();
+    let presets: BTreeSet<u32> = params.iter().map(|p| p.preset as u32).collect();
+    let samplers: BTreeSet<u32> = params.iter().map(|p| p.sampler as u32).collect();
+    assert_eq!(presets, (0..wire_variant_count::<Preset>()).collect());
+    assert_eq!(samplers, (0..wire_variant_count::<Sampler>()).collect());
+    assert!(params.iter().any(|p| p.loras.len() > 1));
+    assert!(params.iter().any(|p| *p == &JobParams::default()));
+}
+
+#[test]
 fn options_booleans_and_non_ascii_strings_appear() {
     let all = cases();
     let names: BTreeSet<&str> = all.iter().map(|c| c.name.as_str()).collect();
     for name in [
         "00-handshake-unicode",  // 2-, 3- and 4-byte UTF-8
-        "01-submit",             // upscaler: None
+        "01-submit",             // upscaler: None, Clarity's defaults
         "01-submit-upscaler",    // upscaler: Some
+        "04-progress",           // eta_seconds: Some
+        "04-progress-no-eta",    // eta_seconds: None
         "09-status",             // running: Some
         "09-status-idle",        // running: None
         "10-list-models",        // false

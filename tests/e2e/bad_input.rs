@@ -10,10 +10,7 @@ use tessera_protocol::{
 };
 
 fn params(model: &str) -> JobParams {
-    JobParams {
-        scale: 4.0,
-        upscaler: Some(model.into()),
-    }
+    JobParams::upscaler_only(4.0, Some(model.into()))
 }
 
 /// A raw connection that has done the handshake.

@@ -38,7 +38,7 @@ fn upscale_starts_a_daemon_when_none_runs_and_stop_ends_it() {
     write_png(&input, 12, 9, false);
     let stdout = run_ok(
         daemon
-            .command(["upscale"])
+            .command(["upscale", "--preset", "upscaler", "--scale", "4"])
             .arg(&input)
             .arg("-o")
             .arg(&output),
@@ -68,6 +68,8 @@ fn sixteen_bit_files_come_back_sixteen_bit_at_the_asked_scale() {
             .command([
                 "upscale",
                 "--no-start",
+                "--preset",
+                "upscaler",
                 "--scale",
                 "2",
                 "--model",
@@ -92,7 +94,14 @@ fn errors_are_one_clear_line() {
     let input = daemon.dir.path().join("in.png");
     write_png(&input, 4, 4, false);
     let output = daemon
-        .command(["upscale", "--no-start", "--model", "missing"])
+        .command([
+            "upscale",
+            "--no-start",
+            "--preset",
+            "upscaler",
+            "--model",
+            "missing",
+        ])
         .arg(&input)
         .args(["-o", "out.png"])
         .output()

@@ -7,10 +7,7 @@ use tessera_e2e::{Daemon, test_image};
 use tessera_protocol::{ErrorKind, JobParams, Message};
 
 fn params() -> JobParams {
-    JobParams {
-        scale: 4.0,
-        upscaler: Some("tiny-x4".into()),
-    }
+    JobParams::upscaler_only(4.0, Some("tiny-x4".into()))
 }
 
 #[test]

@@ -23,10 +23,7 @@ use tessera_protocol::{
 const ROLE_SOCKET: &str = "TESSERA_E2E_ROLE_SOCKET";
 
 fn params() -> JobParams {
-    JobParams {
-        scale: 4.0,
-        upscaler: Some("tiny-x4".into()),
-    }
+    JobParams::upscaler_only(4.0, Some("tiny-x4".into()))
 }
 
 fn frame(message: &Message) -> Vec<u8> {

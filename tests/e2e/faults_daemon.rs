@@ -12,10 +12,7 @@ use tessera_e2e::{Daemon, fixture, test_image, wrap};
 use tessera_protocol::{ErrorKind, Image, JobParams, Message};
 
 fn params(model: &str) -> JobParams {
-    JobParams {
-        scale: 4.0,
-        upscaler: Some(model.into()),
-    }
+    JobParams::upscaler_only(4.0, Some(model.into()))
 }
 
 fn upscale(client: &mut Client, model: &str) -> Result<Image, ClientError> {

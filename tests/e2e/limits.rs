@@ -12,10 +12,7 @@ use tessera_protocol::{
 };
 
 fn params(scale: f32) -> JobParams {
-    JobParams {
-        scale,
-        upscaler: Some("tiny-x4".into()),
-    }
+    JobParams::upscaler_only(scale, Some("tiny-x4".into()))
 }
 
 fn start(limits: &str) -> Daemon {

@@ -23,10 +23,7 @@ const HANG_GUARD: Duration = Duration::from_secs(600);
 const MEMORY_SLACK: u64 = 8 << 20;
 
 fn params(scale: f32) -> JobParams {
-    JobParams {
-        scale,
-        upscaler: Some("tiny-x4".into()),
-    }
+    JobParams::upscaler_only(scale, Some("tiny-x4".into()))
 }
 
 /// Inputs in several layouts, sample formats, transfers and scales.

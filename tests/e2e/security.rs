@@ -122,10 +122,7 @@ fn only_the_daemons_user_gets_in() {
 }
 
 fn params(model: &str) -> JobParams {
-    JobParams {
-        scale: 4.0,
-        upscaler: Some(model.into()),
-    }
+    JobParams::upscaler_only(4.0, Some(model.into()))
 }
 
 fn outcome(client: &mut Client, model: &str) -> Result<u32, ErrorKind> {

@@ -8,7 +8,19 @@ import pytest
 from gimp_cases import SELECTION, Case
 from gimp_fake_daemon import FAKE_UPSCALERS, FakeDaemon
 
-from tessera_client import Channels
+import tessera_gimp as core
+from tessera_client import Channels, JobParams, Sampler
+
+DEFAULTS = {a.name: a.default for a in core.ARGUMENTS}
+#: Diffusion parameters a user changes in the first run: main and advanced.
+CHANGED = {
+    "creativity": 0.6,
+    "prompt": "a watercolour landscape",
+    "seed": 7,
+    "tile-width": 64,
+    "sampler": "ddim",
+    "negative-prompt": "blurry",
+}
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +29,13 @@ def dialog_runs(gimp):
     daemon = FakeDaemon(str(folder / "tessera.sock"))
     env = {"TESSERA_SOCKET": gimp.inside(folder / "tessera.sock")}
     answers = [
-        # A user who changes the scale and the model, then presses OK.
-        {"set": {"scale": 3.0, "upscaler": FAKE_UPSCALERS[1]}, "response": "ok"},
+        # A user who changes the scale, the model and some diffusion
+        # parameters, main and advanced, then presses OK.
+        {"set": {"scale": 3.0, "upscaler": FAKE_UPSCALERS[1], **CHANGED}, "response": "ok"},
         # The next time: the dialog shows those values; OK as they are.
         {"response": "ok"},
-        # Then Cancel.
-        {"set": {"scale": 5.0}, "response": "cancel"},
+        # Then chooses the upscaler alone (the diffusion controls grey out) and cancels.
+        {"set": {"scale": 5.0, "preset": "upscaler"}, "response": "cancel"},
     ]
     runs = []
     try:
@@ -53,8 +66,13 @@ def test_dialog_is_shown_and_confirmed_by_the_user(dialog_runs):
     case, run = runs[0]
     shown = _shown(run)
     assert shown["visible"]
-    # The defaults (GIMP's entry widget turns the empty model name into "").
-    assert shown["values"] == {"scale": 2.0, "upscaler": "", "output": "new-layer"}
+    # The defaults: the protocol's (GIMP's entry widget turns an empty model name into "").
+    assert shown["values"] == DEFAULTS
+    # The main controls at the top, the rest in the folded Advanced section.
+    assert sorted(shown["advanced"]) == sorted(core.DIALOG_ADVANCED)
+    assert not shown["advanced_expanded"]
+    assert shown["tile_step"] == 8
+    assert all(shown["sensitive"].values()), shown["sensitive"]
     assert run.of("dialog-hint")[0]["text"] == "Installed: " + ", ".join(FAKE_UPSCALERS)
     assert run.of("dialog-closed") == [
         {"event": "dialog-closed", "confirmed": True, "pid": shown["pid"]}
@@ -64,7 +82,16 @@ def test_dialog_is_shown_and_confirmed_by_the_user(dialog_runs):
     assert outcome["result"]["size"] == [SELECTION[2] * 3, SELECTION[3] * 3]
     assert outcome["result"]["offset"] == list(SELECTION[:2])
     first = submissions[0]
-    assert (first.params.scale, first.params.upscaler) == (3.0, FAKE_UPSCALERS[1])
+    assert first.params == JobParams(
+        scale=3.0,
+        upscaler=FAKE_UPSCALERS[1],
+        creativity=0.6,
+        prompt="a watercolour landscape",
+        seed=7,
+        tile_width=64,
+        sampler=Sampler.DDIM,
+        negative_prompt="blurry",
+    )
     assert first.image.channels == Channels.RGBA
     assert bytes(first.image.data) == case.sent()
 
@@ -73,21 +100,23 @@ def test_dialog_remembers_the_last_values(dialog_runs):
     runs, submissions = dialog_runs
     case, run = runs[1]
     assert _shown(run)["values"] == {
+        **DEFAULTS,
         "scale": 3.0,
         "upscaler": FAKE_UPSCALERS[1],
-        "output": "new-layer",
+        **CHANGED,
     }
     assert case.outcome()["status"] == "success", run.output
-    assert (submissions[1].params.scale, submissions[1].params.upscaler) == (
-        3.0,
-        FAKE_UPSCALERS[1],
-    )
+    assert submissions[1].params == submissions[0].params
 
 
 def test_cancelling_the_dialog_changes_nothing(dialog_runs):
     runs, submissions = dialog_runs
     case, run = runs[2]
-    _shown(run)
+    shown = _shown(run)
+    assert all(shown["sensitive"].values()), shown["sensitive"]
+    # The upscaler alone ignores the diffusion arguments: they grey out.
+    greyed = run.of("dialog-set")[0]["sensitive"]
+    assert greyed == {a.name: a.name not in core.DIFFUSION_ONLY for a in core.ARGUMENTS}
     assert [e["confirmed"] for e in run.of("dialog-closed")] == [False]
     outcome = case.outcome()
     assert outcome["status"] == "cancel", run.output

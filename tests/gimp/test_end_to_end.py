@@ -1,10 +1,12 @@
-"""The plug-in in GIMP 3 against the real daemon with the tiny test upscaler:
+"""The plug-in in GIMP 3 against the real daemon with the tiny test models:
 ``tessera serve`` runs outside the GIMP root (started as
 ``tests/python/conftest.py`` starts it for the Python tests), its socket in
 the folder the root sees at /mnt.
 
 - The new layer equals what ``tessera upscale`` (the CLI) returns for the
-  same pixels, for an 8-bit and a 16-bit image, at the selection's offset.
+  same pixels and flags, for an 8-bit and a 16-bit image, at the selection's
+  offset, with the upscaler alone; and with the Clarity pipeline, on the tiny
+  Stable Diffusion test models in a second daemon's data directory.
 - Killing the plug-in mid-job, as GIMP's Cancel does, cancels the job and
   leaves the daemon serving the next request.
 - The daemon's refusals reach GIMP as its error message.
@@ -28,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = "tiny-x4"
 # Small tiles, so that modest images make many network calls.
 CONFIG = "[upscale]\ntile = 32\noverlap = 4\n"
+#: The upscaler alone: the data directory has no Stable Diffusion model.
+UPSCALE = {"scale": 2.0, "upscaler": TINY, "preset": "upscaler"}
 
 # Big enough for several tiles: the layer at (5, 7), the selection partly
 # off the layer's top-left corner.
@@ -71,9 +75,7 @@ def _env(gimp, daemon):
 @pytest.mark.parametrize("precision", ["U8_NON_LINEAR", "U16_NON_LINEAR"])
 def test_new_layer_equals_the_cli_result(gimp, daemon, precision):
     folder = gimp.folder(f"e2e-{precision.lower()}")
-    case = Case(
-        gimp, folder, "e2e", precision=precision, arguments={"scale": 2.0, "upscaler": TINY}, **E2E
-    )
+    case = Case(gimp, folder, "e2e", precision=precision, arguments=UPSCALE, **E2E)
     run = gimp.run("upscale_cases.py", [case.spec], env=_env(gimp, daemon))
     outcome = case.outcome()
     assert "exception" not in outcome, outcome["exception"] + run.output
@@ -96,9 +98,7 @@ def test_new_layer_equals_the_cli_result(gimp, daemon, precision):
     # The CLI, on the same pixels.
     source, result = folder / "selection.png", folder / "cli.png"
     write_png(str(source), width, height, Channels.RGBA, case.sample, case.sent())
-    ran = daemon.cli(
-        "upscale", "--no-start", "--model", TINY, "--scale", "2", str(source), "-o", str(result)
-    )
+    ran = daemon.cli("upscale", "--no-start", *_flags(UPSCALE), str(source), "-o", str(result))
     assert ran.returncode == 0, ran.stderr
     cli_width, cli_height, channels, sample, pixels = read_png(str(result))
     assert (cli_width, cli_height, channels, sample) == (
@@ -111,9 +111,92 @@ def test_new_layer_equals_the_cli_result(gimp, daemon, precision):
     assert case.result_pixels() == pixels
 
 
+def _flags(arguments):
+    """The ``tessera upscale`` flags for the plug-in's ``arguments``: the job
+    arguments are named like the CLI's flags."""
+    flags = []
+    for name, value in arguments.items():
+        flags += [f"--{name}", str(value)]
+    return flags
+
+
+PIPELINE = REPO / "tests" / "fixtures" / "pipeline"
+#: Clarity with the tiny upscaler and small diffusion tiles (16 latents,
+#: 128 pixels), so that a small image makes several tiles.
+CLARITY = {
+    "scale": 2.0,
+    "upscaler": TINY,
+    "preset": "clarity",
+    "tile-width": 16,
+    "tile-height": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def diffusion_daemon(gimp):
+    """A daemon with the tiny Clarity pipeline, laid out as the Rust
+    end-to-end tests lay it out (``Daemon::prepare_diffusion`` in
+    ``tests/support/lib.rs``): the checkpoint, VAE and tile ControlNet as the
+    only model of their folders (the defaults fall back to them), the LoRAs and
+    the negative embedding under the names Clarity's default prompts use."""
+    root = gimp.shared / "diffusion-daemon"
+    models = root / "models"
+    shutil.copytree(PIPELINE / "tiny-clarity", models / "checkpoints" / "tiny-clarity")
+    shutil.copytree(PIPELINE / "tiny-clarity", models / "vae" / "tiny-clarity")
+    shutil.copytree(PIPELINE / "tiny-tile", models / "controlnet" / "tiny-tile")
+    (models / "loras").mkdir()
+    for lora in ("more_details", "SDXLrender_v2.0"):
+        shutil.copy(PIPELINE / "tiny-lora.safetensors", models / "loras" / f"{lora}.safetensors")
+    (models / "embeddings").mkdir()
+    shutil.copy(PIPELINE / "tiny-embedding.pt", models / "embeddings" / "JuggernautNegative-neg.pt")
+    running = PYTHON_CONFTEST.Daemon(root, f'[upscale]\ndefault_upscaler = "{TINY}"\n')
+    yield running
+    running.stop()
+
+
+def test_clarity_diffusion_layer_equals_the_cli_result(gimp, diffusion_daemon):
+    """The Clarity pipeline, called from a script with Clarity's defaults
+    but small tiles: the new layer holds exactly what ``tessera upscale
+    --preset clarity`` returns with the same flags (same request and seed, same
+    bytes), and that is not what the upscaler alone returns."""
+    folder = gimp.folder("e2e-clarity")
+    case = Case(gimp, folder, "clarity", arguments=CLARITY, **E2E)
+    run = gimp.run("upscale_cases.py", [case.spec], env=_env(gimp, diffusion_daemon))
+    outcome = case.outcome()
+    assert "exception" not in outcome, outcome["exception"] + run.output
+    assert outcome["status"] == "success", f"{outcome}\n{run.output}"
+    x, y, width, height = case.region()
+    assert (x, y, width, height) == (0, 13, 87, 70)
+    assert outcome["result"]["offset"] == [5, 20]
+    assert outcome["result"]["size"] == [174, 140]
+    assert outcome["stack_after"] == ["top", "source ×2 (Tessera)", "source", "background"]
+    params = run.of("submit")[0]["params"]
+    assert (params["preset"], params["tile_width"], params["seed"]) == (0, 16, 1337)
+    # 174×140 pixels in tiles of 128: several of them, each denoised.
+    texts = [e["text"] for e in run.of("progress")]
+    assert any("denoise" in text and "tile 2 of" in text for text in texts), texts
+
+    source = folder / "selection.png"
+    write_png(str(source), width, height, Channels.RGBA, case.sample, case.sent())
+
+    def cli(arguments, name):
+        result = folder / name
+        ran = diffusion_daemon.cli(
+            "upscale", "--no-start", *_flags(arguments), str(source), "-o", str(result)
+        )
+        assert ran.returncode == 0, ran.stderr
+        return read_png(str(result))
+
+    cli_width, cli_height, channels, sample, pixels = cli(CLARITY, "cli.png")
+    assert (cli_width, cli_height, channels, sample) == (174, 140, Channels.RGBA, SampleFormat.U8)
+    assert case.result_pixels() == pixels
+    upscaled = cli({**CLARITY, "preset": "upscaler"}, "cli-upscaler.png")[4]
+    assert len(upscaled) == len(pixels) and upscaled != pixels, "nothing was diffused"
+
+
 def test_an_unknown_model_is_explained_in_gimp(gimp, daemon):
     folder = gimp.folder("e2e-unknown-model")
-    case = Case(gimp, folder, "unknown", arguments={"upscaler": "4x-Nope"}, **E2E)
+    case = Case(gimp, folder, "unknown", arguments={**UPSCALE, "upscaler": "4x-Nope"}, **E2E)
     run = gimp.run("upscale_cases.py", [case.spec], env=_env(gimp, daemon))
     outcome = case.outcome()
     assert outcome["status"] == "execution-error", f"{outcome}\n{run.output}"
@@ -146,9 +229,9 @@ def test_killing_the_plugin_cancels_the_job_and_the_daemon_serves_on(gimp, daemo
         layer_size=(512, 512),
         image_size=(512, 512),
         layer_offset=(0, 0),
-        arguments={"scale": 4.0, "upscaler": TINY},
+        arguments={**UPSCALE, "scale": 4.0},
     )
-    after = Case(gimp, folder, "after", arguments={"scale": 2.0, "upscaler": TINY}, **E2E)
+    after = Case(gimp, folder, "after", arguments=UPSCALE, **E2E)
     busy = []
     with Client(daemon.socket, agent="pytest-observer") as observer:
         running = gimp.start("upscale_cases.py", [doomed.spec, after.spec], env=_env(gimp, daemon))
@@ -198,7 +281,7 @@ def test_the_plugin_starts_the_daemon_when_none_runs(gimp):
         "TESSERA_DATA_DIR": gimp.inside(data),
         "TESSERA_SOCKET": gimp.inside(socket),
     }
-    case = Case(gimp, folder, "autostart", arguments={"scale": 2.0, "upscaler": TINY}, **E2E)
+    case = Case(gimp, folder, "autostart", arguments=UPSCALE, **E2E)
     run = gimp.run("upscale_cases.py", [case.spec], env=env)
     started = run.of("daemon-started")
     try:

@@ -2,8 +2,10 @@
 host's Python: arguments, pixel layouts, finding and starting the daemon,
 the messages."""
 
+import dataclasses
 import importlib.util
 import os
+import re
 import signal
 import stat
 import sys
@@ -14,13 +16,17 @@ import pytest
 
 import tessera_gimp as core
 from tessera_client import (
+    CLARITY_NEGATIVE_PROMPT,
+    CLARITY_PROMPT,
     Channels,
     ConnectionClosed,
     DaemonNotRunning,
     ErrorKind,
     JobParams,
+    Preset,
     Progress,
     SampleFormat,
+    Sampler,
     TesseraError,
     Transfer,
 )
@@ -37,22 +43,185 @@ def _load_installer():
 
 # --- Arguments ----------------------------------------------------------------
 
+DEFAULTS = {a.name: a.default for a in core.ARGUMENTS}
+ARGUMENTS = {a.name: a for a in core.ARGUMENTS}
+#: The procedure's arguments, in registration order: the first three as
+#: before the diffusion parameters, so that positional callers keep working.
+NAMES = [
+    "scale",
+    "upscaler",
+    "output",
+    "preset",
+    "creativity",
+    "resemblance",
+    "dynamic",
+    "tile-width",
+    "tile-height",
+    "steps",
+    "seed",
+    "prompt",
+    "negative-prompt",
+    "sampler",
+    "decay",
+    "multistep-factor",
+    "checkpoint",
+    "vae",
+    "controlnet",
+    "sharpen",
+]
+
 
 def test_arguments_have_unique_names_and_sane_defaults():
-    names = [a.name for a in core.ARGUMENTS]
-    assert names == ["scale", "upscaler", "output"]
+    assert [a.name for a in core.ARGUMENTS] == NAMES
     for argument in core.ARGUMENTS:
-        if argument.kind == "double":
+        assert argument.kind in ("double", "int", "string", "choice"), argument.name
+        assert argument.blurb and argument.nick, argument.name
+        if argument.kind in ("double", "int"):
             assert argument.minimum <= argument.default <= argument.maximum
+        if argument.kind == "int":
+            for number in (argument.minimum, argument.maximum, argument.default):
+                assert isinstance(number, int) and not isinstance(number, bool), argument.name
+            # GIMP's integer arguments are C ints.
+            assert -(2**31) <= argument.minimum and argument.maximum <= 2**31 - 1
         if argument.kind == "choice":
-            assert argument.default in [nick for nick, _, _ in argument.choices]
+            nicks = [nick for nick, _, _ in argument.choices]
+            assert argument.default in nicks
+            assert len(set(nicks)) == len(nicks)
 
 
-def test_every_job_argument_is_a_job_parameter():
-    defaults = {a.name: a.default for a in core.ARGUMENTS}
-    params = core.job_params(defaults)
-    assert params == {"scale": 2.0, "upscaler": None}
-    JobParams(**params)  # every key is a field
+def test_every_mnemonic_is_unique():
+    keys = []
+    for argument in core.ARGUMENTS:
+        assert argument.nick.count("_") == 1, argument.nick
+        keys.append(argument.nick[argument.nick.index("_") + 1].lower())
+    assert len(set(keys)) == len(keys), keys
+    # Nor those of the dialog's OK and Cancel buttons (there are too few
+    # letters left to spare Reset, Load and Save Defaults too).
+    assert not {"o", "c"} & set(keys), keys
+
+
+def test_the_dialog_shows_every_argument_once():
+    assert core.DIALOG_MAIN == (
+        "scale",
+        "preset",
+        "creativity",
+        "resemblance",
+        "prompt",
+        "upscaler",
+        "output",
+    )
+    placed = core.DIALOG_MAIN + core.DIALOG_ADVANCED
+    assert sorted(placed) == sorted(NAMES)
+    # Greyed out for the upscaler alone: all but what it uses.
+    kept = {"scale", "upscaler", "output", "preset"}
+    assert sorted(core.DIFFUSION_ONLY) == sorted(set(NAMES) - kept)
+
+
+def test_defaults_are_the_protocols():
+    params = core.job_params(DEFAULTS)
+    assert JobParams(**params) == JobParams()
+    # Every field but the LoRA list (the prompt's <lora:…> tags cover it).
+    fields = [f.name for f in dataclasses.fields(JobParams)]
+    assert sorted(params) == sorted(f for f in fields if f != "loras")
+    assert (params["preset"], params["sampler"]) == (Preset.CLARITY, Sampler.DPMPP_3M_SDE_KARRAS)
+    assert params["prompt"] == CLARITY_PROMPT
+    assert params["negative_prompt"] == CLARITY_NEGATIVE_PROMPT
+    assert [params[m] for m in ("upscaler", "checkpoint", "vae", "controlnet")] == [None] * 4
+    for argument in core.ARGUMENTS:
+        if argument.job_field:
+            value = params[argument.job_field]
+            assert type(value) is type(getattr(JobParams(), argument.job_field)) or value is None
+
+
+def test_argument_names_are_the_clis_flags():
+    """Each job argument is named like its ``tessera upscale`` flag (and its
+    ``JobParams`` field, with dashes), so the same words work in both."""
+    text = (REPO / "daemon" / "src" / "cli" / "params.rs").read_text()
+    block = text[text.index("pub struct JobArgs") :]
+    block = block[: block.index("\n}\n")]
+    flags = [name.replace("_", "-") for name in re.findall(r"pub (\w+):", block)]
+    jobs = [a for a in core.ARGUMENTS if a.job_field]
+    assert sorted(a.name for a in jobs) == sorted(f for f in flags if f != "lora")
+    for argument in jobs:
+        assert argument.job_field == argument.name.replace("-", "_")
+
+
+def _choice_nicks(name):
+    return [nick for nick, _, _ in ARGUMENTS[name].choices]
+
+
+@pytest.mark.parametrize(
+    "name, enum, cli_enum",
+    [("preset", Preset, "PresetArg"), ("sampler", Sampler, "SamplerArg")],
+)
+def test_each_choice_maps_to_its_enum(name, enum, cli_enum):
+    nicks = _choice_nicks(name)
+    mapped = [core.job_params({**DEFAULTS, name: nick})[name] for nick in nicks]
+    # One choice per member, in the enum's order.
+    assert mapped == list(enum)
+    assert all(type(member) is enum for member in mapped)
+    # The nicks are the CLI's values (clap's kebab-case names).
+    text = (REPO / "daemon" / "src" / "cli" / "params.rs").read_text()
+    block = text[text.index(f"pub enum {cli_enum}") :]
+    block = block[: block.index("}")]
+    block = "\n".join(line for line in block.splitlines() if not line.strip().startswith("//"))
+    cli = []
+    for explicit, variant in re.findall(r'(?:#\[value\(name = "([^"]+)"\)\]\s*)?(\w+),', block):
+        cli.append(explicit or re.sub(r"(?<!^)(?=[A-Z])", "-", variant).lower())
+    assert nicks == cli
+    with pytest.raises(core.InvalidArgument, match=f"{name} must be one of"):
+        core.job_params({**DEFAULTS, name: "nope"})
+
+
+def _daemon_ranges():
+    """The ranges ``daemon/src/pipeline/clarity/params.rs`` checks, by field."""
+    text = (REPO / "daemon" / "src" / "pipeline" / "clarity" / "params.rs").read_text()
+    found = {
+        field: (float(low), float(high))
+        for field, low, high in re.findall(
+            r'range\("(\w+)", params\.\w+, ([\d.]+), ([\d.]+)\)', text
+        )
+    }
+    tiles = re.search(r"!\((\d+)\.\.=(\d+)\)\.contains\(&tile\) \|\| tile % (\d+) != 0", text)
+    found["tile_width"] = found["tile_height"] = (float(tiles[1]), float(tiles[2]))
+    steps = re.search(r"!\((\d+)\.\.=(\d+)\)\.contains\(&params\.steps\)", text)
+    found["steps"] = (float(steps[1]), float(steps[2]))
+    return found, int(tiles[3])
+
+
+def test_ranges_are_the_daemons():
+    ranges, tile_multiple = _daemon_ranges()
+    assert sorted(ranges) == sorted(
+        [
+            "creativity",
+            "resemblance",
+            "dynamic",
+            "decay",
+            "multistep_factor",
+            "sharpen",
+            "tile_width",
+            "tile_height",
+            "steps",
+        ]
+    )
+    for field, (low, high) in ranges.items():
+        argument = next(a for a in core.ARGUMENTS if a.job_field == field)
+        assert (argument.minimum, argument.maximum) == (low, high), field
+    assert tile_multiple == 8
+    # The seed is a u64 on the wire; GIMP's integers stop at 2³¹ − 1.
+    assert (ARGUMENTS["seed"].minimum, ARGUMENTS["seed"].maximum) == (0, 2**31 - 1)
+    assert (ARGUMENTS["scale"].minimum, ARGUMENTS["scale"].maximum) == (1.0, 16.0)
+
+
+@pytest.mark.parametrize("name", ["tile-width", "tile-height"])
+def test_tiles_must_be_multiples_of_8(name):
+    assert core.job_params({**DEFAULTS, name: 64})[name.replace("-", "_")] == 64
+    with pytest.raises(core.InvalidArgument) as caught:
+        core.job_params({**DEFAULTS, name: 100})
+    assert str(caught.value) == f"{name} must be a multiple of 8 between 16 and 256 (got 100)"
+    assert core.error_text(caught.value) == (
+        f"Tessera could not upscale: {name} must be a multiple of 8 between 16 and 256 (got 100)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,9 +233,50 @@ def test_every_job_argument_is_a_job_parameter():
     ],
 )
 def test_job_params_from_values(values, expected):
-    params = core.job_params(values)
+    params = core.job_params({**DEFAULTS, **values})
     assert (params["scale"], params["upscaler"]) == expected
     assert isinstance(params["scale"], float)
+
+
+def test_every_value_reaches_its_field():
+    values = {
+        **DEFAULTS,
+        "preset": "refiners",
+        "creativity": 0.5,
+        "resemblance": 1.25,
+        "dynamic": 7.5,
+        "tile-width": 64,
+        "tile-height": 96,
+        "steps": 30,
+        "seed": 42,
+        "prompt": "a cat, <lora:x:0.5>",
+        "negative-prompt": None,
+        "sampler": "ddim",
+        "decay": 0.9,
+        "multistep-factor": 1.5,
+        "checkpoint": " mine ",
+        "vae": "",
+        "controlnet": "tile",
+        "sharpen": 2.0,
+    }
+    assert JobParams(**core.job_params(values)) == JobParams(
+        preset=Preset.REFINERS,
+        creativity=0.5,
+        resemblance=1.25,
+        dynamic=7.5,
+        tile_width=64,
+        tile_height=96,
+        steps=30,
+        seed=42,
+        prompt="a cat, <lora:x:0.5>",
+        negative_prompt="",
+        sampler=Sampler.DDIM,
+        decay=0.9,
+        multistep_factor=1.5,
+        checkpoint="mine",
+        controlnet="tile",
+        sharpen=2.0,
+    )
 
 
 # --- Pixel layouts ------------------------------------------------------------

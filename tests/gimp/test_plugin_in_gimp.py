@@ -18,7 +18,31 @@ from gimp_cases import (
 from gimp_fake_daemon import FAKE_UPSCALERS, ErrorKind, FakeDaemon, repeat_pixels
 from gimp_pixels import unpack
 
-from tessera_client import Channels, SampleFormat, Transfer
+import tessera_gimp as core
+from tessera_client import Channels, JobParams, Preset, SampleFormat, Sampler, Transfer
+
+#: Every job argument away from its default, as a script would set them.
+DIFFUSION_ARGUMENTS = {
+    "scale": 3.0,
+    "upscaler": FAKE_UPSCALERS[1],
+    "preset": "refiners",
+    "creativity": 0.5,
+    "resemblance": 1.25,
+    "dynamic": 7.5,
+    "tile-width": 64,
+    "tile-height": 200,
+    "steps": 30,
+    "seed": 2**31 - 1,
+    "prompt": "a cat, <lora:x:0.5>",
+    "negative-prompt": "",
+    "sampler": "dpmpp-2m-karras",
+    "decay": 0.9,
+    "multistep-factor": 1.5,
+    "checkpoint": "mine",
+    "vae": "my-vae",
+    "controlnet": "my-tile",
+    "sharpen": 2.5,
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +73,7 @@ def batch(gimp, fake):
     add("selection-past-the-layer", selection=(30, 20, 60, 60))
     add("scale-3", arguments={"scale": 3.0, "upscaler": FAKE_UPSCALERS[1]})
     add("in-group", in_group=True)
+    add("diffusion-params", arguments=DIFFUSION_ARGUMENTS)
     add("new-image", arguments={"output": "new-image"}, precision="U16_NON_LINEAR")
     before = len(daemon.submissions)
     run = gimp.run("upscale_cases.py", [case.spec for case in cases.values()], env=env)
@@ -77,13 +102,30 @@ def test_procedure_is_registered_in_the_filters_menu(gimp):
     assert described["menu_label"] == "Tessera _Upscale…"
     assert described["image_types"] == "RGB*, GRAY*"
     arguments = {a["name"]: a for a in described["arguments"]}
-    assert list(arguments) == ["run-mode", "image", "drawables", "scale", "upscaler", "output"]
+    names = [a.name for a in core.ARGUMENTS]
+    assert list(arguments) == ["run-mode", "image", "drawables", *names]
+    for argument in core.ARGUMENTS:
+        registered = arguments[argument.name]
+        if argument.kind in ("double", "int"):
+            assert registered["default"] == argument.default, argument.name
+            assert type(registered["default"]) is type(argument.default), argument.name
+            assert (registered["minimum"], registered["maximum"]) == (
+                argument.minimum,
+                argument.maximum,
+            ), argument.name
+        elif argument.kind == "choice":
+            assert registered["default"] == argument.default, argument.name
+            assert registered["choices"] == [nick for nick, _, _ in argument.choices]
+        elif argument.default:
+            assert registered["default"] == argument.default, argument.name
+        else:
+            # Empty; GIMP gives it back as None once it has cached the registration.
+            assert registered["default"] in ("", None), argument.name
     assert arguments["scale"]["default"] == 2.0
     assert (arguments["scale"]["minimum"], arguments["scale"]["maximum"]) == (1.0, 16.0)
-    # Empty; GIMP gives it back as None once it has cached the registration.
-    assert arguments["upscaler"]["default"] in ("", None)
-    assert arguments["output"]["default"] == "new-layer"
     assert arguments["output"]["choices"] == ["new-layer", "new-image"]
+    assert arguments["preset"]["choices"] == ["clarity", "refiners", "upscaler"]
+    assert (arguments["seed"]["default"], arguments["tile-width"]["default"]) == (1337, 112)
     assert [r["name"] for r in described["return_values"]] == ["result-image", "result-layer"]
 
 
@@ -121,8 +163,8 @@ def test_new_layer_sits_above_the_source_at_the_selection(batch):
     assert result["offset"] == list(SELECTION[:2])
     assert result["size"] == [SELECTION[2] * 2, SELECTION[3] * 2]
     assert result["alpha"]
-    assert params.scale == 2.0
-    assert params.upscaler is None
+    # Nothing set: the protocol's defaults, Clarity's.
+    assert params == JobParams()
 
 
 @pytest.mark.parametrize(
@@ -164,6 +206,39 @@ def test_scale_and_model_reach_the_daemon(batch):
     assert outcome["result"]["size"] == [SELECTION[2] * 3, SELECTION[3] * 3]
     assert outcome["result"]["name"] == "source ×3 (Tessera)"
     assert case.result_pixels() == repeat_pixels(image, 3).data
+
+
+def test_every_job_argument_reaches_the_daemon(batch):
+    case, outcome, image, params = _outcome(batch, "diffusion-params")
+    assert params == JobParams(
+        scale=3.0,
+        upscaler=FAKE_UPSCALERS[1],
+        preset=Preset.REFINERS,
+        creativity=0.5,
+        resemblance=1.25,
+        dynamic=7.5,
+        tile_width=64,
+        tile_height=200,
+        steps=30,
+        seed=2**31 - 1,
+        prompt="a cat, <lora:x:0.5>",
+        negative_prompt="",
+        sampler=Sampler.DPMPP_2M_KARRAS,
+        decay=0.9,
+        multistep_factor=1.5,
+        checkpoint="mine",
+        vae="my-vae",
+        controlnet="my-tile",
+        sharpen=2.5,
+    )
+    assert outcome["result"]["size"] == [SELECTION[2] * 3, SELECTION[3] * 3]
+
+
+def test_a_tile_size_the_daemon_refuses_is_explained(gimp, fake):
+    outcome, run = _error_case(gimp, fake, "tile", arguments={"tile-width": 100})
+    assert outcome["error"] == (
+        "Tessera could not upscale: tile-width must be a multiple of 8 between 16 and 256 (got 100)"
+    )
 
 
 def test_result_stays_in_the_sources_group(batch):

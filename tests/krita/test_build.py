@@ -12,6 +12,8 @@ from pathlib import Path
 
 from krita_support import PLUGIN, REPO, krita_importer
 
+from tessera_krita import params
+
 CLIENT = REPO / "shared" / "python" / "tessera_client"
 
 
@@ -94,6 +96,8 @@ def test_krita_importer_accepts_the_zip(plugin_zip, tmp_path):
         text=True,
     )
     assert probe.returncode == 0, probe.stderr
-    assert probe.stdout.split() == [
-        "True", "tessera_krita.vendor.tessera_client", "['scale',", "'upscaler']",
-    ]  # fmt: skip
+    words = probe.stdout.split()
+    assert words[:2] == ["True", "tessera_krita.vendor.tessera_client"]
+    # Every parameter the docker describes is one the protocol (v2) takes.
+    offered = [w.strip("[],'") for w in words[2:]]
+    assert offered == [spec.key for spec in params.SPECS]

@@ -26,7 +26,8 @@ from tessera_krita import pixels
 
 SRGB = "sRGB-elle-V2-srgbtrc.icc"
 LINEAR = "sRGB-elle-V2-g10.icc"  # Krita's default for 16-bit and float documents
-TINY = {"upscaler": "tiny-x4"}
+# Creativity 0: the upscaler alone, since the test data directory has no SD models.
+TINY = {"upscaler": "tiny-x4", "creativity": 0.0}
 
 CASES = [
     # 8-bit, a selection, in place.
@@ -48,7 +49,7 @@ CASES = [
     dict(name="cancel", width=256, height=256, depth="U8", profile=SRGB, output="in-place",
          selection=[0, 0, 256, 256], values=dict(TINY, scale=4), cancel_at_progress=0.0),
     dict(name="missing_model", width=16, height=16, depth="U8", profile=SRGB,
-         output="in-place", values={"scale": 2, "upscaler": "no-such-model"}),
+         output="in-place", values={"scale": 2, "upscaler": "no-such-model", "creativity": 0.0}),
 ]  # fmt: skip
 BY_NAME = {case["name"]: case for case in CASES}
 
@@ -84,7 +85,7 @@ def cli_upscale(daemon, case, rect, data, tmp_path):
     for _ in range(5):
         run = daemon.cli(
             "upscale", str(source), "-o", str(target), "--scale", str(values["scale"]),
-            "--model", values["upscaler"], "--no-start",
+            "--model", values["upscaler"], "--creativity", "0", "--no-start",
         )  # fmt: skip
         # The daemon can queue a small job's first Progress ahead of its
         # Accepted, which the CLI takes for a protocol error (a daemon race,
@@ -163,7 +164,7 @@ def test_linear_documents_are_sent_as_linear_light(krita_cases, daemon, name):
     with daemon.client() as client:
         for transfer in (Transfer.LINEAR, Transfer.SRGB):
             image = Image(rect[2], rect[3], layout.channels, layout.sample, transfer, sent)
-            results[transfer], _ = client.upscale(image, JobParams(scale=2.0, upscaler="tiny-x4"))
+            results[transfer], _ = client.upscale(image, JobParams.upscaler_only(2.0, "tiny-x4"))
     got = read_raw(entry["result"])
     assert got == results[Transfer.LINEAR].data
     assert got != results[Transfer.SRGB].data

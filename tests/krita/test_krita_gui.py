@@ -7,6 +7,8 @@ must undo in one step per change."""
 import pytest
 from krita_support import install_gui_driver, run_krita
 
+from tessera_krita.params import SPECS
+
 SELECTION = [16, 8, 192, 160]
 
 
@@ -34,9 +36,9 @@ def test_the_plugin_loads_with_its_actions_and_docker(gui):
     }
     assert gui["docker_found"]
     assert gui["active_node_settled"], "the test document's layer never became active"
-    # Only what the daemon takes today: no diffusion controls that would do nothing.
+    # Every parameter the daemon takes (protocol v2: the diffusion ones too).
     params = sorted(k for k in gui["docker_widgets"] if k.startswith("tessera_param_"))
-    assert params == ["tessera_param_scale", "tessera_param_upscaler"]
+    assert params == sorted("tessera_param_" + spec.key for spec in SPECS)
     assert gui["connected"], gui["status_text"]
     assert gui["status_text"].startswith("Connected · idle · 0 queued · ")
     assert "tiny-x4" in gui["models_in_combo"]

@@ -182,8 +182,9 @@ def test_layer_names_say_the_scale_and_the_size():
 
 def test_only_parameters_the_protocol_takes_are_offered():
     offered = [spec.key for spec in params.offered_specs()]
-    assert offered == [f.name for f in dataclasses.fields(JobParams) if f.name in offered]
-    assert set(offered) == {"scale", "upscaler"}  # what the daemon takes today
+    assert set(offered) <= {f.name for f in dataclasses.fields(JobParams)}
+    # Protocol v2 takes every parameter the docker describes.
+    assert offered == [spec.key for spec in params.SPECS]
 
 
 def test_diffusion_parameters_appear_when_the_protocol_grows_them():
@@ -224,7 +225,7 @@ def test_clarity_defaults_and_a_tooltip_for_every_parameter():
 def test_job_params_from_the_docker_values():
     assert params.to_job_params({}) == JobParams(scale=2.0, upscaler=None)
     job = params.to_job_params({"scale": 3, "upscaler": "tiny-x4", "creativity": 0.9})
-    assert job == JobParams(scale=3.0, upscaler="tiny-x4")
+    assert job == JobParams(scale=3.0, upscaler="tiny-x4", creativity=0.9)
     assert isinstance(job.scale, float)
     assert params.to_job_params({"upscaler": ""}).upscaler is None
 
@@ -254,7 +255,7 @@ def test_invalid_values_are_refused_in_words(key, value, message):
 def test_settings_keep_values_and_fall_back_to_defaults():
     store = settings.DictStore()
     s = settings.Settings(store)
-    assert s.values() == {"scale": 2.0, "upscaler": None}
+    assert s.values() == params.defaults()
     assert (s.source, s.output, s.tessera_path, s.auto_start) == (
         "layer", "new-document", "", True,
     )  # fmt: skip
@@ -262,7 +263,7 @@ def test_settings_keep_values_and_fall_back_to_defaults():
     s.source, s.output, s.auto_start = "merged", "in-place", False
     s.tessera_path = "  /opt/tessera/bin/tessera "
     again = settings.Settings(store)
-    assert again.values() == {"scale": 4.0, "upscaler": "tiny-x4"}
+    assert again.values() == dict(params.defaults(), scale=4.0, upscaler="tiny-x4")
     assert (again.source, again.output, again.tessera_path, again.auto_start) == (
         "merged", "in-place", "/opt/tessera/bin/tessera", False,
     )  # fmt: skip

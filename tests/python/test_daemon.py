@@ -18,7 +18,7 @@ from tessera_client import (
     Transfer,
 )
 
-TINY = JobParams(scale=4.0, upscaler="tiny-x4")
+TINY = JobParams.upscaler_only(4.0, "tiny-x4")
 
 
 def gradient(width: int, height: int) -> Image:
@@ -126,11 +126,11 @@ def test_bad_submissions_get_typed_errors_and_the_daemon_keeps_serving(daemon):
             client.submit(short, TINY, validate=False)
         assert raised.value.kind == ErrorKind.INVALID_IMAGE
         with pytest.raises(TesseraError) as raised:
-            client.submit(gradient(4, 4), JobParams(scale=4.0, upscaler="nope"))
+            client.submit(gradient(4, 4), JobParams.upscaler_only(4.0, "nope"))
         assert raised.value.kind == ErrorKind.MODEL_NOT_FOUND
         assert "tiny-x4" in raised.value.message
         with pytest.raises(TesseraError) as raised:
-            client.submit(gradient(4, 4), JobParams(scale=40.0, upscaler="tiny-x4"))
+            client.submit(gradient(4, 4), JobParams.upscaler_only(40.0, "tiny-x4"))
         assert raised.value.kind == ErrorKind.INVALID_PARAMS
         result, _ = client.upscale(gradient(4, 4), TINY)
         assert result.width == 16
@@ -140,7 +140,19 @@ def test_the_python_client_and_the_cli_get_the_same_pixels(daemon, tmp_path):
     source = gradient(9, 7)
     path, out = tmp_path / "in.png", tmp_path / "out.png"
     PIL.Image.frombytes("RGB", (source.width, source.height), source.data).save(path)
-    ran = daemon.cli("upscale", "--no-start", "--model", "tiny-x4", str(path), "-o", str(out))
+    ran = daemon.cli(
+        "upscale",
+        "--no-start",
+        "--preset",
+        "upscaler",
+        "--scale",
+        "4",
+        "--model",
+        "tiny-x4",
+        str(path),
+        "-o",
+        str(out),
+    )
     assert ran.returncode == 0, ran.stderr
     with daemon.client() as client:
         result, _ = client.upscale(source, TINY)

@@ -114,7 +114,12 @@ impl Daemon {
 
     /// Starts (again) a daemon on this directory and waits until it listens.
     pub fn restart(&mut self) {
-        let child = wrap(self.command(["serve"]), &self.wrapper)
+        self.restart_with(&["serve"]);
+    }
+
+    /// Starts a daemon with these arguments (`serve` and its flags) and waits until it listens.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        let child = wrap(self.command(args), &self.wrapper)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -141,6 +146,44 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A data directory with the tiny Clarity pipeline installed under Clarity's model names
+    /// where the job's defaults name them (LoRAs, negative embedding), the rest as the only
+    /// model of its folder (so the defaults fall back to it), and `config` as config.toml.
+    pub fn prepare_diffusion(config: &str) -> Daemon {
+        let daemon = Daemon::prepare(&format!(
+            "[upscale]\ndefault_upscaler = \"tiny-x4\"\n{config}"
+        ));
+        let models = daemon.dir.path().join("models");
+        let pipeline = repo_root().join("tests/fixtures/pipeline");
+        copy_dir(
+            &pipeline.join("tiny-clarity"),
+            &models.join("checkpoints/tiny-clarity"),
+        );
+        copy_dir(
+            &pipeline.join("tiny-clarity"),
+            &models.join("vae/tiny-clarity"),
+        );
+        copy_dir(
+            &pipeline.join("tiny-tile"),
+            &models.join("controlnet/tiny-tile"),
+        );
+        for lora in ["more_details", "SDXLrender_v2.0"] {
+            std::fs::create_dir_all(models.join("loras")).unwrap();
+            std::fs::copy(
+                pipeline.join("tiny-lora.safetensors"),
+                models.join(format!("loras/{lora}.safetensors")),
+            )
+            .unwrap();
+        }
+        std::fs::create_dir_all(models.join("embeddings")).unwrap();
+        std::fs::copy(
+            pipeline.join("tiny-embedding.pt"),
+            models.join("embeddings/JuggernautNegative-neg.pt"),
+        )
+        .unwrap();
+        daemon
     }
 
     /// The tiny model with a small tile, so that a modest image makes many network calls.
@@ -207,6 +250,18 @@ impl Drop for Daemon {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
         }
     }
 }

@@ -37,19 +37,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Upscale {
             input,
             output,
-            scale,
-            model,
+            job,
             no_start,
-        } => upscale(
-            &target,
-            &input,
-            &output,
-            JobParams {
-                scale,
-                upscaler: model,
-            },
-            no_start,
-        ),
+        } => upscale(&target, &input, &output, job.to_params(), no_start),
         Command::Status => status(&target),
         Command::Doctor { manifest } => super::doctor::run(&target, manifest.as_deref()),
         Command::Stop => stop(&target),
@@ -69,6 +59,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     runs,
                 },
         } => super::sd::bench_sd_step(&target, dir, latent, batch, threads, runs),
+        Command::Bench {
+            command:
+                BenchCommand::Clarity {
+                    dir,
+                    size,
+                    scale,
+                    runs,
+                    threads,
+                    steps,
+                },
+        } => super::sd::bench_clarity(&target, dir, size, scale, runs, threads, steps),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {
@@ -206,6 +207,17 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
         None => println!("job:     idle"),
     }
     println!("queued:  {}", status.queued);
+    if status.resident_bytes > 0 {
+        println!("memory:  {} resident", human_size(status.resident_bytes));
+    }
+    if status.sessions.is_empty() {
+        println!("models:  none loaded");
+    } else {
+        println!("models:  {} warm sessions", status.sessions.len());
+        for session in &status.sessions {
+            println!("         {session}");
+        }
+    }
     println!("clients: {}", status.clients);
     println!("data:    {}", status.data_dir);
     Ok(ExitCode::SUCCESS)

@@ -7,7 +7,7 @@ use super::launch::Target;
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
 use crate::setup::kritarc;
-use crate::setup::manifest::Manifest;
+use crate::setup::manifest::{Manifest, size_text};
 use crate::setup::places::{Editor, EditorPlace, Home};
 use crate::setup::record::{InstallRecord, Item};
 use crate::store::{DataDir, registry, runtime};
@@ -252,7 +252,12 @@ fn models(r: &mut Report, dir: &DataDir, manifest: &Manifest) {
     for spec in manifest.defaults() {
         if !spec.path(dir).exists() {
             r.problem(
-                format!("the default model {} is missing", spec.file),
+                format!(
+                    "the default model {}/{} ({}) is missing",
+                    spec.kind.folder(),
+                    spec.file,
+                    size_text(spec.size)
+                ),
                 "run tessera-install (or tessera-install --models-from DIR with the file)",
             );
         }

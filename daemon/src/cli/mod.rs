@@ -8,6 +8,7 @@ mod doctor;
 pub mod imagefile;
 mod launch;
 pub mod logging;
+pub mod params;
 mod sd;
 mod serve;
 
@@ -51,15 +52,11 @@ pub enum Command {
     Upscale {
         /// Input image: PNG, JPEG, WebP or TIFF, 8 or 16 bits
         input: PathBuf,
-        /// Output image; the extension picks the format
+        /// Output image; the extension picks the format (png, jpg, webp, tif)
         #[arg(short, long)]
         output: PathBuf,
-        /// Output size ÷ input size, 1 to 16
-        #[arg(long, default_value_t = 4.0)]
-        scale: f32,
-        /// Upscaler in the data directory's models/upscalers/, with or without extension
-        #[arg(long, value_name = "NAME")]
-        model: Option<String>,
+        #[command(flatten)]
+        job: Box<params::JobArgs>,
         /// Fail instead of starting a daemon when none is running
         #[arg(long)]
         no_start: bool,
@@ -110,6 +107,30 @@ pub enum BenchCommand {
         /// Evaluations (at least 2: the first warms up; the best of the others is reported)
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// A whole Clarity job on random full-size models: per-phase times, peak memory, the
+    /// UNet + ControlNet rate against the GEMM peak
+    Clarity {
+        /// Folder for the random models (about 5.8 GB; kept and reused when given; a RAM disk
+        /// such as /dev/shm spares the disk)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Input side in pixels (the input is square)
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+        /// Scale factor
+        #[arg(long, default_value_t = 2.0)]
+        scale: f32,
+        /// Jobs in a row on the same warm models (the second shows the warm cost)
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// ONNX Runtime threads (default: one per core)
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Sampler steps of a full denoise (Clarity's 18). Fewer steps make a run that only
+        /// measures peak memory cheaper: memory depends on the shapes, not on the step count
+        #[arg(long, default_value_t = 18)]
+        steps: u32,
     },
 }
 

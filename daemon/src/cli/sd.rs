@@ -126,3 +126,74 @@ pub fn bench_sd_step(
     println!("peak RSS: {:.0} MiB", report.peak_rss_mib);
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn bench_clarity(
+    target: &Target,
+    dir: Option<PathBuf>,
+    size: u32,
+    scale: f32,
+    runs: usize,
+    threads: Option<usize>,
+    steps: u32,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        size >= 8 && (1.0..=16.0).contains(&scale) && (1..=100).contains(&steps),
+        "the size must be at least 8, the scale between 1 and 16 and the steps between 1 and 100"
+    );
+    let engine = std::sync::Arc::new(Engine::new(EngineOptions {
+        ort_lib: target.ort_lib_flag.clone(),
+        data_dir: target.data_dir.path.clone(),
+        intra_threads: threads,
+    })?);
+    let temp;
+    let dir: &Path = match &dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path()
+        }
+    };
+    println!(
+        "Clarity job, {size}×{size} ×{scale}, {steps} steps, random SD 1.5-sized models, {}, {}",
+        engine.runtime_description(),
+        engine.device_description()
+    );
+    let report = crate::pipeline::clarity::bench::clarity(
+        engine,
+        dir,
+        size,
+        scale,
+        runs,
+        steps,
+        &mut |line| println!("  {line}"),
+    )?;
+    for (i, job) in report.jobs.iter().enumerate() {
+        println!(
+            "job {} ({}×{}): {:.1} s",
+            i + 1,
+            job.output.0,
+            job.output.1,
+            job.total_s
+        );
+        for (phase, s) in &job.phases {
+            println!("  {phase:<10} {s:>8.1} s");
+        }
+    }
+    println!(
+        "UNet + ControlNet: {} evaluations, {:.0} GFLOP each, {:.2} s each = {:.0} GFLOP/s",
+        report.evaluations,
+        report.eval_gflop,
+        report.eval_s(),
+        report.eval_gflop / report.eval_s()
+    );
+    println!(
+        "fp32 MatMul peak {:.0} GFLOP/s: the evaluation runs at {:.0} % of it",
+        report.gemm_gflops,
+        100.0 * report.fraction_of_peak()
+    );
+    println!("peak RSS: {:.0} MiB", report.peak_rss_mib);
+    Ok(ExitCode::SUCCESS)
+}

@@ -3,7 +3,8 @@
 use super::launch::Target;
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
-use crate::pipeline::upscale::{Checker, Upscaler};
+use crate::pipeline::clarity::job::ClarityRunner;
+use crate::pipeline::upscale::Checker;
 use crate::server::{self, ServeOptions, hub::DaemonInfo, instance};
 use crate::store::DataDir;
 use anyhow::Context;
@@ -11,6 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Result<ExitCode> {
+    // Before anything allocates: the daemon lives for the whole session.
+    server::keep_large_blocks_mapped();
     if tray && !cfg!(all(feature = "tray", target_os = "linux")) {
         anyhow::bail!(
             "this tessera has no tray: it is built with `cargo build --release -p tessera --features tray`, on Linux"
@@ -41,7 +44,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         .ort_lib_flag
         .clone()
         .or(config.engine.ort_lib.clone());
-    let engine = Engine::with_tuning(
+    let engine = Arc::new(Engine::with_tuning(
         EngineOptions {
             ort_lib: ort_lib.clone(),
             data_dir: dir.root().to_path_buf(),
@@ -49,13 +52,18 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         },
         EngineTuning {
             execution_providers: execution_providers(&config, &dir, ort_lib.as_deref()),
+            cpu_arena: config.engine.cpu_arena,
             ..EngineTuning::default()
         },
-    )?;
+    )?);
     let info = DaemonInfo {
         runtime: engine.runtime_description(),
         device: engine.device_description(),
         data_dir: dir.root().display().to_string(),
+        sessions: Some({
+            let engine = engine.clone();
+            Arc::new(move || engine.held_sessions())
+        }),
     };
     tracing::info!(
         "tessera {} using {} on {}",
@@ -64,7 +72,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         info.device
     );
     let checker = Arc::new(Checker::new(dir.clone(), config.clone()));
-    let runner = Box::new(Upscaler::new(engine, dir.clone(), config.clone()));
+    let runner = Box::new(ClarityRunner::new(engine, dir.clone(), config.clone()));
     let options = ServeOptions {
         data_dir: dir,
         address: target.address.clone(),

@@ -52,6 +52,8 @@ pub struct EngineTuning {
     pub execution_providers: Vec<ExecutionProvider>,
     /// How many warm sessions to keep.
     pub session_cache_size: usize,
+    /// Whether sessions keep ONNX Runtime's CPU memory arena (`engine.cpu_arena`).
+    pub cpu_arena: bool,
 }
 
 impl Default for EngineTuning {
@@ -59,6 +61,7 @@ impl Default for EngineTuning {
         EngineTuning {
             execution_providers: vec![ExecutionProvider::Cpu],
             session_cache_size: 4,
+            cpu_arena: false,
         }
     }
 }
@@ -144,6 +147,7 @@ pub struct Engine {
     threads: usize,
     /// The providers that registered when the engine started, the CPU last.
     providers: Vec<ExecutionProvider>,
+    cpu_arena: bool,
     /// Configured providers that could not be used here, with the reason.
     dropped: Vec<(ExecutionProvider, String)>,
     cache: Mutex<SessionCache>,
@@ -183,6 +187,7 @@ impl Engine {
             runtime,
             threads,
             providers,
+            cpu_arena: tuning.cpu_arena,
             dropped,
             cache: Mutex::new(SessionCache::new(tuning.session_cache_size.max(1))),
         })
@@ -261,11 +266,35 @@ impl Engine {
         let started = std::time::Instant::now();
         let session = Arc::new(Mutex::new(self.build_session(model)?));
         tracing::info!(model = %model.name, ms = started.elapsed().as_millis() as u64, "session ready");
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(key, session.clone());
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+            key,
+            model.name.clone(),
+            session.clone(),
+        );
         Ok(session)
+    }
+
+    /// The names of every session alive now, whether the cache or a network holds it, in the
+    /// order they were created.
+    pub fn held_sessions(&self) -> Vec<String> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.alive.retain(|(_, s)| s.strong_count() > 0);
+        cache.alive.iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    /// Drops the cached sessions that no network holds any more (the models a new job no
+    /// longer selects) and returns how many were freed. Callers drop their networks first.
+    pub fn release_unused(&self) -> usize {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let before = cache.entries.len();
+        cache.entries.retain(|(_, name, s)| {
+            let keep = Arc::strong_count(s) > 1;
+            if !keep {
+                tracing::info!(model = %name, "freeing a session no job uses");
+            }
+            keep
+        });
+        before - cache.entries.len()
     }
 
     /// How many sessions the cache holds now.
@@ -296,6 +325,13 @@ impl Engine {
                 folder,
             )
             .map_err(err)?;
+        // A session option (Enable/DisableCpuMemArena), not a provider registration: the
+        // accelerators below keep their precedence over the CPU.
+        ort::ep::ExecutionProvider::register(
+            &ort::ep::CPU::default().with_arena_allocator(self.cpu_arena),
+            &mut builder,
+        )
+        .map_err(|e| EngineError::ort(&model.name, e))?;
         for ep in &self.providers {
             if let Err(reason) = providers::register(&mut builder, *ep) {
                 tracing::warn!(provider = %ep, model = %model.name, "execution provider not used: {reason}");
@@ -321,10 +357,12 @@ fn identity(model: &CompiledModel) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Least-recently-used sessions; tiny, so a vector is the right structure.
+/// Least-recently-used sessions; tiny, so a vector is the right structure. `alive` follows
+/// every session created (weakly), so that what is held can be reported whoever holds it.
 struct SessionCache {
     capacity: usize,
-    entries: Vec<([u8; 32], SharedSession)>,
+    entries: Vec<([u8; 32], String, SharedSession)>,
+    alive: Vec<(String, std::sync::Weak<Mutex<Session>>)>,
 }
 
 impl SessionCache {
@@ -332,24 +370,27 @@ impl SessionCache {
         SessionCache {
             capacity,
             entries: Vec::new(),
+            alive: Vec::new(),
         }
     }
 
     fn get(&mut self, key: &[u8; 32]) -> Option<SharedSession> {
-        let i = self.entries.iter().position(|(k, _)| k == key)?;
+        let i = self.entries.iter().position(|(k, _, _)| k == key)?;
         let entry = self.entries.remove(i);
-        let session = entry.1.clone();
+        let session = entry.2.clone();
         self.entries.push(entry);
         Some(session)
     }
 
-    fn put(&mut self, key: [u8; 32], session: SharedSession) {
-        self.entries.retain(|(k, _)| *k != key);
+    fn put(&mut self, key: [u8; 32], name: String, session: SharedSession) {
+        self.entries.retain(|(k, _, _)| *k != key);
         if self.entries.len() >= self.capacity {
             // Evicted sessions stay alive while a network still holds them.
             self.entries.remove(0);
         }
-        self.entries.push((key, session));
+        self.alive.retain(|(_, s)| s.strong_count() > 0);
+        self.alive.push((name.clone(), Arc::downgrade(&session)));
+        self.entries.push((key, name, session));
     }
 }
 

@@ -148,7 +148,7 @@ pub fn sd_step(
 }
 
 /// The best GFLOP/s of five `[n, n] × [n, n]` fp32 MatMuls in ONNX Runtime.
-fn gemm_peak(engine: &Engine, n: usize) -> anyhow::Result<f64> {
+pub(crate) fn gemm_peak(engine: &Engine, n: usize) -> anyhow::Result<f64> {
     let mut g = Graph::new("gemm_peak");
     let dims = [Dim::from(n as i64), Dim::from(n as i64)];
     let a = g.input("a", ElemType::F32, &dims);
@@ -258,7 +258,7 @@ pub fn unet_flops(config: &UnetConfig, latent: usize, batch: usize, decoder: boo
 }
 
 /// Every tensor of an SD 1.5 UNet (or ControlNet) in LDM names under `prefix`.
-fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<usize>)> {
     let mut t: Vec<(String, Vec<usize>)> = Vec::new();
     let mut add = |name: String, shape: Vec<usize>| t.push((format!("{prefix}{name}"), shape));
     let temb = 4 * CHANNELS[0];
@@ -381,13 +381,24 @@ fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<usize>)> {
 /// Writes `tensors` as f16 safetensors with random values of variance 1/fan-in (norm gains 1,
 /// biases small), streamed tensor by tensor.
 fn write_random(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> anyhow::Result<()> {
+    write_random_as(path, tensors, seed, false)
+}
+
+/// [`write_random`] in f16, or in f32 (`f32`: used in place, no converted copy in the cache).
+pub(crate) fn write_random_as(
+    path: &Path,
+    tensors: &[(String, Vec<usize>)],
+    seed: u64,
+    f32: bool,
+) -> anyhow::Result<()> {
+    let (dtype, size) = if f32 { ("F32", 4) } else { ("F16", 2) };
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, shape) in tensors {
-        let bytes = 2 * shape.iter().product::<usize>();
+        let bytes = size * shape.iter().product::<usize>();
         header.insert(
             name.clone(),
-            serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}),
         );
         offset += bytes;
     }
@@ -408,14 +419,18 @@ fn write_random(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> any
         } else {
             (3.0 / fan_in as f32).sqrt()
         };
-        let mut buf = Vec::with_capacity(2 * numel);
+        let mut buf = Vec::with_capacity(size * numel);
         for _ in 0..numel {
             let v = if norm_gain {
                 1.0
             } else {
                 amplitude * rng.uniform()
             };
-            buf.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            if f32 {
+                buf.extend_from_slice(&v.to_le_bytes());
+            } else {
+                buf.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            }
         }
         out.write_all(&buf)?;
     }
@@ -423,7 +438,7 @@ fn write_random(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> any
     Ok(())
 }
 
-fn random_array(shape: &[usize], seed: u64) -> ArrayD<f32> {
+pub(crate) fn random_array(shape: &[usize], seed: u64) -> ArrayD<f32> {
     let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ seed);
     ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.uniform())
 }
@@ -442,7 +457,7 @@ impl XorShift {
 }
 
 /// The process's peak resident set (Linux `VmHWM`), 0 elsewhere.
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

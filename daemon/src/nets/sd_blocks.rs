@@ -385,6 +385,27 @@ impl SdNet {
         self.conv(&up, &w.scope("conv"), Conv2d::padded(1))
     }
 
+    /// Nearest resize to the height and width of `like` (diffusers' `upsample_size`: ×2 when
+    /// the latent's sides are multiples of 8, else onto the skip tensor's odd size), then a
+    /// 3×3 convolution. The pipeline's MultiDiffusion tiles may have any size.
+    pub fn upsample_to(&mut self, x: &Value, w: &W, like: &Value) -> Result<Value, WeightsError> {
+        let x_shape = self.g.shape(x);
+        let like_shape = self.g.shape(like);
+        let batch_channels = self.g.slice(&x_shape, &[0], &[2], &[0], &[1]);
+        let height_width = self.g.slice(&like_shape, &[2], &[4], &[0], &[1]);
+        let sizes = self.g.concat(&[&batch_channels, &height_width], 0);
+        let up = self.g.node(
+            "Resize",
+            &[x, &Value::absent(), &Value::absent(), &sizes],
+            vec![
+                crate::onnx::attr::string("mode", "nearest"),
+                crate::onnx::attr::string("coordinate_transformation_mode", "asymmetric"),
+                crate::onnx::attr::string("nearest_mode", "floor"),
+            ],
+        );
+        self.conv(&up, &w.scope("conv"), Conv2d::padded(1))
+    }
+
     /// The sinusoidal timestep embedding (cos half first, as SD 1.5's `flip_sin_to_cos`, no
     /// frequency shift), computed in f32 from the f32 `timestep` input `[B]` (non-integer
     /// steps allowed), then `linear_1` → SiLU → `linear_2`. Returns the embedding through a

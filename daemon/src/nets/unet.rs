@@ -248,7 +248,10 @@ pub fn build_graph(
             }
         }
         if i + 1 < levels {
-            h = net.upsample(&h, &level.scope("upsamplers").scope(0))?;
+            let like = skips.last().cloned().ok_or_else(|| WeightsError::Missing {
+                name: level.path("upsamplers"),
+            })?;
+            h = net.upsample_to(&h, &level.scope("upsamplers").scope(0), &like)?;
         }
     }
     let h = net.group_norm(&h, &w.scope("conv_norm_out"), RESNET_EPS)?;

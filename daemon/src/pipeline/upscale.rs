@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::nets::ModelError;
 use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
 use crate::server::{JobChecker, JobOutput, JobRunner};
-use crate::store::{DataDir, FileStamp, ModelFile, RegistryError, registry};
+use crate::store::{DataDir, FileStamp, ModelFile};
 use std::path::PathBuf;
 use std::time::Instant;
 use tessera_protocol::{
@@ -45,24 +45,21 @@ impl Checker {
     }
 }
 
-fn resolve_model(
+pub(crate) fn resolve_model(
     dir: &DataDir,
     config: &Config,
     params: &JobParams,
 ) -> Result<ModelFile, ErrorInfo> {
-    let found = match params.upscaler.as_deref() {
-        Some(name) => registry::resolve(dir, ModelKind::Upscaler, name),
-        None => {
-            registry::resolve_default(dir, ModelKind::Upscaler, &config.upscale.default_upscaler)
-        }
-    };
-    found.map_err(|e| match e {
-        RegistryError::NotFound { .. } => ErrorInfo::new(ErrorKind::ModelNotFound, e.to_string()),
-        RegistryError::Io { .. } => ErrorInfo::new(ErrorKind::Io, e.to_string()),
-    })
+    // A missing default (or known opt-in) upscaler says how to get it, as the SD models do.
+    super::clarity::params::resolve(
+        dir,
+        ModelKind::Upscaler,
+        params.upscaler.as_deref(),
+        &config.upscale.default_upscaler,
+    )
 }
 
-fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), ErrorInfo> {
+pub fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), ErrorInfo> {
     let limits = &config.limits;
     image
         .validate(limits.max_input_pixels)
@@ -82,6 +79,7 @@ fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), E
             ),
         ));
     }
+    crate::pipeline::clarity::params::validate(params)?;
     let (width, height) = output_size(image.width, image.height, params.scale);
     let pixels = width * height;
     let bytes = pixels * image.pixel_bytes() as u64;
@@ -104,6 +102,10 @@ fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(), E
 impl JobChecker for Checker {
     fn check(&self, image: &Image, params: &JobParams) -> Result<(), ErrorInfo> {
         check_job(&self.config, image, params)?;
+        if params.diffuses() {
+            crate::pipeline::clarity::params::resolve_sd(&self.data_dir, &self.config, params)?;
+            crate::pipeline::clarity::params::lora_files(&self.data_dir, params)?;
+        }
         self.model(params).map(|_| ())
     }
 }
@@ -118,14 +120,14 @@ struct Loaded {
 
 /// Runs upscaler jobs on the engine thread, keeping the last network warm.
 pub struct Upscaler {
-    engine: Engine,
+    engine: std::sync::Arc<Engine>,
     data_dir: DataDir,
     config: Config,
     loaded: Option<Loaded>,
 }
 
 impl Upscaler {
-    pub fn new(engine: Engine, data_dir: DataDir, config: Config) -> Upscaler {
+    pub fn new(engine: std::sync::Arc<Engine>, data_dir: DataDir, config: Config) -> Upscaler {
         Upscaler {
             engine,
             data_dir,
@@ -134,7 +136,8 @@ impl Upscaler {
         }
     }
 
-    fn network(&mut self, model: &ModelFile) -> Result<&mut Esrgan, ErrorInfo> {
+    /// The ESRGAN of `model`, loaded once and kept until another one is asked for.
+    pub(crate) fn network(&mut self, model: &ModelFile) -> Result<&mut Esrgan, ErrorInfo> {
         let stamp = FileStamp::read(&model.path).map_err(|e| {
             ErrorInfo::new(
                 ErrorKind::ModelNotFound,
@@ -308,10 +311,7 @@ mod tests {
             transfer: tessera_protocol::Transfer::Srgb,
             data: vec![0; len],
         };
-        let params = |scale| JobParams {
-            scale,
-            upscaler: None,
-        };
+        let params = |scale| JobParams::upscaler_only(scale, None);
         assert_eq!(
             check_job(&config, &image(2, 2, 11), &params(4.0))
                 .unwrap_err()

@@ -53,6 +53,7 @@ pub(super) fn serve(shared: Arc<Shared>, stream: Stream) {
         End::Left(reason) => {
             tracing::info!("client {client} disconnected ({reason})");
             shared.hub.remove_client(client);
+            super::worker::release_free_memory();
         }
         End::Refused(error) => {
             tracing::warn!("client {client}: {error}; closing the connection");
@@ -79,6 +80,9 @@ fn write_loop(outbox: &Outbox, mut send: SharedStream) {
         if let Err(e) = write_frame(&mut send, &message) {
             tracing::debug!("write failed: {e}");
             outbox.kill();
+            // The unsent results just dropped may be large.
+            drop(message);
+            super::worker::release_free_memory();
             return;
         }
         outbox.written(&message);

@@ -54,12 +54,42 @@ pub struct Activity {
     pub last_failure: Option<String>,
 }
 
+/// Lists the warm sessions the engine holds (asked at every `GetStatus`).
+pub type SessionReport = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// Facts about the daemon that `Status` reports.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DaemonInfo {
     pub runtime: String,
     pub device: String,
     pub data_dir: String,
+    pub sessions: Option<SessionReport>,
+}
+
+impl std::fmt::Debug for DaemonInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonInfo")
+            .field("runtime", &self.runtime)
+            .field("device", &self.device)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process's resident memory in bytes, where the platform says (Linux: `/proc`).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    #[cfg(unix)]
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    #[cfg(not(unix))]
+    let page = 0u64;
+    pages * page
 }
 
 pub struct Hub {
@@ -284,6 +314,8 @@ impl Hub {
     }
 
     pub fn status(&self) -> Status {
+        // Outside the lock: the report takes the engine's own lock.
+        let sessions = self.info.sessions.as_ref().map_or_else(Vec::new, |f| f());
         let state = self.lock();
         Status {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -294,6 +326,8 @@ impl Hub {
             queued: state.queue.len() as u32,
             clients: state.clients.len() as u32,
             data_dir: self.info.data_dir.clone(),
+            sessions,
+            resident_bytes: resident_bytes(),
         }
     }
 
@@ -375,6 +409,7 @@ mod tests {
                 runtime: "test".into(),
                 device: "test".into(),
                 data_dir: "/tmp".into(),
+                sessions: None,
             },
         )
     }

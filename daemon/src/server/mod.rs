@@ -10,6 +10,8 @@ pub mod outbox;
 pub mod socket;
 mod worker;
 
+pub use worker::keep_large_blocks_mapped;
+
 use crate::pipeline::progress::ProgressSink;
 use crate::store::DataDir;
 use hub::{DaemonInfo, Hub};

@@ -145,6 +145,7 @@ mod tests {
             tile: 1,
             tiles: 1,
             fraction,
+            eta_seconds: None,
         })
     }
 

@@ -34,6 +34,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             client,
             cancel: &cancel,
             fraction: 0.0,
+            origin: None,
         };
         let outcome =
             panic::catch_unwind(AssertUnwindSafe(|| runner.run(image, &params, &mut sink)));
@@ -81,15 +82,30 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
     }
 }
 
-/// Hands memory freed by the last job back to the OS when the queue runs dry. glibc keeps
-/// freed blocks in its arenas (one per thread that allocated), so without this a daemon that
-/// once upscaled a large image would keep that heap for the rest of the session. (ONNX
-/// Runtime's own CPU arena is not affected: it belongs to the warm session.)
-fn release_free_memory() {
+/// Hands freed memory back to the OS: when the queue runs dry after a job, and when a client
+/// leaves with results it never read. glibc keeps freed blocks in its arenas (one per thread
+/// that allocated), and once a large block has been freed it serves even multi-megabyte
+/// requests from those arenas, so without this a daemon that once upscaled a large image would
+/// keep that heap for the rest of the session. (With `engine.cpu_arena`, ONNX Runtime's own
+/// arena is not affected: it belongs to the warm session.)
+pub(super) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Keeps every block of 1 MiB or more in its own mapping, which goes back to the OS the moment it
+/// is freed. glibc otherwise raises this threshold each time such a block is freed (up to 32 MiB),
+/// after which images and results of a few megabytes live in the heap and stay there. Blocks
+/// above 32 MiB (the networks' large activations) are mapped either way; only blocks between
+/// 1 and 32 MiB change.
+pub fn keep_large_blocks_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning and takes its lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
@@ -100,6 +116,19 @@ struct JobProgress<'a> {
     client: u64,
     cancel: &'a AtomicBool,
     fraction: f32,
+    /// When and at what fraction the first report came: the ETA extrapolates the rate since
+    /// then, so model loading before it does not count as work.
+    origin: Option<(Instant, f32)>,
+}
+
+impl JobProgress<'_> {
+    /// Seconds left at the average rate since the first report; `None` until there is one.
+    fn eta(&mut self) -> Option<f32> {
+        let (start, from) = *self.origin.get_or_insert((Instant::now(), self.fraction));
+        let done = self.fraction - from;
+        let elapsed = start.elapsed().as_secs_f32();
+        (done > 1e-3 && elapsed > 0.05).then(|| elapsed * (1.0 - self.fraction) / done)
+    }
 }
 
 impl ProgressSink for JobProgress<'_> {
@@ -110,6 +139,7 @@ impl ProgressSink for JobProgress<'_> {
         // Clients draw bars: never let them go backwards.
         self.fraction = self.fraction.max(step.fraction.clamp(0.0, 1.0));
         self.hub.set_fraction(self.job, self.fraction);
+        let eta_seconds = self.eta();
         if let Some(outbox) = self.hub.outbox_of(self.client) {
             outbox.send(Message::Progress(Progress {
                 job: self.job,
@@ -121,6 +151,7 @@ impl ProgressSink for JobProgress<'_> {
                 tile: step.tile,
                 tiles: step.tiles,
                 fraction: self.fraction,
+                eta_seconds,
             }));
         }
         Ok(())

@@ -15,7 +15,7 @@ pub const BUILTIN: &str = include_str!("models.toml");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Set {
-    /// Installed by default: permissive licence.
+    /// Installed by default: what a default job needs; never a non-commercial licence.
     Default,
     /// Installed only when asked for by name (`--with NAME`).
     OptIn,
@@ -26,7 +26,8 @@ pub enum Set {
 #[serde(deny_unknown_fields)]
 pub struct Source {
     pub url: String,
-    /// The tag or commit the URL is pinned to (it must appear in the URL).
+    /// The tag, commit or branch the URL names (it must appear in the URL). Where it is a branch,
+    /// the size and SHA-256 check is what pins the bytes.
     pub revision: String,
 }
 
@@ -44,9 +45,11 @@ pub struct ModelSpec {
     pub role: String,
     pub size: u64,
     pub sha256: String,
-    /// SPDX identifier where there is one.
+    /// SPDX identifier where there is one, else the licence as its source states it (or that
+    /// none is stated).
     pub licence: String,
-    /// What the licence means for the user, when it restricts use.
+    /// What the licence means for the user when it restricts use, or where it was (not) found;
+    /// the installer shows it before the file.
     #[serde(default)]
     pub licence_note: Option<String>,
     #[serde(rename = "source")]
@@ -65,6 +68,15 @@ impl ModelSpec {
             Some(note) => format!("{}: {note}", self.licence),
             None => self.licence.clone(),
         }
+    }
+
+    /// Whether the licence forbids commercial use (such a file is never in the default set).
+    pub fn non_commercial(&self) -> bool {
+        self.licence.to_ascii_uppercase().contains("-NC")
+            || self
+                .licence_note
+                .as_deref()
+                .is_some_and(|n| n.contains("non-commercial"))
     }
 
     /// Checks a file against the manifest: size first (cheap), then SHA-256.
@@ -167,6 +179,12 @@ impl Manifest {
             if m.size == 0 {
                 return Err(format!("{}: size must be the exact byte count", m.name));
             }
+            if m.set == Set::Default && m.non_commercial() {
+                return Err(format!(
+                    "{}: a non-commercial file ({}) can only be opt-in",
+                    m.name, m.licence
+                ));
+            }
             if m.sources.is_empty() {
                 return Err(format!("{}: no source", m.name));
             }
@@ -206,6 +224,21 @@ impl Manifest {
     pub fn opt_ins(&self) -> impl Iterator<Item = &ModelSpec> {
         self.models.iter().filter(|m| m.set == Set::OptIn)
     }
+}
+
+/// A byte count for people, in the decimal units model hosts show: `4.17 GB`, `335 MB`, `13.3 kB`.
+pub fn size_text(bytes: u64) -> String {
+    for (unit, name) in [(1e9, "GB"), (1e6, "MB"), (1e3, "kB")] {
+        let value = bytes as f64 / unit;
+        if value >= 1.0 {
+            return match value {
+                v if v >= 99.95 => format!("{v:.0} {name}"),
+                v if v >= 9.995 => format!("{v:.1} {name}"),
+                v => format!("{v:.2} {name}"),
+            };
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 /// The manifest's word for each kind: the singular of its folder name.
@@ -253,13 +286,110 @@ mod tests {
         assert_eq!(sharp.set, Set::OptIn);
         assert_eq!(sharp.size, 66_961_958);
         assert!(sharp.licence_text().contains("non-commercial"));
-        assert_eq!(
-            m.defaults().count(),
-            1,
-            "the default set is permissive only"
-        );
-        for model in &m.models {
-            assert_eq!(model.kind, ModelKind::Upscaler);
+        assert!(sharp.non_commercial());
+
+        // The default set is what a default Clarity job loads (config.rs and the default
+        // prompts name them): kind, file, exact size, SHA-256 and licence as the reference has them.
+        let expected = [
+            (
+                ModelKind::Checkpoint,
+                "juggernaut_reborn.safetensors",
+                2_132_653_060,
+                "338b85bc4f7628bc42cce336242e79154a57c2a4360531436e97f7793568f18c",
+                "CreativeML Open RAIL-M",
+            ),
+            (
+                ModelKind::Vae,
+                "vae-ft-mse-840000-ema-pruned.safetensors",
+                334_641_190,
+                "735e4c3a447a3255760d7f86845f09f937809baa529c17370d83e4c3758f3c75",
+                "MIT",
+            ),
+            (
+                ModelKind::ControlNet,
+                "control_v11f1e_sd15_tile.pth",
+                1_445_235_023,
+                "8aa69b8d391e72c2fced6a650268137dc0ed594cafe8a2c0f8b994799a21979b",
+                "openrail",
+            ),
+            (
+                ModelKind::Upscaler,
+                "RealESRGAN_x4plus.pth",
+                67_040_989,
+                "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
+                "BSD-3-Clause",
+            ),
+            (
+                ModelKind::Lora,
+                "more_details.safetensors",
+                9_547_795,
+                "d9cf2f88dec53a8dd8c09aba2b1d67963b265ebdf8255660f5bcd7f1c8edba33",
+                "not stated",
+            ),
+            (
+                ModelKind::Lora,
+                "SDXLrender_v2.0.safetensors",
+                181_064_196,
+                "672fcccf2ce6ca4ef71762a3ec1b8c8afd79328067e13c8f9756260ec94d1608",
+                "not stated",
+            ),
+            (
+                ModelKind::Embedding,
+                "JuggernautNegative-neg.pt",
+                13_339,
+                "979ea73200c7c29ba884e642e544c54abfaad4c9a82582c68f3212d390d41397",
+                "not stated",
+            ),
+        ];
+        let defaults: Vec<_> = m.defaults().collect();
+        assert_eq!(defaults.len(), expected.len());
+        for (spec, (kind, file, size, sha256, licence)) in defaults.iter().zip(expected) {
+            assert_eq!(
+                (
+                    spec.kind,
+                    spec.file.as_str(),
+                    spec.size,
+                    spec.sha256.as_str()
+                ),
+                (kind, file, size, sha256)
+            );
+            assert_eq!(spec.licence, licence, "{file}");
+            // The name a job uses is the file name without its extension.
+            assert!(spec.file.starts_with(&format!("{}.", spec.name)), "{file}");
+            assert!(
+                !spec.non_commercial(),
+                "{file}: the default set is never non-commercial"
+            );
+            assert!(spec.sources[0].url.starts_with("https://"), "{file}");
+        }
+        let config = crate::config::Config::default();
+        for (kind, name) in [
+            (ModelKind::Checkpoint, &config.diffusion.default_checkpoint),
+            (ModelKind::Vae, &config.diffusion.default_vae),
+            (ModelKind::ControlNet, &config.diffusion.default_controlnet),
+            (ModelKind::Upscaler, &config.upscale.default_upscaler),
+        ] {
+            let spec = m.find(name).unwrap();
+            assert_eq!((spec.kind, spec.set), (kind, Set::Default), "{name}");
+        }
+        let total: u64 = m.defaults().map(|s| s.size).sum();
+        assert_eq!(total, 4_170_195_592);
+        assert_eq!(size_text(total), "4.17 GB");
+    }
+
+    #[test]
+    fn sizes_read_in_three_figures() {
+        let cases = [
+            (0, "0 bytes"),
+            (999, "999 bytes"),
+            (13_339, "13.3 kB"),
+            (9_547_795, "9.55 MB"),
+            (67_040_989, "67.0 MB"),
+            (334_641_190, "335 MB"),
+            (2_132_653_060, "2.13 GB"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(size_text(bytes), text, "{bytes}");
         }
     }
 
@@ -288,6 +418,10 @@ revision = "r1"
             (ONE.replace("size = 3", "size = 0"), "exact byte count"),
             (ONE.replace("upscaler", "upscalers"), "unknown kind"),
             (ONE.replace("licence = ", "license = "), "unknown field"),
+            (
+                ONE.replace("\"MIT\"", "\"CC-BY-NC-4.0\""),
+                "non-commercial file (CC-BY-NC-4.0) can only be opt-in",
+            ),
             (format!("{ONE}{ONE}"), "listed twice"),
         ];
         for (text, reason) in cases {

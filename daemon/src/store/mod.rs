@@ -7,6 +7,7 @@
 //! `logs/`, and an optional `config.toml`.
 
 pub mod accelerator;
+pub mod defaults;
 pub mod hashes;
 pub mod registry;
 pub mod runtime;

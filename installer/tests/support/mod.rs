@@ -159,23 +159,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// One manifest entry: (name, file, set, content, URLs).
+/// One manifest entry: (name, file, kind, set, content, URLs).
 pub struct Entry<'a> {
     pub name: &'a str,
     pub file: &'a str,
+    /// The manifest's kind word: `upscaler`, `checkpoint`, `vae`, `controlnet`, `lora`, `embedding`.
+    pub kind: &'a str,
     pub set: &'a str,
     pub content: &'a [u8],
     pub urls: Vec<String>,
 }
 
-/// Writes a manifest for `entries` (all upscalers) and returns its path.
+/// Writes a manifest for `entries` and returns its path.
 pub fn manifest(folder: &Path, entries: &[Entry]) -> PathBuf {
     let mut text = String::new();
     for e in entries {
         text.push_str(&format!(
-            "[[model]]\nname = {:?}\nfile = {:?}\nkind = \"upscaler\"\nset = {:?}\nrole = \"test model\"\nsize = {}\nsha256 = {:?}\nlicence = \"MIT\"\n",
+            "[[model]]\nname = {:?}\nfile = {:?}\nkind = {:?}\nset = {:?}\nrole = \"test model\"\nsize = {}\nsha256 = {:?}\nlicence = \"MIT\"\n",
             e.name,
             e.file,
+            e.kind,
             e.set,
             e.content.len(),
             sha256_hex(e.content)

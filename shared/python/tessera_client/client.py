@@ -43,6 +43,7 @@ from .messages import (
     Image,
     JobParams,
     ListModels,
+    LoraWeight,
     Message,
     ModelEntry,
     Models,
@@ -511,7 +512,17 @@ def _job_params(params: Union[JobParams, Mapping[str, Any], None]) -> JobParams:
         return JobParams()
     if isinstance(params, JobParams):
         return params
-    return JobParams(**params)
+    fields = dict(params)
+    # LoRAs may come as LoraWeight, {"name", "weight"} mappings or (name, weight) pairs.
+    fields["loras"] = [
+        lora
+        if isinstance(lora, LoraWeight)
+        else LoraWeight(**lora)
+        if isinstance(lora, Mapping)
+        else LoraWeight(*lora)
+        for lora in fields.get("loras", [])
+    ]
+    return JobParams(**fields)
 
 
 def _resolve_address(

@@ -35,13 +35,16 @@ from .messages import (
     Image,
     JobParams,
     ListModels,
+    LoraWeight,
     Message,
     ModelEntry,
     ModelKind,
     Models,
+    Preset,
     Progress,
     Rejected,
     SampleFormat,
+    Sampler,
     Shutdown,
     ShuttingDown,
     StageTiming,
@@ -88,7 +91,29 @@ _FIELDS = {
         ("transfer", Transfer),
         ("data", BYTES),
     ),
-    JobParams: (("scale", F32), ("upscaler", _Option(STR))),
+    LoraWeight: (("name", STR), ("weight", F32)),
+    JobParams: (
+        ("scale", F32),
+        ("upscaler", _Option(STR)),
+        ("preset", Preset),
+        ("creativity", F32),
+        ("resemblance", F32),
+        ("dynamic", F32),
+        ("tile_width", U32),
+        ("tile_height", U32),
+        ("steps", U32),
+        ("seed", U64),
+        ("prompt", STR),
+        ("negative_prompt", STR),
+        ("sampler", Sampler),
+        ("decay", F32),
+        ("multistep_factor", F32),
+        ("checkpoint", _Option(STR)),
+        ("vae", _Option(STR)),
+        ("controlnet", _Option(STR)),
+        ("loras", _Seq(LoraWeight)),
+        ("sharpen", F32),
+    ),
     ErrorInfo: _ERROR_INFO_FIELDS,
     StageTiming: (("name", STR), ("seconds", F64)),
     ModelEntry: (
@@ -113,6 +138,7 @@ _FIELDS = {
         ("tile", U32),
         ("tiles", U32),
         ("fraction", F32),
+        ("eta_seconds", _Option(F32)),
     ),
     Done: (("job", U64), ("image", Image), ("timings", _Seq(StageTiming))),
     Failed: (("job", U64), ("error", ErrorInfo)),
@@ -127,6 +153,8 @@ _FIELDS = {
         ("queued", U32),
         ("clients", U32),
         ("data_dir", STR),
+        ("sessions", _Seq(STR)),
+        ("resident_bytes", U64),
     ),
     ListModels: (("hashes", BOOL),),
     Models: (("models", _Seq(ModelEntry)),),
@@ -288,7 +316,23 @@ class _Reader:
         return s.unpack(self.take(s.size, where))[0]
 
 
+def _shortest_f32(raw: bytes) -> float:
+    """The ``f32`` in ``raw`` as the shortest decimal that is the same ``f32`` (what Rust
+    prints): ``0.35`` rather than ``0.3499999940395355``, so that a value a caller gave
+    compares equal after a round trip. It encodes back to exactly ``raw``."""
+    value = _STRUCTS[F32].unpack(raw)[0]
+    if value != value or value in (float("inf"), float("-inf")):
+        return value
+    for digits in range(1, 10):
+        short = float(f"{value:.{digits}g}")
+        if _STRUCTS[F32].pack(short) == raw:
+            return short
+    return value
+
+
 def _decode_value(r: _Reader, ty: Any, where: str) -> Any:
+    if ty is F32:
+        return _shortest_f32(bytes(r.take(4, where)))
     if ty in _STRUCTS:
         return r.unpack(ty, where)
     if ty is BOOL:

@@ -12,10 +12,10 @@ nothing: ``Message::Error(ErrorInfo)`` is :class:`Error` with ``kind`` and
 
 import enum
 from dataclasses import dataclass, field
-from typing import ClassVar, List, Optional, Union
+from typing import Any, ClassVar, Dict, List, Optional, Union
 
 #: Version of the wire format, sent in both handshakes.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Largest frame payload read by default (1 GiB), as in the Rust crate.
 DEFAULT_MAX_FRAME_BYTES = 1 << 30
@@ -202,15 +202,107 @@ def _enum_repr(value: int) -> str:
     return f"{type(value).__name__}.{value.name}" if isinstance(value, enum.Enum) else str(value)
 
 
+#: Clarity's default prompt: its quality words and its two LoRAs.
+CLARITY_PROMPT = (
+    "masterpiece, best quality, highres, <lora:more_details:0.5> <lora:SDXLrender_v2.0:1>"
+)
+#: Clarity's default negative prompt: weighted quality words and its negative embedding.
+CLARITY_NEGATIVE_PROMPT = "(worst quality, low quality, normal quality:2) JuggernautNegative-neg"
+#: The Refiners library's default prompts.
+REFINERS_PROMPT = "masterpiece, best quality, highres"
+REFINERS_NEGATIVE_PROMPT = "worst quality, low quality, normal quality"
+
+
+class Preset(enum.IntEnum):
+    """Which pipeline runs, and by whose rules."""
+
+    #: The Clarity upscaler (the default).
+    CLARITY = 0
+    #: The Refiners library's ``MultiUpscaler``.
+    REFINERS = 1
+    #: The upscaler alone: no diffusion, no SD models needed.
+    UPSCALER = 2
+
+
+class Sampler(enum.IntEnum):
+    """The diffusion sampler and its noise schedule."""
+
+    #: A1111 "DPM++ 3M SDE Karras" (Clarity's default).
+    DPMPP_3M_SDE_KARRAS = 0
+    #: A1111 "DPM++ 2M Karras".
+    DPMPP_2M_KARRAS = 1
+    #: DPM-Solver++ 2M on linear timesteps (Refiners' default).
+    DPMPP_2M = 2
+    #: DDIM (the Refiners Space's default).
+    DDIM = 3
+
+
+@dataclass
+class LoraWeight:
+    """A LoRA in ``models/loras/`` applied besides the prompt's tags."""
+
+    name: str
+    weight: float = 1.0
+
+
 @dataclass
 class JobParams:
-    """What to do with the image."""
+    """What to do with the image. The defaults are Clarity's; see
+    :meth:`refiners` and :meth:`upscaler_only` for the other presets, and
+    ``docs/protocol.md`` for each field's range."""
 
     #: Output size ÷ input size, per axis; 1 to 16.
-    scale: float = 4.0
+    scale: float = 2.0
     #: A model in ``models/upscalers/`` (with or without extension); ``None``
     #: takes the daemon's default.
     upscaler: Optional[str] = None
+    preset: Preset = Preset.CLARITY
+    #: Denoising strength, 0 to 1; 0 runs the upscaler alone.
+    creativity: float = 0.35
+    #: ControlNet tile weight, 0 to 3.
+    resemblance: float = 0.6
+    #: Classifier-free guidance scale, 1 to 50.
+    dynamic: float = 6.0
+    #: Diffusion tile size in latents (8 px), 16 to 256, multiples of 8.
+    tile_width: int = 112
+    tile_height: int = 144
+    #: Sampler steps of a full denoise, 1 to 100.
+    steps: int = 18
+    seed: int = 1337
+    prompt: str = CLARITY_PROMPT
+    negative_prompt: str = CLARITY_NEGATIVE_PROMPT
+    sampler: Sampler = Sampler.DPMPP_3M_SDE_KARRAS
+    #: ControlNet residual i is scaled by resemblance · decay^(12 − i); 0 to 1.
+    decay: float = 0.825
+    #: Creativity multiplier per extra ×2 stage, 0 to 2.
+    multistep_factor: float = 0.8
+    #: Models in ``models/checkpoints``, ``models/vae``, ``models/controlnet``;
+    #: ``None`` takes the daemon's default.
+    checkpoint: Optional[str] = None
+    vae: Optional[str] = None
+    controlnet: Optional[str] = None
+    #: LoRAs besides the prompt's ``<lora:name:weight>`` tags.
+    loras: List[LoraWeight] = field(default_factory=list)
+    #: 3×3 sharpening of the result, 0 (off) to 10.
+    sharpen: float = 0.0
+
+    @classmethod
+    def refiners(cls, **changes: Any) -> "JobParams":
+        """The Refiners library's ``MultiUpscaler`` defaults (its Space's seed)."""
+        values: Dict[str, Any] = dict(
+            preset=Preset.REFINERS,
+            seed=42,
+            prompt=REFINERS_PROMPT,
+            negative_prompt=REFINERS_NEGATIVE_PROMPT,
+            sampler=Sampler.DPMPP_2M,
+        )
+        values.update(changes)
+        return cls(**values)
+
+    @classmethod
+    def upscaler_only(cls, scale: float = 2.0, upscaler: Optional[str] = None) -> "JobParams":
+        """The upscaler alone at ``scale``: no diffusion, no SD models."""
+        return cls(scale=scale, upscaler=upscaler, preset=Preset.UPSCALER)
 
 
 @dataclass
@@ -303,6 +395,8 @@ class Progress:
     tiles: int
     #: Fraction of the whole job done, 0 to 1, never decreasing.
     fraction: float
+    #: Estimated seconds left; ``None`` until there is a basis for it.
+    eta_seconds: Optional[float] = None
 
 
 @dataclass
@@ -353,6 +447,10 @@ class Status:
     queued: int
     clients: int
     data_dir: str
+    #: The warm ONNX Runtime sessions the engine holds.
+    sessions: List[str] = field(default_factory=list)
+    #: The daemon's resident memory in bytes (0 where unknown).
+    resident_bytes: int = 0
 
 
 @dataclass

@@ -27,6 +27,7 @@ from tessera_client import (
     Handshake,
     Image,
     JobParams,
+    LoraWeight,
     Models,
     Progress,
     ProtocolError,
@@ -160,7 +161,7 @@ def test_upscale_replays_a_recorded_job(fake_daemon, read_golden):
     def script(peer):
         peer.handshake()
         submit = peer.expect(Submit)
-        assert submit == Submit(1, RGBA8, JobParams(4.0, None))
+        assert submit == Submit(1, RGBA8, JobParams())
         for name in ("02-accepted", "04-progress", "05-done"):
             peer.send_raw(read_golden(name))
         peer.wait_closed()
@@ -568,12 +569,24 @@ def test_messages_a_daemon_may_not_send_close_the_connection(fake_daemon):
 def test_connect_and_params_as_a_mapping(fake_daemon):
     def script(peer):
         peer.handshake()
-        assert peer.expect(Submit).params == JobParams(2.0, "4x-UltraSharp")
+        assert peer.expect(Submit).params == JobParams(
+            2.0,
+            "4x-UltraSharp",
+            creativity=0.5,
+            loras=[LoraWeight("more_details", 0.5), LoraWeight("b", 1.0), LoraWeight("c")],
+        )
         peer.send(Accepted(1, 1, 0))
         peer.send(Done(1, gray(5), []))
         peer.wait_closed()
 
     fake_daemon.serve(script)
     with Client.connect(fake_daemon.address) as client:
-        image, _ = client.upscale(gray(1), {"scale": 2.0, "upscaler": "4x-UltraSharp"})
+        params = {
+            "scale": 2.0,
+            "upscaler": "4x-UltraSharp",
+            "creativity": 0.5,
+            # LoRAs as pairs, mappings or LoraWeight.
+            "loras": [("more_details", 0.5), {"name": "b", "weight": 1.0}, LoraWeight("c")],
+        }
+        image, _ = client.upscale(gray(1), params)
     assert image == gray(5)

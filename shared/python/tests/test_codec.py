@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 import tracemalloc
+from typing import Optional
 
 import pytest
 
@@ -62,6 +63,13 @@ def image_header(
     channels: int = 3, sample: int = 0, transfer: int = 0, width: int = 1, height: int = 1
 ) -> bytes:
     return u32(width) + u32(height) + u32(channels) + u32(sample) + u32(transfer)
+
+
+def params_bytes(params: Optional[JobParams] = None) -> bytes:
+    """The encoding of ``params`` (default: Clarity's at scale 2)."""
+    image = Image(1, 1, Channels.RGB, SampleFormat.U8, Transfer.SRGB, b"abc")
+    whole = encode(Submit(1, image, params or JobParams()))
+    return whole[4 + 8 + 20 + 8 + 3 :]
 
 
 class CountingStream(io.RawIOBase):
@@ -167,7 +175,7 @@ def test_an_unknown_message_tag_is_refused(tag):
     ],
 )
 def test_an_unknown_image_enum_tag_is_refused(header, what):
-    payload = u32(1) + u64(1) + header + u64(3) + b"abc" + struct.pack("<f", 2.0) + b"\x00"
+    payload = u32(1) + u64(1) + header + u64(3) + b"abc" + params_bytes()
     assert decode(u32(1) + u64(1) + image_header() + payload[32:])  # the valid twin decodes
     with pytest.raises(ProtocolError, match="unknown " + what):
         decode(payload)
@@ -237,9 +245,20 @@ def test_booleans_and_option_tags_other_than_0_and_1_are_refused():
     with pytest.raises(ProtocolError, match="not a bool"):
         decode(u32(10) + b"\x02")
     submit = u32(1) + u64(1) + image_header() + u64(3) + b"abc" + struct.pack("<f", 2.0)
-    assert decode(submit + b"\x00").params == JobParams(2.0, None)
+    rest = params_bytes()[5:]  # after scale and the upscaler's None
+    assert decode(submit + b"\x00" + rest).params == JobParams(2.0, None)
     with pytest.raises(ProtocolError, match="Option"):
-        decode(submit + b"\x02")
+        decode(submit + b"\x02" + rest)
+
+
+def test_f32_fields_decode_to_the_shortest_decimal_and_encode_back_bit_for_bit():
+    params = JobParams(creativity=0.35, resemblance=0.1 + 0.2, decay=1e-45, sharpen=3.4e38)
+    encoded = params_bytes(params)
+    image = Image(1, 1, Channels.RGB, SampleFormat.U8, Transfer.SRGB, b"abc")
+    back = decode(encode(Submit(1, image, params))).params
+    assert back.creativity == 0.35 and back.dynamic == 6.0
+    assert back.resemblance == 0.3  # 0.30000000000000004 is the same f32 as 0.3
+    assert params_bytes(back) == encoded
 
 
 def test_every_cut_of_every_golden_payload_is_a_protocol_error(golden_dir):
@@ -268,9 +287,11 @@ def test_corrupted_payloads_decode_or_raise_protocol_errors_only(golden_dir):
 
 
 def test_f32_fields_round_to_the_nearest_single():
-    message = Progress(1, 0, 1, "upscale", 1, 1, 1, 1, 0.1)
+    message = Progress(1, 0, 1, "upscale", 1, 1, 1, 1, 0.1 + 1e-12, 2.0 / 3.0)
     back = decode(encode(message))
-    assert back.fraction == struct.unpack("<f", struct.pack("<f", 0.1))[0]
+    # The nearest single, shown as its shortest decimal.
+    assert back.fraction == 0.1
+    assert struct.pack("<f", back.eta_seconds) == struct.pack("<f", 2.0 / 3.0)
     assert encode(back) == encode(message)
 
 

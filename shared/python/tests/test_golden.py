@@ -30,12 +30,15 @@ from tessera_client import (
     Image,
     JobParams,
     ListModels,
+    LoraWeight,
     ModelEntry,
     ModelKind,
     Models,
+    Preset,
     Progress,
     Rejected,
     SampleFormat,
+    Sampler,
     Shutdown,
     ShuttingDown,
     StageTiming,
@@ -177,11 +180,40 @@ def _expected():
         "00-handshake-unicode": Handshake(
             PROTOCOL_VERSION, "krita-plugin 0.1.0 (Zo\u00eb\u2019s \u2713 \U0001f3a8)"
         ),
-        "01-submit": Submit(1, RGBA8, JobParams(4.0, None)),
-        "01-submit-upscaler": Submit(2, RGBA8, JobParams(2.5, "4x-UltraSharp")),
+        "01-submit": Submit(1, RGBA8, JobParams()),
+        "01-submit-upscaler": Submit(2, RGBA8, JobParams.upscaler_only(2.5, "4x-UltraSharp")),
+        "01-submit-refiners": Submit(3, RGBA8, JobParams.refiners()),
+        "01-submit-clarity-models": Submit(
+            4,
+            RGBA8,
+            JobParams(
+                scale=16.0,
+                upscaler="4x-UltraSharp",
+                creativity=1.0,
+                resemblance=3.0,
+                dynamic=50.0,
+                tile_width=16,
+                tile_height=256,
+                steps=100,
+                seed=2**64 - 1,
+                prompt="a fa\u00e7ade, (ivy:1.3) <lora:d\u00e9tail:0.25>",
+                negative_prompt="",
+                sampler=Sampler.DPMPP_2M_KARRAS,
+                decay=1.0,
+                multistep_factor=2.0,
+                checkpoint="juggernaut_reborn",
+                vae="vae-ft-mse-840000-ema-pruned",
+                controlnet="control_v11f1e_sd15_tile",
+                loras=[LoraWeight("more_details", 0.5), LoraWeight("SDXLrender_v2.0", -1.0)],
+                sharpen=10.0,
+            ),
+        ),
+        "01-submit-ddim": Submit(5, RGBA8, JobParams.refiners(sampler=Sampler.DDIM, decay=1.0)),
     }
     for index, (layout, image) in enumerate(LAYOUTS):
-        cases["01-submit-" + layout] = Submit(100 + index, image, JobParams(2.0, None))
+        cases["01-submit-" + layout] = Submit(
+            100 + index, image, JobParams.upscaler_only(2.0, None)
+        )
     cases.update(
         {
             "02-accepted": Accepted(request=1, job=42, position=0),
@@ -201,6 +233,19 @@ def _expected():
                 tile=2,
                 tiles=4,
                 fraction=0.625,
+                eta_seconds=12.5,
+            ),
+            "04-progress-no-eta": Progress(
+                job=42,
+                stage=0,
+                stages=1,
+                phase="load",
+                step=0,
+                steps=1,
+                tile=0,
+                tiles=1,
+                fraction=0.0,
+                eta_seconds=None,
             ),
             "05-done": Done(
                 42,
@@ -233,6 +278,11 @@ def _expected():
                 queued=2,
                 clients=3,
                 data_dir="/home/ana/.local/share/tessera",
+                sessions=[
+                    "UNet+ControlNet juggernaut_reborn.safetensors",
+                    "VAE decoder vae-ft-mse-840000-ema-pruned.safetensors",
+                ],
+                resident_bytes=5_368_709_120,
             ),
             "09-status-idle": Status(
                 daemon_version="0.1.0",
@@ -244,6 +294,8 @@ def _expected():
                 queued=0,
                 clients=1,
                 data_dir="C:\\Users\\J\u00fcrgen\\AppData\\Roaming\\Tessera\\data",
+                sessions=[],
+                resident_bytes=0,
             ),
             "10-list-models": ListModels(False),
             "10-list-models-hashes": ListModels(True),
@@ -351,6 +403,9 @@ def test_every_message_type_error_kind_layout_and_model_kind_is_covered():
     assert {i.transfer for i in images} == set(Transfer)
     kinds = {e.kind for m in messages if isinstance(m, Models) for e in m.models}
     assert kinds == set(ModelKind)
+    params = [m.params for m in messages if isinstance(m, Submit)]
+    assert {p.preset for p in params} == set(Preset)
+    assert {p.sampler for p in params} == set(Sampler)
     for image in images:
         image.validate()
 

@@ -13,9 +13,9 @@
 
 use half::f16;
 use tessera_protocol::{
-    Accepted, Channels, Done, ErrorInfo, ErrorKind, Failed, Handshake, Image, JobParams, Message,
-    ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress, Rejected, SampleFormat,
-    StageTiming, Status, Submit, Transfer,
+    Accepted, Channels, Done, ErrorInfo, ErrorKind, Failed, Handshake, Image, JobParams,
+    LoraWeight, Message, ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress, Rejected,
+    SampleFormat, Sampler, StageTiming, Status, Submit, Transfer,
 };
 
 /// One golden vector: the file `<name>.bin` holds `message` as a frame.
@@ -234,9 +234,65 @@ pub fn cases() -> Vec<Case> {
             Message::Submit(Submit {
                 request: 2,
                 image: rgba8(),
+                params: JobParams::upscaler_only(2.5, Some("4x-UltraSharp".into())),
+            }),
+        ),
+        case(
+            "01-submit-refiners",
+            Message::Submit(Submit {
+                request: 3,
+                image: rgba8(),
+                params: JobParams::refiners(),
+            }),
+        ),
+        case(
+            // Every optional model named, LoRAs, the other samplers' tags, extreme numbers.
+            "01-submit-clarity-models",
+            Message::Submit(Submit {
+                request: 4,
+                image: rgba8(),
                 params: JobParams {
-                    scale: 2.5,
+                    scale: 16.0,
                     upscaler: Some("4x-UltraSharp".into()),
+                    creativity: 1.0,
+                    resemblance: 3.0,
+                    dynamic: 50.0,
+                    tile_width: 16,
+                    tile_height: 256,
+                    steps: 100,
+                    seed: u64::MAX,
+                    prompt: "a façade, (ivy:1.3) <lora:détail:0.25>".into(),
+                    negative_prompt: String::new(),
+                    sampler: Sampler::DpmPp2mKarras,
+                    decay: 1.0,
+                    multistep_factor: 2.0,
+                    checkpoint: Some("juggernaut_reborn".into()),
+                    vae: Some("vae-ft-mse-840000-ema-pruned".into()),
+                    controlnet: Some("control_v11f1e_sd15_tile".into()),
+                    loras: vec![
+                        LoraWeight {
+                            name: "more_details".into(),
+                            weight: 0.5,
+                        },
+                        LoraWeight {
+                            name: "SDXLrender_v2.0".into(),
+                            weight: -1.0,
+                        },
+                    ],
+                    sharpen: 10.0,
+                    ..JobParams::default()
+                },
+            }),
+        ),
+        case(
+            "01-submit-ddim",
+            Message::Submit(Submit {
+                request: 5,
+                image: rgba8(),
+                params: JobParams {
+                    sampler: Sampler::Ddim,
+                    decay: 1.0,
+                    ..JobParams::refiners()
                 },
             }),
         ),
@@ -247,10 +303,7 @@ pub fn cases() -> Vec<Case> {
             Message::Submit(Submit {
                 request: 100 + index as u64,
                 image,
-                params: JobParams {
-                    scale: 2.0,
-                    upscaler: None,
-                },
+                params: JobParams::upscaler_only(2.0, None),
             }),
         ));
     }
@@ -294,6 +347,22 @@ pub fn cases() -> Vec<Case> {
                 tile: 2,
                 tiles: 4,
                 fraction: 0.625,
+                eta_seconds: Some(12.5),
+            }),
+        ),
+        case(
+            "04-progress-no-eta",
+            Message::Progress(Progress {
+                job: 42,
+                stage: 0,
+                stages: 1,
+                phase: "load".into(),
+                step: 0,
+                steps: 1,
+                tile: 0,
+                tiles: 1,
+                fraction: 0.0,
+                eta_seconds: None,
             }),
         ),
         case(
@@ -360,6 +429,11 @@ pub fn cases() -> Vec<Case> {
                 queued: 2,
                 clients: 3,
                 data_dir: "/home/ana/.local/share/tessera".into(),
+                sessions: vec![
+                    "UNet+ControlNet juggernaut_reborn.safetensors".into(),
+                    "VAE decoder vae-ft-mse-840000-ema-pruned.safetensors".into(),
+                ],
+                resident_bytes: 5_368_709_120,
             }),
         ),
         case(
@@ -375,6 +449,8 @@ pub fn cases() -> Vec<Case> {
                 queued: 0,
                 clients: 1,
                 data_dir: r"C:\Users\Jürgen\AppData\Roaming\Tessera\data".into(),
+                sessions: vec![],
+                resident_bytes: 0,
             }),
         ),
         case("10-list-models", Message::ListModels { hashes: false }),

@@ -72,6 +72,25 @@ impl PromptParser {
         &self.tokenizer
     }
 
+    /// Takes `prompt` apart without A1111's emphasis: brackets, colons and `BREAK` are text
+    /// and every token weighs 1, as the Refiners library reads prompts. Extra-network tags are
+    /// still taken out (Refiners has none; they would only be noise).
+    pub fn parse_plain(&self, prompt: &str) -> Result<ParsedPrompt, SyntaxError> {
+        let (text, loras) = syntax::extract_networks(prompt)?;
+        let ids = self.tokenizer.encode(&text);
+        let segments = vec![Segment {
+            text: text.clone(),
+            weight: 1.0,
+        }];
+        let chunks = chunks::chunk([(1.0, &ids[..], false)], &self.words);
+        Ok(ParsedPrompt {
+            text,
+            loras,
+            segments,
+            chunks,
+        })
+    }
+
     /// Takes `prompt` apart: LoRA tags, weighted segments, 77-token chunks.
     pub fn parse(&self, prompt: &str) -> Result<ParsedPrompt, SyntaxError> {
         let (text, loras) = syntax::extract_networks(prompt)?;
@@ -97,6 +116,24 @@ impl PromptParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_prompts_keep_brackets_as_text_and_weigh_every_token_1() {
+        let parser = PromptParser::new(&[]);
+        let plain = parser
+            .parse_plain("(worst quality:2) <lora:x:1> BREAK a")
+            .unwrap();
+        let a1111 = parser
+            .parse("(worst quality:2) <lora:x:1> BREAK a")
+            .unwrap();
+        assert_eq!(plain.loras.len(), 1);
+        assert_eq!(plain.chunks.len(), 1, "BREAK is a word here");
+        assert!(plain.chunks[0].weights.iter().all(|&w| w == 1.0));
+        assert_eq!(a1111.chunks.len(), 2);
+        let tok = parser.tokenizer();
+        let expected = tok.encode("(worst quality:2)  BREAK a");
+        assert_eq!(&plain.chunks[0].ids[1..1 + expected.len()], &expected[..]);
+    }
 
     #[test]
     fn a_later_embedding_of_the_same_name_wins() {

@@ -1,0 +1,442 @@
+//! `tessera bench clarity`: a whole Clarity job on random full-size weights (SD 1.5's UNet,
+//! ControlNet tile, VAE and CLIP text encoder, a 64-filter 23-block ESRGAN like
+//! 4x-UltraSharp), timed phase by phase, with the peak resident memory, the UNet + ControlNet
+//! evaluation's FLOP rate against ONNX Runtime's fp32 GEMM peak measured in the same run, and
+//! the same job run twice to show what a warm second job costs.
+//!
+//! The random models are written as f32 safetensors in the layouts users have (an LDM
+//! single-file checkpoint with the UNet and the text encoder, a diffusers-named VAE file, an
+//! original-layout ControlNet, an old-architecture ESRGAN), so the job loads them through the
+//! same loaders and the same job runner as the daemon. `bench/clarity_pytorch.py` runs the same
+//! workload in PyTorch eager.
+
+use std::path::Path;
+use std::time::Instant;
+
+use tessera_protocol::{Channels, Image, JobParams, SampleFormat, Transfer};
+
+use super::job::ClarityRunner;
+use crate::Cancelled;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::nets::bench::{gemm_peak, peak_rss_mib, unet_tensors, write_random_as};
+use crate::pipeline::progress::{ProgressSink, Step};
+use crate::server::JobRunner;
+use crate::store::DataDir;
+
+/// SD 1.5's VAE widths and CLIP's size.
+const VAE: [usize; 4] = [128, 256, 512, 512];
+const CLIP_WIDTH: usize = 768;
+const CLIP_LAYERS: usize = 12;
+const CLIP_VOCAB: usize = 49408;
+
+type Tensors = Vec<(String, Vec<usize>)>;
+
+fn conv(t: &mut Tensors, name: &str, cin: usize, cout: usize, k: usize) {
+    t.push((format!("{name}.weight"), vec![cout, cin, k, k]));
+    t.push((format!("{name}.bias"), vec![cout]));
+}
+
+fn linear(t: &mut Tensors, name: &str, cin: usize, cout: usize) {
+    t.push((format!("{name}.weight"), vec![cout, cin]));
+    t.push((format!("{name}.bias"), vec![cout]));
+}
+
+fn norm(t: &mut Tensors, name: &str, c: usize) {
+    t.push((format!("{name}.weight"), vec![c]));
+    t.push((format!("{name}.bias"), vec![c]));
+}
+
+fn vae_resnet(t: &mut Tensors, name: &str, cin: usize, cout: usize) {
+    norm(t, &format!("{name}.norm1"), cin);
+    conv(t, &format!("{name}.conv1"), cin, cout, 3);
+    norm(t, &format!("{name}.norm2"), cout);
+    conv(t, &format!("{name}.conv2"), cout, cout, 3);
+    if cin != cout {
+        conv(t, &format!("{name}.conv_shortcut"), cin, cout, 1);
+    }
+}
+
+fn vae_mid(t: &mut Tensors, name: &str, c: usize) {
+    vae_resnet(t, &format!("{name}.resnets.0"), c, c);
+    let a = format!("{name}.attentions.0");
+    norm(t, &format!("{a}.group_norm"), c);
+    for p in ["to_q", "to_k", "to_v", "to_out.0"] {
+        linear(t, &format!("{a}.{p}"), c, c);
+    }
+    vae_resnet(t, &format!("{name}.resnets.1"), c, c);
+}
+
+/// SD 1.5's VAE in diffusers names.
+fn vae_tensors() -> Tensors {
+    let mut t = Vec::new();
+    conv(&mut t, "encoder.conv_in", 3, VAE[0], 3);
+    let mut ch = VAE[0];
+    for (i, &out) in VAE.iter().enumerate() {
+        for j in 0..2 {
+            vae_resnet(
+                &mut t,
+                &format!("encoder.down_blocks.{i}.resnets.{j}"),
+                ch,
+                out,
+            );
+            ch = out;
+        }
+        if i + 1 < VAE.len() {
+            conv(
+                &mut t,
+                &format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
+                ch,
+                ch,
+                3,
+            );
+        }
+    }
+    vae_mid(&mut t, "encoder.mid_block", ch);
+    norm(&mut t, "encoder.conv_norm_out", ch);
+    conv(&mut t, "encoder.conv_out", ch, 8, 3);
+    conv(&mut t, "quant_conv", 8, 8, 1);
+    conv(&mut t, "post_quant_conv", 4, 4, 1);
+    conv(&mut t, "decoder.conv_in", 4, VAE[3], 3);
+    vae_mid(&mut t, "decoder.mid_block", VAE[3]);
+    let mut ch = VAE[3];
+    for (i, &out) in VAE.iter().rev().enumerate() {
+        for j in 0..3 {
+            vae_resnet(
+                &mut t,
+                &format!("decoder.up_blocks.{i}.resnets.{j}"),
+                ch,
+                out,
+            );
+            ch = out;
+        }
+        if i + 1 < VAE.len() {
+            conv(
+                &mut t,
+                &format!("decoder.up_blocks.{i}.upsamplers.0.conv"),
+                ch,
+                ch,
+                3,
+            );
+        }
+    }
+    norm(&mut t, "decoder.conv_norm_out", ch);
+    conv(&mut t, "decoder.conv_out", ch, 3, 3);
+    t
+}
+
+/// CLIP ViT-L/14's text tower under `prefix` (transformers names).
+fn clip_tensors(prefix: &str) -> Tensors {
+    let mut t = Vec::new();
+    let p = format!("{prefix}text_model.");
+    t.push((
+        format!("{p}embeddings.token_embedding.weight"),
+        vec![CLIP_VOCAB, CLIP_WIDTH],
+    ));
+    t.push((
+        format!("{p}embeddings.position_embedding.weight"),
+        vec![77, CLIP_WIDTH],
+    ));
+    for l in 0..CLIP_LAYERS {
+        let layer = format!("{p}encoder.layers.{l}");
+        for q in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            linear(
+                &mut t,
+                &format!("{layer}.self_attn.{q}"),
+                CLIP_WIDTH,
+                CLIP_WIDTH,
+            );
+        }
+        norm(&mut t, &format!("{layer}.layer_norm1"), CLIP_WIDTH);
+        norm(&mut t, &format!("{layer}.layer_norm2"), CLIP_WIDTH);
+        linear(
+            &mut t,
+            &format!("{layer}.mlp.fc1"),
+            CLIP_WIDTH,
+            4 * CLIP_WIDTH,
+        );
+        linear(
+            &mut t,
+            &format!("{layer}.mlp.fc2"),
+            4 * CLIP_WIDTH,
+            CLIP_WIDTH,
+        );
+    }
+    norm(&mut t, &format!("{p}final_layer_norm"), CLIP_WIDTH);
+    t
+}
+
+/// A 4x-UltraSharp-shaped ESRGAN (64 filters, 23 RRDBs, growth 32, ×4) in the old layout.
+fn esrgan_tensors() -> Tensors {
+    let (nf, gc) = (64, 32);
+    let mut t = Vec::new();
+    conv(&mut t, "model.0", 3, nf, 3);
+    for b in 0..23 {
+        for r in 1..=3 {
+            for k in 1..=5 {
+                let out = if k == 5 { nf } else { gc };
+                conv(
+                    &mut t,
+                    &format!("model.1.sub.{b}.RDB{r}.conv{k}.0"),
+                    nf + (k - 1) * gc,
+                    out,
+                    3,
+                );
+            }
+        }
+    }
+    conv(&mut t, "model.1.sub.23", nf, nf, 3);
+    for name in ["model.3", "model.6", "model.8"] {
+        conv(&mut t, name, nf, nf, 3);
+    }
+    conv(&mut t, "model.10", nf, 3, 3);
+    t
+}
+
+/// Writes the random model set into `dir/models/…` (about 5.8 GB of f32) and returns the
+/// seconds it took.
+pub fn write_models(dir: &DataDir) -> anyhow::Result<f64> {
+    use tessera_protocol::ModelKind::*;
+    let started = Instant::now();
+    let mut checkpoint = unet_tensors("model.diffusion_model.", false);
+    checkpoint.extend(clip_tensors("cond_stage_model.transformer."));
+    write_random_as(
+        &dir.models(Checkpoint).join("sd15-random.safetensors"),
+        &checkpoint,
+        1,
+        true,
+    )?;
+    write_random_as(
+        &dir.models(Vae).join("vae-random.safetensors"),
+        &vae_tensors(),
+        2,
+        true,
+    )?;
+    write_random_as(
+        &dir.models(ControlNet).join("tile-random.safetensors"),
+        &unet_tensors("control_model.", true),
+        3,
+        true,
+    )?;
+    write_random_as(
+        &dir.models(Upscaler).join("esrgan-random.safetensors"),
+        &esrgan_tensors(),
+        4,
+        true,
+    )?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// A deterministic RGB test image (gradients and a checker, many colours).
+pub fn test_image(size: u32) -> Image {
+    let mut data = Vec::with_capacity((size * size * 3) as usize);
+    for y in 0..size {
+        for x in 0..size {
+            data.extend([
+                (x * 255 / size) as u8,
+                (y * 255 / size) as u8,
+                (((x / 8 + y / 8) % 2) * 160 + (x * y) % 64) as u8,
+            ]);
+        }
+    }
+    Image {
+        width: size,
+        height: size,
+        channels: Channels::Rgb,
+        sample: SampleFormat::U8,
+        transfer: Transfer::Srgb,
+        data,
+    }
+}
+
+/// Discards progress (the job's own timings are what the benchmark reports).
+struct Quiet;
+
+impl ProgressSink for Quiet {
+    fn report(&mut self, _step: Step) -> Result<(), Cancelled> {
+        Ok(())
+    }
+}
+
+/// What one benchmark job measured.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// Seconds per phase, as the job reports them (`load`, `text`, `upscale`, …).
+    pub phases: Vec<(String, f64)>,
+    pub total_s: f64,
+    pub output: (u32, u32),
+}
+
+/// The whole benchmark.
+#[derive(Debug, Clone)]
+pub struct ClarityReport {
+    pub write_s: Option<f64>,
+    pub jobs: Vec<JobReport>,
+    /// UNet + ControlNet evaluations of one job, and their GFLOP (all tiles, CFG pair).
+    pub evaluations: usize,
+    pub eval_gflop: f64,
+    pub gemm_gflops: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl ClarityReport {
+    /// Seconds per evaluation in the last job (its denoise phase over its evaluations).
+    pub fn eval_s(&self) -> f64 {
+        let job = self.jobs.last().expect("at least one job");
+        let denoise = job
+            .phases
+            .iter()
+            .filter(|(p, _)| p == "denoise")
+            .map(|(_, s)| s)
+            .sum::<f64>();
+        denoise / self.evaluations.max(1) as f64
+    }
+
+    pub fn fraction_of_peak(&self) -> f64 {
+        self.eval_gflop / self.eval_s() / self.gemm_gflops
+    }
+}
+
+/// FLOPs of every UNet + ControlNet evaluation of a default job on a `size`² image at `scale`:
+/// (evaluations, GFLOP per evaluation averaged over the stages).
+fn workload(params: &JobParams, size: u32) -> (usize, f64) {
+    use super::stage::{Rules, StageSetup};
+    use crate::pipeline::sampling::{Update, schedule};
+    let stages = super::stages::plan(
+        (size as usize, size as usize),
+        {
+            let (w, h) = crate::pipeline::upscale::output_size(size, size, params.scale);
+            (w as usize, h as usize)
+        },
+        params.scale,
+        params.creativity,
+        params.multistep_factor,
+        params.seed,
+        false,
+    );
+    let full = schedule::full(
+        params.sampler,
+        params.steps as usize,
+        &schedule::Training::sd15(),
+    );
+    let config = crate::nets::unet::UnetConfig {
+        in_channels: 4,
+        out_channels: 4,
+        block_channels: vec![320, 640, 1280, 1280],
+        layers_per_block: 2,
+        attention: vec![true, true, true, false],
+        context_dim: 768,
+    };
+    let empty = ndarray::Array2::<f32>::zeros((77, 768));
+    let diffusion = crate::config::DiffusionConfig::default();
+    let (mut evaluations, mut gflop) = (0, 0.0);
+    for (index, stage) in stages.iter().enumerate() {
+        let setup = StageSetup {
+            stage,
+            index,
+            stages: stages.len(),
+            rules: Rules::CLARITY,
+            schedule: &full,
+            update: Update::of(params.sampler),
+            tile: (params.tile_width as usize, params.tile_height as usize),
+            batch: diffusion.tile_batch,
+            cond: empty.view(),
+            uncond: empty.view(),
+            cfg: params.dynamic,
+            resemblance: params.resemblance,
+            decay: params.decay,
+            vae_tiling: super::vae::VaeTiling::new(
+                diffusion.vae_encoder_tile,
+                diffusion.vae_decoder_tile,
+            ),
+        };
+        let evals = setup.run().evaluations();
+        let per_eval: f64 = setup
+            .grid()
+            .iter()
+            .map(|t| {
+                let side = ((t.w * t.h) as f64).sqrt().round() as usize;
+                crate::nets::bench::unet_flops(&config, side, 2, true)
+                    + crate::nets::bench::unet_flops(&config, side, 2, false)
+            })
+            .sum();
+        evaluations += evals;
+        gflop += per_eval / 1e9 * evals as f64;
+    }
+    (evaluations, gflop / evaluations.max(1) as f64)
+}
+
+/// Runs the benchmark: writes the models into `dir` unless they are there, runs the default
+/// Clarity job (without its LoRAs and embedding, which the random set lacks) on a `size`²
+/// image at `scale` with `steps` sampler steps, `runs` times on one runner (the second run is the
+/// warm case).
+pub fn clarity(
+    engine: std::sync::Arc<Engine>,
+    dir: &Path,
+    size: u32,
+    scale: f32,
+    runs: usize,
+    steps: u32,
+    log: &mut dyn FnMut(&str),
+) -> anyhow::Result<ClarityReport> {
+    let data = DataDir::open(dir)?;
+    let checkpoint = data
+        .models(tessera_protocol::ModelKind::Checkpoint)
+        .join("sd15-random.safetensors");
+    let write_s = if checkpoint.exists() {
+        None
+    } else {
+        let s = write_models(&data)?;
+        log(&format!("random models written in {s:.1} s"));
+        Some(s)
+    };
+    let gemm_before = gemm_peak(&engine, 4096)?;
+    log(&format!("fp32 MatMul {gemm_before:.0} GFLOP/s"));
+    let mut config = Config::default();
+    config.diffusion.default_checkpoint = "sd15-random".into();
+    config.diffusion.default_vae = "vae-random".into();
+    config.diffusion.default_controlnet = "tile-random".into();
+    config.upscale.default_upscaler = "esrgan-random".into();
+    let mut runner = ClarityRunner::new(engine.clone(), data, config);
+    let params = JobParams {
+        scale,
+        steps,
+        prompt: "masterpiece, best quality, highres".into(),
+        negative_prompt: "(worst quality, low quality, normal quality:2)".into(),
+        ..JobParams::default()
+    };
+    let (evaluations, eval_gflop) = workload(&params, size);
+    let mut jobs = Vec::new();
+    for run in 1..=runs.max(1) {
+        let started = Instant::now();
+        let out = runner
+            .run(test_image(size), &params, &mut Quiet)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let total_s = started.elapsed().as_secs_f64();
+        let phases: Vec<(String, f64)> = out
+            .timings
+            .iter()
+            .map(|t| (t.name.clone(), t.seconds))
+            .collect();
+        let line: Vec<String> = phases
+            .iter()
+            .map(|(p, s)| format!("{p} {s:.1} s"))
+            .collect();
+        log(&format!("job {run}: {total_s:.1} s [{}]", line.join(", ")));
+        jobs.push(JobReport {
+            phases,
+            total_s,
+            output: (out.image.width, out.image.height),
+        });
+    }
+    let gemm_after = gemm_peak(&engine, 4096)?;
+    log(&format!("fp32 MatMul {gemm_after:.0} GFLOP/s"));
+    Ok(ClarityReport {
+        write_s,
+        jobs,
+        evaluations,
+        eval_gflop,
+        gemm_gflops: gemm_before.max(gemm_after),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}

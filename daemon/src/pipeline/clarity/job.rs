@@ -1,0 +1,387 @@
+//! A diffusion job from the wire to the result: parameters checked and models resolved, the
+//! model set loaded (or reused, warm), prompts encoded (or taken from the cache), the stages
+//! run with progress and cancel, alpha upscaled apart and re-attached, the result sharpened
+//! and returned in the input's pixel format. Jobs that do not diffuse (preset `Upscaler`, or
+//! creativity 0) go to the upscaler alone.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ndarray::{Array3, Array4, ArrayView2};
+use tessera_protocol::{ErrorInfo, ErrorKind, Image, JobParams, ModelKind, Preset, StageTiming};
+
+use super::models::{EsrganUpscaler, FileStamp, LoraChoice, ModelSet, SetKey};
+use super::nets::{NetResult, StageError};
+use super::params;
+use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
+use super::stages::{self, Stage};
+use super::vae::VaeTiling;
+use crate::Cancelled;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::nets::ModelError;
+use crate::nets::esrgan::Tiling;
+use crate::nets::sd::Precision;
+use crate::pipeline::filters;
+use crate::pipeline::pixels::{self, PixelFormat, Planar};
+use crate::pipeline::progress::{ProgressSink, Step};
+use crate::pipeline::resize;
+use crate::pipeline::sampling::Update;
+use crate::pipeline::sampling::noise::{NoiseSource, SeededNoise};
+use crate::pipeline::sampling::schedule::{self, Schedule, Training};
+use crate::pipeline::upscale::{self, Upscaler};
+use crate::server::{JobOutput, JobRunner};
+use crate::store::{DataDir, registry};
+
+/// What every stage of a job shares.
+pub struct JobSetup<'a> {
+    pub rules: Rules,
+    pub schedule: Schedule,
+    pub update: Update,
+    pub tile: (usize, usize),
+    pub batch: usize,
+    pub cond: ArrayView2<'a, f32>,
+    pub uncond: ArrayView2<'a, f32>,
+    pub cfg: f32,
+    pub resemblance: f32,
+    pub decay: f32,
+    pub vae_tiling: VaeTiling,
+}
+
+impl JobSetup<'_> {
+    fn stage<'s>(&'s self, plan: &'s [Stage], index: usize) -> StageSetup<'s> {
+        StageSetup {
+            stage: &plan[index],
+            index,
+            stages: plan.len(),
+            rules: self.rules,
+            schedule: &self.schedule,
+            update: self.update,
+            tile: self.tile,
+            batch: self.batch,
+            cond: self.cond,
+            uncond: self.uncond,
+            cfg: self.cfg,
+            resemblance: self.resemblance,
+            decay: self.decay,
+            vae_tiling: self.vae_tiling,
+        }
+    }
+
+    /// The estimated work of all stages from an input of `input` pixels.
+    pub fn planned_work(
+        &self,
+        plan: &[Stage],
+        input: (usize, usize),
+        upscaler_scale: usize,
+    ) -> f64 {
+        let mut size = input;
+        let mut total = 0.0;
+        for index in 0..plan.len() {
+            total += stage::planned_work(&self.stage(plan, index), size, upscaler_scale);
+            size = plan[index].output;
+        }
+        total
+    }
+}
+
+/// Runs every stage of `plan` on `input` (`[3, H, W]`, 0..1); `report(stage, event)` follows
+/// every network call, `on_latent(stage, latent)` sees each stage's final latent.
+pub fn run_stages(
+    nets: &mut StageNets<'_>,
+    input: Array3<f32>,
+    plan: &[Stage],
+    setup: &JobSetup<'_>,
+    noise: &mut dyn NoiseSource,
+    report: &mut dyn FnMut(usize, Event) -> Result<(), Cancelled>,
+    on_latent: &mut dyn FnMut(usize, &Array4<f32>),
+) -> NetResult<Array3<f32>> {
+    let mut image = input;
+    for index in 0..plan.len() {
+        let stage_setup = setup.stage(plan, index);
+        image = stage::run_stage(
+            nets,
+            image.view(),
+            &stage_setup,
+            noise,
+            &mut |e| report(index, e),
+            &mut |l| on_latent(index, l),
+        )?;
+    }
+    Ok(image)
+}
+
+/// The rules of a preset.
+pub fn rules(preset: Preset) -> Rules {
+    match preset {
+        Preset::Refiners => Rules::REFINERS,
+        _ => Rules::CLARITY,
+    }
+}
+
+/// Runs every job on the engine thread: diffusion jobs here, the others by the upscaler.
+pub struct ClarityRunner {
+    engine: Arc<Engine>,
+    data_dir: DataDir,
+    config: Config,
+    upscaler: Upscaler,
+    models: Option<ModelSet>,
+    training: Training,
+}
+
+fn stage_error(e: StageError) -> ErrorInfo {
+    match e {
+        StageError::Cancelled => ErrorInfo::new(ErrorKind::Cancelled, "the job was cancelled"),
+        StageError::Runtime(e) => ErrorInfo::new(ErrorKind::Runtime, e.to_string()),
+        StageError::Unexpected(m) => ErrorInfo::new(ErrorKind::Internal, m),
+    }
+}
+
+fn load_error(e: ModelError) -> ErrorInfo {
+    let kind = match e {
+        ModelError::Io(_) => ErrorKind::Io,
+        ModelError::Invalid(_) => ErrorKind::ModelInvalid,
+        ModelError::Runtime(_) => ErrorKind::Runtime,
+    };
+    ErrorInfo::new(kind, e.to_string())
+}
+
+/// Job time spent per phase, in the order phases first appear.
+struct Timings {
+    laps: Vec<StageTiming>,
+    clock: Instant,
+}
+
+impl Timings {
+    fn new() -> Timings {
+        Timings {
+            laps: Vec::new(),
+            clock: Instant::now(),
+        }
+    }
+
+    fn lap(&mut self, name: &str) {
+        let seconds = self.clock.elapsed().as_secs_f64();
+        self.clock = Instant::now();
+        match self.laps.iter_mut().find(|t| t.name == name) {
+            Some(t) => t.seconds += seconds,
+            None => self.laps.push(StageTiming {
+                name: name.to_owned(),
+                seconds,
+            }),
+        }
+    }
+}
+
+impl ClarityRunner {
+    pub fn new(engine: Arc<Engine>, data_dir: DataDir, config: Config) -> ClarityRunner {
+        ClarityRunner {
+            upscaler: Upscaler::new(engine.clone(), data_dir.clone(), config.clone()),
+            engine,
+            data_dir,
+            config,
+            models: None,
+            training: Training::sd15(),
+        }
+    }
+
+    /// The model set a job asks for (files resolved, LoRAs from the prompt's tags and the
+    /// job's list, every embedding of the data directory).
+    pub fn set_key(&self, params: &JobParams) -> Result<SetKey, ErrorInfo> {
+        let sd = params::resolve_sd(&self.data_dir, &self.config, params)?;
+        let loras = params::lora_files(&self.data_dir, params)?
+            .into_iter()
+            .map(|(file, te, unet)| LoraChoice::new(&file.path, te, unet))
+            .collect();
+        let embeddings = registry::list(&self.data_dir, ModelKind::Embedding)
+            .map_err(|e| ErrorInfo::new(ErrorKind::Io, e.to_string()))?
+            .into_iter()
+            .filter(|m| !m.is_folder)
+            .map(|m| FileStamp::of(&m.path))
+            .collect();
+        Ok(SetKey {
+            checkpoint: FileStamp::of(&sd.checkpoint.path),
+            vae: FileStamp::of(&sd.vae.path),
+            controlnet: FileStamp::of(&sd.controlnet.path),
+            loras,
+            embeddings,
+            precision: Precision::F32,
+        })
+    }
+
+    /// The warm model set for `key`, loading it (and freeing the previous one) if needed.
+    fn model_set(&mut self, key: SetKey) -> Result<&mut ModelSet, ErrorInfo> {
+        if self.models.as_ref().is_some_and(|m| m.key != key) {
+            self.models = None;
+            let freed = self.engine.release_unused();
+            tracing::info!("another model set was chosen; {freed} sessions freed");
+        }
+        if self.models.is_none() {
+            let started = Instant::now();
+            let set =
+                ModelSet::load(&self.engine, key, &self.data_dir.cache()).map_err(load_error)?;
+            tracing::info!(
+                "model set loaded in {:.1} s: {} sessions held",
+                started.elapsed().as_secs_f64(),
+                self.engine.held_sessions().len()
+            );
+            self.models = Some(set);
+        }
+        Ok(self.models.as_mut().expect("set above"))
+    }
+
+    fn diffuse(
+        &mut self,
+        image: Image,
+        params: &JobParams,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<JobOutput, ErrorInfo> {
+        let cancelled = |_| ErrorInfo::new(ErrorKind::Cancelled, "the job was cancelled");
+        let mut timings = Timings::new();
+        progress
+            .report(Step {
+                stage: 0,
+                stages: 1,
+                phase: "load",
+                step: 0,
+                steps: 1,
+                tile: 0,
+                tiles: 1,
+                fraction: 0.0,
+            })
+            .map_err(cancelled)?;
+        let upscaler_file = upscale::resolve_model(&self.data_dir, &self.config, params)?;
+        let key = self.set_key(params)?;
+        let format = PixelFormat::of(&image);
+        let (tw, th) = upscale::output_size(image.width, image.height, params.scale);
+        let (tw, th) = (tw as usize, th as usize);
+        let input = pixels::to_planar(&image);
+        drop(image);
+        let (iw, ih) = (input.width(), input.height());
+        self.upscaler.network(&upscaler_file)?;
+        self.model_set(key)?;
+        timings.lap("load");
+
+        let emphasis = params.preset != Preset::Refiners;
+        let models = self.models.as_mut().expect("loaded above");
+        let cond = models
+            .text
+            .conditioning(&params.prompt, emphasis)
+            .map_err(|e| stage_error(e.into()))?;
+        let uncond = models
+            .text
+            .conditioning(&params.negative_prompt, emphasis)
+            .map_err(|e| stage_error(e.into()))?;
+        timings.lap("text");
+
+        let plan = stages::plan(
+            (iw, ih),
+            (tw, th),
+            params.scale,
+            params.creativity,
+            params.multistep_factor,
+            params.seed,
+            params.preset == Preset::Refiners,
+        );
+        let d = &self.config.diffusion;
+        let setup = JobSetup {
+            rules: rules(params.preset),
+            schedule: schedule::full(params.sampler, params.steps as usize, &self.training),
+            update: Update::of(params.sampler),
+            tile: (params.tile_width as usize, params.tile_height as usize),
+            batch: d.tile_batch,
+            cond: cond.view(),
+            uncond: uncond.view(),
+            cfg: params.dynamic,
+            resemblance: params.resemblance,
+            decay: params.decay,
+            vae_tiling: VaeTiling::new(d.vae_encoder_tile, d.vae_decoder_tile),
+        };
+        let tiling = Tiling {
+            tile: self.config.upscale.tile,
+            overlap: self.config.upscale.overlap,
+        };
+        let esrgan = self.upscaler.network(&upscaler_file)?;
+        let mut pre = EsrganUpscaler {
+            net: esrgan,
+            tiling,
+        };
+        let total = setup.planned_work(&plan, (iw, ih), pre.scale()).max(1e-9);
+        let stages_count = plan.len() as u32;
+        let models = self.models.as_mut().expect("loaded above");
+        let mut done = 0.0;
+        let mut phase = "";
+        // Every event reports the network call that just finished, so the time since the last
+        // event belongs to the event's own phase.
+        let rgb = run_stages(
+            &mut StageNets {
+                upscaler: &mut pre,
+                vae: &mut models.vae,
+                unet: &mut models.unet,
+            },
+            input.rgb,
+            &plan,
+            &setup,
+            &mut SeededNoise { seed: params.seed },
+            &mut |index, e: Event| {
+                timings.lap(e.phase);
+                phase = e.phase;
+                done += e.work;
+                progress.report(Step {
+                    stage: index as u32,
+                    stages: stages_count,
+                    phase: e.phase,
+                    step: e.step as u32,
+                    steps: e.steps as u32,
+                    tile: e.tile as u32,
+                    tiles: e.tiles as u32,
+                    fraction: (0.99 * done / total).min(0.99) as f32,
+                })
+            },
+            &mut |_, _| {},
+        )
+        .map_err(stage_error)?;
+        timings.lap(phase);
+
+        let mut rgb = rgb;
+        filters::sharpen(&mut rgb, params.sharpen);
+        let alpha = input
+            .alpha
+            .as_ref()
+            .map(|a| resize::lanczos_plane(a.view(), tw, th));
+        let result = pixels::from_planar(&Planar { rgb, alpha }, format);
+        timings.lap("finish");
+        progress
+            .report(Step {
+                stage: stages_count.saturating_sub(1),
+                stages: stages_count,
+                phase: "finish",
+                step: 1,
+                steps: 1,
+                tile: 1,
+                tiles: 1,
+                fraction: 1.0,
+            })
+            .map_err(cancelled)?;
+        timings.laps.retain(|t| !t.name.is_empty());
+        Ok(JobOutput {
+            image: result,
+            timings: timings.laps,
+        })
+    }
+}
+
+impl JobRunner for ClarityRunner {
+    fn run(
+        &mut self,
+        image: Image,
+        params: &JobParams,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<JobOutput, ErrorInfo> {
+        upscale::check_job(&self.config, &image, params)?;
+        if !params.diffuses() {
+            return self.upscaler.run(image, params, progress);
+        }
+        self.diffuse(image, params, progress)
+    }
+}

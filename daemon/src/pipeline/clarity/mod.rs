@@ -1,0 +1,18 @@
+//! The Clarity pipeline: an image through ×2 stages of upscale → VAE encode → MultiDiffusion
+//! with ControlNet tile → VAE decode, by Clarity's rules or (preset) Refiners'.
+
+pub mod bench;
+pub mod control;
+pub mod denoise;
+pub mod job;
+pub mod models;
+pub mod nets;
+pub mod params;
+pub mod stage;
+pub mod stages;
+pub mod text;
+pub mod tiles;
+pub mod vae;
+
+#[cfg(test)]
+mod testing;

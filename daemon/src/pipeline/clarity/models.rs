@@ -1,0 +1,439 @@
+//! The SD networks of a diffusion job, loaded once per model set and kept warm: the UNet with
+//! its LoRAs fused, the ControlNet tile split into hint encoder and body, the VAE (whose
+//! statistics-exporting and statistics-frozen graphs are only built when an image is large
+//! enough to need tiles), and the text encoder with LoRAs and embeddings. Each implements the
+//! trait the stage is written against (`nets.rs`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ndarray::{Array2, Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4, Ix4};
+
+use super::nets::{ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, StageError, Vae};
+use super::stage::PreUpscaler;
+use super::text::TextSide;
+use crate::Cancelled;
+use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
+use crate::nets::ModelError;
+use crate::nets::clip::{self, ClipOptions, TextEncoder};
+use crate::nets::controlnet::{CompiledControlNet, ControlNet};
+use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
+use crate::nets::sd::{Precision, SdOptions};
+use crate::nets::unet::{CompiledUnet, Unet};
+use crate::nets::vae::{CompiledVae, NormStats};
+use crate::weights::embedding::TextualInversion;
+use crate::weights::lora::{Lora, LoraPatch, LoraTarget};
+use crate::weights::{self, Patch, sd};
+
+/// A file as part of a model set's identity: path, size and modification time, so that a
+/// model replaced on disk is loaded again.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> FileStamp {
+        let meta = std::fs::metadata(path).ok();
+        FileStamp {
+            path: path.to_owned(),
+            size: meta.as_ref().map_or(0, |m| m.len()),
+            modified: meta.and_then(|m| m.modified().ok()),
+        }
+    }
+}
+
+/// A LoRA with A1111's two multipliers (text encoder, UNet), in thousandths.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LoraChoice {
+    pub file: FileStamp,
+    pub te: i64,
+    pub unet: i64,
+}
+
+/// Everything that decides what a model set computes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SetKey {
+    pub checkpoint: FileStamp,
+    pub vae: FileStamp,
+    pub controlnet: FileStamp,
+    pub loras: Vec<LoraChoice>,
+    pub embeddings: Vec<FileStamp>,
+    pub precision: Precision,
+}
+
+/// The loaded networks of one [`SetKey`].
+pub struct ModelSet {
+    pub key: SetKey,
+    pub text: TextSide,
+    pub unet: SdUnet,
+    pub vae: SdVae,
+}
+
+fn milli(v: f64) -> i64 {
+    (v * 1000.0).round() as i64
+}
+
+impl LoraChoice {
+    pub fn new(path: &Path, te: f64, unet: f64) -> LoraChoice {
+        LoraChoice {
+            file: FileStamp::of(path),
+            te: milli(te),
+            unet: milli(unet),
+        }
+    }
+}
+
+impl ModelSet {
+    /// Compiles every network of `key` (conversions and LoRA fusions are cached on disk in
+    /// `cache_dir`) and creates the sessions a job needs.
+    pub fn load(
+        engine: &Arc<Engine>,
+        key: SetKey,
+        cache_dir: &Path,
+    ) -> Result<ModelSet, ModelError> {
+        let loras = key
+            .loras
+            .iter()
+            .map(|l| Lora::open(&l.file.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let with = |pick: fn(&LoraChoice) -> i64| -> Vec<(&Lora, f32)> {
+            loras
+                .iter()
+                .zip(&key.loras)
+                .map(|(l, c)| (l, pick(c) as f32 / 1000.0))
+                .collect()
+        };
+        let precision = key.precision;
+        let plain = SdOptions {
+            precision,
+            hyper: None,
+            patch: None,
+        };
+
+        let unet_net = sd::unet(&key.checkpoint.path)?;
+        let unet_loras = with(|c| c.unet);
+        let patch = LoraPatch::resolve(&unet_loras, LoraTarget::Unet, &unet_net.tensors)?;
+        let patch = (!patch.is_empty()).then_some(&patch as &dyn Patch);
+        let compiled = CompiledUnet::compile(&unet_net, cache_dir, &SdOptions { patch, ..plain })?;
+        drop(unet_net);
+        let mut unet = Unet::new(compiled);
+        unet.warm(engine, true)?;
+
+        let cn_net = sd::controlnet(&key.controlnet.path)?;
+        let controlnet = ControlNet::new(
+            engine,
+            CompiledControlNet::compile(&cn_net, cache_dir, &plain)?,
+        )?;
+        drop(cn_net);
+
+        let vae_net = sd::vae(&key.vae.path)?;
+        let vae = SdVae::new(
+            engine.clone(),
+            CompiledVae::compile(&vae_net, cache_dir, &plain)?,
+        )?;
+        drop(vae_net);
+
+        let embeddings: Vec<TextualInversion> = key
+            .embeddings
+            .iter()
+            .filter_map(|e| match TextualInversion::load(&e.path) {
+                Ok(ti) => Some(ti),
+                Err(err) => {
+                    tracing::warn!("skipping the embedding {}: {err}", e.path.display());
+                    None
+                }
+            })
+            .collect();
+        let (source, canonical, config) = clip::open(&key.checkpoint.path)?;
+        let embeddings: Vec<TextualInversion> = embeddings
+            .into_iter()
+            .filter(|e| {
+                let fits = e.width() == config.hidden;
+                if !fits {
+                    tracing::warn!(
+                        "skipping the embedding {}: {} wide, the text encoder is {}",
+                        e.name,
+                        e.width(),
+                        config.hidden
+                    );
+                }
+                fits
+            })
+            .collect();
+        let te_loras = with(|c| c.te);
+        let patch = LoraPatch::resolve(&te_loras, LoraTarget::TextEncoder, &canonical)?;
+        let patch = (!patch.is_empty()).then_some(&patch as &dyn Patch);
+        let options = ClipOptions {
+            precision,
+            ..ClipOptions::default()
+        };
+        let placed = weights::materialize_as(
+            &source,
+            &canonical,
+            cache_dir,
+            weights::Target {
+                network: &format!("clip{}", precision.suffix()),
+                weight_type: precision.weight_type(),
+                patch,
+            },
+        )?;
+        let name = key
+            .checkpoint
+            .path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let compiled = clip::compile_weights(&config, &placed, &embeddings, &options, &name)?;
+        let text = TextSide::new(TextEncoder::from_compiled(engine, compiled)?);
+
+        Ok(ModelSet {
+            key,
+            text,
+            unet: SdUnet {
+                engine: engine.clone(),
+                unet,
+                controlnet,
+            },
+            vae,
+        })
+    }
+}
+
+/// The UNet with the ControlNet tile.
+pub struct SdUnet {
+    engine: Arc<Engine>,
+    unet: Unet,
+    controlnet: ControlNet,
+}
+
+fn four(a: ArrayD<f32>, what: &str) -> NetResult<Array4<f32>> {
+    a.into_dimensionality::<Ix4>()
+        .map_err(|e| StageError::Unexpected(format!("{what}: {e}")))
+}
+
+impl ControlledUnet for SdUnet {
+    fn embed_hint(&mut self, hint: ArrayView4<f32>) -> NetResult<Array4<f32>> {
+        // Tiles are slices of the condition image; ONNX Runtime wants contiguous memory.
+        let hint = hint.as_standard_layout();
+        four(
+            self.controlnet.embed_hint(hint.view().into_dyn())?,
+            "hint embedding",
+        )
+    }
+
+    fn control(
+        &mut self,
+        sample: ArrayView4<f32>,
+        timestep: ArrayView1<f32>,
+        context: ArrayView3<f32>,
+        embedding: ArrayView4<f32>,
+    ) -> NetResult<Vec<ArrayD<f32>>> {
+        let (sample, context, embedding) = (
+            sample.as_standard_layout(),
+            context.as_standard_layout(),
+            embedding.as_standard_layout(),
+        );
+        Ok(self.controlnet.residuals(
+            sample.view().into_dyn(),
+            timestep.into_dyn(),
+            context.view().into_dyn(),
+            embedding.view().into_dyn(),
+        )?)
+    }
+
+    fn unet(
+        &mut self,
+        sample: ArrayView4<f32>,
+        timestep: ArrayView1<f32>,
+        context: ArrayView3<f32>,
+        residuals: &[ArrayD<f32>],
+    ) -> NetResult<Array4<f32>> {
+        let (sample, context) = (sample.as_standard_layout(), context.as_standard_layout());
+        let eps = self.unet.forward(
+            &self.engine,
+            sample.view().into_dyn(),
+            timestep.into_dyn(),
+            context.view().into_dyn(),
+            Some(residuals),
+        )?;
+        four(eps, "UNet output")
+    }
+}
+
+/// The VAE; its graphs with exported or frozen GroupNorm statistics get sessions on first use.
+pub struct SdVae {
+    engine: Arc<Engine>,
+    compiled: CompiledVae,
+    encoder: SharedSession,
+    decoder: SharedSession,
+    /// [encoder export, encoder frozen, decoder export, decoder frozen]
+    variants: [Option<(CompiledModel, SharedSession)>; 4],
+}
+
+impl SdVae {
+    pub fn new(engine: Arc<Engine>, compiled: CompiledVae) -> Result<SdVae, EngineError> {
+        Ok(SdVae {
+            encoder: engine.session(&compiled.encoder)?,
+            decoder: engine.session(&compiled.decoder)?,
+            engine,
+            compiled,
+            variants: Default::default(),
+        })
+    }
+
+    fn variant(&mut self, decoder: bool, stats: NormStats) -> NetResult<(String, SharedSession)> {
+        let index = 2 * usize::from(decoder) + usize::from(stats == NormStats::Frozen);
+        if self.variants[index].is_none() {
+            let model = self
+                .compiled
+                .with_stats(decoder, stats)
+                .map_err(|e| match e {
+                    ModelError::Runtime(e) => StageError::Runtime(e),
+                    other => StageError::Unexpected(other.to_string()),
+                })?;
+            let session = self.engine.session(&model)?;
+            self.variants[index] = Some((model, session));
+        }
+        let (model, session) = self.variants[index].as_ref().expect("set above");
+        Ok((model.name.clone(), session.clone()))
+    }
+
+    /// Runs `session` and returns every output by name.
+    fn run(
+        session: &SharedSession,
+        name: &str,
+        inputs: Vec<(String, ArrayD<f32>)>,
+    ) -> NetResult<Vec<(String, ArrayD<f32>)>> {
+        let outputs: Vec<String> = {
+            let s = session.lock().unwrap_or_else(|e| e.into_inner());
+            s.outputs().iter().map(|o| o.name().to_owned()).collect()
+        };
+        let views: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
+            inputs.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
+        let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        let values = crate::nets::sd::run(session, name, &views, &names)?;
+        Ok(outputs.into_iter().zip(values).collect())
+    }
+
+    fn stats_of(outputs: &[(String, ArrayD<f32>)]) -> GroupNormStats {
+        let mut layers = Vec::new();
+        for k in 0.. {
+            let get = |suffix: &str| {
+                let name = format!("groupnorm_{k}_{suffix}");
+                outputs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, a)| a.iter().copied().collect())
+            };
+            match (get("mean"), get("var")) {
+                (Some(mean), Some(var)) => layers.push(GroupStats { mean, var }),
+                _ => break,
+            }
+        }
+        GroupNormStats { layers }
+    }
+
+    fn stats_inputs(stats: &GroupNormStats) -> Vec<(String, ArrayD<f32>)> {
+        let mut inputs = Vec::new();
+        for (k, layer) in stats.layers.iter().enumerate() {
+            let g = layer.mean.len();
+            for (suffix, values) in [("mean", &layer.mean), ("var", &layer.var)] {
+                let a = Array2::from_shape_vec((1, g), values.clone()).expect("one row of g");
+                inputs.push((format!("groupnorm_{k}_{suffix}"), a.into_dyn()));
+            }
+        }
+        inputs
+    }
+
+    fn take(outputs: &mut Vec<(String, ArrayD<f32>)>, name: &str) -> NetResult<Array4<f32>> {
+        let i = outputs
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| StageError::Unexpected(format!("the VAE graph has no `{name}`")))?;
+        four(outputs.swap_remove(i).1, name)
+    }
+}
+
+impl Vae for SdVae {
+    fn encode(
+        &mut self,
+        image: ArrayView4<f32>,
+        norms: Norms<'_>,
+    ) -> NetResult<(Array4<f32>, Array4<f32>)> {
+        let mut inputs = vec![("sample".to_owned(), image.to_owned().into_dyn())];
+        let (name, session) = match norms {
+            Norms::Own => (self.compiled.encoder.name.clone(), self.encoder.clone()),
+            Norms::Frozen(stats) => {
+                inputs.extend(SdVae::stats_inputs(stats));
+                self.variant(false, NormStats::Frozen)?
+            }
+        };
+        let mut out = SdVae::run(&session, &name, inputs)?;
+        Ok((
+            SdVae::take(&mut out, "latent_mean")?,
+            SdVae::take(&mut out, "latent_logvar")?,
+        ))
+    }
+
+    fn encoder_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats> {
+        let (name, session) = self.variant(false, NormStats::Export)?;
+        let out = SdVae::run(
+            &session,
+            &name,
+            vec![("sample".to_owned(), image.to_owned().into_dyn())],
+        )?;
+        Ok(SdVae::stats_of(&out))
+    }
+
+    fn decode(&mut self, latent: ArrayView4<f32>, norms: Norms<'_>) -> NetResult<Array4<f32>> {
+        let mut inputs = vec![("latent_sample".to_owned(), latent.to_owned().into_dyn())];
+        let (name, session) = match norms {
+            Norms::Own => (self.compiled.decoder.name.clone(), self.decoder.clone()),
+            Norms::Frozen(stats) => {
+                inputs.extend(SdVae::stats_inputs(stats));
+                self.variant(true, NormStats::Frozen)?
+            }
+        };
+        let mut out = SdVae::run(&session, &name, inputs)?;
+        SdVae::take(&mut out, "sample")
+    }
+
+    fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats> {
+        let (name, session) = self.variant(true, NormStats::Export)?;
+        let out = SdVae::run(
+            &session,
+            &name,
+            vec![("latent_sample".to_owned(), latent.to_owned().into_dyn())],
+        )?;
+        Ok(SdVae::stats_of(&out))
+    }
+}
+
+/// ESRGAN as the stage's pre-upscaler.
+pub struct EsrganUpscaler<'a> {
+    pub net: &'a mut Esrgan,
+    pub tiling: Tiling,
+}
+
+impl PreUpscaler for EsrganUpscaler<'_> {
+    fn scale(&self) -> usize {
+        self.net.scale() as usize
+    }
+
+    fn upscale(
+        &mut self,
+        rgb: ndarray::ArrayView3<f32>,
+        on_tile: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
+    ) -> NetResult<ndarray::Array3<f32>> {
+        self.net
+            .upscale(rgb, &self.tiling, on_tile)
+            .map_err(|e| match e {
+                EsrganError::Cancelled => StageError::Cancelled,
+                EsrganError::Runtime(e) => StageError::Runtime(e),
+                EsrganError::InvalidInput(m) => StageError::Unexpected(m),
+            })
+    }
+}

@@ -1,0 +1,399 @@
+//! One stage of the Clarity pipeline (`clarity-algorithm.md` §2.3–2.10): ESRGAN and Lanczos
+//! to the canvas, VAE encode, noise to the start σ, the sampler's steps over MultiDiffusion
+//! evaluations with the ControlNet tile, VAE decode. Everything a stage touches comes in
+//! through traits (`nets.rs`), its rules through [`Rules`], its noise through a
+//! [`NoiseSource`]; it reports after every network call.
+
+use ndarray::{Array3, Array4, ArrayView2, ArrayView3, Axis, s};
+
+use super::control::{self, RESIDUALS};
+use super::denoise::{self, Guidance};
+use super::nets::{ControlledUnet, NetResult, StageError, Vae};
+use super::stages::Stage;
+use super::tiles::{self, LatentTile};
+use super::vae::{self, VaeTiling};
+use crate::Cancelled;
+use crate::pipeline::resize;
+use crate::pipeline::sampling::noise::{NoisePurpose, NoiseSource};
+use crate::pipeline::sampling::schedule::{self, Run, Schedule, StrengthRule};
+use crate::pipeline::sampling::{SamplerState, Update};
+
+/// SD 1.x's latent scale factor.
+pub const LATENT_SCALE: f32 = 0.18215;
+
+/// The upscaler in front of the diffusion (ESRGAN in the product).
+pub trait PreUpscaler {
+    /// Its scale factor (4 for the default models).
+    fn scale(&self) -> usize;
+    /// `[3, H, W]` in 0..1 → `[3, H·s, W·s]`, tile by tile, `on_tile(done, total)` after each.
+    fn upscale(
+        &mut self,
+        rgb: ArrayView3<f32>,
+        on_tile: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
+    ) -> NetResult<Array3<f32>>;
+}
+
+/// Which MultiDiffusion grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grid {
+    Clarity,
+    Refiners,
+}
+
+/// What the ControlNet tile sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// The stage input enlarged bicubically with crop-to-fill (Clarity, §2.9).
+    StageInput,
+    /// The pre-upscaled image that is also encoded (Refiners).
+    PreUpscaled,
+}
+
+/// How the encoded latent is taken from the VAE's posterior.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Posterior {
+    /// z = mean + std·ε (A1111/LDM).
+    Sample,
+    /// z = mean (Refiners).
+    Mean,
+}
+
+/// The rules a preset picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    pub grid: Grid,
+    pub strength: StrengthRule,
+    pub condition: Condition,
+    pub posterior: Posterior,
+}
+
+impl Rules {
+    pub const CLARITY: Rules = Rules {
+        grid: Grid::Clarity,
+        strength: StrengthRule::A1111,
+        condition: Condition::StageInput,
+        posterior: Posterior::Sample,
+    };
+    pub const REFINERS: Rules = Rules {
+        grid: Grid::Refiners,
+        strength: StrengthRule::Refiners,
+        condition: Condition::PreUpscaled,
+        posterior: Posterior::Mean,
+    };
+}
+
+/// What a stage needs besides its input.
+pub struct StageSetup<'a> {
+    pub stage: &'a Stage,
+    /// Index of this stage and the number of stages.
+    pub index: usize,
+    pub stages: usize,
+    pub rules: Rules,
+    /// The sampler's full schedule and update rule.
+    pub schedule: &'a Schedule,
+    pub update: Update,
+    /// MultiDiffusion tile size (latents) and tiles per network call.
+    pub tile: (usize, usize),
+    pub batch: usize,
+    pub cond: ArrayView2<'a, f32>,
+    pub uncond: ArrayView2<'a, f32>,
+    pub cfg: f32,
+    pub resemblance: f32,
+    pub decay: f32,
+    pub vae_tiling: VaeTiling,
+}
+
+impl StageSetup<'_> {
+    pub fn latent_size(&self) -> (usize, usize) {
+        (self.stage.canvas.0 / 8, self.stage.canvas.1 / 8)
+    }
+
+    pub fn grid(&self) -> Vec<LatentTile> {
+        let (w, h) = self.latent_size();
+        match self.rules.grid {
+            Grid::Clarity => tiles::clarity_grid(w, h, self.tile.0, self.tile.1),
+            Grid::Refiners => tiles::refiners_grid(w, h, self.tile.0, self.tile.1),
+        }
+    }
+
+    pub fn run(&self) -> Run {
+        let steps = self.schedule.timesteps.len();
+        schedule::run(
+            self.schedule,
+            schedule::evaluations(self.rules.strength, self.stage.strength, steps),
+        )
+    }
+}
+
+/// A stage's report after a network call: which phase, how far in it, and how much of the
+/// job's estimated work the call did (see [`Work`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub phase: &'static str,
+    pub step: usize,
+    pub steps: usize,
+    pub tile: usize,
+    pub tiles: usize,
+    pub work: f64,
+}
+
+/// Estimated cost of each kind of network call, in GFLOP (forward passes at SD 1.5's size):
+/// what progress fractions and the ETA are weighted by.
+pub struct Work;
+
+impl Work {
+    /// RRDBNet 64/23 per input pixel.
+    pub const ESRGAN_PER_PIXEL: f64 = 0.036;
+    /// VAE encoder per image pixel, decoder per image pixel.
+    pub const ENCODE_PER_PIXEL: f64 = 0.004;
+    pub const DECODE_PER_PIXEL: f64 = 0.009;
+    /// ControlNet hint encoder per hint pixel.
+    pub const HINT_PER_PIXEL: f64 = 0.000_06;
+    /// UNet + ControlNet per latent position and sample (2158 GFLOP for 2 × 64²).
+    pub const UNET_PER_LATENT: f64 = 0.263;
+}
+
+/// ESRGAN passes to reach `canvas` from `size` (A1111: while smaller, at most 3).
+fn passes(size: (usize, usize), canvas: (usize, usize), scale: usize) -> usize {
+    let (mut w, mut h) = size;
+    let mut n = 0;
+    while (w < canvas.0 || h < canvas.1) && n < 3 && scale > 1 {
+        w *= scale;
+        h *= scale;
+        n += 1;
+    }
+    n
+}
+
+/// The estimated work of a stage on an input of `input` pixels, with the same weights the
+/// stage reports (the job's denominator for progress).
+pub fn planned_work(setup: &StageSetup<'_>, input: (usize, usize), upscaler_scale: usize) -> f64 {
+    let (cw, ch) = setup.stage.canvas;
+    let mut work = 0.0;
+    let (mut w, mut h) = input;
+    for _ in 0..passes(input, setup.stage.canvas, upscaler_scale) {
+        work += (w * h) as f64 * Work::ESRGAN_PER_PIXEL;
+        w *= upscaler_scale;
+        h *= upscaler_scale;
+    }
+    let pixels = (cw * ch) as f64;
+    work += pixels * (Work::ENCODE_PER_PIXEL + Work::DECODE_PER_PIXEL + Work::HINT_PER_PIXEL);
+    let tiles = setup.grid();
+    let per_eval: f64 = tiles
+        .iter()
+        .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
+        .sum();
+    work + per_eval * setup.run().evaluations() as f64
+}
+
+/// The networks a stage runs.
+pub struct StageNets<'a> {
+    pub upscaler: &'a mut dyn PreUpscaler,
+    pub vae: &'a mut dyn Vae,
+    pub unet: &'a mut dyn ControlledUnet,
+}
+
+/// Runs one stage on `input` (`[3, H, W]`, 0..1) and returns its output (`[3, h, w]` with
+/// (w, h) = `setup.stage.output`).
+pub fn run_stage(
+    nets: &mut StageNets<'_>,
+    input: ArrayView3<f32>,
+    setup: &StageSetup<'_>,
+    noise: &mut dyn NoiseSource,
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+    on_latent: &mut dyn FnMut(&Array4<f32>),
+) -> NetResult<Array3<f32>> {
+    let (cw, ch) = setup.stage.canvas;
+    let (lw, lh) = setup.latent_size();
+    let (upscaler, vae_net, unet) = (&mut *nets.upscaler, &mut *nets.vae, &mut *nets.unet);
+
+    // 1. Pre-upscale: ESRGAN while smaller than the canvas, then Lanczos to it.
+    let (_, ih, iw) = input.dim();
+    let scale = upscaler.scale();
+    let count = passes((iw, ih), (cw, ch), scale);
+    let mut image = input.to_owned();
+    for pass in 0..count {
+        let pixels = (image.shape()[1] * image.shape()[2]) as f64;
+        let mut tiles_done = 0;
+        image = upscaler.upscale(image.view(), &mut |done, total| {
+            let work = pixels * Work::ESRGAN_PER_PIXEL * (done - tiles_done) as f64 / total as f64;
+            tiles_done = done;
+            report(Event {
+                phase: "upscale",
+                step: pass + 1,
+                steps: count,
+                tile: done,
+                tiles: total,
+                work,
+            })
+        })?;
+    }
+    if (image.shape()[2], image.shape()[1]) != (cw, ch) {
+        image = resize::lanczos(&image, cw, ch);
+    }
+
+    // 2. The ControlNet's condition image.
+    let condition = match setup.rules.condition {
+        Condition::StageInput => control::condition_image(input, (cw, ch)),
+        Condition::PreUpscaled => image.clone(),
+    };
+
+    // 3. Encode.
+    let signed = image.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
+    drop(image);
+    let pixels = (cw * ch) as f64;
+    let mut last = 0;
+    let (mean, logvar) = vae::encode(
+        vae_net,
+        signed.view(),
+        &setup.vae_tiling,
+        &mut |done, total| {
+            let work = pixels * Work::ENCODE_PER_PIXEL * (done - last) as f64 / total as f64;
+            last = done;
+            report(Event {
+                phase: "encode",
+                step: 1,
+                steps: 1,
+                tile: done,
+                tiles: total,
+                work,
+            })
+        },
+    )?;
+    drop(signed);
+    let dims = [1, 4, lh, lw];
+    if mean.shape() != dims {
+        return Err(StageError::Unexpected(format!(
+            "the VAE encoded a {cw}×{ch} image to {:?}",
+            mean.shape()
+        )));
+    }
+    let mut z = match setup.rules.posterior {
+        Posterior::Mean => mean,
+        Posterior::Sample => {
+            let eps = noise.noise(setup.index, NoisePurpose::Posterior, &dims);
+            let eps = eps.view().into_shape_with_order(dims).map_err(shape)?;
+            ndarray::Zip::from(&mean)
+                .and(&logvar)
+                .and(&eps)
+                .map_collect(|&m, &l, &e| m + (0.5 * l).exp() * e)
+        }
+    };
+    z.mapv_inplace(|v| v * LATENT_SCALE);
+
+    // 4. Noise to the start σ.
+    let run = setup.run();
+    let mut x = z.into_dyn();
+    if run.evaluations() > 0 {
+        let eps = noise.noise(setup.index, NoisePurpose::Initial, &dims);
+        let sigma = run.start_sigma() as f32;
+        ndarray::Zip::from(&mut x)
+            .and(&eps)
+            .for_each(|x, &e| *x += sigma * e);
+    }
+
+    // 5. The hint embedding of every tile, once for the stage.
+    let grid = setup.grid();
+    let hint_pixels = (cw * ch) as f64 / grid.len() as f64;
+    let mut hints = Vec::with_capacity(grid.len());
+    let steps = run.evaluations();
+    for (i, t) in grid.iter().enumerate() {
+        let crop = condition
+            .slice(s![.., t.y * 8..(t.y + t.h) * 8, t.x * 8..(t.x + t.w) * 8])
+            .insert_axis(Axis(0));
+        hints.push(unet.embed_hint(crop)?);
+        report(Event {
+            phase: "condition",
+            step: 1,
+            steps: 1,
+            tile: i + 1,
+            tiles: grid.len(),
+            work: hint_pixels * Work::HINT_PER_PIXEL,
+        })?;
+    }
+    drop(condition);
+
+    // 6. The sampler's steps, each over one MultiDiffusion evaluation.
+    let guidance = Guidance {
+        tiles: &grid,
+        batch: setup.batch,
+        cond: setup.cond,
+        uncond: setup.uncond,
+        cfg: setup.cfg,
+        scales: control::residual_scales(setup.resemblance, setup.decay),
+        hints: &hints,
+    };
+    debug_assert_eq!(guidance.scales.len(), RESIDUALS);
+    let calls = denoise::calls_per_evaluation(&guidance);
+    let eval_work: f64 = grid
+        .iter()
+        .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
+        .sum();
+    let mut state = SamplerState::new(setup.update);
+    for i in 0..steps {
+        let (sigma, next) = (run.sigmas[i], run.sigmas[i + 1]);
+        let x4 = x
+            .view()
+            .into_dimensionality::<ndarray::Ix4>()
+            .map_err(shape)?;
+        let mut done = 0;
+        let d = denoise::denoise(unet, x4, sigma, run.timesteps[i], &guidance, &mut || {
+            done += 1;
+            report(Event {
+                phase: "denoise",
+                step: i + 1,
+                steps,
+                tile: (done * grid.len()).div_ceil(calls),
+                tiles: grid.len(),
+                work: eval_work / calls as f64,
+            })
+        })?;
+        let xi = (setup.update.is_stochastic() && next > 0.0)
+            .then(|| noise.noise(setup.index, NoisePurpose::Step(i), &dims));
+        state.step(
+            &mut x,
+            d.into_dyn(),
+            sigma,
+            next,
+            xi.as_ref().map(|n| n.view()),
+        );
+    }
+
+    // 7. Decode (the final latent is shown to `on_latent` first: the reference-parity test
+    // compares it).
+    let mut latent = x.into_dimensionality::<ndarray::Ix4>().map_err(shape)?;
+    let out_scale = run.output_scale as f32;
+    latent.mapv_inplace(|v| v * out_scale);
+    on_latent(&latent);
+    let k = 1.0 / LATENT_SCALE;
+    latent.mapv_inplace(|v| v * k);
+    let mut last = 0;
+    let decoded: Array4<f32> = vae::decode(
+        vae_net,
+        latent.view(),
+        &setup.vae_tiling,
+        &mut |done, total| {
+            let work = pixels * Work::DECODE_PER_PIXEL * (done - last) as f64 / total as f64;
+            last = done;
+            report(Event {
+                phase: "decode",
+                step: 1,
+                steps: 1,
+                tile: done,
+                tiles: total,
+                work,
+            })
+        },
+    )?;
+    let (ow, oh) = setup.stage.output;
+    Ok(decoded
+        .slice(s![0, .., ..oh, ..ow])
+        .mapv(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0)))
+}
+
+fn shape(e: ndarray::ShapeError) -> StageError {
+    StageError::Unexpected(format!("latent shape: {e}"))
+}
+
+#[cfg(test)]
+mod tests;

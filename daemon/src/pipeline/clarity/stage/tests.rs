@@ -1,0 +1,223 @@
+//! A stage end to end on the exact stand-ins: what is called in which order, which noise is
+//! drawn, that progress accounts for all the planned work, and that the batch size and the
+//! order of the work leave the result unchanged.
+
+use super::*;
+use crate::pipeline::clarity::stages;
+use crate::pipeline::clarity::testing::{NearestUpscaler, Pointwise, TinyVae};
+use crate::pipeline::sampling::noise::SeededNoise;
+use crate::pipeline::sampling::schedule::Training;
+use ndarray::{Array2, ArrayD};
+use tessera_protocol::Sampler;
+
+/// Records which noise was asked for, and gives seeded noise.
+struct Recorder {
+    inner: SeededNoise,
+    asked: Vec<(usize, NoisePurpose)>,
+}
+
+impl NoiseSource for Recorder {
+    fn noise(&mut self, stage: usize, purpose: NoisePurpose, dims: &[usize]) -> ArrayD<f32> {
+        self.asked.push((stage, purpose));
+        self.inner.noise(stage, purpose, dims)
+    }
+}
+
+fn input(w: usize, h: usize) -> Array3<f32> {
+    Array3::from_shape_fn((3, h, w), |(c, y, x)| {
+        (0.5 + 0.4 * ((x as f32 * 0.3 + y as f32 * 0.2 + c as f32).sin())).clamp(0.0, 1.0)
+    })
+}
+
+struct Outcome {
+    image: Array3<f32>,
+    events: Vec<Event>,
+    asked: Vec<(usize, NoisePurpose)>,
+    unet_calls: usize,
+    planned: f64,
+}
+
+fn run(sampler: Sampler, rules: Rules, batch: usize, strength: f32) -> Outcome {
+    let image = input(40, 24);
+    let plan = stages::plan((40, 24), (80, 48), 2.0, strength, 0.8, 7, false);
+    let schedule = schedule::full(sampler, 18, &Training::sd15());
+    let cond = Array2::from_elem((4, 3), 0.2f32);
+    let uncond = Array2::from_elem((4, 3), -0.1f32);
+    let setup = StageSetup {
+        stage: &plan[0],
+        index: 0,
+        stages: 1,
+        rules,
+        schedule: &schedule,
+        update: Update::of(sampler),
+        tile: (8, 8),
+        batch,
+        cond: cond.view(),
+        uncond: uncond.view(),
+        cfg: 6.0,
+        resemblance: 0.6,
+        decay: 0.825,
+        vae_tiling: VaeTiling {
+            encoder_tile: 32,
+            encoder_pad: 8,
+            decoder_tile: 4,
+            decoder_pad: 1,
+        },
+    };
+    let mut upscaler = NearestUpscaler { scale: 4, calls: 0 };
+    let mut vae = TinyVae::default();
+    let mut unet = Pointwise::default();
+    let mut noise = Recorder {
+        inner: SeededNoise { seed: 7 },
+        asked: Vec::new(),
+    };
+    let planned = planned_work(&setup, (40, 24), 4);
+    let mut events = Vec::new();
+    let image = run_stage(
+        &mut StageNets {
+            upscaler: &mut upscaler,
+            vae: &mut vae,
+            unet: &mut unet,
+        },
+        image.view(),
+        &setup,
+        &mut noise,
+        &mut |e| {
+            events.push(e);
+            Ok(())
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    Outcome {
+        image,
+        events,
+        asked: noise.asked,
+        unet_calls: unet.calls,
+        planned,
+    }
+}
+
+#[test]
+fn a_clarity_stage_runs_in_order_and_accounts_for_all_its_work() {
+    let out = run(Sampler::DpmPp3mSdeKarras, Rules::CLARITY, 8, 0.35);
+    assert_eq!(out.image.dim(), (3, 48, 80));
+    assert!(out.image.iter().all(|v| (0.0..=1.0).contains(v)));
+    let phases: Vec<&str> = out.events.iter().map(|e| e.phase).collect();
+    let mut order = phases.clone();
+    order.dedup();
+    assert_eq!(
+        order,
+        ["upscale", "encode", "condition", "denoise", "decode"]
+    );
+    // 7 evaluations at 0.35, each one ControlNet + UNet call per batch.
+    let denoise: Vec<&Event> = out.events.iter().filter(|e| e.phase == "denoise").collect();
+    assert_eq!(denoise.last().unwrap().steps, 7);
+    assert_eq!(denoise.len(), out.unet_calls);
+    assert_eq!(
+        denoise.last().map(|e| (e.step, e.tile)),
+        Some((7, e_tiles(&out)))
+    );
+    let total: f64 = out.events.iter().map(|e| e.work).sum();
+    assert!(
+        (total - out.planned).abs() < 1e-6 * out.planned,
+        "{total} vs {}",
+        out.planned
+    );
+    // A1111 samples the posterior, noises once, and the SDE draws noise for every step but
+    // the last (to σ = 0).
+    let mut expected = vec![(0, NoisePurpose::Posterior), (0, NoisePurpose::Initial)];
+    expected.extend((0..6).map(|i| (0, NoisePurpose::Step(i))));
+    assert_eq!(out.asked, expected);
+}
+
+fn e_tiles(out: &Outcome) -> usize {
+    out.events
+        .iter()
+        .find(|e| e.phase == "denoise")
+        .unwrap()
+        .tiles
+}
+
+#[test]
+fn refiners_rules_take_the_posterior_mean_and_draw_no_step_noise() {
+    let out = run(Sampler::DpmPp2m, Rules::REFINERS, 8, 0.35);
+    assert_eq!(out.asked, [(0, NoisePurpose::Initial)]);
+    // Latent 10×6 is lower than the 8-high tile: Refiners runs one whole tile, so each of the
+    // 7 evaluations is one ControlNet and one UNet call (Clarity's grid would tile it).
+    let denoise = out.events.iter().filter(|e| e.phase == "denoise").count();
+    assert_eq!(denoise, 14);
+    assert_eq!(out.image.dim(), (3, 48, 80));
+}
+
+#[test]
+fn the_batch_size_does_not_change_the_result() {
+    let one = run(Sampler::DpmPp3mSdeKarras, Rules::CLARITY, 1, 0.35);
+    for batch in [2, 5, 16] {
+        let other = run(Sampler::DpmPp3mSdeKarras, Rules::CLARITY, batch, 0.35);
+        assert_eq!(other.image, one.image, "batch {batch}");
+        assert!(other.unet_calls <= one.unet_calls);
+    }
+}
+
+#[test]
+fn the_strength_sets_how_far_the_result_moves() {
+    let weak = run(Sampler::DpmPp2mKarras, Rules::CLARITY, 8, 0.1);
+    let strong = run(Sampler::DpmPp2mKarras, Rules::CLARITY, 8, 0.9);
+    let steps = |o: &Outcome| {
+        o.events
+            .iter()
+            .filter(|e| e.phase == "denoise")
+            .map(|e| e.step)
+            .max()
+    };
+    assert_eq!((steps(&weak), steps(&strong)), (Some(2), Some(17)));
+    assert_ne!(weak.image, strong.image);
+}
+
+#[test]
+fn a_cancel_stops_the_stage_at_the_next_network_call() {
+    let image = input(40, 24);
+    let plan = stages::plan((40, 24), (80, 48), 2.0, 0.35, 0.8, 7, false);
+    let schedule = schedule::full(Sampler::Ddim, 18, &Training::sd15());
+    let ctx = Array2::from_elem((4, 3), 0.1f32);
+    let setup = StageSetup {
+        stage: &plan[0],
+        index: 0,
+        stages: 1,
+        rules: Rules::REFINERS,
+        schedule: &schedule,
+        update: Update::Euler,
+        tile: (8, 8),
+        batch: 2,
+        cond: ctx.view(),
+        uncond: ctx.view(),
+        cfg: 6.0,
+        resemblance: 0.6,
+        decay: 1.0,
+        vae_tiling: VaeTiling::new(1024, 128),
+    };
+    let mut unet = Pointwise::default();
+    let mut seen = 0;
+    let result = run_stage(
+        &mut StageNets {
+            upscaler: &mut NearestUpscaler { scale: 4, calls: 0 },
+            vae: &mut TinyVae::default(),
+            unet: &mut unet,
+        },
+        image.view(),
+        &setup,
+        &mut SeededNoise { seed: 1 },
+        &mut |e| {
+            seen += 1;
+            if e.phase == "denoise" {
+                Err(Cancelled)
+            } else {
+                Ok(())
+            }
+        },
+        &mut |_| {},
+    );
+    assert!(matches!(result, Err(StageError::Cancelled)));
+    assert_eq!(unet.calls, 1, "stopped after the first ControlNet call");
+}
