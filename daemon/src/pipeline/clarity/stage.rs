@@ -359,6 +359,10 @@ pub fn run_stage(
         );
     }
 
+    // The hint embeddings (one per tile, 20 MB each at Clarity's tile size) are not needed
+    // for the decode, whose tiles are the stage's memory peak.
+    drop(hints);
+
     // 7. Decode (the final latent is shown to `on_latent` first: the reference-parity test
     // compares it).
     let mut latent = x.into_dimensionality::<ndarray::Ix4>().map_err(shape)?;
@@ -368,7 +372,7 @@ pub fn run_stage(
     let k = 1.0 / LATENT_SCALE;
     latent.mapv_inplace(|v| v * k);
     let mut last = 0;
-    let decoded: Array4<f32> = vae::decode(
+    let mut decoded: Array4<f32> = vae::decode(
         vae_net,
         latent.view(),
         &setup.vae_tiling,
@@ -385,10 +389,15 @@ pub fn run_stage(
             })
         },
     )?;
+    drop(latent);
+    decoded.mapv_inplace(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0));
     let (ow, oh) = setup.stage.output;
-    Ok(decoded
-        .slice(s![0, .., ..oh, ..ow])
-        .mapv(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0)))
+    let image = decoded.index_axis_move(Axis(0), 0);
+    if image.shape()[1..] == [oh, ow] {
+        Ok(image)
+    } else {
+        Ok(image.slice(s![.., ..oh, ..ow]).to_owned())
+    }
 }
 
 fn shape(e: ndarray::ShapeError) -> StageError {
