@@ -242,23 +242,11 @@ pub fn run_stage(
     let signed = image.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
     drop(image);
     let pixels = (cw * ch) as f64;
-    let mut last = 0;
     let (mean, logvar) = vae::encode(
         vae_net,
         signed.view(),
         &setup.vae_tiling,
-        &mut |done, total| {
-            let work = pixels * Work::ENCODE_PER_PIXEL * (done - last) as f64 / total as f64;
-            last = done;
-            report(Event {
-                phase: "encode",
-                step: 1,
-                steps: 1,
-                tile: done,
-                tiles: total,
-                work,
-            })
-        },
+        &mut vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report),
     )?;
     drop(signed);
     let dims = [1, 4, lh, lw];
@@ -371,23 +359,11 @@ pub fn run_stage(
     on_latent(&latent);
     let k = 1.0 / LATENT_SCALE;
     latent.mapv_inplace(|v| v * k);
-    let mut last = 0;
     let mut decoded: Array4<f32> = vae::decode(
         vae_net,
         latent.view(),
         &setup.vae_tiling,
-        &mut |done, total| {
-            let work = pixels * Work::DECODE_PER_PIXEL * (done - last) as f64 / total as f64;
-            last = done;
-            report(Event {
-                phase: "decode",
-                step: 1,
-                steps: 1,
-                tile: done,
-                tiles: total,
-                work,
-            })
-        },
+        &mut vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report),
     )?;
     drop(latent);
     decoded.mapv_inplace(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0));
@@ -397,6 +373,28 @@ pub fn run_stage(
         Ok(image)
     } else {
         Ok(image.slice(s![.., ..oh, ..ow]).to_owned())
+    }
+}
+
+/// The report after each VAE call of `phase`: call `done` of `total` carries its share of the
+/// phase's `work`.
+fn vae_progress<'a>(
+    phase: &'static str,
+    work: f64,
+    report: &'a mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> impl FnMut(usize, usize) -> Result<(), Cancelled> + 'a {
+    let mut last = 0;
+    move |done, total| {
+        let share = work * (done - last) as f64 / total as f64;
+        last = done;
+        report(Event {
+            phase,
+            step: 1,
+            steps: 1,
+            tile: done,
+            tiles: total,
+            work: share,
+        })
     }
 }
 
