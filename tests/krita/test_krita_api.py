@@ -173,7 +173,11 @@ def test_linear_documents_are_sent_as_linear_light(krita_cases, daemon, name):
 def test_progress_reaches_the_plugin_in_order(krita_cases):
     progress = krita_cases["u8_selection_in_place"]["progress"]
     fractions = [f for f, text in progress if text.startswith("Upscale")]
-    assert len(fractions) >= 2 and fractions == sorted(fractions)
+    # The daemon keeps only the newest progress of a job for a client that
+    # reads slowly (a busy Krita), so how many arrive is not fixed: at least
+    # one, each in (0, 1], never going back.
+    assert fractions, progress
+    assert all(0 < f <= 1 for f in fractions) and fractions == sorted(fractions)
     assert any(text.startswith("Upscale · tile") for _, text in progress)
 
 
