@@ -292,4 +292,15 @@ fn vae_with_frozen_group_norm_statistics() {
         &sd_reference("vae.ldm.decoded"),
         Precision::F32,
     );
+    // The fp16 graph folds the same f32 statistics into its scale and shift.
+    let vae16 =
+        CompiledVae::compile(&net, cache.path(), &options(Precision::F16, Some(TINY))).unwrap();
+    let frozen16 = vae16.with_stats(true, NormStats::Frozen).unwrap();
+    let same16 = run(&frozen16, &inputs, &["sample"]);
+    check(
+        "VAE decoder fp16, own statistics frozen",
+        &same16[0],
+        &sd_reference("vae.ldm.decoded"),
+        Precision::F16,
+    );
 }

@@ -94,6 +94,16 @@ impl SdNet {
         Ok(self.g.external(w.get(name)?))
     }
 
+    /// A module's tensor as f32, whatever the compute type.
+    fn param_f32(&mut self, w: &W, name: &str) -> Result<Value, WeightsError> {
+        let p = self.param(w, name)?;
+        Ok(if self.dtype == ElemType::F32 {
+            p
+        } else {
+            self.g.cast(&p, ElemType::F32)
+        })
+    }
+
     /// A float constant in the compute type.
     pub fn constant(&mut self, dims: &[i64], data: &[f32]) -> Value {
         self.g.constant(self.dtype, dims, data)
@@ -151,50 +161,39 @@ impl SdNet {
                 reason: format!("{channels} channels do not split into {groups} GroupNorm groups"),
             });
         }
-        let shape = self.g.shape(x);
+        let k = self.group_norms;
+        self.group_norms += 1;
+        let stats_dims = [Dim::from("batch"), Dim::from(groups as i64)];
+        let (mean_name, var_name) = (format!("groupnorm_{k}_mean"), format!("groupnorm_{k}_var"));
         let x32 = if self.dtype == ElemType::F32 {
             x.clone()
         } else {
             self.g.cast(x, ElemType::F32)
         };
+        if self.norm_stats == NormStats::Frozen {
+            let mean = self.g.input(&mean_name, ElemType::F32, &stats_dims);
+            let var = self.g.input(&var_name, ElemType::F32, &stats_dims);
+            return self.frozen_group_norm(&x32, &mean, &var, w, channels, groups, eps);
+        }
+        let shape = self.g.shape(x);
         let grouped = self.g.reshape(&x32, &[0, groups as i64, -1]);
-        let k = self.group_norms;
-        self.group_norms += 1;
-        let stats_dims = [Dim::from("batch"), Dim::from(groups as i64)];
-        let (mean_name, var_name) = (format!("groupnorm_{k}_mean"), format!("groupnorm_{k}_var"));
-        let normed = match self.norm_stats {
-            NormStats::Live | NormStats::Export => {
-                if self.norm_stats == NormStats::Export {
-                    let axes = self.g.ints(&[2]);
-                    let mean = self.g.node("ReduceMean", &[&grouped, &axes], vec![]);
-                    let centred = self.g.sub(&grouped, &mean);
-                    let squared = self.g.mul(&centred, &centred);
-                    let var = self.g.node("ReduceMean", &[&squared, &axes], vec![]);
-                    let flat = self.g.ints(&[0, groups as i64]);
-                    let mean = self.g.reshape_to(&mean, &flat);
-                    let var = self.g.reshape_to(&var, &flat);
-                    self.g
-                        .output(&mean_name, &mean, ElemType::F32, Some(&stats_dims));
-                    self.g
-                        .output(&var_name, &var, ElemType::F32, Some(&stats_dims));
-                }
-                let ones = self.g.floats(&vec![1.0; groups]);
-                let zeros = self.g.floats(&vec![0.0; groups]);
-                self.g.instance_norm(&grouped, &ones, &zeros, eps)
-            }
-            NormStats::Frozen => {
-                let mean = self.g.input(&mean_name, ElemType::F32, &stats_dims);
-                let var = self.g.input(&var_name, ElemType::F32, &stats_dims);
-                let axes = self.g.ints(&[2]);
-                let mean = self.g.node("Unsqueeze", &[&mean, &axes], vec![]);
-                let var = self.g.node("Unsqueeze", &[&var, &axes], vec![]);
-                let eps = self.g.scalar(eps);
-                let var = self.g.add(&var, &eps);
-                let std = self.g.node("Sqrt", &[&var], vec![]);
-                let centred = self.g.sub(&grouped, &mean);
-                self.g.div(&centred, &std)
-            }
-        };
+        if self.norm_stats == NormStats::Export {
+            let axes = self.g.ints(&[2]);
+            let mean = self.g.node("ReduceMean", &[&grouped, &axes], vec![]);
+            let centred = self.g.sub(&grouped, &mean);
+            let squared = self.g.mul(&centred, &centred);
+            let var = self.g.node("ReduceMean", &[&squared, &axes], vec![]);
+            let flat = self.g.ints(&[0, groups as i64]);
+            let mean = self.g.reshape_to(&mean, &flat);
+            let var = self.g.reshape_to(&var, &flat);
+            self.g
+                .output(&mean_name, &mean, ElemType::F32, Some(&stats_dims));
+            self.g
+                .output(&var_name, &var, ElemType::F32, Some(&stats_dims));
+        }
+        let ones = self.g.floats(&vec![1.0; groups]);
+        let zeros = self.g.floats(&vec![0.0; groups]);
+        let normed = self.g.instance_norm(&grouped, &ones, &zeros, eps);
         let normed = self.g.reshape_to(&normed, &shape);
         let normed = if self.dtype == ElemType::F32 {
             normed
@@ -207,6 +206,53 @@ impl SdNet {
         let beta = self.g.reshape(&beta, &[channels as i64, 1, 1]);
         let scaled = self.g.mul(&normed, &gamma);
         Ok(self.g.add(&scaled, &beta))
+    }
+
+    /// GroupNorm of `x32` (f32 `[B, C, H, W]`) with given `[B, G]` statistics, folded with the
+    /// affine into one per-(sample, channel) scale and shift, `x · s + t`, computed on the tiny
+    /// statistics: a decoder tile then holds two full-size tensors per norm instead of the four
+    /// a grouped Sub → Div → Mul → Add holds, in the 4-D layout the convolutions use.
+    #[allow(clippy::too_many_arguments)]
+    fn frozen_group_norm(
+        &mut self,
+        x32: &Value,
+        mean: &Value,
+        var: &Value,
+        w: &W,
+        channels: usize,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Value, WeightsError> {
+        let per_channel = |net: &mut SdNet, stat: &Value| {
+            // [B, G] → [B, G, C/G] → [B, C, 1, 1]: each group's value for each of its channels.
+            let axes = net.g.ints(&[2]);
+            let stat = net.g.node("Unsqueeze", &[stat, &axes], vec![]);
+            let widths = net.g.ints(&[1, 1, (channels / groups) as i64]);
+            let stat = net.g.node("Expand", &[&stat, &widths], vec![]);
+            net.g.reshape(&stat, &[0, channels as i64, 1, 1])
+        };
+        let eps = self.g.scalar(eps);
+        let var = self.g.add(var, &eps);
+        let std = self.g.node("Sqrt", &[&var], vec![]);
+        let one = self.g.scalar(1.0);
+        let inv_std = self.g.div(&one, &std);
+        let inv_std = per_channel(self, &inv_std);
+        let mean = per_channel(self, mean);
+        let gamma = self.param_f32(w, "weight")?;
+        let beta = self.param_f32(w, "bias")?;
+        let gamma = self.g.reshape(&gamma, &[channels as i64, 1, 1]);
+        let beta = self.g.reshape(&beta, &[channels as i64, 1, 1]);
+        // s = γ / σ, t = β − μ · s
+        let scale = self.g.mul(&inv_std, &gamma);
+        let mean_scaled = self.g.mul(&mean, &scale);
+        let shift = self.g.sub(&beta, &mean_scaled);
+        let scaled = self.g.mul(x32, &scale);
+        let y = self.g.add(&scaled, &shift);
+        Ok(if self.dtype == ElemType::F32 {
+            y
+        } else {
+            self.g.cast(&y, self.dtype)
+        })
     }
 
     /// LayerNorm over the last axis.
