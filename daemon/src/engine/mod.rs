@@ -282,6 +282,14 @@ impl Engine {
         cache.alive.iter().map(|(name, _)| name.clone()).collect()
     }
 
+    /// Takes `model`'s session out of the cache, so that it ends when its last holder lets it
+    /// go (for graphs used briefly and rarely, whose memory matters more than their start-up).
+    pub fn forget(&self, model: &CompiledModel) {
+        let key = identity(model);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.entries.retain(|(k, _, _)| *k != key);
+    }
+
     /// Drops the cached sessions that no network holds any more (the models a new job no
     /// longer selects) and returns how many were freed. Callers drop their networks first.
     pub fn release_unused(&self) -> usize {

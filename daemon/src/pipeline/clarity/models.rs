@@ -263,7 +263,8 @@ impl ControlledUnet for SdUnet {
     }
 }
 
-/// The VAE; its graphs with exported or frozen GroupNorm statistics get sessions on first use.
+/// The VAE; its graphs with exported or frozen GroupNorm statistics get sessions when a tiled
+/// pass needs them and let them go after it (the statistics graph right after its one call).
 pub struct SdVae {
     engine: Arc<Engine>,
     compiled: CompiledVae,
@@ -271,6 +272,10 @@ pub struct SdVae {
     decoder: SharedSession,
     /// [encoder export, encoder frozen, decoder export, decoder frozen]
     variants: [Option<(CompiledModel, SharedSession)>; 4],
+}
+
+fn variant_index(decoder: bool, stats: NormStats) -> usize {
+    2 * usize::from(decoder) + usize::from(stats == NormStats::Frozen)
 }
 
 impl SdVae {
@@ -285,7 +290,7 @@ impl SdVae {
     }
 
     fn variant(&mut self, decoder: bool, stats: NormStats) -> NetResult<(String, SharedSession)> {
-        let index = 2 * usize::from(decoder) + usize::from(stats == NormStats::Frozen);
+        let index = variant_index(decoder, stats);
         if self.variants[index].is_none() {
             let model = self
                 .compiled
@@ -299,6 +304,13 @@ impl SdVae {
         }
         let (model, session) = self.variants[index].as_ref().expect("set above");
         Ok((model.name.clone(), session.clone()))
+    }
+
+    /// Lets the session of a statistics graph go (it lives on while a caller still runs it).
+    fn drop_variant(&mut self, index: usize) {
+        if let Some((model, _)) = self.variants[index].take() {
+            self.engine.forget(&model);
+        }
     }
 
     /// Runs `session` and returns every output by name.
@@ -380,6 +392,7 @@ impl Vae for SdVae {
 
     fn encoder_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats> {
         let (name, session) = self.variant(false, NormStats::Export)?;
+        self.drop_variant(variant_index(false, NormStats::Export));
         let out = SdVae::run(
             &session,
             &name,
@@ -403,12 +416,19 @@ impl Vae for SdVae {
 
     fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats> {
         let (name, session) = self.variant(true, NormStats::Export)?;
+        self.drop_variant(variant_index(true, NormStats::Export));
         let out = SdVae::run(
             &session,
             &name,
             vec![("latent_sample".to_owned(), latent.to_owned().into_dyn())],
         )?;
         Ok(SdVae::stats_of(&out))
+    }
+
+    fn end_tiles(&mut self) {
+        for index in 0..self.variants.len() {
+            self.drop_variant(index);
+        }
     }
 }
 

@@ -69,6 +69,10 @@ pub trait Vae {
     fn decode(&mut self, latent: ArrayView4<f32>, norms: Norms<'_>) -> NetResult<Array4<f32>>;
     /// The GroupNorm statistics an ordinary decoder pass over `latent` computes.
     fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats>;
+    /// A tiled pass is over (done, failed or cancelled): what was kept only for it, such as
+    /// the sessions of the frozen-statistics graphs, may go. Tiles are for large images, whose
+    /// next phases need that memory more than the next large image needs the time.
+    fn end_tiles(&mut self) {}
 }
 
 /// The UNet with the ControlNet tile, split so that the hint is embedded once per tile.

@@ -147,13 +147,26 @@ pub fn encode(
     on_call: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
 ) -> NetResult<(Array4<f32>, Array4<f32>)> {
     let (_, _, h, w) = image.dim();
-    let (tile, pad) = (tiling.encoder_tile, tiling.encoder_pad);
     let total = encode_calls(h, w, tiling);
     if total == 1 {
         let out = vae.encode(image, Norms::Own)?;
         on_call(1, 1)?;
         return Ok(out);
     }
+    let tiled = encode_tiles(vae, image, tiling, total, on_call);
+    vae.end_tiles();
+    tiled
+}
+
+fn encode_tiles(
+    vae: &mut dyn Vae,
+    image: ArrayView4<f32>,
+    tiling: &VaeTiling,
+    total: usize,
+    on_call: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
+) -> NetResult<(Array4<f32>, Array4<f32>)> {
+    let (_, _, h, w) = image.dim();
+    let (tile, pad) = (tiling.encoder_tile, tiling.encoder_pad);
     let stats = vae.encoder_stats(proxy(image, (tile + 2 * pad).min(ENCODER_PROXY), 8).view())?;
     on_call(1, total)?;
     let (rows, cols) = (split(h, tile, pad, 8), split(w, tile, pad, 8));
@@ -190,13 +203,26 @@ pub fn decode(
     on_call: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
 ) -> NetResult<Array4<f32>> {
     let (_, _, h, w) = latent.dim();
-    let (tile, pad) = (tiling.decoder_tile, tiling.decoder_pad);
     let total = decode_calls(h, w, tiling);
     if total == 1 {
         let out = vae.decode(latent, Norms::Own)?;
         on_call(1, 1)?;
         return Ok(out);
     }
+    let tiled = decode_tiles(vae, latent, tiling, total, on_call);
+    vae.end_tiles();
+    tiled
+}
+
+fn decode_tiles(
+    vae: &mut dyn Vae,
+    latent: ArrayView4<f32>,
+    tiling: &VaeTiling,
+    total: usize,
+    on_call: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
+) -> NetResult<Array4<f32>> {
+    let (_, _, h, w) = latent.dim();
+    let (tile, pad) = (tiling.decoder_tile, tiling.decoder_pad);
     let stats = vae.decoder_stats(proxy(latent, (tile + 2 * pad).min(DECODER_PROXY), 1).view())?;
     on_call(1, total)?;
     let (rows, cols) = (split(h, tile, pad, 1), split(w, tile, pad, 1));

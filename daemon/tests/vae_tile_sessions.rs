@@ -1,0 +1,102 @@
+//! The tiled VAE's graphs with exported or frozen GroupNorm statistics hold ONNX Runtime
+//! sessions only while a tiled pass runs: a large image's next phases get that memory back.
+
+mod common;
+mod sd_common;
+
+use std::sync::{Arc, OnceLock};
+
+use ndarray::Array4;
+use sd_common::{TINY, sd_fixture};
+use tessera::Cancelled;
+use tessera::engine::{Engine, EngineOptions};
+use tessera::nets::sd::{Precision, SdOptions};
+use tessera::nets::vae::CompiledVae;
+use tessera::pipeline::clarity::models::SdVae;
+use tessera::pipeline::clarity::nets::StageError;
+use tessera::pipeline::clarity::vae::{self, VaeTiling};
+use tessera::weights::sd;
+
+/// This binary's one engine (one ONNX Runtime environment per process), shared as the
+/// pipeline shares it.
+fn engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut options = EngineOptions::new(std::env::temp_dir());
+            options.ort_lib = Some(common::ort_lib());
+            options.intra_threads = Some(1);
+            Arc::new(Engine::new(options).unwrap_or_else(|e| panic!("{e}")))
+        })
+        .clone()
+}
+
+fn statistics_sessions(engine: &Engine) -> Vec<String> {
+    engine
+        .held_sessions()
+        .into_iter()
+        .filter(|name| name.contains("GroupNorm statistics"))
+        .collect()
+}
+
+/// 48 × 48 pixels in tiles of 16 (+8), 6 × 6 latents in tiles of 2 (+1): nine tiles each way.
+const TILING: VaeTiling = VaeTiling {
+    encoder_tile: 16,
+    encoder_pad: 8,
+    decoder_tile: 2,
+    decoder_pad: 1,
+};
+
+#[test]
+fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
+    let net = sd::vae(&sd_fixture("tiny-ldm.safetensors")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let options = SdOptions {
+        precision: Precision::F32,
+        hyper: Some(TINY),
+        patch: None,
+    };
+    let compiled = CompiledVae::compile(&net, cache.path(), &options).unwrap();
+    let engine = engine();
+    let mut net = SdVae::new(engine.clone(), compiled).unwrap();
+    let image = Array4::from_shape_fn((1, 3, 48, 48), |(_, c, y, x)| {
+        ((x as f32 * 0.3 + y as f32 * 0.2 + c as f32).sin() * 0.8).clamp(-1.0, 1.0)
+    });
+
+    for decoder in [false, true] {
+        let mut seen = Vec::new();
+        let mut on_call = |done: usize, total: usize| {
+            seen.push((done, total, statistics_sessions(&engine)));
+            Ok(())
+        };
+        if decoder {
+            let latent = Array4::from_shape_fn((1, 4, 6, 6), |(_, c, y, x)| {
+                (c as f32 - 1.5) * 0.5 + (x + y) as f32 * 0.1
+            });
+            vae::decode(&mut net, latent.view(), &TILING, &mut on_call).unwrap();
+        } else {
+            vae::encode(&mut net, image.view(), &TILING, &mut on_call).unwrap();
+        }
+        let side = if decoder { "Decoder" } else { "Encoder" };
+        assert_eq!(seen.len(), 10, "{side}: the statistics pass and nine tiles");
+        // The statistics graph's session ends with its one call.
+        assert_eq!(seen[0].2, Vec::<String>::new(), "{side}: {seen:?}");
+        for (_, _, held) in &seen[1..] {
+            assert_eq!(held.len(), 1, "{side}: {held:?}");
+            assert!(
+                held[0].contains("(Frozen GroupNorm statistics)"),
+                "{held:?}"
+            );
+        }
+        assert_eq!(statistics_sessions(&engine), Vec::<String>::new(), "{side}");
+    }
+
+    // A cancelled pass lets them go too.
+    let mut calls = 0;
+    let cancelled = vae::encode(&mut net, image.view(), &TILING, &mut |_, _| {
+        calls += 1;
+        if calls == 3 { Err(Cancelled) } else { Ok(()) }
+    });
+    assert!(matches!(cancelled, Err(StageError::Cancelled)));
+    assert_eq!(statistics_sessions(&engine), Vec::<String>::new());
+}
