@@ -70,6 +70,7 @@ pub fn install(
     record
         .create_dir_all(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
+    check_free_space(dir, &staging, &chosen)?;
     for spec in chosen {
         if spec.licence_note.is_some() {
             println!("  {}: licence {}", spec.name, spec.licence_text());
@@ -105,6 +106,40 @@ pub fn install(
             "  {:<24} downloaded and verified ({})",
             spec.file,
             shown(dir, &target)
+        );
+    }
+    Ok(())
+}
+
+/// Room kept free beyond the files themselves (the install record, logs, compiled graphs).
+const FREE_SPACE_MARGIN: u64 = 256 << 20;
+
+/// Refuses to start when the files still to fetch or import do not fit on the disk of the data
+/// directory, before a byte is written: a 4 GB download that fails at 90 % helps nobody. Bytes
+/// of partial files already there count as fetched; a disk whose free space cannot be read is
+/// not checked.
+fn check_free_space(dir: &DataDir, staging: &Path, chosen: &[&ModelSpec]) -> anyhow::Result<()> {
+    let needed: u64 = chosen
+        .iter()
+        .filter(|spec| !spec.path(dir).exists())
+        .map(|spec| {
+            let fetched = std::fs::metadata(partial_path(staging, spec)).map_or(0, |m| m.len());
+            spec.size.saturating_sub(fetched)
+        })
+        .sum();
+    if needed == 0 {
+        return Ok(());
+    }
+    let Ok(free) = fs4::available_space(staging) else {
+        return Ok(());
+    };
+    if free < needed.saturating_add(FREE_SPACE_MARGIN) {
+        bail!(
+            "not enough free space for the models: {} to fetch and {} free on the disk of {}; free {} there (or choose another data directory with --data-dir) and run tessera-install again",
+            size_text(needed),
+            size_text(free),
+            dir.root().display(),
+            size_text(needed.saturating_add(FREE_SPACE_MARGIN) - free)
         );
     }
     Ok(())

@@ -406,3 +406,23 @@ fn doctor_names_each_missing_default_model() {
         "an opt-in model is not a problem: {out}"
     );
 }
+
+#[test]
+fn a_download_that_cannot_fit_on_the_disk_is_refused_before_it_starts() {
+    let s = setup(Behaviour::Good);
+    // The same entry, claimed to be 1 EB: more than any disk the tests run on has free.
+    let text = std::fs::read_to_string(&s.manifest).unwrap();
+    let huge = text.replace(&format!("size = {SIZE}\n"), "size = 1000000000000000000\n");
+    assert_ne!(huge, text);
+    std::fs::write(&s.manifest, huge).unwrap();
+    let output = install(&s, &[]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("not enough free space for the models: 1000000000 GB to fetch"),
+        "{err}"
+    );
+    assert!(err.contains("tessera-install again"), "{err}");
+    assert_eq!(s.server.ranges().len(), 0, "nothing was fetched");
+    assert!(downloads(&s).is_empty() && !installed(&s).exists());
+}
