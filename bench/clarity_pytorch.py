@@ -11,6 +11,12 @@ the same number of network evaluations at the same shapes:
   diffusers runs every time, as Refiners does) and UNet on the cond/uncond pair (batch 2);
 - VAE decode.
 
+With ``--refiners-statistics`` it also runs what Refiners' MultiUpscaler adds to every job: its
+tiled autoencoder's statistics pass, an encode and a decode of the stage's image resized to
+1024 × 1024 with every GroupNorm's per-group mean and variance recorded (Refiners freezes them
+for its tiles; Tessera runs such a pass only when the VAE must tile, on a smaller proxy). It is
+timed as its own phase and reported as a second total.
+
 Usage (the PyTorch venv of the fixtures has everything):
 
     /root/fixture-venv/bin/python bench/clarity_pytorch.py --size 256 --scale 2 --threads 2
@@ -167,12 +173,37 @@ def stage_multipliers(scale: float):
     return out
 
 
+def group_norm_statistics(vae: nn.Module, image: torch.Tensor) -> int:
+    """Refiners' statistics pass: encode and decode ``image`` resized to 1024², recording every
+    GroupNorm's per-group mean and (biased) variance; returns how many were recorded."""
+    stats = []
+
+    def record(module, inputs, _output):
+        x = inputs[0].reshape(inputs[0].shape[0], module.num_groups, -1)
+        stats.append((x.mean(-1), x.var(-1, unbiased=False)))
+
+    hooks = [m.register_forward_hook(record) for m in vae.modules() if isinstance(m, nn.GroupNorm)]
+    try:
+        proxy = F.interpolate(image, size=(1024, 1024), mode="bicubic").clamp(-1, 1)
+        z = vae.encode(proxy).latent_dist.mean
+        vae.decode(z)
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(stats)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--scale", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=18)
+    ap.add_argument(
+        "--refiners-statistics",
+        action="store_true",
+        help="also run Refiners' per-job VAE statistics pass (a 1024² encode and decode)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -209,6 +240,9 @@ def main():
             canvas_img = np.asarray(pil).astype(np.float32).transpose(2, 0, 1) / 255.0
             t = lap("upscale", t)
             x = torch.from_numpy(canvas_img * 2 - 1)[None]
+            if args.refiners_statistics:
+                group_norm_statistics(vae, x)
+                t = lap("statistics", t)
             z = vae.encode(x).latent_dist.mean * 0.18215
             t = lap("encode", t)
             hint = torch.from_numpy(canvas_img)[None]
@@ -238,13 +272,16 @@ def main():
             image = ((decoded[0] + 1) / 2).clamp(0, 1).numpy()
             size = canvas
             t = lap("decode", t)
-    total = sum(v for k, v in times.items() if k != "load")
+    total = sum(v for k, v in times.items() if k not in ("load", "statistics"))
     print(f"PyTorch {torch.__version__} eager, fp32, {args.threads} threads")
     for name, s in times.items():
         print(f"  {name:<10} {s:>8.1f} s")
     denoise = times.get("denoise", 0.0)
     print(f"UNet + ControlNet: {evaluations} evaluations, {denoise / evaluations:.2f} s each")
     print(f"job without load: {total:.1f} s")
+    if "statistics" in times:
+        with_statistics = total + times["statistics"]
+        print(f"job with Refiners' statistics pass: {with_statistics:.1f} s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {peak:.0f} MiB")
 
