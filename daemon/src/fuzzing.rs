@@ -132,7 +132,7 @@ pub fn image(data: &[u8]) {
         (planar.width() * factor / 3).max(1),
         (planar.height() * factor / 3).max(1),
     );
-    let resized = resize::lanczos(&planar.rgb, w, h);
+    let resized = resize::lanczos(planar.rgb.view(), w, h);
     assert_eq!(resized.shape(), [3, h, w]);
     assert!(resized.iter().all(|v| v.is_finite()));
     if let Some(alpha) = &planar.alpha {

@@ -218,7 +218,7 @@ impl JobRunner for Upscaler {
                 let w = (target_w as f64 / remaining).ceil() as usize;
                 let h = (target_h as f64 / remaining).ceil() as usize;
                 if w < rgb.shape()[2] && h < rgb.shape()[1] {
-                    rgb = resize::lanczos(&rgb, w, h);
+                    rgb = resize::lanczos(rgb.view(), w, h);
                 }
             }
             let mut on_tile = |done: usize, total: usize| {
@@ -241,7 +241,7 @@ impl JobRunner for Upscaler {
         lap("upscale", &mut timings);
 
         let output = Planar {
-            rgb: resize::lanczos(&rgb, target_w, target_h),
+            rgb: resize::lanczos(rgb.view(), target_w, target_h),
             alpha: input
                 .alpha
                 .as_ref()

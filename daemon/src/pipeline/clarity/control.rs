@@ -36,7 +36,7 @@ pub fn condition_image(image: ArrayView3<f32>, canvas: (usize, usize)) -> Array3
     let resized = if (new_w, new_h) == (width, height) {
         image.to_owned()
     } else if new_w < width || new_h < height {
-        resize::lanczos(&image.to_owned(), new_w, new_h)
+        resize::lanczos(image, new_w, new_h)
     } else if (3..FEW_COLOURS).contains(&distinct_colours(image, FEW_COLOURS)) {
         nearest(image, new_w, new_h)
     } else {

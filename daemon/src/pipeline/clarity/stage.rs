@@ -229,7 +229,7 @@ pub fn run_stage(
         })?;
     }
     if (image.shape()[2], image.shape()[1]) != (cw, ch) {
-        image = resize::lanczos(&image, cw, ch);
+        image = resize::lanczos(image.view(), cw, ch);
     }
 
     // 2. The ControlNet's condition image.
