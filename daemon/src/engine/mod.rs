@@ -263,14 +263,26 @@ impl Engine {
             tracing::debug!(model = %model.name, "reusing a warm session");
             return Ok(s);
         }
-        let started = std::time::Instant::now();
-        let session = Arc::new(Mutex::new(self.build_session(model)?));
-        tracing::info!(model = %model.name, ms = started.elapsed().as_millis() as u64, "session ready");
+        let session = self.short_lived_session(model)?;
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
             key,
             model.name.clone(),
             session.clone(),
         );
+        Ok(session)
+    }
+
+    /// A new session for `model` that the cache does not keep: it ends when its last holder
+    /// lets it go (for graphs used briefly and rarely, whose memory matters more than their
+    /// start-up). It is listed by [`Engine::held_sessions`] while alive.
+    pub fn short_lived_session(&self, model: &CompiledModel) -> Result<SharedSession, EngineError> {
+        let started = std::time::Instant::now();
+        let session = Arc::new(Mutex::new(self.build_session(model)?));
+        tracing::info!(model = %model.name, ms = started.elapsed().as_millis() as u64, "session ready");
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note_alive(model.name.clone(), &session);
         Ok(session)
     }
 
@@ -280,14 +292,6 @@ impl Engine {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.alive.retain(|(_, s)| s.strong_count() > 0);
         cache.alive.iter().map(|(name, _)| name.clone()).collect()
-    }
-
-    /// Takes `model`'s session out of the cache, so that it ends when its last holder lets it
-    /// go (for graphs used briefly and rarely, whose memory matters more than their start-up).
-    pub fn forget(&self, model: &CompiledModel) {
-        let key = identity(model);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.entries.retain(|(k, _, _)| *k != key);
     }
 
     /// Drops the cached sessions that no network holds any more (the models a new job no
@@ -396,9 +400,12 @@ impl SessionCache {
             // Evicted sessions stay alive while a network still holds them.
             self.entries.remove(0);
         }
-        self.alive.retain(|(_, s)| s.strong_count() > 0);
-        self.alive.push((name.clone(), Arc::downgrade(&session)));
         self.entries.push((key, name, session));
+    }
+
+    fn note_alive(&mut self, name: String, session: &SharedSession) {
+        self.alive.retain(|(_, s)| s.strong_count() > 0);
+        self.alive.push((name, Arc::downgrade(session)));
     }
 }
 

@@ -173,7 +173,7 @@ impl SdNet {
         if self.norm_stats == NormStats::Frozen {
             let mean = self.g.input(&mean_name, ElemType::F32, &stats_dims);
             let var = self.g.input(&var_name, ElemType::F32, &stats_dims);
-            return self.frozen_group_norm(&x32, &mean, &var, w, channels, groups, eps);
+            return self.frozen_group_norm(&x32, &mean, &var, w, eps);
         }
         let shape = self.g.shape(x);
         let grouped = self.g.reshape(&x32, &[0, groups as i64, -1]);
@@ -212,17 +212,16 @@ impl SdNet {
     /// affine into one per-(sample, channel) scale and shift, `x · s + t`, computed on the tiny
     /// statistics: a decoder tile then holds two full-size tensors per norm instead of the four
     /// a grouped Sub → Div → Mul → Add holds, in the 4-D layout the convolutions use.
-    #[allow(clippy::too_many_arguments)]
     fn frozen_group_norm(
         &mut self,
         x32: &Value,
         mean: &Value,
         var: &Value,
         w: &W,
-        channels: usize,
-        groups: usize,
         eps: f32,
     ) -> Result<Value, WeightsError> {
+        let channels = w.get("weight")?.dim(0);
+        let groups = self.hyper.norm_groups;
         let per_channel = |net: &mut SdNet, stat: &Value| {
             // [B, G] → [B, G, C/G] → [B, C, 1, 1]: each group's value for each of its channels.
             let axes = net.g.ints(&[2]);

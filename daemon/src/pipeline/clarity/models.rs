@@ -14,7 +14,7 @@ use super::nets::{ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, 
 use super::stage::PreUpscaler;
 use super::text::TextSide;
 use crate::Cancelled;
-use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
+use crate::engine::{Engine, EngineError, SharedSession};
 use crate::nets::ModelError;
 use crate::nets::clip::{self, ClipOptions, TextEncoder};
 use crate::nets::controlnet::{CompiledControlNet, ControlNet};
@@ -263,19 +263,15 @@ impl ControlledUnet for SdUnet {
     }
 }
 
-/// The VAE; its graphs with exported or frozen GroupNorm statistics get sessions when a tiled
-/// pass needs them and let them go after it (the statistics graph right after its one call).
+/// The VAE; its graphs with exported or frozen GroupNorm statistics get short-lived sessions:
+/// the statistics graph's ends with its one call, the frozen graph's with the tiled pass.
 pub struct SdVae {
     engine: Arc<Engine>,
     compiled: CompiledVae,
     encoder: SharedSession,
     decoder: SharedSession,
-    /// [encoder export, encoder frozen, decoder export, decoder frozen]
-    variants: [Option<(CompiledModel, SharedSession)>; 4],
-}
-
-fn variant_index(decoder: bool, stats: NormStats) -> usize {
-    2 * usize::from(decoder) + usize::from(stats == NormStats::Frozen)
+    /// The frozen-statistics graphs' sessions while a tiled pass runs: [encoder, decoder].
+    frozen: [Option<(String, SharedSession)>; 2],
 }
 
 impl SdVae {
@@ -285,32 +281,29 @@ impl SdVae {
             decoder: engine.session(&compiled.decoder)?,
             engine,
             compiled,
-            variants: Default::default(),
+            frozen: Default::default(),
         })
     }
 
-    fn variant(&mut self, decoder: bool, stats: NormStats) -> NetResult<(String, SharedSession)> {
-        let index = variant_index(decoder, stats);
-        if self.variants[index].is_none() {
-            let model = self
-                .compiled
-                .with_stats(decoder, stats)
-                .map_err(|e| match e {
-                    ModelError::Runtime(e) => StageError::Runtime(e),
-                    other => StageError::Unexpected(other.to_string()),
-                })?;
-            let session = self.engine.session(&model)?;
-            self.variants[index] = Some((model, session));
-        }
-        let (model, session) = self.variants[index].as_ref().expect("set above");
-        Ok((model.name.clone(), session.clone()))
+    /// A new session of the graph with `stats` GroupNorm statistics, outside the engine's cache.
+    fn stats_session(&self, decoder: bool, stats: NormStats) -> NetResult<(String, SharedSession)> {
+        let model = self
+            .compiled
+            .with_stats(decoder, stats)
+            .map_err(|e| match e {
+                ModelError::Runtime(e) => StageError::Runtime(e),
+                other => StageError::Unexpected(other.to_string()),
+            })?;
+        let session = self.engine.short_lived_session(&model)?;
+        Ok((model.name, session))
     }
 
-    /// Lets the session of a statistics graph go (it lives on while a caller still runs it).
-    fn drop_variant(&mut self, index: usize) {
-        if let Some((model, _)) = self.variants[index].take() {
-            self.engine.forget(&model);
+    fn frozen(&mut self, decoder: bool) -> NetResult<(String, SharedSession)> {
+        let slot = usize::from(decoder);
+        if self.frozen[slot].is_none() {
+            self.frozen[slot] = Some(self.stats_session(decoder, NormStats::Frozen)?);
         }
+        Ok(self.frozen[slot].clone().expect("set above"))
     }
 
     /// Runs `session` and returns every output by name.
@@ -380,7 +373,7 @@ impl Vae for SdVae {
             Norms::Own => (self.compiled.encoder.name.clone(), self.encoder.clone()),
             Norms::Frozen(stats) => {
                 inputs.extend(SdVae::stats_inputs(stats));
-                self.variant(false, NormStats::Frozen)?
+                self.frozen(false)?
             }
         };
         let mut out = SdVae::run(&session, &name, inputs)?;
@@ -391,8 +384,7 @@ impl Vae for SdVae {
     }
 
     fn encoder_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats> {
-        let (name, session) = self.variant(false, NormStats::Export)?;
-        self.drop_variant(variant_index(false, NormStats::Export));
+        let (name, session) = self.stats_session(false, NormStats::Export)?;
         let out = SdVae::run(
             &session,
             &name,
@@ -407,7 +399,7 @@ impl Vae for SdVae {
             Norms::Own => (self.compiled.decoder.name.clone(), self.decoder.clone()),
             Norms::Frozen(stats) => {
                 inputs.extend(SdVae::stats_inputs(stats));
-                self.variant(true, NormStats::Frozen)?
+                self.frozen(true)?
             }
         };
         let mut out = SdVae::run(&session, &name, inputs)?;
@@ -415,8 +407,7 @@ impl Vae for SdVae {
     }
 
     fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats> {
-        let (name, session) = self.variant(true, NormStats::Export)?;
-        self.drop_variant(variant_index(true, NormStats::Export));
+        let (name, session) = self.stats_session(true, NormStats::Export)?;
         let out = SdVae::run(
             &session,
             &name,
@@ -426,9 +417,7 @@ impl Vae for SdVae {
     }
 
     fn end_tiles(&mut self) {
-        for index in 0..self.variants.len() {
-            self.drop_variant(index);
-        }
+        self.frozen = Default::default();
     }
 }
 
