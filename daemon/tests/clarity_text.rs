@@ -90,3 +90,27 @@ fn repeated_prompts_come_from_the_cache() {
     assert_eq!(side.runs, 11, "the first prompt was evicted");
     assert!(side.conditioning("(unclosed:1.2.3)", true).is_err());
 }
+
+#[test]
+fn a_set_aside_encoder_still_answers_cached_prompts_until_warmed() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = common::engine();
+    let mut side = TextSide::new(encoder(cache.path()));
+    let first = side.conditioning(NEGATIVE, true).unwrap();
+    let held = |part: &str| engine.held_sessions().iter().any(|s| s.starts_with(part));
+    assert!(side.is_warm() && held("CLIP"));
+
+    side.set_aside(engine);
+    // (Other tests of this binary hold encoders of their own, so `held` proves nothing here.)
+    assert!(!side.is_warm());
+    assert_eq!(side.conditioning(NEGATIVE, true).unwrap(), first);
+    let err = side
+        .conditioning("a prompt never encoded", true)
+        .unwrap_err();
+    assert!(err.to_string().contains("set aside"), "{err}");
+
+    side.warm(engine).unwrap();
+    assert!(side.is_warm() && held("CLIP"));
+    side.conditioning("a prompt never encoded", true).unwrap();
+    assert_eq!(side.conditioning(NEGATIVE, true).unwrap(), first);
+}

@@ -1,5 +1,7 @@
 //! The tiled VAE's graphs with exported or frozen GroupNorm statistics hold ONNX Runtime
 //! sessions only while a tiled pass runs: a large image's next phases get that memory back.
+//! A tiled pass also sets aside its side's plain graph, which it does not use, until the VAE
+//! is warmed again.
 
 mod common;
 mod sd_common;
@@ -29,6 +31,14 @@ fn engine() -> Arc<Engine> {
             Arc::new(Engine::new(options).unwrap_or_else(|e| panic!("{e}")))
         })
         .clone()
+}
+
+/// Whether the plain (own statistics) graph of the `side` ("encoder", "decoder") is held.
+fn plain_held(engine: &Engine, side: &str) -> bool {
+    engine
+        .held_sessions()
+        .iter()
+        .any(|name| name.starts_with(&format!("VAE {side}")) && !name.contains("statistics"))
 }
 
 fn statistics_sessions(engine: &Engine) -> Vec<String> {
@@ -63,9 +73,14 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
         ((x as f32 * 0.3 + y as f32 * 0.2 + c as f32).sin() * 0.8).clamp(-1.0, 1.0)
     });
 
+    assert!(net.is_warm() && plain_held(&engine, "encoder") && plain_held(&engine, "decoder"));
     for decoder in [false, true] {
+        let side = if decoder { "decoder" } else { "encoder" };
+        let other = if decoder { "encoder" } else { "decoder" };
         let mut seen = Vec::new();
         let mut on_call = |done: usize, total: usize| {
+            assert!(!plain_held(&engine, side), "{side}: set aside while tiling");
+            assert!(plain_held(&engine, other), "{other}: untouched");
             seen.push((done, total, statistics_sessions(&engine)));
             Ok(())
         };
@@ -77,7 +92,6 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
         } else {
             vae::encode(&mut net, image.view(), &TILING, &mut on_call).unwrap();
         }
-        let side = if decoder { "Decoder" } else { "Encoder" };
         assert_eq!(seen.len(), 10, "{side}: the statistics pass and nine tiles");
         // The statistics graph's session ends with its one call.
         assert_eq!(seen[0].2, Vec::<String>::new(), "{side}: {seen:?}");
@@ -89,7 +103,23 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
             );
         }
         assert_eq!(statistics_sessions(&engine), Vec::<String>::new(), "{side}");
+        assert!(
+            !net.is_warm() && !plain_held(&engine, side),
+            "{side}: until warmed"
+        );
+        net.warm().unwrap();
+        assert!(plain_held(&engine, side), "{side}: warm again");
     }
+
+    // A whole image still runs on the plain graphs, created again if they were set aside.
+    vae::encode(&mut net, image.view(), &TILING, &mut |_, _| Ok(())).unwrap();
+    assert!(!plain_held(&engine, "encoder"));
+    let small = image.slice(ndarray::s![.., .., ..24, ..24]);
+    vae::encode(&mut net, small, &TILING, &mut |_, _| Ok(())).unwrap();
+    assert!(
+        plain_held(&engine, "encoder"),
+        "a whole pass brings it back"
+    );
 
     // A cancelled pass lets them go too.
     let mut calls = 0;

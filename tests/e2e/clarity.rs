@@ -175,6 +175,64 @@ fn a_4x_job_keeps_alpha_and_16_bits_and_the_next_job_finds_the_models_warm() {
 }
 
 #[test]
+fn a_large_job_lends_what_it_is_done_with_and_the_next_job_is_warm() {
+    // Canvases above 64 + 2·32 pixels are encoded in tiles: this job is "large".
+    let daemon = Daemon::prepare_diffusion("[diffusion]\nvae_encoder_tile = 64\n").start();
+    let mut client = daemon.client();
+    let mut watcher = daemon.client();
+    let mut during = None::<Vec<String>>;
+    let done = client
+        .upscale(test_image(72, 72), params(2.0), |p| {
+            let tiled_encode = p.phase == "encode" && p.tiles > 1;
+            if during.is_none() && (tiled_encode || p.phase == "condition" || p.phase == "denoise")
+            {
+                during = Some(watcher.status().unwrap().sessions);
+            }
+        })
+        .unwrap();
+    assert_eq!((done.image.width, done.image.height), (144, 144));
+    let during = during.expect("a status was taken during the job");
+    let held = |sessions: &[String], part: &str| sessions.iter().any(|s| s.starts_with(part));
+    assert!(
+        !held(&during, "CLIP"),
+        "the text encoder is set aside: {during:?}"
+    );
+    assert!(
+        !during
+            .iter()
+            .any(|s| s.starts_with("VAE encoder") && !s.contains("statistics")),
+        "the plain encoder is set aside: {during:?}"
+    );
+    assert!(held(&during, "UNet+ControlNet"), "{during:?}");
+
+    let after = client.status().unwrap().sessions;
+    for part in ["CLIP", "VAE encoder", "VAE decoder", "UNet+ControlNet"] {
+        assert!(held(&after, part), "{part} is warm again: {after:?}");
+    }
+    assert!(!after.iter().any(|s| s.contains("statistics")), "{after:?}");
+    let first_load = done
+        .timings
+        .iter()
+        .find(|t| t.name == "load")
+        .unwrap()
+        .seconds;
+    let again = client
+        .upscale(test_image(72, 72), params(2.0), |_| {})
+        .unwrap();
+    let load = again
+        .timings
+        .iter()
+        .find(|t| t.name == "load")
+        .unwrap()
+        .seconds;
+    assert!(
+        load < 0.25 * first_load,
+        "the second job loads nothing: {load:.3} s vs {first_load:.3} s"
+    );
+    assert_eq!(again.image, done.image);
+}
+
+#[test]
 fn a_cancel_takes_effect_within_one_network_call() {
     let daemon = Daemon::prepare_diffusion("").start();
     let mut client = daemon.client();

@@ -140,6 +140,8 @@ pub fn bench_clarity(
         size >= 8 && (1.0..=16.0).contains(&scale) && (1..=100).contains(&steps),
         "the size must be at least 8, the scale between 1 and 16 and the steps between 1 and 100"
     );
+    // The job's memory as the daemon would hold it (`tessera serve` tunes the allocator so).
+    crate::server::keep_large_blocks_mapped();
     let engine = std::sync::Arc::new(Engine::new(EngineOptions {
         ort_lib: target.ort_lib_flag.clone(),
         data_dir: target.data_dir.path.clone(),

@@ -286,6 +286,19 @@ impl Engine {
         Ok(session)
     }
 
+    /// Takes `model`'s session out of the cache: it ends when its last holder lets it go, and
+    /// the next [`Engine::session`] for `model` creates a new one. For a large job, which
+    /// needs the memory of a network it is done with more than the next job needs the time.
+    pub fn forget(&self, model: &CompiledModel) {
+        let key = identity(model);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let before = cache.entries.len();
+        cache.entries.retain(|(k, _, _)| *k != key);
+        if cache.entries.len() < before {
+            tracing::info!(model = %model.name, "a large job sets this session aside");
+        }
+    }
+
     /// The names of every session alive now, whether the cache or a network holds it, in the
     /// order they were created.
     pub fn held_sessions(&self) -> Vec<String> {

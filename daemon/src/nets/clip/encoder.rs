@@ -147,10 +147,11 @@ pub fn compile_weights(
     })
 }
 
-/// A loaded text encoder with its warm session.
+/// A loaded text encoder with its warm session (unless set aside, see
+/// [`TextEncoder::set_aside`]).
 pub struct TextEncoder {
     compiled: CompiledTextEncoder,
-    session: SharedSession,
+    session: Option<SharedSession>,
 }
 
 impl TextEncoder {
@@ -171,7 +172,32 @@ impl TextEncoder {
         compiled: CompiledTextEncoder,
     ) -> Result<TextEncoder, ModelError> {
         let session = engine.session(&compiled.model)?;
-        Ok(TextEncoder { compiled, session })
+        Ok(TextEncoder {
+            compiled,
+            session: Some(session),
+        })
+    }
+
+    /// Lets the session go, out of `engine`'s cache too: a large job that has its prompts'
+    /// conditionings needs the memory (half a gigabyte for SD 1.5's encoder in f32) more than
+    /// it needs the encoder. [`TextEncoder::warm`] brings it back.
+    pub fn set_aside(&mut self, engine: &Engine) {
+        if self.session.take().is_some() {
+            engine.forget(&self.compiled.model);
+        }
+    }
+
+    /// Creates the session again if it was set aside (from the cache when it is still there).
+    pub fn warm(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        if self.session.is_none() {
+            self.session = Some(engine.session(&self.compiled.model)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the session is held (not set aside).
+    pub fn is_warm(&self) -> bool {
+        self.session.is_some()
     }
 
     pub fn config(&self) -> &ClipConfig {
@@ -223,7 +249,10 @@ impl TextEncoder {
         let input = ids.as_standard_layout();
         let tensor = ort::value::TensorRef::from_array_view(input.view())
             .map_err(|e| EngineError::ort(name, e))?;
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let session = self.session.as_ref().ok_or_else(|| {
+            EngineError::ort(name, "the session was set aside and not warmed again")
+        })?;
+        let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs = session
             .run(ort::inputs!["input_ids" => tensor])
             .map_err(|e| EngineError::ort(name, e))?;

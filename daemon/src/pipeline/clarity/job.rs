@@ -15,7 +15,7 @@ use super::nets::{NetResult, StageError};
 use super::params;
 use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
-use super::vae::VaeTiling;
+use super::vae::{self, VaeTiling};
 use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -259,7 +259,11 @@ impl ClarityRunner {
         drop(image);
         let (iw, ih) = (input.width(), input.height());
         self.upscaler.network(&upscaler_file)?;
-        self.model_set(key)?;
+        let engine = self.engine.clone();
+        // What an earlier large job set aside and could not warm again (it failed) comes back.
+        self.model_set(key)?
+            .warm(&engine)
+            .map_err(|e| load_error(ModelError::Runtime(e)))?;
         timings.lap("load");
 
         let emphasis = params.preset != Preset::Refiners;
@@ -284,6 +288,16 @@ impl ClarityRunner {
             params.preset == Preset::Refiners,
         );
         let d = &self.config.diffusion;
+        let vae_tiling = VaeTiling::new(d.vae_encoder_tile, d.vae_decoder_tile);
+        // A job whose VAE goes in tiles is large: its memory peak is in the tiles, so the
+        // text encoder, done with once the prompts are encoded, gives its memory back until
+        // the job is over (the VAE's tiled passes do the same with the plain VAE graphs).
+        let large = plan
+            .last()
+            .is_some_and(|s| vae::tiles(s.canvas.0, s.canvas.1, &vae_tiling));
+        if large {
+            models.text.set_aside(&engine);
+        }
         let setup = JobSetup {
             rules: rules(params.preset),
             schedule: schedule::full(params.sampler, params.steps as usize, &self.training),
@@ -295,7 +309,7 @@ impl ClarityRunner {
             cfg: params.dynamic,
             resemblance: params.resemblance,
             decay: params.decay,
-            vae_tiling: VaeTiling::new(d.vae_encoder_tile, d.vae_decoder_tile),
+            vae_tiling,
         };
         let tiling = Tiling {
             tile: self.config.upscale.tile,
@@ -342,6 +356,14 @@ impl ClarityRunner {
         )
         .map_err(stage_error)?;
         timings.lap(phase);
+        if !models.is_warm() {
+            // The next job starts warm; this one has its result whatever happens here.
+            if let Err(e) = models.warm(&engine) {
+                tracing::warn!(
+                    "the sessions a large job set aside could not be created again: {e}"
+                );
+            }
+        }
 
         let mut rgb = rgb;
         filters::sharpen(&mut rgb, params.sharpen);

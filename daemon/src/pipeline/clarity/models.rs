@@ -14,7 +14,7 @@ use super::nets::{ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, 
 use super::stage::PreUpscaler;
 use super::text::TextSide;
 use crate::Cancelled;
-use crate::engine::{Engine, EngineError, SharedSession};
+use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::nets::ModelError;
 use crate::nets::clip::{self, ClipOptions, TextEncoder};
 use crate::nets::controlnet::{CompiledControlNet, ControlNet};
@@ -88,6 +88,18 @@ impl LoraChoice {
 }
 
 impl ModelSet {
+    /// Holds every session of the set again: what a large job set aside (the text encoder,
+    /// the VAE's plain graphs) is created anew, so that the next job starts warm.
+    pub fn warm(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        self.text.warm(engine)?;
+        self.vae.warm()
+    }
+
+    /// Whether every session of the set is held.
+    pub fn is_warm(&self) -> bool {
+        self.text.is_warm() && self.vae.is_warm()
+    }
+
     /// Compiles every network of `key` (conversions and LoRA fusions are cached on disk in
     /// `cache_dir`) and creates the sessions a job needs.
     pub fn load(
@@ -264,25 +276,60 @@ impl ControlledUnet for SdUnet {
 }
 
 /// The VAE; its graphs with exported or frozen GroupNorm statistics get short-lived sessions:
-/// the statistics graph's ends with its one call, the frozen graph's with the tiled pass.
+/// the statistics graph's ends with its one call, the frozen graph's with the tiled pass. A
+/// tiled pass also sets its side's plain session aside (the job warms it again at its end).
 pub struct SdVae {
     engine: Arc<Engine>,
     compiled: CompiledVae,
-    encoder: SharedSession,
-    decoder: SharedSession,
+    /// The plain graphs' sessions, [encoder, decoder]; a tiled pass sets its side's aside.
+    plain: [Option<SharedSession>; 2],
     /// The frozen-statistics graphs' sessions while a tiled pass runs: [encoder, decoder].
     frozen: [Option<(String, SharedSession)>; 2],
 }
 
 impl SdVae {
     pub fn new(engine: Arc<Engine>, compiled: CompiledVae) -> Result<SdVae, EngineError> {
-        Ok(SdVae {
-            encoder: engine.session(&compiled.encoder)?,
-            decoder: engine.session(&compiled.decoder)?,
+        let mut vae = SdVae {
             engine,
             compiled,
+            plain: Default::default(),
             frozen: Default::default(),
-        })
+        };
+        vae.warm()?;
+        Ok(vae)
+    }
+
+    fn plain_model(&self, decoder: bool) -> &CompiledModel {
+        if decoder {
+            &self.compiled.decoder
+        } else {
+            &self.compiled.encoder
+        }
+    }
+
+    /// Creates the plain graphs' sessions that a tiled pass set aside.
+    pub fn warm(&mut self) -> Result<(), EngineError> {
+        for decoder in [false, true] {
+            self.plain_session(decoder)?;
+        }
+        Ok(())
+    }
+
+    /// Whether both plain graphs' sessions are held.
+    pub fn is_warm(&self) -> bool {
+        self.plain.iter().all(Option::is_some)
+    }
+
+    fn plain_session(&mut self, decoder: bool) -> Result<(String, SharedSession), EngineError> {
+        let slot = usize::from(decoder);
+        let model = self.plain_model(decoder);
+        let name = model.name.clone();
+        if let Some(s) = &self.plain[slot] {
+            return Ok((name, s.clone()));
+        }
+        let session = self.engine.session(model)?;
+        self.plain[slot] = Some(session.clone());
+        Ok((name, session))
     }
 
     /// A new session of the graph with `stats` GroupNorm statistics, outside the engine's cache.
@@ -370,7 +417,7 @@ impl Vae for SdVae {
     ) -> NetResult<(Array4<f32>, Array4<f32>)> {
         let mut inputs = vec![("sample".to_owned(), image.to_owned().into_dyn())];
         let (name, session) = match norms {
-            Norms::Own => (self.compiled.encoder.name.clone(), self.encoder.clone()),
+            Norms::Own => self.plain_session(false)?,
             Norms::Frozen(stats) => {
                 inputs.extend(SdVae::stats_inputs(stats));
                 self.frozen(false)?
@@ -396,7 +443,7 @@ impl Vae for SdVae {
     fn decode(&mut self, latent: ArrayView4<f32>, norms: Norms<'_>) -> NetResult<Array4<f32>> {
         let mut inputs = vec![("latent_sample".to_owned(), latent.to_owned().into_dyn())];
         let (name, session) = match norms {
-            Norms::Own => (self.compiled.decoder.name.clone(), self.decoder.clone()),
+            Norms::Own => self.plain_session(true)?,
             Norms::Frozen(stats) => {
                 inputs.extend(SdVae::stats_inputs(stats));
                 self.frozen(true)?
@@ -414,6 +461,12 @@ impl Vae for SdVae {
             vec![("latent_sample".to_owned(), latent.to_owned().into_dyn())],
         )?;
         Ok(SdVae::stats_of(&out))
+    }
+
+    fn begin_tiles(&mut self, decoder: bool) {
+        if self.plain[usize::from(decoder)].take().is_some() {
+            self.engine.forget(self.plain_model(decoder));
+        }
     }
 
     fn end_tiles(&mut self) {

@@ -69,6 +69,10 @@ pub trait Vae {
     fn decode(&mut self, latent: ArrayView4<f32>, norms: Norms<'_>) -> NetResult<Array4<f32>>;
     /// The GroupNorm statistics an ordinary decoder pass over `latent` computes.
     fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats>;
+    /// A tiled pass of the decoder (or encoder) starts: the plain graph's session, which it
+    /// does not use, may go until the job is over (the next stages are larger still, so they
+    /// tile too). Its memory is worth more to the tiles than a second's start-up after the job.
+    fn begin_tiles(&mut self, _decoder: bool) {}
     /// A tiled pass is over (done, failed or cancelled): what was kept only for it, such as
     /// the sessions of the frozen-statistics graphs, may go. Tiles are for large images, whose
     /// next phases need that memory more than the next large image needs the time.

@@ -4,6 +4,7 @@
 
 use ndarray::Array2;
 
+use crate::engine::{Engine, EngineError};
 use crate::nets::clip::TextEncoder;
 use crate::pipeline::prompt::{self, PromptParser, SyntaxError};
 
@@ -28,6 +29,22 @@ impl TextSide {
             cache: Vec::new(),
             runs: 0,
         }
+    }
+
+    /// Lets the encoder's session go until [`TextSide::warm`]: the cached conditionings stay,
+    /// so a prompt already encoded is still answered.
+    pub fn set_aside(&mut self, engine: &Engine) {
+        self.encoder.set_aside(engine);
+    }
+
+    /// Creates the encoder's session again if it was set aside.
+    pub fn warm(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        self.encoder.warm(engine)
+    }
+
+    /// Whether the encoder's session is held.
+    pub fn is_warm(&self) -> bool {
+        self.encoder.is_warm()
     }
 
     /// `[77·chunks, C]` for `prompt`; `emphasis` reads A1111's weighting syntax.

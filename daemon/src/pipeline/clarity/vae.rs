@@ -81,6 +81,11 @@ pub fn decode_calls(h: usize, w: usize, t: &VaeTiling) -> usize {
     calls(h, w, t.decoder_tile, t.decoder_pad, 1)
 }
 
+/// Whether the encode or the decode of a `width`×`height` canvas goes in tiles.
+pub fn tiles(width: usize, height: usize, t: &VaeTiling) -> bool {
+    encode_calls(height, width, t) > 1 || decode_calls(height / 8, width / 8, t) > 1
+}
+
 fn calls(h: usize, w: usize, tile: usize, pad: usize, align: usize) -> usize {
     if !must_tile(h, tile, pad) && !must_tile(w, tile, pad) {
         1
@@ -153,6 +158,7 @@ pub fn encode(
         on_call(1, 1)?;
         return Ok(out);
     }
+    vae.begin_tiles(false);
     let tiled = encode_tiles(vae, image, tiling, total, on_call);
     vae.end_tiles();
     tiled
@@ -209,6 +215,7 @@ pub fn decode(
         on_call(1, 1)?;
         return Ok(out);
     }
+    vae.begin_tiles(true);
     let tiled = decode_tiles(vae, latent, tiling, total, on_call);
     vae.end_tiles();
     tiled
