@@ -107,7 +107,7 @@ impl Default for DiffusionConfig {
             default_controlnet: "control_v11f1e_sd15_tile".into(),
             tile_batch: 1,
             vae_encoder_tile: 512,
-            vae_decoder_tile: 48,
+            vae_decoder_tile: 54,
         }
     }
 }

@@ -50,9 +50,12 @@ fn must_tile(len: usize, tile: usize, pad: usize) -> bool {
     len > tile + 2 * pad
 }
 
-/// The fewest cores of at most `tile` (multiples of `align`) covering `len`, evenly spread,
-/// each computed on itself plus `pad` context clamped to the image.
+/// The fewest tiles covering `len`, cores multiples of `align` and evenly spread, each computed
+/// on itself plus `pad` context clamped to the image, with no tile computing on more than
+/// `tile + 2·pad`: the bound is on what one call holds, so the cores of edge tiles (context on
+/// one side only) may be larger than interior ones — two tiles cover up to `2·(tile + pad)`.
 pub fn split(len: usize, tile: usize, pad: usize, align: usize) -> Vec<Span> {
+    let limit = tile + 2 * pad;
     if !must_tile(len, tile, pad) {
         return vec![Span {
             core: 0..len,
@@ -60,15 +63,20 @@ pub fn split(len: usize, tile: usize, pad: usize, align: usize) -> Vec<Span> {
         }];
     }
     let blocks = (len / align).max(1);
-    let n = len.div_ceil(tile).min(blocks);
-    let bounds: Vec<usize> = (0..=n).map(|i| (i * blocks).div_ceil(n) * align).collect();
-    bounds
-        .windows(2)
-        .map(|b| Span {
-            core: b[0]..b[1],
-            input: b[0].saturating_sub(pad)..(b[1] + pad).min(len),
-        })
-        .collect()
+    let spans = |n: usize| -> Vec<Span> {
+        let bounds: Vec<usize> = (0..=n).map(|i| (i * blocks).div_ceil(n) * align).collect();
+        bounds
+            .windows(2)
+            .map(|b| Span {
+                core: b[0]..b[1],
+                input: b[0].saturating_sub(pad)..(b[1] + pad).min(len),
+            })
+            .collect()
+    };
+    (len.div_ceil(limit).max(2)..=blocks)
+        .map(spans)
+        .find(|s| s.iter().all(|sp| sp.input.len() <= limit))
+        .unwrap_or_else(|| spans(blocks))
 }
 
 /// Network calls an encode of an `h`×`w` image makes (statistics pass included).
