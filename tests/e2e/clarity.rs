@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 use tessera::cli::client::ClientError;
 use tessera_e2e::{Daemon, test_image};
-use tessera_protocol::{Channels, ErrorKind, Image, JobParams, Progress, SampleFormat, Transfer};
+use tessera_protocol::{
+    Channels, Done, ErrorKind, Image, JobParams, Progress, SampleFormat, Transfer,
+};
 
 /// Clarity's defaults with small tiles, so that stage 2 of a ×4 job has several.
 fn params(scale: f32) -> JobParams {
@@ -17,6 +19,15 @@ fn params(scale: f32) -> JobParams {
         tile_height: 16,
         ..JobParams::default()
     }
+}
+
+/// Seconds a finished job spent in `phase`.
+fn seconds(done: &Done, phase: &str) -> f64 {
+    done.timings
+        .iter()
+        .find(|t| t.name == phase)
+        .unwrap()
+        .seconds
 }
 
 fn rgba16(width: u32, height: u32) -> Image {
@@ -128,12 +139,7 @@ fn a_4x_job_keeps_alpha_and_16_bits_and_the_next_job_finds_the_models_warm() {
         alpha(2, 50) < 3000 && alpha(157, 50) > 62000,
         "the alpha ramp survives"
     );
-    let first_load = done
-        .timings
-        .iter()
-        .find(|t| t.name == "load")
-        .unwrap()
-        .seconds;
+    let first_load = seconds(&done, "load");
 
     let status = client.status().unwrap();
     for part in [
@@ -151,12 +157,7 @@ fn a_4x_job_keeps_alpha_and_16_bits_and_the_next_job_finds_the_models_warm() {
     }
     assert!(status.resident_bytes > 0);
     let again = client.upscale(rgba16(40, 24), params(4.0), |_| {}).unwrap();
-    let load = again
-        .timings
-        .iter()
-        .find(|t| t.name == "load")
-        .unwrap()
-        .seconds;
+    let load = seconds(&again, "load");
     assert!(
         load < 0.25 * first_load,
         "the second job loads nothing: {load:.3} s vs {first_load:.3} s"
@@ -165,12 +166,7 @@ fn a_4x_job_keeps_alpha_and_16_bits_and_the_next_job_finds_the_models_warm() {
         again.image, done.image,
         "the same request gives the same bytes"
     );
-    let text = again
-        .timings
-        .iter()
-        .find(|t| t.name == "text")
-        .unwrap()
-        .seconds;
+    let text = seconds(&again, "text");
     assert!(text < 0.05, "the prompts come from the cache ({text:.3} s)");
 }
 
@@ -210,21 +206,11 @@ fn a_large_job_lends_what_it_is_done_with_and_the_next_job_is_warm() {
         assert!(held(&after, part), "{part} is warm again: {after:?}");
     }
     assert!(!after.iter().any(|s| s.contains("statistics")), "{after:?}");
-    let first_load = done
-        .timings
-        .iter()
-        .find(|t| t.name == "load")
-        .unwrap()
-        .seconds;
+    let first_load = seconds(&done, "load");
     let again = client
         .upscale(test_image(72, 72), params(2.0), |_| {})
         .unwrap();
-    let load = again
-        .timings
-        .iter()
-        .find(|t| t.name == "load")
-        .unwrap()
-        .seconds;
+    let load = seconds(&again, "load");
     assert!(
         load < 0.25 * first_load,
         "the second job loads nothing: {load:.3} s vs {first_load:.3} s"
