@@ -356,13 +356,10 @@ impl ClarityRunner {
         )
         .map_err(stage_error)?;
         timings.lap(phase);
-        if !models.is_warm() {
-            // The next job starts warm; this one has its result whatever happens here.
-            if let Err(e) = models.warm(&engine) {
-                tracing::warn!(
-                    "the sessions a large job set aside could not be created again: {e}"
-                );
-            }
+        // The next job starts warm (a no-op unless this job set sessions aside); this one has
+        // its result whatever happens here.
+        if let Err(e) = models.warm(&engine) {
+            tracing::warn!("the sessions a large job set aside could not be created again: {e}");
         }
 
         let mut rgb = rgb;

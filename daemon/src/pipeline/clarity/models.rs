@@ -95,11 +95,6 @@ impl ModelSet {
         self.vae.warm()
     }
 
-    /// Whether every session of the set is held.
-    pub fn is_warm(&self) -> bool {
-        self.text.is_warm() && self.vae.is_warm()
-    }
-
     /// Compiles every network of `key` (conversions and LoRA fusions are cached on disk in
     /// `cache_dir`) and creates the sessions a job needs.
     pub fn load(
