@@ -167,3 +167,36 @@ def test_models_are_listed_with_hashes(daemon):
     (tiny,) = [m for m in models if m.name == "tiny-x4"]
     assert tiny.file == "upscalers/tiny-x4.safetensors"
     assert tiny.sha256 is not None and len(tiny.sha256) == 64
+
+
+def test_the_models_folder_read_from_disk_is_the_daemons_list(daemon):
+    """What the plug-ins show while no daemon runs is what the daemon lists."""
+    import os
+
+    from tessera_client import list_installed
+
+    models = daemon.root / "models"
+    files = {
+        "checkpoints/juggernaut.safetensors": 11,
+        "checkpoints/legacy.ckpt": 4,
+        "checkpoints/readme.txt": 2,
+        "checkpoints/sd15/unet/diffusion_pytorch_model.bin": 6,
+        "checkpoints/sd15/model_index.json": 3,
+        "vae/ft-mse.safetensors": 5,
+        "controlnet/tile.pth": 7,
+        "controlnet/.partial.pth": 1,
+        "upscalers/same.pth": 2,
+        "upscalers/same.safetensors": 3,
+        "loras/more_details.safetensors": 8,
+        "embeddings/neg.pt": 1,
+        "embeddings/neg.txt": 1,
+    }
+    for name, size in files.items():
+        path = models / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"m" * size)
+    os.symlink(models / "vae" / "ft-mse.safetensors", models / "vae" / "linked.pt")
+    with daemon.client() as client:
+        listed = client.list_models()
+    assert list_installed(str(daemon.root)) == listed
+    assert {m.name for m in listed} >= {"juggernaut", "sd15", "linked", "same", "neg"}

@@ -6,6 +6,8 @@ and for tests.
   ``tessera-protocol``.
 - :mod:`.codec`: byte-exact encoding, decoding and framing.
 - :mod:`.paths`: where the daemon's socket is.
+- :mod:`.installed`: the models in a data directory, read from disk as the
+  daemon reads them (for when no daemon runs).
 - :mod:`.client`: :class:`Client`, which connects, shakes hands, submits
   jobs and routes their events.
 
@@ -24,6 +26,7 @@ from .codec import (
     write_frame,
 )
 from .errors import ConnectionClosed, DaemonNotRunning, ProtocolError, TesseraError
+from .installed import list_installed
 from .messages import (
     CLARITY_NEGATIVE_PROMPT,
     CLARITY_PROMPT,
@@ -120,6 +123,7 @@ __all__ = [
     "encode_frame",
     "encode_parts",
     "error_kind_name",
+    "list_installed",
     "read_frame",
     "read_payload",
     "socket_address",
