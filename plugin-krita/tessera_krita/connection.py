@@ -6,15 +6,21 @@ the GUI thread never waits on it.
   growing pause (1 s, 2 s, 4 s, then every 10 s), so the docker shows the
   daemon's state without the user doing anything.
 - When a job needs the daemon and none answers, it starts ``tessera serve``
-  (see :mod:`.launcher`) and waits up to 30 s for it to listen.
+  (see :mod:`.launcher`) and waits up to 30 s for it to listen; unless the
+  user turned that off, which the error then says. A daemon started here is
+  reaped when it ends (it is Krita's child), and one that crashes mid-job is
+  reported as a crash, with how it ended.
 - While connected it asks for the daemon's status every second and for its
-  models when the connection opens, and re-emits them as signals.
+  models when the connection opens, and re-emits them as signals. While no
+  daemon runs, the models are read from the data directory's ``models/``
+  folder instead, by the daemon's rules.
 
 The bytes of each message are the codec's (``tessera_client``); the routing
 is :class:`~.session.Session`'s.
 """
 
 import logging
+import subprocess
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -27,6 +33,7 @@ from .proto import (
     Status,
     TesseraError,
     data_dir,
+    list_installed,
     socket_address,
 )
 from .qt import QLocalSocket, QObject, QTimer, pyqtSignal, socket_error_signal, to_bytes
@@ -46,6 +53,11 @@ RECONNECT_DELAYS = (1.0, 2.0, 4.0, 10.0)
 #: How long a daemon started here may take to listen.
 START_TIMEOUT = 30.0
 STATUS_INTERVAL_MS = 1000
+#: How often daemons started here are checked for having ended.
+REAP_INTERVAL_MS = 1000
+#: How long a dropped connection waits for the daemon it was to to exit, to
+#: tell a crash from a closed connection.
+CRASH_GRACE = 0.5
 
 _NOT_LISTENING = (
     QLocalSocket.LocalSocketError.ServerNotFoundError,
@@ -79,13 +91,26 @@ class DaemonLink(QObject):
         self.state = DISCONNECTED
         self.session: Optional[Session] = None
         self.status: Optional[Status] = None
+        #: The daemon's models while connected, else those in the models folder.
         self.models: list = []
+        #: Whether :attr:`models` has been filled once (from either source).
+        self.models_known = False
+        #: Where :attr:`models` came from: "daemon" or "folder".
+        self.models_source = ""
+        #: The last attempt to connect found no daemon listening.
+        self.refused = False
         self.daemon_agent: Optional[str] = None
         self._socket: Optional[QLocalSocket] = None
         self._reader: Optional[FrameReader] = None
         self._waiting: List[Tuple[Callable[[], Any], Callable[[BaseException], Any]]] = []
         self._want_start = False
         self._process: Any = None
+        #: The daemon this link started and is connected to, if any.
+        self._serving: Any = None
+        #: Daemons started here that have not been reaped yet.
+        self._children: List[subprocess.Popen] = []
+        #: Exit statuses of reaped daemons, by process id.
+        self.exited: dict = {}
         self._start_deadline = 0.0
         self._attempt = 0
         self._status_pending = False
@@ -97,6 +122,11 @@ class DaemonLink(QObject):
         self._status_timer = QTimer(self)
         self._status_timer.setInterval(STATUS_INTERVAL_MS)
         self._status_timer.timeout.connect(self.refresh_status)
+        self._reaper = QTimer(self)
+        self._reaper.setInterval(REAP_INTERVAL_MS)
+        self._reaper.timeout.connect(self.reap)
+        self._connecting: Optional[QLocalSocket] = None
+        self._immediate_error: Any = None
 
     # --- Where the daemon is ----------------------------------------------------
 
@@ -162,7 +192,16 @@ class DaemonLink(QObject):
         socket_error_signal(socket).connect(lambda error: self._on_error(socket, error))
         address = self.address
         log.debug("connecting to %s", address)
-        socket.connectToServer(address.name)
+        self._connecting, self._immediate_error = socket, None
+        try:
+            socket.connectToServer(address.name)
+        finally:
+            self._connecting = None
+        error, self._immediate_error = self._immediate_error, None
+        if error is not None:
+            # Refused on the spot (nothing listens): said at once, not after a
+            # turn of the event loop, which Krita may not take for seconds.
+            self._handle_error(socket, error)
 
     def _on_connected(self, socket: QLocalSocket) -> None:
         if socket is not self._socket:
@@ -177,8 +216,9 @@ class DaemonLink(QObject):
         log.info("connected to %s at %s", daemon_agent, self.address)
         self.daemon_agent = daemon_agent
         self._attempt = 0
-        self._process = None
+        self._serving, self._process = self._process, None
         self._want_start = False
+        self.refused = False
         self._set_state(CONNECTED)
         self._status_timer.start()
         self.refresh_status()
@@ -202,7 +242,10 @@ class DaemonLink(QObject):
             self._drop(socket, e)
 
     def _on_error(self, socket: QLocalSocket, error: Any) -> None:
-        # Qt may report it from inside connectToServer(): handle it afterwards.
+        if socket is self._connecting:
+            # Reported from inside connectToServer(): handled once it returns.
+            self._immediate_error = error
+            return
         QTimer.singleShot(0, lambda: self._handle_error(socket, error))
 
     def _handle_error(self, socket: QLocalSocket, error: Any) -> None:
@@ -235,6 +278,7 @@ class DaemonLink(QObject):
         """Nobody listens at the socket: start a daemon, wait for one that is
         starting, or report and retry later."""
         self._discard_socket(socket)
+        self.refused = True
         if self._process is not None:
             if self._process.poll() is not None:
                 reason = launcher.start_failure(self._process, self.data_dir)
@@ -259,12 +303,17 @@ class DaemonLink(QObject):
             except launcher.LaunchError as e:
                 self._fail_waiting(ConnectionError(str(e)))
                 return
+            self._track(self._process)
             log.info("started %s serve (process %s)", program, self._process.pid)
             self._start_deadline = time.monotonic() + START_TIMEOUT
             self._set_state(STARTING)
             QTimer.singleShot(100, self._retry_start)
             return
-        self._fail_waiting(DaemonNotRunning(str(self.address)))
+        if self._want_start and self._waiting:
+            self._fail_waiting(launcher.AutoStartOff(str(self.address)))
+        else:
+            self._fail_waiting(DaemonNotRunning(str(self.address)))
+        self.refresh_models()
 
     def _may_start(self) -> bool:
         return self.settings is None or bool(self.settings.auto_start)
@@ -292,6 +341,9 @@ class DaemonLink(QObject):
         was_open = session is not None and session.state == OPEN
         self._status_timer.stop()
         self._status_pending = False
+        serving, self._serving = self._serving, None
+        if error is None and was_open and session.busy_jobs and serving is not None:
+            error = self._crash_of(serving)
         if session is not None:
             session.close(error)
         if self.status is not None:
@@ -304,7 +356,41 @@ class DaemonLink(QObject):
         if was_open:
             log.info("disconnected from the daemon: %s", error or "closed")
         self._set_state(DISCONNECTED)
+        self.reap()
+        self.refresh_models()
         self._schedule_reconnect()
+
+    # --- Daemons started here ---------------------------------------------------
+
+    def _track(self, process: subprocess.Popen) -> None:
+        self._children.append(process)
+        self._reaper.start()
+
+    def reap(self) -> None:
+        """Collects daemons started here that have ended, so that none lingers
+        as a zombie process while Krita runs."""
+        for process in list(self._children):
+            code = process.poll()
+            if code is None:
+                continue
+            self._children.remove(process)
+            self.exited[process.pid] = code
+            how = launcher.exit_description(code)
+            log.info("the daemon (process %s) ended: %s", process.pid, how)
+        if not self._children:
+            self._reaper.stop()
+
+    def _crash_of(self, process: subprocess.Popen) -> Optional[BaseException]:
+        """The error for a job whose daemon (started here) dropped the
+        connection: a crash when the process ended abnormally, else ``None``."""
+        try:
+            code = process.wait(timeout=CRASH_GRACE)
+        except subprocess.TimeoutExpired:
+            return None  # still running: it closed the connection, it did not crash
+        self.reap()
+        if launcher.ended_abnormally(code):
+            return launcher.DaemonCrashed(launcher.exit_description(code))
+        return None
 
     def _schedule_reconnect(self) -> None:
         if self._closed:
@@ -330,6 +416,7 @@ class DaemonLink(QObject):
     def reconnect_now(self) -> None:
         """Tries to connect at once (the docker's refresh button)."""
         self._attempt = 0
+        self.reap()
         if self.state == DISCONNECTED:
             self._reconnect.stop()
             self._open(start=False)
@@ -366,15 +453,29 @@ class DaemonLink(QObject):
 
         session.request_status(done, failed)
 
+    def _set_models(self, models: list, source: str) -> None:
+        changed = not self.models_known or source != self.models_source or models != self.models
+        self.models, self.models_source, self.models_known = list(models), source, True
+        if changed:
+            self.modelsChanged.emit(self.models)
+
     def refresh_models(self) -> None:
+        """Asks the daemon for its models, or reads the models folder when no
+        daemon is connected; :attr:`modelsChanged` tells when they change."""
         if self.session is None or self.session.state != OPEN:
+            if self.state != CONNECTED:
+                try:
+                    found = list_installed(self.data_dir)
+                except Exception:  # no home folder, say: nothing to offer
+                    log.warning("cannot read the models folder", exc_info=True)
+                    found = []
+                self._set_models(found, "folder")
             return
         session = self.session
 
         def done(models: list) -> None:
             if session is self.session:
-                self.models = list(models)
-                self.modelsChanged.emit(self.models)
+                self._set_models(models, "daemon")
 
         def failed(error: BaseException) -> None:
             log.warning("cannot list the daemon's models: %s", error)

@@ -180,6 +180,32 @@ def to_new_document(app: Any, source: Source, result: Image, scale: float) -> An
     return document
 
 
+def resolution_of(document: Any) -> tuple:
+    """The document's horizontal and vertical resolution in pixels per inch,
+    unrounded where this Krita can say (``xRes``/``yRes``)."""
+    if hasattr(document, "xRes") and hasattr(document, "yRes"):
+        return float(document.xRes()), float(document.yRes())
+    resolution = float(document.resolution())
+    return resolution, resolution
+
+
+def scale_canvas(document: Any, width: int, height: int) -> None:
+    """Scales the canvas (every layer, Bicubic) to ``width``×``height``, one
+    undo step, keeping the resolution. ``Document.scaleImage`` takes the
+    resolution in whole pixels per inch and divides it by 72 in integers
+    (Krita 5.1 and 5.2), so 300 ppi would become 288; it is set back after."""
+    x_res, y_res = resolution_of(document)
+    document.scaleImage(width, height, int(round(x_res)), int(round(y_res)), "Bicubic")
+    document.waitForDone()
+    if resolution_of(document) != (x_res, y_res):
+        if hasattr(document, "setXRes") and hasattr(document, "setYRes"):
+            document.setXRes(x_res)
+            document.setYRes(y_res)
+        else:
+            document.setResolution(int(round(x_res)))
+        document.waitForDone()
+
+
 def in_place(app: Any, source: Source, result: Image, scale: float) -> Any:
     """Scales the source document's canvas to fit the result (if it does not
     already) and adds the result as a new layer above the source layer (or on
@@ -192,11 +218,7 @@ def in_place(app: Any, source: Source, result: Image, scale: float) -> Any:
         (document.width(), document.height()), source.rect, (result.width, result.height)
     )
     if (place.canvas_width, place.canvas_height) != (document.width(), document.height()):
-        resolution = document.resolution()
-        document.scaleImage(
-            place.canvas_width, place.canvas_height, resolution, resolution, "Bicubic"
-        )
-        document.waitForDone()
+        scale_canvas(document, place.canvas_width, place.canvas_height)
     layer = _new_layer(
         document, result_name(source, scale, result), source, result, place.x, place.y
     )

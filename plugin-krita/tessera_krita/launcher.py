@@ -13,6 +13,8 @@ import subprocess
 import sys
 from typing import List, Mapping, Optional
 
+from .proto import ConnectionClosed, DaemonNotRunning
+
 EXE = "tessera.exe" if sys.platform == "win32" else "tessera"
 
 #: Environment variables of an AppImage'd or bundled Krita that must not leak
@@ -22,6 +24,42 @@ _BUNDLE_VARIABLES = ("LD_LIBRARY_PATH", "PYTHONHOME", "PYTHONPATH", "QT_PLUGIN_P
 
 class LaunchError(Exception):
     """The daemon cannot be started; the message says why, for the user."""
+
+
+class AutoStartOff(DaemonNotRunning):
+    """No daemon answers, and the user turned off starting one."""
+
+
+class DaemonCrashed(ConnectionClosed):
+    """A daemon this plug-in started ended abnormally while connected."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(f"the daemon crashed ({how})")
+        #: E.g. "killed by signal 9 (SIGKILL)" or "exit status 101".
+        self.how = how
+
+
+def exit_description(returncode: int) -> str:
+    """How a process ended, in words, from ``Popen.returncode``."""
+    if returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            return f"killed by signal {-returncode}"
+        return f"killed by signal {-returncode} ({name})"
+    return f"exit status {returncode}"
+
+
+#: Exit statuses of a daemon that stopped as asked: 0 (``tessera stop``), 2
+#: (another daemon already serves), or a stop signal from the user or the system.
+_STOPPED = (0, 2, -2, -1, -15)  # SIGINT, SIGHUP, SIGTERM
+
+
+def ended_abnormally(returncode: Optional[int]) -> bool:
+    """Whether a daemon that exited with ``returncode`` crashed."""
+    return returncode is not None and returncode not in _STOPPED
 
 
 def candidates(env: Optional[Mapping[str, str]] = None) -> List[str]:
@@ -57,9 +95,11 @@ def find_tessera(configured: str = "", env: Optional[Mapping[str, str]] = None) 
     for place in candidates(env):
         if os.path.isfile(place) and os.access(place, os.X_OK):
             return place
+    looked = ", ".join(os.path.dirname(place) for place in candidates(env))
     raise LaunchError(
-        "The Tessera daemon is not running and the tessera program was not found on PATH. "
-        "Start it with `tessera serve`, or set its path in the docker's settings."
+        "The Tessera daemon is not running and the tessera program was not found on PATH "
+        f"(nor in {looked}). Install Tessera, or set the program's path in the docker's "
+        "Advanced section."
     )
 
 

@@ -1,8 +1,13 @@
 """The docker's contents: parameters, Upscale and Cancel, progress, the
 daemon's state and messages.
 
-A plain ``QWidget`` (the Krita ``DockWidget`` in :mod:`.docker` only wraps
-it), built from the parameter specs that the protocol takes today.
+A plain ``QWidget`` (the Krita ``DockWidget`` in :mod:`.extension` only wraps
+it), built from the parameter specs that the protocol takes today. Its shape
+fits a laptop screen beside Krita's own dockers: what a painter uses on every
+upscale — scale, creativity, resemblance, prompt, the buttons, the progress
+and the result line — is at the top, everything else in a folded *Advanced*
+section, and all of it in a scroll area, so that the docker asks Krita for no
+more height than the part down to the result line (see :meth:`Panel.minimum_height`).
 """
 
 import html
@@ -16,12 +21,14 @@ from .qt import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
     Qt,
@@ -34,6 +41,10 @@ from .settings import OUTPUTS, SOURCES
 from .upscaler import IDLE
 
 DEFAULT_MODEL_LABEL = "Daemon default"
+#: The most height the docker asks for, whatever the fonts.
+MAX_MINIMUM_HEIGHT = 400
+#: Lines of text the prompt boxes show.
+PROMPT_LINES = 3
 
 
 class Panel(QWidget):
@@ -45,72 +56,66 @@ class Panel(QWidget):
         self.inputs: Dict[str, QWidget] = {}
         self._model_combos: List[Any] = []
 
-        layout = QVBoxLayout(self)
+        self.scroll = QScrollArea()
+        self.scroll.setObjectName("tessera_scroll")
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
+        content = QWidget()
+        content.setObjectName("tessera_content")
+        self.scroll.setWidget(content)
+        layout = QVBoxLayout(content)
         layout.setContentsMargins(6, 6, 6, 6)
+        self._content_layout = layout
 
-        status_row = QHBoxLayout()
-        self.status_label = QLabel(texts.status_text(None, link.state))
-        self.status_label.setObjectName("tessera_status")
-        self.status_label.setWordWrap(True)
-        self.status_label.setToolTip("The Tessera daemon that runs the networks")
-        self.refresh_button = QToolButton()
-        self.refresh_button.setText("⟳")
-        self.refresh_button.setToolTip("Connect to the daemon now and refresh its list of models")
-        self.refresh_button.clicked.connect(link.reconnect_now)
-        status_row.addWidget(self.status_label, 1)
-        status_row.addWidget(self.refresh_button)
-        layout.addLayout(status_row)
+        # The part that always shows: the daemon, the main parameters, the
+        # buttons, and what happened.
+        self.top = QWidget()
+        top = QVBoxLayout(self.top)
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addLayout(self._build_status(link))
+        self.first_run_label = QLabel(texts.first_run_html())
+        self.first_run_label.setObjectName("tessera_first_run")
+        self.first_run_label.setWordWrap(True)
+        self.first_run_label.setTextFormat(Qt.TextFormat.RichText)
+        self.first_run_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.first_run_label.setVisible(False)
+        top.addWidget(self.first_run_label)
+        main_form = self._form()
+        advanced_form = self._form()
+        self._build_parameters(main_form, advanced_form)
+        top.addLayout(main_form)
+        top.addLayout(self._build_buttons(upscaler))
+        top.addLayout(self._build_feedback())
+        layout.addWidget(self.top)
 
-        form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self._build_parameters(form)
-        self.source_combo = self._choice_combo("tessera_source", SOURCES, settings.source)
-        self.source_combo.currentIndexChanged.connect(
-            lambda _: setattr(settings, "source", self.source_combo.currentData())
+        # Everything else, folded.
+        self.advanced_toggle = QToolButton()
+        self.advanced_toggle.setObjectName("tessera_advanced_toggle")
+        self.advanced_toggle.setText("Advanced")
+        self.advanced_toggle.setCheckable(True)
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_toggle.setAutoRaise(True)
+        self._tip(
+            self.advanced_toggle,
+            "Where the pixels come from and where the result goes, the other diffusion "
+            "parameters, the models, and how the daemon is started.",
         )
-        form.addRow(self._label("Source", self.source_combo), self.source_combo)
-        self.output_combo = self._choice_combo("tessera_output", OUTPUTS, settings.output)
-        self.output_combo.currentIndexChanged.connect(
-            lambda _: setattr(settings, "output", self.output_combo.currentData())
-        )
-        form.addRow(self._label("Result in", self.output_combo), self.output_combo)
-        layout.addLayout(form)
-
-        buttons = QHBoxLayout()
-        self.upscale_button = QPushButton("Upscale")
-        self.upscale_button.setObjectName("tessera_upscale_button")
-        self.upscale_button.setToolTip(
-            "Upscale the selection (its bounding box) or, without one, the whole layer"
-        )
-        self.upscale_button.clicked.connect(lambda: upscaler.upscale())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setObjectName("tessera_cancel_button")
-        self.cancel_button.setToolTip("Stop the upscale; the document is left as it was")
-        self.cancel_button.clicked.connect(upscaler.cancel)
-        buttons.addWidget(self.upscale_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setObjectName("tessera_progress")
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setTextVisible(False)
-        self.progress_bar.setMaximumHeight(8)
-        layout.addWidget(self.progress_bar)
-        self.stage_label = QLabel("")
-        self.stage_label.setObjectName("tessera_stage")
-        layout.addWidget(self.stage_label)
-
-        self.message_label = QLabel("")
-        self.message_label.setObjectName("tessera_message")
-        self.message_label.setWordWrap(True)
-        self.message_label.setTextFormat(Qt.TextFormat.RichText)
-        self.message_label.setOpenExternalLinks(True)
-        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
-        layout.addWidget(self.message_label)
-
-        self._build_daemon_settings(layout)
+        self.advanced_box = QWidget()
+        self.advanced_box.setObjectName("tessera_advanced")
+        box = QVBoxLayout(self.advanced_box)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addLayout(self._build_choices())
+        box.addLayout(advanced_form)
+        box.addLayout(self._build_daemon_settings())
+        self.advanced_box.setVisible(False)
+        self.advanced_toggle.toggled.connect(self._fold)
+        layout.addWidget(self.advanced_toggle)
+        layout.addWidget(self.advanced_box)
         layout.addStretch(1)
 
         link.stateChanged.connect(self._show_status)
@@ -123,8 +128,19 @@ class Panel(QWidget):
         self._fill_models(link.models)
         self._phase_changed(upscaler.phase)
         self._show_status()
+        self._update_minimum()
 
     # --- Building -----------------------------------------------------------------
+
+    @staticmethod
+    def _tip(widget: QWidget, text: str) -> None:
+        widget.setToolTip(texts.tooltip_html(text))
+
+    @staticmethod
+    def _form() -> QFormLayout:
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        return form
 
     def _label(self, text: str, widget: QWidget) -> QLabel:
         label = QLabel(text)
@@ -132,24 +148,99 @@ class Panel(QWidget):
         label.setBuddy(widget)
         return label
 
+    def _build_status(self, link: Any) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.status_label = QLabel(texts.status_text(None, link.state))
+        self.status_label.setObjectName("tessera_status")
+        self.status_label.setWordWrap(True)
+        self.refresh_button = QToolButton()
+        self.refresh_button.setObjectName("tessera_refresh")
+        self.refresh_button.setText("⟳")
+        self._tip(self.refresh_button, "Connect to the daemon now and refresh its list of models.")
+        self.refresh_button.clicked.connect(link.reconnect_now)
+        row.addWidget(self.status_label, 1)
+        row.addWidget(self.refresh_button)
+        return row
+
+    def _build_buttons(self, upscaler: Any) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.upscale_button = QPushButton("Upscale")
+        self.upscale_button.setObjectName("tessera_upscale_button")
+        self._tip(
+            self.upscale_button,
+            "Upscale the selection (its bounding box) or, without one, the whole layer.",
+        )
+        self.upscale_button.clicked.connect(lambda: upscaler.upscale())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("tessera_cancel_button")
+        self._tip(self.cancel_button, "Stop the upscale; the document is left as it was.")
+        self.cancel_button.clicked.connect(upscaler.cancel)
+        row.addWidget(self.upscale_button)
+        row.addWidget(self.cancel_button)
+        return row
+
+    def _build_feedback(self) -> QVBoxLayout:
+        column = QVBoxLayout()
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setObjectName("tessera_progress")
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setMaximumHeight(8)
+        column.addWidget(self.progress_bar)
+        self.stage_label = QLabel("")
+        self.stage_label.setObjectName("tessera_stage")
+        # Room for a line each, so that the space for progress and result is
+        # counted in the docker's minimum height before there is any.
+        line = self.stage_label.fontMetrics().lineSpacing()
+        self.stage_label.setMinimumHeight(line)
+        column.addWidget(self.stage_label)
+        self.message_label = QLabel("")
+        self.message_label.setObjectName("tessera_message")
+        self.message_label.setWordWrap(True)
+        self.message_label.setTextFormat(Qt.TextFormat.RichText)
+        self.message_label.setOpenExternalLinks(True)
+        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.message_label.setMinimumHeight(line)
+        column.addWidget(self.message_label)
+        return column
+
     def _choice_combo(self, name: str, choices: Any, current: str) -> QComboBox:
         combo = QComboBox()
         combo.setObjectName(name)
         for index, choice in enumerate(choices):
             combo.addItem(choice.label, choice.value)
-            combo.setItemData(index, choice.tooltip, Qt.ItemDataRole.ToolTipRole)
+            combo.setItemData(
+                index, texts.tooltip_html(choice.tooltip), Qt.ItemDataRole.ToolTipRole
+            )
         combo.setCurrentIndex(max(0, [c.value for c in choices].index(current)))
-        combo.setToolTip("\n".join(f"{c.label}: {c.tooltip}" for c in choices))
+        self._tip(combo, "\n".join(f"{c.label}: {c.tooltip}" for c in choices))
         return combo
 
-    def _build_parameters(self, form: QFormLayout) -> None:
+    def _build_choices(self) -> QFormLayout:
+        form = self._form()
+        settings = self.settings
+        self.source_combo = self._choice_combo("tessera_source", SOURCES, settings.source)
+        self.source_combo.currentIndexChanged.connect(
+            lambda _: setattr(settings, "source", self.source_combo.currentData())
+        )
+        form.addRow(self._label("Source", self.source_combo), self.source_combo)
+        self.output_combo = self._choice_combo("tessera_output", OUTPUTS, settings.output)
+        self.output_combo.currentIndexChanged.connect(
+            lambda _: setattr(settings, "output", self.output_combo.currentData())
+        )
+        form.addRow(self._label("Result in", self.output_combo), self.output_combo)
+        return form
+
+    def _build_parameters(self, main: QFormLayout, advanced: QFormLayout) -> None:
         values = self.settings.values()
         row: Optional[QHBoxLayout] = None
         row_group = ""
         for spec in self.settings.specs:
+            form = main if spec.key in params.MAIN_KEYS else advanced
             widget = self._parameter_widget(spec, values.get(spec.key, spec.default))
             widget.setObjectName("tessera_param_" + spec.key)
-            widget.setToolTip(spec.tooltip)
+            self._tip(widget, spec.tooltip)
             self.inputs[spec.key] = widget
             if spec.group and spec.group == row_group and row is not None:
                 row.addWidget(widget)
@@ -185,7 +276,12 @@ class Panel(QWidget):
         if spec.kind == params.TEXT:
             edit = QPlainTextEdit()
             edit.setPlainText(value or "")
-            edit.setMaximumHeight(edit.fontMetrics().lineSpacing() * 3 + 12)
+            edit.setTabChangesFocus(True)
+            margins = edit.contentsMargins()
+            lines = edit.fontMetrics().lineSpacing() * PROMPT_LINES
+            edit.setFixedHeight(
+                lines + 2 * int(edit.document().documentMargin()) + margins.top() + margins.bottom()
+            )
             edit.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
             edit.textChanged.connect(lambda key=key, e=edit: self._store(key, e.toPlainText()))
             return edit
@@ -199,43 +295,54 @@ class Panel(QWidget):
         )
         return combo
 
-    def _build_daemon_settings(self, layout: QVBoxLayout) -> None:
-        self.daemon_toggle = QToolButton()
-        self.daemon_toggle.setText("Daemon settings")
-        self.daemon_toggle.setCheckable(True)
-        self.daemon_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.daemon_toggle.setArrowType(Qt.ArrowType.RightArrow)
-        self.daemon_box = QWidget()
-        box_layout = QFormLayout(self.daemon_box)
-        box_layout.setContentsMargins(0, 0, 0, 0)
+    def _build_daemon_settings(self) -> QFormLayout:
+        form = self._form()
         self.program_edit = QLineEdit(self.settings.tessera_path)
         self.program_edit.setObjectName("tessera_program")
         self.program_edit.setPlaceholderText("tessera on PATH")
-        self.program_edit.setToolTip(
-            "The tessera program to start when no daemon is running; empty: look for "
-            "tessera on PATH"
+        self._tip(
+            self.program_edit,
+            "The tessera program to start when no daemon is running; empty: look for tessera "
+            "on PATH and in the usual install folders.",
         )
         self.program_edit.editingFinished.connect(
             lambda: setattr(self.settings, "tessera_path", self.program_edit.text())
         )
-        box_layout.addRow(self._label("Program", self.program_edit), self.program_edit)
-        self.auto_start_box = QCheckBox("Start the daemon when needed")
+        form.addRow(self._label("Program", self.program_edit), self.program_edit)
+        self.auto_start_box = QCheckBox(texts.AUTO_START_LABEL)
+        self.auto_start_box.setObjectName("tessera_auto_start")
+        self._tip(
+            self.auto_start_box,
+            "When no daemon answers and you upscale, start `tessera serve` in the "
+            "background; it keeps running after Krita closes.",
+        )
         self.auto_start_box.setChecked(self.settings.auto_start)
         self.auto_start_box.toggled.connect(
             lambda on: setattr(self.settings, "auto_start", bool(on))
         )
-        box_layout.addRow(self.auto_start_box)
-        self.daemon_box.setVisible(False)
+        form.addRow(self.auto_start_box)
+        return form
 
-        def toggle(on: bool) -> None:
-            self.daemon_box.setVisible(on)
-            self.daemon_toggle.setArrowType(
-                Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow
-            )
+    # --- Size -----------------------------------------------------------------------
 
-        self.daemon_toggle.toggled.connect(toggle)
-        layout.addWidget(self.daemon_toggle)
-        layout.addWidget(self.daemon_box)
+    def minimum_height(self) -> int:
+        """The height the docker needs to show its top part (the daemon line,
+        the main parameters, the buttons, the progress and the result line)
+        without scrolling, at most :data:`MAX_MINIMUM_HEIGHT`."""
+        margins = self._content_layout.contentsMargins()
+        needed = self.top.sizeHint().height() + margins.top() + margins.bottom()
+        return min(needed, MAX_MINIMUM_HEIGHT)
+
+    def _update_minimum(self) -> None:
+        self.scroll.setMinimumHeight(self.minimum_height())
+
+    def _fold(self, unfolded: bool) -> None:
+        self.advanced_box.setVisible(unfolded)
+        self.advanced_toggle.setArrowType(
+            Qt.ArrowType.DownArrow if unfolded else Qt.ArrowType.RightArrow
+        )
+        if unfolded:
+            self.scroll.ensureWidgetVisible(self.advanced_toggle)
 
     # --- Reacting -----------------------------------------------------------------
 
@@ -263,14 +370,20 @@ class Panel(QWidget):
             kind = combo.property("tessera_kind")
             names = sorted({m.name for m in models or [] if int(m.kind) == kind})
             self._set_model_items(combo, names, values.get(combo.property("tessera_key")))
+        first_run = self.link.models_known and not models
+        if first_run != self.first_run_label.isVisibleTo(self):
+            self.first_run_label.setVisible(first_run)
+            self._update_minimum()
 
     def _show_status(self, *_args: Any) -> None:
-        self.status_label.setText(texts.status_text(self.link.status, self.link.state))
+        self.status_label.setText(
+            texts.status_text(self.link.status, self.link.state, self.link.refused)
+        )
         agent = self.link.daemon_agent if self.link.state == CONNECTED else None
-        tip = f"Socket: {self.link.address}"
+        tip = f"The Tessera daemon that runs the networks.\nSocket: {self.link.address}"
         if agent:
             tip = f"{agent}\n{tip}"
-        self.status_label.setToolTip(tip)
+        self.status_label.setToolTip(texts.tooltip_html(tip))
 
     def _phase_changed(self, phase: str) -> None:
         busy = phase != IDLE
@@ -301,3 +414,5 @@ class Panel(QWidget):
                 f'<a href="{link}">Open the log folder</a>'
             )
         self.message_label.setText(body)
+        if text:
+            self.scroll.ensureWidgetVisible(self.message_label)

@@ -181,6 +181,10 @@ SPECS: Tuple[Spec, ...] = (
 
 SPECS_BY_KEY: Dict[str, Spec] = {spec.key: spec for spec in SPECS}
 
+#: The parameters the docker always shows, above the Upscale button; the others
+#: are in its folded Advanced section.
+MAIN_KEYS: Tuple[str, ...] = ("scale", "creativity", "resemblance", "prompt")
+
 
 def wire_fields(params_type: type = JobParams) -> List[str]:
     """The field names of the protocol's ``JobParams``."""

@@ -46,6 +46,7 @@ TesseraError = tessera_client.TesseraError
 Transfer = tessera_client.Transfer
 CONNECTION_ERRORS = tessera_client.CONNECTION_ERRORS
 data_dir = tessera_client.data_dir
+list_installed = tessera_client.list_installed
 decode = tessera_client.decode
 encode_parts = tessera_client.encode_parts
 error_kind_name = tessera_client.error_kind_name

@@ -3,9 +3,17 @@
 No Qt and no Krita here.
 """
 
-from typing import Any, Optional
+import html
+from typing import Optional
 
+from .launcher import AutoStartOff, DaemonCrashed
 from .proto import ConnectionClosed, DaemonNotRunning, ErrorKind, Progress, Status, TesseraError
+
+#: The check box that lets the plug-in start the daemon (named in messages).
+AUTO_START_LABEL = "Start the daemon when needed"
+
+#: The one command that installs the default models.
+INSTALL_COMMAND = "tessera-install"
 
 #: A headline per error kind; the daemon's own sentence follows it.
 _HEADLINES = {
@@ -48,15 +56,22 @@ def error_text(error: BaseException) -> str:
             return error_text_cancelled()
         detail = _sentence(error.message)
         return headline + (" " + detail if detail else "")
-    if isinstance(error, DaemonNotRunning):
+    if isinstance(error, AutoStartOff):
         return (
-            "The Tessera daemon is not running. Start it with `tessera serve`, or set the "
-            "path to the tessera program in the settings so the plug-in can start it."
+            f"The Tessera daemon is not running, and \u201c{AUTO_START_LABEL}\u201d is off "
+            "(Advanced). Tick it, or start the daemon yourself with `tessera serve`."
+        )
+    if isinstance(error, DaemonNotRunning):
+        return "The Tessera daemon is not running. Start it with `tessera serve`."
+    if isinstance(error, DaemonCrashed):
+        return (
+            f"The Tessera daemon crashed ({error.how}) before the job finished; the document "
+            "was left as it was. Its log is in the log folder."
         )
     if isinstance(error, ConnectionClosed):
         return (
-            "The connection to the Tessera daemon was lost (it stopped or crashed) "
-            "before the job finished; the document was left as it was."
+            "The connection to the Tessera daemon was lost before the job finished (the "
+            "daemon crashed or was killed); the document was left as it was."
         )
     return _sentence(str(error)) or type(error).__name__
 
@@ -87,14 +102,33 @@ def percent(fraction: float) -> int:
     return max(0, min(1000, int(round(fraction * 1000))))
 
 
-def status_text(status: Optional[Status], state: str, error: Optional[Any] = None) -> str:
-    """The daemon line of the docker: connected or not, busy, queue, device."""
+def status_text(status: Optional[Status], state: str, refused: bool = False) -> str:
+    """The daemon line of the docker: connected or not, busy, queue, device.
+    ``refused``: the last attempt found no daemon, so a new attempt in the
+    background still reads "not running" (it is answered in milliseconds)."""
     if state != "connected" or status is None:
         if state == "starting":
             return "Starting the Tessera daemon…"
-        if state == "connecting":
+        if state == "connecting" and not refused:
             return "Connecting to the Tessera daemon…"
+        if state == "connected":
+            return "Connected"
         return "Daemon not running"
     busy = f"busy ({status.running_fraction * 100:.0f}%)" if status.running else "idle"
     queued = f"{status.queued} queued"
     return "Connected · {} · {} · {}".format(busy, queued, status.device or "unknown device")
+
+
+def tooltip_html(text: str) -> str:
+    """``text`` as a tooltip that Qt wraps: rich text (Qt shows plain text
+    on one line, however long), each line of ``text`` a line of its own."""
+    lines = [html.escape(line) for line in text.split("\n")]
+    return "<qt>" + "<br>".join(lines) + "</qt>"
+
+
+def first_run_html() -> str:
+    """The hint shown while the data directory has no models at all."""
+    return (
+        "<b>No models are installed yet.</b> Install the default ones (about 4 GB) "
+        f"with the command <code>{INSTALL_COMMAND}</code>, then press ⟳."
+    )

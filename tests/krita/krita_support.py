@@ -104,11 +104,17 @@ class KritaHome:
     def kritarc(self) -> Path:
         return self.config / "kritarc"
 
-    def write_kritarc(self, extra_plugins: Dict[str, bool]) -> None:
+    def write_kritarc(
+        self, extra_plugins: Dict[str, bool], tessera: Optional[Dict[str, str]] = None
+    ) -> None:
+        """A fresh ``kritarc``: the plug-ins enabled, the ``[tessera]`` settings
+        given, and nothing else, so Krita starts with its default workspace."""
         plugins = {"tessera_krita": True, **extra_plugins}
         lines = ["[python]"] + [
             f"enable_{k}={'true' if v else 'false'}" for k, v in plugins.items()
         ]
+        if tessera:
+            lines += ["", "[tessera]"] + [f"{k}={v}" for k, v in tessera.items()]
         self.kritarc.write_text("\n".join(lines) + "\n")
 
     def env(self, **extra: str) -> Dict[str, str]:
@@ -154,9 +160,11 @@ def start_krita(
     if gui:
         require("xvfb-run (Debian package xvfb)", shutil.which("xvfb-run") is not None)
         require("krita", shutil.which("krita") is not None)
+        screen = spec.get("screen", [1280, 1024])
         command = [
             "timeout", "-k", "10", str(KRITA_TIMEOUT),
-            "xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash",
+            "xvfb-run", "-a", "-s", f"-screen 0 {screen[0]}x{screen[1]}x24",
+            "krita", "--nosplash",
         ]  # fmt: skip
     else:
         env["QT_QPA_PLATFORM"] = "offscreen"
@@ -349,12 +357,13 @@ def fake_daemon():
 GUI_DRIVER = Path(__file__).resolve().parent / "gui_driver"
 
 
-def install_gui_driver(home: KritaHome) -> None:
-    """Adds the test-only driver plug-in to the profile and enables it."""
+def install_gui_driver(home: KritaHome, tessera: Optional[Dict[str, str]] = None) -> None:
+    """Adds the test-only driver plug-in to the profile and enables it, with
+    the plug-in's ``[tessera]`` settings given (a fresh ``kritarc`` otherwise)."""
     pykrita = home.resources / "pykrita"
     shutil.copy(GUI_DRIVER / "tessera_selftest.desktop", pykrita)
     target = pykrita / "tessera_selftest"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(GUI_DRIVER / "tessera_selftest", target)
-    home.write_kritarc({"tessera_selftest": True})
+    home.write_kritarc({"tessera_selftest": True}, tessera)

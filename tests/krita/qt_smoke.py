@@ -169,6 +169,29 @@ def main() -> int:
     out["models"] = [
         panel.inputs["upscaler"].itemText(i) for i in range(panel.inputs["upscaler"].count())
     ]
+    # The shape: main parameters above the buttons, the rest folded away, all
+    # in a scroll area that asks for no more than the top part's height.
+    advanced = panel.advanced_box
+    out["layout"] = {
+        "main": sorted(k for k, w in panel.inputs.items() if not advanced.isAncestorOf(w)),
+        "advanced": sorted(k for k, w in panel.inputs.items() if advanced.isAncestorOf(w)),
+        "choices_advanced": advanced.isAncestorOf(panel.output_combo)
+        and advanced.isAncestorOf(panel.source_combo)
+        and advanced.isAncestorOf(panel.auto_start_box),
+        "folded": not advanced.isVisible(),
+        "in_scroll_area": panel.scroll.widget().isAncestorOf(panel.upscale_button),
+        "minimum": panel.minimumSizeHint().height(),
+        "top_height": panel.top.sizeHint().height(),
+        "first_run_hint": panel.first_run_label.isVisible(),
+        "rich_tooltips": all(
+            qt.Qt.mightBeRichText(w.toolTip())
+            for w in panel.findChildren(qt.QWidget)
+            if w.toolTip()
+        ),
+    }
+    panel.advanced_toggle.click()
+    out["layout"]["unfolded"] = advanced.isVisible()
+    panel.advanced_toggle.click()
     outcomes, values = [], []
     upscaler.finished.connect(outcomes.append)
     panel.progress_bar.valueChanged.connect(values.append)

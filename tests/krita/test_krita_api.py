@@ -4,6 +4,7 @@ with the tiny test model, and come back as a new layer of the right size at
 the right place, with the pixels the ``tessera upscale`` CLI gives for the
 same input — for 8-bit, 16-bit and float documents."""
 
+import shutil
 import struct
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from krita_support import (
 )
 
 from tessera_client import Image, JobParams, Transfer
-from tessera_krita import pixels
+from tessera_krita import pixels, texts
 
 SRGB = "sRGB-elle-V2-srgbtrc.icc"
 LINEAR = "sRGB-elle-V2-g10.icc"  # Krita's default for 16-bit and float documents
@@ -248,3 +249,55 @@ def test_the_reference_helper_turns_kritas_integer_bgra_into_rgba():
     assert to_rgba("U16", struct.pack("<4H", 1, 2, 3, 4)) == struct.pack("<4H", 3, 2, 1, 4)
     assert to_rgba("U8", bytes([1, 2, 3, 4])) == bytes([3, 2, 1, 4])
     assert to_rgba("F32", b"x" * 16) == b"x" * 16
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["no-socket", "stale-socket"])
+def test_no_daemon_is_known_at_once_and_the_setting_that_stops_it_is_named(
+    krita_home, tmp_path, stale
+):
+    root = short_temp_dir("tn")
+    case = dict(name="refusal", kind="refusal", auto_start=False, stale=stale,
+                values=dict(TINY, scale=2))  # fmt: skip
+    env = {"TESSERA_DATA_DIR": str(root), "TESSERA_SOCKET": str(root / "tessera.sock")}
+    try:
+        run = run_krita(krita_home, "krita_api", {"out_dir": str(tmp_path), "cases": [case]}, env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    entry = run.report["cases"]["refusal"]
+    # Refused inside connectToServer(): known before the event loop turns.
+    assert entry["state_after_start"] == "disconnected" and entry["refused"]
+    # The models folder stands in for the daemon's list (empty here).
+    assert entry["models_known"] and entry["models_source"] == "folder"
+    assert entry["failed_at_once"]
+    assert not entry["ok"] and not entry["cancelled"]
+    assert texts.AUTO_START_LABEL in entry["message"], entry["message"]
+    assert "connecting" not in entry["states"][1:], entry["states"]
+
+
+def test_daemons_the_plugin_starts_are_reaped_and_a_crash_is_called_one(krita_home, tmp_path):
+    require_daemon()
+    root = short_temp_dir("tz")
+    daemon = Daemon(root, DAEMON_CONFIG)  # prepared, not started: the plug-in starts it
+    case = dict(
+        name="life", kind="daemon-life", values=dict(TINY, scale=2),
+        big_values=dict(TINY, scale=4), tessera_path=str(tessera_bin()),
+    )  # fmt: skip
+    try:
+        run = run_krita(krita_home, "krita_api", {"out_dir": str(tmp_path), "cases": [case]},
+                        daemon.env)  # fmt: skip
+    finally:
+        daemon.shutdown_any()
+        shutil.rmtree(root, ignore_errors=True)
+    entry = run.report["cases"]["life"]
+    assert entry["first"]["ok"], entry["first"]["message"]
+    assert entry["first_pid"], "the plug-in did not start the daemon"
+    # Stopped cleanly: gone from the process table while Krita still runs.
+    assert entry["reaped_after_stop"], entry["stopped_state"]
+    assert entry["exit_after_stop"] == 0
+    # Killed mid-job: the job fails as a crash, the document is untouched.
+    assert entry["killed_pid"] and entry["killed_pid"] != entry["first_pid"]
+    second = entry["second"]
+    assert not second["ok"] and not second["cancelled"]
+    assert "daemon crashed (killed by signal 9 (SIGKILL))" in second["message"], second
+    assert entry["untouched"]
+    assert entry["reaped_after_kill"] and entry["exit_after_kill"] == -9

@@ -23,6 +23,8 @@ def gui(krita_home, daemon, tmp_path_factory):
         "selection": SELECTION,
         "model": "tiny-x4",
         "scale": 4,
+        # Not a multiple of 72: Krita's own scaleImage would make it 288.
+        "resolution": 300.0,
     }
     run = run_krita(krita_home, None, spec, daemon.env, gui=True)
     print(f"krita under xvfb-run: {run.seconds:.1f} s")
@@ -64,6 +66,7 @@ def test_an_in_place_result_arrives_and_undoes_one_step_per_change(gui):
     assert in_place["final_value"] == 1000
     before, after = in_place["before"], in_place["after"]
     assert after["size"] == [896, 704]
+    assert before["resolution"] == after["resolution"] == [300.0, 300.0]
     names = [layer[0] for layer in after["layers"]]
     new = "Layer 1 ×4 (768×640) [Tessera]"
     assert names.index(new) == names.index("Layer 1") + 1

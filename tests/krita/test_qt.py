@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from krita_support import require
 
+from tessera_krita.params import SPECS
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -41,6 +43,17 @@ def check(out, qt):
     assert out["connected"], out
     assert out["status"] == "Connected · idle · 0 queued · fake"
     assert out["models"] == ["Daemon default", "fake-x2"]
+    layout = out["layout"]
+    assert layout["main"] == ["creativity", "prompt", "resemblance", "scale"]
+    assert layout["advanced"] == sorted(
+        spec.key for spec in SPECS if spec.key not in layout["main"]
+    )
+    assert layout["choices_advanced"] and layout["folded"] and layout["unfolded"]
+    assert layout["in_scroll_area"]
+    # The bound: the docker never asks for more than 400 px.
+    assert layout["top_height"] <= layout["minimum"] <= 400, layout
+    assert not layout["first_run_hint"]  # the daemon has a model
+    assert layout["rich_tooltips"]
     assert out["upscale"]["ok"], out["upscale"]["message"]
     assert out["upscale"]["changes"] == ["scale 16x8", "add Layer 1 ×2 (16×8) [Tessera]"]
     assert out["layers"] == [

@@ -172,6 +172,86 @@ def reconnect_case(case, out_dir, entry):
     link.close()
 
 
+def refusal_case(case, out_dir, entry):
+    """No daemon: the link knows it on the spot, for a missing socket and for a
+    stale one (a file nobody listens on); an upscale with starting the daemon
+    turned off fails at once, naming that setting."""
+    import socket as sockets
+
+    from tessera_krita.proto import socket_address
+
+    harness = Harness(case)
+    link = harness.link
+    address = socket_address().name
+    if case.get("stale"):
+        stale = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+        stale.bind(address)
+        stale.close()  # the file stays, nothing listens
+    link.start()
+    entry["state_after_start"] = link.state
+    entry["refused"] = link.refused
+    entry["models_known"] = link.models_known
+    entry["models_source"] = link.models_source
+    doc, node = kritatest.make_document(16, 16, "U8", "")
+    harness.outcomes.clear()
+    harness.upscaler.upscale(doc, node, "layer", "in-place", case.get("values"))
+    entry["failed_at_once"] = bool(harness.outcomes)
+    kritatest.wait_until(lambda: harness.outcomes, 10)
+    entry.update(outcome_report(harness.outcomes[0] if harness.outcomes else None))
+    entry["states"] = list(harness.states)
+    link.close()
+
+
+def process_state(pid):
+    """The process's state letter from /proc ("Z" for a zombie), or None
+    when there is no such process (it was reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def daemon_life_case(case, out_dir, entry):
+    """The plug-in starts the daemon; the daemon is stopped, and must not
+    linger as a zombie of Krita; started again and killed mid-job, the job
+    fails as a crash, and that process is reaped too."""
+    from tessera_krita.proto import tessera_client
+
+    harness = Harness(case)
+    link = harness.link
+    doc, node = kritatest.make_document(24, 16, "U8", "")
+    first = harness.run(doc, node, dict(case, output="in-place"))
+    entry["first"] = outcome_report(first)
+    pid = link._serving.pid if link._serving is not None else None
+    entry["first_pid"] = pid
+    with tessera_client.Client(link.address, agent="krita test") as client:
+        client.shutdown()
+    entry["stopped_state"] = process_state(pid)
+    entry["reaped_after_stop"] = kritatest.wait_until(lambda: process_state(pid) is None, 15)
+    entry["exit_after_stop"] = link.exited.get(pid)
+
+    big, big_node = kritatest.make_document(256, 256, "U8", "")
+    killed = []
+
+    def kill_on_progress(fraction, text):
+        serving = link._serving
+        if fraction > 0 and serving is not None and not killed:
+            killed.append(serving.pid)
+            os.kill(serving.pid, 9)
+
+    harness.upscaler.progressed.connect(kill_on_progress)
+    second = harness.run(big, big_node, dict(case, output="in-place", values=case["big_values"]))
+    entry["second"] = outcome_report(second)
+    entry["killed_pid"] = killed[0] if killed else None
+    entry["reaped_after_kill"] = bool(killed) and kritatest.wait_until(
+        lambda: process_state(killed[0]) is None, 15
+    )
+    entry["exit_after_kill"] = link.exited.get(killed[0]) if killed else None
+    entry["untouched"] = big.width() == 256
+    link.close()
+
+
 def main(*args):
     spec = kritatest.spec()
     out_dir = spec["out_dir"]
@@ -185,6 +265,10 @@ def main(*args):
             kind = case.get("kind", "upscale")
             if kind == "reconnect":
                 reconnect_case(case, out_dir, entry)
+            elif kind == "refusal":
+                refusal_case(case, out_dir, entry)
+            elif kind == "daemon-life":
+                daemon_life_case(case, out_dir, entry)
             else:
                 upscale_case(case, out_dir, entry)
 

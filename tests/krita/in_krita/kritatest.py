@@ -78,12 +78,14 @@ def pattern(width, height, depth, seed=0):
     return bytes(out)
 
 
-def make_document(width, height, depth, profile, layers=1, name="test", model="RGBA"):
+def make_document(
+    width, height, depth, profile, layers=1, name="test", model="RGBA", resolution=72.0
+):
     """A document with ``layers`` paint layers of test pixels above its
     background; returns (document, top layer). Other colour models than RGBA
     get their layers converted from RGBA test pixels."""
     app = Krita.instance()
-    doc = app.createDocument(width, height, name, "RGBA", depth, profile, 72.0)
+    doc = app.createDocument(width, height, name, "RGBA", depth, profile, resolution)
     root = doc.rootNode()
     node = None
     for index in range(layers):

@@ -50,6 +50,7 @@ def snapshot(doc):
     merged = bytes(doc.pixelData(0, 0, doc.width(), doc.height()))
     return {
         "size": [doc.width(), doc.height()],
+        "resolution": [doc.xRes(), doc.yRes()],
         "layers": layers,
         "merged": hashlib.sha256(merged).hexdigest(),
     }
@@ -105,6 +106,9 @@ def run():
     watchdog(spec.get("watchdog", 240))
     app = Krita.instance()
     report = {"error": None, "started": time.time()}
+    if spec.get("scenario") == "layout":
+        QTimer.singleShot(1000, lambda: run_layout(app, spec, report))
+        return
     ctx = {"spec": spec, "report": report, "tries": 0}
     try:
         setup(app, spec, report, ctx)
@@ -112,6 +116,18 @@ def run():
         finish(app, spec, report, traceback.format_exc())
         return
     QTimer.singleShot(1000, lambda: settle(app, ctx))
+
+
+def run_layout(app, spec, report):
+    from . import layout
+
+    try:
+        report["krita"] = app.version()
+        layout.run(app, spec, report, app.activeWindow())
+        error = None
+    except BaseException:
+        error = traceback.format_exc()
+    finish(app, spec, report, error)
 
 
 def setup(app, spec, report, ctx):
@@ -136,8 +152,9 @@ def setup(app, spec, report, ctx):
     )
     report["outcomes"] = outcomes
     doc, layer = kritatest.make_document(
-        spec["width"], spec["height"], "U8", "sRGB-elle-V2-srgbtrc.icc", name="gui"
-    )
+        spec["width"], spec["height"], "U8", "sRGB-elle-V2-srgbtrc.icc", name="gui",
+        resolution=spec.get("resolution", 72.0),
+    )  # fmt: skip
     window.addView(doc)
     app.setActiveDocument(doc)
     doc.setActiveNode(layer)
