@@ -3,7 +3,9 @@
 
 Sends the selected part of the active layer (or all of it) to the Tessera
 daemon, shows its progress, and puts the upscaled pixels in a new layer above
-the source at the selection's position (one undo step), or in a new image.
+the source at the selection's position — with the image scaled by the same
+factor first when the result would not fit, or when asked — as one undo
+step, or in a new image.
 
 GIMP runs this file as its own process: it must sit in a folder of the same
 name inside a ``plug-ins`` folder, be executable, and have ``tessera_gimp.py``
@@ -31,7 +33,7 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
 import tessera_gimp as core  # noqa: E402
-from tessera_client import Image, ModelKind  # noqa: E402
+from tessera_client import Image, data_dir  # noqa: E402
 
 # --- Test hooks ---------------------------------------------------------------
 # Only read when the variables are set (by tests/gimp/): a log of what the
@@ -174,12 +176,24 @@ def run(procedure, run_mode, image, drawables, config, data):
 #: Ids of the dialog's Advanced section (an expander around a box).
 ADVANCED = "advanced"
 ADVANCED_BOX = "advanced-box"
+#: Id of the line under the model fields.
+MODELS_HINT = "models-hint"
+#: Lines of text a prompt field shows before it grows.
+PROMPT_LINES = 3
+
+
+def _box_id(name):
+    """The dialog id of a multi-line argument's box (its label over its text)."""
+    return name + "-box"
 
 
 def _dialog(procedure, config):
     """Shows the procedure's dialog (GIMP fills it with the last values used);
     True when the user pressed OK. The main arguments are at the top
-    (``core.DIALOG_MAIN``), the others in a folded Advanced section."""
+    (``core.DIALOG_MAIN``), the others in a folded Advanced section; the
+    prompts are several lines of wrapped text, and the model fields list the
+    installed models (the daemon's list, or the models folder when it is not
+    running), with a first-run hint when there are none."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     from gi.repository import GimpUi, Gtk
@@ -190,8 +204,13 @@ def _dialog(procedure, config):
         if argument.kind == "string" and config.get_property(argument.name) is None:
             config.set_property(argument.name, "")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Tessera Upscale")
-    hint = _installed_upscalers_hint()
-    dialog.get_label("installed-upscalers", hint, False, False)
+    models, source = core.installed_models()
+    folder = os.path.join(data_dir().path, "models")
+    hint = core.models_hint(models, source, folder)
+    hint_label = dialog.get_label(MODELS_HINT, hint, False, False)
+    hint_label.set_line_wrap(True)
+    hint_label.set_max_width_chars(60)
+    hint_label.set_xalign(0.0)
     # Sliders for the main values; numbers to type for the rest (the seed has
     # two billion), the tile sides stepping by 8 as the daemon wants them.
     for name in ("scale", "creativity", "resemblance"):
@@ -199,12 +218,24 @@ def _dialog(procedure, config):
     dialog.get_widget("seed", GimpUi.LabelSpin.__gtype__)
     for name in ("tile-width", "tile-height"):
         dialog.get_widget(name, GimpUi.LabelSpin.__gtype__).set_increments(8, 32)
-    main = list(core.DIALOG_MAIN)
-    main.insert(main.index("upscaler") + 1, "installed-upscalers")
-    dialog.fill_box(ADVANCED_BOX, list(core.DIALOG_ADVANCED))
+    for name in core.MULTI_LINE:
+        _multi_line(dialog, name, Gtk)
+
+    def placed(names):
+        return [_box_id(n) if n in core.MULTI_LINE else n for n in names]
+
+    main = placed(core.DIALOG_MAIN)
+    main.insert(main.index("upscaler") + 1, MODELS_HINT)
+    dialog.fill_box(ADVANCED_BOX, placed(core.DIALOG_ADVANCED))
     dialog.get_label("advanced-title", "Advanced", False, False)
     dialog.fill_expander(ADVANCED, "advanced-title", False, ADVANCED_BOX)
     dialog.fill(main + [ADVANCED])
+    for name in core.MULTI_LINE:
+        _frame(dialog.get_widget(name, GObject.TYPE_NONE), Gtk)
+    combos = {
+        name: _offer_models(dialog, config, name, core.model_names(models, kind), Gtk)
+        for name, kind in core.MODEL_ARGUMENTS.items()
+    }
     upscaler_only = Gimp.ValueArray.new_from_values(
         [GObject.Value(GObject.TYPE_STRING, "upscaler")]
     )
@@ -212,29 +243,80 @@ def _dialog(procedure, config):
         dialog.set_sensitive_if_in(name, None, "preset", upscaler_only, False)
     answer = os.environ.get(TEST_DIALOG_ENV)
     if answer:
-        _test_log("dialog-hint", text=hint)
-        _answer_dialog_for_test(dialog, config, json.loads(answer), Gtk)
+        _test_log("dialog-hint", text=hint, source=source)
+        _answer_dialog_for_test(dialog, config, json.loads(answer), combos, Gtk)
     confirmed = dialog.run()
     dialog.destroy()
     _test_log("dialog-closed", confirmed=bool(confirmed))
     return confirmed
 
 
-def _installed_upscalers_hint():
-    """A line under the model field: the daemon's upscalers if it runs."""
-    try:
-        with core.connect(connect_timeout=3.0, reply_timeout=5.0) as client:
-            names = [m.name for m in client.list_models() if m.kind == ModelKind.UPSCALER]
-    except Exception:
-        return "Tessera is not running; it starts when you press OK."
-    if not names:
-        return "No upscaler is installed in Tessera's models/upscalers/ folder."
-    return "Installed: " + ", ".join(names)
+def _multi_line(dialog, name, Gtk):
+    """A wrapped text box for ``name`` under a label of its own, with the
+    argument's mnemonic: GIMP's text view for a string has no label."""
+    nick = next(a.nick for a in core.ARGUMENTS if a.name == name)
+    view = dialog.get_widget(name, Gtk.TextView.__gtype__)
+    view.set_wrap_mode(Gtk.WrapMode.WORD_CHAR)
+    view.set_accepts_tab(False)
+    lines = view.create_pango_layout("X").get_pixel_size()[1] * PROMPT_LINES
+    view.set_size_request(-1, lines + view.get_top_margin() + view.get_bottom_margin())
+    label = dialog.get_label(name + "-label", nick, False, True)
+    label.set_xalign(0.0)
+    label.set_mnemonic_widget(view)
+    view.bind_property("sensitive", label, "sensitive", GObject.BindingFlags.SYNC_CREATE)
+    dialog.fill_box(_box_id(name), [name + "-label", name])
 
 
-def _answer_dialog_for_test(dialog, config, answer, Gtk):
-    """Test hook: once the dialog is shown, log the values it shows, set
-    ``answer["set"]`` as a user would, and press OK (or Cancel)."""
+def _frame(view, Gtk):
+    """Puts a text view in a sunken frame where it is, so it reads as a field."""
+    parent = view.get_parent()
+    position = parent.child_get_property(view, "position")
+    parent.remove(view)
+    frame = Gtk.Frame()
+    frame.set_shadow_type(Gtk.ShadowType.IN)
+    frame.add(view)
+    parent.pack_start(frame, False, True, 0)
+    parent.reorder_child(frame, position)
+    frame.show_all()
+
+
+def _offer_models(dialog, config, name, names, Gtk):
+    """Gives the model argument ``name`` a combo box listing ``names`` (the
+    installed models of its kind) in which a name can still be typed, bound
+    to the argument. GIMP's own entry for it stays, hidden, in its labelled
+    row; the combo takes its place beside the label."""
+    labeled = dialog.get_widget(name, GObject.TYPE_NONE)
+    entry = labeled.get_entry()
+    combo = Gtk.ComboBoxText.new_with_entry()
+    for model in names:
+        combo.append_text(model)
+    text = combo.get_child()
+    text.set_placeholder_text("Tessera's default")
+    text.set_tooltip_text(entry.get_tooltip_text() or labeled.get_tooltip_text())
+    config.bind_property(
+        name,
+        text,
+        "text",
+        GObject.BindingFlags.BIDIRECTIONAL | GObject.BindingFlags.SYNC_CREATE,
+    )
+    combo.set_hexpand(True)
+    entry.set_no_show_all(True)
+    entry.hide()
+    left = labeled.child_get_property(entry, "left-attach")
+    top = labeled.child_get_property(entry, "top-attach")
+    labeled.attach(combo, left + 1, top, 1, 1)
+    labeled.get_label().set_mnemonic_widget(text)
+    combo.show_all()
+    return combo
+
+
+def _answer_dialog_for_test(dialog, config, answer, combos, Gtk):
+    """Test hook: once the dialog is shown, log the values it shows (and the
+    model lists, the prompt fields, every mnemonic with the Advanced section
+    unfolded), set ``answer["set"]`` as a script would, type ``answer["type"]``
+    into text fields and pick ``answer["choose"]`` in model lists as a user
+    would, and press OK (or Cancel)."""
+    from gi.repository import Gdk
 
     def widget(name):
         return dialog.get_widget(name, GObject.TYPE_NONE)
@@ -242,21 +324,75 @@ def _answer_dialog_for_test(dialog, config, answer, Gtk):
     def sensitive():
         return {a.name: bool(widget(a.name).get_sensitive()) for a in core.ARGUMENTS}
 
+    def mnemonics():
+        found = []
+
+        def walk(item):
+            if isinstance(item, Gtk.Label):
+                key = item.get_mnemonic_keyval()
+                if key != Gdk.KEY_VoidSymbol and item.get_mapped():
+                    found.append([Gdk.keyval_name(key).lower(), item.get_text()])
+            if isinstance(item, Gtk.Container):
+                item.forall(walk)
+
+        walk(dialog)
+        return found
+
+    def text_of(view):
+        buffer = view.get_buffer()
+        return buffer.get_text(buffer.get_start_iter(), buffer.get_end_iter(), True)
+
     def respond():
         shown = {argument.name: config.get_property(argument.name) for argument in core.ARGUMENTS}
         advanced = widget(ADVANCED)
+        folded = bool(advanced.get_expanded())
+        advanced.set_expanded(True)
+        while Gtk.events_pending():
+            Gtk.main_iteration()
+        prompts = {
+            name: {
+                "widget": type(widget(name)).__name__,
+                "text": text_of(widget(name)),
+                "wraps": widget(name).get_wrap_mode() != Gtk.WrapMode.NONE,
+                "height": widget(name).get_allocated_height(),
+                "label": dialog.get_widget(name + "-label", GObject.TYPE_NONE).get_text(),
+            }
+            for name in core.MULTI_LINE
+        }
+        lists = {
+            name: {
+                "items": [row[0] for row in combo.get_model()],
+                "text": combo.get_child().get_text(),
+                "shown": bool(combo.get_mapped()),
+            }
+            for name, combo in combos.items()
+        }
         _test_log(
             "dialog-shown",
             values=shown,
             visible=bool(dialog.get_visible()),
             advanced=[a.name for a in core.ARGUMENTS if widget(a.name).is_ancestor(advanced)],
-            advanced_expanded=bool(advanced.get_expanded()),
+            advanced_expanded=folded,
             tile_step=widget("tile-width").get_spin_button().get_increments()[0],
             sensitive=sensitive(),
+            mnemonics=mnemonics(),
+            prompts=prompts,
+            models=lists,
         )
         for name, value in answer.get("set", {}).items():
             config.set_property(name, value)
-        _test_log("dialog-set", sensitive=sensitive())
+        for name, value in answer.get("type", {}).items():
+            widget(name).get_buffer().set_text(value)
+        for name, value in answer.get("choose", {}).items():
+            combo = combos[name]
+            items = [row[0] for row in combo.get_model()]
+            combo.set_active(items.index(value))
+        advanced.set_expanded(folded)
+        _test_log(
+            "dialog-set",
+            sensitive=sensitive(),
+            models={name: combo.get_child().get_text() for name, combo in combos.items()},
+        )
         ok = answer.get("response", "ok") == "ok"
         dialog.response(Gtk.ResponseType.OK if ok else Gtk.ResponseType.CANCEL)
         return False
@@ -322,7 +458,9 @@ def _upscale(image, drawable, values, run_mode):
     name = f"{drawable.get_name()} ×{params['scale']:g} (Tessera)"
     if values["output"] == core.OUTPUT_NEW_IMAGE:
         return _to_new_image(image, name, layout, result, run_mode)
-    return image, _to_new_layer(image, drawable, x, y, name, layout, result)
+    return image, _to_new_layer(
+        image, drawable, (x, y, width, height), name, layout, result, values["output"]
+    )
 
 
 def _layer_type(image, layout):
@@ -339,10 +477,19 @@ def _fill(layer, layout, result):
     layer.update(0, 0, result.width, result.height)
 
 
-def _to_new_layer(image, drawable, x, y, name, layout, result):
-    """A new layer above the source, its corner at the selection's, in one
-    undo step."""
+def _to_new_layer(image, drawable, region, name, layout, result, output):
+    """A new layer above the source, its corner at the selection's; with the
+    image scaled by the result's factor first when ``output`` says so (or,
+    for ``auto``, when the result would reach past the canvas). One undo
+    step either way."""
+    x, y, width, height = region
     _, offset_x, offset_y = drawable.get_offsets()
+    scales, place = core.place_result(
+        output,
+        (image.get_width(), image.get_height()),
+        (offset_x + x, offset_y + y, width, height),
+        (result.width, result.height),
+    )
     if drawable.is_layer_mask():
         anchor = Gimp.Layer.from_mask(drawable)
     elif drawable.is_layer():
@@ -353,6 +500,8 @@ def _to_new_layer(image, drawable, x, y, name, layout, result):
     position = image.get_item_position(anchor) if anchor is not None else 0
     image.undo_group_start()
     try:
+        if scales:
+            image.scale(place.image_width, place.image_height)
         layer = Gimp.Layer.new(
             image,
             name,
@@ -363,11 +512,16 @@ def _to_new_layer(image, drawable, x, y, name, layout, result):
             Gimp.LayerMode.NORMAL,
         )
         image.insert_layer(layer, parent, position)
-        layer.set_offsets(offset_x + x, offset_y + y)
+        layer.set_offsets(place.x, place.y)
         _fill(layer, layout, result)
     finally:
         image.undo_group_end()
-    _test_log("undo-group", layers=len(image.get_layers()))
+    _test_log(
+        "undo-group",
+        layers=len(image.get_layers()),
+        scaled=scales,
+        image_size=[image.get_width(), image.get_height()],
+    )
     return layer
 
 

@@ -1,7 +1,8 @@
 """The parts of the GIMP plug-in that do not need GIMP: the procedure's
 arguments and how they become job parameters, the pixel layout sent for each
-GIMP precision, finding and starting the daemon, and the words shown to the
-user. ``tessera-upscale.py`` (the plug-in proper) glues them to GIMP's API.
+GIMP precision, where the result goes, finding and starting the daemon, the
+models on offer, and the words shown to the user. ``tessera-upscale.py``
+(the plug-in proper) glues them to GIMP's API.
 
 Standard library only, Python 3.8+, like ``tessera_client``.
 """
@@ -19,6 +20,8 @@ from tessera_client import (
     ConnectionClosed,
     DaemonNotRunning,
     JobParams,
+    ModelEntry,
+    ModelKind,
     Preset,
     Progress,
     SampleFormat,
@@ -26,6 +29,7 @@ from tessera_client import (
     TesseraError,
     Transfer,
     data_dir,
+    list_installed,
     socket_address,
 )
 
@@ -123,7 +127,10 @@ def _nick(by_nick: Mapping[str, Any], value: Any) -> str:
     return next(nick for nick, member in by_nick.items() if member == value)
 
 
+#: Where the result goes (the ``output`` choice's nicks).
+OUTPUT_AUTO = "auto"
 OUTPUT_NEW_LAYER = "new-layer"
+OUTPUT_SCALE_IMAGE = "scale-image"
 OUTPUT_NEW_IMAGE = "new-image"
 
 #: The daemon's diffusion tile sides, in latents (multiples of 8).
@@ -165,10 +172,27 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "output",
         "choice",
         "Ou_tput",
-        "Where the result goes",
-        OUTPUT_NEW_LAYER,
+        "Where the result goes: a new layer above the source, with the image scaled to fit "
+        "it when it would reach past the canvas (automatic), always or never; or a new image",
+        OUTPUT_AUTO,
         choices=(
-            (OUTPUT_NEW_LAYER, "New layer above the source", "At the selection's position"),
+            (
+                OUTPUT_AUTO,
+                "New layer; scale the image if it would not fit",
+                "A new layer above the source at the selection's position; when the result "
+                "would reach past the canvas, the image is first scaled by the same factor",
+            ),
+            (
+                OUTPUT_NEW_LAYER,
+                "New layer, image unchanged",
+                "At the selection's position, even where it reaches past the canvas",
+            ),
+            (
+                OUTPUT_SCALE_IMAGE,
+                "Scale the image, then a new layer",
+                "The image and all its layers scaled by the result's factor, the new layer "
+                "where the selection is then; one undo step",
+            ),
             (OUTPUT_NEW_IMAGE, "New image", "In a new image of the same precision"),
         ),
     ),
@@ -252,7 +276,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "steps",
         "int",
-        "_Steps",
+        "St_eps",
         "Sampler steps of a full denoise (1 to 100), of which about creativity × steps run: "
         "more refine the detail a little further but take longer",
         _DEFAULTS.steps,
@@ -276,7 +300,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "prompt",
         "string",
-        "P_rompt",
+        "Pro_mpt",
         "What the invented detail should look like, in A1111 syntax with <lora:name:weight> "
         "tags: quality words steer the texture, describing the image keeps it on subject",
         _DEFAULTS.prompt,
@@ -296,7 +320,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "sampler",
         "choice",
-        "Sa_mpler",
+        "Sampler",
         "The diffusion sampler: Clarity's SDE sampler adds fresh noise at each step for more "
         "texture, the others follow a smoother path",
         _nick(SAMPLERS, _DEFAULTS.sampler),
@@ -312,7 +336,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "decay",
         "double",
-        "D_ecay",
+        "Decay",
         "How much of the ControlNet's hold reaches its fine, high-resolution blocks (0 to 1): "
         "more keeps fine detail truer to the original, less leaves fine texture to the model",
         _DEFAULTS.decay,
@@ -356,7 +380,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "controlnet",
         "string",
-        "Contro_lNet",
+        "ControlNet",
         "A tile ControlNet in Tessera's models/controlnet/ folder, by name, which holds the "
         "result to the original; empty: Tessera's default",
         "",
@@ -405,6 +429,26 @@ DIALOG_ADVANCED: Tuple[str, ...] = (
 #: What the upscaler-only preset ignores: greyed out in the dialog while it is chosen.
 DIFFUSION_ONLY: Tuple[str, ...] = ("creativity", "resemblance", "prompt") + DIALOG_ADVANCED
 
+#: Arguments edited as several lines of text in the dialog.
+MULTI_LINE: Tuple[str, ...] = ("prompt", "negative-prompt")
+#: Arguments that name a model, and which kind: the dialog lists the installed ones.
+MODEL_ARGUMENTS: Dict[str, ModelKind] = {
+    "upscaler": ModelKind.UPSCALER,
+    "checkpoint": ModelKind.CHECKPOINT,
+    "vae": ModelKind.VAE,
+    "controlnet": ModelKind.CONTROL_NET,
+}
+#: The mnemonics of the buttons of GIMP's procedure dialog (OK, Cancel, Reset,
+#: Load Saved Settings, Save Settings), which no argument may take. With so
+#: few letters left in the arguments' names, a few advanced ones go without.
+DIALOG_BUTTON_MNEMONICS = frozenset("ocrls")
+
+
+def mnemonic(nick: str) -> Optional[str]:
+    """The Alt-letter of a label such as ``"Sc_ale"`` (lower case), if any."""
+    index = nick.find("_")
+    return nick[index + 1].lower() if 0 <= index < len(nick) - 1 else None
+
 
 def job_params(values: Mapping[str, Any]) -> Dict[str, Any]:
     """The job parameters (a mapping of ``JobParams`` fields) for the
@@ -415,6 +459,50 @@ def job_params(values: Mapping[str, Any]) -> Dict[str, Any]:
         if argument.job_field is not None:
             params[argument.job_field] = argument.to_job(values[argument.name])
     return params
+
+
+# --- Where the result goes ------------------------------------------------------
+
+
+class Placement(NamedTuple):
+    """Where a new layer with the result goes: the image's size (scaled first
+    when it differs from the current one) and the layer's offset, in image
+    coordinates."""
+
+    image_width: int
+    image_height: int
+    x: int
+    y: int
+
+
+def place_result(
+    output: str,
+    image_size: Tuple[int, int],
+    region: Tuple[int, int, int, int],
+    result_size: Tuple[int, int],
+) -> Tuple[bool, Placement]:
+    """Where the ``result_size`` upscale of ``region`` (x, y, width, height in
+    image coordinates) goes, for the ``output`` choice: at the region's
+    corner in the image as it is, or — for ``scale-image``, and for ``auto``
+    when the result would reach past the canvas — in the image scaled by the
+    factor the result has on each axis, at the region's corner scaled alike.
+    Returns (whether the image is scaled, the placement)."""
+    width, height = image_size
+    x, y, region_width, region_height = region
+    result_width, result_height = result_size
+    fits = x >= 0 and y >= 0 and x + result_width <= width and y + result_height <= height
+    if output == OUTPUT_NEW_LAYER or (output == OUTPUT_AUTO and fits):
+        return False, Placement(width, height, x, y)
+    if output not in (OUTPUT_AUTO, OUTPUT_SCALE_IMAGE):
+        raise InvalidArgument(f"output {output!r} does not place a layer in the image")
+    fx = result_width / region_width
+    fy = result_height / region_height
+    return True, Placement(
+        max(1, int(round(width * fx))),
+        max(1, int(round(height * fy))),
+        int(round(x * fx)),
+        int(round(y * fy)),
+    )
 
 
 # --- Pixels -------------------------------------------------------------------
@@ -651,6 +739,59 @@ def connect_or_start(
     if on_start is not None:
         on_start(binary)
     return start_daemon(binary, env, on_spawn=on_spawn)
+
+
+# --- Installed models ----------------------------------------------------------
+
+#: The one command that installs the default models.
+INSTALL_COMMAND = "tessera-install"
+FIRST_RUN_HINT = (
+    "No models are installed yet. Install the default ones (about 4 GB) with the command "
+    f"{INSTALL_COMMAND}, then open this dialog again."
+)
+FROM_DAEMON = "daemon"
+FROM_FOLDER = "folder"
+
+
+def installed_models(
+    env: Optional[Mapping[str, str]] = None,
+    connect_timeout: float = 3.0,
+    reply_timeout: float = 5.0,
+) -> Tuple[List[ModelEntry], str]:
+    """The installed models and where the list comes from: the running
+    daemon's answer, else (no daemon, or one that does not answer) the data
+    directory's ``models/`` folder read by the daemon's rules."""
+    env = os.environ if env is None else env
+    try:
+        with Client(
+            socket_address(env=env),
+            agent=AGENT,
+            connect_timeout=connect_timeout,
+            reply_timeout=reply_timeout,
+        ) as client:
+            return client.list_models(), FROM_DAEMON
+    except (ConnectionError, OSError, TimeoutError, TesseraError):
+        pass
+    return list_installed(data_dir(env=env).path), FROM_FOLDER
+
+
+def model_names(models: List[ModelEntry], kind: ModelKind) -> List[str]:
+    """What a model argument of ``kind`` may name, sorted."""
+    return sorted({m.name for m in models if int(m.kind) == int(kind)})
+
+
+def models_hint(models: List[ModelEntry], source: str, folder: str = "") -> str:
+    """The line under the model fields: a first-run hint when nothing is
+    installed, else where their lists come from."""
+    if not models:
+        return FIRST_RUN_HINT
+    if source == FROM_DAEMON:
+        return "The model fields list the models Tessera has installed; empty: its default."
+    where = f" in {folder}" if folder else ""
+    return (
+        f"Tessera is not running; the model fields list the models{where}. "
+        "It starts when you press OK."
+    )
 
 
 # --- Words for the user -------------------------------------------------------

@@ -55,8 +55,23 @@ class FakeDaemon:
     """Listens on ``path`` until :meth:`close`. ``reject`` makes every
     submission fail with that ``(ErrorKind, message)``."""
 
-    def __init__(self, path: str, progress_steps: int = 3, step_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        progress_steps: int = 3,
+        step_delay: float = 0.0,
+        models: Optional[List[ModelEntry]] = None,
+    ) -> None:
         self.path = path
+        #: What ``ListModels`` answers: by default the :data:`FAKE_UPSCALERS`.
+        self.models = (
+            [
+                ModelEntry(ModelKind.UPSCALER, name, f"upscalers/{name}.pth", 1)
+                for name in FAKE_UPSCALERS
+            ]
+            if models is None
+            else list(models)
+        )
         self.progress_steps = progress_steps
         #: Seconds between progress events, to make a job last.
         self.step_delay = step_delay
@@ -102,15 +117,7 @@ class FakeDaemon:
 
     def _answer(self, conn: socket.socket, message) -> None:
         if isinstance(message, ListModels):
-            write_frame(
-                conn,
-                Models(
-                    [
-                        ModelEntry(ModelKind.UPSCALER, name, f"upscalers/{name}.pth", 1)
-                        for name in FAKE_UPSCALERS
-                    ]
-                ),
-            )
+            write_frame(conn, Models(self.models))
         elif isinstance(message, GetStatus):
             write_frame(conn, Status("0", "none", "CPU", None, 0.0, 0, 1, "/fake"))
         elif isinstance(message, Submit):

@@ -81,10 +81,13 @@ def test_new_layer_equals_the_cli_result(gimp, daemon, precision):
     assert "exception" not in outcome, outcome["exception"] + run.output
     assert outcome["status"] == "success", f"{outcome}\n{run.output}"
 
-    # The selection clipped to the layer: image (5, 20) to (92, 90).
+    # The selection clipped to the layer: image (5, 20) to (92, 90). Its
+    # 174×140 result would reach past the 160×120 canvas: the image is scaled
+    # ×2 first (the default output), the layer lands on the scaled selection.
     x, y, width, height = case.region()
     assert (x, y, width, height) == (0, 13, 87, 70)
-    assert outcome["result"]["offset"] == [5, 20]
+    assert outcome["image_after"]["size"] == [320, 240]
+    assert outcome["result"]["offset"] == [10, 40]
     assert outcome["result"]["size"] == [2 * width, 2 * height]
     assert outcome["stack_after"] == ["top", "source ×2 (Tessera)", "source", "background"]
     submit = run.of("submit")[0]
@@ -167,7 +170,7 @@ def test_clarity_diffusion_layer_equals_the_cli_result(gimp, diffusion_daemon):
     assert outcome["status"] == "success", f"{outcome}\n{run.output}"
     x, y, width, height = case.region()
     assert (x, y, width, height) == (0, 13, 87, 70)
-    assert outcome["result"]["offset"] == [5, 20]
+    assert outcome["result"]["offset"] == [10, 40]
     assert outcome["result"]["size"] == [174, 140]
     assert outcome["stack_after"] == ["top", "source ×2 (Tessera)", "source", "background"]
     params = run.of("submit")[0]["params"]

@@ -23,6 +23,7 @@ from tessera_client import (
     DaemonNotRunning,
     ErrorKind,
     JobParams,
+    ModelKind,
     Preset,
     Progress,
     SampleFormat,
@@ -89,15 +90,25 @@ def test_arguments_have_unique_names_and_sane_defaults():
             assert len(set(nicks)) == len(nicks)
 
 
-def test_every_mnemonic_is_unique():
-    keys = []
+def test_no_two_mnemonics_clash_nor_take_the_dialog_buttons_letters():
+    keys = {}
     for argument in core.ARGUMENTS:
-        assert argument.nick.count("_") == 1, argument.nick
-        keys.append(argument.nick[argument.nick.index("_") + 1].lower())
-    assert len(set(keys)) == len(keys), keys
-    # Nor those of the dialog's OK and Cancel buttons (there are too few
-    # letters left to spare Reset, Load and Save Defaults too).
-    assert not {"o", "c"} & set(keys), keys
+        assert argument.nick.count("_") <= 1, argument.nick
+        key = core.mnemonic(argument.nick)
+        if key is None:
+            continue
+        assert key not in keys, (argument.name, keys[key])
+        keys[key] = argument.name
+    # GIMP's dialog buttons: _OK, _Cancel, _Reset, _Load Saved Settings, _Save Settings.
+    assert not core.DIALOG_BUTTON_MNEMONICS & set(keys), keys
+    # Every argument shown without unfolding Advanced has one.
+    assert all(core.mnemonic(a.nick) for a in core.ARGUMENTS if a.name in core.DIALOG_MAIN)
+    # What the issue found clashing: Steps and Save Settings, ControlNet and
+    # Load Saved Settings, Prompt and Reset.
+    nicks = {a.name: a.nick for a in core.ARGUMENTS}
+    assert (core.mnemonic(nicks["steps"]), core.mnemonic(nicks["prompt"])) == ("e", "m")
+    assert core.mnemonic(nicks["controlnet"]) is None
+    assert core.mnemonic("Plain") is None and core.mnemonic("Sc_ale") == "a"
 
 
 def test_the_dialog_shows_every_argument_once():
@@ -519,3 +530,81 @@ def test_install_puts_an_executable_plug_in_with_its_client(tmp_path):
     install.install(str(tmp_path))
     assert not (target / "stale.py").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tessera-upscale"]
+
+
+# --- Where the result goes ------------------------------------------------------
+
+
+def test_the_output_choices():
+    (output,) = [a for a in core.ARGUMENTS if a.name == "output"]
+    assert [nick for nick, _, _ in output.choices] == [
+        "auto", "new-layer", "scale-image", "new-image",
+    ]  # fmt: skip
+    assert output.default == "auto"
+
+
+@pytest.mark.parametrize(
+    "output, region, result, expected",
+    [
+        # Fits: a new layer at the selection's corner, the image as it is.
+        ("auto", (10, 12, 16, 10), (32, 20), (False, (64, 48, 10, 12))),
+        ("new-layer", (10, 12, 16, 10), (32, 20), (False, (64, 48, 10, 12))),
+        # Would reach past the canvas: the image is scaled by the result's factor.
+        ("auto", (3, 4, 40, 30), (80, 60), (True, (128, 96, 6, 8))),
+        ("new-layer", (3, 4, 40, 30), (80, 60), (False, (64, 48, 3, 4))),
+        # Always scaled; factors per axis, as the result has them (×3 and a
+        # result the daemon rounded to a multiple of 8).
+        ("scale-image", (10, 12, 16, 10), (48, 30), (True, (192, 144, 30, 36))),
+        ("scale-image", (5, 7, 21, 13), (48, 32), (True, (146, 118, 11, 17))),
+        # A layer hanging off the canvas's top-left corner does not fit either.
+        ("auto", (-2, 0, 8, 8), (16, 16), (True, (128, 96, -4, 0))),
+    ],
+)
+def test_where_the_result_goes(output, region, result, expected):
+    scales, place = core.place_result(output, (64, 48), region, result)
+    assert (scales, tuple(place)) == expected
+
+
+def test_a_new_image_is_not_placed_in_the_image():
+    with pytest.raises(core.InvalidArgument):
+        core.place_result("new-image", (64, 48), (0, 0, 8, 8), (16, 16))
+
+
+# --- Installed models -------------------------------------------------------------
+
+
+def test_with_no_daemon_the_models_come_from_the_folder(tmp_path):
+    data = tmp_path / "data"
+    (data / "models" / "checkpoints").mkdir(parents=True)
+    (data / "models" / "checkpoints" / "juggernaut.safetensors").write_bytes(b"x")
+    (data / "models" / "upscalers").mkdir(parents=True)
+    (data / "models" / "upscalers" / "RealESRGAN_x4plus.pth").write_bytes(b"x")
+    env = {"TESSERA_DATA_DIR": str(data), "TESSERA_SOCKET": str(tmp_path / "none.sock")}
+    models, source = core.installed_models(env)
+    assert source == core.FROM_FOLDER
+    assert core.model_names(models, ModelKind.CHECKPOINT) == ["juggernaut"]
+    assert core.model_names(models, ModelKind.UPSCALER) == ["RealESRGAN_x4plus"]
+    assert core.model_names(models, ModelKind.VAE) == []
+    hint = core.models_hint(models, source, str(data / "models"))
+    assert hint.startswith("Tessera is not running") and str(data / "models") in hint
+
+
+def test_with_a_daemon_the_models_are_its_list(tmp_path, daemon_env):
+    from gimp_fake_daemon import FAKE_UPSCALERS, FakeDaemon
+
+    fake = FakeDaemon(daemon_env["TESSERA_SOCKET"])
+    try:
+        models, source = core.installed_models(daemon_env)
+    finally:
+        fake.close()
+    assert source == core.FROM_DAEMON
+    assert core.model_names(models, ModelKind.UPSCALER) == sorted(FAKE_UPSCALERS)
+    assert "installed" in core.models_hint(models, source)
+
+
+def test_with_no_models_at_all_the_hint_is_the_install_command(tmp_path):
+    env = {"TESSERA_DATA_DIR": str(tmp_path), "TESSERA_SOCKET": str(tmp_path / "none.sock")}
+    models, source = core.installed_models(env)
+    assert models == []
+    assert core.models_hint(models, source) == core.FIRST_RUN_HINT
+    assert "tessera-install" in core.FIRST_RUN_HINT

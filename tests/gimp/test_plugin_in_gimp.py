@@ -8,6 +8,7 @@ import json
 import pytest
 from gimp_cases import (
     EXACT,
+    IMAGE_SIZE,
     LAYER_OFFSET,
     LAYER_SIZE,
     PRECISIONS,
@@ -70,6 +71,8 @@ def batch(gimp, fake):
     add("gray-alpha-u8", base="GRAY")
     add("gray-u16", base="GRAY", alpha=False, precision="U16_NON_LINEAR")
     add("no-selection", selection=None)
+    add("no-selection-new-layer", selection=None, arguments={"output": "new-layer"})
+    add("scale-image", arguments={"output": "scale-image"})
     add("selection-past-the-layer", selection=(30, 20, 60, 60))
     add("scale-3", arguments={"scale": 3.0, "upscaler": FAKE_UPSCALERS[1]})
     add("in-group", in_group=True)
@@ -123,7 +126,8 @@ def test_procedure_is_registered_in_the_filters_menu(gimp):
             assert registered["default"] in ("", None), argument.name
     assert arguments["scale"]["default"] == 2.0
     assert (arguments["scale"]["minimum"], arguments["scale"]["maximum"]) == (1.0, 16.0)
-    assert arguments["output"]["choices"] == ["new-layer", "new-image"]
+    assert arguments["output"]["choices"] == ["auto", "new-layer", "scale-image", "new-image"]
+    assert arguments["output"]["default"] == "auto"
     assert arguments["preset"]["choices"] == ["clarity", "refiners", "upscaler"]
     assert (arguments["seed"]["default"], arguments["tile-width"]["default"]) == (1337, 112)
     assert [r["name"] for r in described["return_values"]] == ["result-image", "result-layer"]
@@ -183,12 +187,37 @@ def test_layouts_without_alpha_and_gray(batch, name, channels, sample):
     assert outcome["result"]["alpha"] == channels.has_alpha
 
 
-def test_without_selection_the_whole_layer_goes(batch):
+def test_without_selection_the_whole_layer_goes_and_the_image_grows_to_fit_it(batch):
     case, outcome, image, _ = _outcome(batch, "no-selection")
     assert case.region() == (0, 0, *LAYER_SIZE)
     assert bytes(image.data) == case.sent()
+    # 80×60 at (3, 4) would reach past the 64×48 canvas: by default the image
+    # is scaled ×2 first and the layer lands on its scaled source.
+    assert outcome["image_before"]["size"] == list(IMAGE_SIZE)
+    assert outcome["image_after"]["size"] == [IMAGE_SIZE[0] * 2, IMAGE_SIZE[1] * 2]
+    assert outcome["result"]["offset"] == [LAYER_OFFSET[0] * 2, LAYER_OFFSET[1] * 2]
+    assert outcome["result"]["size"] == [LAYER_SIZE[0] * 2, LAYER_SIZE[1] * 2]
+    assert outcome["source_after"]["offset"] == outcome["result"]["offset"]
+    assert outcome["source_after"]["size"] == outcome["result"]["size"]
+    assert outcome["stack_after"] == ["top", "source ×2 (Tessera)", "source", "background"]
+
+
+def test_a_new_layer_without_scaling_may_hang_off_the_canvas_when_asked(batch):
+    _, outcome, _, _ = _outcome(batch, "no-selection-new-layer")
+    assert outcome["image_after"] == outcome["image_before"]
     assert outcome["result"]["offset"] == list(LAYER_OFFSET)
     assert outcome["result"]["size"] == [LAYER_SIZE[0] * 2, LAYER_SIZE[1] * 2]
+
+
+def test_scale_image_scales_everything_and_puts_the_layer_on_the_scaled_selection(batch):
+    _, outcome, _, _ = _outcome(batch, "scale-image")
+    before, after = outcome["image_before"], outcome["image_after"]
+    assert after["size"] == [IMAGE_SIZE[0] * 2, IMAGE_SIZE[1] * 2]
+    assert after["resolution"] == before["resolution"]
+    assert outcome["result"]["offset"] == [SELECTION[0] * 2, SELECTION[1] * 2]
+    assert outcome["result"]["size"] == [SELECTION[2] * 2, SELECTION[3] * 2]
+    assert outcome["source_after"]["offset"] == [LAYER_OFFSET[0] * 2, LAYER_OFFSET[1] * 2]
+    assert outcome["stack_after"] == ["top", "source ×2 (Tessera)", "source", "background"]
 
 
 def test_selection_is_clipped_to_the_layer(batch):

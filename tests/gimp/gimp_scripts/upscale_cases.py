@@ -42,6 +42,15 @@ def _describe(layer):
     }
 
 
+def _image(image):
+    """The image's size and resolution."""
+    _, x_resolution, y_resolution = image.get_resolution()
+    return {
+        "size": [image.get_width(), image.get_height()],
+        "resolution": [round(x_resolution, 3), round(y_resolution, 3)],
+    }
+
+
 def _stack(image):
     """Layer names top to bottom, group members indented as "group/name"."""
     names = []
@@ -97,8 +106,11 @@ def run_case(case):
     buffer.flush()
     if case.get("selection"):
         image.select_rectangle(Gimp.ChannelOps.REPLACE, *case["selection"])
+    if case.get("resolution"):
+        image.set_resolution(*case["resolution"])
     out["stack_before"] = _stack(image)
     out["images_before"] = len(Gimp.get_images())
+    out["image_before"] = _image(image)
     display = Gimp.Display.new(image) if case.get("undo") else None
 
     procedure = Gimp.get_pdb().lookup_procedure(PROCEDURE)
@@ -132,12 +144,15 @@ def run_case(case):
             f.write(data)
     out["stack_after"] = _stack(image)
     out["images_after"] = len(Gimp.get_images())
+    out["image_after"] = _image(image)
+    out["source_after"] = _describe(layer)
     if display is not None:
         _press_undo(image)
         deadline = time.monotonic() + 20
         while _stack(image) == out["stack_after"] and time.monotonic() < deadline:
             time.sleep(0.05)
         out["stack_undone"] = _stack(image)
+        out["image_undone"] = _image(image)
         out["selection_undone"] = bool(Gimp.Selection.bounds(image)[1])
     out["source_unchanged"] = (
         layer.get_buffer().get(
