@@ -4,10 +4,12 @@ daemon's state and messages.
 A plain ``QWidget`` (the Krita ``DockWidget`` in :mod:`.extension` only wraps
 it), built from the parameter specs that the protocol takes today. Its shape
 fits a laptop screen beside Krita's own dockers: what a painter uses on every
-upscale — scale, creativity, resemblance, prompt, the buttons, the progress
-and the result line — is at the top, everything else in a folded *Advanced*
-section, and all of it in a scroll area, so that the docker asks Krita for no
-more height than the part down to the result line (see :meth:`Panel.minimum_height`).
+upscale is at the top — the daemon's state, the Upscale and Cancel buttons,
+the progress and the result line, then scale, creativity, resemblance and
+prompt — everything else in a folded *Advanced* section, and all of it in a
+scroll area. The docker asks Krita for no more height than the part down to
+the result line (see :meth:`Panel.minimum_height`): Krita stacks its default
+dockers in the same column, and on a 768-pixel screen they leave little.
 """
 
 import html
@@ -71,26 +73,28 @@ class Panel(QWidget):
         layout.setContentsMargins(6, 6, 6, 6)
         self._content_layout = layout
 
-        # The part that always shows: the daemon, the main parameters, the
-        # buttons, and what happened.
+        # The part that always shows, however small Krita makes the docker:
+        # the daemon, the buttons, and what happened.
         self.top = QWidget()
         top = QVBoxLayout(self.top)
         top.setContentsMargins(0, 0, 0, 0)
         top.addLayout(self._build_status(link))
+        top.addLayout(self._build_buttons(upscaler))
+        top.addLayout(self._build_feedback())
+        layout.addWidget(self.top)
+
+        # Then the main parameters, shown as far as there is room.
         self.first_run_label = QLabel(texts.first_run_html())
         self.first_run_label.setObjectName("tessera_first_run")
         self.first_run_label.setWordWrap(True)
         self.first_run_label.setTextFormat(Qt.TextFormat.RichText)
         self.first_run_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.first_run_label.setVisible(False)
-        top.addWidget(self.first_run_label)
+        layout.addWidget(self.first_run_label)
         main_form = self._form()
         advanced_form = self._form()
         self._build_parameters(main_form, advanced_form)
-        top.addLayout(main_form)
-        top.addLayout(self._build_buttons(upscaler))
-        top.addLayout(self._build_feedback())
-        layout.addWidget(self.top)
+        layout.addLayout(main_form)
 
         # Everything else, folded.
         self.advanced_toggle = QToolButton()
@@ -327,14 +331,30 @@ class Panel(QWidget):
 
     def minimum_height(self) -> int:
         """The height the docker needs to show its top part (the daemon line,
-        the main parameters, the buttons, the progress and the result line)
-        without scrolling, at most :data:`MAX_MINIMUM_HEIGHT`."""
+        the buttons, the progress and the result line) without scrolling, at
+        most :data:`MAX_MINIMUM_HEIGHT`."""
         margins = self._content_layout.contentsMargins()
-        needed = self.top.sizeHint().height() + margins.top() + margins.bottom()
-        return min(needed, MAX_MINIMUM_HEIGHT)
+        width = self.top.width()
+        if width > 0 and self.top.hasHeightForWidth():
+            # The status line wraps when the docker is narrow.
+            height = self.top.heightForWidth(width)
+        else:
+            height = self.top.sizeHint().height()
+        return min(height + margins.top() + margins.bottom(), MAX_MINIMUM_HEIGHT)
 
     def _update_minimum(self) -> None:
-        self.scroll.setMinimumHeight(self.minimum_height())
+        needed = self.minimum_height()
+        if needed != self.scroll.minimumHeight():
+            self.scroll.setMinimumHeight(needed)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        # Sizes are final only once the style has polished the widgets.
+        self._update_minimum()
+        super().showEvent(event)
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self._update_minimum()
 
     def _fold(self, unfolded: bool) -> None:
         self.advanced_box.setVisible(unfolded)
@@ -373,7 +393,6 @@ class Panel(QWidget):
         first_run = self.link.models_known and not models
         if first_run != self.first_run_label.isVisibleTo(self):
             self.first_run_label.setVisible(first_run)
-            self._update_minimum()
 
     def _show_status(self, *_args: Any) -> None:
         self.status_label.setText(
@@ -384,6 +403,7 @@ class Panel(QWidget):
         if agent:
             tip = f"{agent}\n{tip}"
         self.status_label.setToolTip(texts.tooltip_html(tip))
+        self._update_minimum()
 
     def _phase_changed(self, phase: str) -> None:
         busy = phase != IDLE

@@ -181,7 +181,6 @@ def main() -> int:
         "folded": not advanced.isVisible(),
         "in_scroll_area": panel.scroll.widget().isAncestorOf(panel.upscale_button),
         "minimum": panel.minimumSizeHint().height(),
-        "top_height": panel.top.sizeHint().height(),
         "first_run_hint": panel.first_run_label.isVisible(),
         "rich_tooltips": all(
             qt.Qt.mightBeRichText(w.toolTip())
@@ -192,6 +191,20 @@ def main() -> int:
     panel.advanced_toggle.click()
     out["layout"]["unfolded"] = advanced.isVisible()
     panel.advanced_toggle.click()
+    # At its minimum height the docker still shows the buttons and the result line.
+    size = panel.size()
+    panel.resize(size.width(), panel.minimumSizeHint().height())
+    wait(lambda: False, 0.3)
+    viewport = panel.scroll.viewport()
+    out["layout"]["at_minimum"] = {
+        name: widget.mapTo(viewport, qt.QtCore.QPoint(0, widget.height())).y() <= viewport.height()
+        for name, widget in (
+            ("upscale", panel.upscale_button),
+            ("cancel", panel.cancel_button),
+            ("result", panel.message_label),
+        )
+    }
+    panel.resize(size)
     outcomes, values = [], []
     upscaler.finished.connect(outcomes.append)
     panel.progress_bar.valueChanged.connect(values.append)

@@ -50,8 +50,10 @@ def check(out, qt):
     )
     assert layout["choices_advanced"] and layout["folded"] and layout["unfolded"]
     assert layout["in_scroll_area"]
-    # The bound: the docker never asks for more than 400 px.
-    assert layout["top_height"] <= layout["minimum"] <= 400, layout
+    # The docker never asks for more than 400 px, and shows at that height the
+    # buttons and the result line.
+    assert layout["minimum"] <= 400, layout
+    assert layout["at_minimum"] == {"upscale": True, "cancel": True, "result": True}
     assert not layout["first_run_hint"]  # the daemon has a model
     assert layout["rich_tooltips"]
     assert out["upscale"]["ok"], out["upscale"]["message"]
