@@ -190,20 +190,25 @@ def resolution_of(document: Any) -> tuple:
 
 
 def scale_canvas(document: Any, width: int, height: int) -> None:
-    """Scales the canvas (every layer, Bicubic) to ``width``×``height``, one
-    undo step, keeping the resolution. ``Document.scaleImage`` takes the
-    resolution in whole pixels per inch and divides it by 72 in integers
-    (Krita 5.1 and 5.2), so 300 ppi would become 288; it is set back after."""
+    """Scales the canvas (every layer, Bicubic) to ``width``×``height``,
+    keeping the resolution. ``Document.scaleImage`` takes the resolution in
+    whole pixels per inch and divides it by 72 in integers (Krita 5.1 and
+    5.2), so a resolution that is not a multiple of 72 ppi (300 ppi, say,
+    which becomes 288) is set back afterwards: one more undo step, as every
+    resolution change through the scripting API is."""
     x_res, y_res = resolution_of(document)
     document.scaleImage(width, height, int(round(x_res)), int(round(y_res)), "Bicubic")
     document.waitForDone()
-    if resolution_of(document) != (x_res, y_res):
-        if hasattr(document, "setXRes") and hasattr(document, "setYRes"):
-            document.setXRes(x_res)
-            document.setYRes(y_res)
-        else:
-            document.setResolution(int(round(x_res)))
-        document.waitForDone()
+    if resolution_of(document) == (x_res, y_res):
+        return
+    if x_res == y_res and float(x_res).is_integer():
+        document.setResolution(int(x_res))  # both axes in one step
+    elif hasattr(document, "setXRes") and hasattr(document, "setYRes"):
+        document.setXRes(x_res)
+        document.setYRes(y_res)
+    else:
+        document.setResolution(int(round(x_res)))
+    document.waitForDone()
 
 
 def in_place(app: Any, source: Source, result: Image, scale: float) -> Any:

@@ -50,7 +50,8 @@ OUTPUTS = (
         OUTPUT_IN_PLACE,
         "This document (scale the canvas)",
         "When the result arrives, scale this document's canvas by the same factor and add "
-        "the result as a new layer above the source. Each of the two changes is one undo step.",
+        "the result as a new layer above the source, keeping the resolution. Each change is "
+        "one undo step.",
     ),
 )
 

@@ -271,7 +271,8 @@ def test_no_daemon_is_known_at_once_and_the_setting_that_stops_it_is_named(
     assert entry["failed_at_once"]
     assert not entry["ok"] and not entry["cancelled"]
     assert texts.AUTO_START_LABEL in entry["message"], entry["message"]
-    assert "connecting" not in entry["states"][1:], entry["states"]
+    # Two attempts (at start, and for the upscale), each refused on the spot.
+    assert entry["states"] == ["connecting", "disconnected"] * 2
 
 
 def test_daemons_the_plugin_starts_are_reaped_and_a_crash_is_called_one(krita_home, tmp_path):

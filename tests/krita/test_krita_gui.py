@@ -71,9 +71,17 @@ def test_an_in_place_result_arrives_and_undoes_one_step_per_change(gui):
     new = "Layer 1 ×4 (768×640) [Tessera]"
     assert names.index(new) == names.index("Layer 1") + 1
     assert after["layers"][names.index(new)][1] == [64, 32, 768, 640]
-    # Undo 1: the layer goes; undo 2: the canvas is its old size, all as before.
+    # Undo 1: the layer goes; undo 2: the resolution that Krita's scaling
+    # rounded to 288 ppi and the plug-in set back; undo 3: the canvas is its
+    # old size, all as before.
     assert [layer[0] for layer in gui["after_one_undo"]["layers"]] == [
         layer[0] for layer in before["layers"]
     ]
     assert gui["after_one_undo"]["size"] == [896, 704]
-    assert gui["after_two_undos"] == before
+    assert gui["after_one_undo"]["resolution"] == [300.0, 300.0]
+    steps = gui["undos_after_the_layer"]
+    assert [(s["size"], s["resolution"]) for s in steps] == [
+        ([896, 704], [288.0, 288.0]),
+        ([224, 176], [300.0, 300.0]),
+    ]
+    assert gui["after_all_undos"] == before
