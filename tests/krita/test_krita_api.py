@@ -251,14 +251,26 @@ def test_the_reference_helper_turns_kritas_integer_bgra_into_rgba():
     assert to_rgba("F32", b"x" * 16) == b"x" * 16
 
 
-@pytest.mark.parametrize("stale", [False, True], ids=["no-socket", "stale-socket"])
-def test_no_daemon_is_known_at_once_and_the_setting_that_stops_it_is_named(
-    krita_home, tmp_path, stale
+@pytest.mark.parametrize(
+    "stale, auto_start, cause",
+    [
+        (False, False, texts.AUTO_START_LABEL),
+        (True, False, texts.AUTO_START_LABEL),
+        (False, True, "the tessera program was not found on PATH"),
+    ],
+    ids=["no-socket", "stale-socket", "no-program"],
+)
+def test_no_daemon_is_known_at_once_and_the_message_names_the_cause(
+    krita_home, tmp_path, stale, auto_start, cause
 ):
     root = short_temp_dir("tn")
-    case = dict(name="refusal", kind="refusal", auto_start=False, stale=stale,
+    case = dict(name="refusal", kind="refusal", auto_start=auto_start, stale=stale,
                 values=dict(TINY, scale=2))  # fmt: skip
-    env = {"TESSERA_DATA_DIR": str(root), "TESSERA_SOCKET": str(root / "tessera.sock")}
+    env = {
+        "TESSERA_DATA_DIR": str(root),
+        "TESSERA_SOCKET": str(root / "tessera.sock"),
+        "PATH": "/usr/bin:/bin",  # no tessera there, nor in the profile's home
+    }
     try:
         run = run_krita(krita_home, "krita_api", {"out_dir": str(tmp_path), "cases": [case]}, env)
     finally:
@@ -270,7 +282,7 @@ def test_no_daemon_is_known_at_once_and_the_setting_that_stops_it_is_named(
     assert entry["models_known"] and entry["models_source"] == "folder"
     assert entry["failed_at_once"]
     assert not entry["ok"] and not entry["cancelled"]
-    assert texts.AUTO_START_LABEL in entry["message"], entry["message"]
+    assert cause in entry["message"], entry["message"]
     # Two attempts (at start, and for the upscale), each refused on the spot.
     assert entry["states"] == ["connecting", "disconnected"] * 2
 
