@@ -342,13 +342,26 @@ def _answer_dialog_for_test(dialog, config, answer, combos, Gtk):
         buffer = view.get_buffer()
         return buffer.get_text(buffer.get_start_iter(), buffer.get_end_iter(), True)
 
+    def settle():
+        while Gtk.events_pending():
+            Gtk.main_iteration()
+
+    def screenshot(suffix):
+        prefix = answer.get("screenshot")
+        if prefix:
+            window = dialog.get_window()
+            shot = Gdk.pixbuf_get_from_window(window, 0, 0, window.get_width(), window.get_height())
+            shot.savev(f"{prefix}-{suffix}.png", "png", [], [])
+
     def respond():
         shown = {argument.name: config.get_property(argument.name) for argument in core.ARGUMENTS}
         advanced = widget(ADVANCED)
         folded = bool(advanced.get_expanded())
+        settle()
+        screenshot("folded")
         advanced.set_expanded(True)
-        while Gtk.events_pending():
-            Gtk.main_iteration()
+        settle()
+        screenshot("unfolded")
         prompts = {
             name: {
                 "widget": type(widget(name)).__name__,

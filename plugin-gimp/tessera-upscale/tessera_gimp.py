@@ -390,7 +390,7 @@ ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "sharpen",
         "double",
-        "S_harpen",
+        "Sharpen",
         "Sharpening of the result (0 to 10): more looks crisper but can add halos; 0 is off",
         _DEFAULTS.sharpen,
         minimum=0.0,
@@ -439,9 +439,10 @@ MODEL_ARGUMENTS: Dict[str, ModelKind] = {
     "controlnet": ModelKind.CONTROL_NET,
 }
 #: The mnemonics of the buttons of GIMP's procedure dialog (OK, Cancel, Reset,
-#: Load Saved Settings, Save Settings), which no argument may take. With so
-#: few letters left in the arguments' names, a few advanced ones go without.
-DIALOG_BUTTON_MNEMONICS = frozenset("ocrls")
+#: Load Saved Settings, Save Settings, Help), which no argument may take. The
+#: arguments' names have only 16 other letters for 20 arguments: four
+#: advanced ones go without.
+DIALOG_BUTTON_MNEMONICS = frozenset("ocrlsh")
 
 
 def mnemonic(nick: str) -> Optional[str]:

@@ -52,6 +52,8 @@ def dialog_runs(gimp):
             "type": {"prompt": TYPED_PROMPT},
             "choose": {"upscaler": FAKE_UPSCALERS[1], "checkpoint": CHECKPOINTS[0]},
             "response": "ok",
+            # Pictures of the dialog, for people to look at.
+            "screenshot": gimp.inside(folder / "dialog"),
         },
         # The next time: the dialog shows those values; OK as they are.
         {"response": "ok"},
@@ -222,7 +224,7 @@ def test_no_two_controls_share_an_alt_letter(dialog_runs):
     letters = [key for key, _ in found]
     labels = [text for _, text in found]
     # The arguments with one (the Advanced section unfolded) and the buttons.
-    assert {"OK", "Cancel", "Reset", "Prompt", "Steps"} <= set(labels), found
+    assert {"OK", "Cancel", "Reset", "Help", "Prompt", "Steps"} <= set(labels), found
     duplicates = {key for key in letters if letters.count(key) > 1}
     assert not duplicates, [entry for entry in found if entry[0] in duplicates]
     assert not re.search(r"duplicate mnemonic", run.output), run.output

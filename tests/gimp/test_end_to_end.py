@@ -5,8 +5,9 @@ the folder the root sees at /mnt.
 
 - The new layer equals what ``tessera upscale`` (the CLI) returns for the
   same pixels and flags, for an 8-bit and a 16-bit image, at the selection's
-  offset in the image scaled to fit it, with the upscaler alone; and with the Clarity pipeline, on the tiny
-  Stable Diffusion test models in a second daemon's data directory.
+  offset in the image scaled to fit it, with the upscaler alone; and with the
+  Clarity pipeline, on the tiny Stable Diffusion test models in a second
+  daemon's data directory.
 - Killing the plug-in mid-job, as GIMP's Cancel does, cancels the job and
   leaves the daemon serving the next request.
 - The daemon's refusals reach GIMP as its error message.

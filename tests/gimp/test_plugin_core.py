@@ -99,8 +99,13 @@ def test_no_two_mnemonics_clash_nor_take_the_dialog_buttons_letters():
             continue
         assert key not in keys, (argument.name, keys[key])
         keys[key] = argument.name
-    # GIMP's dialog buttons: _OK, _Cancel, _Reset, _Load Saved Settings, _Save Settings.
+    # GIMP's dialog buttons: _OK, _Cancel, _Reset, _Load Saved Settings, _Save
+    # Settings, _Help.
+    assert core.DIALOG_BUTTON_MNEMONICS == set("ocrlsh")
     assert not core.DIALOG_BUTTON_MNEMONICS & set(keys), keys
+    # As many as there are letters to give: four advanced arguments have none.
+    without = [a.name for a in core.ARGUMENTS if core.mnemonic(a.nick) is None]
+    assert without == ["sampler", "decay", "controlnet", "sharpen"]
     # Every argument shown without unfolding Advanced has one.
     assert all(core.mnemonic(a.nick) for a in core.ARGUMENTS if a.name in core.DIALOG_MAIN)
     # What the issue found clashing: Steps and Save Settings, ControlNet and
