@@ -367,7 +367,7 @@ def _answer_dialog_for_test(dialog, config, answer, combos, Gtk):
                 "widget": type(widget(name)).__name__,
                 "text": text_of(widget(name)),
                 "wraps": widget(name).get_wrap_mode() != Gtk.WrapMode.NONE,
-                "height": widget(name).get_allocated_height(),
+                "height": widget(name).get_preferred_height()[0],
                 "label": dialog.get_widget(name + "-label", GObject.TYPE_NONE).get_text(),
             }
             for name in core.MULTI_LINE
