@@ -17,6 +17,7 @@ Krita missing: the in-Krita tests are skipped, unless
 import importlib.util
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -161,10 +162,13 @@ def start_krita(
         require("xvfb-run (Debian package xvfb)", shutil.which("xvfb-run") is not None)
         require("krita", shutil.which("krita") is not None)
         screen = spec.get("screen", [1280, 1024])
+        # -a looks for a free display from -n up; a random start keeps runs
+        # started at the same moment (other test sessions) from racing for :99.
+        first_display = str(random.randint(100, 30000))
         command = [
             "timeout", "-k", "10", str(KRITA_TIMEOUT),
-            "xvfb-run", "-a", "-s", f"-screen 0 {screen[0]}x{screen[1]}x24",
-            "krita", "--nosplash",
+            "xvfb-run", "-n", first_display, "-a",
+            "-s", f"-screen 0 {screen[0]}x{screen[1]}x24", "krita", "--nosplash",
         ]  # fmt: skip
     else:
         env["QT_QPA_PLATFORM"] = "offscreen"
