@@ -55,7 +55,7 @@ START_TIMEOUT = 30.0
 STATUS_INTERVAL_MS = 1000
 #: How often daemons started here are checked for having ended.
 REAP_INTERVAL_MS = 1000
-#: How long a dropped connection waits for the daemon it was to to exit, to
+#: How long a dropped connection waits for the daemon at its other end to exit, to
 #: tell a crash from a closed connection.
 CRASH_GRACE = 0.5
 
