@@ -274,7 +274,11 @@ fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> an
             record.note_dir(&cuda);
         }
         for library in &libraries.libraries {
-            record.note_file(&cuda.join(&library.file), Item::Runtime, library.sha256.clone());
+            record.note_file(
+                &cuda.join(&library.file),
+                Item::Runtime,
+                library.sha256.clone(),
+            );
         }
     }
     println!(

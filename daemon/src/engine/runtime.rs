@@ -5,7 +5,8 @@
 //! and read its version before `ort` ever sees it: a missing file, a non-library, a library
 //! without the ONNX Runtime entry point or an old version each become a one-line
 //! [`EngineError`] instead of a panic. The `ort` initialisation itself runs under
-//! `catch_unwind` as a last guard.
+//! `catch_unwind` as a last guard. The CUDA libraries installed beside a GPU runtime are loaded
+//! first (see `preload`).
 
 use std::ffi::CStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -43,6 +44,9 @@ pub(crate) fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<Arc<Runti
             requested: path,
         });
     }
+    // Before the library is initialised, so that its CUDA provider finds them whenever a
+    // session asks for it.
+    super::preload::cuda_libraries(&path, data_dir);
     let runtime = Arc::new(init(&path)?);
     *slot = Some(runtime.clone());
     Ok(runtime)
@@ -231,7 +235,7 @@ fn init(path: &Path) -> Result<Runtime, EngineError> {
 }
 
 /// An error and its sources, joined (libloading keeps dlerror's text in the source).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
