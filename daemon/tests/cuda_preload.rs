@@ -76,6 +76,7 @@ fn the_engine_preloads_the_recorded_cuda_libraries_before_onnx_runtime() {
             package: "nvidia-test".into(),
             size: std::fs::metadata(cuda.join(name)).unwrap().len(),
             sha256: String::new(),
+            modified_ns: 0,
         });
     }
     let real = common::ort_lib();
@@ -128,4 +129,104 @@ fn the_engine_preloads_the_recorded_cuda_libraries_before_onnx_runtime() {
     // Found by bare name, as the CUDA provider looks them up, and still loaded after the call.
     assert!(loaded_by_name("libtesseracublas.so.13"));
     assert!(loaded_by_name("libtesseracudart.so.13"));
+}
+
+/// `tessera doctor` on such a data directory: what was preloaded, and each library that would
+/// not load with the loader's reason (here one needing a library nobody has, as cuDNN's engines
+/// need the NVIDIA driver's `libcuda.so.1`).
+#[test]
+fn doctor_names_a_cuda_library_that_does_not_load_and_why() {
+    let temp = tempfile::tempdir().unwrap();
+    let build = temp.path().join("build");
+    std::fs::create_dir_all(&build).unwrap();
+    shared_object(
+        &build,
+        "libdoctorcudart.so.13",
+        "int doctor_cudart(void) { return 13; }\n",
+        &[],
+    );
+    shared_object(
+        &build,
+        "libdoctordriver.so.1",
+        "int doctor_driver(void) { return 1; }\n",
+        &[],
+    );
+    shared_object(
+        &build,
+        "libdoctorengines.so.9",
+        "int doctor_driver(void);\nint doctor_engines(void) { return doctor_driver(); }\n",
+        &["-l:libdoctordriver.so.1"],
+    );
+    let data = temp.path().join("data");
+    let runtime = data.join("runtime");
+    let cuda = runtime.join("cuda");
+    std::fs::create_dir_all(&cuda).unwrap();
+    let mut libraries = Vec::new();
+    for name in ["libdoctorengines.so.9", "libdoctorcudart.so.13"] {
+        std::fs::rename(build.join(name), cuda.join(name)).unwrap();
+        libraries.push(Library {
+            file: name.into(),
+            package: "nvidia-test".into(),
+            size: std::fs::metadata(cuda.join(name)).unwrap().len(),
+            sha256: String::new(),
+            modified_ns: 0,
+        });
+    }
+    let real = common::ort_lib();
+    let name = real.file_name().unwrap().to_string_lossy().into_owned();
+    std::os::unix::fs::symlink(&real, runtime.join(&name)).unwrap();
+    std::fs::write(
+        runtime.join("libonnxruntime_providers_cuda.so"),
+        b"stand-in",
+    )
+    .unwrap();
+    let record = InstalledRuntime {
+        package: "onnxruntime-gpu".into(),
+        version: "test".into(),
+        library: name,
+        sha256: tessera::store::hashes::sha256_file(&real).unwrap(),
+        wheel: String::new(),
+        providers: vec!["cuda".into(), "cpu".into()],
+        dependencies_read: true,
+        cuda: Some(CudaLibraries {
+            requirements: vec!["nvidia-test~=13.0".into()],
+            cuda_major: Some(13),
+            libraries,
+            ..CudaLibraries::default()
+        }),
+    };
+    std::fs::write(
+        runtime.join("runtime.toml"),
+        toml::to_string(&record).unwrap(),
+    )
+    .unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("doctor")
+        .env("HOME", temp.path())
+        .env("XDG_RUNTIME_DIR", temp.path())
+        .env("TESSERA_DATA_DIR", &data)
+        .env_remove("TESSERA_SOCKET")
+        .env_remove("TESSERA_ORT_LIB")
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{out}");
+    assert!(
+        out.contains("CUDA 13 libraries for onnxruntime-gpu test in")
+            && out.contains("2 of 2 present"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok       preloaded 1 of 2 CUDA libraries"),
+        "{out}"
+    );
+    let engines = cuda.join("libdoctorengines.so.9");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&format!("PROBLEM  {} does not load: ", engines.display())))
+        .unwrap_or_else(|| panic!("no line for the engines library: {out}"));
+    assert!(line.contains("libdoctordriver.so.1"), "{line}");
+    assert!(out.contains("no NVIDIA driver"), "{out}");
 }

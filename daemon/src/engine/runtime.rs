@@ -44,10 +44,7 @@ pub(crate) fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<Arc<Runti
             requested: path,
         });
     }
-    // Before the library is initialised, so that its CUDA provider finds them whenever a
-    // session asks for it.
-    super::preload::cuda_libraries(&path, data_dir);
-    let runtime = Arc::new(init(&path)?);
+    let runtime = Arc::new(init(&path, data_dir)?);
     *slot = Some(runtime.clone());
     Ok(runtime)
 }
@@ -156,8 +153,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Checks the library and initialises `ort` with it.
-fn init(path: &Path) -> Result<Runtime, EngineError> {
+/// Checks the library, preloads the CUDA libraries installed for it, and initialises `ort`.
+fn init(path: &Path, data_dir: &Path) -> Result<Runtime, EngineError> {
     let unusable = |reason: String| EngineError::RuntimeUnusable {
         path: path.to_owned(),
         reason,
@@ -206,6 +203,9 @@ fn init(path: &Path) -> Result<Runtime, EngineError> {
         }
         version
     };
+    // Before ONNX Runtime starts, so that its CUDA provider finds them whenever a session asks
+    // for it; not for a library that is no ONNX Runtime at all.
+    super::preload::cuda_libraries(path, data_dir);
 
     let env = catch_unwind(AssertUnwindSafe(|| -> Result<_, String> {
         let builder = ort::init_from(path).map_err(|e| e.to_string())?;

@@ -162,7 +162,7 @@ pub fn install(
         && sha256_file(&current.library_path(dir)).ok().as_deref() == Some(current.sha256.as_str())
     {
         return match &current.cuda {
-            Some(libraries) if !libraries.intact(dir) => {
+            Some(libraries) if !libraries.intact(&dir.runtime()) => {
                 // Fetch again what the record says the wheel needs.
                 let mut record = current.clone();
                 record.cuda = Some(libraries.fetch(dir, options.index_url.as_deref())?);
@@ -189,7 +189,7 @@ pub fn install(
             .as_ref()
             .is_some_and(|n| n.requirements == p.requirements && n.platforms == p.platforms)
             && !options.force
-            && p.intact(dir)
+            && p.intact(&dir.runtime())
     });
     record.cuda = match (needed, reusable) {
         (Some(_), Some(previous)) => Some(previous.clone()),

@@ -147,6 +147,7 @@ fn record(runtime_dir: &Path, files: &[&str]) {
                     package: "nvidia-cuda-runtime".into(),
                     size: 1,
                     sha256: String::new(),
+                    modified_ns: 0,
                 })
                 .collect(),
             ..CudaLibraries::default()

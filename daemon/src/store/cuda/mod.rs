@@ -14,7 +14,7 @@ pub mod metadata;
 pub mod unpack;
 
 use super::DataDir;
-use super::hashes::HashCache;
+use super::hashes::sha256_file;
 use super::pip;
 use super::runtime::RuntimeInstallError;
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,19 @@ pub struct Library {
     pub package: String,
     pub size: u64,
     pub sha256: String,
+    /// Modification time when it was written (ns since 1970): a file with its recorded size and
+    /// this time is not read again to check its hash.
+    #[serde(default)]
+    pub modified_ns: u64,
+}
+
+/// A file's modification time in ns since 1970 (0 when the system cannot tell).
+pub fn modified_ns(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// What a recorded library looks like on disk now.
@@ -181,18 +194,16 @@ impl CudaLibraries {
             .collect()
     }
 
-    /// True when every library is there with its recorded size and SHA-256 (hashes are
-    /// remembered by size and modification time, so a re-run reads the files once).
-    pub fn intact(&self, dir: &DataDir) -> bool {
-        let folder = folder(&dir.runtime());
-        let mut hashes = HashCache::load(dir);
-        let intact = self.libraries.iter().all(|library| {
+    /// True when every library is there with its recorded size and SHA-256; a file whose
+    /// modification time is still the recorded one is taken as unchanged without reading it.
+    pub fn intact(&self, runtime_dir: &Path) -> bool {
+        let folder = folder(runtime_dir);
+        self.libraries.iter().all(|library| {
             let path = folder.join(&library.file);
             std::fs::metadata(&path).is_ok_and(|m| m.len() == library.size)
-                && hashes.sha256(&path).is_ok_and(|sha| sha == library.sha256)
-        });
-        hashes.save();
-        intact
+                && ((library.modified_ns != 0 && modified_ns(&path) == library.modified_ns)
+                    || sha256_file(&path).is_ok_and(|sha| sha == library.sha256))
+        })
     }
 
     /// Fetches the wheels these requirements resolve to with pip and unpacks their libraries

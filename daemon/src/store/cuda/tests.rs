@@ -158,7 +158,7 @@ fn the_record_tells_present_missing_and_damaged_libraries_apart() {
         libraries,
         ..CudaLibraries::default()
     };
-    assert!(record.intact(&dir));
+    assert!(record.intact(&dir.runtime()));
     assert_eq!(record.size(), 6 + 16);
     let cuda = folder(&dir.runtime());
     assert_eq!(
@@ -180,17 +180,27 @@ fn the_record_tells_present_missing_and_damaged_libraries_apart() {
             ("libcublasLt.so.13", LibraryState::Missing)
         ]
     );
-    assert!(!record.intact(&dir));
-    // Same size, other bytes: only the hash tells.
+    assert!(!record.intact(&dir.runtime()));
+    // Same size, other bytes, another time (set: a rewrite may land in the same clock tick):
+    // only the hash tells.
     std::fs::write(cuda.join("libcublas.so.13"), b"CUBLAS").unwrap();
     std::fs::write(cuda.join("libcublasLt.so.13"), b"cublasLt, larger").unwrap();
+    for file in ["libcublas.so.13", "libcublasLt.so.13"] {
+        let then = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(cuda.join(file))
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
     assert!(
         record
             .states(&dir.runtime())
             .iter()
             .all(|(_, s)| *s == LibraryState::Present)
     );
-    assert!(!record.intact(&dir));
+    assert!(!record.intact(&dir.runtime()));
 
     // Toml round trip, as in runtime.toml.
     let text = toml::to_string(&record).unwrap();

@@ -138,6 +138,7 @@ pub fn unpack(
             package: packages[p.wheel].name.clone(),
             size,
             sha256,
+            modified_ns: super::modified_ns(&target),
         });
     }
     Ok((packages, libraries))
