@@ -119,6 +119,9 @@ pub(crate) fn load_in_order(paths: &[PathBuf]) -> Preloaded {
 }
 
 fn open(path: &Path) -> Result<libloading::Library, String> {
+    // A full path, never a name the loader would search for (Windows requires it with
+    // LOAD_LIBRARY_SEARCH_DLL_LOAD_DIR).
+    let path = &std::path::absolute(path).map_err(|e| e.to_string())?;
     // SAFETY: loading a library runs its initialisers; these are the NVIDIA libraries the
     // install unpacked for this runtime, which the CUDA provider would load anyway.
     #[cfg(unix)]

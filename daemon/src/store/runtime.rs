@@ -111,7 +111,7 @@ pub enum RuntimeInstallError {
         requirements: String,
         detail: String,
     },
-    #[error("{} is not a usable wheel: {detail}", .wheel.display())]
+    #[error("{} is not usable: {detail}", .wheel.display())]
     BadWheel { wheel: PathBuf, detail: String },
     #[error(
         "not enough free space for {what}: {shortfall} (or choose another data directory with --data-dir) and run the install again"
@@ -492,6 +492,91 @@ mod tests {
         let err = install(&dir, &options).unwrap_err().to_string();
         assert!(err.contains("holds no onnxruntime/capi library"), "{err}");
         assert_eq!(installed(&dir), None);
+    }
+
+    /// A CPU wheel in `cache/wheels/`, as `download_wheel` leaves it.
+    fn cached_cpu_wheel(dir: &DataDir) -> PathBuf {
+        let wheels = dir.cache().join("wheels");
+        std::fs::create_dir_all(&wheels).unwrap();
+        let wheel = wheels.join("onnxruntime-9.9.9-cp311-cp311-manylinux_2_28_x86_64.whl");
+        fake_wheel(
+            &wheel,
+            &[
+                ("onnxruntime/capi/libonnxruntime.so.9.9.9", b"main"),
+                (
+                    "onnxruntime-9.9.9.dist-info/METADATA",
+                    b"Name: onnxruntime\nVersion: 9.9.9\n",
+                ),
+            ],
+        );
+        wheel
+    }
+
+    #[test]
+    fn a_record_older_than_the_cuda_step_reads_its_wheel_again() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path().join("data")).unwrap();
+        cached_cpu_wheel(&dir);
+        let options = InstallOptions {
+            version: "9.9.9".into(),
+            ..InstallOptions::default()
+        };
+        let first = install(&dir, &options).unwrap();
+        assert!(first.dependencies_read);
+        // As written before the CUDA step existed: no `dependencies_read`.
+        let record_path = dir.runtime().join(RECORD);
+        let old = std::fs::read_to_string(&record_path)
+            .unwrap()
+            .replace("dependencies_read = true\n", "");
+        std::fs::write(&record_path, &old).unwrap();
+        assert!(!read_record(&dir.runtime()).unwrap().dependencies_read);
+        let again = install(&dir, &options).unwrap();
+        assert!(again.dependencies_read && again.cuda.is_none());
+        assert_eq!(read_record(&dir.runtime()), Some(again));
+    }
+
+    #[test]
+    fn a_cpu_runtime_over_a_gpu_one_takes_its_cuda_libraries_away() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path().join("data")).unwrap();
+        let cuda_dir = cuda::folder(&dir.runtime());
+        std::fs::create_dir_all(&cuda_dir).unwrap();
+        std::fs::write(cuda_dir.join("libcublas.so.13"), b"cublas").unwrap();
+        std::fs::write(cuda_dir.join("notes.txt"), b"the user's").unwrap();
+        std::fs::write(dir.runtime().join("libonnxruntime.so.9.9.8"), b"gpu").unwrap();
+        let gpu = InstalledRuntime {
+            package: "onnxruntime-gpu".into(),
+            version: "9.9.8".into(),
+            library: "libonnxruntime.so.9.9.8".into(),
+            sha256: sha256_file(&dir.runtime().join("libonnxruntime.so.9.9.8")).unwrap(),
+            wheel: String::new(),
+            providers: vec!["cuda".into(), "cpu".into()],
+            dependencies_read: true,
+            cuda: Some(CudaLibraries {
+                requirements: vec!["nvidia-cublas~=13.0".into()],
+                libraries: vec![cuda::Library {
+                    file: "libcublas.so.13".into(),
+                    package: "nvidia-cublas".into(),
+                    size: 6,
+                    sha256: sha256_file(&cuda_dir.join("libcublas.so.13")).unwrap(),
+                    modified_ns: 0,
+                }],
+                ..CudaLibraries::default()
+            }),
+        };
+        write_record(&dir, &gpu).unwrap();
+        let options = InstallOptions {
+            version: "9.9.9".into(),
+            wheel: Some(cached_cpu_wheel(&dir)),
+            ..InstallOptions::default()
+        };
+        let cpu = install(&dir, &options).unwrap();
+        assert_eq!((cpu.package.as_str(), cpu.cuda), ("onnxruntime", None));
+        assert!(!cuda_dir.join("libcublas.so.13").exists());
+        assert!(
+            cuda_dir.join("notes.txt").exists(),
+            "what the record does not list stays"
+        );
     }
 
     #[test]
