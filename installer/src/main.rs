@@ -269,6 +269,14 @@ fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> an
     let installed = result?;
     if let Some(libraries) = &installed.cuda {
         println!("                 {}", libraries.summary(&dir.runtime()));
+        if let Some(major) = libraries.cuda_major
+            && let Some(driver) = accelerator::Machine::detect().nvidia
+            && let Err(reason) = tessera::store::cuda::driver_supports(&driver, major)
+        {
+            println!(
+                "                 warning: {reason}: CUDA will not start until it is updated (the CPU works meanwhile)"
+            );
+        }
         // The CUDA libraries are this runtime's, whoever unpacked them first: they go with it.
         if !record.dirs.contains(&cuda) {
             record.note_dir(&cuda);

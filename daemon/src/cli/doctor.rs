@@ -280,6 +280,27 @@ fn cuda_libraries(r: &mut Report, dir: &DataDir) {
         folder.display(),
         states.len()
     ));
+    if let Some(major) = cuda.cuda_major {
+        let proc_version = Path::new("/proc/driver/nvidia/version");
+        match crate::store::accelerator::detect_nvidia(proc_version) {
+            Some(driver) => match cuda::driver_supports(&driver, major) {
+                Ok(Some(minimum)) => {
+                    r.ok(format!("{driver}: runs CUDA {major} ({minimum} or newer)"))
+                }
+                Ok(None) => r.note(format!(
+                    "{driver}: its version does not say whether it runs CUDA {major}"
+                )),
+                Err(reason) => r.problem(
+                    reason,
+                    "update the NVIDIA driver (or set engine.execution_providers = [\"cpu\"])",
+                ),
+            },
+            None => r.note(format!(
+                "no NVIDIA driver found ({}, nvidia-smi): CUDA cannot start without it",
+                proc_version.display()
+            )),
+        }
+    }
     let origin = |library: &cuda::Library| {
         let version = cuda
             .packages

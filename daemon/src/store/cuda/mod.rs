@@ -84,6 +84,43 @@ pub enum LibraryState {
     WrongSize(u64),
 }
 
+/// The oldest NVIDIA driver (its major version) that runs programs built with a CUDA major
+/// version: CUDA 11 from 450, 12 from 525, 13 from 580 ("minor version compatibility").
+pub fn minimum_driver(cuda_major: u32) -> Option<u32> {
+    match cuda_major {
+        11 => Some(450),
+        12 => Some(525),
+        13 => Some(580),
+        _ => None,
+    }
+}
+
+/// Whether the driver described by `accelerator::detect_nvidia` (`NVIDIA driver 550.54.14 (…)`,
+/// `NVIDIA GeForce RTX 3080, 550.54.14 (nvidia-smi)`) runs CUDA `cuda_major`: `Err` with the
+/// reason when it is too old, `Ok(None)` when either version is unknown.
+pub fn driver_supports(driver: &str, cuda_major: u32) -> Result<Option<u32>, String> {
+    let Some(minimum) = minimum_driver(cuda_major) else {
+        return Ok(None);
+    };
+    let version = driver
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .find(|word| {
+            let mut parts = word.split('.');
+            parts.next().is_some_and(|p| p.parse::<u32>().is_ok())
+                && parts.next().is_some_and(|p| p.parse::<u32>().is_ok())
+        });
+    let Some(major) = version.and_then(|v| v.split('.').next()?.parse::<u32>().ok()) else {
+        return Ok(None);
+    };
+    if major < minimum {
+        return Err(format!(
+            "the NVIDIA driver {} is older than CUDA {cuda_major} needs ({minimum} or newer)",
+            version.unwrap_or_default()
+        ));
+    }
+    Ok(Some(minimum))
+}
+
 /// `runtime/cuda/` of a runtime folder.
 pub fn folder(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join(FOLDER)

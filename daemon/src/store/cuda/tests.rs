@@ -285,3 +285,24 @@ fn libraries_that_cannot_fit_on_the_disk_are_refused_before_a_byte_is_written() 
     }
     assert!(names(&folder).is_empty(), "nothing was written");
 }
+
+#[test]
+fn an_old_driver_is_named_with_the_version_the_cuda_major_needs() {
+    assert_eq!(
+        driver_supports("NVIDIA driver 580.65.06 (/proc/driver/nvidia/version)", 13),
+        Ok(Some(580))
+    );
+    assert_eq!(
+        driver_supports("NVIDIA GeForce RTX 3080, 550.54.14 (nvidia-smi)", 12),
+        Ok(Some(525))
+    );
+    assert_eq!(
+        driver_supports("NVIDIA driver 550.54.14 (/proc/driver/nvidia/version)", 13),
+        Err("the NVIDIA driver 550.54.14 is older than CUDA 13 needs (580 or newer)".into())
+    );
+    assert_eq!(
+        driver_supports("NVIDIA driver (version unknown) (x)", 13),
+        Ok(None)
+    );
+    assert_eq!(driver_supports("NVIDIA driver 550.54.14", 14), Ok(None));
+}
