@@ -306,3 +306,37 @@ fn an_old_driver_is_named_with_the_version_the_cuda_major_needs() {
     );
     assert_eq!(driver_supports("NVIDIA driver 550.54.14", 14), Ok(None));
 }
+
+#[test]
+fn windows_wheels_give_their_dlls_the_same_way() {
+    let temp = tempfile::tempdir().unwrap();
+    let cublas = wheel(
+        temp.path(),
+        "nvidia_cublas-13.1.0.3-py3-none-win_amd64.whl",
+        &[
+            ("nvidia/cu13/bin/x86_64/cublas64_13.dll", b"cublas"),
+            ("nvidia/cu13/bin/x86_64/cublasLt64_13.dll", b"cublasLt"),
+            ("nvidia/cu13/lib/x64/cublas.lib", b"import library"),
+        ],
+    );
+    let cudnn = wheel(
+        temp.path(),
+        "nvidia_cudnn_cu13-9.13.0.50-py3-none-win_amd64.whl",
+        &[
+            ("nvidia/cudnn/bin/cudnn64_9.dll", b"cudnn"),
+            ("nvidia/cudnn/bin/cudnn_graph64_9.dll", b"graph"),
+        ],
+    );
+    let folder = temp.path().join("runtime/cuda");
+    let (packages, _) = unpack::unpack(&[cublas, cudnn], &folder).unwrap();
+    assert_eq!(
+        names(&folder),
+        [
+            "cublas64_13.dll",
+            "cublasLt64_13.dll",
+            "cudnn64_9.dll",
+            "cudnn_graph64_9.dll"
+        ]
+    );
+    assert_eq!(packages[1].name, "nvidia-cudnn-cu13");
+}
