@@ -251,6 +251,9 @@ pub fn adopt(dir: &DataDir, library: &Path) -> Result<InstalledRuntime, RuntimeI
         dependencies_read: true,
         cuda: None,
     };
+    // CUDA libraries installed for an earlier runtime belong to that one.
+    let previous = read_record(&dir.runtime()).and_then(|r| r.cuda);
+    cuda::remove_stale(&dir.runtime(), previous.as_ref(), None);
     write_record(dir, &record)?;
     Ok(record)
 }
