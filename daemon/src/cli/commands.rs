@@ -77,14 +77,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     package,
                     wheel,
                     force,
+                    pip_index_url,
                 },
         } => install_runtime(
             &target,
             runtime::InstallOptions {
+                version: version.unwrap_or_else(|| runtime::default_version(&package).into()),
                 package,
-                version,
                 wheel,
                 force,
+                index_url: pip_index_url,
             },
         ),
         Command::Runtime {
@@ -285,6 +287,9 @@ fn install_runtime(target: &Target, options: runtime::InstallOptions) -> anyhow:
         dir.runtime().display()
     );
     let installed = runtime::install(&dir, &options)?;
+    if let Some(cuda) = &installed.cuda {
+        eprintln!("tessera: {}", cuda.summary(&dir.runtime()));
+    }
     println!("{}", installed.library_path(&dir).display());
     Ok(ExitCode::SUCCESS)
 }

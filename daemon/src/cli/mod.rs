@@ -182,11 +182,12 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RuntimeCommand {
-    /// Fetch the onnxruntime wheel with pip and unpack its library into the data directory
+    /// Fetch the onnxruntime wheel with pip and unpack its library into the data directory (for
+    /// onnxruntime-gpu also the CUDA and cuDNN libraries its metadata names, into runtime/cuda/)
     Install {
-        /// onnxruntime release
-        #[arg(long, default_value = crate::store::runtime::DEFAULT_VERSION)]
-        version: String,
+        /// onnxruntime release [default: 1.32.0; 1.31.1 for onnxruntime-gpu]
+        #[arg(long)]
+        version: Option<String>,
         /// PyPI package: onnxruntime, onnxruntime-gpu, onnxruntime-directml
         #[arg(long, default_value = "onnxruntime")]
         package: String,
@@ -196,6 +197,9 @@ pub enum RuntimeCommand {
         /// Reinstall even if the same version is present
         #[arg(long)]
         force: bool,
+        /// Package index for pip instead of the configured one (a mirror; the tests' local index)
+        #[arg(long, value_name = "URL", env = "TESSERA_PIP_INDEX_URL")]
+        pip_index_url: Option<String>,
     },
     /// Print the library the daemon would load
     Path,

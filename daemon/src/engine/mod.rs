@@ -5,6 +5,7 @@
 //! one folder (see `crate::weights`). The engine is shared by the server and the worker
 //! (`Send + Sync`); sessions are `Arc<Mutex<_>>` because `ort` runs take `&mut`.
 
+mod preload;
 mod providers;
 mod runtime;
 
@@ -15,6 +16,7 @@ use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use sha2::{Digest, Sha256};
 
+pub use preload::{Preloaded, preloaded as preloaded_cuda_libraries};
 pub use providers::parse_list as parse_providers;
 pub use runtime::{ENV_VARS, library_name, locate as locate_library};
 use runtime::{Runtime, one_line};

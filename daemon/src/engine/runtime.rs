@@ -5,7 +5,8 @@
 //! and read its version before `ort` ever sees it: a missing file, a non-library, a library
 //! without the ONNX Runtime entry point or an old version each become a one-line
 //! [`EngineError`] instead of a panic. The `ort` initialisation itself runs under
-//! `catch_unwind` as a last guard.
+//! `catch_unwind` as a last guard. The CUDA libraries installed beside a GPU runtime are loaded
+//! first (see `preload`).
 
 use std::ffi::CStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -43,7 +44,7 @@ pub(crate) fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<Arc<Runti
             requested: path,
         });
     }
-    let runtime = Arc::new(init(&path)?);
+    let runtime = Arc::new(init(&path, data_dir)?);
     *slot = Some(runtime.clone());
     Ok(runtime)
 }
@@ -152,8 +153,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Checks the library and initialises `ort` with it.
-fn init(path: &Path) -> Result<Runtime, EngineError> {
+/// Checks the library, preloads the CUDA libraries installed for it, and initialises `ort`.
+fn init(path: &Path, data_dir: &Path) -> Result<Runtime, EngineError> {
     let unusable = |reason: String| EngineError::RuntimeUnusable {
         path: path.to_owned(),
         reason,
@@ -202,6 +203,9 @@ fn init(path: &Path) -> Result<Runtime, EngineError> {
         }
         version
     };
+    // Before ONNX Runtime starts, so that its CUDA provider finds them whenever a session asks
+    // for it; not for a library that is no ONNX Runtime at all.
+    super::preload::cuda_libraries(path, data_dir);
 
     let env = catch_unwind(AssertUnwindSafe(|| -> Result<_, String> {
         let builder = ort::init_from(path).map_err(|e| e.to_string())?;
@@ -231,7 +235,7 @@ fn init(path: &Path) -> Result<Runtime, EngineError> {
 }
 
 /// An error and its sources, joined (libloading keeps dlerror's text in the source).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
