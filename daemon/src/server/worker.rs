@@ -22,6 +22,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             cancel,
         } = job;
         let started = Instant::now();
+        let mark = hub.warning_mark();
         tracing::info!(
             "job {id} started ({}×{}, ×{})",
             image.width,
@@ -35,6 +36,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             cancel: &cancel,
             fraction: 0.0,
             origin: None,
+            mark,
         };
         let outcome =
             panic::catch_unwind(AssertUnwindSafe(|| runner.run(image, &params, &mut sink)));
@@ -45,6 +47,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
                     job: id,
                     image: output.image,
                     timings: output.timings,
+                    warnings: hub.job_warnings(mark),
                 })
             }
             Ok(Err(mut error)) => {
@@ -119,6 +122,8 @@ struct JobProgress<'a> {
     /// When and at what fraction the first report came: the ETA extrapolates the rate since
     /// then, so model loading before it does not count as work.
     origin: Option<(Instant, f32)>,
+    /// The engine's warning mark when the job started: the job is told what came after.
+    mark: u64,
 }
 
 impl JobProgress<'_> {
@@ -152,6 +157,7 @@ impl ProgressSink for JobProgress<'_> {
                 tiles: step.tiles,
                 fraction: self.fraction,
                 eta_seconds,
+                warnings: self.hub.job_warnings(self.mark),
             }));
         }
         Ok(())
