@@ -55,6 +55,21 @@ pub trait Recovery {
     fn warn(&self, text: String);
 }
 
+/// Recovery where nothing runs on an accelerator (tools, tests): every error stands.
+pub struct NoRecovery;
+
+impl Recovery for NoRecovery {
+    fn on_accelerator(&self, _model: &str) -> bool {
+        false
+    }
+    fn move_to_cpu(&self, _model: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn warn(&self, text: String) {
+        tracing::warn!("{text}");
+    }
+}
+
 /// How far one kind of call has been shrunk in a job: level k runs at 1/2^k of the
 /// configured tile or batch. It lasts for the job (or stage), so that the calls after a
 /// retry start at the size that worked.

@@ -28,7 +28,8 @@ use sha2::{Digest, Sha256};
 
 pub use budget::BudgetSetting;
 pub use fallback::{
-    MaybeOutOfMemory, Recovery, Shrink, Shrinkable, is_out_of_memory, retry_out_of_memory,
+    MaybeOutOfMemory, NoRecovery, Recovery, Shrink, Shrinkable, is_out_of_memory,
+    retry_out_of_memory,
 };
 use faults::FaultState;
 pub use faults::Faults;
