@@ -128,7 +128,7 @@ where
         }
         recovery.move_to_cpu(&model)?;
         recovery.warn(format!(
-            "{model} ran out of GPU memory{}; it runs on the CPU for now (slower)",
+            "{model} ran out of GPU memory{}; it runs on the CPU (slower) until the daemon restarts or loads other models",
             if size.levels > 0 {
                 format!(" even with {}", (size.describe)(size.levels))
             } else {

@@ -19,7 +19,7 @@ mod runtime;
 mod session;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use ort::session::Session;
@@ -385,15 +385,36 @@ impl Engine {
             .sum()
     }
 
-    /// A mark for [`Engine::warnings_since`], taken when a job starts.
+    /// A mark for [`Engine::warnings_since`], taken when a job starts (one job runs at a
+    /// time: the sessions it runs are noted from here on).
     pub fn warning_mark(&self) -> u64 {
+        let mut cache = self.lock_cache();
+        cache.prune();
+        for (info, _) in &cache.alive {
+            info.used.store(false, Ordering::Relaxed);
+        }
         self.notices.mark()
     }
 
     /// What a job that started at `mark` must be told: the standing warnings (a provider
-    /// dropped) and those raised since (a network moved to the CPU, a call retried).
+    /// dropped), those raised since (a network moved to the CPU, a call retried), and, for
+    /// each network the job ran on the CPU after an accelerator failed it earlier, that it
+    /// still does.
     pub fn warnings_since(&self, mark: u64) -> Vec<String> {
-        self.notices.for_job(mark)
+        let mut out = self.notices.for_job(mark);
+        let mut cache = self.lock_cache();
+        cache.prune();
+        for (info, _) in &cache.alive {
+            if let Placement::Cpu {
+                reason: Some(reason),
+            } = info.placement()
+                && info.used.load(Ordering::Relaxed)
+                && !out.iter().any(|w| w.starts_with(&info.name))
+            {
+                out.push(format!("{} runs on the CPU (slower): {reason}", info.name));
+            }
+        }
+        out
     }
 
     /// The warnings `tessera status` shows (at most 16, oldest first).
@@ -714,6 +735,8 @@ pub struct SessionInfo {
     pub name: String,
     state: Mutex<Placement>,
     bytes: AtomicU64,
+    /// Run since the last [`Engine::warning_mark`] (in the running job).
+    used: AtomicBool,
 }
 
 impl SessionInfo {
@@ -722,6 +745,7 @@ impl SessionInfo {
             name: name.to_owned(),
             state: Mutex::new(placement.clone()),
             bytes: AtomicU64::new(bytes),
+            used: AtomicBool::new(false),
         }
     }
 
@@ -740,6 +764,10 @@ impl SessionInfo {
 
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn note_run(&self) {
+        self.used.store(true, Ordering::Relaxed);
     }
 
     fn set_placement(&self, placement: Placement) {

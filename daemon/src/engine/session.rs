@@ -85,6 +85,7 @@ impl EngineSession {
         input_values: impl Into<SessionInputs<'i, 'v, N>>,
     ) -> ort::Result<SessionOutputs<'s>> {
         let inputs = input_values.into();
+        self.info.note_run();
         if !self.info.on_accelerator() {
             return self.session.run(inputs);
         }

@@ -37,6 +37,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             fraction: 0.0,
             origin: None,
             mark,
+            warnings: Vec::new(),
         };
         let outcome =
             panic::catch_unwind(AssertUnwindSafe(|| runner.run(image, &params, &mut sink)));
@@ -47,7 +48,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
                     job: id,
                     image: output.image,
                     timings: output.timings,
-                    warnings: hub.job_warnings(mark),
+                    warnings: sink.all_warnings(),
                 })
             }
             Ok(Err(mut error)) => {
@@ -124,9 +125,21 @@ struct JobProgress<'a> {
     origin: Option<(Instant, f32)>,
     /// The engine's warning mark when the job started: the job is told what came after.
     mark: u64,
+    /// The job's warnings so far, in the order first seen: the list only grows.
+    warnings: Vec<String>,
 }
 
 impl JobProgress<'_> {
+    /// The job's warnings: those seen before and any new ones, appended.
+    fn all_warnings(&mut self) -> Vec<String> {
+        for warning in self.hub.job_warnings(self.mark) {
+            if !self.warnings.contains(&warning) {
+                self.warnings.push(warning);
+            }
+        }
+        self.warnings.clone()
+    }
+
     /// Seconds left at the average rate since the first report; `None` until there is one.
     fn eta(&mut self) -> Option<f32> {
         let (start, from) = *self.origin.get_or_insert((Instant::now(), self.fraction));
@@ -157,7 +170,7 @@ impl ProgressSink for JobProgress<'_> {
                 tiles: step.tiles,
                 fraction: self.fraction,
                 eta_seconds,
-                warnings: self.hub.job_warnings(self.mark),
+                warnings: self.all_warnings(),
             }));
         }
         Ok(())
