@@ -2,7 +2,7 @@
 //! weights, read from the graph, at their stored precision, plus an allowance), the default
 //! budget (the device's free memory less a margin for activations), the `engine.vram_budget`
 //! setting, and which cached sessions to set aside when a new one would not fit.
-//! `docs/memory.md` has the arithmetic for the default Clarity job on an 8 GB card.
+//! `docs/gpu.md` has the arithmetic for the default Clarity job on an 8 GB card.
 
 use crate::onnx::proto::TensorProto;
 
