@@ -114,9 +114,7 @@ class Job:
         """Asks the daemon to drop or stop the job (see :meth:`Client.cancel`)."""
         self._client.cancel(self)
 
-    def _note_warnings(
-        self, warnings: List[str], on_warning: Optional[WarningCallback]
-    ) -> None:
+    def _note_warnings(self, warnings: List[str], on_warning: Optional[WarningCallback]) -> None:
         """Records the warnings of a ``Progress`` or ``Done`` (the job's whole
         list so far) and hands each new one to ``on_warning``."""
         fresh = warnings[len(self.warnings) :]

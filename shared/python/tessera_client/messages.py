@@ -410,7 +410,7 @@ class Progress:
     eta_seconds: Optional[float] = None
     #: Every warning the job has had so far, oldest first (a network moved to the
     #: CPU, a call retried with smaller tiles). The list only grows: show the ones
-    #: not shown yet (:meth:`JobHandle.new_warnings` does).
+    #: not shown yet (``Job.wait(on_warning=...)`` does).
     warnings: List[str] = field(default_factory=list)
 
 

@@ -295,9 +295,7 @@ def _expected():
                 ],
                 resident_bytes=5_368_709_120,
                 warnings=["DirectML was dropped: its probe gave wrong numbers (error 0.5)"],
-                device_memory=DeviceMemory(
-                    "NVIDIA H100 80GB HBM3", 85_520_809_984, 79_456_894_976
-                ),
+                device_memory=DeviceMemory("NVIDIA H100 80GB HBM3", 85_520_809_984, 79_456_894_976),
                 session_budget_bytes=78_382_960_640,
                 session_bytes=3_288_334_336,
             ),
