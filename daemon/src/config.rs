@@ -257,6 +257,21 @@ mod tests {
             err.contains("engine.execution_providers") && err.contains("npu"),
             "{err}"
         );
+        std::fs::write(&path, "[engine]\nvram_budget = \"6 GiBs\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("engine.vram_budget") && err.contains("GiBs"),
+            "{err}"
+        );
+        std::fs::write(&path, "[engine]\nvram_budget = \"6 GiB\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().engine.budget(),
+            crate::engine::BudgetSetting::Bytes(6 << 30)
+        );
+        assert_eq!(
+            Config::default().engine.budget(),
+            crate::engine::BudgetSetting::Auto
+        );
         std::fs::write(&path, "[upscale]\ntile = 32\noverlap = 16\n").unwrap();
         assert!(
             Config::load(&path)

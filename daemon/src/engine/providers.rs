@@ -262,21 +262,29 @@ fn diagnose_cuda(runtime: &Runtime, device_id: i32) -> Result<(), String> {
             .and_then(Path::parent)
             .map(Path::to_path_buf),
     ];
-    let missing: Vec<String> = needed_libraries(&provider)
+    check_libraries(&provider, &search)
+}
+
+/// `Err` naming the CUDA and cuDNN libraries `provider` needs that load neither by the
+/// system's search nor from `dirs`.
+fn check_libraries(provider: &Path, dirs: &[Option<PathBuf>]) -> Result<(), String> {
+    let missing: Vec<String> = needed_libraries(provider)
         .into_iter()
-        .filter(|name| !loadable(name, &search))
+        .filter(|name| !loadable(name, dirs))
         .collect();
-    if !missing.is_empty() {
-        return Err(format!(
+    match missing.as_slice() {
+        [] => Ok(()),
+        names => Err(format!(
             "{} missing (needed by {}); install CUDA and cuDNN, or run tessera-install again",
-            match missing.as_slice() {
+            match names {
                 [one] => format!("{one} is"),
                 many => format!("{} are", many.join(", ")),
             },
-            cuda_provider_name()
-        ));
+            provider
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        )),
     }
-    Ok(())
 }
 
 /// The CUDA and cuDNN libraries a provider library names (its dynamic-section strings), e.g.
@@ -462,5 +470,29 @@ mod tests {
                 ["libcublasLt.so.12", "libcudart.so.12", "libcudnn.so.9"]
             );
         }
+    }
+
+    #[test]
+    fn missing_cuda_libraries_are_named() {
+        if cfg!(windows) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let provider = dir.path().join("libonnxruntime_providers_cuda.so");
+        std::fs::write(
+            &provider,
+            b"\x7fELF\0libcudart.so.99\0libcudnn.so.99\0libc.so.6\0",
+        )
+        .unwrap();
+        let error = check_libraries(&provider, &[Some(dir.path().to_owned())]).unwrap_err();
+        assert_eq!(
+            error,
+            "libcudart.so.99, libcudnn.so.99 are missing (needed by libonnxruntime_providers_cuda.so); install CUDA and cuDNN, or run tessera-install again"
+        );
+        std::fs::write(&provider, b"libc.so.6\0").unwrap();
+        assert!(
+            check_libraries(&provider, &[]).is_ok(),
+            "nothing CUDA is needed"
+        );
     }
 }
