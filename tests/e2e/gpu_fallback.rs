@@ -208,3 +208,41 @@ fn doctor_says_in_one_line_why_each_gpu_provider_is_not_used() {
         "{out}"
     );
 }
+
+#[test]
+fn the_cli_prints_the_jobs_warnings_and_the_daemons() {
+    let daemon = Daemon::prepare_diffusion("")
+        .with_env("TESSERA_FAULTS", "accelerator, build=VAE decoder")
+        .start();
+    let input = daemon.dir.path().join("in.png");
+    image::RgbImage::from_fn(48, 40, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 6) as u8, 90])
+    })
+    .save(&input)
+    .unwrap();
+    let output = daemon.dir.path().join("out.png");
+    let run = daemon
+        .command(["upscale", "--no-start", "--creativity", "0.35", "-o"])
+        .arg(&output)
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tessera: warning: VAE decoder"))
+        .collect();
+    assert_eq!(warned.len(), 1, "printed once:\n{stderr}");
+    assert!(warned[0].contains("runs on the CPU"), "{}", warned[0]);
+
+    let status = daemon.command(["status"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("warning: VAE decoder") && l.contains("could not be prepared")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(on the CPU)"), "{stdout}");
+}
