@@ -53,6 +53,22 @@ fn idle_sessions_are_set_aside_by_bytes_and_those_in_use_stay() {
         engine.execution_providers(),
         [ExecutionProvider::Simulated, ExecutionProvider::Cpu]
     );
+    set_aside_by_bytes(&engine);
+}
+
+#[test]
+fn a_budget_configured_on_the_cpu_holds_the_cpu_sessions() {
+    let engine = engine("", BudgetSetting::Bytes(5 * SESSION / 2));
+    assert_eq!(engine.execution_providers(), [ExecutionProvider::Cpu]);
+    set_aside_by_bytes(&engine);
+    assert_eq!(
+        self::engine("", BudgetSetting::Auto).session_budget(),
+        None,
+        "no budget on the CPU unless configured"
+    );
+}
+
+fn set_aside_by_bytes(engine: &Engine) {
     assert_eq!(engine.session_budget(), Some(5 * SESSION / 2));
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -61,25 +77,25 @@ fn idle_sessions_are_set_aside_by_bytes_and_those_in_use_stay() {
         .unwrap();
     let held = |engine: &Engine| engine.held_sessions();
 
-    let first = Esrgan::load(&engine, &a, cache.path()).unwrap();
-    let second = Esrgan::load(&engine, &b, cache.path()).unwrap();
+    let first = Esrgan::load(engine, &a, cache.path()).unwrap();
+    let second = Esrgan::load(engine, &b, cache.path()).unwrap();
     assert!(engine.session_bytes() >= 2 * SESSION);
     drop(first);
     // a is idle (only the cache holds it), b in use: c takes a's place.
-    let third = Esrgan::load(&engine, &c, cache.path()).unwrap();
+    let third = Esrgan::load(engine, &c, cache.path()).unwrap();
     assert_eq!(
-        held(&engine),
+        held(engine),
         ["ESRGAN b.safetensors", "ESRGAN c.safetensors"]
     );
     assert!(engine.session_bytes() <= 5 * SESSION / 2);
     // Everything in use: nothing can go, d is built over the budget all the same.
-    let fourth = Esrgan::load(&engine, &d, cache.path()).unwrap();
-    assert_eq!(held(&engine).len(), 3);
+    let fourth = Esrgan::load(engine, &d, cache.path()).unwrap();
+    assert_eq!(held(engine).len(), 3);
     // a comes back when asked for again (b, now idle, makes room).
     drop(second);
-    let again = Esrgan::load(&engine, &a, cache.path()).unwrap();
-    assert!(held(&engine).contains(&"ESRGAN a.safetensors".to_owned()));
-    assert!(!held(&engine).contains(&"ESRGAN b.safetensors".to_owned()));
+    let again = Esrgan::load(engine, &a, cache.path()).unwrap();
+    assert!(held(engine).contains(&"ESRGAN a.safetensors".to_owned()));
+    assert!(!held(engine).contains(&"ESRGAN b.safetensors".to_owned()));
     drop((third, fourth, again));
 }
 

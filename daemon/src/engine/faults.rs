@@ -16,7 +16,7 @@
 //!   `TEXT` (case-insensitive).
 //! - `oom=TEXT@N+K`: on an accelerator, calls number N to N+K−1 (counted from 1 since the
 //!   engine started) of the sessions whose model name contains `TEXT` fail with ONNX Runtime's
-//!   CUDA out-of-memory message; `+K` defaults to `+1`.
+//!   CUDA out-of-memory message; `+K` defaults to `+1`. Several `oom` items count apart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,7 +33,7 @@ pub struct Faults {
     pub simulated_accelerator: bool,
     pub probe: Option<ProbeFault>,
     pub build: Option<String>,
-    pub oom: Option<OomFault>,
+    pub oom: Vec<OomFault>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl std::str::FromStr for Faults {
                 ("build", Some(part)) if !part.is_empty() => {
                     faults.build = Some(part.to_lowercase())
                 }
-                ("oom", Some(spec)) => faults.oom = Some(parse_oom(spec)?),
+                ("oom", Some(spec)) => faults.oom.push(parse_oom(spec)?),
                 _ => {
                     return Err(format!(
                         "cannot read {item:?} (one of: accelerator, probe, probe=wrong, build=TEXT, oom=TEXT@N+K)"
@@ -126,32 +126,34 @@ fn parse_oom(spec: &str) -> Result<OomFault, String> {
     })
 }
 
-/// The faults of one engine and the call counter the `oom` fault needs.
+/// The faults of one engine and the call counters the `oom` faults need.
 #[derive(Debug, Default)]
 pub struct FaultState {
     pub faults: Faults,
-    calls: AtomicU64,
+    /// Calls so far of the models of each `oom` fault.
+    calls: Vec<AtomicU64>,
 }
 
 impl FaultState {
     pub fn new(faults: Faults) -> FaultState {
         FaultState {
+            calls: faults.oom.iter().map(|_| AtomicU64::new(0)).collect(),
             faults,
-            calls: AtomicU64::new(0),
         }
     }
 
     /// Counts a call of `model` on an accelerator; `Err` when this call must run out of memory.
     pub fn before_accelerated_call(&self, model: &str) -> Result<(), &'static str> {
-        let Some(oom) = &self.faults.oom else {
-            return Ok(());
-        };
-        if !model.to_lowercase().contains(&oom.model) {
-            return Ok(());
+        let lower = model.to_lowercase();
+        let mut fail = false;
+        for (oom, calls) in self.faults.oom.iter().zip(&self.calls) {
+            if lower.contains(&oom.model) {
+                let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                fail |= (oom.first..oom.first + oom.count).contains(&call);
+            }
         }
-        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if (oom.first..oom.first + oom.count).contains(&call) {
-            tracing::warn!(model, call, "injecting an out-of-memory error");
+        if fail {
+            tracing::warn!(model, "injecting an out-of-memory error");
             Err(INJECTED_OOM)
         } else {
             Ok(())
@@ -173,11 +175,11 @@ mod tests {
         assert!(f.breaks_build("UNet+ControlNet tiny") && !f.breaks_build("VAE"));
         assert_eq!(
             f.oom,
-            Some(OomFault {
+            [OomFault {
                 model: "vae decoder".into(),
                 first: 3,
                 count: 2
-            })
+            }]
         );
         assert_eq!("".parse::<Faults>().unwrap(), Faults::default());
         assert_eq!(
@@ -197,5 +199,9 @@ mod tests {
             .collect();
         assert_eq!(outcomes, [false, true, true, false, false]);
         assert!(state.before_accelerated_call("VAE").is_ok());
+        let two = FaultState::new("oom=unet@1, oom=vae@2".parse().unwrap());
+        assert!(two.before_accelerated_call("UNet").is_err());
+        assert!(two.before_accelerated_call("VAE").is_ok());
+        assert!(two.before_accelerated_call("VAE").is_err(), "counted apart");
     }
 }

@@ -374,15 +374,20 @@ impl Engine {
     /// The estimated bytes of the sessions alive now on the device the budget is for (the
     /// accelerator when there is one, else the CPU).
     pub fn session_bytes(&self) -> u64 {
-        let accelerated = self.accelerator().is_some();
         let mut cache = self.lock_cache();
         cache.prune();
         cache
             .alive
             .iter()
-            .filter(|(info, _)| !accelerated || info.on_accelerator())
+            .filter(|(info, _)| self.budgeted(info))
             .map(|(info, _)| info.bytes())
             .sum()
+    }
+
+    /// Whether `info`'s session counts against the budget: it is on the accelerator, or there
+    /// is none and the budget is the CPU's.
+    fn budgeted(&self, info: &SessionInfo) -> bool {
+        self.accelerator().is_none() || info.on_accelerator()
     }
 
     /// A mark for [`Engine::warnings_since`], taken when a job starts (one job runs at a
@@ -455,29 +460,27 @@ impl Engine {
         let started = std::time::Instant::now();
         let model = Arc::new(model.clone());
         let bytes = budget::session_bytes(&model.onnx);
+        self.make_room(bytes);
         let (session, placement) = match self.accelerator() {
-            Some(ep) => {
-                self.make_room(bytes);
-                match self.build_session(&model, true) {
-                    Ok(session) => (session, Placement::Accelerator(ep)),
-                    Err(reason) => {
-                        let reason = one_line(&reason);
-                        self.notices.raise(format!(
-                            "{} could not be prepared on {ep} ({reason}); it runs on the CPU (slower)",
-                            model.name
-                        ));
-                        let session = self
-                            .build_session(&model, false)
-                            .map_err(|e| EngineError::ort(&model.name, e))?;
-                        (
-                            session,
-                            Placement::Cpu {
-                                reason: Some(reason),
-                            },
-                        )
-                    }
+            Some(ep) => match self.build_session(&model, true) {
+                Ok(session) => (session, Placement::Accelerator(ep)),
+                Err(reason) => {
+                    let reason = one_line(&reason);
+                    self.notices.raise(format!(
+                        "{} could not be prepared on {ep} ({reason}); it runs on the CPU (slower)",
+                        model.name
+                    ));
+                    let session = self
+                        .build_session(&model, false)
+                        .map_err(|e| EngineError::ort(&model.name, e))?;
+                    (
+                        session,
+                        Placement::Cpu {
+                            reason: Some(reason),
+                        },
+                    )
                 }
-            }
+            },
             None => (
                 self.build_session(&model, false)
                     .map_err(|e| EngineError::ort(&model.name, e))?,
@@ -574,14 +577,14 @@ impl Engine {
         let held: u64 = cache
             .alive
             .iter()
-            .filter(|(info, _)| info.on_accelerator())
+            .filter(|(info, _)| self.budgeted(info))
             .map(|(info, _)| info.bytes())
             .sum();
         let cached: Vec<budget::Cached> = cache
             .entries
             .iter()
             .map(|e| budget::Cached {
-                bytes: if e.info.on_accelerator() {
+                bytes: if self.budgeted(&e.info) {
                     e.info.bytes()
                 } else {
                     0
