@@ -10,6 +10,8 @@
 //! (`Send + Sync`); sessions are `Arc<Mutex<_>>` because `ort` runs take `&mut`.
 
 mod budget;
+mod cache;
+mod error;
 mod fallback;
 mod faults;
 mod nvml;
@@ -19,14 +21,16 @@ mod runtime;
 mod session;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use sha2::{Digest, Sha256};
 
 pub use budget::BudgetSetting;
+pub use cache::SessionInfo;
+use cache::{SessionCache, identity};
+pub use error::EngineError;
 pub use fallback::{
     MaybeOutOfMemory, NoRecovery, Recovery, Shrink, Shrinkable, is_out_of_memory,
     retry_out_of_memory,
@@ -130,62 +134,6 @@ impl ExecutionProvider {
     }
 }
 
-/// Engine failures. Every `Display` is one line (the CLI prints it as is).
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(
-        "ONNX Runtime library not found ({searched}); run `tessera runtime install` or set TESSERA_ORT_LIB"
-    )]
-    RuntimeNotFound { searched: String },
-    #[error(
-        "cannot use {} as ONNX Runtime: {reason}; run `tessera runtime install` or set TESSERA_ORT_LIB",
-        path.display()
-    )]
-    RuntimeUnusable { path: PathBuf, reason: String },
-    #[error(
-        "ONNX Runtime {found} at {} is too old (1.{required} or newer is needed); run `tessera runtime install` or set TESSERA_ORT_LIB",
-        path.display()
-    )]
-    RuntimeTooOld {
-        path: PathBuf,
-        found: String,
-        required: u32,
-    },
-    #[error(
-        "ONNX Runtime is already loaded from {} in this process; restart to use {}",
-        loaded.display(),
-        requested.display()
-    )]
-    RuntimeConflict { loaded: PathBuf, requested: PathBuf },
-    /// Session creation or inference failed inside ONNX Runtime.
-    #[error("ONNX Runtime failed on {model}: {message}")]
-    Ort { model: String, message: String },
-    /// A call ran out of memory (on an accelerator the job retries it, see `fallback.rs`).
-    #[error(
-        "{model} ran out of memory ({message}); lower diffusion.tile_batch or the tile sizes in config.toml"
-    )]
-    OutOfMemory { model: String, message: String },
-}
-
-impl EngineError {
-    /// An error of ONNX Runtime about `model`; one that says memory ran out becomes
-    /// [`EngineError::OutOfMemory`].
-    pub(crate) fn ort(model: &str, e: impl std::fmt::Display) -> EngineError {
-        let message = one_line(&e.to_string());
-        if is_out_of_memory(&message) {
-            EngineError::OutOfMemory {
-                model: model.to_owned(),
-                message,
-            }
-        } else {
-            EngineError::Ort {
-                model: model.to_owned(),
-                message,
-            }
-        }
-    }
-}
-
 /// A graph ready for a session: ONNX bytes plus where its external weights are.
 #[derive(Clone, Debug)]
 pub struct CompiledModel {
@@ -247,7 +195,7 @@ impl Engine {
             if providers.contains(&ep) {
                 continue;
             }
-            match check_provider(&runtime, ep, &faults) {
+            match probe::check(&runtime, ep, &faults) {
                 Ok(report) => {
                     if ep.is_accelerator() {
                         tracing::info!(provider = %ep, ms = report.millis, error = report.error, "execution provider passed its probe");
@@ -346,7 +294,7 @@ impl Engine {
         list: &[ExecutionProvider],
     ) -> Vec<(ExecutionProvider, Result<ProbeReport, String>)> {
         list.iter()
-            .map(|&ep| (ep, check_provider(&self.runtime, ep, &self.faults)))
+            .map(|&ep| (ep, probe::check(&self.runtime, ep, &self.faults)))
             .collect()
     }
 
@@ -705,23 +653,6 @@ impl Recovery for Engine {
     }
 }
 
-/// Diagnosis, registration and probe of `ep`: what the probe measured, or why `ep` is not used.
-fn check_provider(
-    runtime: &Runtime,
-    ep: ExecutionProvider,
-    faults: &FaultState,
-) -> Result<ProbeReport, String> {
-    if !ep.is_accelerator() {
-        return Ok(ProbeReport {
-            millis: 0.0,
-            error: 0.0,
-        });
-    }
-    providers::diagnose(runtime, ep)?;
-    providers::registers(runtime, ep)?;
-    probe::probe(runtime, ep, faults.faults.probe)
-}
-
 /// Run options that shrink the arenas of `devices` (e.g. `gpu:0`) at the end of a call.
 fn shrink_options(devices: &str) -> Option<ort::session::RunOptions> {
     let mut options = ort::session::RunOptions::new().ok()?;
@@ -729,118 +660,6 @@ fn shrink_options(devices: &str) -> Option<ort::session::RunOptions> {
         .set("memory.enable_memory_arena_shrinkage", devices)
         .ok()?;
     Some(options)
-}
-
-/// What the cache and the status know of a session without taking its lock (which a running
-/// network holds for the length of its call).
-#[derive(Debug)]
-pub struct SessionInfo {
-    pub name: String,
-    state: Mutex<Placement>,
-    bytes: AtomicU64,
-    /// Run since the last [`Engine::warning_mark`] (in the running job).
-    used: AtomicBool,
-}
-
-impl SessionInfo {
-    fn new(name: &str, placement: &Placement, bytes: u64) -> SessionInfo {
-        SessionInfo {
-            name: name.to_owned(),
-            state: Mutex::new(placement.clone()),
-            bytes: AtomicU64::new(bytes),
-            used: AtomicBool::new(false),
-        }
-    }
-
-    pub fn placement(&self) -> Placement {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn on_accelerator(&self) -> bool {
-        self.placement().is_accelerator()
-    }
-
-    /// On the CPU although an accelerator was there for it.
-    pub fn fell_back(&self) -> bool {
-        matches!(self.placement(), Placement::Cpu { reason: Some(_) })
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    fn note_run(&self) {
-        self.used.store(true, Ordering::Relaxed);
-    }
-
-    fn set_placement(&self, placement: Placement) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = placement;
-    }
-}
-
-/// Identity of a model for the session cache.
-fn identity(model: &CompiledModel) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(&model.onnx);
-    h.update(model.weights_folder.as_os_str().as_encoded_bytes());
-    for f in &model.weight_files {
-        h.update(f.as_os_str().as_encoded_bytes());
-        if let Ok(stamp) = crate::store::FileStamp::read(f) {
-            h.update(stamp.to_bytes());
-        }
-    }
-    h.finalize().into()
-}
-
-/// Least-recently-used sessions; tiny, so a vector is the right structure. `alive` follows
-/// every session created (weakly), so that what is held can be reported whoever holds it.
-struct SessionCache {
-    capacity: usize,
-    /// Least recently used first.
-    entries: Vec<CacheEntry>,
-    alive: Vec<(Arc<SessionInfo>, Weak<Mutex<EngineSession>>)>,
-}
-
-struct CacheEntry {
-    key: [u8; 32],
-    info: Arc<SessionInfo>,
-    session: SharedSession,
-}
-
-impl SessionCache {
-    fn new(capacity: usize) -> SessionCache {
-        SessionCache {
-            capacity,
-            entries: Vec::new(),
-            alive: Vec::new(),
-        }
-    }
-
-    fn get(&mut self, key: &[u8; 32]) -> Option<SharedSession> {
-        let i = self.entries.iter().position(|e| e.key == *key)?;
-        let entry = self.entries.remove(i);
-        let session = entry.session.clone();
-        self.entries.push(entry);
-        Some(session)
-    }
-
-    fn put(&mut self, key: [u8; 32], info: Arc<SessionInfo>, session: SharedSession) {
-        self.entries.retain(|e| e.key != key);
-        if self.entries.len() >= self.capacity {
-            // Evicted sessions stay alive while a network still holds them.
-            self.entries.remove(0);
-        }
-        self.entries.push(CacheEntry { key, info, session });
-    }
-
-    fn note_alive(&mut self, info: Arc<SessionInfo>, session: &SharedSession) {
-        self.prune();
-        self.alive.push((info, Arc::downgrade(session)));
-    }
-
-    fn prune(&mut self) {
-        self.alive.retain(|(_, s)| s.strong_count() > 0);
-    }
 }
 
 /// CUDA device `device_id`'s name and memory, from NVML (for `tessera doctor`).

@@ -142,6 +142,23 @@ pub fn probe(
     }
 }
 
+/// Diagnosis, registration and probe of `ep`: what the probe measured, or why `ep` is not used.
+pub(super) fn check(
+    runtime: &Runtime,
+    ep: ExecutionProvider,
+    faults: &super::faults::FaultState,
+) -> Result<ProbeReport, String> {
+    if !ep.is_accelerator() {
+        return Ok(ProbeReport {
+            millis: 0.0,
+            error: 0.0,
+        });
+    }
+    providers::diagnose(runtime, ep)?;
+    providers::registers(runtime, ep)?;
+    probe(runtime, ep, faults.faults.probe)
+}
+
 /// max |got − want| / max |want| (infinite when the lengths differ or a value is not finite).
 fn relative_error(got: &[f32], want: &[f32]) -> f32 {
     if got.len() != want.len() || got.iter().any(|v| !v.is_finite()) {
