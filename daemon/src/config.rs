@@ -58,6 +58,21 @@ pub struct EngineConfig {
     /// activations it ever needed. Off (the default), activation memory goes back after every
     /// network call, so a job's peak is its largest phase rather than the sum of all of them.
     pub cpu_arena: bool,
+    /// Bytes the warm sessions may hold on the device: "auto" (the default: on a GPU its free
+    /// memory at start less a margin for activations, on the CPU no budget), "none", or a
+    /// size such as "6 GiB". Sessions no job uses are set aside, least recently used first,
+    /// to stay within it; on CUDA it also caps each session's memory arena.
+    pub vram_budget: Option<String>,
+}
+
+impl EngineConfig {
+    /// `vram_budget`, read (validated when the file was loaded).
+    pub fn budget(&self) -> crate::engine::BudgetSetting {
+        self.vram_budget
+            .as_deref()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +181,10 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(text) = &self.engine.vram_budget {
+            text.parse::<crate::engine::BudgetSetting>()
+                .map_err(|e| format!("engine.vram_budget: {e}"))?;
+        }
         if let Some(names) = &self.engine.execution_providers {
             crate::engine::parse_providers(names)
                 .map_err(|e| format!("engine.execution_providers: {e}"))?;
@@ -237,6 +256,21 @@ mod tests {
         assert!(
             err.contains("engine.execution_providers") && err.contains("npu"),
             "{err}"
+        );
+        std::fs::write(&path, "[engine]\nvram_budget = \"6 GiBs\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("engine.vram_budget") && err.contains("GiBs"),
+            "{err}"
+        );
+        std::fs::write(&path, "[engine]\nvram_budget = \"6 GiB\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().engine.budget(),
+            crate::engine::BudgetSetting::Bytes(6 << 30)
+        );
+        assert_eq!(
+            Config::default().engine.budget(),
+            crate::engine::BudgetSetting::Auto
         );
         std::fs::write(&path, "[upscale]\ntile = 32\noverlap = 16\n").unwrap();
         assert!(

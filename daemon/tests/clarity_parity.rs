@@ -138,9 +138,12 @@ fn run(engine: &Arc<Engine>, refs: &HashMap<String, ArrayD<f32>>, batch: usize) 
             upscaler: &mut EsrganUpscaler {
                 net: &mut esrgan,
                 tiling: Tiling::default(),
+                recovery: &**engine,
+                shrink: Default::default(),
             },
             vae: &mut set.vae,
             unet: &mut set.unet,
+            recovery: &**engine,
         },
         input,
         &plan,

@@ -7,6 +7,7 @@ use super::{
 use crate::store::{self, registry, runtime};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -147,7 +148,17 @@ fn upscale(
     if accepted.position > 0 {
         bar.set_message(format!("queued ({} ahead)", accepted.position));
     }
+    // Warnings come as the job's whole list so far: print each new one once, above the bar.
+    let mut warned = 0;
+    let mut warn = |warnings: &[String], bar: &ProgressBar| {
+        for warning in warnings.iter().skip(warned) {
+            // `suspend`, not `println`: a hidden bar (stderr not a terminal) prints nothing.
+            bar.suspend(|| eprintln!("tessera: warning: {warning}"));
+        }
+        warned = warned.max(warnings.len());
+    };
     let outcome = client.wait(accepted.job, |p| {
+        warn(&p.warnings, &bar);
         let stage = if p.stages > 1 {
             format!("stage {}/{} ", p.stage + 1, p.stages)
         } else {
@@ -156,15 +167,39 @@ fn upscale(
         bar.set_message(format!("{stage}{} tile {}/{}", p.phase, p.tile, p.tiles));
         bar.set_position((p.fraction * 1000.0) as u64);
     });
-    bar.finish_and_clear();
     let done = match outcome {
-        Ok(done) => done,
-        Err(ClientError::Daemon(e)) if e.kind == ErrorKind::Cancelled => {
-            eprintln!("tessera: cancelled");
-            return Ok(ExitCode::from(EXIT_CANCELLED));
+        Ok(done) => {
+            warn(&done.warnings, &bar);
+            bar.finish_and_clear();
+            done
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            bar.finish_and_clear();
+            return upscale_failed(e);
+        }
     };
+    finish_upscale(input, output, width, height, done)
+}
+
+/// The exit of an upscale whose job did not finish.
+fn upscale_failed(error: ClientError) -> anyhow::Result<ExitCode> {
+    match error {
+        ClientError::Daemon(e) if e.kind == ErrorKind::Cancelled => {
+            eprintln!("tessera: cancelled");
+            Ok(ExitCode::from(EXIT_CANCELLED))
+        }
+        e => Err(e.into()),
+    }
+}
+
+/// Writes a finished job's image and prints what it took.
+fn finish_upscale(
+    input: &Path,
+    output: &Path,
+    width: u32,
+    height: u32,
+    done: tessera_protocol::Done,
+) -> anyhow::Result<ExitCode> {
     if let Some(note) = imagefile::write(&done.image, output)? {
         eprintln!("tessera: note: {note}");
     }
@@ -212,6 +247,21 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
     if status.resident_bytes > 0 {
         println!("memory:  {} resident", human_size(status.resident_bytes));
     }
+    if let Some(gpu) = &status.device_memory {
+        println!(
+            "gpu:     {}, {} of {} free",
+            gpu.device,
+            human_size(gpu.free_bytes),
+            human_size(gpu.total_bytes)
+        );
+    }
+    if let Some(budget) = status.session_budget_bytes {
+        println!(
+            "budget:  sessions hold about {} of {}",
+            human_size(status.session_bytes),
+            human_size(budget)
+        );
+    }
     if status.sessions.is_empty() {
         println!("models:  none loaded");
     } else {
@@ -222,6 +272,9 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
     }
     println!("clients: {}", status.clients);
     println!("data:    {}", status.data_dir);
+    for warning in &status.warnings {
+        println!("warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

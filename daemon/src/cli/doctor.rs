@@ -5,7 +5,9 @@
 
 use super::launch::Target;
 use crate::config::Config;
-use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
+use crate::engine::{
+    BudgetSetting, Engine, EngineOptions, EngineTuning, ExecutionProvider, Faults,
+};
 use crate::setup::kritarc;
 use crate::setup::manifest::{Manifest, size_text};
 use crate::setup::places::{Editor, EditorPlace, Home};
@@ -169,6 +171,13 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
     }
     cuda_libraries(r, dir);
     let configured = super::serve::execution_providers(config, dir, explicit.as_deref());
+    let faults = match Faults::from_env() {
+        Ok(faults) => faults,
+        Err(e) => {
+            r.problem(e, "unset it: it is for the fault-injection tests only");
+            Faults::default()
+        }
+    };
     let engine = match Engine::with_tuning(
         EngineOptions {
             ort_lib: explicit,
@@ -177,6 +186,11 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         },
         EngineTuning {
             execution_providers: vec![ExecutionProvider::Cpu],
+            // The simulated accelerator is probed below with the others.
+            faults: Faults {
+                simulated_accelerator: false,
+                ..faults.clone()
+            },
             ..EngineTuning::default()
         },
     ) {
@@ -197,6 +211,9 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
             .any(|ep| matches!(ep, ExecutionProvider::Cuda { .. })),
     );
     let mut all = configured.clone();
+    if faults.simulated_accelerator {
+        all.insert(0, ExecutionProvider::Simulated);
+    }
     for ep in [
         ExecutionProvider::Cuda { device_id: 0 },
         ExecutionProvider::DirectMl { device_id: 0 },
@@ -211,25 +228,57 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         "configured execution providers: {}",
         names.join(", ")
     ));
+    let budget = config.engine.budget();
     for (ep, outcome) in engine.probe_providers(&all) {
         match (outcome, configured.contains(&ep)) {
-            (Ok(()), _) => r.ok(format!("{ep}: usable")),
+            (Ok(_), _) if !ep.is_accelerator() => r.ok(format!("{ep}: usable")),
+            (Ok(report), _) => r.ok(format!(
+                "{ep}: usable{} (probe: {:.0} ms, {})",
+                device_text(ep, budget),
+                report.millis,
+                if report.error == 0.0 {
+                    "the CPU's numbers exactly".to_owned()
+                } else {
+                    format!("within {:.1e} of the CPU's numbers", report.error)
+                }
+            )),
             (Err(reason), true) => r.problem(
-                format!("{ep} is configured but not usable here: {reason}"),
+                format!("{ep} is configured but not used: {reason}"),
                 provider_fix(ep),
             ),
-            (Err(reason), false) => r.note(format!("{ep}: not usable ({reason})")),
+            (Err(reason), false) => r.note(format!("{ep}: not used: {reason}")),
         }
     }
+}
+
+/// ", NVIDIA …, 7.4 GB of 8.0 GB free, sessions held to 5.9 GB" for a CUDA device whose driver
+/// answers; empty otherwise.
+fn device_text(ep: ExecutionProvider, budget: BudgetSetting) -> String {
+    let ExecutionProvider::Cuda { device_id } = ep else {
+        return String::new();
+    };
+    let Ok(memory) = crate::engine::cuda_device_memory(device_id) else {
+        return String::new();
+    };
+    let held = match budget.resolve(Some((memory.free, memory.total))) {
+        Some(bytes) => format!(", warm sessions held to {}", size_text(bytes)),
+        None => String::new(),
+    };
+    format!(
+        " on {}, {} of {} free{held}",
+        memory.name,
+        size_text(memory.free),
+        size_text(memory.total)
+    )
 }
 
 fn provider_fix(ep: ExecutionProvider) -> &'static str {
     match ep {
         ExecutionProvider::Cuda { .. } => {
-            "install onnxruntime-gpu with its CUDA and cuDNN libraries (`tessera runtime install --package onnxruntime-gpu`) and the NVIDIA driver they need, or set engine.execution_providers = [\"cpu\"] in config.toml"
+            "install what the line above names (`tessera runtime install --package onnxruntime-gpu` brings the CUDA and cuDNN libraries; the NVIDIA driver comes from NVIDIA), or set engine.execution_providers = [\"cpu\"] in config.toml"
         }
         ExecutionProvider::DirectMl { .. } => {
-            "update the graphics driver (DirectX 12), or set engine.execution_providers = [\"cpu\"]"
+            "update the graphics driver (DirectX 12), or set engine.execution_providers = [\"cpu\"] in config.toml"
         }
         _ => "set engine.execution_providers = [\"cpu\"] in config.toml",
     }

@@ -2,10 +2,11 @@
 
 use super::launch::Target;
 use crate::config::Config;
-use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
+use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider, Faults};
 use crate::pipeline::clarity::job::ClarityRunner;
 use crate::pipeline::upscale::Checker;
-use crate::server::{self, ServeOptions, hub::DaemonInfo, instance};
+use crate::server::hub::{DaemonInfo, EngineReport};
+use crate::server::{self, ServeOptions, instance};
 use crate::store::DataDir;
 use anyhow::Context;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         EngineTuning {
             execution_providers: execution_providers(&config, &dir, ort_lib.as_deref()),
             cpu_arena: config.engine.cpu_arena,
+            vram_budget: config.engine.budget(),
+            faults: Faults::from_env().map_err(anyhow::Error::msg)?,
             ..EngineTuning::default()
         },
     )?);
@@ -60,10 +63,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         runtime: engine.runtime_description(),
         device: engine.device_description(),
         data_dir: dir.root().display().to_string(),
-        sessions: Some({
-            let engine = engine.clone();
-            Arc::new(move || engine.held_sessions())
-        }),
+        engine: Some(Arc::new(EngineView(engine.clone()))),
     };
     tracing::info!(
         "tessera {} using {} on {}",
@@ -93,6 +93,39 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
     serve(Box::new(|_| {})).with_context(|| format!("cannot serve on {address}"))?;
     drop(instance);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine as the server reports it.
+struct EngineView(Arc<Engine>);
+
+impl EngineReport for EngineView {
+    fn sessions(&self) -> Vec<String> {
+        self.0.held_sessions()
+    }
+    fn warnings(&self) -> Vec<String> {
+        self.0.warnings()
+    }
+    fn warning_mark(&self) -> u64 {
+        self.0.warning_mark()
+    }
+    fn job_warnings(&self, mark: u64) -> Vec<String> {
+        self.0.warnings_since(mark)
+    }
+    fn device_memory(&self) -> Option<tessera_protocol::DeviceMemory> {
+        self.0
+            .device_memory()
+            .map(|m| tessera_protocol::DeviceMemory {
+                device: m.name,
+                total_bytes: m.total,
+                free_bytes: m.free,
+            })
+    }
+    fn session_budget(&self) -> Option<u64> {
+        self.0.session_budget()
+    }
+    fn session_bytes(&self) -> u64 {
+        self.0.session_bytes()
+    }
 }
 
 /// The execution providers to try: `engine.execution_providers` from the configuration, else

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tessera_protocol::{
-    Accepted, ErrorInfo, ErrorKind, Failed, Image, JobId, JobParams, Message, Status,
+    Accepted, DeviceMemory, ErrorInfo, ErrorKind, Failed, Image, JobId, JobParams, Message, Status,
 };
 
 pub type ClientId = u64;
@@ -54,8 +54,21 @@ pub struct Activity {
     pub last_failure: Option<String>,
 }
 
-/// Lists the warm sessions the engine holds (asked at every `GetStatus`).
-pub type SessionReport = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+/// What the engine tells clients, asked at every `GetStatus` and every job report (the
+/// engine implements it; tests of the server leave it out).
+pub trait EngineReport: Send + Sync {
+    /// The warm sessions the engine holds.
+    fn sessions(&self) -> Vec<String>;
+    /// What the engine fell back from, for `Status`.
+    fn warnings(&self) -> Vec<String>;
+    /// A mark taken when a job starts, for [`EngineReport::job_warnings`].
+    fn warning_mark(&self) -> u64;
+    /// What the job started at `mark` must be told.
+    fn job_warnings(&self, mark: u64) -> Vec<String>;
+    fn device_memory(&self) -> Option<DeviceMemory>;
+    fn session_budget(&self) -> Option<u64>;
+    fn session_bytes(&self) -> u64;
+}
 
 /// Facts about the daemon that `Status` reports.
 #[derive(Clone)]
@@ -63,7 +76,7 @@ pub struct DaemonInfo {
     pub runtime: String,
     pub device: String,
     pub data_dir: String,
-    pub sessions: Option<SessionReport>,
+    pub engine: Option<Arc<dyn EngineReport>>,
 }
 
 impl std::fmt::Debug for DaemonInfo {
@@ -115,6 +128,19 @@ impl Hub {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// A mark for [`Hub::job_warnings`], taken when a job starts.
+    pub fn warning_mark(&self) -> u64 {
+        self.info.engine.as_ref().map_or(0, |e| e.warning_mark())
+    }
+
+    /// The warnings of the job that started at `mark`.
+    pub fn job_warnings(&self, mark: u64) -> Vec<String> {
+        self.info
+            .engine
+            .as_ref()
+            .map_or_else(Vec::new, |e| e.job_warnings(mark))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -315,7 +341,12 @@ impl Hub {
 
     pub fn status(&self) -> Status {
         // Outside the lock: the report takes the engine's own lock.
-        let sessions = self.info.sessions.as_ref().map_or_else(Vec::new, |f| f());
+        let engine = self.info.engine.as_deref();
+        let sessions = engine.map_or_else(Vec::new, |e| e.sessions());
+        let warnings = engine.map_or_else(Vec::new, |e| e.warnings());
+        let device_memory = engine.and_then(|e| e.device_memory());
+        let session_budget_bytes = engine.and_then(|e| e.session_budget());
+        let session_bytes = engine.map_or(0, |e| e.session_bytes());
         let state = self.lock();
         Status {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -328,6 +359,10 @@ impl Hub {
             data_dir: self.info.data_dir.clone(),
             sessions,
             resident_bytes: resident_bytes(),
+            warnings,
+            device_memory,
+            session_budget_bytes,
+            session_bytes,
         }
     }
 
@@ -409,7 +444,7 @@ mod tests {
                 runtime: "test".into(),
                 device: "test".into(),
                 data_dir: "/tmp".into(),
-                sessions: None,
+                engine: None,
             },
         )
     }

@@ -22,6 +22,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             cancel,
         } = job;
         let started = Instant::now();
+        let mark = hub.warning_mark();
         tracing::info!(
             "job {id} started ({}×{}, ×{})",
             image.width,
@@ -35,6 +36,8 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             cancel: &cancel,
             fraction: 0.0,
             origin: None,
+            mark,
+            warnings: Vec::new(),
         };
         let outcome =
             panic::catch_unwind(AssertUnwindSafe(|| runner.run(image, &params, &mut sink)));
@@ -45,6 +48,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
                     job: id,
                     image: output.image,
                     timings: output.timings,
+                    warnings: sink.all_warnings(),
                 })
             }
             Ok(Err(mut error)) => {
@@ -119,9 +123,23 @@ struct JobProgress<'a> {
     /// When and at what fraction the first report came: the ETA extrapolates the rate since
     /// then, so model loading before it does not count as work.
     origin: Option<(Instant, f32)>,
+    /// The engine's warning mark when the job started: the job is told what came after.
+    mark: u64,
+    /// The job's warnings so far, in the order first seen: the list only grows.
+    warnings: Vec<String>,
 }
 
 impl JobProgress<'_> {
+    /// The job's warnings: those seen before and any new ones, appended.
+    fn all_warnings(&mut self) -> Vec<String> {
+        for warning in self.hub.job_warnings(self.mark) {
+            if !self.warnings.contains(&warning) {
+                self.warnings.push(warning);
+            }
+        }
+        self.warnings.clone()
+    }
+
     /// Seconds left at the average rate since the first report; `None` until there is one.
     fn eta(&mut self) -> Option<f32> {
         let (start, from) = *self.origin.get_or_insert((Instant::now(), self.fraction));
@@ -152,6 +170,7 @@ impl ProgressSink for JobProgress<'_> {
                 tiles: step.tiles,
                 fraction: self.fraction,
                 eta_seconds,
+                warnings: self.all_warnings(),
             }));
         }
         Ok(())

@@ -13,9 +13,9 @@
 
 use half::f16;
 use tessera_protocol::{
-    Accepted, Channels, Done, ErrorInfo, ErrorKind, Failed, Handshake, Image, JobParams,
-    LoraWeight, Message, ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress, Rejected,
-    SampleFormat, Sampler, StageTiming, Status, Submit, Transfer,
+    Accepted, Channels, DeviceMemory, Done, ErrorInfo, ErrorKind, Failed, Handshake, Image,
+    JobParams, LoraWeight, Message, ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress,
+    Rejected, SampleFormat, Sampler, StageTiming, Status, Submit, Transfer,
 };
 
 /// One golden vector: the file `<name>.bin` holds `message` as a frame.
@@ -348,6 +348,9 @@ pub fn cases() -> Vec<Case> {
                 tiles: 4,
                 fraction: 0.625,
                 eta_seconds: Some(12.5),
+                warnings: vec![
+                    "UNet+ControlNet juggernaut_reborn.safetensors ran out of GPU memory; it runs with 1 tile per call".into(),
+                ],
             }),
         ),
         case(
@@ -363,6 +366,7 @@ pub fn cases() -> Vec<Case> {
                 tiles: 1,
                 fraction: 0.0,
                 eta_seconds: None,
+                warnings: vec![],
             }),
         ),
         case(
@@ -391,6 +395,10 @@ pub fn cases() -> Vec<Case> {
                         seconds: 0.1,
                     },
                 ],
+                warnings: vec![
+                    "VAE decoder could not be prepared on CUDA (CUDNN_STATUS_NOT_INITIALIZED); it runs on the CPU".into(),
+                    "ESRGAN RealESRGAN_x4plus.pth ran out of GPU memory; it runs with 96-pixel tiles".into(),
+                ],
             }),
         ),
         case(
@@ -406,6 +414,7 @@ pub fn cases() -> Vec<Case> {
                     vec![128],
                 ),
                 timings: vec![],
+                warnings: vec![],
             }),
         ),
         case(
@@ -434,6 +443,14 @@ pub fn cases() -> Vec<Case> {
                     "VAE decoder vae-ft-mse-840000-ema-pruned.safetensors".into(),
                 ],
                 resident_bytes: 5_368_709_120,
+                warnings: vec!["DirectML was dropped: its probe gave wrong numbers (error 0.5)".into()],
+                device_memory: Some(DeviceMemory {
+                    device: "NVIDIA H100 80GB HBM3".into(),
+                    total_bytes: 85_520_809_984,
+                    free_bytes: 79_456_894_976,
+                }),
+                session_budget_bytes: Some(78_382_960_640),
+                session_bytes: 3_288_334_336,
             }),
         ),
         case(
@@ -451,6 +468,10 @@ pub fn cases() -> Vec<Case> {
                 data_dir: r"C:\Users\Jürgen\AppData\Roaming\Tessera\data".into(),
                 sessions: vec![],
                 resident_bytes: 0,
+                warnings: vec![],
+                device_memory: None,
+                session_budget_bytes: None,
+                session_bytes: 0,
             }),
         ),
         case("10-list-models", Message::ListModels { hashes: false }),

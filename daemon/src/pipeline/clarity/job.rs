@@ -15,10 +15,13 @@ use super::nets::{NetResult, StageError};
 use super::params;
 use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
+use super::text::TextError;
 use super::vae::{self, VaeTiling};
 use crate::Cancelled;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{
+    Engine, EngineError, MaybeOutOfMemory, Shrink, Shrinkable, retry_out_of_memory,
+};
 use crate::nets::ModelError;
 use crate::nets::esrgan::Tiling;
 use crate::nets::sd::Precision;
@@ -134,6 +137,21 @@ fn stage_error(e: StageError) -> ErrorInfo {
         StageError::Cancelled => ErrorInfo::new(ErrorKind::Cancelled, "the job was cancelled"),
         StageError::Runtime(e) => ErrorInfo::new(ErrorKind::Runtime, e.to_string()),
         StageError::Unexpected(m) => ErrorInfo::new(ErrorKind::Internal, m),
+    }
+}
+
+impl MaybeOutOfMemory for TextError {
+    fn out_of_memory(&self) -> Option<&str> {
+        match self {
+            TextError::Net(e) => e.out_of_memory(),
+            TextError::Syntax(_) => None,
+        }
+    }
+}
+
+impl From<EngineError> for TextError {
+    fn from(e: EngineError) -> TextError {
+        TextError::Net(StageError::Runtime(e))
     }
 }
 
@@ -268,14 +286,15 @@ impl ClarityRunner {
 
         let emphasis = params.preset != Preset::Refiners;
         let models = self.models.as_mut().expect("loaded above");
-        let cond = models
-            .text
-            .conditioning(&params.prompt, emphasis)
-            .map_err(|e| stage_error(e.into()))?;
-        let uncond = models
-            .text
-            .conditioning(&params.negative_prompt, emphasis)
-            .map_err(|e| stage_error(e.into()))?;
+        // Out of accelerator memory, the text encoder moves to the CPU (it has no tiles).
+        let mut encode = |prompt: &str| {
+            retry_out_of_memory(&*engine, &mut Shrink::default(), &Shrinkable::FIXED, |_| {
+                models.text.conditioning(prompt, emphasis)
+            })
+            .map_err(|e| stage_error(e.into()))
+        };
+        let cond = encode(&params.prompt)?;
+        let uncond = encode(&params.negative_prompt)?;
         timings.lap("text");
 
         let plan = stages::plan(
@@ -319,6 +338,8 @@ impl ClarityRunner {
         let mut pre = EsrganUpscaler {
             net: esrgan,
             tiling,
+            recovery: &*engine,
+            shrink: Shrink::default(),
         };
         let total = setup.planned_work(&plan, (iw, ih), pre.scale()).max(1e-9);
         let stages_count = plan.len() as u32;
@@ -332,6 +353,7 @@ impl ClarityRunner {
                 upscaler: &mut pre,
                 vae: &mut models.vae,
                 unet: &mut models.unet,
+                recovery: &*engine,
             },
             input.rgb,
             &plan,

@@ -14,7 +14,7 @@ use super::nets::{ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, 
 use super::stage::PreUpscaler;
 use super::text::TextSide;
 use crate::Cancelled;
-use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
+use crate::engine::{CompiledModel, Engine, EngineError, Recovery, SharedSession, Shrink};
 use crate::nets::ModelError;
 use crate::nets::clip::{self, ClipOptions, TextEncoder};
 use crate::nets::controlnet::{CompiledControlNet, ControlNet};
@@ -469,10 +469,14 @@ impl Vae for SdVae {
     }
 }
 
-/// ESRGAN as the stage's pre-upscaler.
+/// ESRGAN as the stage's pre-upscaler; out of accelerator memory, it retries with smaller
+/// tiles, then on the CPU (`pipeline::upscale::upscale_retrying`).
 pub struct EsrganUpscaler<'a> {
     pub net: &'a mut Esrgan,
     pub tiling: Tiling,
+    pub recovery: &'a dyn Recovery,
+    /// The tile that worked, for the passes after.
+    pub shrink: Shrink,
 }
 
 impl PreUpscaler for EsrganUpscaler<'_> {
@@ -485,12 +489,18 @@ impl PreUpscaler for EsrganUpscaler<'_> {
         rgb: ndarray::ArrayView3<f32>,
         on_tile: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
     ) -> NetResult<ndarray::Array3<f32>> {
-        self.net
-            .upscale(rgb, &self.tiling, on_tile)
-            .map_err(|e| match e {
-                EsrganError::Cancelled => StageError::Cancelled,
-                EsrganError::Runtime(e) => StageError::Runtime(e),
-                EsrganError::InvalidInput(m) => StageError::Unexpected(m),
-            })
+        crate::pipeline::upscale::upscale_retrying(
+            self.net,
+            rgb,
+            &self.tiling,
+            self.recovery,
+            &mut self.shrink,
+            on_tile,
+        )
+        .map_err(|e| match e {
+            EsrganError::Cancelled => StageError::Cancelled,
+            EsrganError::Runtime(e) => StageError::Runtime(e),
+            EsrganError::InvalidInput(m) => StageError::Unexpected(m),
+        })
     }
 }

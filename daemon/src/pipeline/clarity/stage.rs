@@ -13,6 +13,7 @@ use super::stages::Stage;
 use super::tiles::{self, LatentTile};
 use super::vae::{self, VaeTiling};
 use crate::Cancelled;
+use crate::engine::{MaybeOutOfMemory, Recovery, Shrink, Shrinkable, retry_out_of_memory};
 use crate::pipeline::resize;
 use crate::pipeline::sampling::noise::{NoisePurpose, NoiseSource};
 use crate::pipeline::sampling::schedule::{self, Run, Schedule, StrengthRule};
@@ -191,6 +192,18 @@ pub struct StageNets<'a> {
     pub upscaler: &'a mut dyn PreUpscaler,
     pub vae: &'a mut dyn Vae,
     pub unet: &'a mut dyn ControlledUnet,
+    /// What a call that runs out of accelerator memory can do: the engine, or
+    /// [`crate::engine::NoRecovery`] where nothing runs on one.
+    pub recovery: &'a dyn Recovery,
+}
+
+impl MaybeOutOfMemory for StageError {
+    fn out_of_memory(&self) -> Option<&str> {
+        match self {
+            StageError::Runtime(e) => e.out_of_memory(),
+            _ => None,
+        }
+    }
 }
 
 /// Runs one stage on `input` (`[3, H, W]`, 0..1) and returns its output (`[3, h, w]` with
@@ -206,6 +219,7 @@ pub fn run_stage(
     let (cw, ch) = setup.stage.canvas;
     let (lw, lh) = setup.latent_size();
     let (upscaler, vae_net, unet) = (&mut *nets.upscaler, &mut *nets.vae, &mut *nets.unet);
+    let recovery = nets.recovery;
 
     // 1. Pre-upscale: ESRGAN while smaller than the canvas, then Lanczos to it.
     let (_, ih, iw) = input.dim();
@@ -214,10 +228,13 @@ pub fn run_stage(
     let mut image = input.to_owned();
     for pass in 0..count {
         let pixels = (image.shape()[1] * image.shape()[2]) as f64;
-        let mut tiles_done = 0;
+        // A pass retried after an out-of-memory reports again from its start: only what goes
+        // past the furthest point reached counts as work.
+        let mut reached = 0.0;
         image = upscaler.upscale(image.view(), &mut |done, total| {
-            let work = pixels * Work::ESRGAN_PER_PIXEL * (done - tiles_done) as f64 / total as f64;
-            tiles_done = done;
+            let fraction = done as f64 / total as f64;
+            let work = pixels * Work::ESRGAN_PER_PIXEL * (fraction - reached).max(0.0);
+            reached = fraction.max(reached);
             report(Event {
                 phase: "upscale",
                 step: pass + 1,
@@ -242,12 +259,24 @@ pub fn run_stage(
     let signed = image.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
     drop(image);
     let pixels = (cw * ch) as f64;
-    let (mean, logvar) = vae::encode(
-        vae_net,
-        signed.view(),
-        &setup.vae_tiling,
-        &mut vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report),
-    )?;
+    let tiling = &setup.vae_tiling;
+    let describe = |level: u32| {
+        let t = tiling.halved(level);
+        format!(
+            "VAE tiles of {} pixels and {} latents",
+            t.encoder_tile, t.decoder_tile
+        )
+    };
+    let vae_size = Shrinkable {
+        levels: tiling.halvings(),
+        describe: &describe,
+    };
+    let mut vae_shrink = Shrink::default();
+    let mut progress = vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report);
+    let (mean, logvar) = retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
+        vae::encode(vae_net, signed.view(), &tiling.halved(level), &mut progress)
+    })?;
+    drop(progress);
     drop(signed);
     let dims = [1, 4, lh, lw];
     if mean.shape() != dims {
@@ -285,11 +314,17 @@ pub fn run_stage(
     let hint_pixels = (cw * ch) as f64 / grid.len() as f64;
     let mut hints = Vec::with_capacity(grid.len());
     let steps = run.evaluations();
+    let mut hint_shrink = Shrink::default();
     for (i, t) in grid.iter().enumerate() {
         let crop = condition
             .slice(s![.., t.y * 8..(t.y + t.h) * 8, t.x * 8..(t.x + t.w) * 8])
             .insert_axis(Axis(0));
-        hints.push(unet.embed_hint(crop)?);
+        hints.push(retry_out_of_memory(
+            recovery,
+            &mut hint_shrink,
+            &Shrinkable::FIXED,
+            |_| unet.embed_hint(crop),
+        )?);
         report(Event {
             phase: "condition",
             step: 1,
@@ -312,11 +347,21 @@ pub fn run_stage(
         hints: &hints,
     };
     debug_assert_eq!(guidance.scales.len(), RESIDUALS);
-    let calls = denoise::calls_per_evaluation(&guidance);
     let eval_work: f64 = grid
         .iter()
         .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
         .sum();
+    // Out of accelerator memory, an evaluation is done again with fewer tiles per call (the
+    // result does not depend on it), then with the failing network on the CPU.
+    let describe = |level: u32| {
+        let b = (setup.batch >> level).max(1);
+        format!("{b} tile{} per call", if b == 1 { "" } else { "s" })
+    };
+    let batch_size = Shrinkable {
+        levels: setup.batch.max(1).ilog2(),
+        describe: &describe,
+    };
+    let mut batch_shrink = Shrink::default();
     let mut state = SamplerState::new(setup.update);
     for i in 0..steps {
         let (sigma, next) = (run.sigmas[i], run.sigmas[i + 1]);
@@ -324,16 +369,32 @@ pub fn run_stage(
             .view()
             .into_dimensionality::<ndarray::Ix4>()
             .map_err(shape)?;
-        let mut done = 0;
-        let d = denoise::denoise(unet, x4, sigma, run.timesteps[i], &guidance, &mut || {
-            done += 1;
-            report(Event {
-                phase: "denoise",
-                step: i + 1,
-                steps,
-                tile: (done * grid.len()).div_ceil(calls),
-                tiles: grid.len(),
-                work: eval_work / calls as f64,
+        let mut reached = 0.0;
+        let d = retry_out_of_memory(recovery, &mut batch_shrink, &batch_size, |level| {
+            let g = Guidance {
+                tiles: guidance.tiles,
+                batch: (setup.batch >> level).max(1),
+                cond: guidance.cond.view(),
+                uncond: guidance.uncond.view(),
+                cfg: guidance.cfg,
+                scales: guidance.scales,
+                hints: guidance.hints,
+            };
+            let calls = denoise::calls_per_evaluation(&g);
+            let mut done = 0;
+            denoise::denoise(unet, x4, sigma, run.timesteps[i], &g, &mut || {
+                done += 1;
+                let fraction = done as f64 / calls as f64;
+                let work = eval_work * (fraction - reached).max(0.0);
+                reached = fraction.max(reached);
+                report(Event {
+                    phase: "denoise",
+                    step: i + 1,
+                    steps,
+                    tile: (done * grid.len()).div_ceil(calls),
+                    tiles: grid.len(),
+                    work,
+                })
             })
         })?;
         let xi = (setup.update.is_stochastic() && next > 0.0)
@@ -359,12 +420,12 @@ pub fn run_stage(
     on_latent(&latent);
     let k = 1.0 / LATENT_SCALE;
     latent.mapv_inplace(|v| v * k);
-    let mut decoded: Array4<f32> = vae::decode(
-        vae_net,
-        latent.view(),
-        &setup.vae_tiling,
-        &mut vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report),
-    )?;
+    let mut progress = vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report);
+    let mut decoded: Array4<f32> =
+        retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
+            vae::decode(vae_net, latent.view(), &tiling.halved(level), &mut progress)
+        })?;
+    drop(progress);
     drop(latent);
     decoded.mapv_inplace(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0));
     let (ow, oh) = setup.stage.output;
@@ -377,16 +438,18 @@ pub fn run_stage(
 }
 
 /// The report after each VAE call of `phase`: call `done` of `total` carries its share of the
-/// phase's `work`.
+/// phase's `work` (a pass retried with smaller tiles counts only what goes past the furthest
+/// point reached).
 fn vae_progress<'a>(
     phase: &'static str,
     work: f64,
     report: &'a mut dyn FnMut(Event) -> Result<(), Cancelled>,
 ) -> impl FnMut(usize, usize) -> Result<(), Cancelled> + 'a {
-    let mut last = 0;
+    let mut reached = 0.0;
     move |done, total| {
-        let share = work * (done - last) as f64 / total as f64;
-        last = done;
+        let fraction = done as f64 / total as f64;
+        let share = work * (fraction - reached).max(0.0);
+        reached = fraction.max(reached);
         report(Event {
             phase,
             step: 1,
