@@ -12,7 +12,7 @@ mod common;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tessera::engine::{Engine, EngineOptions};
+use tessera::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
 use tessera::store::cuda::{CudaLibraries, Library};
 use tessera::store::runtime::InstalledRuntime;
 
@@ -113,7 +113,14 @@ fn the_engine_preloads_the_recorded_cuda_libraries_before_onnx_runtime() {
     assert!(!loaded_by_name("libtesseracublas.so.13"));
     let mut options = EngineOptions::new(&data);
     options.ort_lib = Some(main);
-    let engine = Engine::new(options).unwrap_or_else(|e| panic!("{e}"));
+    let tuning = EngineTuning {
+        execution_providers: vec![
+            ExecutionProvider::Cuda { device_id: 0 },
+            ExecutionProvider::Cpu,
+        ],
+        ..EngineTuning::default()
+    };
+    let engine = Engine::with_tuning(options, tuning).unwrap_or_else(|e| panic!("{e}"));
     assert!(engine.runtime_description().contains("ONNX Runtime"));
 
     let preloaded = tessera::engine::preloaded_cuda_libraries().expect("the engine preloaded");

@@ -178,6 +178,10 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
             Faults::default()
         }
     };
+    // Whether CUDA is configured or not: doctor reports on every provider.
+    if let Ok(library) = crate::engine::locate_library(explicit.as_deref(), dir.root()) {
+        crate::engine::preload_cuda_libraries(&library, dir.root());
+    }
     let engine = match Engine::with_tuning(
         EngineOptions {
             ort_lib: explicit,

@@ -39,7 +39,7 @@ pub use fallback::{
 use faults::FaultState;
 pub use faults::Faults;
 pub use nvml::DeviceMemory;
-pub use preload::{Preloaded, preloaded as preloaded_cuda_libraries};
+pub use preload::{Preloaded, preload_cuda_libraries, preloaded as preloaded_cuda_libraries};
 pub use probe::ProbeReport;
 pub use providers::{
     ConvSearch, CudaOptions, EpSettings, cuda_options, parse_list as parse_providers,
@@ -180,7 +180,11 @@ impl Engine {
         options: EngineOptions,
         tuning: EngineTuning,
     ) -> Result<Engine, EngineError> {
-        let runtime = runtime::load(options.ort_lib.as_deref(), &options.data_dir)?;
+        let wants_cuda = tuning
+            .execution_providers
+            .iter()
+            .any(|ep| matches!(ep, ExecutionProvider::Cuda { .. }));
+        let runtime = runtime::load(options.ort_lib.as_deref(), &options.data_dir, wants_cuda)?;
         let threads = options
             .intra_threads
             .filter(|&t| t > 0)

@@ -85,6 +85,12 @@ fn to_preload(main_library: &Path, data_dir: &Path) -> Option<(PathBuf, Vec<Path
     })
 }
 
+/// Preloads the CUDA libraries recorded for the runtime at `main_library` even when the
+/// configuration does not ask for CUDA: for `tessera doctor`, which checks every provider.
+pub fn preload_cuda_libraries(main_library: &Path, data_dir: &Path) -> Option<&'static Preloaded> {
+    cuda_libraries(main_library, data_dir)
+}
+
 /// What this process preloaded, if it did.
 pub fn preloaded() -> Option<&'static Preloaded> {
     PRELOADED.get()
