@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use crate::nets::{PrecisionSetting, Precisions};
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -42,7 +44,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// The ONNX Runtime library; empty means: `--ort-lib`, `TESSERA_ORT_LIB`,
@@ -58,6 +60,32 @@ pub struct EngineConfig {
     /// activations it ever needed. Off (the default), activation memory goes back after every
     /// network call, so a job's peak is its largest phase rather than the sum of all of them.
     pub cpu_arena: bool,
+    /// The precision of the UNet, ControlNet, text encoder and ESRGAN: `auto` (f16 on an
+    /// accelerator, f32 on the CPU), `fp32` or `fp16`.
+    pub precision: PrecisionSetting,
+    /// The VAE's precision, f32 by default (SD 1.5's VAE overflows f16); with `fp16` (or `auto`
+    /// on an accelerator) every pass is checked and one with NaN or ∞ is redone in f32.
+    pub vae_precision: PrecisionSetting,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            ort_lib: None,
+            threads: 0,
+            execution_providers: None,
+            cpu_arena: false,
+            precision: PrecisionSetting::Auto,
+            vae_precision: PrecisionSetting::Fp32,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The precision of every network on sessions that run on `providers` (best first).
+    pub fn precisions(&self, providers: &[crate::engine::ExecutionProvider]) -> Precisions {
+        Precisions::resolve(self.precision, self.vae_precision, providers)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,6 +239,23 @@ mod tests {
     }
 
     #[test]
+    fn precision_is_auto_and_the_vae_fp32_unless_set() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("config.toml");
+        let cpu = [crate::engine::ExecutionProvider::Cpu];
+        let defaults = Config::default().engine;
+        assert_eq!(defaults.precisions(&cpu), Precisions::f32());
+        std::fs::write(
+            &path,
+            "[engine]\nprecision = \"fp16\"\nvae_precision = \"fp16\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let p = config.engine.precisions(&cpu);
+        assert_eq!(p.describe(), "fp16 (every network)");
+    }
+
+    #[test]
     fn typos_and_bad_values_are_reported() {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("config.toml");
@@ -238,6 +283,9 @@ mod tests {
             err.contains("engine.execution_providers") && err.contains("npu"),
             "{err}"
         );
+        std::fs::write(&path, "[engine]\nprecision = \"fp8\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("fp8"), "{err}");
         std::fs::write(&path, "[upscale]\ntile = 32\noverlap = 16\n").unwrap();
         assert!(
             Config::load(&path)

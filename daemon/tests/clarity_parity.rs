@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use ndarray::{Array3, Array4, ArrayD, Ix3};
 use tessera::engine::{Engine, EngineOptions};
+use tessera::nets::Precisions;
 use tessera::nets::esrgan::{Esrgan, Tiling};
-use tessera::nets::sd::Precision;
 use tessera::pipeline::clarity::job::{JobSetup, run_stages};
 use tessera::pipeline::clarity::models::{EsrganUpscaler, FileStamp, ModelSet, SetKey};
 use tessera::pipeline::clarity::stage::{Rules, StageNets};
@@ -93,7 +93,7 @@ fn run(engine: &Arc<Engine>, refs: &HashMap<String, ArrayD<f32>>, batch: usize) 
         controlnet: FileStamp::of(&pipeline_fixture("tiny-tile")),
         loras: vec![],
         embeddings: vec![],
-        precision: Precision::F32,
+        precisions: Precisions::f32(),
     };
     let mut set = ModelSet::load(engine, key, cache.path()).unwrap_or_else(|e| panic!("{e}"));
     let cond = set

@@ -198,7 +198,13 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
         status.daemon_version, target.address
     );
     println!("runtime: {}", status.runtime);
-    println!("device:  {}", status.device);
+    match status.device.split_once(super::serve::DEVICE_PRECISION) {
+        Some((device, precision)) => {
+            println!("device:  {device}");
+            println!("precision: {precision}");
+        }
+        None => println!("device:  {}", status.device),
+    }
     match status.running {
         Some(job) => println!(
             "job:     {job} ({:.0}% done)",

@@ -197,9 +197,15 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         "configured execution providers: {}",
         names.join(", ")
     ));
+    let mut usable = Vec::new();
     for (ep, outcome) in engine.probe_providers(&all) {
         match (outcome, configured.contains(&ep)) {
-            (Ok(()), _) => r.ok(format!("{ep}: usable")),
+            (Ok(()), configured) => {
+                if configured {
+                    usable.push(ep);
+                }
+                r.ok(format!("{ep}: usable"))
+            }
             (Err(reason), true) => r.problem(
                 format!("{ep} is configured but not usable here: {reason}"),
                 provider_fix(ep),
@@ -207,6 +213,22 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
             (Err(reason), false) => r.note(format!("{ep}: not usable ({reason})")),
         }
     }
+    // The providers a daemon would use, in the configured order, the CPU last.
+    let mut in_use: Vec<ExecutionProvider> = configured
+        .iter()
+        .copied()
+        .filter(|ep| usable.contains(ep))
+        .collect();
+    if !in_use.contains(&ExecutionProvider::Cpu) {
+        in_use.push(ExecutionProvider::Cpu);
+    }
+    r.ok(format!(
+        "precision (engine.precision = \"{}\", engine.vae_precision = \"{}\") on {}: {}",
+        config.engine.precision.name(),
+        config.engine.vae_precision.name(),
+        in_use[0],
+        config.engine.precisions(&in_use).describe()
+    ));
 }
 
 fn provider_fix(ep: ExecutionProvider) -> &'static str {

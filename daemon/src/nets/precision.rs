@@ -147,6 +147,19 @@ impl Precisions {
         Precisions::default()
     }
 
+    /// A few words for the device line of `tessera status` and the editors' status: `fp32`,
+    /// `fp16, VAE fp32`.
+    pub fn short(&self) -> String {
+        let networks = [self.unet, self.text, self.upscaler];
+        if networks.iter().all(|p| *p == self.vae) {
+            self.vae.to_string()
+        } else if networks.iter().all(|p| *p == self.unet) {
+            format!("{}, VAE {}", self.unet, self.vae)
+        } else {
+            self.describe()
+        }
+    }
+
     /// One line for `tessera status` and `tessera doctor`, e.g. `fp16 (UNet, ControlNet, text
     /// encoder, ESRGAN), VAE fp32`.
     pub fn describe(&self) -> String {
@@ -179,6 +192,7 @@ mod tests {
         let cpu = Precisions::resolve(Auto, Fp32, &[ExecutionProvider::Cpu]);
         assert_eq!(cpu, Precisions::f32());
         assert_eq!(cpu.describe(), "fp32 (every network)");
+        assert_eq!(cpu.short(), "fp32");
         let gpu = Precisions::resolve(Auto, Fp32, &[CUDA, ExecutionProvider::Cpu]);
         assert_eq!(
             (gpu.unet, gpu.text, gpu.upscaler, gpu.vae),
@@ -193,6 +207,7 @@ mod tests {
             gpu.describe(),
             "fp16 (UNet, ControlNet, text encoder, ESRGAN), VAE fp32"
         );
+        assert_eq!(gpu.short(), "fp16, VAE fp32");
         // An explicit setting wins over the device; the VAE follows its own.
         let forced = Precisions::resolve(Fp16, Fp16, &[ExecutionProvider::Cpu]);
         assert_eq!(forced.describe(), "fp16 (every network)");

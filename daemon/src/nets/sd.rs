@@ -51,10 +51,14 @@ pub fn prepare(
     Ok((weights, net.hyper(options.hyper)))
 }
 
-/// A built graph with its weights as the engine takes it.
+/// A built graph with its weights as the engine takes it; an fp16 graph's name says so.
 pub fn compiled(name: String, graph: Graph, weights: &Weights) -> CompiledModel {
+    let precision = match weights.weight_type() {
+        weights::WeightType::F16 => Precision::F16,
+        weights::WeightType::F32 => Precision::F32,
+    };
     CompiledModel {
-        name,
+        name: format!("{name}{}", precision.label_suffix()),
         onnx: graph.to_bytes(),
         weights_folder: weights.folder().to_owned(),
         weight_files: vec![weights.file().to_owned()],

@@ -8,6 +8,7 @@ use super::resize;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::nets::ModelError;
+use crate::nets::Precision;
 use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
 use crate::server::{JobChecker, JobOutput, JobRunner};
 use crate::store::{DataDir, FileStamp, ModelFile};
@@ -115,6 +116,7 @@ impl JobChecker for Checker {
 struct Loaded {
     path: PathBuf,
     stamp: FileStamp,
+    precision: Precision,
     net: Esrgan,
 }
 
@@ -144,15 +146,21 @@ impl Upscaler {
                 format!("{}: {e}", model.path.display()),
             )
         })?;
+        let precision = self
+            .config
+            .engine
+            .precisions(self.engine.execution_providers())
+            .upscaler;
         let fresh = self
             .loaded
             .as_ref()
-            .is_some_and(|l| l.path == model.path && l.stamp == stamp);
+            .is_some_and(|l| l.path == model.path && l.stamp == stamp && l.precision == precision);
         if !fresh {
             self.loaded = None;
-            tracing::info!("loading upscaler {}", model.path.display());
+            tracing::info!("loading upscaler {} ({precision})", model.path.display());
+            let cache = self.data_dir.cache();
             let net =
-                Esrgan::load(&self.engine, &model.path, &self.data_dir.cache()).map_err(|e| {
+                Esrgan::load_as(&self.engine, &model.path, &cache, precision).map_err(|e| {
                     let kind = match e {
                         ModelError::Io(_) => ErrorKind::Io,
                         ModelError::Invalid(_) => ErrorKind::ModelInvalid,
@@ -163,6 +171,7 @@ impl Upscaler {
             self.loaded = Some(Loaded {
                 path: model.path.clone(),
                 stamp,
+                precision,
                 net,
             });
         }

@@ -138,7 +138,10 @@ pub fn compile_weights(
         config: config.clone(),
         options: *options,
         model: CompiledModel {
-            name: format!("CLIP text encoder {name}"),
+            name: format!(
+                "CLIP text encoder {name}{}",
+                options.precision.label_suffix()
+            ),
             onnx: graph.to_bytes(),
             weights_folder: weights.folder().to_owned(),
             weight_files: vec![weights.file().to_owned()],

@@ -21,7 +21,6 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::nets::ModelError;
 use crate::nets::esrgan::Tiling;
-use crate::nets::sd::Precision;
 use crate::pipeline::filters;
 use crate::pipeline::pixels::{self, PixelFormat, Planar};
 use crate::pipeline::progress::{ProgressSink, Step};
@@ -205,7 +204,10 @@ impl ClarityRunner {
             controlnet: FileStamp::of(&sd.controlnet.path),
             loras,
             embeddings,
-            precision: Precision::F32,
+            precisions: self
+                .config
+                .engine
+                .precisions(self.engine.execution_providers()),
         })
     }
 

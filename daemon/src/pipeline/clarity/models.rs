@@ -16,10 +16,11 @@ use super::text::TextSide;
 use crate::Cancelled;
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::nets::ModelError;
+use crate::nets::Precisions;
 use crate::nets::clip::{self, ClipOptions, TextEncoder};
 use crate::nets::controlnet::{CompiledControlNet, ControlNet};
 use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
-use crate::nets::sd::{Precision, SdOptions};
+use crate::nets::sd::SdOptions;
 use crate::nets::unet::{CompiledUnet, Unet};
 use crate::nets::vae::{CompiledVae, NormStats};
 use crate::weights::embedding::TextualInversion;
@@ -62,7 +63,8 @@ pub struct SetKey {
     pub controlnet: FileStamp,
     pub loras: Vec<LoraChoice>,
     pub embeddings: Vec<FileStamp>,
-    pub precision: Precision,
+    /// Per network, resolved for the device the sessions run on.
+    pub precisions: Precisions,
 }
 
 /// The loaded networks of one [`SetKey`].
@@ -114,9 +116,9 @@ impl ModelSet {
                 .map(|(l, c)| (l, pick(c) as f32 / 1000.0))
                 .collect()
         };
-        let precision = key.precision;
+        let precisions = key.precisions;
         let plain = SdOptions {
-            precision,
+            precision: precisions.unet,
             hyper: None,
             patch: None,
         };
@@ -140,7 +142,14 @@ impl ModelSet {
         let vae_net = sd::vae(&key.vae.path)?;
         let vae = SdVae::new(
             engine.clone(),
-            CompiledVae::compile(&vae_net, cache_dir, &plain)?,
+            CompiledVae::compile(
+                &vae_net,
+                cache_dir,
+                &SdOptions {
+                    precision: precisions.vae,
+                    ..plain
+                },
+            )?,
         )?;
         drop(vae_net);
 
@@ -174,6 +183,7 @@ impl ModelSet {
         let te_loras = with(|c| c.te);
         let patch = LoraPatch::resolve(&te_loras, LoraTarget::TextEncoder, &canonical)?;
         let patch = (!patch.is_empty()).then_some(&patch as &dyn Patch);
+        let precision = precisions.text;
         let options = ClipOptions {
             precision,
             ..ClipOptions::default()
