@@ -2,6 +2,7 @@
 //! with ControlNet tile → VAE decode, by Clarity's rules or (preset) Refiners'.
 
 pub mod bench;
+pub mod checked_vae;
 pub mod control;
 pub mod denoise;
 pub mod job;

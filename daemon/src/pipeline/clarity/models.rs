@@ -10,19 +10,20 @@ use std::time::SystemTime;
 
 use ndarray::{Array2, Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4, Ix4};
 
+use super::checked_vae::CheckedVae;
 use super::nets::{ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, StageError, Vae};
 use super::stage::PreUpscaler;
 use super::text::TextSide;
 use crate::Cancelled;
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::nets::ModelError;
-use crate::nets::Precisions;
 use crate::nets::clip::{self, ClipOptions, TextEncoder};
 use crate::nets::controlnet::{CompiledControlNet, ControlNet};
 use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
 use crate::nets::sd::SdOptions;
 use crate::nets::unet::{CompiledUnet, Unet};
 use crate::nets::vae::{CompiledVae, NormStats};
+use crate::nets::{Precision, Precisions};
 use crate::weights::embedding::TextualInversion;
 use crate::weights::lora::{Lora, LoraPatch, LoraTarget};
 use crate::weights::{self, Patch, sd};
@@ -72,7 +73,7 @@ pub struct ModelSet {
     pub key: SetKey,
     pub text: TextSide,
     pub unet: SdUnet,
-    pub vae: SdVae,
+    pub vae: CheckedVae,
 }
 
 fn milli(v: f64) -> i64 {
@@ -140,7 +141,7 @@ impl ModelSet {
         drop(cn_net);
 
         let vae_net = sd::vae(&key.vae.path)?;
-        let vae = SdVae::new(
+        let plain_vae = SdVae::new(
             engine.clone(),
             CompiledVae::compile(
                 &vae_net,
@@ -152,6 +153,16 @@ impl ModelSet {
             )?,
         )?;
         drop(vae_net);
+        let vae = if precisions.vae == Precision::F16 {
+            CheckedVae::with_fp32_redo(
+                plain_vae,
+                engine.clone(),
+                key.vae.path.clone(),
+                cache_dir.to_owned(),
+            )
+        } else {
+            CheckedVae::new(plain_vae)
+        };
 
         let embeddings: Vec<TextualInversion> = key
             .embeddings
@@ -323,6 +334,11 @@ impl SdVae {
     /// Whether both plain graphs' sessions are held.
     pub fn is_warm(&self) -> bool {
         self.plain.iter().all(Option::is_some)
+    }
+
+    /// The graphs and weights this VAE runs.
+    pub fn compiled(&self) -> &CompiledVae {
+        &self.compiled
     }
 
     fn plain_session(&mut self, decoder: bool) -> Result<(String, SharedSession), EngineError> {
