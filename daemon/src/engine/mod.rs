@@ -5,6 +5,7 @@
 //! one folder (see `crate::weights`). The engine is shared by the server and the worker
 //! (`Send + Sync`); sessions are `Arc<Mutex<_>>` because `ort` runs take `&mut`.
 
+pub mod binding;
 mod providers;
 mod runtime;
 

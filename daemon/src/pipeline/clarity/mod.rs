@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checked_vae;
 pub mod control;
+pub mod controlled_unet;
 pub mod denoise;
 pub mod job;
 pub mod models;

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ndarray::{Array2, Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4, Ix4};
+use ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 
 use super::checked_vae::CheckedVae;
-use super::nets::{ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, StageError, Vae};
+pub use super::controlled_unet::SdUnet;
+use super::nets::{GroupNormStats, GroupStats, NetResult, Norms, StageError, Vae};
 use super::stage::PreUpscaler;
 use super::text::TextSide;
 use crate::Cancelled;
@@ -220,75 +221,15 @@ impl ModelSet {
         Ok(ModelSet {
             key,
             text,
-            unet: SdUnet {
-                engine: engine.clone(),
-                unet,
-                controlnet,
-            },
+            unet: SdUnet::new(engine.clone(), unet, controlnet),
             vae,
         })
     }
 }
 
-/// The UNet with the ControlNet tile.
-pub struct SdUnet {
-    engine: Arc<Engine>,
-    unet: Unet,
-    controlnet: ControlNet,
-}
-
-fn four(a: ArrayD<f32>, what: &str) -> NetResult<Array4<f32>> {
+pub(super) fn four(a: ArrayD<f32>, what: &str) -> NetResult<Array4<f32>> {
     a.into_dimensionality::<Ix4>()
         .map_err(|e| StageError::Unexpected(format!("{what}: {e}")))
-}
-
-impl ControlledUnet for SdUnet {
-    fn embed_hint(&mut self, hint: ArrayView4<f32>) -> NetResult<Array4<f32>> {
-        // Tiles are slices of the condition image; ONNX Runtime wants contiguous memory.
-        let hint = hint.as_standard_layout();
-        four(
-            self.controlnet.embed_hint(hint.view().into_dyn())?,
-            "hint embedding",
-        )
-    }
-
-    fn control(
-        &mut self,
-        sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        embedding: ArrayView4<f32>,
-    ) -> NetResult<Vec<ArrayD<f32>>> {
-        let (sample, context, embedding) = (
-            sample.as_standard_layout(),
-            context.as_standard_layout(),
-            embedding.as_standard_layout(),
-        );
-        Ok(self.controlnet.residuals(
-            sample.view().into_dyn(),
-            timestep.into_dyn(),
-            context.view().into_dyn(),
-            embedding.view().into_dyn(),
-        )?)
-    }
-
-    fn unet(
-        &mut self,
-        sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        residuals: &[ArrayD<f32>],
-    ) -> NetResult<Array4<f32>> {
-        let (sample, context) = (sample.as_standard_layout(), context.as_standard_layout());
-        let eps = self.unet.forward(
-            &self.engine,
-            sample.view().into_dyn(),
-            timestep.into_dyn(),
-            context.view().into_dyn(),
-            Some(residuals),
-        )?;
-        four(eps, "UNet output")
-    }
 }
 
 /// The VAE; its graphs with exported or frozen GroupNorm statistics get short-lived sessions:

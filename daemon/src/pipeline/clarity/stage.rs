@@ -6,9 +6,9 @@
 
 use ndarray::{Array3, Array4, ArrayView2, ArrayView3, Axis, s};
 
-use super::control::{self, RESIDUALS};
+use super::control;
 use super::denoise::{self, Guidance};
-use super::nets::{ControlledUnet, NetResult, StageError, Vae};
+use super::nets::{ControlledUnet, NetResult, StageConditioning, StageError, Vae};
 use super::stages::Stage;
 use super::tiles::{self, LatentTile};
 use super::vae::{self, VaeTiling};
@@ -280,76 +280,27 @@ pub fn run_stage(
             .for_each(|x, &e| *x += sigma * e);
     }
 
-    // 5. The hint embedding of every tile, once for the stage.
+    // 5. The stage's conditioning, handed to the networks once: text, residual scales and the
+    // hint embedding of every batch of tiles.
     let grid = setup.grid();
-    let hint_pixels = (cw * ch) as f64 / grid.len() as f64;
-    let mut hints = Vec::with_capacity(grid.len());
-    let steps = run.evaluations();
-    for (i, t) in grid.iter().enumerate() {
-        let crop = condition
-            .slice(s![.., t.y * 8..(t.y + t.h) * 8, t.x * 8..(t.x + t.w) * 8])
-            .insert_axis(Axis(0));
-        hints.push(unet.embed_hint(crop)?);
-        report(Event {
-            phase: "condition",
-            step: 1,
-            steps: 1,
-            tile: i + 1,
-            tiles: grid.len(),
-            work: hint_pixels * Work::HINT_PER_PIXEL,
-        })?;
-    }
-    drop(condition);
-
-    // 6. The sampler's steps, each over one MultiDiffusion evaluation.
     let guidance = Guidance {
         tiles: &grid,
         batch: setup.batch,
+        cfg: setup.cfg,
+        paired: setup.cond.nrows() == setup.uncond.nrows(),
+    };
+    let conditioning = StageConditioning {
         cond: setup.cond,
         uncond: setup.uncond,
-        cfg: setup.cfg,
         scales: control::residual_scales(setup.resemblance, setup.decay),
-        hints: &hints,
     };
-    debug_assert_eq!(guidance.scales.len(), RESIDUALS);
-    let calls = denoise::calls_per_evaluation(&guidance);
-    let eval_work: f64 = grid
-        .iter()
-        .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
-        .sum();
-    let mut state = SamplerState::new(setup.update);
-    for i in 0..steps {
-        let (sigma, next) = (run.sigmas[i], run.sigmas[i + 1]);
-        let x4 = x
-            .view()
-            .into_dimensionality::<ndarray::Ix4>()
-            .map_err(shape)?;
-        let mut done = 0;
-        let d = denoise::denoise(unet, x4, sigma, run.timesteps[i], &guidance, &mut || {
-            done += 1;
-            report(Event {
-                phase: "denoise",
-                step: i + 1,
-                steps,
-                tile: (done * grid.len()).div_ceil(calls),
-                tiles: grid.len(),
-                work: eval_work / calls as f64,
-            })
-        })?;
-        let xi = (setup.update.is_stochastic() && next > 0.0)
-            .then(|| noise.noise(setup.index, NoisePurpose::Step(i), &dims));
-        state.step(
-            &mut x,
-            d.into_dyn(),
-            sigma,
-            next,
-            xi.as_ref().map(|n| n.view()),
-        );
-    }
-
-    // The hint embeddings (one per tile, 20 MB each at Clarity's tile size) are not needed
-    // for the decode, whose tiles are the stage's memory peak.
-    drop(hints);
+    unet.begin_stage(&conditioning)?;
+    // What the networks keep for the stage goes at its end, whatever the end.
+    let sampled = sample(
+        unet, condition, &guidance, &run, x, dims, setup, noise, report,
+    );
+    unet.end_stage();
+    let x = sampled?;
 
     // 7. Decode (the final latent is shown to `on_latent` first: the reference-parity test
     // compares it).
@@ -374,6 +325,76 @@ pub fn run_stage(
     } else {
         Ok(image.slice(s![.., ..oh, ..ow]).to_owned())
     }
+}
+
+/// Steps 5 and 6 of a stage: the hint embeddings, then the sampler's steps over
+/// MultiDiffusion evaluations; returns the final latent.
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    unet: &mut dyn ControlledUnet,
+    condition: Array3<f32>,
+    guidance: &Guidance<'_>,
+    run: &Run,
+    mut x: ndarray::ArrayD<f32>,
+    dims: [usize; 4],
+    setup: &StageSetup<'_>,
+    noise: &mut dyn NoiseSource,
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> NetResult<ndarray::ArrayD<f32>> {
+    let grid = guidance.tiles;
+    let hint_pixels = (condition.shape()[1] * condition.shape()[2]) as f64 / grid.len() as f64;
+    for (index, (range, hints)) in
+        denoise::hint_batches(condition.view(), grid, guidance.batch).enumerate()
+    {
+        unet.embed_hints(index, hints.view())?;
+        report(Event {
+            phase: "condition",
+            step: 1,
+            steps: 1,
+            tile: range.end,
+            tiles: grid.len(),
+            work: range.len() as f64 * hint_pixels * Work::HINT_PER_PIXEL,
+        })?;
+    }
+    drop(condition);
+
+    // 6. The sampler's steps, each over one MultiDiffusion evaluation.
+    let steps = run.evaluations();
+    let calls = denoise::calls_per_evaluation(guidance);
+    let eval_work: f64 = grid
+        .iter()
+        .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
+        .sum();
+    let mut state = SamplerState::new(setup.update);
+    for i in 0..steps {
+        let (sigma, next) = (run.sigmas[i], run.sigmas[i + 1]);
+        let x4 = x
+            .view()
+            .into_dimensionality::<ndarray::Ix4>()
+            .map_err(shape)?;
+        let mut done = 0;
+        let d = denoise::denoise(unet, x4, sigma, run.timesteps[i], guidance, &mut || {
+            done += 1;
+            report(Event {
+                phase: "denoise",
+                step: i + 1,
+                steps,
+                tile: (done * grid.len()).div_ceil(calls),
+                tiles: grid.len(),
+                work: eval_work / calls as f64,
+            })
+        })?;
+        let xi = (setup.update.is_stochastic() && next > 0.0)
+            .then(|| noise.noise(setup.index, NoisePurpose::Step(i), &dims));
+        state.step(
+            &mut x,
+            d.into_dyn(),
+            sigma,
+            next,
+            xi.as_ref().map(|n| n.view()),
+        );
+    }
+    Ok(x)
 }
 
 /// The report after each VAE call of `phase`: call `done` of `total` carries its share of the
