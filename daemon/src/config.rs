@@ -119,7 +119,9 @@ pub struct DiffusionConfig {
     pub default_vae: String,
     pub default_controlnet: String,
     /// Diffusion tiles per network call: speed and memory only, the result is the same.
-    pub tile_batch: usize,
+    /// Unset: 1 on the CPU, as many as the accelerator's free memory holds on a GPU (at most
+    /// 4; `pipeline/clarity/tile_batch.rs`).
+    pub tile_batch: Option<usize>,
     /// Images up to this many pixels a side (plus context) are VAE-encoded whole; larger ones
     /// in tiles with frozen GroupNorm statistics.
     pub vae_encoder_tile: usize,
@@ -133,7 +135,7 @@ impl Default for DiffusionConfig {
             default_checkpoint: "juggernaut_reborn".into(),
             default_vae: "vae-ft-mse-840000-ema-pruned".into(),
             default_controlnet: "control_v11f1e_sd15_tile".into(),
-            tile_batch: 1,
+            tile_batch: None,
             vae_encoder_tile: 512,
             vae_decoder_tile: 54,
         }
@@ -188,7 +190,7 @@ impl Config {
             ));
         }
         let d = &self.diffusion;
-        if d.tile_batch == 0 || d.vae_encoder_tile < 64 || d.vae_decoder_tile < 8 {
+        if d.tile_batch == Some(0) || d.vae_encoder_tile < 64 || d.vae_decoder_tile < 8 {
             return Err(
                 "diffusion.tile_batch must be at least 1, vae_encoder_tile at least 64 and vae_decoder_tile at least 8"
                     .into(),

@@ -50,26 +50,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ModelsCommand::ExportOnnx(args),
         } => super::sd::export_onnx(&target, &args),
         Command::Bench {
-            command:
-                BenchCommand::SdStep {
-                    dir,
-                    latent,
-                    batch,
-                    threads,
-                    runs,
-                },
-        } => super::sd::bench_sd_step(&target, dir, latent, batch, threads, runs),
+            command: BenchCommand::SdStep(args),
+        } => super::bench::sd_step(&target, &args),
         Command::Bench {
-            command:
-                BenchCommand::Clarity {
-                    dir,
-                    size,
-                    scale,
-                    runs,
-                    threads,
-                    steps,
-                },
-        } => super::sd::bench_clarity(&target, dir, size, scale, runs, threads, steps),
+            command: BenchCommand::Clarity(args),
+        } => super::bench::clarity(&target, &args),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {

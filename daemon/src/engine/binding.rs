@@ -81,13 +81,13 @@ pub fn note(call: Traffic) {
     TOTAL[2].fetch_add(call.downloaded, Ordering::Relaxed);
 }
 
-/// The traffic of one plain call that takes host arrays of `inputs` elements in and gives
-/// `outputs` elements of f32 back, noted in the running total.
-pub fn note_host_call(inputs: usize, outputs: usize) -> Traffic {
+/// The traffic of one plain call (`Session::run`: every input from a host array, every output
+/// into one), noted in the running total.
+pub fn note_host_call(uploaded: usize, downloaded: usize) -> Traffic {
     let call = Traffic {
         calls: 1,
-        uploaded: 4 * inputs as u64,
-        downloaded: 4 * outputs as u64,
+        uploaded: uploaded as u64,
+        downloaded: downloaded as u64,
     };
     note(call);
     call

@@ -6,6 +6,7 @@
 //! (`Send + Sync`); sessions are `Arc<Mutex<_>>` because `ort` runs take `&mut`.
 
 pub mod binding;
+pub mod device_memory;
 mod providers;
 mod runtime;
 

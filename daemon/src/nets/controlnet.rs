@@ -204,7 +204,7 @@ pub fn build_graph(
 pub const SCALES: &str = "conditioning_scales";
 
 /// A compiled ControlNet: configuration, weights and the three graphs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CompiledControlNet {
     pub config: ControlNetConfig,
     pub hyper: SdHyper,

@@ -429,6 +429,7 @@ impl Esrgan {
             .try_extract_array::<f32>()
             .map_err(|e| EngineError::ort(name, e))?;
         let s = self.config.scale();
+        crate::engine::binding::note_host_call(4 * x.len(), 4 * y.len());
         y.to_owned()
             .into_shape_with_order((n, 3, h * s, w * s))
             .map_err(|e| EngineError::ort(name, e).into())
@@ -493,6 +494,7 @@ impl Esrgan {
                     )
                     .into());
                 }
+                crate::engine::binding::note_host_call(4 * input.len(), 4 * data.len());
                 blend(&mut out, data, row, col, scale);
                 done += 1;
                 on_tile(done, total)?;

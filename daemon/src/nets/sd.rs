@@ -12,6 +12,7 @@ use ort::session::SessionInputValue;
 
 use super::ModelError;
 pub use super::Precision;
+use crate::engine::binding;
 use crate::engine::{CompiledModel, EngineError, SharedSession};
 use crate::onnx::Graph;
 use crate::weights::sd::{NetWeights, SdHyper};
@@ -82,7 +83,7 @@ pub fn run(
     let result = session
         .run(values)
         .map_err(|e| EngineError::ort(model, e))?;
-    outputs
+    let arrays = outputs
         .iter()
         .map(|name| {
             let value = result.get(*name).ok_or_else(|| {
@@ -93,5 +94,10 @@ pub fn run(
                 .map_err(|e| EngineError::ort(model, e))?
                 .to_owned())
         })
-        .collect()
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    binding::note_host_call(
+        4 * inputs.iter().map(|(_, a)| a.len()).sum::<usize>(),
+        4 * arrays.iter().map(|a| a.len()).sum::<usize>(),
+    );
+    Ok(arrays)
 }

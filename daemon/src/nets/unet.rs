@@ -276,7 +276,7 @@ pub fn build_graph(
 }
 
 /// A compiled UNet: its configuration, weights, and both graphs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CompiledUnet {
     pub config: UnetConfig,
     pub hyper: SdHyper,

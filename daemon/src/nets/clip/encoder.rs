@@ -272,6 +272,7 @@ impl TextEncoder {
             .to_owned()
             .into_shape_with_order((batch, c))
             .map_err(|e| EngineError::ort(name, e))?;
+        crate::engine::binding::note_host_call(8 * ids.len(), 4 * (last.len() + pooled.len()));
         Ok((last, pooled))
     }
 }

@@ -12,7 +12,9 @@ pub mod nets;
 pub mod params;
 pub mod stage;
 pub mod stages;
+pub mod step_bench;
 pub mod text;
+pub mod tile_batch;
 pub mod tiles;
 pub mod vae;
 
