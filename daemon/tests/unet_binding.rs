@@ -270,3 +270,20 @@ fn cond_and_uncond_apart_give_the_host_round_trip_results_in_fp16_too() {
         net.end_stage();
     }
 }
+
+#[test]
+fn a_resident_keeps_its_values_where_the_session_wants_them() {
+    let cache = tempfile::tempdir().unwrap();
+    let (_, cn) = networks(cache.path(), Precision::F32);
+    let c = case(2, 8, 8, 77);
+    let (resident, traffic) = cn.upload("sample", c.sample.view().into_dyn()).unwrap();
+    assert_eq!(resident.shape(), c.sample.shape());
+    assert_eq!(resident.bytes(), 4 * c.sample.len() as u64);
+    assert_eq!(traffic.uploaded, resident.bytes());
+    assert_eq!((traffic.calls, traffic.downloaded), (0, 0));
+    // On the CPU execution provider "device" memory is the CPU allocator's.
+    assert_eq!(resident.device(), "Cpu");
+    let back = binding::download(&resident, "test").unwrap();
+    assert_eq!(back, c.sample.into_dyn());
+    assert!(cn.upload("no_such_input", back.view()).is_err());
+}

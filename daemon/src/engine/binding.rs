@@ -51,13 +51,14 @@ impl std::ops::AddAssign for Traffic {
     }
 }
 
+/// What was added since `earlier` (zero where a counter started again, e.g. a new model set).
 impl std::ops::Sub for Traffic {
     type Output = Traffic;
     fn sub(self, earlier: Traffic) -> Traffic {
         Traffic {
-            calls: self.calls - earlier.calls,
-            uploaded: self.uploaded - earlier.uploaded,
-            downloaded: self.downloaded - earlier.downloaded,
+            calls: self.calls.saturating_sub(earlier.calls),
+            uploaded: self.uploaded.saturating_sub(earlier.uploaded),
+            downloaded: self.downloaded.saturating_sub(earlier.downloaded),
         }
     }
 }
