@@ -51,26 +51,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ModelsCommand::ExportOnnx(args),
         } => super::sd::export_onnx(&target, &args),
         Command::Bench {
-            command:
-                BenchCommand::SdStep {
-                    dir,
-                    latent,
-                    batch,
-                    threads,
-                    runs,
-                },
-        } => super::sd::bench_sd_step(&target, dir, latent, batch, threads, runs),
+            command: BenchCommand::SdStep(args),
+        } => super::bench::sd_step(&target, &args),
         Command::Bench {
-            command:
-                BenchCommand::Clarity {
-                    dir,
-                    size,
-                    scale,
-                    runs,
-                    threads,
-                    steps,
-                },
-        } => super::sd::bench_clarity(&target, dir, size, scale, runs, threads, steps),
+            command: BenchCommand::Clarity(args),
+        } => super::bench::clarity(&target, &args),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {
@@ -235,7 +220,13 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
         status.daemon_version, target.address
     );
     println!("runtime: {}", status.runtime);
-    println!("device:  {}", status.device);
+    match status.device.split_once(super::serve::DEVICE_PRECISION) {
+        Some((device, precision)) => {
+            println!("device:  {device}");
+            println!("precision: {precision}");
+        }
+        None => println!("device:  {}", status.device),
+    }
     match status.running {
         Some(job) => println!(
             "job:     {job} ({:.0}% done)",

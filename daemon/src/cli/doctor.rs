@@ -233,19 +233,30 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         names.join(", ")
     ));
     let budget = config.engine.budget();
+    let mut usable = Vec::new();
     for (ep, outcome) in engine.probe_providers(&all) {
         match (outcome, configured.contains(&ep)) {
-            (Ok(_), _) if !ep.is_accelerator() => r.ok(format!("{ep}: usable")),
-            (Ok(report), _) => r.ok(format!(
-                "{ep}: usable{} (probe: {:.0} ms, {})",
-                device_text(ep, budget),
-                report.millis,
-                if report.error == 0.0 {
-                    "the CPU's numbers exactly".to_owned()
-                } else {
-                    format!("within {:.1e} of the CPU's numbers", report.error)
+            (Ok(_), configured) if !ep.is_accelerator() => {
+                if configured {
+                    usable.push(ep);
                 }
-            )),
+                r.ok(format!("{ep}: usable"))
+            }
+            (Ok(report), configured) => {
+                if configured {
+                    usable.push(ep);
+                }
+                r.ok(format!(
+                    "{ep}: usable{} (probe: {:.0} ms, {})",
+                    device_text(ep, budget),
+                    report.millis,
+                    if report.error == 0.0 {
+                        "the CPU's numbers exactly".to_owned()
+                    } else {
+                        format!("within {:.1e} of the CPU's numbers", report.error)
+                    }
+                ))
+            }
             (Err(reason), true) => r.problem(
                 format!("{ep} is configured but not used: {reason}"),
                 provider_fix(ep),
@@ -253,6 +264,22 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
             (Err(reason), false) => r.note(format!("{ep}: not used: {reason}")),
         }
     }
+    // The providers a daemon would use, in the configured order, the CPU last.
+    let mut in_use: Vec<ExecutionProvider> = configured
+        .iter()
+        .copied()
+        .filter(|ep| usable.contains(ep))
+        .collect();
+    if !in_use.contains(&ExecutionProvider::Cpu) {
+        in_use.push(ExecutionProvider::Cpu);
+    }
+    r.ok(format!(
+        "precision (engine.precision = \"{}\", engine.vae_precision = \"{}\") on {}: {}",
+        config.engine.precision.name(),
+        config.engine.vae_precision.name(),
+        in_use[0],
+        config.engine.precisions(&in_use).describe()
+    ));
 }
 
 /// ", NVIDIA …, 7.4 GB of 8.0 GB free, sessions held to 5.9 GB" for a CUDA device whose driver

@@ -59,9 +59,16 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
             ..EngineTuning::default()
         },
     )?);
+    let precisions = config.engine.precisions(engine.execution_providers());
+    tracing::info!("precision: {}", precisions.describe());
     let info = DaemonInfo {
         runtime: engine.runtime_description(),
-        device: engine.device_description(),
+        // The precision travels in the device line (the editors show it as it is).
+        device: format!(
+            "{}{DEVICE_PRECISION}{}",
+            engine.device_description(),
+            precisions.short()
+        ),
         data_dir: dir.root().display().to_string(),
         engine: Some(Arc::new(EngineView(engine.clone()))),
     };
@@ -127,6 +134,9 @@ impl EngineReport for EngineView {
         self.0.session_bytes()
     }
 }
+
+/// Separates the devices from the precision in `Status::device`.
+pub(crate) const DEVICE_PRECISION: &str = " · ";
 
 /// The execution providers to try: `engine.execution_providers` from the configuration, else
 /// the list recorded with the installed runtime when that is the library in use, else the CPU.

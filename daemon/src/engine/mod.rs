@@ -9,8 +9,10 @@
 //! one folder (see `crate::weights`). The engine is shared by the server and the worker
 //! (`Send + Sync`); sessions are `Arc<Mutex<_>>` because `ort` runs take `&mut`.
 
+pub mod binding;
 mod budget;
 mod cache;
+pub mod device_memory;
 mod error;
 mod fallback;
 mod faults;

@@ -4,13 +4,16 @@
 //! through: injected faults (`faults.rs`) and arena shrinkage after a call of a new shape.
 //!
 //! It dereferences to [`ort::session::Session`], so networks use it as they would ONNX
-//! Runtime's; its own [`EngineSession::run`] shadows `Session::run`.
+//! Runtime's; its own [`EngineSession::run`] and [`EngineSession::run_binding`] shadow
+//! `Session`'s.
 
 use std::hash::{Hash, Hasher};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use ort::session::{RunOptions, Session, SessionInputValue, SessionInputs, SessionOutputs};
+use ort::session::{
+    IoBinding, RunOptions, Session, SessionInputValue, SessionInputs, SessionOutputs,
+};
 use ort::value::ValueType;
 
 use super::faults::FaultState;
@@ -97,6 +100,28 @@ impl EngineSession {
         match (&self.shrink, new_shapes) {
             (Some(options), true) => self.session.run_with_options(inputs, options),
             _ => self.session.run(inputs),
+        }
+    }
+
+    /// Runs an I/O binding as [`Session::run_binding`] does, through the same hooks as
+    /// [`EngineSession::run`]; `shapes` is a signature of the bound inputs' shapes (see
+    /// `binding.rs`), for the arena shrinkage.
+    pub fn run_binding<'b>(
+        &'b mut self,
+        binding: &'b IoBinding,
+        shapes: u64,
+    ) -> ort::Result<SessionOutputs<'b>> {
+        self.info.note_run();
+        if !self.info.on_accelerator() {
+            return self.session.run_binding(binding);
+        }
+        if let Err(message) = self.faults.before_accelerated_call(&self.model.name) {
+            return Err(ort::Error::new(message));
+        }
+        let new_shapes = std::mem::replace(&mut self.last_shapes, shapes) != shapes;
+        match (&self.shrink, new_shapes) {
+            (Some(options), true) => self.session.run_binding_with_options(binding, options),
+            _ => self.session.run_binding(binding),
         }
     }
 

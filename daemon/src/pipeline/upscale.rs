@@ -9,6 +9,7 @@ use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::{Engine, MaybeOutOfMemory, Recovery, Shrink, Shrinkable, retry_out_of_memory};
 use crate::nets::ModelError;
+use crate::nets::Precision;
 use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
 use crate::server::{JobChecker, JobOutput, JobRunner};
 use crate::store::{DataDir, FileStamp, ModelFile};
@@ -117,6 +118,7 @@ impl JobChecker for Checker {
 struct Loaded {
     path: PathBuf,
     stamp: FileStamp,
+    precision: Precision,
     net: Esrgan,
 }
 
@@ -146,15 +148,21 @@ impl Upscaler {
                 format!("{}: {e}", model.path.display()),
             )
         })?;
+        let precision = self
+            .config
+            .engine
+            .precisions(self.engine.execution_providers())
+            .upscaler;
         let fresh = self
             .loaded
             .as_ref()
-            .is_some_and(|l| l.path == model.path && l.stamp == stamp);
+            .is_some_and(|l| l.path == model.path && l.stamp == stamp && l.precision == precision);
         if !fresh {
             self.loaded = None;
-            tracing::info!("loading upscaler {}", model.path.display());
+            tracing::info!("loading upscaler {} ({precision})", model.path.display());
+            let cache = self.data_dir.cache();
             let net =
-                Esrgan::load(&self.engine, &model.path, &self.data_dir.cache()).map_err(|e| {
+                Esrgan::load_as(&self.engine, &model.path, &cache, precision).map_err(|e| {
                     let kind = match e {
                         ModelError::Io(_) => ErrorKind::Io,
                         ModelError::Invalid(_) => ErrorKind::ModelInvalid,
@@ -165,6 +173,7 @@ impl Upscaler {
             self.loaded = Some(Loaded {
                 path: model.path.clone(),
                 stamp,
+                precision,
                 net,
             });
         }

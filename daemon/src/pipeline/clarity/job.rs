@@ -16,6 +16,7 @@ use super::params;
 use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
 use super::text::TextError;
+use super::tile_batch;
 use super::vae::{self, VaeTiling};
 use crate::Cancelled;
 use crate::config::Config;
@@ -24,7 +25,6 @@ use crate::engine::{
 };
 use crate::nets::ModelError;
 use crate::nets::esrgan::Tiling;
-use crate::nets::sd::Precision;
 use crate::pipeline::filters;
 use crate::pipeline::pixels::{self, PixelFormat, Planar};
 use crate::pipeline::progress::{ProgressSink, Step};
@@ -203,6 +203,19 @@ impl ClarityRunner {
         }
     }
 
+    /// What crossed between host and device for the UNet + ControlNet of the loaded model
+    /// set (zero when none is loaded).
+    pub fn unet_traffic(&self) -> crate::engine::binding::Traffic {
+        self.models
+            .as_ref()
+            .map_or_else(Default::default, |m| m.unet.traffic())
+    }
+
+    /// VAE passes of the loaded model set redone in fp32 after an fp16 overflow.
+    pub fn vae_redos(&self) -> usize {
+        self.models.as_ref().map_or(0, |m| m.vae.redos())
+    }
+
     /// The model set a job asks for (files resolved, LoRAs from the prompt's tags and the
     /// job's list, every embedding of the data directory).
     pub fn set_key(&self, params: &JobParams) -> Result<SetKey, ErrorInfo> {
@@ -223,7 +236,10 @@ impl ClarityRunner {
             controlnet: FileStamp::of(&sd.controlnet.path),
             loras,
             embeddings,
-            precision: Precision::F32,
+            precisions: self
+                .config
+                .engine
+                .precisions(self.engine.execution_providers()),
         })
     }
 
@@ -317,12 +333,18 @@ impl ClarityRunner {
         if large {
             models.text.set_aside(&engine);
         }
+        let models_precision = models.key.precisions.unet;
         let setup = JobSetup {
             rules: rules(params.preset),
             schedule: schedule::full(params.sampler, params.steps as usize, &self.training),
             update: Update::of(params.sampler),
             tile: (params.tile_width as usize, params.tile_height as usize),
-            batch: d.tile_batch,
+            batch: tile_batch::resolve(
+                d.tile_batch,
+                engine.execution_providers(),
+                models_precision,
+                (params.tile_width as usize, params.tile_height as usize),
+            ),
             cond: cond.view(),
             uncond: uncond.view(),
             cfg: params.dynamic,

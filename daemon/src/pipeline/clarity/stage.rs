@@ -6,9 +6,9 @@
 
 use ndarray::{Array3, Array4, ArrayView2, ArrayView3, Axis, s};
 
-use super::control::{self, RESIDUALS};
+use super::control;
 use super::denoise::{self, Guidance};
-use super::nets::{ControlledUnet, NetResult, StageError, Vae};
+use super::nets::{ControlledUnet, NetResult, StageConditioning, StageError, Vae};
 use super::stages::Stage;
 use super::tiles::{self, LatentTile};
 use super::vae::{self, VaeTiling};
@@ -309,56 +309,110 @@ pub fn run_stage(
             .for_each(|x, &e| *x += sigma * e);
     }
 
-    // 5. The hint embedding of every tile, once for the stage.
+    // 5. The stage's conditioning, handed to the networks once: text, residual scales and the
+    // hint embedding of every batch of tiles.
     let grid = setup.grid();
-    let hint_pixels = (cw * ch) as f64 / grid.len() as f64;
-    let mut hints = Vec::with_capacity(grid.len());
-    let steps = run.evaluations();
-    let mut hint_shrink = Shrink::default();
-    for (i, t) in grid.iter().enumerate() {
-        let crop = condition
-            .slice(s![.., t.y * 8..(t.y + t.h) * 8, t.x * 8..(t.x + t.w) * 8])
-            .insert_axis(Axis(0));
-        hints.push(retry_out_of_memory(
-            recovery,
-            &mut hint_shrink,
-            &Shrinkable::FIXED,
-            |_| unet.embed_hint(crop),
-        )?);
-        report(Event {
-            phase: "condition",
-            step: 1,
-            steps: 1,
-            tile: i + 1,
-            tiles: grid.len(),
-            work: hint_pixels * Work::HINT_PER_PIXEL,
-        })?;
-    }
-    drop(condition);
-
-    // 6. The sampler's steps, each over one MultiDiffusion evaluation.
     let guidance = Guidance {
         tiles: &grid,
         batch: setup.batch,
+        cfg: setup.cfg,
+        paired: setup.cond.nrows() == setup.uncond.nrows(),
+    };
+    let conditioning = StageConditioning {
         cond: setup.cond,
         uncond: setup.uncond,
-        cfg: setup.cfg,
         scales: control::residual_scales(setup.resemblance, setup.decay),
-        hints: &hints,
     };
-    debug_assert_eq!(guidance.scales.len(), RESIDUALS);
+    unet.begin_stage(&conditioning)?;
+    // What the networks keep for the stage goes at its end, whatever the end.
+    let sampled = sample(
+        unet, condition, &guidance, &run, x, dims, setup, noise, recovery, report,
+    );
+    unet.end_stage();
+    let x = sampled?;
+
+    // 7. Decode (the final latent is shown to `on_latent` first: the reference-parity test
+    // compares it).
+    let mut latent = x.into_dimensionality::<ndarray::Ix4>().map_err(shape)?;
+    let out_scale = run.output_scale as f32;
+    latent.mapv_inplace(|v| v * out_scale);
+    on_latent(&latent);
+    let k = 1.0 / LATENT_SCALE;
+    latent.mapv_inplace(|v| v * k);
+    let mut progress = vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report);
+    let mut decoded: Array4<f32> =
+        retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
+            vae::decode(vae_net, latent.view(), &tiling.halved(level), &mut progress)
+        })?;
+    drop(progress);
+    drop(latent);
+    decoded.mapv_inplace(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0));
+    let (ow, oh) = setup.stage.output;
+    let image = decoded.index_axis_move(Axis(0), 0);
+    if image.shape()[1..] == [oh, ow] {
+        Ok(image)
+    } else {
+        Ok(image.slice(s![.., ..oh, ..ow]).to_owned())
+    }
+}
+
+/// Steps 5 and 6 of a stage: the hint embeddings, then the sampler's steps over
+/// MultiDiffusion evaluations; returns the final latent.
+///
+/// Out of accelerator memory, an evaluation is done again with fewer tiles per call (the
+/// result does not depend on it: the hints are embedded again for the smaller batches), then
+/// with the failing network on the CPU.
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    unet: &mut dyn ControlledUnet,
+    condition: Array3<f32>,
+    guidance: &Guidance<'_>,
+    run: &Run,
+    mut x: ndarray::ArrayD<f32>,
+    dims: [usize; 4],
+    setup: &StageSetup<'_>,
+    noise: &mut dyn NoiseSource,
+    recovery: &dyn Recovery,
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> NetResult<ndarray::ArrayD<f32>> {
+    let grid = guidance.tiles;
+    let hint_pixels = (condition.shape()[1] * condition.shape()[2]) as f64 / grid.len() as f64;
+    let mut hint_shrink = Shrink::default();
+    embed_hints(
+        unet,
+        condition.view(),
+        grid,
+        guidance.batch,
+        recovery,
+        &mut hint_shrink,
+        &mut |range| {
+            report(Event {
+                phase: "condition",
+                step: 1,
+                steps: 1,
+                tile: range.end,
+                tiles: grid.len(),
+                work: range.len() as f64 * hint_pixels * Work::HINT_PER_PIXEL,
+            })
+        },
+    )?;
+    // The condition image is kept while a smaller batch may need its hints again (and the
+    // configured one again once a network has moved to the CPU).
+    let condition = (guidance.batch > 1).then_some(condition);
+    let mut embedded_for = guidance.batch;
+
+    // 6. The sampler's steps, each over one MultiDiffusion evaluation.
+    let steps = run.evaluations();
     let eval_work: f64 = grid
         .iter()
         .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
         .sum();
-    // Out of accelerator memory, an evaluation is done again with fewer tiles per call (the
-    // result does not depend on it), then with the failing network on the CPU.
     let describe = |level: u32| {
-        let b = (setup.batch >> level).max(1);
+        let b = (guidance.batch >> level).max(1);
         format!("{b} tile{} per call", if b == 1 { "" } else { "s" })
     };
     let batch_size = Shrinkable {
-        levels: setup.batch.max(1).ilog2(),
+        levels: guidance.batch.max(1).ilog2(),
         describe: &describe,
     };
     let mut batch_shrink = Shrink::default();
@@ -372,14 +426,24 @@ pub fn run_stage(
         let mut reached = 0.0;
         let d = retry_out_of_memory(recovery, &mut batch_shrink, &batch_size, |level| {
             let g = Guidance {
-                tiles: guidance.tiles,
-                batch: (setup.batch >> level).max(1),
-                cond: guidance.cond.view(),
-                uncond: guidance.uncond.view(),
-                cfg: guidance.cfg,
-                scales: guidance.scales,
-                hints: guidance.hints,
+                batch: (guidance.batch >> level).max(1),
+                ..*guidance
             };
+            if g.batch != embedded_for {
+                let image = condition
+                    .as_ref()
+                    .ok_or_else(|| StageError::Unexpected("the condition image is gone".into()))?;
+                embed_hints(
+                    unet,
+                    image.view(),
+                    grid,
+                    g.batch,
+                    recovery,
+                    &mut hint_shrink,
+                    &mut |_| Ok(()),
+                )?;
+                embedded_for = g.batch;
+            }
             let calls = denoise::calls_per_evaluation(&g);
             let mut done = 0;
             denoise::denoise(unet, x4, sigma, run.timesteps[i], &g, &mut || {
@@ -407,34 +471,28 @@ pub fn run_stage(
             xi.as_ref().map(|n| n.view()),
         );
     }
+    Ok(x)
+}
 
-    // The hint embeddings (one per tile, 20 MB each at Clarity's tile size) are not needed
-    // for the decode, whose tiles are the stage's memory peak.
-    drop(hints);
-
-    // 7. Decode (the final latent is shown to `on_latent` first: the reference-parity test
-    // compares it).
-    let mut latent = x.into_dimensionality::<ndarray::Ix4>().map_err(shape)?;
-    let out_scale = run.output_scale as f32;
-    latent.mapv_inplace(|v| v * out_scale);
-    on_latent(&latent);
-    let k = 1.0 / LATENT_SCALE;
-    latent.mapv_inplace(|v| v * k);
-    let mut progress = vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report);
-    let mut decoded: Array4<f32> =
-        retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
-            vae::decode(vae_net, latent.view(), &tiling.halved(level), &mut progress)
+/// Embeds the hints of `grid` in batches of `batch` tiles for the stage; `on_batch` follows
+/// each batch. The hint encoder has no size to shrink: out of memory, it goes to the CPU.
+#[allow(clippy::too_many_arguments)]
+fn embed_hints(
+    unet: &mut dyn ControlledUnet,
+    condition: ArrayView3<f32>,
+    grid: &[LatentTile],
+    batch: usize,
+    recovery: &dyn Recovery,
+    shrink: &mut Shrink,
+    on_batch: &mut dyn FnMut(std::ops::Range<usize>) -> Result<(), Cancelled>,
+) -> NetResult<()> {
+    for (index, (range, hints)) in denoise::hint_batches(condition, grid, batch).enumerate() {
+        retry_out_of_memory(recovery, shrink, &Shrinkable::FIXED, |_| {
+            unet.embed_hints(index, hints.view())
         })?;
-    drop(progress);
-    drop(latent);
-    decoded.mapv_inplace(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0));
-    let (ow, oh) = setup.stage.output;
-    let image = decoded.index_axis_move(Axis(0), 0);
-    if image.shape()[1..] == [oh, ow] {
-        Ok(image)
-    } else {
-        Ok(image.slice(s![.., ..oh, ..ow]).to_owned())
+        on_batch(range)?;
     }
+    Ok(())
 }
 
 /// The report after each VAE call of `phase`: call `done` of `total` carries its share of the

@@ -146,9 +146,9 @@ fn refiners_rules_take_the_posterior_mean_and_draw_no_step_noise() {
     let out = run(Sampler::DpmPp2m, Rules::REFINERS, 8, 0.35);
     assert_eq!(out.asked, [(0, NoisePurpose::Initial)]);
     // Latent 10×6 is lower than the 8-high tile: Refiners runs one whole tile, so each of the
-    // 7 evaluations is one ControlNet and one UNet call (Clarity's grid would tile it).
+    // 7 evaluations is one ControlNet + UNet call (Clarity's grid would tile it).
     let denoise = out.events.iter().filter(|e| e.phase == "denoise").count();
-    assert_eq!(denoise, 14);
+    assert_eq!(denoise, 7);
     assert_eq!(out.image.dim(), (3, 48, 80));
 }
 
@@ -222,7 +222,10 @@ fn a_cancel_stops_the_stage_at_the_next_network_call() {
         &mut |_| {},
     );
     assert!(matches!(result, Err(StageError::Cancelled)));
-    assert_eq!(unet.calls, 1, "stopped after the first ControlNet call");
+    assert_eq!(
+        unet.calls, 1,
+        "stopped after the first ControlNet + UNet call"
+    );
 }
 
 /// A stand-in accelerator for the UNet: calls of more than `fits` tiles (cond and uncond make
@@ -247,27 +250,24 @@ impl Cramped {
 }
 
 impl ControlledUnet for Cramped {
-    fn embed_hint(&mut self, hint: ArrayView4<f32>) -> NetResult<Array4<f32>> {
-        self.inner.embed_hint(hint)
+    fn begin_stage(&mut self, conditioning: &StageConditioning<'_>) -> NetResult<()> {
+        self.inner.begin_stage(conditioning)
     }
-    fn control(
-        &mut self,
-        sample: ArrayView4<f32>,
-        timestep: ndarray::ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        embedding: ArrayView4<f32>,
-    ) -> NetResult<Vec<ArrayD<f32>>> {
-        self.inner.control(sample, timestep, context, embedding)
+    fn embed_hints(&mut self, batch: usize, hints: ArrayView4<f32>) -> NetResult<()> {
+        self.inner.embed_hints(batch, hints)
     }
-    fn unet(
+    fn predict(
         &mut self,
+        batch: usize,
         sample: ArrayView4<f32>,
-        timestep: ndarray::ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        residuals: &[ArrayD<f32>],
+        timestep: f32,
+        prompts: crate::pipeline::clarity::nets::Prompts,
     ) -> NetResult<Array4<f32>> {
         self.check(sample.dim().0)?;
-        self.inner.unet(sample, timestep, context, residuals)
+        self.inner.predict(batch, sample, timestep, prompts)
+    }
+    fn end_stage(&mut self) {
+        self.inner.end_stage()
     }
 }
 
