@@ -282,17 +282,54 @@ fn a_missing_checkpoint_is_named_with_how_to_get_it() {
         }
         other => panic!("expected ModelNotFound, got {other:?}"),
     }
-    // Creativity 0 is the upscaler alone, which needs no SD model.
+    // Clarity at creativity 0 still diffuses (A1111 evaluates once), so it needs the models
+    // too; the Refiners preset at creativity 0 is the upscaler alone, which needs none.
+    let clarity_at_0 = JobParams {
+        creativity: 0.0,
+        upscaler: Some("tiny-x4".into()),
+        ..JobParams::default()
+    };
+    match client.submit(test_image(8, 8), clarity_at_0.clone()) {
+        Err(ClientError::Daemon(e)) => assert_eq!(e.kind, ErrorKind::ModelNotFound),
+        other => panic!("expected ModelNotFound, got {other:?}"),
+    }
     let done = client
         .upscale(
             test_image(8, 8),
             JobParams {
-                creativity: 0.0,
-                upscaler: Some("tiny-x4".into()),
-                ..JobParams::default()
+                preset: tessera_protocol::Preset::Refiners,
+                ..clarity_at_0
             },
             |_| {},
         )
         .unwrap();
     assert_eq!((done.image.width, done.image.height), (16, 16));
+}
+
+#[test]
+fn clarity_at_creativity_0_runs_the_vae_round_trip_and_one_evaluation() {
+    let daemon = Daemon::prepare_diffusion("").start();
+    let mut client = daemon.client();
+    let mut events: Vec<Progress> = Vec::new();
+    let done = client
+        .upscale(
+            test_image(48, 40),
+            JobParams {
+                creativity: 0.0,
+                ..params(2.0)
+            },
+            |p| events.push(p.clone()),
+        )
+        .unwrap();
+    assert_eq!((done.image.width, done.image.height), (96, 80));
+    for phase in ["encode", "denoise", "decode"] {
+        assert!(done.timings.iter().any(|t| t.name == phase), "{phase}");
+    }
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.phase == "denoise")
+            .all(|e| e.steps == 1),
+        "one evaluation"
+    );
 }

@@ -2,7 +2,8 @@
 //! model set loaded (or reused, warm), prompts encoded (or taken from the cache), the stages
 //! run with progress and cancel, alpha upscaled apart and re-attached, the result sharpened
 //! and returned in the input's pixel format. Jobs that do not diffuse (preset `Upscaler`, or
-//! creativity 0) go to the upscaler alone.
+//! the Refiners preset at creativity 0) go to the upscaler alone; Clarity at creativity 0
+//! still runs its VAE round trip and one evaluation, as A1111 does.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -126,7 +127,15 @@ pub struct ClarityRunner {
     config: Config,
     upscaler: Upscaler,
     models: Option<ModelSet>,
-    training: Training,
+}
+
+/// The training σ table a preset samples with: A1111 1.7's fp16 one for Clarity (its fork
+/// halves the whole model), the float64 one for the Refiners library.
+pub fn training(preset: Preset) -> Training {
+    match preset {
+        Preset::Refiners => Training::sd15(),
+        _ => Training::sd15_half(),
+    }
 }
 
 fn stage_error(e: StageError) -> ErrorInfo {
@@ -181,7 +190,6 @@ impl ClarityRunner {
             data_dir,
             config,
             models: None,
-            training: Training::sd15(),
         }
     }
 
@@ -300,7 +308,11 @@ impl ClarityRunner {
         }
         let setup = JobSetup {
             rules: rules(params.preset),
-            schedule: schedule::full(params.sampler, params.steps as usize, &self.training),
+            schedule: schedule::full(
+                params.sampler,
+                params.steps as usize,
+                &training(params.preset),
+            ),
             update: Update::of(params.sampler),
             tile: (params.tile_width as usize, params.tile_height as usize),
             batch: d.tile_batch,
