@@ -333,3 +333,31 @@ fn clarity_at_creativity_0_runs_the_vae_round_trip_and_one_evaluation() {
         "one evaluation"
     );
 }
+
+#[test]
+fn the_checkpoint_vae_stands_in_for_a_missing_vae() {
+    let daemon = Daemon::prepare_diffusion("").start();
+    let mut client = daemon.client();
+    let image = test_image(24, 16);
+    // The fixture's VAE in models/vae/ is the checkpoint's own, so both give the same bytes.
+    let with_file = client.upscale(image.clone(), params(2.0), |_| {}).unwrap();
+    std::fs::remove_dir_all(daemon.dir.path().join("models/vae/tiny-clarity")).unwrap();
+    match client.submit(image.clone(), params(2.0)) {
+        Err(ClientError::Daemon(e)) => {
+            assert_eq!(e.kind, ErrorKind::ModelNotFound);
+            assert!(e.message.contains("--vae checkpoint"), "{}", e.message);
+        }
+        other => panic!("expected ModelNotFound, got {other:?}"),
+    }
+    let own = client
+        .upscale(
+            image,
+            JobParams {
+                vae: Some("checkpoint".into()),
+                ..params(2.0)
+            },
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(own.image.data, with_file.image.data);
+}
