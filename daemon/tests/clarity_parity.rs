@@ -138,6 +138,8 @@ fn run(engine: &Arc<Engine>, refs: &HashMap<String, ArrayD<f32>>, batch: usize) 
             upscaler: &mut EsrganUpscaler {
                 net: &mut esrgan,
                 tiling: Tiling::default(),
+                // The reference fed spandrel A1111's BGR, as Clarity does.
+                order: tessera::nets::esrgan::ChannelOrder::Bgr,
             },
             vae: &mut set.vae,
             unet: &mut set.unet,

@@ -8,7 +8,7 @@ use super::resize;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::nets::ModelError;
-use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
+use crate::nets::esrgan::{ChannelOrder, Esrgan, EsrganError, Tiling};
 use crate::server::{JobChecker, JobOutput, JobRunner};
 use crate::store::{DataDir, FileStamp, ModelFile};
 use std::path::PathBuf;
@@ -235,7 +235,8 @@ impl JobRunner for Upscaler {
                 })
             };
             rgb = net
-                .upscale(rgb.view(), &tiling, &mut on_tile)
+                // The upscaler alone feeds each model what it was trained on.
+                .upscale(rgb.view(), &tiling, ChannelOrder::Rgb, &mut on_tile)
                 .map_err(esrgan_error)?;
         }
         lap("upscale", &mut timings);

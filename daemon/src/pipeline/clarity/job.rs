@@ -21,7 +21,7 @@ use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::nets::ModelError;
-use crate::nets::esrgan::Tiling;
+use crate::nets::esrgan::{ChannelOrder, Tiling};
 use crate::nets::sd::Precision;
 use crate::pipeline::filters;
 use crate::pipeline::pixels::{self, PixelFormat, Planar};
@@ -331,6 +331,8 @@ impl ClarityRunner {
         let mut pre = EsrganUpscaler {
             net: esrgan,
             tiling,
+            // Clarity and the Refiners Space run A1111's ESRGAN code, which feeds BGR.
+            order: ChannelOrder::Bgr,
         };
         let total = setup.planned_work(&plan, (iw, ih), pre.scale()).max(1e-9);
         let stages_count = plan.len() as u32;

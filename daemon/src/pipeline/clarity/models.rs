@@ -18,7 +18,7 @@ use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::nets::ModelError;
 use crate::nets::clip::{self, ClipOptions, TextEncoder};
 use crate::nets::controlnet::{CompiledControlNet, ControlNet};
-use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
+use crate::nets::esrgan::{ChannelOrder, Esrgan, EsrganError, Tiling};
 use crate::nets::sd::{Precision, SdOptions};
 use crate::nets::unet::{CompiledUnet, Unet};
 use crate::nets::vae::{CompiledVae, NormStats};
@@ -473,6 +473,8 @@ impl Vae for SdVae {
 pub struct EsrganUpscaler<'a> {
     pub net: &'a mut Esrgan,
     pub tiling: Tiling,
+    /// What the network is fed: BGR for the presets that reproduce A1111's ESRGAN code.
+    pub order: ChannelOrder,
 }
 
 impl PreUpscaler for EsrganUpscaler<'_> {
@@ -486,7 +488,7 @@ impl PreUpscaler for EsrganUpscaler<'_> {
         on_tile: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
     ) -> NetResult<ndarray::Array3<f32>> {
         self.net
-            .upscale(rgb, &self.tiling, on_tile)
+            .upscale(rgb, &self.tiling, self.order, on_tile)
             .map_err(|e| match e {
                 EsrganError::Cancelled => StageError::Cancelled,
                 EsrganError::Runtime(e) => StageError::Runtime(e),
