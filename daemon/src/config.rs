@@ -97,7 +97,15 @@ pub struct DiffusionConfig {
     pub vae_encoder_tile: usize,
     /// Latents up to this many a side (plus context) are decoded whole; larger ones in tiles.
     pub vae_decoder_tile: usize,
+    /// Bytes of activations one VAE pass may take on a CPU: the Clarity preset encodes and
+    /// decodes as Clarity does (whole up to 2112 pixels / 150 latents, else Clarity's tiles
+    /// with the encoder colour fix) where its estimate fits, else in the tiles above. On an
+    /// accelerator Clarity's way always runs.
+    pub vae_memory_budget: u64,
 }
+
+/// The default `diffusion.vae_memory_budget`: 2 GiB.
+pub const DEFAULT_VAE_MEMORY_BUDGET: u64 = 2 << 30;
 
 impl Default for DiffusionConfig {
     fn default() -> Self {
@@ -108,6 +116,7 @@ impl Default for DiffusionConfig {
             tile_batch: 1,
             vae_encoder_tile: 512,
             vae_decoder_tile: 54,
+            vae_memory_budget: DEFAULT_VAE_MEMORY_BUDGET,
         }
     }
 }

@@ -20,7 +20,7 @@ use tessera::pipeline::clarity::job::{JobSetup, run_stages};
 use tessera::pipeline::clarity::models::{EsrganUpscaler, FileStamp, ModelSet, SetKey};
 use tessera::pipeline::clarity::stage::{Rules, StageNets};
 use tessera::pipeline::clarity::stages;
-use tessera::pipeline::clarity::vae::VaeTiling;
+use tessera::pipeline::clarity::vae::{VaePolicy, VaeTiling};
 use tessera::pipeline::sampling::Update;
 use tessera::pipeline::sampling::noise::{NoisePurpose, NoiseSource};
 use tessera::pipeline::sampling::schedule::{self, Training};
@@ -129,7 +129,7 @@ fn run(engine: &Arc<Engine>, refs: &HashMap<String, ArrayD<f32>>, batch: usize) 
         cfg: 6.0,
         resemblance: 0.6,
         decay: 0.825,
-        vae_tiling: VaeTiling::new(1024, 128),
+        vae: VaePolicy::bounded(VaeTiling::new(1024, 128)),
     };
     let mut latents = Vec::new();
     let mut tiles_seen = Vec::new();

@@ -345,10 +345,10 @@ fn workload(params: &JobParams, size: u32) -> (usize, f64) {
             cfg: params.dynamic,
             resemblance: params.resemblance,
             decay: params.decay,
-            vae_tiling: super::vae::VaeTiling::new(
+            vae: super::vae::VaePolicy::bounded(super::vae::VaeTiling::new(
                 diffusion.vae_encoder_tile,
                 diffusion.vae_decoder_tile,
-            ),
+            )),
         };
         let evals = setup.run().evaluations();
         let per_eval: f64 = setup

@@ -16,7 +16,7 @@ use super::nets::{NetResult, StageError};
 use super::params;
 use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
-use super::vae::{self, VaeTiling};
+use super::vae::{VaePolicy, VaeRule, VaeTiling};
 use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -46,7 +46,7 @@ pub struct JobSetup<'a> {
     pub cfg: f32,
     pub resemblance: f32,
     pub decay: f32,
-    pub vae_tiling: VaeTiling,
+    pub vae: VaePolicy,
 }
 
 impl JobSetup<'_> {
@@ -65,7 +65,7 @@ impl JobSetup<'_> {
             cfg: self.cfg,
             resemblance: self.resemblance,
             decay: self.decay,
-            vae_tiling: self.vae_tiling,
+            vae: self.vae,
         }
     }
 
@@ -118,6 +118,15 @@ pub fn rules(preset: Preset) -> Rules {
         Preset::Refiners => Rules::REFINERS,
         _ => Rules::CLARITY,
     }
+}
+
+/// Whether `engine`'s sessions run on an accelerator (an execution provider other than the CPU
+/// was registered): Clarity's VAE passes then need no memory estimate.
+pub fn accelerator(engine: &Engine) -> bool {
+    engine
+        .execution_providers()
+        .iter()
+        .any(|ep| *ep != crate::engine::ExecutionProvider::Cpu)
 }
 
 /// Runs every job on the engine thread: diffusion jobs here, the others by the upscaler.
@@ -296,13 +305,21 @@ impl ClarityRunner {
             params.preset == Preset::Refiners,
         );
         let d = &self.config.diffusion;
-        let vae_tiling = VaeTiling::new(d.vae_encoder_tile, d.vae_decoder_tile);
+        let vae = VaePolicy {
+            rule: match params.preset {
+                Preset::Refiners => VaeRule::Bounded,
+                _ => VaeRule::Clarity,
+            },
+            accelerator: accelerator(&engine),
+            budget: d.vae_memory_budget,
+            bounded: VaeTiling::new(d.vae_encoder_tile, d.vae_decoder_tile),
+        };
         // A job whose VAE goes in tiles is large: its memory peak is in the tiles, so the
         // text encoder, done with once the prompts are encoded, gives its memory back until
         // the job is over (the VAE's tiled passes do the same with the plain VAE graphs).
         let large = plan
             .last()
-            .is_some_and(|s| vae::tiles(s.canvas.0, s.canvas.1, &vae_tiling));
+            .is_some_and(|s| vae.tiles(s.canvas.0, s.canvas.1));
         if large {
             models.text.set_aside(&engine);
         }
@@ -321,7 +338,7 @@ impl ClarityRunner {
             cfg: params.dynamic,
             resemblance: params.resemblance,
             decay: params.decay,
-            vae_tiling,
+            vae,
         };
         let tiling = Tiling {
             tile: self.config.upscale.tile,

@@ -10,7 +10,10 @@ use std::time::SystemTime;
 
 use ndarray::{Array2, Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4, Ix4};
 
-use super::nets::{ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, StageError, Vae};
+use super::nets::{
+    Carried, ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, Segmented, StageError,
+    Vae,
+};
 use super::stage::PreUpscaler;
 use super::text::TextSide;
 use crate::Cancelled;
@@ -21,6 +24,7 @@ use crate::nets::controlnet::{CompiledControlNet, ControlNet};
 use crate::nets::esrgan::{ChannelOrder, Esrgan, EsrganError, Tiling};
 use crate::nets::sd::{Precision, SdOptions};
 use crate::nets::unet::{CompiledUnet, Unet};
+use crate::nets::vae::segments::Segment;
 use crate::nets::vae::{CompiledVae, NormStats};
 use crate::weights::embedding::TextualInversion;
 use crate::weights::lora::{Lora, LoraPatch, LoraTarget};
@@ -280,6 +284,25 @@ pub struct SdVae {
     plain: [Option<SharedSession>; 2],
     /// The frozen-statistics graphs' sessions while a tiled pass runs: [encoder, decoder].
     frozen: [Option<(String, SharedSession)>; 2],
+    /// The cut encoder's sessions while a colour-fixed encode runs.
+    segments: Vec<SegmentSession>,
+    /// `post_quant_conv` while a tiled decode runs.
+    post_quant: Option<(String, SharedSession)>,
+}
+
+/// One segment of the cut encoder with its session.
+struct SegmentSession {
+    segment: Segment,
+    name: String,
+    session: SharedSession,
+    gives_skip: bool,
+}
+
+fn compile_error(e: ModelError) -> StageError {
+    match e {
+        ModelError::Runtime(e) => StageError::Runtime(e),
+        other => StageError::Unexpected(other.to_string()),
+    }
 }
 
 impl SdVae {
@@ -289,6 +312,8 @@ impl SdVae {
             compiled,
             plain: Default::default(),
             frozen: Default::default(),
+            segments: Vec::new(),
+            post_quant: None,
         };
         vae.warm()?;
         Ok(vae)
@@ -332,12 +357,29 @@ impl SdVae {
         let model = self
             .compiled
             .with_stats(decoder, stats)
-            .map_err(|e| match e {
-                ModelError::Runtime(e) => StageError::Runtime(e),
-                other => StageError::Unexpected(other.to_string()),
-            })?;
+            .map_err(compile_error)?;
         let session = self.engine.short_lived_session(&model)?;
         Ok((model.name, session))
+    }
+
+    /// The cut encoder's sessions, created on first use.
+    fn segment_sessions(&mut self) -> NetResult<&[SegmentSession]> {
+        if self.segments.is_empty() {
+            for segment in Segment::all(&self.compiled.config) {
+                let model = self
+                    .compiled
+                    .segment(segment, NormStats::Frozen)
+                    .map_err(compile_error)?;
+                let session = self.engine.short_lived_session(&model)?;
+                self.segments.push(SegmentSession {
+                    segment,
+                    name: model.name,
+                    session,
+                    gives_skip: segment.gives_skip(&self.compiled.weights),
+                });
+            }
+        }
+        Ok(&self.segments)
     }
 
     fn frozen(&mut self, decoder: bool) -> NetResult<(String, SharedSession)> {
@@ -354,14 +396,22 @@ impl SdVae {
         name: &str,
         inputs: Vec<(String, ArrayD<f32>)>,
     ) -> NetResult<Vec<(String, ArrayD<f32>)>> {
+        let views: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
+            inputs.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
+        SdVae::run_views(session, name, &views)
+    }
+
+    fn run_views(
+        session: &SharedSession,
+        name: &str,
+        views: &[(&str, ndarray::ArrayViewD<'_, f32>)],
+    ) -> NetResult<Vec<(String, ArrayD<f32>)>> {
         let outputs: Vec<String> = {
             let s = session.lock().unwrap_or_else(|e| e.into_inner());
             s.outputs().iter().map(|o| o.name().to_owned()).collect()
         };
-        let views: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
-            inputs.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
         let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
-        let values = crate::nets::sd::run(session, name, &views, &names)?;
+        let values = crate::nets::sd::run(session, name, views, &names)?;
         Ok(outputs.into_iter().zip(values).collect())
     }
 
@@ -448,14 +498,108 @@ impl Vae for SdVae {
         SdVae::take(&mut out, "sample")
     }
 
-    fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats> {
-        let (name, session) = self.stats_session(true, NormStats::Export)?;
-        let out = SdVae::run(
+    fn post_quant(&mut self, latent: ArrayView4<f32>) -> NetResult<Array4<f32>> {
+        if self.post_quant.is_none() {
+            let model = self.compiled.post_quant().map_err(compile_error)?;
+            let session = self.engine.short_lived_session(&model)?;
+            self.post_quant = Some((model.name, session));
+        }
+        let (name, session) = self.post_quant.clone().expect("set above");
+        let latent = latent.as_standard_layout();
+        let mut out = SdVae::run_views(
             &session,
             &name,
-            vec![("latent_sample".to_owned(), latent.to_owned().into_dyn())],
+            &[("latent_sample", latent.view().into_dyn())],
+        )?;
+        SdVae::take(&mut out, "decoder_input")
+    }
+
+    fn decoder_stats(&mut self, input: ArrayView4<f32>) -> NetResult<GroupNormStats> {
+        let (name, session) = self.stats_session(true, NormStats::Export)?;
+        let input = input.as_standard_layout();
+        let out = SdVae::run_views(
+            &session,
+            &name,
+            &[("decoder_input", input.view().into_dyn())],
         )?;
         Ok(SdVae::stats_of(&out))
+    }
+
+    fn encoder_segments(&mut self) -> NetResult<usize> {
+        Ok(Segment::all(&self.compiled.config).len())
+    }
+
+    fn encoder_head_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats> {
+        let model = self
+            .compiled
+            .segment(Segment::Head, NormStats::Export)
+            .map_err(compile_error)?;
+        let session = self.engine.short_lived_session(&model)?;
+        let image = image.as_standard_layout();
+        let out = SdVae::run_views(
+            &session,
+            &model.name,
+            &[("sample", image.view().into_dyn())],
+        )?;
+        Ok(SdVae::stats_of(&out))
+    }
+
+    fn encoder_segment(
+        &mut self,
+        index: usize,
+        input: Carried,
+        stats: &GroupNormStats,
+    ) -> NetResult<Segmented> {
+        let sessions = self.segment_sessions()?;
+        let s = sessions
+            .get(index)
+            .ok_or_else(|| StageError::Unexpected(format!("the encoder has no segment {index}")))?;
+        let (segment, name, session, gives_skip) =
+            (s.segment, s.name.clone(), s.session.clone(), s.gives_skip);
+        let mut named: Vec<(String, ArrayD<f32>)> = SdVae::stats_inputs(stats);
+        if segment != Segment::Head {
+            named.truncate(2);
+        }
+        let mut views: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
+            named.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
+        let x_name = if segment == Segment::Head {
+            "sample"
+        } else {
+            "x"
+        };
+        views.push((x_name, input.x.view().into_dyn()));
+        if segment.takes_skip() {
+            let skip = input.skip.as_ref().ok_or_else(|| {
+                StageError::Unexpected(format!("segment {segment:?} needs the residual"))
+            })?;
+            views.push(("skip", skip.view().into_dyn()));
+        }
+        let mut out = SdVae::run_views(&session, &name, &views)?;
+        drop(views);
+        if segment == Segment::Output {
+            return Ok(Segmented::Posterior(
+                SdVae::take(&mut out, "latent_mean")?,
+                SdVae::take(&mut out, "latent_logvar")?,
+            ));
+        }
+        let x = SdVae::take(&mut out, "next_x")?;
+        let skip = match segment {
+            Segment::ResnetIn { .. } if gives_skip => Some(SdVae::take(&mut out, "next_skip")?),
+            // The block's residual is its input.
+            Segment::ResnetIn { .. } => Some(input.x),
+            _ => None,
+        };
+        let get = |out: &[(String, ArrayD<f32>)], n: &str| -> NetResult<Vec<f32>> {
+            out.iter()
+                .find(|(name, _)| name == n)
+                .map(|(_, a)| a.iter().copied().collect())
+                .ok_or_else(|| StageError::Unexpected(format!("segment {segment:?} has no `{n}`")))
+        };
+        let next = GroupStats {
+            mean: get(&out, "next_mean")?,
+            var: get(&out, "next_var")?,
+        };
+        Ok(Segmented::State(Carried { x, skip }, next))
     }
 
     fn begin_tiles(&mut self, decoder: bool) {
@@ -466,6 +610,8 @@ impl Vae for SdVae {
 
     fn end_tiles(&mut self) {
         self.frozen = Default::default();
+        self.segments.clear();
+        self.post_quant = None;
     }
 }
 

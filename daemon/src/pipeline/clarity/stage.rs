@@ -11,7 +11,7 @@ use super::denoise::{self, Guidance};
 use super::nets::{ControlledUnet, NetResult, StageError, Vae};
 use super::stages::Stage;
 use super::tiles::{self, LatentTile};
-use super::vae::{self, VaeTiling};
+use super::vae::{self, VaePolicy};
 use crate::Cancelled;
 use crate::pipeline::resize;
 use crate::pipeline::sampling::noise::{NoisePurpose, NoiseSource};
@@ -100,7 +100,8 @@ pub struct StageSetup<'a> {
     pub cfg: f32,
     pub resemblance: f32,
     pub decay: f32,
-    pub vae_tiling: VaeTiling,
+    /// How the VAE passes run at this stage's canvas.
+    pub vae: VaePolicy,
 }
 
 impl StageSetup<'_> {
@@ -245,7 +246,7 @@ pub fn run_stage(
     let (mean, logvar) = vae::encode(
         vae_net,
         signed.view(),
-        &setup.vae_tiling,
+        &setup.vae.encoder(cw, ch),
         &mut vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report),
     )?;
     drop(signed);
@@ -362,7 +363,7 @@ pub fn run_stage(
     let mut decoded: Array4<f32> = vae::decode(
         vae_net,
         latent.view(),
-        &setup.vae_tiling,
+        &setup.vae.decoder(lw, lh),
         &mut vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report),
     )?;
     drop(latent);

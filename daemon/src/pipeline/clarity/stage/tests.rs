@@ -5,6 +5,7 @@
 use super::*;
 use crate::pipeline::clarity::stages;
 use crate::pipeline::clarity::testing::{NearestUpscaler, Pointwise, TinyVae};
+use crate::pipeline::clarity::vae::VaeTiling;
 use crate::pipeline::sampling::noise::SeededNoise;
 use crate::pipeline::sampling::schedule::Training;
 use ndarray::{Array2, ArrayD};
@@ -57,12 +58,12 @@ fn run(sampler: Sampler, rules: Rules, batch: usize, strength: f32) -> Outcome {
         cfg: 6.0,
         resemblance: 0.6,
         decay: 0.825,
-        vae_tiling: VaeTiling {
+        vae: VaePolicy::bounded(VaeTiling {
             encoder_tile: 32,
             encoder_pad: 8,
             decoder_tile: 4,
             decoder_pad: 1,
-        },
+        }),
     };
     let mut upscaler = NearestUpscaler { scale: 4, calls: 0 };
     let mut vae = TinyVae::default();
@@ -195,7 +196,7 @@ fn a_cancel_stops_the_stage_at_the_next_network_call() {
         cfg: 6.0,
         resemblance: 0.6,
         decay: 1.0,
-        vae_tiling: VaeTiling::new(1024, 128),
+        vae: VaePolicy::bounded(VaeTiling::new(1024, 128)),
     };
     let mut unet = Pointwise::default();
     let mut seen = 0;

@@ -1,0 +1,246 @@
+//! Which way each VAE pass of a stage runs: whole, in Clarity's tiles, or in the memory-bounded
+//! tiles of a CPU. The choice is a function of explicit inputs ([`VaePolicy`]): the size, the
+//! preset's rule, whether the job runs on an accelerator and the memory a pass may take.
+//!
+//! Clarity (Tiled VAE with encoder tile 2048, decoder tile 128, fast encoder and decoder,
+//! encoder colour fix) encodes whole up to 2048 + 2·32 = 2112 pixels a side and decodes whole
+//! up to 128 + 2·11 = 150 latents; above, it tiles, with statistics from a proxy whose longer
+//! side is the tile size, the encoder's later GroupNorms from the tiles' averaged statistics.
+//! On an accelerator that is what runs. On a CPU the same runs when its estimated memory
+//! ([`estimate`]) fits the budget; else the pass falls back to the bounded tiles
+//! (`diffusion.vae_encoder_tile` / `vae_decoder_tile`), which keep a 4096² output's memory in
+//! check at the price of frozen statistics from a small proxy and no colour fix.
+
+use super::split::Grid;
+
+/// Clarity's Tiled VAE settings (`predict.py`: encoder tile 2048, decoder tile 128; the
+/// extension's context: 32 pixels, 11 latents).
+pub const CLARITY_ENCODER_TILE: usize = 2048;
+pub const CLARITY_ENCODER_PAD: usize = 32;
+pub const CLARITY_DECODER_TILE: usize = 128;
+pub const CLARITY_DECODER_PAD: usize = 11;
+
+/// The longest side of the bounded path's statistics proxy, in pixels (encoder) and latents
+/// (decoder). The statistics graphs keep more of their activations alive than the plain ones
+/// (measured: a decoder proxy of 48 latents took 1.4 GiB above the weights, about three times
+/// a frozen tile of the same size), so their input stays small.
+pub const BOUNDED_ENCODER_PROXY: usize = 384;
+pub const BOUNDED_DECODER_PROXY: usize = 32;
+
+/// The bounded path's tile sizes and context, per axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VaeTiling {
+    /// Encoder tile core, in pixels (a multiple of 8).
+    pub encoder_tile: usize,
+    /// Encoder context on each side, in pixels (a multiple of 8; Tiled VAE: 32).
+    pub encoder_pad: usize,
+    /// Decoder tile core, in latents.
+    pub decoder_tile: usize,
+    /// Decoder context on each side, in latents (Tiled VAE: 11).
+    pub decoder_pad: usize,
+}
+
+impl VaeTiling {
+    pub fn new(encoder_tile: usize, decoder_tile: usize) -> VaeTiling {
+        VaeTiling {
+            encoder_tile: encoder_tile.div_ceil(8).max(1) * 8,
+            encoder_pad: CLARITY_ENCODER_PAD,
+            decoder_tile: decoder_tile.max(1),
+            decoder_pad: CLARITY_DECODER_PAD,
+        }
+    }
+}
+
+/// A pass in tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TiledPass {
+    pub grid: Grid,
+    /// Tile core and context, in pixels (encoder) or latents (decoder).
+    pub tile: usize,
+    pub pad: usize,
+    /// The longest side of the statistics proxy (Tiled VAE: the tile size).
+    pub proxy: usize,
+    /// Tiled VAE's encoder colour fix: only the GroupNorms before the first downsample take
+    /// the proxy's statistics; the later ones the pixel-weighted average of the tiles' own.
+    pub colour_fix: bool,
+}
+
+/// How one VAE pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaePass {
+    /// One call on the whole input, every GroupNorm on its own statistics.
+    Whole,
+    Tiled(TiledPass),
+}
+
+/// Whose rule picks the passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaeRule {
+    /// Clarity's Tiled VAE where the device allows it (see the module docs).
+    Clarity,
+    /// The bounded tiles only (the Refiners preset, which has its own tiling that Tessera
+    /// does not reproduce).
+    Bounded,
+}
+
+/// Everything the choice of a pass depends on besides the size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VaePolicy {
+    pub rule: VaeRule,
+    /// The job runs on an accelerator: Clarity's rule holds whatever the memory estimate.
+    pub accelerator: bool,
+    /// Bytes of activations one VAE pass may take on a CPU (`diffusion.vae_memory_budget`).
+    pub budget: u64,
+    /// The bounded path's tiles.
+    pub bounded: VaeTiling,
+}
+
+impl VaePolicy {
+    /// The bounded tiles alone, whatever the memory (today's rule for the Refiners preset;
+    /// also what tests of the bounded path use).
+    pub fn bounded(tiling: VaeTiling) -> VaePolicy {
+        VaePolicy {
+            rule: VaeRule::Bounded,
+            accelerator: false,
+            budget: 0,
+            bounded: tiling,
+        }
+    }
+
+    /// How a `width`×`height` image is encoded.
+    pub fn encoder(&self, width: usize, height: usize) -> VaePass {
+        let long = width.max(height);
+        let clarity = if long <= CLARITY_ENCODER_TILE + 2 * CLARITY_ENCODER_PAD {
+            (VaePass::Whole, estimate::whole_encode(width, height))
+        } else {
+            let pass = TiledPass {
+                grid: Grid::Clarity,
+                tile: CLARITY_ENCODER_TILE,
+                pad: CLARITY_ENCODER_PAD,
+                proxy: CLARITY_ENCODER_TILE,
+                colour_fix: true,
+            };
+            (
+                VaePass::Tiled(pass),
+                estimate::colour_fix_encode(width, height),
+            )
+        };
+        let b = &self.bounded;
+        let bounded = if long <= b.encoder_tile + 2 * b.encoder_pad {
+            VaePass::Whole
+        } else {
+            VaePass::Tiled(TiledPass {
+                grid: Grid::Bounded,
+                tile: b.encoder_tile,
+                pad: b.encoder_pad,
+                proxy: (b.encoder_tile + 2 * b.encoder_pad).min(BOUNDED_ENCODER_PROXY),
+                colour_fix: false,
+            })
+        };
+        self.choose(clarity, bounded)
+    }
+
+    /// How a `width`×`height` latent is decoded.
+    pub fn decoder(&self, width: usize, height: usize) -> VaePass {
+        let long = width.max(height);
+        let clarity = if long <= CLARITY_DECODER_TILE + 2 * CLARITY_DECODER_PAD {
+            (VaePass::Whole, estimate::whole_decode(width, height))
+        } else {
+            let pass = TiledPass {
+                grid: Grid::Clarity,
+                tile: CLARITY_DECODER_TILE,
+                pad: CLARITY_DECODER_PAD,
+                proxy: CLARITY_DECODER_TILE,
+                colour_fix: false,
+            };
+            (
+                VaePass::Tiled(pass),
+                estimate::clarity_decode(width, height),
+            )
+        };
+        let b = &self.bounded;
+        let bounded = if long <= b.decoder_tile + 2 * b.decoder_pad {
+            VaePass::Whole
+        } else {
+            VaePass::Tiled(TiledPass {
+                grid: Grid::Bounded,
+                tile: b.decoder_tile,
+                pad: b.decoder_pad,
+                proxy: (b.decoder_tile + 2 * b.decoder_pad).min(BOUNDED_DECODER_PROXY),
+                colour_fix: false,
+            })
+        };
+        self.choose(clarity, bounded)
+    }
+
+    fn choose(&self, (clarity, bytes): (VaePass, u64), bounded: VaePass) -> VaePass {
+        match self.rule {
+            VaeRule::Bounded => bounded,
+            VaeRule::Clarity if self.accelerator || bytes <= self.budget => clarity,
+            // The bounded path is never larger than Clarity's: it is the fallback.
+            VaeRule::Clarity => bounded,
+        }
+    }
+
+    /// Whether a `width`×`height` canvas goes in tiles (encode or decode): such a job is
+    /// large, and sets aside what it is done with.
+    pub fn tiles(&self, width: usize, height: usize) -> bool {
+        self.encoder(width, height) != VaePass::Whole
+            || self.decoder(width / 8, height / 8) != VaePass::Whole
+    }
+}
+
+/// Estimated peak bytes of activations (beyond the weights) of each kind of VAE pass on ONNX
+/// Runtime's CPU provider, from measurements of SD 1.5's VAE (`tessera bench vae`,
+/// `bench/README.md`): a linear model in the pixels of the largest level plus the mid-block
+/// attention's score matrix.
+pub mod estimate {
+    /// Bytes per image pixel of a whole encode, and of a whole decode.
+    const ENCODE_PER_PIXEL: u64 = 2_600;
+    const DECODE_PER_PIXEL: u64 = 3_900;
+    /// The statistics graphs keep their GroupNorm inputs alive: a larger factor.
+    const EXPORT_DECODE_PER_PIXEL: u64 = 7_000;
+    const HEAD_EXPORT_PER_PIXEL: u64 = 2_600;
+    /// A tile's state between two segments of the cut encoder, per image pixel: the largest
+    /// level after the first downsample holds `x` and the residual at 256 channels on a
+    /// quarter of the pixels.
+    const CARRIED_PER_PIXEL: u64 = 2 * 256 * 4 / 4;
+
+    /// The mid-block attention's scores: one f32 per pair of latent positions.
+    fn attention(latents: u64) -> u64 {
+        latents * latents * 4
+    }
+
+    pub fn whole_encode(width: usize, height: usize) -> u64 {
+        let pixels = (width * height) as u64;
+        pixels * ENCODE_PER_PIXEL + attention(pixels / 64)
+    }
+
+    pub fn whole_decode(width: usize, height: usize) -> u64 {
+        let pixels = (width * height * 64) as u64;
+        pixels * DECODE_PER_PIXEL + attention((width * height) as u64)
+    }
+
+    /// Clarity's tiled decode: the statistics pass on a 128-latent proxy, then tiles of at
+    /// most 150 latents a side.
+    pub fn clarity_decode(width: usize, height: usize) -> u64 {
+        let (t, p) = (super::CLARITY_DECODER_TILE, super::CLARITY_DECODER_PAD);
+        let k = t as f64 / width.max(height) as f64;
+        let (pw, ph) = ((width as f64 * k) as usize, (height as f64 * k) as usize);
+        let proxy = (pw * ph * 64) as u64 * EXPORT_DECODE_PER_PIXEL + attention((pw * ph) as u64);
+        let side = |l: usize| l.min(t + 2 * p);
+        proxy.max(whole_decode(side(width), side(height)))
+    }
+
+    /// Clarity's colour-fixed tiled encode: the head's statistics pass on a 2048-pixel proxy,
+    /// then every tile's state held between segments beside one tile's segment.
+    pub fn colour_fix_encode(width: usize, height: usize) -> u64 {
+        let t = super::CLARITY_ENCODER_TILE;
+        let k = t as f64 / width.max(height) as f64;
+        let proxy = ((width as f64 * k) as u64) * ((height as f64 * k) as u64);
+        let side = |l: usize| l.min(t + 2 * super::CLARITY_ENCODER_PAD) as u64;
+        let tile = side(width) * side(height);
+        let carried = (width * height) as u64 * CARRIED_PER_PIXEL;
+        (proxy * HEAD_EXPORT_PER_PIXEL).max(carried + tile * ENCODE_PER_PIXEL)
+    }
+}
