@@ -70,6 +70,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     steps,
                 },
         } => super::sd::bench_clarity(&target, dir, size, scale, runs, threads, steps),
+        Command::Bench {
+            command:
+                BenchCommand::Vae {
+                    dir,
+                    sides,
+                    threads,
+                },
+        } => super::sd::bench_vae(&target, dir, &sides, threads),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {

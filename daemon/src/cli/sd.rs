@@ -127,6 +127,59 @@ pub fn bench_sd_step(
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn bench_vae(
+    target: &Target,
+    dir: Option<PathBuf>,
+    sides: &[usize],
+    threads: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        sides.iter().all(|&s| s >= 64),
+        "every side must be at least 64 pixels"
+    );
+    crate::server::keep_large_blocks_mapped();
+    let engine = std::sync::Arc::new(Engine::new(EngineOptions {
+        ort_lib: target.ort_lib_flag.clone(),
+        data_dir: target.data_dir.path.clone(),
+        intra_threads: threads,
+    })?);
+    let temp;
+    let dir: &Path = match &dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path()
+        }
+    };
+    let config = crate::config::DiffusionConfig::default();
+    let bounded = crate::pipeline::clarity::vae::VaeTiling::new(
+        config.vae_encoder_tile,
+        config.vae_decoder_tile,
+    );
+    println!(
+        "SD 1.5 VAE, random weights, {}, {}",
+        engine.runtime_description(),
+        engine.device_description()
+    );
+    println!("  side  pass    how                         seconds   peak MiB  estimate MiB");
+    crate::pipeline::clarity::vae::bench::run(engine, dir, sides, bounded, &mut |r| {
+        println!(
+            "  {:>5} {:<7} {:<27} {:>8.1} {:>10.0} {:>12}",
+            r.side,
+            r.direction,
+            r.mode,
+            r.seconds,
+            r.peak_mib,
+            r.estimate_mib
+                .map_or_else(String::new, |m| format!("{m:.0}"))
+        );
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn bench_clarity(
     target: &Target,
     dir: Option<PathBuf>,

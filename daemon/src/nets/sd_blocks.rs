@@ -109,19 +109,25 @@ impl SdNet {
         self.g.constant(self.dtype, dims, data)
     }
 
-    /// 2-D convolution with the module's weight and (optional) bias.
+    /// 2-D convolution with the module's weight and bias (every convolution of SD 1.5's
+    /// networks has one, so a missing bias is a missing tensor, reported by name).
     pub fn conv(&mut self, x: &Value, w: &W, attrs: Conv2d) -> Result<Value, WeightsError> {
         let weight = self.param(w, "weight")?;
-        let bias = if w.contains("bias") {
-            Some(self.param(w, "bias")?)
-        } else {
-            None
-        };
-        Ok(self.g.conv(x, &weight, bias.as_ref(), attrs))
+        let bias = self.param(w, "bias")?;
+        Ok(self.g.conv(x, &weight, Some(&bias), attrs))
     }
 
-    /// `x · Wᵀ + b` over the last axis (PyTorch `nn.Linear`), bias optional.
+    /// `x · Wᵀ + b` over the last axis (PyTorch `nn.Linear`). Only the attention's query, key
+    /// and value projections have no bias in SD 1.5; any other Linear without one is a
+    /// missing tensor, reported by name.
     pub fn linear(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        let weight_t = w.get("weight")?;
+        let bias_free = ["to_q.weight", "to_k.weight", "to_v.weight"]
+            .iter()
+            .any(|n| weight_t.name.ends_with(n));
+        if !bias_free && !w.contains("bias") {
+            w.get("bias")?;
+        }
         let weight = self.param(w, "weight")?;
         self.linear_with(x, &weight, w, None)
     }

@@ -68,7 +68,7 @@ fn vae_mid(t: &mut Tensors, name: &str, c: usize) {
 }
 
 /// SD 1.5's VAE in diffusers names.
-fn vae_tensors() -> Tensors {
+pub(crate) fn vae_tensors() -> Tensors {
     let mut t = Vec::new();
     conv(&mut t, "encoder.conv_in", 3, VAE[0], 3);
     let mut ch = VAE[0];

@@ -126,6 +126,7 @@ impl ModelSet {
         };
 
         let unet_net = sd::unet(&key.checkpoint.path)?;
+        unet_net.log_unused("checkpoint");
         let unet_loras = with(|c| c.unet);
         let patch = LoraPatch::resolve(&unet_loras, LoraTarget::Unet, &unet_net.tensors)?;
         let patch = (!patch.is_empty()).then_some(&patch as &dyn Patch);
@@ -135,6 +136,7 @@ impl ModelSet {
         unet.warm(engine, true)?;
 
         let cn_net = sd::controlnet(&key.controlnet.path)?;
+        cn_net.log_unused("ControlNet");
         let controlnet = ControlNet::new(
             engine,
             CompiledControlNet::compile(&cn_net, cache_dir, &plain)?,
@@ -142,6 +144,9 @@ impl ModelSet {
         drop(cn_net);
 
         let vae_net = sd::vae(&key.vae.path)?;
+        if key.vae.path != key.checkpoint.path {
+            vae_net.log_unused("VAE");
+        }
         let vae = SdVae::new(
             engine.clone(),
             CompiledVae::compile(&vae_net, cache_dir, &plain)?,
