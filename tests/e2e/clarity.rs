@@ -172,8 +172,11 @@ fn a_4x_job_keeps_alpha_and_16_bits_and_the_next_job_finds_the_models_warm() {
 
 #[test]
 fn a_large_job_lends_what_it_is_done_with_and_the_next_job_is_warm() {
-    // Canvases above 64 + 2·32 pixels are encoded in tiles: this job is "large".
-    let daemon = Daemon::prepare_diffusion("[diffusion]\nvae_encoder_tile = 64\n").start();
+    // With no memory for Clarity's whole passes, canvases above 64 + 2·32 pixels are encoded in
+    // the bounded tiles: this job is "large".
+    let daemon =
+        Daemon::prepare_diffusion("[diffusion]\nvae_encoder_tile = 64\nvae_memory_budget = 0\n")
+            .start();
     let mut client = daemon.client();
     let mut watcher = daemon.client();
     let mut during = None::<Vec<String>>;

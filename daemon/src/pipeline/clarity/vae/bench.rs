@@ -16,6 +16,7 @@ use crate::engine::Engine;
 use crate::nets::sd::SdOptions;
 use crate::nets::vae::CompiledVae;
 use crate::pipeline::clarity::models::SdVae;
+use crate::pipeline::clarity::nets::Vae;
 use crate::weights::sd;
 
 /// One measured pass.
@@ -162,6 +163,45 @@ pub fn run(
             report(&r);
             out.push(r);
         }
+        // The statistics passes of Clarity's tiles, on a proxy of this side: the head of the
+        // cut encoder (colour fix) and the whole decoder, with exported statistics.
+        let mut result = Ok(());
+        let (seconds, peak_mib) = measure(|| {
+            result = vae.encoder_head_stats(image.view()).map(|_| ());
+        });
+        result?;
+        let r = PassReport {
+            side,
+            direction: "encode",
+            mode: "statistics: encoder head".into(),
+            seconds,
+            peak_mib,
+            estimate_mib: Some(
+                super::plan::estimate::head_statistics(side, side) as f64 / 1048576.0,
+            ),
+        };
+        report(&r);
+        out.push(r);
+        let input = vae.post_quant(latent.view())?;
+        let mut result = Ok(());
+        let (seconds, peak_mib) = measure(|| {
+            result = vae.decoder_stats(input.view()).map(|_| ());
+        });
+        result?;
+        vae.end_tiles();
+        let r = PassReport {
+            side,
+            direction: "decode",
+            mode: "statistics: whole decoder".into(),
+            seconds,
+            peak_mib,
+            estimate_mib: Some(
+                super::plan::estimate::decoder_statistics(latent_side, latent_side) as f64
+                    / 1048576.0,
+            ),
+        };
+        report(&r);
+        out.push(r);
     }
     Ok(out)
 }

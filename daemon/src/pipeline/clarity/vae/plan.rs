@@ -191,56 +191,67 @@ impl VaePolicy {
 }
 
 /// Estimated peak bytes of activations (beyond the weights) of each kind of VAE pass on ONNX
-/// Runtime's CPU provider, from measurements of SD 1.5's VAE (`tessera bench vae`,
-/// `bench/README.md`): a linear model in the pixels of the largest level plus the mid-block
-/// attention's score matrix.
+/// Runtime's CPU provider: linear in the pixels, from `tessera bench vae` on SD 1.5's VAE
+/// (`bench/README.md`). The mid-block attention adds no visible quadratic term up to 128² latents
+/// (ONNX Runtime's attention does not hold the score matrix).
 pub mod estimate {
-    /// Bytes per image pixel of a whole encode, and of a whole decode.
-    const ENCODE_PER_PIXEL: u64 = 2_600;
-    const DECODE_PER_PIXEL: u64 = 3_900;
-    /// The statistics graphs keep their GroupNorm inputs alive: a larger factor.
-    const EXPORT_DECODE_PER_PIXEL: u64 = 7_000;
-    const HEAD_EXPORT_PER_PIXEL: u64 = 2_600;
-    /// A tile's state between two segments of the cut encoder, per image pixel: the largest
-    /// level after the first downsample holds `x` and the residual at 256 channels on a
-    /// quarter of the pixels.
+    /// Bytes per image pixel of a whole encode (measured 1548–1568 from 256² to 1024²), and of
+    /// a whole decode (measured 3072).
+    const ENCODE_PER_PIXEL: u64 = 1_600;
+    const DECODE_PER_PIXEL: u64 = 3_200;
+    /// The statistics passes keep more alive (measured per proxy pixel).
+    const HEAD_STATISTICS_PER_PIXEL: u64 = 1_400;
+    const DECODER_STATISTICS_PER_PIXEL: u64 = 10_000;
+    /// A tile's state between two segments of the cut encoder, per image pixel: at its largest
+    /// (the first ResNet after the first downsample) `x` and the residual, 256 channels each on
+    /// a quarter of the pixels, in f32.
     const CARRIED_PER_PIXEL: u64 = 2 * 256 * 4 / 4;
 
-    /// The mid-block attention's scores: one f32 per pair of latent positions.
-    fn attention(latents: u64) -> u64 {
-        latents * latents * 4
+    fn pixels(width: usize, height: usize) -> u64 {
+        (width * height) as u64
     }
 
     pub fn whole_encode(width: usize, height: usize) -> u64 {
-        let pixels = (width * height) as u64;
-        pixels * ENCODE_PER_PIXEL + attention(pixels / 64)
+        pixels(width, height) * ENCODE_PER_PIXEL
     }
 
+    /// A whole decode of a `width`×`height` latent.
     pub fn whole_decode(width: usize, height: usize) -> u64 {
-        let pixels = (width * height * 64) as u64;
-        pixels * DECODE_PER_PIXEL + attention((width * height) as u64)
+        pixels(width, height) * 64 * DECODE_PER_PIXEL
+    }
+
+    /// The colour fix's statistics pass: the encoder's head on a `width`×`height` proxy.
+    pub fn head_statistics(width: usize, height: usize) -> u64 {
+        pixels(width, height) * HEAD_STATISTICS_PER_PIXEL
+    }
+
+    /// The fast decoder's statistics pass on a `width`×`height` latent proxy.
+    pub fn decoder_statistics(width: usize, height: usize) -> u64 {
+        pixels(width, height) * 64 * DECODER_STATISTICS_PER_PIXEL
+    }
+
+    /// The sides of a proxy whose longer side is `side`.
+    fn proxy(width: usize, height: usize, side: usize) -> (usize, usize) {
+        let k = (side as f64 / width.max(height) as f64).min(1.0);
+        ((width as f64 * k) as usize, (height as f64 * k) as usize)
     }
 
     /// Clarity's tiled decode: the statistics pass on a 128-latent proxy, then tiles of at
     /// most 150 latents a side.
     pub fn clarity_decode(width: usize, height: usize) -> u64 {
         let (t, p) = (super::CLARITY_DECODER_TILE, super::CLARITY_DECODER_PAD);
-        let k = t as f64 / width.max(height) as f64;
-        let (pw, ph) = ((width as f64 * k) as usize, (height as f64 * k) as usize);
-        let proxy = (pw * ph * 64) as u64 * EXPORT_DECODE_PER_PIXEL + attention((pw * ph) as u64);
+        let (pw, ph) = proxy(width, height, t);
         let side = |l: usize| l.min(t + 2 * p);
-        proxy.max(whole_decode(side(width), side(height)))
+        decoder_statistics(pw, ph).max(whole_decode(side(width), side(height)))
     }
 
     /// Clarity's colour-fixed tiled encode: the head's statistics pass on a 2048-pixel proxy,
     /// then every tile's state held between segments beside one tile's segment.
     pub fn colour_fix_encode(width: usize, height: usize) -> u64 {
-        let t = super::CLARITY_ENCODER_TILE;
-        let k = t as f64 / width.max(height) as f64;
-        let proxy = ((width as f64 * k) as u64) * ((height as f64 * k) as u64);
-        let side = |l: usize| l.min(t + 2 * super::CLARITY_ENCODER_PAD) as u64;
-        let tile = side(width) * side(height);
-        let carried = (width * height) as u64 * CARRIED_PER_PIXEL;
-        (proxy * HEAD_EXPORT_PER_PIXEL).max(carried + tile * ENCODE_PER_PIXEL)
+        let (t, p) = (super::CLARITY_ENCODER_TILE, super::CLARITY_ENCODER_PAD);
+        let (pw, ph) = proxy(width, height, t);
+        let side = |l: usize| l.min(t + 2 * p);
+        let carried = pixels(width, height) * CARRIED_PER_PIXEL;
+        head_statistics(pw, ph).max(carried + whole_encode(side(width), side(height)))
     }
 }
