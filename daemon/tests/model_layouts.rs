@@ -215,3 +215,22 @@ fn a_foreign_pickle_global_is_an_error_that_names_it() {
         }
     }
 }
+
+#[test]
+fn the_other_default_formats_load_with_what_they_skip_named() {
+    // RealESRGAN_x4plus.pth: BasicSR's {"params", "params_ema"}; the EMA weights are used and
+    // the raw ones are named as skipped.
+    let esrgan = common::fixture("tiny-x4-realesrgan.pth");
+    let source = SourceFile::open(&esrgan).unwrap();
+    assert_eq!(source.skipped(), ["params"]);
+    let cache = tempfile::tempdir().unwrap();
+    tessera::nets::esrgan::Esrgan::compile(&esrgan, cache.path()).unwrap();
+    // A state dict with nothing beside it skips nothing.
+    let plain = SourceFile::open(&common::fixture("tiny-x4-old.pth")).unwrap();
+    assert!(plain.skipped().is_empty());
+    // JuggernautNegative-neg.pt: every entry A1111's `Embedding.save` writes; the vectors are
+    // read, the bookkeeping entries (name, step, checkpoint hash and name) are not tensors.
+    let neg = common::repo_root().join("tests/fixtures/clip/tiny-neg.pt");
+    let ti = tessera::weights::embedding::TextualInversion::load(&neg).unwrap();
+    assert_eq!((ti.len(), ti.width()), (3, 64));
+}

@@ -329,6 +329,13 @@ impl Esrgan {
         cache_dir: &Path,
     ) -> Result<(EsrganConfig, CompiledModel), ModelError> {
         let source = SourceFile::open(model_file)?;
+        if !source.skipped().is_empty() {
+            tracing::info!(
+                "{}: {} skipped (the EMA weights, or the wrapped state dict, are used)",
+                model_file.display(),
+                source.skipped().join(", ")
+            );
+        }
         let (canonical, layout) = weights::esrgan::canonicalize(&source)?;
         let config = EsrganConfig::infer(&canonical, layout)?;
         let weights = weights::materialize(&source, &canonical, cache_dir, "esrgan")?;
