@@ -141,7 +141,16 @@ pub struct DiffusionConfig {
     pub vae_encoder_tile: usize,
     /// Latents up to this many a side (plus context) are decoded whole; larger ones in tiles.
     pub vae_decoder_tile: usize,
+    /// Bytes of activations one VAE pass may take on a CPU: the Clarity preset encodes and
+    /// decodes as Clarity does (whole up to 2112 pixels / 150 latents, else Clarity's tiles
+    /// with the encoder colour fix) where its estimate fits, else in the tiles above. On an
+    /// accelerator Clarity's way always runs.
+    pub vae_memory_budget: u64,
 }
+
+/// The default `diffusion.vae_memory_budget`: 4 GiB, which runs a 1024² canvas (a ×2 job on a
+/// 512² picture) whole both ways, as Clarity does, and keeps larger canvases in bounded tiles.
+pub const DEFAULT_VAE_MEMORY_BUDGET: u64 = 4 << 30;
 
 impl Default for DiffusionConfig {
     fn default() -> Self {
@@ -152,6 +161,7 @@ impl Default for DiffusionConfig {
             tile_batch: None,
             vae_encoder_tile: 512,
             vae_decoder_tile: 54,
+            vae_memory_budget: DEFAULT_VAE_MEMORY_BUDGET,
         }
     }
 }
@@ -250,9 +260,18 @@ mod tests {
     fn a_partial_file_overrides_only_its_keys() {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("config.toml");
-        std::fs::write(&path, "[limits]\nmax_queue = 3\n[upscale]\ntile = 256\n").unwrap();
+        std::fs::write(
+            &path,
+            "[limits]\nmax_queue = 3\n[upscale]\ntile = 256\n[diffusion]\nvae_memory_budget = 0\n",
+        )
+        .unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.limits.max_queue, 3);
+        assert_eq!(config.diffusion.vae_memory_budget, 0);
+        assert_eq!(
+            Config::default().diffusion.vae_memory_budget,
+            DEFAULT_VAE_MEMORY_BUDGET
+        );
         assert_eq!(config.upscale.tile, 256);
         assert_eq!(config.upscale.overlap, 8);
         assert_eq!(config.limits.max_jobs_per_client, 16);

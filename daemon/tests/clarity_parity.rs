@@ -21,7 +21,7 @@ use tessera::pipeline::clarity::job::{JobSetup, run_stages};
 use tessera::pipeline::clarity::models::{EsrganUpscaler, FileStamp, ModelSet, SetKey};
 use tessera::pipeline::clarity::stage::{Rules, StageNets};
 use tessera::pipeline::clarity::stages;
-use tessera::pipeline::clarity::vae::VaeTiling;
+use tessera::pipeline::clarity::vae::{VaePolicy, VaeTiling};
 use tessera::pipeline::sampling::Update;
 use tessera::pipeline::sampling::noise::{NoisePurpose, NoiseSource};
 use tessera::pipeline::sampling::schedule::{self, Training};
@@ -150,7 +150,7 @@ fn run(
         cfg: 6.0,
         resemblance: 0.6,
         decay: 0.825,
-        vae_tiling: VaeTiling::new(1024, 128),
+        vae: VaePolicy::bounded(VaeTiling::new(1024, 128)),
     };
     let mut latents = Vec::new();
     let mut tiles_seen = Vec::new();
@@ -161,6 +161,8 @@ fn run(
                 tiling: Tiling::default(),
                 recovery: &**engine,
                 shrink: Default::default(),
+                // The reference fed spandrel A1111's BGR, as Clarity does.
+                order: tessera::nets::esrgan::ChannelOrder::Bgr,
             },
             vae: &mut set.vae,
             unet: &mut set.unet,

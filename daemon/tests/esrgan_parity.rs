@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use ndarray::{Array3, Axis, s};
 use tessera::Cancelled;
-use tessera::nets::esrgan::{Esrgan, EsrganError, Tiling};
-use tessera::weights::esrgan::{ChannelOrder, Layout};
+use tessera::nets::esrgan::{ChannelOrder, Esrgan, EsrganError, Tiling};
+use tessera::weights::esrgan::Layout;
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -136,12 +136,12 @@ fn every_layout_matches_pytorch() {
             case.file
         );
         assert_eq!((config.nf, config.gc), (4, 3), "{}", case.file);
-        let expected_order = if case.layout == Layout::RealEsrgan {
+        // The generator fed old- and new-arch models A1111's BGR and Real-ESRGAN ones RGB.
+        let order = if case.layout == Layout::RealEsrgan {
             ChannelOrder::Rgb
         } else {
             ChannelOrder::Bgr
         };
-        assert_eq!(config.channel_order, expected_order);
         let cached = std::fs::read_dir(cache.path()).unwrap().count();
         assert_eq!(
             cached,
@@ -159,17 +159,17 @@ fn every_layout_matches_pytorch() {
 
         // The raw network output, where the input allows one pass (no unshuffle padding).
         if h % case.unshuffle == 0 && w % case.unshuffle == 0 {
-            let raw = model.forward(input.view().insert_axis(Axis(0))).unwrap();
-            let err = max_abs_diff(&raw.index_axis(Axis(0), 0).to_owned(), &expected);
+            let raw = forward_in(&mut model, &input, order);
+            let err = max_abs_diff(&raw, &expected);
             assert!(
                 err <= TOLERANCE,
                 "{}: raw output differs by {err}",
                 case.file
             );
         }
-        // The public path: tiling (one tile here), padding, clamping.
+        // The public path: tiling (one tile here), padding, clamping, the channel order.
         let out = model
-            .upscale(input.view(), &Tiling::default(), &mut no_progress())
+            .upscale(input.view(), &Tiling::default(), order, &mut no_progress())
             .unwrap();
         let err = max_abs_diff(&out, &expected.mapv(|v| v.clamp(0.0, 1.0)));
         report.push(format!(
@@ -200,8 +200,14 @@ fn every_layout_in_fp16_stays_near_pytorch_in_fp32() {
                 .unwrap_or_else(|e| panic!("{}: {e}", case.file));
         assert!(model.compiled().name.ends_with("(fp16)"));
         let expected = reference3(case.reference).mapv(|v| v.clamp(0.0, 1.0));
+        // The order the generator fed each layout (see the fp32 test above).
+        let order = if model.config().layout == Layout::RealEsrgan {
+            ChannelOrder::Rgb
+        } else {
+            ChannelOrder::Bgr
+        };
         let out = model
-            .upscale(input.view(), &Tiling::default(), &mut no_progress())
+            .upscale(input.view(), &Tiling::default(), order, &mut no_progress())
             .unwrap();
         let err = max_abs_diff(&out, &expected);
         report.push(format!("{:32} fp16 max |err| {err:.2e}", case.file));
@@ -223,8 +229,8 @@ fn tiled_with_enough_context_equals_the_whole_image() {
     )
     .unwrap();
     let image = procedural_image(120, 136);
-    let whole = model.forward(image.view().insert_axis(Axis(0))).unwrap();
-    let whole = whole.index_axis(Axis(0), 0).mapv(|v| v.clamp(0.0, 1.0));
+    // The reference fed this old-arch model A1111's BGR.
+    let whole = forward_in(&mut model, &image, ChannelOrder::Bgr).mapv(|v| v.clamp(0.0, 1.0));
     let torch = reference3("tiny-x4.procedural-120x136.every9").mapv(|v| v.clamp(0.0, 1.0));
 
     // 96/80: (80 − 8) / 2 = 36 pixels of context ≥ the 33-pixel receptive radius of this
@@ -237,6 +243,7 @@ fn tiled_with_enough_context_equals_the_whole_image() {
             .upscale(
                 image.view(),
                 &Tiling { tile, overlap },
+                ChannelOrder::Bgr,
                 &mut |done, total| {
                     calls.push((done, total));
                     Ok(())
@@ -279,8 +286,7 @@ fn default_tiling_is_sane() {
     )
     .unwrap();
     let image = procedural_image(120, 136);
-    let whole = model.forward(image.view().insert_axis(Axis(0))).unwrap();
-    let whole = whole.index_axis(Axis(0), 0).mapv(|v| v.clamp(0.0, 1.0));
+    let whole = forward_in(&mut model, &image, ChannelOrder::Rgb).mapv(|v| v.clamp(0.0, 1.0));
     // Small tiles with the default 8-pixel overlap: 4 × 5 tiles, seams with little context.
     let tiled = model
         .upscale(
@@ -289,6 +295,7 @@ fn default_tiling_is_sane() {
                 tile: 40,
                 overlap: 8,
             },
+            ChannelOrder::Rgb,
             &mut no_progress(),
         )
         .unwrap();
@@ -324,6 +331,7 @@ fn odd_sizes_and_unshuffle_tiling_match() {
                 tile: 512,
                 overlap: 8,
             },
+            ChannelOrder::Rgb,
             &mut no_progress(),
         )
         .unwrap();
@@ -335,6 +343,7 @@ fn odd_sizes_and_unshuffle_tiling_match() {
                 tile: 47,
                 overlap: 45,
             },
+            ChannelOrder::Rgb,
             &mut no_progress(),
         )
         .unwrap();
@@ -359,6 +368,7 @@ fn cancelling_stops_after_the_current_tile() {
             tile: 24,
             overlap: 8,
         },
+        ChannelOrder::Rgb,
         &mut |done, total| {
             calls += 1;
             assert!(total > 2);
@@ -435,19 +445,71 @@ fn bad_inputs_are_errors() {
     .unwrap();
     let gray = Array3::<f32>::zeros((1, 8, 8));
     assert!(matches!(
-        model.upscale(gray.view(), &Tiling::default(), &mut no_progress()),
+        model.upscale(
+            gray.view(),
+            &Tiling::default(),
+            ChannelOrder::Rgb,
+            &mut no_progress()
+        ),
         Err(EsrganError::InvalidInput(_))
     ));
     let empty = Array3::<f32>::zeros((3, 0, 8));
     assert!(
         model
-            .upscale(empty.view(), &Tiling::default(), &mut no_progress())
+            .upscale(
+                empty.view(),
+                &Tiling::default(),
+                ChannelOrder::Rgb,
+                &mut no_progress()
+            )
             .is_err()
     );
     // A one-pixel image still works.
     let dot = Array3::<f32>::from_elem((3, 1, 1), 0.5);
     let out = model
-        .upscale(dot.view(), &Tiling::default(), &mut no_progress())
+        .upscale(
+            dot.view(),
+            &Tiling::default(),
+            ChannelOrder::Rgb,
+            &mut no_progress(),
+        )
         .unwrap();
     assert_eq!(out.dim(), (3, 2, 2));
+}
+
+/// One pass of `model` over `image` (`[3, H, W]` RGB) fed in `order`, returned as RGB.
+fn forward_in(model: &mut Esrgan, image: &Array3<f32>, order: ChannelOrder) -> Array3<f32> {
+    let flip = |a: ndarray::ArrayView3<f32>| match order {
+        ChannelOrder::Rgb => a.to_owned(),
+        ChannelOrder::Bgr => a.slice(s![..;-1, .., ..]).to_owned(),
+    };
+    let fed = flip(image.view());
+    let out = model.forward(fed.view().insert_axis(Axis(0))).unwrap();
+    flip(out.index_axis(Axis(0), 0))
+}
+
+#[test]
+fn the_channel_order_is_fed_and_read_back() {
+    let mut model = Esrgan::load(
+        engine(),
+        &fixture("tiny-x4.safetensors"),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .unwrap();
+    let image = procedural_image(12, 10);
+    let tiling = Tiling::default();
+    let run = |model: &mut Esrgan, x: &Array3<f32>, order| {
+        model
+            .upscale(x.view(), &tiling, order, &mut no_progress())
+            .unwrap()
+    };
+    let rgb = run(&mut model, &image, ChannelOrder::Rgb);
+    let bgr = run(&mut model, &image, ChannelOrder::Bgr);
+    // BGR is RGB fed the flipped image and flipped back; and it is not the same result.
+    let flipped = image.slice(s![..;-1, .., ..]).to_owned();
+    let via_rgb = run(&mut model, &flipped, ChannelOrder::Rgb);
+    let back = via_rgb.slice(s![..;-1, .., ..]).to_owned();
+    assert!(max_abs_diff(&bgr, &back) <= 1e-6);
+    let differ = max_abs_diff(&rgb, &bgr);
+    assert!(differ > 1e-3, "{differ}");
 }

@@ -53,7 +53,12 @@ fn unusable_accelerators_fall_back_to_the_cpu_with_a_reason() {
     let mut model = Esrgan::load(&engine, &fixture("tiny-x4.safetensors"), cache.path()).unwrap();
     let input = procedural_image(6, 5);
     let out = model
-        .upscale(input.view(), &Tiling::default(), &mut |_, _| Ok(()))
+        .upscale(
+            input.view(),
+            &Tiling::default(),
+            tessera::nets::esrgan::ChannelOrder::Rgb,
+            &mut |_, _| Ok(()),
+        )
         .unwrap();
     assert_eq!(out.dim(), (3, 24, 20));
 }

@@ -277,7 +277,24 @@ fn vae_with_frozen_group_norm_statistics() {
         .collect();
     let mut outputs = vec!["sample"];
     outputs.extend(names.iter().map(String::as_str));
-    let exported = run(&export, &[("latent_sample", latent.view())], &outputs);
+    // The exporting decoder starts behind post_quant_conv, where Tiled VAE takes its proxy.
+    let post_quant = vae.post_quant().unwrap();
+    let decoder_input = run(
+        &post_quant,
+        &[("latent_sample", latent.view())],
+        &["decoder_input"],
+    );
+    let exported = run(
+        &export,
+        &[("decoder_input", decoder_input[0].view())],
+        &outputs,
+    );
+    check(
+        "VAE decoder from post_quant_conv, exporting statistics",
+        &exported[0],
+        &sd_reference("vae.ldm.decoded"),
+        Precision::F32,
+    );
     let mut inputs: Vec<(&str, ndarray::ArrayViewD<f32>)> = vec![("latent_sample", latent.view())];
     inputs.extend(
         names

@@ -16,7 +16,7 @@ use tessera::nets::sd::{Precision, SdOptions};
 use tessera::nets::vae::CompiledVae;
 use tessera::pipeline::clarity::models::SdVae;
 use tessera::pipeline::clarity::nets::StageError;
-use tessera::pipeline::clarity::vae::{self, VaeTiling};
+use tessera::pipeline::clarity::vae::{self, Grid, TiledPass, VaePass, VaePolicy, VaeTiling};
 use tessera::weights::sd;
 
 /// This binary's one engine (one ONNX Runtime environment per process), shared as the
@@ -33,19 +33,28 @@ fn engine() -> Arc<Engine> {
         .clone()
 }
 
+/// The tests look at every session the shared engine holds, so they take turns: one test's
+/// warm VAE would otherwise show up in the other's checks.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Whether the plain (own statistics) graph of the `side` ("encoder", "decoder") is held.
 fn plain_held(engine: &Engine, side: &str) -> bool {
-    engine
-        .held_sessions()
-        .iter()
-        .any(|name| name.starts_with(&format!("VAE {side}")) && !name.contains("statistics"))
+    engine.held_sessions().iter().any(|name| {
+        name.starts_with(&format!("VAE {side}"))
+            && !name.contains("statistics")
+            && !name.contains("post_quant_conv")
+    })
 }
 
 fn statistics_sessions(engine: &Engine) -> Vec<String> {
     engine
         .held_sessions()
         .into_iter()
-        .filter(|name| name.contains("GroupNorm statistics"))
+        .filter(|name| name.contains("GroupNorm statistics") && !name.contains(" segment "))
         .collect()
 }
 
@@ -60,6 +69,7 @@ const TILING: VaeTiling = VaeTiling {
 
 #[test]
 fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
+    let _turn = one_at_a_time();
     let net = sd::vae(&sd_fixture("tiny-ldm.safetensors")).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let options = SdOptions {
@@ -89,14 +99,24 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
             let latent = Array4::from_shape_fn((1, 4, 6, 6), |(_, c, y, x)| {
                 (c as f32 - 1.5) * 0.5 + (x + y) as f32 * 0.1
             });
-            vae::decode(&mut net, latent.view(), &TILING, &mut on_call).unwrap();
+            let pass = VaePolicy::bounded(TILING).decoder(6, 6);
+            vae::decode(&mut net, latent.view(), &pass, &mut on_call).unwrap();
         } else {
-            vae::encode(&mut net, image.view(), &TILING, &mut on_call).unwrap();
+            let pass = VaePolicy::bounded(TILING).encoder(48, 48);
+            vae::encode(&mut net, image.view(), &pass, &mut on_call).unwrap();
         }
-        assert_eq!(seen.len(), 5, "{side}: the statistics pass and four tiles");
+        // The decoder's statistics proxy is taken behind post_quant_conv: one call more.
+        let first_tile = usize::from(decoder) + 1;
+        assert_eq!(
+            seen.len(),
+            first_tile + 4,
+            "{side}: the statistics pass and four tiles"
+        );
         // The statistics graph's session ends with its one call.
-        assert_eq!(seen[0].2, Vec::<String>::new(), "{side}: {seen:?}");
-        for (_, _, held) in &seen[1..] {
+        for (_, _, held) in &seen[..first_tile] {
+            assert_eq!(held, &Vec::<String>::new(), "{side}: {seen:?}");
+        }
+        for (_, _, held) in &seen[first_tile..] {
             assert_eq!(held.len(), 1, "{side}: {held:?}");
             assert!(
                 held[0].contains("(Frozen GroupNorm statistics)"),
@@ -113,10 +133,11 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
     }
 
     // A whole image still runs on the plain graphs, created again if they were set aside.
-    vae::encode(&mut net, image.view(), &TILING, &mut |_, _| Ok(())).unwrap();
+    let tiled = VaePolicy::bounded(TILING).encoder(48, 48);
+    vae::encode(&mut net, image.view(), &tiled, &mut |_, _| Ok(())).unwrap();
     assert!(!plain_held(&engine, "encoder"));
     let small = image.slice(ndarray::s![.., .., ..24, ..24]);
-    vae::encode(&mut net, small, &TILING, &mut |_, _| Ok(())).unwrap();
+    vae::encode(&mut net, small, &VaePass::Whole, &mut |_, _| Ok(())).unwrap();
     assert!(
         plain_held(&engine, "encoder"),
         "a whole pass brings it back"
@@ -124,10 +145,59 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
 
     // A cancelled pass lets them go too.
     let mut calls = 0;
-    let cancelled = vae::encode(&mut net, image.view(), &TILING, &mut |_, _| {
+    let cancelled = vae::encode(&mut net, image.view(), &tiled, &mut |_, _| {
         calls += 1;
         if calls == 3 { Err(Cancelled) } else { Ok(()) }
     });
     assert!(matches!(cancelled, Err(StageError::Cancelled)));
     assert_eq!(statistics_sessions(&engine), Vec::<String>::new());
+}
+
+#[test]
+fn the_cut_encoder_holds_its_sessions_only_while_a_colour_fixed_pass_runs() {
+    let _turn = one_at_a_time();
+    let net = sd::vae(&sd_fixture("tiny-ldm.safetensors")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let options = SdOptions {
+        precision: Precision::F32,
+        hyper: Some(TINY),
+        patch: None,
+    };
+    let compiled = CompiledVae::compile(&net, cache.path(), &options).unwrap();
+    let engine = engine();
+    let mut net = SdVae::new(engine.clone(), compiled).unwrap();
+    let image = Array4::from_shape_fn((1, 3, 96, 96), |(_, c, y, x)| {
+        ((x as f32 * 0.3 + y as f32 * 0.2 + c as f32).sin() * 0.8).clamp(-1.0, 1.0)
+    });
+    let pass = VaePass::Tiled(TiledPass {
+        grid: Grid::Clarity,
+        tile: 32,
+        pad: 8,
+        proxy: 32,
+        colour_fix: true,
+    });
+    let segments = |engine: &Engine| {
+        engine
+            .held_sessions()
+            .into_iter()
+            .filter(|n| n.contains(" segment "))
+            .count()
+    };
+    let mut seen = Vec::new();
+    vae::encode(&mut net, image.view(), &pass, &mut |done, total| {
+        seen.push((done, total, segments(&engine)));
+        Ok(())
+    })
+    .unwrap();
+    // 96 px: ⌈80/32⌉ = 3 tiles a side; the head's statistics, then 9 tiles through the 19
+    // segments of SD's encoder (the head, 16 ResNet halves, the attention, the output).
+    let total = 1 + 9 * 19;
+    assert_eq!(seen.len(), total);
+    assert_eq!(seen[0], (1, total, 0));
+    assert!(
+        seen[1..].iter().all(|&(_, _, held)| held == 19),
+        "{:?}",
+        &seen[1..3]
+    );
+    assert_eq!(segments(&engine), 0, "released at the end");
 }

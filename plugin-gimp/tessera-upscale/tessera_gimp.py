@@ -217,7 +217,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "double",
         "Creat_ivity",
         "How much the diffusion may repaint (0 to 1): more invents more detail but strays "
-        "further from the original; 0 runs the upscaler alone",
+        "further from the original; at 0 the Clarity preset only re-encodes (the Upscaler "
+        "preset skips the diffusion)",
         _DEFAULTS.creativity,
         minimum=0.0,
         maximum=1.0,

@@ -5,8 +5,8 @@ Every parameter the Clarity pipeline will take is described here once. A
 parameter is *offered* — shown in the docker, saved in the settings and sent
 — only when the protocol's ``JobParams`` has a field of the same name, so
 the docker never shows a control that would do nothing, and works against
-an older daemon that takes fewer parameters. A creativity of 0 runs the
-upscaler alone.
+an older daemon that takes fewer parameters. A creativity of 0 still runs
+Clarity's VAE round trip (the Upscaler preset is ESRGAN alone).
 
 No Qt and no Krita here.
 """

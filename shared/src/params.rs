@@ -68,8 +68,9 @@ pub struct JobParams {
     pub upscaler: Option<String>,
     /// Which pipeline runs.
     pub preset: Preset,
-    /// Denoising strength of the first stage, 0 to 1; 0 runs no diffusion (the upscaler
-    /// alone).
+    /// Denoising strength of the first stage, 0 to 1. At 0 the Clarity preset still runs the
+    /// VAE round trip and one evaluation at the last σ (as A1111 does); the Refiners preset
+    /// runs the upscaler alone.
     pub creativity: f32,
     /// ControlNet tile weight, 0 to 3.
     pub resemblance: f32,
@@ -154,8 +155,33 @@ impl JobParams {
         }
     }
 
-    /// Whether this job runs diffusion (and so needs the SD models).
+    /// Whether this job runs diffusion (and so needs the SD models): Clarity always (A1111's
+    /// img2img at strength 0 still encodes, evaluates once at the last σ and decodes), the
+    /// Refiners preset above creativity 0, the upscaler preset never.
     pub fn diffuses(&self) -> bool {
-        self.preset != Preset::Upscaler && self.creativity > 0.0
+        match self.preset {
+            Preset::Clarity => true,
+            Preset::Refiners => self.creativity > 0.0,
+            Preset::Upscaler => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_jobs_diffuse() {
+        let at = |preset, creativity| JobParams {
+            preset,
+            creativity,
+            ..JobParams::default()
+        };
+        assert!(at(Preset::Clarity, 0.35).diffuses());
+        assert!(at(Preset::Clarity, 0.0).diffuses(), "A1111 at strength 0");
+        assert!(at(Preset::Refiners, 0.35).diffuses());
+        assert!(!at(Preset::Refiners, 0.0).diffuses());
+        assert!(!at(Preset::Upscaler, 0.35).diffuses());
     }
 }

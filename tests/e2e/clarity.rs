@@ -172,8 +172,11 @@ fn a_4x_job_keeps_alpha_and_16_bits_and_the_next_job_finds_the_models_warm() {
 
 #[test]
 fn a_large_job_lends_what_it_is_done_with_and_the_next_job_is_warm() {
-    // Canvases above 64 + 2·32 pixels are encoded in tiles: this job is "large".
-    let daemon = Daemon::prepare_diffusion("[diffusion]\nvae_encoder_tile = 64\n").start();
+    // With no memory for Clarity's whole passes, canvases above 64 + 2·32 pixels are encoded in
+    // the bounded tiles: this job is "large".
+    let daemon =
+        Daemon::prepare_diffusion("[diffusion]\nvae_encoder_tile = 64\nvae_memory_budget = 0\n")
+            .start();
     let mut client = daemon.client();
     let mut watcher = daemon.client();
     let mut during = None::<Vec<String>>;
@@ -282,17 +285,82 @@ fn a_missing_checkpoint_is_named_with_how_to_get_it() {
         }
         other => panic!("expected ModelNotFound, got {other:?}"),
     }
-    // Creativity 0 is the upscaler alone, which needs no SD model.
+    // Clarity at creativity 0 still diffuses (A1111 evaluates once), so it needs the models
+    // too; the Refiners preset at creativity 0 is the upscaler alone, which needs none.
+    let clarity_at_0 = JobParams {
+        creativity: 0.0,
+        upscaler: Some("tiny-x4".into()),
+        ..JobParams::default()
+    };
+    match client.submit(test_image(8, 8), clarity_at_0.clone()) {
+        Err(ClientError::Daemon(e)) => assert_eq!(e.kind, ErrorKind::ModelNotFound),
+        other => panic!("expected ModelNotFound, got {other:?}"),
+    }
     let done = client
         .upscale(
             test_image(8, 8),
             JobParams {
-                creativity: 0.0,
-                upscaler: Some("tiny-x4".into()),
-                ..JobParams::default()
+                preset: tessera_protocol::Preset::Refiners,
+                ..clarity_at_0
             },
             |_| {},
         )
         .unwrap();
     assert_eq!((done.image.width, done.image.height), (16, 16));
+}
+
+#[test]
+fn clarity_at_creativity_0_runs_the_vae_round_trip_and_one_evaluation() {
+    let daemon = Daemon::prepare_diffusion("").start();
+    let mut client = daemon.client();
+    let mut events: Vec<Progress> = Vec::new();
+    let done = client
+        .upscale(
+            test_image(48, 40),
+            JobParams {
+                creativity: 0.0,
+                ..params(2.0)
+            },
+            |p| events.push(p.clone()),
+        )
+        .unwrap();
+    assert_eq!((done.image.width, done.image.height), (96, 80));
+    for phase in ["encode", "denoise", "decode"] {
+        assert!(done.timings.iter().any(|t| t.name == phase), "{phase}");
+    }
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.phase == "denoise")
+            .all(|e| e.steps == 1),
+        "one evaluation"
+    );
+}
+
+#[test]
+fn the_checkpoint_vae_stands_in_for_a_missing_vae() {
+    let daemon = Daemon::prepare_diffusion("").start();
+    let mut client = daemon.client();
+    let image = test_image(24, 16);
+    // The fixture's VAE in models/vae/ is the checkpoint's own, so both give the same bytes.
+    let with_file = client.upscale(image.clone(), params(2.0), |_| {}).unwrap();
+    std::fs::remove_dir_all(daemon.dir.path().join("models/vae/tiny-clarity")).unwrap();
+    match client.submit(image.clone(), params(2.0)) {
+        Err(ClientError::Daemon(e)) => {
+            assert_eq!(e.kind, ErrorKind::ModelNotFound);
+            assert!(e.message.contains("--vae checkpoint"), "{}", e.message);
+        }
+        other => panic!("expected ModelNotFound, got {other:?}"),
+    }
+    let own = client
+        .upscale(
+            image,
+            JobParams {
+                vae: Some("checkpoint".into()),
+                ..params(2.0)
+            },
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(own.image.data, with_file.image.data);
 }

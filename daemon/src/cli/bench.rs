@@ -1,4 +1,4 @@
-//! `tessera bench sd-step` and `tessera bench clarity`: the engine on the asked execution
+//! `tessera bench sd-step`, `tessera bench clarity` and `tessera bench vae`: the engine on the asked execution
 //! providers and precision, the benchmark, and a report whose last block is one `key: value`
 //! per line (what `scripts/gpu-check` collects into its table). A benchmark whose networks give
 //! NaN or ∞ fails with a message saying so.
@@ -297,5 +297,50 @@ pub fn clarity(target: &Target, args: &ClarityBenchArgs) -> anyhow::Result<ExitC
     );
     println!("peak RSS: {:.0} MiB", report.peak_rss_mib);
     println!("peak device memory: {}", peak_text(&sampler));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tessera bench vae`: each way the pipeline can encode and decode a square canvas (whole,
+/// Clarity's tiles, the bounded tiles), with its time and peak memory, on the CPU.
+pub fn vae(
+    target: &Target,
+    dir: &Option<std::path::PathBuf>,
+    sides: &[usize],
+    threads: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        sides.iter().all(|&s| s >= 64),
+        "every side must be at least 64 pixels"
+    );
+    crate::server::keep_large_blocks_mapped();
+    let engine = Arc::new(Engine::new(EngineOptions {
+        ort_lib: target.ort_lib_flag.clone(),
+        data_dir: target.data_dir.path.clone(),
+        intra_threads: threads,
+    })?);
+    let (dir, _temp) = scratch_dir(dir)?;
+    let config = crate::config::DiffusionConfig::default();
+    let bounded = crate::pipeline::clarity::vae::VaeTiling::new(
+        config.vae_encoder_tile,
+        config.vae_decoder_tile,
+    );
+    println!(
+        "SD 1.5 VAE, random weights, {}, {}",
+        engine.runtime_description(),
+        engine.device_description()
+    );
+    println!("  side  pass    how                         seconds   peak MiB  estimate MiB");
+    crate::pipeline::clarity::vae::bench::run(engine, &dir, sides, bounded, &mut |r| {
+        println!(
+            "  {:>5} {:<7} {:<27} {:>8.1} {:>10.0} {:>12}",
+            r.side,
+            r.direction,
+            r.mode,
+            r.seconds,
+            r.peak_mib,
+            r.estimate_mib
+                .map_or_else(String::new, |m| format!("{m:.0}"))
+        );
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -56,6 +56,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Clarity(args),
         } => super::bench::clarity(&target, &args),
+        Command::Bench {
+            command:
+                BenchCommand::Vae {
+                    dir,
+                    sides,
+                    threads,
+                },
+        } => super::bench::vae(&target, &dir, &sides, threads),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {

@@ -97,6 +97,19 @@ pub enum BenchCommand {
     /// A whole Clarity job on random full-size models: per-phase times, peak memory, the
     /// UNet + ControlNet rate against the GEMM peak
     Clarity(ClarityBenchArgs),
+    /// SD 1.5's VAE on random full-size weights: time and peak memory of each way to encode
+    /// and decode a square canvas (whole, Clarity's tiles, the bounded tiles)
+    Vae {
+        /// Folder for the random VAE (335 MB; kept and reused when given)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Canvas sides in pixels, comma-separated
+        #[arg(long, value_delimiter = ',', default_values_t = [512, 768, 1024])]
+        sides: Vec<usize>,
+        /// ONNX Runtime threads (default: one per core)
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 /// Where and how a benchmark runs.

@@ -77,7 +77,7 @@ pub struct JobArgs {
     /// Checkpoint in models/checkpoints/ [default: the daemon's]
     #[arg(long, value_name = "NAME")]
     pub checkpoint: Option<String>,
-    /// VAE in models/vae/ [default: the daemon's]
+    /// VAE in models/vae/, or `checkpoint` for the checkpoint's own [default: the daemon's]
     #[arg(long, value_name = "NAME")]
     pub vae: Option<String>,
     /// ControlNet in models/controlnet/ [default: the daemon's]

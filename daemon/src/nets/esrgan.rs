@@ -4,11 +4,11 @@
 //! hyper-parameter is read from tensor shapes: input channels and pixel-unshuffle factor from
 //! `conv_first`, filters `nf` from its output, blocks `nb` from `body.N`, growth `gc` from the
 //! first dense conv, and the scale from the number of `conv_upK`. Graph interface:
-//! `input` `[batch, 3, height, width]` f32 RGB in 0..1 → `output`
-//! `[batch, 3, height·s, width·s]` f32 RGB, unclamped. For old/new-arch models the RGB→BGR flip
-//! (and back) is inside the graph, so callers always speak RGB. An fp16 graph (f16 weights,
-//! every op in f16) keeps that f32 interface: it casts once after the input and once before
-//! the output.
+//! `input` `[batch, 3, height, width]` f32 in 0..1 → `output` `[batch, 3, height·s, width·s]`
+//! f32, unclamped, in the network's own channel order. [`Esrgan::upscale`] takes RGB and
+//! returns RGB, feeding the network in the [`ChannelOrder`] the caller picks.
+//! An fp16 graph (f16 weights, every op in f16) keeps the f32 interface: it casts once after
+//! the input and once before the output.
 
 use std::path::Path;
 
@@ -20,7 +20,7 @@ use super::{ModelError, Precision};
 use crate::Cancelled;
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::onnx::{Conv2d, Dim, ElemType, ExternalTensor, Graph, Value};
-use crate::weights::esrgan::{ChannelOrder, Layout};
+use crate::weights::esrgan::Layout;
 use crate::weights::{self, Scope, SourceFile, SourceTensor, TensorMap, WeightsError};
 
 /// LeakyReLU slope used throughout RRDBNet.
@@ -28,11 +28,24 @@ const SLOPE: f32 = 0.2;
 /// Residual scaling of dense blocks and RRDBs.
 const RESIDUAL: f32 = 0.2;
 
+/// The channel order a network is fed in (and whose output is read back in).
+///
+/// Every ESRGAN training code base feeds RGB (the original ESRGAN test code, BasicSR and so
+/// Real-ESRGAN, traiNNer), while A1111's ESRGAN code, which Clarity and the Refiners Space
+/// run, flips its RGB image to BGR before every model and back after it (`docs/models.md`
+/// has the sources).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelOrder {
+    /// What the models were trained on: the upscaler preset.
+    Rgb,
+    /// What A1111 feeds them: the Clarity and Refiners presets.
+    Bgr,
+}
+
 /// Hyper-parameters, all inferred from the weights.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EsrganConfig {
     pub layout: Layout,
-    pub channel_order: ChannelOrder,
     /// Filters of the trunk.
     pub nf: usize,
     /// Number of RRDB blocks.
@@ -98,7 +111,6 @@ impl EsrganConfig {
         }
         let config = EsrganConfig {
             layout,
-            channel_order: layout.channel_order(),
             nf,
             nb,
             gc,
@@ -197,11 +209,7 @@ pub fn build_graph(config: &EsrganConfig, w: &weights::Weights) -> Result<Graph,
         ],
         dtype,
     );
-    let flip = config.channel_order == ChannelOrder::Bgr;
     let mut x = input;
-    if flip {
-        x = g.gather(&x, 1, &[2, 1, 0]);
-    }
     if config.unshuffle > 1 {
         x = g.pixel_unshuffle(&x, config.unshuffle, 3);
     }
@@ -220,10 +228,7 @@ pub fn build_graph(config: &EsrganConfig, w: &weights::Weights) -> Result<Graph,
     }
     let hr = conv(&mut g, &fea, &w.scope("conv_hr"))?;
     let hr = g.leaky_relu(&hr, SLOPE);
-    let mut out = conv(&mut g, &hr, &w.scope("conv_last"))?;
-    if flip {
-        out = g.gather(&out, 1, &[2, 1, 0]);
-    }
+    let out = conv(&mut g, &hr, &w.scope("conv_last"))?;
     g.f32_output(
         "output",
         &out,
@@ -363,6 +368,13 @@ impl Esrgan {
         precision: Precision,
     ) -> Result<(EsrganConfig, CompiledModel), ModelError> {
         let source = SourceFile::open(model_file)?;
+        if !source.skipped().is_empty() {
+            tracing::info!(
+                "{}: {} skipped (the EMA weights, or the wrapped state dict, are used)",
+                model_file.display(),
+                source.skipped().join(", ")
+            );
+        }
         let (canonical, layout) = weights::esrgan::canonicalize(&source)?;
         let config = EsrganConfig::infer(&canonical, layout)?;
         let weights = weights::materialize_as(
@@ -435,15 +447,16 @@ impl Esrgan {
             .map_err(|e| EngineError::ort(name, e).into())
     }
 
-    /// Upscales a `[3, H, W]` RGB image in 0..1 to `[3, H·s, W·s]`, tile by tile (see
-    /// [`Tiling`]), calling `on_tile(done, total)` after each network call; an `Err` from it
-    /// stops the work and is returned as `EsrganError::Cancelled`. Everything stays f32: tiles
-    /// are not rounded to 8 bits (unlike A1111), so 16-bit and float images keep their
-    /// precision. The result is clamped to 0..1.
+    /// Upscales a `[3, H, W]` RGB image in 0..1 to `[3, H·s, W·s]` RGB, tile by tile (see
+    /// [`Tiling`]), the network fed in `order`, calling `on_tile(done, total)` after each
+    /// network call; an `Err` from it stops the work and is returned as
+    /// `EsrganError::Cancelled`. Everything stays f32: tiles are not rounded to 8 bits (unlike
+    /// A1111), so 16-bit and float images keep their precision. The result is clamped to 0..1.
     pub fn upscale(
         &mut self,
         rgb: ArrayView3<f32>,
         tiling: &Tiling,
+        order: ChannelOrder,
         on_tile: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
     ) -> Result<Array3<f32>, EsrganError> {
         let (channels, h, w) = rgb.dim();
@@ -459,6 +472,11 @@ impl Esrgan {
         let align = self.config.unshuffle;
         // Pixel-unshuffle needs whole blocks: pad like spandrel (reflect) and crop at the end.
         let padded = pad_to_multiple(rgb, align);
+        // The flip is a reversed view on the way in and a reversed channel index on the way out.
+        let padded = match order {
+            ChannelOrder::Rgb => padded.view(),
+            ChannelOrder::Bgr => padded.slice(s![..;-1, .., ..]),
+        };
         let (_, ph, pw) = padded.dim();
         let rows = plan_axis(ph, *tiling, align, scale);
         let cols = plan_axis(pw, *tiling, align, scale);
@@ -495,7 +513,7 @@ impl Esrgan {
                     .into());
                 }
                 crate::engine::binding::note_host_call(4 * input.len(), 4 * data.len());
-                blend(&mut out, data, row, col, scale);
+                blend(&mut out, data, row, col, scale, order);
                 done += 1;
                 on_tile(done, total)?;
             }
@@ -511,17 +529,22 @@ fn blend(
     row: &super::tiling::Span,
     col: &super::tiling::Span,
     scale: usize,
+    order: ChannelOrder,
 ) {
     let (_, oh, ow) = out.dim();
     let (th, tw) = (row.len * scale, col.len * scale);
     let (y0, x0) = (row.start * scale, col.start * scale);
     for c in 0..3 {
+        let channel = match order {
+            ChannelOrder::Rgb => c,
+            ChannelOrder::Bgr => 2 - c,
+        };
         for y in 0..th.min(oh.saturating_sub(y0)) {
             let wy = row.weights[y];
             if wy == 0.0 {
                 continue;
             }
-            let src = &data[(c * th + y) * tw..(c * th + y + 1) * tw];
+            let src = &data[(channel * th + y) * tw..(channel * th + y + 1) * tw];
             let mut dst = out.slice_mut(s![c, y0 + y, x0..(x0 + tw).min(ow)]);
             for (x, d) in dst.iter_mut().enumerate() {
                 let wv = wy * col.weights[x];

@@ -95,19 +95,25 @@ impl SdNet {
         self.g.constant(self.dtype, dims, data)
     }
 
-    /// 2-D convolution with the module's weight and (optional) bias.
+    /// 2-D convolution with the module's weight and bias (every convolution of SD 1.5's
+    /// networks has one, so a missing bias is a missing tensor, reported by name).
     pub fn conv(&mut self, x: &Value, w: &W, attrs: Conv2d) -> Result<Value, WeightsError> {
         let weight = self.param(w, "weight")?;
-        let bias = if w.contains("bias") {
-            Some(self.param(w, "bias")?)
-        } else {
-            None
-        };
-        Ok(self.g.conv(x, &weight, bias.as_ref(), attrs))
+        let bias = self.param(w, "bias")?;
+        Ok(self.g.conv(x, &weight, Some(&bias), attrs))
     }
 
-    /// `x · Wᵀ + b` over the last axis (PyTorch `nn.Linear`), bias optional.
+    /// `x · Wᵀ + b` over the last axis (PyTorch `nn.Linear`). Only the attention's query, key
+    /// and value projections have no bias in SD 1.5; any other Linear without one is a
+    /// missing tensor, reported by name.
     pub fn linear(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        let weight_t = w.get("weight")?;
+        let bias_free = ["to_q.weight", "to_k.weight", "to_v.weight"]
+            .iter()
+            .any(|n| weight_t.name.ends_with(n));
+        if !bias_free && !w.contains("bias") {
+            w.get("bias")?;
+        }
         let weight = self.param(w, "weight")?;
         self.linear_with(x, &weight, w, None)
     }
@@ -160,18 +166,7 @@ impl SdNet {
         let shape = self.g.shape(x);
         let grouped = self.g.reshape(&x32, &[0, groups as i64, -1]);
         if self.norm_stats == NormStats::Export {
-            let axes = self.g.ints(&[2]);
-            let mean = self.g.node("ReduceMean", &[&grouped, &axes], vec![]);
-            let centred = self.g.sub(&grouped, &mean);
-            let squared = self.g.mul(&centred, &centred);
-            let var = self.g.node("ReduceMean", &[&squared, &axes], vec![]);
-            let flat = self.g.ints(&[0, groups as i64]);
-            let mean = self.g.reshape_to(&mean, &flat);
-            let var = self.g.reshape_to(&var, &flat);
-            self.g
-                .output(&mean_name, &mean, ElemType::F32, Some(&stats_dims));
-            self.g
-                .output(&var_name, &var, ElemType::F32, Some(&stats_dims));
+            self.output_grouped_stats(&grouped, &mean_name, &var_name);
         }
         let ones = self.g.floats(&vec![1.0; groups]);
         let zeros = self.g.floats(&vec![0.0; groups]);
@@ -184,6 +179,38 @@ impl SdNet {
         let beta = self.g.reshape(&beta, &[channels as i64, 1, 1]);
         let scaled = self.g.mul(&normed, &gamma);
         Ok(self.g.add(&scaled, &beta))
+    }
+
+    /// Declares the per-group mean and biased variance of `x` (`[B, C, H, W]`, the input of a
+    /// GroupNorm that is not in this graph) as f32 `[B, G]` outputs `mean_name`, `var_name`.
+    pub fn output_group_stats(&mut self, x: &Value, mean_name: &str, var_name: &str) {
+        let x32 = if self.dtype == ElemType::F32 {
+            x.clone()
+        } else {
+            self.g.cast(x, ElemType::F32)
+        };
+        let grouped = self
+            .g
+            .reshape(&x32, &[0, self.hyper.norm_groups as i64, -1]);
+        self.output_grouped_stats(&grouped, mean_name, var_name);
+    }
+
+    /// The statistics of an f32 `[B, G, N]` tensor as `[B, G]` outputs.
+    fn output_grouped_stats(&mut self, grouped: &Value, mean_name: &str, var_name: &str) {
+        let groups = self.hyper.norm_groups as i64;
+        let stats_dims = [Dim::from("batch"), Dim::from(groups)];
+        let axes = self.g.ints(&[2]);
+        let mean = self.g.node("ReduceMean", &[grouped, &axes], vec![]);
+        let centred = self.g.sub(grouped, &mean);
+        let squared = self.g.mul(&centred, &centred);
+        let var = self.g.node("ReduceMean", &[&squared, &axes], vec![]);
+        let flat = self.g.ints(&[0, groups]);
+        let mean = self.g.reshape_to(&mean, &flat);
+        let var = self.g.reshape_to(&var, &flat);
+        self.g
+            .output(mean_name, &mean, ElemType::F32, Some(&stats_dims));
+        self.g
+            .output(var_name, &var, ElemType::F32, Some(&stats_dims));
     }
 
     /// GroupNorm of `x32` (f32 `[B, C, H, W]`) with given `[B, G]` statistics, folded with the

@@ -15,6 +15,8 @@
 //! Levels, ResNets per level, widths and the latent width come from tensor shapes; GroupNorm
 //! groups (32 in SD) from `SdHyper`. The mid-block attention is single-head over all pixels.
 
+pub mod segments;
+
 use super::ModelError;
 use super::sd::{self, SdOptions};
 pub use super::sd_blocks::NormStats;
@@ -127,7 +129,19 @@ pub fn build_encoder(
     }
     h = mid_block(&mut net, &h, &enc.scope("mid_block"))?;
     h = output_head(&mut net, &h, &enc)?;
-    let moments = net.conv(&h, &w.scope("quant_conv"), Conv2d::padded(0))?;
+    posterior_outputs(&mut net, config, w, &h)?;
+    Ok(net.g)
+}
+
+/// `quant_conv` on the encoder's output, then the posterior's mean and (clamped)
+/// log-variance as the graph's outputs.
+fn posterior_outputs(
+    net: &mut SdNet,
+    config: &VaeConfig,
+    w: &Weights,
+    h: &Value,
+) -> Result<(), WeightsError> {
+    let moments = net.conv(h, &w.scope("quant_conv"), Conv2d::padded(0))?;
     let l = config.latent_channels as i64;
     let halves = net.g.split(&moments, 1, &[l, l]);
     let low = net.constant(&[], &[-30.0]);
@@ -136,7 +150,7 @@ pub fn build_encoder(
     let dims = nchw(config.latent_channels, "latent_height", "latent_width");
     net.output("latent_mean", &halves[0], &dims);
     net.output("latent_logvar", &logvar, &dims);
-    Ok(net.g)
+    Ok(())
 }
 
 /// Latent → image; `stats` as for [`build_encoder`].
@@ -147,14 +161,39 @@ pub fn build_decoder(
     weight_type: WeightType,
     stats: NormStats,
 ) -> Result<Graph, WeightsError> {
+    build_decoder_from(config, w, hyper, weight_type, stats, DecoderInput::Latent)
+}
+
+/// What a decoder graph starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecoderInput {
+    /// `latent_sample`, through `post_quant_conv` first.
+    Latent,
+    /// `decoder_input`: a latent already through `post_quant_conv`. Tiled VAE hooks the
+    /// decoder behind that convolution, so its statistics proxy is taken there.
+    PostQuant,
+}
+
+/// The decoder from `input`.
+pub fn build_decoder_from(
+    config: &VaeConfig,
+    w: &Weights,
+    hyper: SdHyper,
+    weight_type: WeightType,
+    stats: NormStats,
+    input: DecoderInput,
+) -> Result<Graph, WeightsError> {
     let mut net = SdNet::new("vae_decoder", weight_type, hyper);
     net.norm_stats = stats;
     let dec = w.scope("decoder");
-    let z = net.input(
-        "latent_sample",
-        &nchw(config.latent_channels, "latent_height", "latent_width"),
-    );
-    let z = net.conv(&z, &w.scope("post_quant_conv"), Conv2d::padded(0))?;
+    let dims = nchw(config.latent_channels, "latent_height", "latent_width");
+    let z = match input {
+        DecoderInput::Latent => {
+            let z = net.input("latent_sample", &dims);
+            net.conv(&z, &w.scope("post_quant_conv"), Conv2d::padded(0))?
+        }
+        DecoderInput::PostQuant => net.input("decoder_input", &dims),
+    };
     let mut h = net.conv(&z, &dec.scope("conv_in"), Conv2d::padded(1))?;
     h = mid_block(&mut net, &h, &dec.scope("mid_block"))?;
     let levels = config.block_channels.len();
@@ -176,6 +215,21 @@ pub fn build_decoder(
     Ok(net.g)
 }
 
+/// `latent_sample` → `decoder_input`: `post_quant_conv` alone.
+pub fn build_post_quant(
+    config: &VaeConfig,
+    w: &Weights,
+    hyper: SdHyper,
+    weight_type: WeightType,
+) -> Result<Graph, WeightsError> {
+    let mut net = SdNet::new("vae_post_quant", weight_type, hyper);
+    let dims = nchw(config.latent_channels, "latent_height", "latent_width");
+    let z = net.input("latent_sample", &dims);
+    let z = net.conv(&z, &w.scope("post_quant_conv"), Conv2d::padded(0))?;
+    net.output("decoder_input", &z, &dims);
+    Ok(net.g)
+}
+
 /// A compiled VAE: configuration, weights, both graphs.
 #[derive(Debug)]
 pub struct CompiledVae {
@@ -188,12 +242,25 @@ pub struct CompiledVae {
 
 impl CompiledVae {
     /// The encoder (`decoder == false`) or decoder graph with the GroupNorm statistics
-    /// exported or frozen, over the same weights (for tiled encoding and decoding).
+    /// exported or frozen, over the same weights (for tiled encoding and decoding). The
+    /// decoder with exported statistics starts behind `post_quant_conv` ([`DecoderInput`]).
     pub fn with_stats(&self, decoder: bool, stats: NormStats) -> Result<CompiledModel, ModelError> {
         let weight_type = self.weights.weight_type();
         let (graph, base) = if decoder {
+            let input = if stats == NormStats::Export {
+                DecoderInput::PostQuant
+            } else {
+                DecoderInput::Latent
+            };
             (
-                build_decoder(&self.config, &self.weights, self.hyper, weight_type, stats)?,
+                build_decoder_from(
+                    &self.config,
+                    &self.weights,
+                    self.hyper,
+                    weight_type,
+                    stats,
+                    input,
+                )?,
                 &self.decoder,
             )
         } else {
@@ -204,6 +271,45 @@ impl CompiledVae {
         };
         Ok(sd::compiled(
             format!("{} ({stats:?} GroupNorm statistics)", base.name),
+            graph,
+            &self.weights,
+        ))
+    }
+
+    /// One graph of the encoder cut for the colour fix ([`segments`]).
+    pub fn segment(
+        &self,
+        segment: segments::Segment,
+        stats: NormStats,
+    ) -> Result<CompiledModel, ModelError> {
+        let graph = segments::build_segment(
+            &self.config,
+            &self.weights,
+            self.hyper,
+            self.weights.weight_type(),
+            segment,
+            stats,
+        )?;
+        Ok(sd::compiled(
+            format!(
+                "{} segment {segment:?} ({stats:?} GroupNorm statistics)",
+                self.encoder.name
+            ),
+            graph,
+            &self.weights,
+        ))
+    }
+
+    /// `post_quant_conv` alone ([`build_post_quant`]).
+    pub fn post_quant(&self) -> Result<CompiledModel, ModelError> {
+        let graph = build_post_quant(
+            &self.config,
+            &self.weights,
+            self.hyper,
+            self.weights.weight_type(),
+        )?;
+        Ok(sd::compiled(
+            format!("{} post_quant_conv", self.decoder.name),
             graph,
             &self.weights,
         ))

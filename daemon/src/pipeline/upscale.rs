@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::engine::{Engine, MaybeOutOfMemory, Recovery, Shrink, Shrinkable, retry_out_of_memory};
 use crate::nets::ModelError;
 use crate::nets::Precision;
-use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
+use crate::nets::esrgan::{ChannelOrder, Esrgan, EsrganError, Tiling};
 use crate::server::{JobChecker, JobOutput, JobRunner};
 use crate::store::{DataDir, FileStamp, ModelFile};
 use ndarray::{Array3, ArrayView3};
@@ -251,6 +251,8 @@ impl JobRunner for Upscaler {
                 net,
                 rgb.view(),
                 &tiling,
+                // The upscaler alone feeds each model what it was trained on.
+                ChannelOrder::Rgb,
                 &*engine,
                 &mut shrink,
                 &mut on_tile,
@@ -316,6 +318,7 @@ pub fn upscale_retrying(
     net: &mut Esrgan,
     rgb: ArrayView3<f32>,
     tiling: &Tiling,
+    order: ChannelOrder,
     recovery: &dyn Recovery,
     shrink: &mut Shrink,
     on_tile: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
@@ -326,7 +329,7 @@ pub fn upscale_retrying(
         describe: &describe,
     };
     retry_out_of_memory(recovery, shrink, &size, |level| {
-        net.upscale(rgb, &halved(tiling, level), on_tile)
+        net.upscale(rgb, &halved(tiling, level), order, on_tile)
     })
 }
 

@@ -6,15 +6,14 @@
 //! `conv_last`, each with `.weight` and `.bias`. Three layouts exist in the wild (see
 //! `shared/reference/models.md` §3 and spandrel's ESRGAN loader):
 //!
-//! | layout | example files | keys | colour order |
-//! |---|---|---|---|
-//! | old arch | 4x-UltraSharp.pth, 4x-ESRGAN.pth | `model.0`, `model.1.sub.{i}.RDB{j}.conv{k}.0`, `model.1.sub.{nb}`, `model.{3k}`, `model.{3n+2}`, `model.{3n+4}` | BGR |
-//! | new arch | RRDB_ESRGAN_x4.pth, BSRGAN | `conv_first`, `RRDB_trunk.{i}.RDB{j}.conv{k}`, `trunk_conv`, `upconv{k}`, `HRconv`, `conv_last` | BGR |
-//! | Real-ESRGAN | RealESRGAN_x4plus.pth (`params_ema`) | canonical | RGB |
+//! | layout | example files | keys |
+//! |---|---|---|
+//! | old arch | 4x-UltraSharp.pth, 4x-ESRGAN.pth | `model.0`, `model.1.sub.{i}.RDB{j}.conv{k}.0`, `model.1.sub.{nb}`, `model.{3k}`, `model.{3n+2}`, `model.{3n+4}` |
+//! | new arch | RRDB_ESRGAN_x4.pth, BSRGAN | `conv_first`, `RRDB_trunk.{i}.RDB{j}.conv{k}`, `trunk_conv`, `upconv{k}`, `HRconv`, `conv_last` |
+//! | Real-ESRGAN | RealESRGAN_x4plus.pth (`params_ema`) | canonical |
 //!
-//! The colour order follows the reference pipelines: A1111 (and so Clarity) flips RGB→BGR
-//! before old- and new-arch ESRGAN models, which were trained on OpenCV's BGR images, while
-//! Real-ESRGAN/BasicSR models are trained on RGB and `RealESRGANer` feeds them RGB.
+//! The layout says nothing about the colour order a model is fed: that is the pipeline's
+//! choice (`nets::esrgan::ChannelOrder`, `docs/models.md`).
 
 use super::{SourceFile, SourceTensor, TensorMap, WeightsError};
 
@@ -26,21 +25,7 @@ pub enum Layout {
     RealEsrgan,
 }
 
-/// Channel order a model expects its input (and produces its output) in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChannelOrder {
-    Rgb,
-    Bgr,
-}
-
 impl Layout {
-    pub fn channel_order(self) -> ChannelOrder {
-        match self {
-            Layout::OldArch | Layout::NewArch => ChannelOrder::Bgr,
-            Layout::RealEsrgan => ChannelOrder::Rgb,
-        }
-    }
-
     pub fn describe(self) -> &'static str {
         match self {
             Layout::OldArch => "ESRGAN old-arch (model.N)",

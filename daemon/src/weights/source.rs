@@ -87,6 +87,7 @@ pub struct SourceFile {
     fingerprint: String,
     torch_prefix: Arc<str>,
     metadata: std::collections::BTreeMap<String, String>,
+    skipped: Vec<String>,
 }
 
 impl SourceFile {
@@ -110,8 +111,10 @@ impl SourceFile {
             .map_err(|e| WeightsError::io(path, e))?;
 
         let mut metadata = std::collections::BTreeMap::new();
+        let mut skipped = Vec::new();
         let (format, names, fingerprint_bytes, prefix) = if head.starts_with(b"PK\x03\x04") {
             let index = torch::read_index(path, file)?;
+            skipped = index.skipped;
             let tensors = index
                 .tensors
                 .into_iter()
@@ -168,7 +171,14 @@ impl SourceFile {
             fingerprint,
             torch_prefix: prefix.into(),
             metadata,
+            skipped,
         })
+    }
+
+    /// Top-level entries of a torch checkpoint that hold tensors but were left out for a
+    /// preferred wrapper beside them (`params` beside `params_ema`).
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
     }
 
     pub fn path(&self) -> &Path {

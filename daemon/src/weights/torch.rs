@@ -50,6 +50,8 @@ pub(crate) struct Index {
     pub tensors: Vec<(String, TensorDesc)>,
     /// The pickle bytes, for fingerprinting.
     pub pickle: Vec<u8>,
+    /// Top-level entries left out for the preferred wrapper ([`skipped_beside_wrapper`]).
+    pub skipped: Vec<String>,
 }
 
 /// Opens the zip `path` (read through `file`) and reads its tensor index.
@@ -138,6 +140,7 @@ pub(crate) fn read_index<R: Read + Seek>(path: &Path, file: R) -> Result<Index, 
         prefix,
         tensors,
         pickle: pickle_bytes,
+        skipped: skipped_beside_wrapper(&unpickled),
     })
 }
 
@@ -163,6 +166,28 @@ pub(crate) fn read_storage(
         return Err(corrupt(format!("{record} is truncated")));
     }
     Ok(bytes)
+}
+
+/// The top-level entries that hold tensors but are left out because [`flatten`] takes a
+/// preferred wrapper beside them: a Real-ESRGAN file's `params` beside its `params_ema`, a
+/// training checkpoint's optimizer state beside its `state_dict`.
+pub(super) fn skipped_beside_wrapper(u: &Unpickled) -> Vec<String> {
+    let Some(Object::Dict(pairs)) = u.get(u.root) else {
+        return Vec::new();
+    };
+    let holds = |v: &Value| matches!(u.get(*v), Some(Object::Dict(_) | Object::Tensor(_)));
+    let Some(chosen) = WRAPPERS.iter().find(|w| {
+        pairs
+            .iter()
+            .any(|(k, v)| u.str(*k) == Some(**w) && matches!(u.get(*v), Some(Object::Dict(_))))
+    }) else {
+        return Vec::new();
+    };
+    pairs
+        .iter()
+        .filter(|(k, v)| holds(v) && u.str(*k) != Some(*chosen))
+        .filter_map(|(k, _)| u.str(*k).map(str::to_owned))
+        .collect()
 }
 
 /// Descends through wrapper dicts, then flattens nested dicts into dotted names. Entries that

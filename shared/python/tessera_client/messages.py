@@ -257,7 +257,8 @@ class JobParams:
     #: takes the daemon's default.
     upscaler: Optional[str] = None
     preset: Preset = Preset.CLARITY
-    #: Denoising strength, 0 to 1; 0 runs the upscaler alone.
+    #: Denoising strength, 0 to 1; at 0 the Clarity preset still runs the VAE round trip and one
+    #: evaluation at the last sigma (as A1111 does), the Refiners preset the upscaler alone.
     creativity: float = 0.35
     #: ControlNet tile weight, 0 to 3.
     resemblance: float = 0.6

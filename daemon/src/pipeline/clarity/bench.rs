@@ -69,7 +69,7 @@ fn vae_mid(t: &mut Tensors, name: &str, c: usize) {
 }
 
 /// SD 1.5's VAE in diffusers names, `size`'s widths.
-fn vae_tensors(size: &ModelSize) -> Tensors {
+pub(crate) fn vae_tensors(size: &ModelSize) -> Tensors {
     let b = size.vae_base;
     let vae = [b, 2 * b, 4 * b, 4 * b];
     let mut t = Vec::new();
@@ -358,10 +358,10 @@ fn workload(params: &JobParams, size: u32, models: &ModelSize) -> (usize, f64) {
             cfg: params.dynamic,
             resemblance: params.resemblance,
             decay: params.decay,
-            vae_tiling: super::vae::VaeTiling::new(
+            vae: super::vae::VaePolicy::bounded(super::vae::VaeTiling::new(
                 diffusion.vae_encoder_tile,
                 diffusion.vae_decoder_tile,
-            ),
+            )),
         };
         let evals = setup.run().evaluations();
         let per_eval: f64 = setup

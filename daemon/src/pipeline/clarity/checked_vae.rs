@@ -11,7 +11,9 @@ use std::sync::Arc;
 use ndarray::{Array4, ArrayView4};
 
 use super::models::SdVae;
-use super::nets::{GroupNormStats, NetResult, Norms, StageError, Vae};
+use super::nets::{
+    Carried, GroupNormStats, GroupStats, NetResult, Norms, Segmented, StageError, Vae,
+};
 use crate::engine::{Engine, EngineError};
 use crate::nets::sd::SdOptions;
 use crate::nets::vae::CompiledVae;
@@ -138,10 +140,21 @@ fn finite(a: &Array4<f32>) -> bool {
     a.iter().all(|v| v.is_finite())
 }
 
+fn finite_layer(l: &GroupStats) -> bool {
+    l.mean.iter().chain(&l.var).all(|v| v.is_finite())
+}
+
 fn finite_stats(s: &GroupNormStats) -> bool {
-    s.layers
-        .iter()
-        .all(|l| l.mean.iter().chain(&l.var).all(|v| v.is_finite()))
+    s.layers.iter().all(finite_layer)
+}
+
+fn finite_segment(s: &Segmented) -> bool {
+    match s {
+        Segmented::State(carried, stats) => {
+            finite(&carried.x) && carried.skip.as_ref().is_none_or(finite) && finite_layer(stats)
+        }
+        Segmented::Posterior(mean, logvar) => finite(mean) && finite(logvar),
+    }
 }
 
 impl Vae for CheckedVae {
@@ -169,11 +182,45 @@ impl Vae for CheckedVae {
         self.checked("decode", |vae| vae.decode(latent, norms), finite)
     }
 
-    fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats> {
+    fn post_quant(&mut self, latent: ArrayView4<f32>) -> NetResult<Array4<f32>> {
+        self.checked(
+            "post-quant convolution",
+            |vae| vae.post_quant(latent),
+            finite,
+        )
+    }
+
+    fn decoder_stats(&mut self, input: ArrayView4<f32>) -> NetResult<GroupNormStats> {
         self.checked(
             "decoder statistics pass",
-            |vae| vae.decoder_stats(latent),
+            |vae| vae.decoder_stats(input),
             finite_stats,
+        )
+    }
+
+    fn encoder_segments(&mut self) -> NetResult<usize> {
+        self.vae.encoder_segments()
+    }
+
+    fn encoder_head_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats> {
+        self.checked(
+            "encoder head statistics pass",
+            |vae| vae.encoder_head_stats(image),
+            finite_stats,
+        )
+    }
+
+    fn encoder_segment(
+        &mut self,
+        index: usize,
+        input: Carried,
+        stats: &GroupNormStats,
+    ) -> NetResult<Segmented> {
+        // A redo takes the same (finite: an earlier overflow was redone) state in f32.
+        self.checked(
+            "encoder segment",
+            |vae| vae.encoder_segment(index, input.clone(), stats),
+            finite_segment,
         )
     }
 

@@ -2,7 +2,8 @@
 //! model set loaded (or reused, warm), prompts encoded (or taken from the cache), the stages
 //! run with progress and cancel, alpha upscaled apart and re-attached, the result sharpened
 //! and returned in the input's pixel format. Jobs that do not diffuse (preset `Upscaler`, or
-//! creativity 0) go to the upscaler alone.
+//! the Refiners preset at creativity 0) go to the upscaler alone; Clarity at creativity 0
+//! still runs its VAE round trip and one evaluation, as A1111 does.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,14 +18,14 @@ use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
 use super::text::TextError;
 use super::tile_batch;
-use super::vae::{self, VaeTiling};
+use super::vae::{VaePolicy, VaeRule, VaeTiling};
 use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::{
     Engine, EngineError, MaybeOutOfMemory, Shrink, Shrinkable, retry_out_of_memory,
 };
 use crate::nets::ModelError;
-use crate::nets::esrgan::Tiling;
+use crate::nets::esrgan::{ChannelOrder, Tiling};
 use crate::pipeline::filters;
 use crate::pipeline::pixels::{self, PixelFormat, Planar};
 use crate::pipeline::progress::{ProgressSink, Step};
@@ -48,7 +49,7 @@ pub struct JobSetup<'a> {
     pub cfg: f32,
     pub resemblance: f32,
     pub decay: f32,
-    pub vae_tiling: VaeTiling,
+    pub vae: VaePolicy,
 }
 
 impl JobSetup<'_> {
@@ -67,7 +68,7 @@ impl JobSetup<'_> {
             cfg: self.cfg,
             resemblance: self.resemblance,
             decay: self.decay,
-            vae_tiling: self.vae_tiling,
+            vae: self.vae,
         }
     }
 
@@ -129,7 +130,15 @@ pub struct ClarityRunner {
     config: Config,
     upscaler: Upscaler,
     models: Option<ModelSet>,
-    training: Training,
+}
+
+/// The training σ table a preset samples with: A1111 1.7's fp16 one for Clarity (its fork
+/// halves the whole model), the float64 one for the Refiners library.
+pub fn training(preset: Preset) -> Training {
+    match preset {
+        Preset::Refiners => Training::sd15(),
+        _ => Training::sd15_half(),
+    }
 }
 
 fn stage_error(e: StageError) -> ErrorInfo {
@@ -199,7 +208,6 @@ impl ClarityRunner {
             data_dir,
             config,
             models: None,
-            training: Training::sd15(),
         }
     }
 
@@ -323,20 +331,33 @@ impl ClarityRunner {
             params.preset == Preset::Refiners,
         );
         let d = &self.config.diffusion;
-        let vae_tiling = VaeTiling::new(d.vae_encoder_tile, d.vae_decoder_tile);
+        let vae = VaePolicy {
+            rule: match params.preset {
+                Preset::Refiners => VaeRule::Bounded,
+                _ => VaeRule::Clarity,
+            },
+            // Clarity's VAE passes need no memory estimate on an accelerator.
+            accelerator: crate::nets::precision::accelerated(engine.execution_providers()),
+            budget: d.vae_memory_budget,
+            bounded: VaeTiling::new(d.vae_encoder_tile, d.vae_decoder_tile),
+        };
         // A job whose VAE goes in tiles is large: its memory peak is in the tiles, so the
         // text encoder, done with once the prompts are encoded, gives its memory back until
         // the job is over (the VAE's tiled passes do the same with the plain VAE graphs).
         let large = plan
             .last()
-            .is_some_and(|s| vae::tiles(s.canvas.0, s.canvas.1, &vae_tiling));
+            .is_some_and(|s| vae.tiles(s.canvas.0, s.canvas.1));
         if large {
             models.text.set_aside(&engine);
         }
         let models_precision = models.key.precisions.unet;
         let setup = JobSetup {
             rules: rules(params.preset),
-            schedule: schedule::full(params.sampler, params.steps as usize, &self.training),
+            schedule: schedule::full(
+                params.sampler,
+                params.steps as usize,
+                &training(params.preset),
+            ),
             update: Update::of(params.sampler),
             tile: (params.tile_width as usize, params.tile_height as usize),
             batch: tile_batch::resolve(
@@ -350,7 +371,7 @@ impl ClarityRunner {
             cfg: params.dynamic,
             resemblance: params.resemblance,
             decay: params.decay,
-            vae_tiling,
+            vae,
         };
         let tiling = Tiling {
             tile: self.config.upscale.tile,
@@ -362,6 +383,8 @@ impl ClarityRunner {
             tiling,
             recovery: &*engine,
             shrink: Shrink::default(),
+            // Clarity and the Refiners Space run A1111's ESRGAN code, which feeds BGR.
+            order: ChannelOrder::Bgr,
         };
         let total = setup.planned_work(&plan, (iw, ih), pre.scale()).max(1e-9);
         let stages_count = plan.len() as u32;

@@ -10,6 +10,7 @@ pub mod job;
 pub mod models;
 pub mod nets;
 pub mod params;
+mod sd_vae;
 pub mod stage;
 pub mod stages;
 pub mod step_bench;

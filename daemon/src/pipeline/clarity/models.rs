@@ -1,29 +1,30 @@
 //! The SD networks of a diffusion job, loaded once per model set and kept warm: the UNet with
-//! its LoRAs fused, the ControlNet tile split into hint encoder and body, the VAE (whose
-//! statistics-exporting and statistics-frozen graphs are only built when an image is large
-//! enough to need tiles), and the text encoder with LoRAs and embeddings. Each implements the
-//! trait the stage is written against (`nets.rs`).
+//! its LoRAs fused, the ControlNet tile split into hint encoder and body, the VAE
+//! (`sd_vae.rs`: its extra graphs only while an image large enough to need tiles runs), and the
+//! text encoder with LoRAs and embeddings. Each implements the trait the stage is written
+//! against (`nets.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
+use ndarray::{Array4, ArrayD, Ix4};
 
 use super::checked_vae::CheckedVae;
 pub use super::controlled_unet::SdUnet;
-use super::nets::{GroupNormStats, GroupStats, NetResult, Norms, StageError, Vae};
+use super::nets::{NetResult, StageError};
+pub use super::sd_vae::SdVae;
 use super::stage::PreUpscaler;
 use super::text::TextSide;
 use crate::Cancelled;
-use crate::engine::{CompiledModel, Engine, EngineError, Recovery, SharedSession, Shrink};
+use crate::engine::{Engine, EngineError, Recovery, Shrink};
 use crate::nets::ModelError;
 use crate::nets::clip::{self, ClipOptions, TextEncoder};
 use crate::nets::controlnet::{CompiledControlNet, ControlNet};
-use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
+use crate::nets::esrgan::{ChannelOrder, Esrgan, EsrganError, Tiling};
 use crate::nets::sd::SdOptions;
 use crate::nets::unet::{CompiledUnet, Unet};
-use crate::nets::vae::{CompiledVae, NormStats};
+use crate::nets::vae::CompiledVae;
 use crate::nets::{Precision, Precisions};
 use crate::weights::embedding::TextualInversion;
 use crate::weights::lora::{Lora, LoraPatch, LoraTarget};
@@ -126,6 +127,7 @@ impl ModelSet {
         };
 
         let unet_net = sd::unet(&key.checkpoint.path)?;
+        unet_net.log_unused("checkpoint");
         let unet_loras = with(|c| c.unet);
         let patch = LoraPatch::resolve(&unet_loras, LoraTarget::Unet, &unet_net.tensors)?;
         let patch = (!patch.is_empty()).then_some(&patch as &dyn Patch);
@@ -135,6 +137,7 @@ impl ModelSet {
         unet.warm(engine, true)?;
 
         let cn_net = sd::controlnet(&key.controlnet.path)?;
+        cn_net.log_unused("ControlNet");
         let controlnet = ControlNet::new(
             engine,
             CompiledControlNet::compile(&cn_net, cache_dir, &plain)?,
@@ -142,6 +145,9 @@ impl ModelSet {
         drop(cn_net);
 
         let vae_net = sd::vae(&key.vae.path)?;
+        if key.vae.path != key.checkpoint.path {
+            vae_net.log_unused("VAE");
+        }
         let plain_vae = SdVae::new(
             engine.clone(),
             CompiledVae::compile(
@@ -232,215 +238,13 @@ pub(super) fn four(a: ArrayD<f32>, what: &str) -> NetResult<Array4<f32>> {
         .map_err(|e| StageError::Unexpected(format!("{what}: {e}")))
 }
 
-/// The VAE; its graphs with exported or frozen GroupNorm statistics get short-lived sessions:
-/// the statistics graph's ends with its one call, the frozen graph's with the tiled pass. A
-/// tiled pass also sets its side's plain session aside (the job warms it again at its end).
-pub struct SdVae {
-    engine: Arc<Engine>,
-    compiled: CompiledVae,
-    /// The plain graphs' sessions, [encoder, decoder]; a tiled pass sets its side's aside.
-    plain: [Option<SharedSession>; 2],
-    /// The frozen-statistics graphs' sessions while a tiled pass runs: [encoder, decoder].
-    frozen: [Option<(String, SharedSession)>; 2],
-}
-
-impl SdVae {
-    pub fn new(engine: Arc<Engine>, compiled: CompiledVae) -> Result<SdVae, EngineError> {
-        let mut vae = SdVae {
-            engine,
-            compiled,
-            plain: Default::default(),
-            frozen: Default::default(),
-        };
-        vae.warm()?;
-        Ok(vae)
-    }
-
-    fn plain_model(&self, decoder: bool) -> &CompiledModel {
-        if decoder {
-            &self.compiled.decoder
-        } else {
-            &self.compiled.encoder
-        }
-    }
-
-    /// Creates the plain graphs' sessions that a tiled pass set aside.
-    pub fn warm(&mut self) -> Result<(), EngineError> {
-        for decoder in [false, true] {
-            self.plain_session(decoder)?;
-        }
-        Ok(())
-    }
-
-    /// Whether both plain graphs' sessions are held.
-    pub fn is_warm(&self) -> bool {
-        self.plain.iter().all(Option::is_some)
-    }
-
-    /// The graphs and weights this VAE runs.
-    pub fn compiled(&self) -> &CompiledVae {
-        &self.compiled
-    }
-
-    fn plain_session(&mut self, decoder: bool) -> Result<(String, SharedSession), EngineError> {
-        let slot = usize::from(decoder);
-        let model = self.plain_model(decoder);
-        let name = model.name.clone();
-        if let Some(s) = &self.plain[slot] {
-            return Ok((name, s.clone()));
-        }
-        let session = self.engine.session(model)?;
-        self.plain[slot] = Some(session.clone());
-        Ok((name, session))
-    }
-
-    /// A new session of the graph with `stats` GroupNorm statistics, outside the engine's cache.
-    fn stats_session(&self, decoder: bool, stats: NormStats) -> NetResult<(String, SharedSession)> {
-        let model = self
-            .compiled
-            .with_stats(decoder, stats)
-            .map_err(|e| match e {
-                ModelError::Runtime(e) => StageError::Runtime(e),
-                other => StageError::Unexpected(other.to_string()),
-            })?;
-        let session = self.engine.short_lived_session(&model)?;
-        Ok((model.name, session))
-    }
-
-    fn frozen(&mut self, decoder: bool) -> NetResult<(String, SharedSession)> {
-        let slot = usize::from(decoder);
-        if self.frozen[slot].is_none() {
-            self.frozen[slot] = Some(self.stats_session(decoder, NormStats::Frozen)?);
-        }
-        Ok(self.frozen[slot].clone().expect("set above"))
-    }
-
-    /// Runs `session` and returns every output by name.
-    fn run(
-        session: &SharedSession,
-        name: &str,
-        inputs: Vec<(String, ArrayD<f32>)>,
-    ) -> NetResult<Vec<(String, ArrayD<f32>)>> {
-        let outputs: Vec<String> = {
-            let s = session.lock().unwrap_or_else(|e| e.into_inner());
-            s.outputs().iter().map(|o| o.name().to_owned()).collect()
-        };
-        let views: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
-            inputs.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
-        let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
-        let values = crate::nets::sd::run(session, name, &views, &names)?;
-        Ok(outputs.into_iter().zip(values).collect())
-    }
-
-    fn stats_of(outputs: &[(String, ArrayD<f32>)]) -> GroupNormStats {
-        let mut layers = Vec::new();
-        for k in 0.. {
-            let get = |suffix: &str| {
-                let name = format!("groupnorm_{k}_{suffix}");
-                outputs
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, a)| a.iter().copied().collect())
-            };
-            match (get("mean"), get("var")) {
-                (Some(mean), Some(var)) => layers.push(GroupStats { mean, var }),
-                _ => break,
-            }
-        }
-        GroupNormStats { layers }
-    }
-
-    fn stats_inputs(stats: &GroupNormStats) -> Vec<(String, ArrayD<f32>)> {
-        let mut inputs = Vec::new();
-        for (k, layer) in stats.layers.iter().enumerate() {
-            let g = layer.mean.len();
-            for (suffix, values) in [("mean", &layer.mean), ("var", &layer.var)] {
-                let a = Array2::from_shape_vec((1, g), values.clone()).expect("one row of g");
-                inputs.push((format!("groupnorm_{k}_{suffix}"), a.into_dyn()));
-            }
-        }
-        inputs
-    }
-
-    fn take(outputs: &mut Vec<(String, ArrayD<f32>)>, name: &str) -> NetResult<Array4<f32>> {
-        let i = outputs
-            .iter()
-            .position(|(n, _)| n == name)
-            .ok_or_else(|| StageError::Unexpected(format!("the VAE graph has no `{name}`")))?;
-        four(outputs.swap_remove(i).1, name)
-    }
-}
-
-impl Vae for SdVae {
-    fn encode(
-        &mut self,
-        image: ArrayView4<f32>,
-        norms: Norms<'_>,
-    ) -> NetResult<(Array4<f32>, Array4<f32>)> {
-        let mut inputs = vec![("sample".to_owned(), image.to_owned().into_dyn())];
-        let (name, session) = match norms {
-            Norms::Own => self.plain_session(false)?,
-            Norms::Frozen(stats) => {
-                inputs.extend(SdVae::stats_inputs(stats));
-                self.frozen(false)?
-            }
-        };
-        let mut out = SdVae::run(&session, &name, inputs)?;
-        Ok((
-            SdVae::take(&mut out, "latent_mean")?,
-            SdVae::take(&mut out, "latent_logvar")?,
-        ))
-    }
-
-    fn encoder_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats> {
-        let (name, session) = self.stats_session(false, NormStats::Export)?;
-        let out = SdVae::run(
-            &session,
-            &name,
-            vec![("sample".to_owned(), image.to_owned().into_dyn())],
-        )?;
-        Ok(SdVae::stats_of(&out))
-    }
-
-    fn decode(&mut self, latent: ArrayView4<f32>, norms: Norms<'_>) -> NetResult<Array4<f32>> {
-        let mut inputs = vec![("latent_sample".to_owned(), latent.to_owned().into_dyn())];
-        let (name, session) = match norms {
-            Norms::Own => self.plain_session(true)?,
-            Norms::Frozen(stats) => {
-                inputs.extend(SdVae::stats_inputs(stats));
-                self.frozen(true)?
-            }
-        };
-        let mut out = SdVae::run(&session, &name, inputs)?;
-        SdVae::take(&mut out, "sample")
-    }
-
-    fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats> {
-        let (name, session) = self.stats_session(true, NormStats::Export)?;
-        let out = SdVae::run(
-            &session,
-            &name,
-            vec![("latent_sample".to_owned(), latent.to_owned().into_dyn())],
-        )?;
-        Ok(SdVae::stats_of(&out))
-    }
-
-    fn begin_tiles(&mut self, decoder: bool) {
-        if self.plain[usize::from(decoder)].take().is_some() {
-            self.engine.forget(self.plain_model(decoder));
-        }
-    }
-
-    fn end_tiles(&mut self) {
-        self.frozen = Default::default();
-    }
-}
-
 /// ESRGAN as the stage's pre-upscaler; out of accelerator memory, it retries with smaller
 /// tiles, then on the CPU (`pipeline::upscale::upscale_retrying`).
 pub struct EsrganUpscaler<'a> {
     pub net: &'a mut Esrgan,
     pub tiling: Tiling,
+    /// What the network is fed: BGR for the presets that reproduce A1111's ESRGAN code.
+    pub order: ChannelOrder,
     pub recovery: &'a dyn Recovery,
     /// The tile that worked, for the passes after.
     pub shrink: Shrink,
@@ -460,6 +264,7 @@ impl PreUpscaler for EsrganUpscaler<'_> {
             self.net,
             rgb,
             &self.tiling,
+            self.order,
             self.recovery,
             &mut self.shrink,
             on_tile,

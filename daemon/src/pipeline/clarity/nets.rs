@@ -37,6 +37,23 @@ pub enum Norms<'a> {
     Frozen(&'a GroupNormStats),
 }
 
+/// A tile's state between two segments of the cut encoder (Tiled VAE's colour fix): the
+/// tensor in front of the next GroupNorm and, inside a ResNet, its residual.
+#[derive(Clone, Debug)]
+pub struct Carried {
+    pub x: Array4<f32>,
+    pub skip: Option<Array4<f32>>,
+}
+
+/// What a segment of the cut encoder gives back.
+#[derive(Clone, Debug)]
+pub enum Segmented {
+    /// The tile's state and the statistics of its `x` (what the next GroupNorm would compute).
+    State(Carried, GroupStats),
+    /// The last segment's posterior (mean, log-variance).
+    Posterior(Array4<f32>, Array4<f32>),
+}
+
 /// Why a stage stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -69,8 +86,26 @@ pub trait Vae {
     fn encoder_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats>;
     /// `[1, 4, h, w]` latent → `[1, 3, 8h, 8w]` RGB in about −1..1.
     fn decode(&mut self, latent: ArrayView4<f32>, norms: Norms<'_>) -> NetResult<Array4<f32>>;
-    /// The GroupNorm statistics an ordinary decoder pass over `latent` computes.
-    fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats>;
+    /// The decoder's input for `latent`: `post_quant_conv`, which Tiled VAE leaves in front of
+    /// the decoder it hooks, so its statistics proxy is taken behind it.
+    fn post_quant(&mut self, latent: ArrayView4<f32>) -> NetResult<Array4<f32>>;
+    /// The GroupNorm statistics an ordinary decoder pass computes on `input`, a decoder input
+    /// (behind `post_quant_conv`, see [`Vae::post_quant`]).
+    fn decoder_stats(&mut self, input: ArrayView4<f32>) -> NetResult<GroupNormStats>;
+    /// How many segments the encoder is cut into for the colour fix (the head, then one per
+    /// GroupNorm after the first downsample).
+    fn encoder_segments(&mut self) -> NetResult<usize>;
+    /// The statistics of the head's GroupNorms (those before the first downsample) on `image`.
+    fn encoder_head_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats>;
+    /// Segment `index` of the cut encoder on one tile: the head takes the image tile as
+    /// `input.x` and the head's statistics, every other segment the state the previous one
+    /// left and one layer of statistics for its leading GroupNorm.
+    fn encoder_segment(
+        &mut self,
+        index: usize,
+        input: Carried,
+        stats: &GroupNormStats,
+    ) -> NetResult<Segmented>;
     /// A tiled pass of the decoder (or encoder) starts: the plain graph's session, which it
     /// does not use, may go until the job is over (the next stages are larger still, so they
     /// tile too). Its memory is worth more to the tiles than a second's start-up after the job.

@@ -131,6 +131,14 @@ pub fn resolve(
     found.map_err(model_error)
 }
 
+/// The VAE name that means the checkpoint's own, baked-in VAE (A1111's "None"): as a job's
+/// `vae`, the CLI's `--vae` or the configuration's `diffusion.default_vae`.
+pub const CHECKPOINT_VAE: &str = "checkpoint";
+
+/// How to do without a missing VAE, appended to its not-found error.
+const CHECKPOINT_VAE_HINT: &str = "or use the checkpoint's own VAE: `--vae checkpoint` \
+     (`vae = \"checkpoint\"` in a job, `diffusion.default_vae = \"checkpoint\"` in config.toml)";
+
 /// The SD model files a diffusion job needs besides its LoRAs ([`lora_files`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SdModels {
@@ -152,7 +160,21 @@ pub fn resolve_sd(
         params.checkpoint.as_deref(),
         &d.default_checkpoint,
     )?;
-    let vae = resolve(dir, ModelKind::Vae, params.vae.as_deref(), &d.default_vae)?;
+    let wanted = params.vae.as_deref().unwrap_or(&d.default_vae);
+    let vae = if wanted.eq_ignore_ascii_case(CHECKPOINT_VAE) {
+        ModelFile {
+            kind: ModelKind::Vae,
+            name: CHECKPOINT_VAE.to_owned(),
+            ..checkpoint.clone()
+        }
+    } else {
+        resolve(dir, ModelKind::Vae, params.vae.as_deref(), &d.default_vae).map_err(|mut e| {
+            if e.kind == ErrorKind::ModelNotFound {
+                e.message = format!("{}; {CHECKPOINT_VAE_HINT}", e.message);
+            }
+            e
+        })?
+    };
     let controlnet = resolve(
         dir,
         ModelKind::ControlNet,
@@ -369,13 +391,49 @@ mod tests {
         };
         let e = resolve_sd(&dir, &Config::default(), &named).unwrap_err();
         assert!(e.message.contains("available: mine"), "{}", e.message);
-        // Without the default, the first checkpoint is used; the VAE is missing next.
+        // Without the default, the first checkpoint is used; the VAE is missing next, and the
+        // error says how to do without it.
         let e = resolve_sd(&dir, &Config::default(), &JobParams::default()).unwrap_err();
         assert!(
             e.message
-                .contains("vae-ft-mse-840000-ema-pruned.safetensors"),
+                .contains("vae-ft-mse-840000-ema-pruned.safetensors")
+                && e.message.contains("--vae checkpoint")
+                && e.message.contains("default_vae = \"checkpoint\""),
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn the_checkpoint_vae_is_the_checkpoint_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path()).unwrap();
+        for (kind, name) in [
+            (ModelKind::Checkpoint, "mine.safetensors"),
+            (ModelKind::ControlNet, "tile.safetensors"),
+        ] {
+            std::fs::write(dir.models(kind).join(name), b"x").unwrap();
+        }
+        let checkpoint = dir.models(ModelKind::Checkpoint).join("mine.safetensors");
+        // From the job (any case) and from the configuration, with no VAE in models/vae/.
+        let job = JobParams {
+            vae: Some("Checkpoint".into()),
+            ..JobParams::default()
+        };
+        let models = resolve_sd(&dir, &Config::default(), &job).unwrap();
+        assert_eq!(models.vae.path, checkpoint);
+        assert_eq!(models.vae.kind, ModelKind::Vae);
+        let mut config = Config::default();
+        config.diffusion.default_vae = CHECKPOINT_VAE.into();
+        let models = resolve_sd(&dir, &config, &JobParams::default()).unwrap();
+        assert_eq!(models.vae.path, checkpoint);
+        // A VAE named by the job still wins over the configured "checkpoint".
+        std::fs::write(dir.models(ModelKind::Vae).join("ft.safetensors"), b"x").unwrap();
+        let named = JobParams {
+            vae: Some("ft".into()),
+            ..JobParams::default()
+        };
+        let models = resolve_sd(&dir, &config, &named).unwrap();
+        assert_eq!(models.vae.name, "ft");
     }
 }

@@ -11,7 +11,7 @@ use super::denoise::{self, Guidance};
 use super::nets::{ControlledUnet, NetResult, StageConditioning, StageError, Vae};
 use super::stages::Stage;
 use super::tiles::{self, LatentTile};
-use super::vae::{self, VaeTiling};
+use super::vae::{self, VaePolicy};
 use crate::Cancelled;
 use crate::engine::{MaybeOutOfMemory, Recovery, Shrink, Shrinkable, retry_out_of_memory};
 use crate::pipeline::resize;
@@ -101,7 +101,8 @@ pub struct StageSetup<'a> {
     pub cfg: f32,
     pub resemblance: f32,
     pub decay: f32,
-    pub vae_tiling: VaeTiling,
+    /// How the VAE passes run at this stage's canvas.
+    pub vae: VaePolicy,
 }
 
 impl StageSetup<'_> {
@@ -259,22 +260,27 @@ pub fn run_stage(
     let signed = image.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
     drop(image);
     let pixels = (cw * ch) as f64;
-    let tiling = &setup.vae_tiling;
+    let policy = &setup.vae;
     let describe = |level: u32| {
-        let t = tiling.halved(level);
+        let t = policy.bounded.halved(level.saturating_sub(1));
         format!(
             "VAE tiles of {} pixels and {} latents",
             t.encoder_tile, t.decoder_tile
         )
     };
     let vae_size = Shrinkable {
-        levels: tiling.halvings(),
+        levels: policy.shrink_levels(),
         describe: &describe,
     };
     let mut vae_shrink = Shrink::default();
     let mut progress = vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report);
     let (mean, logvar) = retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
-        vae::encode(vae_net, signed.view(), &tiling.halved(level), &mut progress)
+        vae::encode(
+            vae_net,
+            signed.view(),
+            &policy.shrunk(level).encoder(cw, ch),
+            &mut progress,
+        )
     })?;
     drop(progress);
     drop(signed);
@@ -342,7 +348,12 @@ pub fn run_stage(
     let mut progress = vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report);
     let mut decoded: Array4<f32> =
         retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
-            vae::decode(vae_net, latent.view(), &tiling.halved(level), &mut progress)
+            vae::decode(
+                vae_net,
+                latent.view(),
+                &policy.shrunk(level).decoder(lw, lh),
+                &mut progress,
+            )
         })?;
     drop(progress);
     drop(latent);

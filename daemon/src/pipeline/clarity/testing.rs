@@ -7,7 +7,8 @@ use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayView4, Axis, s};
 
 use super::control::RESIDUALS;
 use super::nets::{
-    ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, Prompts, StageConditioning, Vae,
+    Carried, ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, Prompts, Segmented,
+    StageConditioning, Vae,
 };
 use super::stage::PreUpscaler;
 use crate::Cancelled;
@@ -78,17 +79,30 @@ impl TinyVae {
         norms: Norms<'_>,
     ) -> (Array4<f32>, GroupNormStats) {
         self.largest_input = self.largest_input.max(image.shape()[2] * image.shape()[3]);
-        let mut x = image.to_owned();
         let mut seen = GroupNormStats::default();
         let s0 = match norms {
-            Norms::Own => stats(&x, 1),
+            Norms::Own => stats(&image.to_owned(), 1),
             Norms::Frozen(f) => f.layers[0].clone(),
         };
-        normalize(&mut x, &s0);
+        let mut pooled = Self::head(image, &s0);
         seen.layers.push(s0);
+        let s1 = match norms {
+            Norms::Own => stats(&pooled, 2),
+            Norms::Frozen(f) => f.layers[1].clone(),
+        };
+        normalize(&mut pooled, &s1);
+        seen.layers.push(s1);
+        (pooled, seen)
+    }
+
+    /// The encoder up to its second GroupNorm: the first GroupNorm (on `s0`), a blur and the
+    /// 8×8 pooling, its "first downsample".
+    fn head(image: ArrayView4<f32>, s0: &GroupStats) -> Array4<f32> {
+        let mut x = image.to_owned();
+        normalize(&mut x, s0);
         let x = blur(&x);
         let (_, _, h, w) = x.dim();
-        let mut pooled = Array4::from_shape_fn((1, 4, h / 8, w / 8), |(_, c, y, xx)| {
+        Array4::from_shape_fn((1, 4, h / 8, w / 8), |(_, c, y, xx)| {
             let ch = [0, 1, 2, 0][c];
             let mut v = x
                 .slice(s![0, ch, y * 8..y * 8 + 8, xx * 8..xx * 8 + 8])
@@ -101,14 +115,7 @@ impl TinyVae {
                     / 64.0;
             }
             v
-        });
-        let s1 = match norms {
-            Norms::Own => stats(&pooled, 2),
-            Norms::Frozen(f) => f.layers[1].clone(),
-        };
-        normalize(&mut pooled, &s1);
-        seen.layers.push(s1);
-        (pooled, seen)
+        })
     }
 
     pub fn run_decoder(
@@ -155,6 +162,10 @@ impl Vae for TinyVae {
         self.calls += 1;
         Ok(self.run_decoder(latent, norms).0)
     }
+    fn post_quant(&mut self, latent: ArrayView4<f32>) -> NetResult<Array4<f32>> {
+        self.calls += 1;
+        Ok(latent.to_owned())
+    }
     fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats> {
         self.calls += 1;
         self.stats_calls += 1;
@@ -162,6 +173,42 @@ impl Vae for TinyVae {
             return Ok(d.clone());
         }
         Ok(self.run_decoder(latent, Norms::Own).1)
+    }
+    fn encoder_segments(&mut self) -> NetResult<usize> {
+        Ok(2)
+    }
+    fn encoder_head_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats> {
+        self.calls += 1;
+        self.stats_calls += 1;
+        Ok(GroupNormStats {
+            layers: vec![stats(&image.to_owned(), 1)],
+        })
+    }
+    fn encoder_segment(
+        &mut self,
+        index: usize,
+        input: Carried,
+        stats_in: &GroupNormStats,
+    ) -> NetResult<Segmented> {
+        self.calls += 1;
+        let x = input.x;
+        self.largest_input = self.largest_input.max(x.shape()[2] * x.shape()[3]);
+        Ok(if index == 0 {
+            let pooled = Self::head(x.view(), &stats_in.layers[0]);
+            let seen = stats(&pooled, 2);
+            Segmented::State(
+                Carried {
+                    x: pooled,
+                    skip: None,
+                },
+                seen,
+            )
+        } else {
+            let mut m = x;
+            normalize(&mut m, &stats_in.layers[0]);
+            let logvar = m.mapv(|v| 0.1 * v);
+            Segmented::Posterior(m, logvar)
+        })
     }
 }
 

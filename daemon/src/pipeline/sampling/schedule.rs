@@ -4,8 +4,11 @@
 //! Everything is in k-diffusion's terms (Karras et al., 2022): a latent at noise level σ is
 //! x = z0 + σ·ε, and the UNet sees x·c_in with c_in = 1/√(σ² + 1). The Refiners solvers,
 //! written on scaled latents x' = x/√(σ² + 1), map onto this exactly (`docs/pipeline.md`).
-//! The numbers are in `clarity-algorithm.md` §2.6 (Clarity), §3.3 (Refiners) and §10.
+//! How each reference gets its table is in `docs/pipeline.md` ("The σ table"): the Refiners
+//! library computes it in float64; Clarity's A1111 1.7 halves the whole model, ᾱ included, so
+//! its σ come from fp16 values ([`Training::sd15_half`]).
 
+use half::f16;
 use tessera_protocol::Sampler;
 
 /// Training steps of SD 1.x.
@@ -45,6 +48,29 @@ impl Training {
             alphas_cumprod,
             sigmas,
             log_sigmas,
+        }
+    }
+
+    /// The table A1111 before 1.8 samples with, so Clarity's: `model.half()` turns the ᾱ
+    /// buffer (float64 → float32 at registration) to fp16, and k-diffusion's `CompVisDenoiser`
+    /// derives σ = ((1 − ᾱ)/ᾱ)^½ and log σ from it in fp16, each operation rounded to fp16.
+    /// σ_min becomes 0.03125 and σ_max 14.609375 (float64: 0.029167 and 14.614641).
+    pub fn sd15_half() -> Training {
+        let exact = Training::sd15();
+        let half = |v: f32| f16::from_f32(v).to_f32();
+        let alphas: Vec<f32> = exact
+            .alphas_cumprod
+            .iter()
+            .map(|&a| half(a as f32))
+            .collect();
+        let sigmas: Vec<f32> = alphas
+            .iter()
+            .map(|&a| half(half(half(1.0 - a) / a).sqrt()))
+            .collect();
+        Training {
+            alphas_cumprod: alphas.iter().map(|&a| f64::from(a)).collect(),
+            log_sigmas: sigmas.iter().map(|&s| f64::from(half(s.ln()))).collect(),
+            sigmas: sigmas.iter().map(|&s| f64::from(s)).collect(),
         }
     }
 

@@ -63,6 +63,11 @@ pub struct NetWeights {
     pub layout: Layout,
     /// From `config.json` when the weights sit in a diffusers folder.
     pub config_hyper: Option<SdHyper>,
+    /// Tensors of the file that none of the networks it holds uses (a checkpoint's
+    /// noise-schedule and EMA buffers and CLIP's `position_ids`, a VAE's `loss.*` and EMA
+    /// counters, whatever beside a ControlNet's `control_model.*`): skipped; the loader of the
+    /// file counts them in the log ([`NetWeights::log_unused`]).
+    pub unused: Vec<String>,
 }
 
 impl NetWeights {
@@ -71,6 +76,48 @@ impl NetWeights {
     pub fn hyper(&self, explicit: Option<SdHyper>) -> SdHyper {
         explicit.or(self.config_hyper).unwrap_or_default()
     }
+
+    /// Logs how many of the file's tensors no network uses, with the first few names.
+    pub fn log_unused(&self, what: &str) {
+        if self.unused.is_empty() {
+            return;
+        }
+        const SHOWN: usize = 6;
+        let mut names = self.unused[..self.unused.len().min(SHOWN)].join(", ");
+        if self.unused.len() > SHOWN {
+            names.push_str(", …");
+        }
+        tracing::info!(
+            "{what} {}: {} of its {} tensors are used by no network and were skipped ({names})",
+            self.source.path().display(),
+            self.unused.len(),
+            self.source.tensors().len(),
+        );
+    }
+}
+
+/// The tensors of a single-file LDM checkpoint outside its three networks (UNet
+/// `model.diffusion_model.*`, VAE `first_stage_model.*`, text encoder
+/// `cond_stage_model.transformer.*`), plus the VAE's training leftovers and CLIP's
+/// `position_ids` buffer, which no graph needs.
+fn checkpoint_unused(all: &TensorMap<SourceTensor>) -> Vec<String> {
+    all.keys()
+        .filter(|k| {
+            let used = k.starts_with("model.diffusion_model.")
+                || (k.starts_with("first_stage_model.")
+                    && !vae_leftover(&k["first_stage_model.".len()..]))
+                || (k.starts_with("cond_stage_model.transformer.")
+                    && !k.ends_with(".position_ids"));
+            !used
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The tensors of a standalone LDM VAE that are not the network: the training loss's
+/// (`loss.*`, in unpruned files) and LitEma's counters (`model_ema.*`), which A1111 also drops.
+fn vae_leftover(key: &str) -> bool {
+    key.starts_with("loss.") || key.starts_with("model_ema.")
 }
 
 /// The UNet of a checkpoint, a diffusers pipeline folder, a diffusers `unet/` folder or file.
@@ -83,7 +130,9 @@ pub fn unet(path: &Path) -> Result<NetWeights, WeightsError> {
         return Err(wrong(kind));
     }
     let all = source.tensors();
+    let mut unused = Vec::new();
     let (tensors, layout) = if let Some(ldm) = strip(all, "model.diffusion_model.") {
+        unused = checkpoint_unused(all);
         (
             ldm::unet(&ldm).map_err(|k| unexpected(&file, "UNet", &k))?,
             Layout::Ldm,
@@ -106,6 +155,7 @@ pub fn unet(path: &Path) -> Result<NetWeights, WeightsError> {
         tensors,
         layout,
         config_hyper: config.as_deref().map(read_config).transpose()?,
+        unused,
     })
 }
 
@@ -116,7 +166,9 @@ pub fn vae(path: &Path) -> Result<NetWeights, WeightsError> {
     let source = SourceFile::open(&file)?;
     let all = source.tensors();
     let wrong = |found| wrong_kind(&file, "an SD 1.5 checkpoint or VAE", found);
+    let mut unused = Vec::new();
     let (tensors, layout) = if let Some(ldm) = strip(all, "first_stage_model.") {
+        unused = checkpoint_unused(all);
         let kind = detect::classify(all);
         if kind != ModelKind::Sd15 && kind != ModelKind::Vae {
             return Err(wrong(kind));
@@ -126,6 +178,11 @@ pub fn vae(path: &Path) -> Result<NetWeights, WeightsError> {
             Layout::Ldm,
         )
     } else if all.keys().any(|k| k.starts_with("encoder.down.")) {
+        unused = all
+            .keys()
+            .filter(|k| vae_leftover(k))
+            .map(str::to_owned)
+            .collect();
         (
             ldm::vae(all).map_err(|k| unexpected(&file, "VAE", &k))?,
             Layout::Ldm,
@@ -146,6 +203,7 @@ pub fn vae(path: &Path) -> Result<NetWeights, WeightsError> {
         tensors,
         layout,
         config_hyper: config.as_deref().map(read_config).transpose()?,
+        unused,
     })
 }
 
@@ -159,7 +217,14 @@ pub fn controlnet(path: &Path) -> Result<NetWeights, WeightsError> {
     if kind != ModelKind::ControlNet {
         return Err(wrong(kind));
     }
+    let mut unused = Vec::new();
     let (tensors, layout) = if let Some(ldm) = strip(all, "control_model.") {
+        // ControlNet 1.0's files hold the whole ControlLDM: the SD model beside it is unused.
+        unused = all
+            .keys()
+            .filter(|k| !k.starts_with("control_model."))
+            .map(str::to_owned)
+            .collect();
         (
             ldm::unet(&ldm).map_err(|k| unexpected(&file, "ControlNet", &k))?,
             Layout::Ldm,
@@ -180,6 +245,7 @@ pub fn controlnet(path: &Path) -> Result<NetWeights, WeightsError> {
         tensors,
         layout,
         config_hyper: config.as_deref().map(read_config).transpose()?,
+        unused,
     })
 }
 

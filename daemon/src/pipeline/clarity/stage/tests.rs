@@ -6,6 +6,7 @@ use super::*;
 use crate::engine::NoRecovery;
 use crate::pipeline::clarity::stages;
 use crate::pipeline::clarity::testing::{NearestUpscaler, Pointwise, TinyVae};
+use crate::pipeline::clarity::vae::VaeTiling;
 use crate::pipeline::sampling::noise::SeededNoise;
 use crate::pipeline::sampling::schedule::Training;
 use ndarray::{Array2, ArrayD, ArrayView4};
@@ -58,12 +59,12 @@ fn run(sampler: Sampler, rules: Rules, batch: usize, strength: f32) -> Outcome {
         cfg: 6.0,
         resemblance: 0.6,
         decay: 0.825,
-        vae_tiling: VaeTiling {
+        vae: VaePolicy::bounded(VaeTiling {
             encoder_tile: 32,
             encoder_pad: 8,
             decoder_tile: 4,
             decoder_pad: 1,
-        },
+        }),
     };
     let mut upscaler = NearestUpscaler { scale: 4, calls: 0 };
     let mut vae = TinyVae::default();
@@ -197,7 +198,7 @@ fn a_cancel_stops_the_stage_at_the_next_network_call() {
         cfg: 6.0,
         resemblance: 0.6,
         decay: 1.0,
-        vae_tiling: VaeTiling::new(1024, 128),
+        vae: VaePolicy::bounded(VaeTiling::new(1024, 128)),
     };
     let mut unet = Pointwise::default();
     let mut seen = 0;
@@ -311,12 +312,12 @@ fn run_cramped(batch: usize, fits: usize) -> (Array3<f32>, Vec<String>, bool, f6
         cfg: 6.0,
         resemblance: 0.6,
         decay: 0.825,
-        vae_tiling: VaeTiling {
+        vae: VaePolicy::bounded(VaeTiling {
             encoder_tile: 32,
             encoder_pad: 8,
             decoder_tile: 4,
             decoder_pad: 1,
-        },
+        }),
     };
     let on_gpu = std::rc::Rc::new(std::cell::Cell::new(true));
     let engine = StandInEngine {
@@ -396,4 +397,26 @@ fn vae_tiles_halve_down_to_their_floor() {
     assert_eq!(t.halvings(), 3);
     assert_eq!(t.halved(0), t);
     assert_eq!(VaeTiling::new(64, 8).halvings(), 0);
+}
+
+#[test]
+fn a_vae_pass_out_of_memory_goes_to_the_bounded_tiles_then_halves_them() {
+    use crate::pipeline::clarity::vae::{VaePass, VaeRule};
+    let policy = VaePolicy {
+        rule: VaeRule::Clarity,
+        accelerator: true,
+        budget: 0,
+        bounded: VaeTiling::new(512, 54),
+    };
+    // On an accelerator Clarity's rule decodes a 128² latent whole.
+    assert_eq!(policy.shrunk(0).decoder(128, 128), VaePass::Whole);
+    let tile = |level| match policy.shrunk(level).decoder(128, 128) {
+        VaePass::Tiled(pass) => pass.tile,
+        VaePass::Whole => 0,
+    };
+    assert_eq!((tile(1), tile(2), tile(3)), (54, 27, 13));
+    assert_eq!(
+        policy.shrink_levels(),
+        1 + VaeTiling::new(512, 54).halvings()
+    );
 }

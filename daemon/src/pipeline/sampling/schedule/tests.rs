@@ -1,4 +1,5 @@
-//! The tables of `clarity-algorithm.md` §2.6, §3.3 and §10.
+//! The σ tables, timesteps and start indices of every sampler, from the references' formulas
+//! (`docs/pipeline.md`), with the numbers recomputed independently in Python.
 
 use super::*;
 
@@ -66,6 +67,54 @@ fn clarity_start_indices_and_evaluations() {
         18,
         "capped at 0.999"
     );
+}
+
+/// The same 18-step "DPM++ 3M SDE Karras" table from A1111 1.7's fp16 ᾱ (Clarity's fork), as
+/// numpy computes it: ᾱ float64 → float32 → float16, each σ operation rounded to float16, the
+/// Karras ramp in float32.
+const CLARITY_HALF_TABLE: [f64; 19] = [
+    14.6094, 11.5953, 9.1307, 7.1295, 5.5167, 4.2273, 3.2053, 2.4029, 1.7792, 1.2997, 0.9356,
+    0.6626, 0.4610, 0.3144, 0.2098, 0.1365, 0.0864, 0.0529, 0.0,
+];
+
+#[test]
+fn a1111_halves_the_training_table() {
+    let t = Training::sd15_half();
+    assert_eq!(t.sigma_min(), 0.03125);
+    assert_eq!(t.sigma_max(), 14.609375);
+    // Every value is an fp16 number.
+    for (&a, &s) in t.alphas_cumprod.iter().zip(&t.sigmas) {
+        for v in [a, s] {
+            assert_eq!(f64::from(half::f16::from_f64(v).to_f32()), v);
+        }
+    }
+    // σ still rises with t; a training σ maps back near its own timestep only (its log σ
+    // is rounded to fp16 too, as k-diffusion's buffer is).
+    assert!(t.sigmas.windows(2).all(|w| w[0] < w[1]));
+    let back = t.t_from_sigma(t.sigmas[500]);
+    assert!(back != 500.0 && (back - 500.0).abs() < 0.05, "{back}");
+    // The float64 table is the one the Refiners library uses.
+    assert!((Training::sd15().sigma_min() - 0.029167).abs() < 1e-6);
+}
+
+#[test]
+fn clarity_runs_on_the_half_table() {
+    let s = full(Sampler::DpmPp3mSdeKarras, 18, &Training::sd15_half());
+    close(&s.sigmas, &CLARITY_HALF_TABLE, 5e-5);
+    // Creativity 0.35: 7 evaluations from σ 0.6626 (t ≈ 237, not 0.6450 and 230); the later
+    // stages (0.28, 0.224) from 0.4610 and 0.3144.
+    let r = run(&s, evaluations(StrengthRule::A1111, 0.35, 18));
+    assert_eq!((r.start, r.evaluations()), (11, 7));
+    close(&r.timesteps[..3], &[237.026, 152.312, 87.026], 1e-3);
+    for (strength, sigma) in [(0.35 * 0.8, 0.4610), (0.35 * 0.8 * 0.8, 0.3144)] {
+        let r = run(&s, evaluations(StrengthRule::A1111, strength, 18));
+        assert!((r.start_sigma() - sigma).abs() < 5e-5, "{strength}");
+    }
+    // Creativity 0 still evaluates once, at the last nonzero σ, and lands on 0.
+    let r = run(&s, evaluations(StrengthRule::A1111, 0.0, 18));
+    assert_eq!(r.evaluations(), 1);
+    close(&r.sigmas, &[0.0529, 0.0], 5e-5);
+    assert!((r.timesteps[0] - 2.3977).abs() < 1e-3);
 }
 
 #[test]
