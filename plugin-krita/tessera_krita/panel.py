@@ -257,6 +257,7 @@ class Panel(QWidget):
                 continue
             row, row_group = None, ""
             form.addRow(self._label(spec.label, widget), widget)
+        self._follow_preset(values.get("preset"))
 
     def _parameter_widget(self, spec: params.Spec, value: Any) -> QWidget:
         key = spec.key
@@ -289,6 +290,15 @@ class Panel(QWidget):
             edit.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
             edit.textChanged.connect(lambda key=key, e=edit: self._store(key, e.toPlainText()))
             return edit
+        if spec.kind == params.CHOICE:
+            combo = QComboBox()
+            for name, label, _ in spec.choices:
+                combo.addItem(label, name)
+            combo.setCurrentIndex(max(0, combo.findData(value)))
+            combo.currentIndexChanged.connect(
+                lambda _, key=key, c=combo: self._choose(key, c.currentData())
+            )
+            return combo
         combo = QComboBox()
         combo.setProperty("tessera_kind", int(spec.model_kind))
         combo.setProperty("tessera_key", key)
@@ -371,6 +381,19 @@ class Panel(QWidget):
             self.settings.set_value(key, value)
         except params.InvalidParameter as e:
             self.show_message(str(e), error=True)
+
+    def _choose(self, key: str, value: Any) -> None:
+        self._store(key, value)
+        if key == "preset":
+            self._follow_preset(value)
+
+    def _follow_preset(self, preset: Any) -> None:
+        """Greys out what the Upscaler-only preset ignores."""
+        diffusion = preset != "upscaler"
+        for key in params.DIFFUSION_KEYS:
+            widget = self.inputs.get(key)
+            if widget is not None:
+                widget.setEnabled(diffusion)
 
     def _set_model_items(self, combo: QComboBox, names: List[str], current: Optional[str]) -> None:
         combo.blockSignals(True)

@@ -1,12 +1,13 @@
 """The job parameters: Clarity's names, defaults, ranges and tooltips, and
 their mapping onto the protocol's ``JobParams``.
 
-Every parameter the Clarity pipeline will take is described here once. A
+Every parameter the pipelines take is described here once. A
 parameter is *offered* — shown in the docker, saved in the settings and sent
 — only when the protocol's ``JobParams`` has a field of the same name, so
 the docker never shows a control that would do nothing, and works against
 an older daemon that takes fewer parameters. A creativity of 0 still runs
-Clarity's VAE round trip (the Upscaler preset is ESRGAN alone).
+Clarity's VAE round trip; the Upscaler preset is ESRGAN alone, and needs no
+Stable Diffusion models.
 
 No Qt and no Krita here.
 """
@@ -14,9 +15,9 @@ No Qt and no Krita here.
 import dataclasses
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from .proto import JobParams, ModelKind
+from .proto import JobParams, ModelKind, Preset
 
-FLOAT, INT, TEXT, MODEL = "float", "int", "text", "model"
+FLOAT, INT, TEXT, MODEL, CHOICE = "float", "int", "text", "model", "choice"
 
 
 class Spec(NamedTuple):
@@ -38,6 +39,8 @@ class Spec(NamedTuple):
     group: str = ""
     #: Placeholder text for an empty :data:`TEXT` or :data:`MODEL`.
     placeholder: str = ""
+    #: For :data:`CHOICE`: (setting value, label, protocol value) of each option.
+    choices: Tuple[Tuple[str, str, Any], ...] = ()
 
 
 CLARITY_PROMPT = (
@@ -47,6 +50,20 @@ CLARITY_NEGATIVE_PROMPT = "(worst quality, low quality, normal quality:2) Jugger
 
 #: Every parameter, in the order the docker shows them.
 SPECS: Tuple[Spec, ...] = (
+    Spec(
+        "preset",
+        "Preset",
+        CHOICE,
+        "clarity",
+        "Clarity: the Clarity upscaler's pipeline (ESRGAN, then Stable Diffusion repaints the "
+        "detail). Refiners: the same idea with the Refiners library's defaults. Upscaler "
+        "only: ESRGAN alone, no repainting, no Stable Diffusion models needed.",
+        choices=(
+            ("clarity", "Clarity", Preset.CLARITY),
+            ("refiners", "Refiners", Preset.REFINERS),
+            ("upscaler", "Upscaler only", Preset.UPSCALER),
+        ),
+    ),
     Spec(
         "scale",
         "Scale",
@@ -183,7 +200,12 @@ SPECS_BY_KEY: Dict[str, Spec] = {spec.key: spec for spec in SPECS}
 
 #: The parameters the docker always shows, above the Upscale button; the others
 #: are in its folded Advanced section.
-MAIN_KEYS: Tuple[str, ...] = ("scale", "creativity", "resemblance", "prompt")
+MAIN_KEYS: Tuple[str, ...] = ("preset", "scale", "creativity", "resemblance", "prompt")
+
+#: What the Upscaler-only preset ignores (the docker greys these out for it).
+DIFFUSION_KEYS: Tuple[str, ...] = tuple(
+    spec.key for spec in SPECS if spec.key not in ("preset", "scale", "upscaler")
+)
 
 
 def wire_fields(params_type: type = JobParams) -> List[str]:
@@ -241,6 +263,12 @@ def validate(spec: Spec, value: Any) -> Any:
         if not isinstance(value, str):
             raise InvalidParameter(spec, f"{spec.label} must be a model name.")
         return value
+    if spec.kind == CHOICE:
+        for name, label, wire in spec.choices:
+            if value == wire or (isinstance(value, str) and value.lower() in (name, label.lower())):
+                return name
+        names = ", ".join(label for _, label, _ in spec.choices)
+        raise InvalidParameter(spec, f"{spec.label} must be one of {names}, not {value!r}.")
     raise AssertionError("unknown parameter kind " + spec.kind)
 
 
@@ -265,8 +293,10 @@ def to_job_params(values: Mapping[str, Any], params_type: type = JobParams) -> A
         spec = SPECS_BY_KEY.get(name)
         if spec is None:
             continue  # a field this plug-in does not know: the protocol's default
-        value = values.get(name, spec.default)
-        kwargs[name] = validate(spec, value)
+        value = validate(spec, values.get(name, spec.default))
+        if spec.kind == CHOICE:
+            value = next(wire for choice, _, wire in spec.choices if choice == value)
+        kwargs[name] = value
     if "scale" in kwargs:
         kwargs["scale"] = float(kwargs["scale"])
     return params_type(**kwargs)

@@ -32,6 +32,7 @@ ModelKind = tessera_client.ModelKind
 Models = tessera_client.Models
 Progress = tessera_client.Progress
 PROTOCOL_VERSION = tessera_client.PROTOCOL_VERSION
+Preset = tessera_client.Preset
 ProtocolError = tessera_client.ProtocolError
 Rejected = tessera_client.Rejected
 Accepted = tessera_client.Accepted

@@ -28,7 +28,7 @@ from tessera_krita import pixels, texts
 SRGB = "sRGB-elle-V2-srgbtrc.icc"
 LINEAR = "sRGB-elle-V2-g10.icc"  # Krita's default for 16-bit and float documents
 # Creativity 0: the upscaler alone, since the test data directory has no SD models.
-TINY = {"upscaler": "tiny-x4", "creativity": 0.0}
+TINY = {"upscaler": "tiny-x4", "preset": "upscaler"}
 
 CASES = [
     # 8-bit, a selection, in place.
@@ -50,7 +50,7 @@ CASES = [
     dict(name="cancel", width=256, height=256, depth="U8", profile=SRGB, output="in-place",
          selection=[0, 0, 256, 256], values=dict(TINY, scale=4), cancel_at_progress=0.0),
     dict(name="missing_model", width=16, height=16, depth="U8", profile=SRGB,
-         output="in-place", values={"scale": 2, "upscaler": "no-such-model", "creativity": 0.0}),
+         output="in-place", values={"scale": 2, "upscaler": "no-such-model", "preset": "upscaler"}),
 ]  # fmt: skip
 BY_NAME = {case["name"]: case for case in CASES}
 
@@ -86,7 +86,7 @@ def cli_upscale(daemon, case, rect, data, tmp_path):
     for _ in range(5):
         run = daemon.cli(
             "upscale", str(source), "-o", str(target), "--scale", str(values["scale"]),
-            "--model", values["upscaler"], "--creativity", "0", "--no-start",
+            "--model", values["upscaler"], "--preset", "upscaler", "--no-start",
         )  # fmt: skip
         # The daemon can queue a small job's first Progress ahead of its
         # Accepted, which the CLI takes for a protocol error (a daemon race,

@@ -44,6 +44,7 @@ def test_the_plugin_loads_with_its_actions_and_docker(gui):
     assert gui["connected"], gui["status_text"]
     assert gui["status_text"].startswith("Connected · idle · 0 queued · ")
     assert "tiny-x4" in gui["models_in_combo"]
+    assert gui["creativity_enabled_for_upscaler"] is False, "the Upscaler-only preset ignores it"
 
 
 def test_progress_reaches_the_docker_and_a_cancel_leaves_the_document_untouched(gui):

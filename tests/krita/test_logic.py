@@ -27,6 +27,7 @@ from tessera_client import (
     ModelEntry,
     ModelKind,
     Models,
+    Preset,
     Progress,
     ProtocolError,
     Rejected,
@@ -230,6 +231,23 @@ def test_job_params_from_the_docker_values():
     assert params.to_job_params({"upscaler": ""}).upscaler is None
 
 
+def test_the_preset_is_a_named_choice_sent_as_the_protocols_value():
+    assert params.defaults()["preset"] == "clarity"
+    assert params.to_job_params({}).preset == Preset.CLARITY
+    job = params.to_job_params({"preset": "upscaler", "upscaler": "tiny-x4"})
+    assert job.preset == Preset.UPSCALER
+    # Labels, any case, and the protocol's own values are understood; settings keep the name.
+    spec = params.SPECS_BY_KEY["preset"]
+    assert params.validate(spec, "Upscaler only") == "upscaler"
+    assert params.validate(spec, Preset.REFINERS) == "refiners"
+    store = settings.DictStore()
+    settings.Settings(store).set_value("preset", "Refiners")
+    assert settings.Settings(store).values()["preset"] == "refiners"
+    # The Upscaler-only preset needs no SD model: what it ignores is every diffusion setting.
+    assert "creativity" in params.DIFFUSION_KEYS and "checkpoint" in params.DIFFUSION_KEYS
+    assert "scale" not in params.DIFFUSION_KEYS and "upscaler" not in params.DIFFUSION_KEYS
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [
@@ -241,6 +259,7 @@ def test_job_params_from_the_docker_values():
         ("steps", 2.5, "Steps must be a whole number."),
         ("creativity", 1.5, "Creativity must be between 0 and 1; 1.5 is out of range."),
         ("upscaler", 3, "Upscaler model must be a model name."),
+        ("preset", "fast", "Preset must be one of Clarity, Refiners, Upscaler only, not 'fast'."),
     ],
 )
 def test_invalid_values_are_refused_in_words(key, value, message):

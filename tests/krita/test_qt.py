@@ -44,7 +44,7 @@ def check(out, qt):
     assert out["status"] == "Connected · idle · 0 queued · fake"
     assert out["models"] == ["Daemon default", "fake-x2"]
     layout = out["layout"]
-    assert layout["main"] == ["creativity", "prompt", "resemblance", "scale"]
+    assert layout["main"] == ["creativity", "preset", "prompt", "resemblance", "scale"]
     assert layout["advanced"] == sorted(
         spec.key for spec in SPECS if spec.key not in layout["main"]
     )

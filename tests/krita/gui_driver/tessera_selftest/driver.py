@@ -205,8 +205,12 @@ def drive(app, ctx):
     report["models_in_combo"] = [combo.itemText(i) for i in range(combo.count())]
     combo.setCurrentIndex(combo.findData(spec["model"]))
     dock.findChild(QDoubleSpinBox, "tessera_param_scale").setValue(spec["scale"])
-    # Creativity 0 runs the upscaler alone: the test data directory has no SD models.
-    dock.findChild(QDoubleSpinBox, "tessera_param_creativity").setValue(0.0)
+    # The upscaler alone: the test data directory has no SD models.
+    preset = dock.findChild(QComboBox, "tessera_param_preset")
+    preset.setCurrentIndex(preset.findData("upscaler"))
+    report["creativity_enabled_for_upscaler"] = dock.findChild(
+        QDoubleSpinBox, "tessera_param_creativity"
+    ).isEnabled()
     output = dock.findChild(QComboBox, "tessera_output")
     output.setCurrentIndex(output.findData("new-document"))
 
