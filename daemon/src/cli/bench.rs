@@ -32,6 +32,7 @@ fn engine(target: &Target, device: &BenchDevice) -> anyhow::Result<Arc<Engine>> 
         },
         EngineTuning {
             execution_providers: providers,
+            precision_hint: device.cpu_precision_hint.unwrap_or_default(),
             ..EngineTuning::default()
         },
     )?;

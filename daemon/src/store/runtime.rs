@@ -50,6 +50,9 @@ pub struct InstalledRuntime {
     /// The CUDA and cuDNN libraries installed into `runtime/cuda/` for a GPU wheel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda: Option<CudaLibraries>,
+    /// Plugin execution providers installed into `runtime/plugins/` (`store/plugins.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<super::plugins::InstalledPlugin>,
 }
 
 fn cpu_only() -> Vec<String> {
@@ -179,7 +182,10 @@ pub fn install(
     };
     let needed = CudaLibraries::needed_by(&wheel)?;
     let mut record = unpack(dir, &wheel, &options.package, &options.version)?;
-    let previous = read_record(&dir.runtime()).and_then(|c| c.cuda);
+    let earlier = read_record(&dir.runtime());
+    // Plugins load into any ONNX Runtime of a recent enough version: they stay.
+    record.plugins = earlier.as_ref().map(|r| r.plugins.clone()).unwrap_or_default();
+    let previous = earlier.and_then(|c| c.cuda);
     // Recorded now, with the libraries still in place, as not checked for CUDA: should fetching
     // fail, the next run tries again (and knows what to replace).
     record.cuda = previous.clone();
@@ -250,9 +256,13 @@ pub fn adopt(dir: &DataDir, library: &Path) -> Result<InstalledRuntime, RuntimeI
         providers: cpu_only(),
         dependencies_read: true,
         cuda: None,
+        plugins: Vec::new(),
     };
-    // CUDA libraries installed for an earlier runtime belong to that one.
-    let previous = read_record(&dir.runtime()).and_then(|r| r.cuda);
+    // CUDA libraries installed for an earlier runtime belong to that one; plugins stay.
+    let earlier = read_record(&dir.runtime());
+    let mut record = record;
+    record.plugins = earlier.as_ref().map(|r| r.plugins.clone()).unwrap_or_default();
+    let previous = earlier.and_then(|r| r.cuda);
     cuda::remove_stale(&dir.runtime(), previous.as_ref(), None);
     write_record(dir, &record)?;
     Ok(record)
@@ -388,11 +398,15 @@ fn unpack(
         ),
         dependencies_read: false,
         cuda: None,
+        plugins: Vec::new(),
     };
     Ok(record)
 }
 
-fn write_record(dir: &DataDir, record: &InstalledRuntime) -> Result<(), RuntimeInstallError> {
+pub(crate) fn write_record(
+    dir: &DataDir,
+    record: &InstalledRuntime,
+) -> Result<(), RuntimeInstallError> {
     let text = toml::to_string(record).expect("plain record serialises");
     let record_path = dir.runtime().join(RECORD);
     write_atomically(&record_path, text.as_bytes()).map_err(|source| RuntimeInstallError::Io {
@@ -566,6 +580,7 @@ mod tests {
                 }],
                 ..CudaLibraries::default()
             }),
+            plugins: Vec::new(),
         };
         write_record(&dir, &gpu).unwrap();
         let options = InstallOptions {
