@@ -486,42 +486,52 @@ pub struct PluginSettings {
     pub threads: usize,
 }
 
-/// The provider options of a session on `ep` (the provider's own keys), e.g. OpenVINO's
-/// `precision`, `cache_dir`, `num_of_threads`, `load_config`.
-pub fn options(ep: PluginEp, settings: &PluginSettings) -> Vec<(String, String)> {
+/// The provider options of a session on `ep` (the provider's own keys): OpenVINO's
+/// `load_config` (its device's precision hint, threads and cache folder), WebGPU's adapter
+/// preference, TensorRT-RTX's device and runtime cache.
+/// `native_device` is the provider's own name of the device (OpenVINO's `ov_device`: `CPU`,
+/// `GPU.0`, `NPU`), empty when unknown.
+pub fn options(
+    ep: PluginEp,
+    native_device: &str,
+    settings: &PluginSettings,
+) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| out.push((k.to_owned(), v));
     match ep.provider {
         PluginProvider::OpenVino => {
-            // OpenVINO accepts FP32 or ACCURACY on its CPU and FP16, FP32 or ACCURACY on a GPU
-            // (FP16 or ACCURACY on an NPU); ACCURACY keeps the graph's own types.
-            let precision = match (ep.kind, settings.graph_fp16) {
-                (DeviceKind::Cpu, false) => "FP32",
-                (DeviceKind::Cpu, true) => "ACCURACY",
-                (DeviceKind::Gpu, false) => "FP32",
-                (DeviceKind::Gpu, true) | (DeviceKind::Npu, _) => "FP16",
+            // With a load_config OpenVINO ignores its other options (`precision`, `cache_dir`,
+            // `num_of_threads`): everything goes in as OpenVINO properties of the device.
+            let mut properties: Vec<(&str, String)> = Vec::new();
+            let inference = match (ep.kind, settings.hint, settings.graph_fp16) {
+                // A GPU or NPU computes in f16 unless the graph asks for f32.
+                (DeviceKind::Gpu, _, false) => "f32",
+                (DeviceKind::Gpu | DeviceKind::Npu, _, _) => "f16",
+                (DeviceKind::Cpu, _, true) => "f16",
+                (DeviceKind::Cpu, PrecisionHint::Graph, false) => "f32",
+                (DeviceKind::Cpu, PrecisionHint::Bf16, false) => "bf16",
+                (DeviceKind::Cpu, PrecisionHint::Fp16, false) => "f16",
             };
-            set("precision", precision.into());
-            if ep.on_cpu() {
-                let inference = match settings.hint {
-                    PrecisionHint::Graph if settings.graph_fp16 => None,
-                    PrecisionHint::Graph => Some("f32"),
-                    PrecisionHint::Bf16 => Some("bf16"),
-                    PrecisionHint::Fp16 => Some("f16"),
-                };
-                if let Some(inference) = inference {
-                    set(
-                        "load_config",
-                        format!("{{\"CPU\":{{\"INFERENCE_PRECISION_HINT\":\"{inference}\"}}}}"),
-                    );
-                }
-                if settings.threads > 0 {
-                    set("num_of_threads", settings.threads.to_string());
-                }
+            properties.push(("INFERENCE_PRECISION_HINT", inference.into()));
+            if ep.on_cpu() && settings.threads > 0 {
+                properties.push(("INFERENCE_NUM_THREADS", settings.threads.to_string()));
             }
             if let Some(dir) = &settings.cache_dir {
-                set("cache_dir", dir.to_string_lossy().into_owned());
+                properties.push(("CACHE_DIR", dir.to_string_lossy().into_owned()));
             }
+            let body: Vec<String> = properties
+                .iter()
+                .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
+                .collect();
+            let device = if native_device.is_empty() {
+                ep.kind.name()
+            } else {
+                native_device
+            };
+            set(
+                "load_config",
+                format!("{{{}:{{{}}}}}", json_string(device), body.join(",")),
+            );
         }
         PluginProvider::WebGpu => {
             // The discrete GPU of a laptop with two, unless a device is named.
@@ -538,6 +548,18 @@ pub fn options(ep: PluginEp, settings: &PluginSettings) -> Vec<(String, String)>
         }
     }
     out
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+/// The provider's own name of a device (OpenVINO's `ov_device`), from its metadata.
+pub(crate) fn native_name(device: &Device<'_>) -> String {
+    ep_api::provider_metadata(device)
+        .remove("ov_device")
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -245,7 +245,8 @@ pub(super) fn register(
         }
         ExecutionProvider::Plugin(plugin) => {
             let device = plugins::ort_device(runtime, plugin)?;
-            let options = plugins::options(plugin, &settings.plugin());
+            let native = plugins::native_name(&device);
+            let options = plugins::options(plugin, &native, &settings.plugin());
             return super::ep_api::append_for_device(builder, &runtime.env, &device, &options)
                 .map_err(|e| one_line(&e));
         }
