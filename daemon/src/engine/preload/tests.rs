@@ -137,6 +137,7 @@ fn record(runtime_dir: &Path, files: &[&str]) {
         wheel: String::new(),
         providers: vec!["cuda".into(), "cpu".into()],
         dependencies_read: true,
+        plugins: Vec::new(),
         cuda: Some(CudaLibraries {
             requirements: vec!["nvidia-cuda-runtime~=13.0".into()],
             cuda_major: Some(13),
