@@ -48,7 +48,9 @@ pub use fallback::{
 use faults::FaultState;
 pub use faults::Faults;
 pub use nvml::DeviceMemory;
-pub use preload::{Preloaded, preload_cuda_libraries, preloaded as preloaded_cuda_libraries};
+pub use preload::{
+    DIRECTML_DLL, Preloaded, preload_cuda_libraries, preloaded as preloaded_cuda_libraries,
+};
 pub use probe::ProbeReport;
 pub use providers::{
     ConvSearch, CudaOptions, EpSettings, cuda_options, parse_list as parse_providers,

@@ -577,4 +577,29 @@ mod tests {
             "nothing CUDA is needed"
         );
     }
+
+    #[test]
+    fn directml_takes_the_high_performance_gpu_unless_an_adapter_is_named() {
+        let chosen = format!("{:?}", directml(None));
+        for expected in ["device_id: None", "HighPerformance", "device_filter: Gpu"] {
+            assert!(chosen.contains(expected), "{expected} not in {chosen}");
+        }
+        let named = format!("{:?}", directml(Some(1)));
+        assert!(named.contains("device_id: Some(1)"), "{named}");
+    }
+
+    #[test]
+    fn coreml_compiles_ml_programs_into_the_compiled_cache() {
+        let passed = format!("{:?}", coreml(Some(Path::new("/data/cache/compiled/coreml"))));
+        for expected in [
+            "\"ModelFormat\": \"MLProgram\"",
+            "\"MLComputeUnits\": \"ALL\"",
+            "\"RequireStaticInputShapes\": \"false\"",
+            "\"ModelCacheDirectory\": \"/data/cache/compiled/coreml\"",
+        ] {
+            assert!(passed.contains(expected), "{expected} not in {passed}");
+        }
+        assert!(!format!("{:?}", coreml(None)).contains("ModelCacheDirectory"));
+    }
+
 }

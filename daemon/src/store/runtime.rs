@@ -323,9 +323,13 @@ fn find_wheel(folder: &Path, package: &str, version: &str) -> std::io::Result<Op
 }
 
 /// True for the shared libraries a wheel's `onnxruntime/capi/` carries
-/// (the main library and its execution-provider plug-ins), false for the
+/// (the main library, its execution-provider plug-ins, and the DirectML wheel's own
+/// `DirectML.dll`, newer than the one Windows ships), false for the
 /// Python extension module and everything else.
 fn is_runtime_library(file_name: &str) -> bool {
+    if file_name.eq_ignore_ascii_case(crate::engine::DIRECTML_DLL) {
+        return true;
+    }
     if !file_name.starts_with("libonnxruntime") && !file_name.starts_with("onnxruntime") {
         return false;
     }
@@ -337,7 +341,9 @@ fn is_runtime_library(file_name: &str) -> bool {
 
 /// The library `ort` loads, as opposed to provider plug-ins.
 fn is_main_library(file_name: &str) -> bool {
-    is_runtime_library(file_name) && !file_name.contains("providers")
+    is_runtime_library(file_name)
+        && !file_name.contains("providers")
+        && !file_name.eq_ignore_ascii_case(crate::engine::DIRECTML_DLL)
 }
 
 fn unpack(
@@ -606,5 +612,7 @@ mod tests {
         assert!(is_runtime_library("libonnxruntime_providers_cuda.so"));
         assert!(!is_runtime_library("onnxruntime_pybind11_state.pyd"));
         assert!(!is_runtime_library("__init__.py"));
+        assert!(is_runtime_library("DirectML.dll"), "the wheel's own DirectML");
+        assert!(!is_main_library("DirectML.dll"));
     }
 }

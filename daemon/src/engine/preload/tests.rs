@@ -202,3 +202,21 @@ fn the_libraries_recorded_beside_a_cuda_runtime_are_the_ones_preloaded() {
         [linked_runtime.join("cuda/libcudart.so.13")]
     );
 }
+
+#[test]
+fn the_wheels_directml_is_found_beside_the_runtime_and_loaded_by_its_full_path() {
+    let temp = tempfile::tempdir().unwrap();
+    let main = temp.path().join("onnxruntime.dll");
+    std::fs::write(&main, b"runtime").unwrap();
+    assert_eq!(directml_beside(&main), None, "none there: the system's is used");
+    assert!(directml(&main).is_none());
+    // The wheel spells it DirectML.dll; a file system may keep another case.
+    let dll = shared_object(
+        temp.path(),
+        "directml.dll",
+        "int dml_stand_in(void) { return 7; }\n",
+        &[],
+    );
+    assert_eq!(directml_beside(&main), Some(dll.clone()));
+    assert_eq!(directml(&main), Some(Ok(dll)));
+}
