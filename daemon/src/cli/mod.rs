@@ -131,6 +131,14 @@ pub struct BenchDevice {
     /// ONNX Runtime threads (default: one per core)
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Write the output (sd-step: the first noise prediction, f32; clarity: the last image's
+    /// samples) to FILE, as the reference of a later --compare
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Report the output's difference to a --save of another run (e.g. the CPU provider in
+    /// fp32, the same models and sizes)
+    #[arg(long, value_name = "FILE")]
+    pub compare: Option<PathBuf>,
 }
 
 /// `bench sd-step` arguments.
