@@ -338,7 +338,7 @@ fn human_size(bytes: u64) -> String {
 
 /// What `tessera runtime install` installs: the package, the providers (when they are to be
 /// recorded, plugins installed), and why.
-pub(crate) struct RuntimePlan {
+pub struct RuntimePlan {
     pub package: String,
     pub providers: Option<Vec<String>>,
     pub reason: String,
@@ -346,7 +346,7 @@ pub(crate) struct RuntimePlan {
 
 /// The package and providers: as asked, else what the providers need, else what fits the
 /// machine (`store/accelerator.rs`).
-pub(crate) fn runtime_plan(
+pub fn runtime_plan(
     package: Option<String>,
     providers: Option<&str>,
 ) -> anyhow::Result<RuntimePlan> {

@@ -5,6 +5,7 @@
 mod bench;
 pub mod client;
 mod commands;
+pub use commands::{RuntimePlan, runtime_plan};
 mod doctor;
 pub mod imagefile;
 mod launch;

@@ -796,7 +796,12 @@ impl Engine {
             ExecutionProvider::Plugin(p) if p.provider.compiles() => {
                 let device = self.plugin_devices.iter().find(|d| d.ep == p)?;
                 let kind = p.config_name();
-                let device_name = kind.split_once(':').map_or("device", |(_, d)| d).to_owned();
+                let mut device_name =
+                    kind.split_once(':').map_or("device", |(_, d)| d).to_owned();
+                // A CPU device compiles per precision hint: one folder each.
+                if p.on_cpu() && self.precision_hint != PrecisionHint::Graph {
+                    device_name.push_str(&format!("-{:?}", self.precision_hint).to_lowercase());
+                }
                 (
                     p.provider.config_name().to_owned(),
                     device.provider_version.clone(),

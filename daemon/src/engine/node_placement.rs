@@ -6,7 +6,8 @@
 //! show with their operator, which says what the accelerator could not take.
 //!
 //! The session's warnings (Memcpy nodes added, nodes not on the preferred provider) are passed
-//! on to the log, as ONNX Runtime's default logger would print them.
+//! on to the log, as ONNX Runtime's default logger would print them, and the placement lines
+//! at info level under the `onnxruntime` target.
 
 use std::sync::{Arc, Mutex};
 
@@ -115,6 +116,8 @@ pub fn capture(model: &str) -> (LoggerFunction, Arc<Mutex<Vec<String>>>) {
     let model = model.to_owned();
     let logger: LoggerFunction = Arc::new(move |level, _category, _id, location, message| {
         if location.contains("VerifyEachNodeIsAssignedToAnEp") {
+            // In the log too (`TESSERA_LOG=onnxruntime=info`; scripts/gpu-check counts them).
+            tracing::info!(target: "onnxruntime", model = %model, "{message}");
             kept.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(message.to_owned());
