@@ -15,10 +15,10 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tessera::engine::PluginProvider;
 use tessera::setup::manifest::Manifest;
 use tessera::setup::places::Home;
 use tessera::setup::record::{InstallRecord, Item};
-use tessera::engine::PluginProvider;
 use tessera::store::{DataDir, accelerator, runtime};
 use tessera_protocol::{ModelKind, paths};
 
@@ -252,12 +252,20 @@ fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> an
         .map(|p| tessera::engine::plugins::folder(dir.root(), *p))
         .collect();
     let plugins_root = dir.runtime().join("plugins");
-    let mut folders = vec![dir.runtime(), cuda.clone(), wheels.clone(), plugins_root.clone()];
+    let mut folders = vec![
+        dir.runtime(),
+        cuda.clone(),
+        wheels.clone(),
+        plugins_root.clone(),
+    ];
     folders.extend(plugin_dirs.iter().cloned());
     let before = listing(&folders);
     let result = fetch_runtime(args, dir);
     // What the step added is recorded even when it failed half way, for --uninstall.
-    for folder in [&wheels, &cuda, &plugins_root].into_iter().chain(&plugin_dirs) {
+    for folder in [&wheels, &cuda, &plugins_root]
+        .into_iter()
+        .chain(&plugin_dirs)
+    {
         if folder.is_dir() && !before.contains(folder) && !record.dirs.contains(folder) {
             record.note_dir(folder);
         }
@@ -335,7 +343,10 @@ fn fetch_runtime(args: &Args, dir: &DataDir) -> anyhow::Result<runtime::Installe
         .ort_version
         .clone()
         .unwrap_or_else(|| runtime::default_version(&plan.package).to_owned());
-    println!("ONNX Runtime     {} {version} ({})", plan.package, plan.reason);
+    println!(
+        "ONNX Runtime     {} {version} ({})",
+        plan.package, plan.reason
+    );
     let options = runtime::InstallOptions {
         package: plan.package.clone(),
         version,

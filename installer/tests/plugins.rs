@@ -18,8 +18,8 @@ fn wheel(project: &str, version: &str, files: &[(&str, &[u8])]) -> (String, Vec<
     let platform = format!("manylinux_2_28_{}", std::env::consts::ARCH);
     let name = format!("{dist}-{version}-py3-none-{platform}.whl");
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     let info = format!("{dist}-{version}.dist-info");
     let mut all: Vec<(String, Vec<u8>)> = files
         .iter()
@@ -82,8 +82,10 @@ fn index() -> BTreeMap<String, Vec<u8>> {
     for (project, (name, bytes)) in wheels {
         files.insert(
             format!("/simple/{project}/"),
-            format!("<!DOCTYPE html><html><body><a href=\"/files/{name}\">{name}</a></body></html>\n")
-                .into_bytes(),
+            format!(
+                "<!DOCTYPE html><html><body><a href=\"/files/{name}\">{name}</a></body></html>\n"
+            )
+            .into_bytes(),
         );
         files.insert(format!("/files/{name}"), bytes);
         root.push_str(&format!("<a href=\"/simple/{project}/\">{project}</a>\n"));
@@ -121,10 +123,7 @@ fn a_plugin_provider_is_installed_recorded_and_uninstalled() {
     let output = run(&mut install);
     assert!(output.status.success());
     let out = stdout(&output);
-    assert!(
-        out.contains("onnxruntime-ep-openvino 1.8.1 in"),
-        "{out}"
-    );
+    assert!(out.contains("onnxruntime-ep-openvino 1.8.1 in"), "{out}");
     assert!(
         out.contains("execution providers: openvino:gpu, cpu"),
         "{out}"
@@ -146,10 +145,7 @@ fn a_plugin_provider_is_installed_recorded_and_uninstalled() {
     assert_eq!(record.plugins[0].files.len(), 4);
     // The install record lists the plugin's files, so that --uninstall takes them.
     let installed = std::fs::read_to_string(home.data().join("install.toml")).unwrap();
-    assert!(
-        installed.contains("libopenvino.so.2641"),
-        "{installed}"
-    );
+    assert!(installed.contains("libopenvino.so.2641"), "{installed}");
     let mut uninstall = home.installer("");
     uninstall.arg("--uninstall");
     assert!(run(&mut uninstall).status.success());

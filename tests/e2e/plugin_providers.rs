@@ -131,10 +131,7 @@ fn the_second_start_loads_the_compiled_blobs_the_first_one_cached() {
         .find(|s| s.starts_with("UNet+ControlNet"))
         .cloned()
         .unwrap();
-    assert!(
-        unet_first.contains("compiled and cached"),
-        "{unet_first}"
-    );
+    assert!(unet_first.contains("compiled and cached"), "{unet_first}");
     let cache = daemon.dir.path().join("cache/compiled");
     let entries = std::fs::read_dir(&cache)
         .unwrap()
@@ -161,7 +158,10 @@ fn the_second_start_loads_the_compiled_blobs_the_first_one_cached() {
         .find(|s| s.starts_with("UNet+ControlNet"))
         .unwrap();
     assert!(unet.contains("compiled cache hit"), "{unet}");
-    assert_eq!(first.image, second.image, "the cached blobs compute the same");
+    assert_eq!(
+        first.image, second.image,
+        "the cached blobs compute the same"
+    );
 }
 
 #[test]
@@ -214,7 +214,8 @@ fn a_missing_plugin_library_is_one_line_in_doctor_and_the_job_runs_on_the_cpu() 
         .find(|l| l.contains("WebGPU is configured but not used"))
         .unwrap_or_else(|| panic!("no line about WebGPU in:\n{text}"));
     assert!(
-        line.contains("is not installed") && line.contains("tessera runtime install --providers webgpu"),
+        line.contains("is not installed")
+            && line.contains("tessera runtime install --providers webgpu"),
         "{line}"
     );
     let daemon = daemon.start();

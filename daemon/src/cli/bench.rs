@@ -52,7 +52,8 @@ fn save_and_compare(
     let Some(path) = &device.compare else {
         return Ok(None);
     };
-    let reference = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let reference =
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     difference(&samples(bytes), &samples(&reference))
         .map(Some)
         .ok_or_else(|| {

@@ -339,10 +339,7 @@ fn device_text(ep: ExecutionProvider, budget: BudgetSetting, plugins: &[PluginDe
             text.push_str(&format!(", {}", size_text(memory)));
         }
         if !device.capabilities.is_empty() {
-            text.push_str(&format!(
-                ", computes in {}",
-                device.capabilities.join(" ")
-            ));
+            text.push_str(&format!(", computes in {}", device.capabilities.join(" ")));
         }
         if !device.provider_version.is_empty() {
             text.push_str(&format!(", plugin {}", device.provider_version));

@@ -33,7 +33,11 @@ impl SessionInfo {
         }
     }
 
-    pub(super) fn set_build_report(&self, nodes: Option<NodePlacement>, compiled: Option<CacheUse>) {
+    pub(super) fn set_build_report(
+        &self,
+        nodes: Option<NodePlacement>,
+        compiled: Option<CacheUse>,
+    ) {
         *self.built.lock().unwrap_or_else(|e| e.into_inner()) = (nodes, compiled);
     }
 

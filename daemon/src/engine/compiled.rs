@@ -75,7 +75,11 @@ impl CacheEntry {
     /// How the build used the folder, judged from the files it holds now.
     pub fn outcome(&self) -> CacheUse {
         let after = blobs(&self.dir);
-        match (self.before.is_empty(), after.is_empty(), after == self.before) {
+        match (
+            self.before.is_empty(),
+            after.is_empty(),
+            after == self.before,
+        ) {
             (_, true, _) => CacheUse::Unused,
             (false, false, true) => CacheUse::Hit,
             (true, false, _) => CacheUse::Written,

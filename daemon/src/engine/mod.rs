@@ -37,9 +37,8 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
 pub use budget::BudgetSetting;
 pub use cache::SessionInfo;
-pub use compiled::CacheUse;
-pub use node_placement::NodePlacement;
 use cache::{SessionCache, identity};
+pub use compiled::CacheUse;
 pub use error::EngineError;
 pub use fallback::{
     MaybeOutOfMemory, NoRecovery, Recovery, Shrink, Shrinkable, is_out_of_memory,
@@ -47,7 +46,9 @@ pub use fallback::{
 };
 use faults::FaultState;
 pub use faults::Faults;
+pub use node_placement::NodePlacement;
 pub use nvml::DeviceMemory;
+pub use plugins::{DeviceKind, PluginDevice, PluginEp, PluginProvider, PrecisionHint};
 pub use preload::{
     DIRECTML_DLL, Preloaded, preload_cuda_libraries, preloaded as preloaded_cuda_libraries,
 };
@@ -57,7 +58,6 @@ pub use providers::{
 };
 pub use runtime::{ENV_VARS, library_name, locate as locate_library};
 use runtime::{Runtime, one_line};
-pub use plugins::{DeviceKind, PluginDevice, PluginEp, PluginProvider, PrecisionHint};
 pub use session::{EngineSession, Placement};
 
 /// A session shared between the cache and the networks using it.
@@ -279,7 +279,9 @@ impl Engine {
         let mut plugin_devices: Vec<PluginDevice> = Vec::new();
         for ep in &providers {
             if let ExecutionProvider::Plugin(plugin) = ep
-                && !plugin_devices.iter().any(|d| d.ep.provider == plugin.provider)
+                && !plugin_devices
+                    .iter()
+                    .any(|d| d.ep.provider == plugin.provider)
             {
                 plugin_devices.extend(plugins::devices(&runtime, plugin.provider));
             }
@@ -295,7 +297,9 @@ impl Engine {
             .map(|m| (m.free, m.total))
             .or_else(|| {
                 let first = providers.first()?;
-                let memory = plugin_device(first).filter(|_| !first.on_host_cpu())?.memory?;
+                let memory = plugin_device(first)
+                    .filter(|_| !first.on_host_cpu())?
+                    .memory?;
                 Some((memory, memory))
             });
         let budget = tuning.vram_budget.resolve(free_total);
@@ -796,8 +800,7 @@ impl Engine {
             ExecutionProvider::Plugin(p) if p.provider.compiles() => {
                 let device = self.plugin_devices.iter().find(|d| d.ep == p)?;
                 let kind = p.config_name();
-                let mut device_name =
-                    kind.split_once(':').map_or("device", |(_, d)| d).to_owned();
+                let mut device_name = kind.split_once(':').map_or("device", |(_, d)| d).to_owned();
                 // A CPU device compiles per precision hint: one folder each.
                 if p.on_cpu() && self.precision_hint != PrecisionHint::Graph {
                     device_name.push_str(&format!("-{:?}", self.precision_hint).to_lowercase());
@@ -816,9 +819,16 @@ impl Engine {
             _ => return None,
         };
         let root = compiled::root(&self.data_dir);
-        compiled::entry(&root, model, &self.runtime.version, &provider, &version, &device)
-            .map_err(|e| tracing::warn!("the compiled-model cache cannot be used: {e}"))
-            .ok()
+        compiled::entry(
+            &root,
+            model,
+            &self.runtime.version,
+            &provider,
+            &version,
+            &device,
+        )
+        .map_err(|e| tracing::warn!("the compiled-model cache cannot be used: {e}"))
+        .ok()
     }
 
     /// Builds `model`'s sessions again on the CPU, in place (every holder gets the new one),

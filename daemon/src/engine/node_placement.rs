@@ -155,8 +155,9 @@ mod tests {
             placement.to_string(),
             "OpenVINO 2 nodes, CPU 3 nodes (Shape, Gather)"
         );
-        let whole =
-            NodePlacement::parse([" All nodes placed on [CUDAExecutionProvider]. Number of nodes: 41"]);
+        let whole = NodePlacement::parse([
+            " All nodes placed on [CUDAExecutionProvider]. Number of nodes: 41",
+        ]);
         assert_eq!(whole.to_string(), "CUDA 41 nodes");
         assert!(NodePlacement::parse(["something else"]).is_empty());
     }

@@ -79,7 +79,9 @@ impl PluginProvider {
             (PluginProvider::WebGpu, false, true) => "libonnxruntime_providers_webgpu.dylib",
             (PluginProvider::WebGpu, false, false) => "libonnxruntime_providers_webgpu.so",
             (PluginProvider::TensorRtRtx, true, _) => "onnxruntime_providers_nv_tensorrt_rtx.dll",
-            (PluginProvider::TensorRtRtx, false, _) => "libonnxruntime_providers_nv_tensorrt_rtx.so",
+            (PluginProvider::TensorRtRtx, false, _) => {
+                "libonnxruntime_providers_nv_tensorrt_rtx.so"
+            }
         }
     }
 
@@ -272,7 +274,9 @@ pub(crate) fn register_library(
     }
     let outcome = load(runtime, data_dir, provider);
     match &outcome {
-        Ok(path) => tracing::info!(provider = provider.label(), library = %path.display(), "registered a plugin execution provider"),
+        Ok(path) => {
+            tracing::info!(provider = provider.label(), library = %path.display(), "registered a plugin execution provider")
+        }
         // Whoever asked says it where it matters (a configured provider dropped, doctor).
         Err(reason) => tracing::debug!(provider = provider.label(), "{reason}"),
     }

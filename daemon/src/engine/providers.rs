@@ -24,15 +24,13 @@ impl std::str::FromStr for ExecutionProvider {
             Some((name, device)) => (name, Some(device)),
             None => (text, None),
         };
-        let device_id = match device {
-            Some(d) => Some(
-                d.parse::<i32>()
-                    .ok()
-                    .filter(|id| *id >= 0)
-                    .ok_or_else(|| format!("{text:?}: the device must be a number, e.g. cuda:1"))?,
-            ),
-            None => None,
-        };
+        let device_id =
+            match device {
+                Some(d) => Some(d.parse::<i32>().ok().filter(|id| *id >= 0).ok_or_else(|| {
+                    format!("{text:?}: the device must be a number, e.g. cuda:1")
+                })?),
+                None => None,
+            };
         let provider = match name.to_ascii_lowercase().as_str() {
             "cpu" => ExecutionProvider::Cpu,
             "cuda" => ExecutionProvider::Cuda {
@@ -240,9 +238,7 @@ pub(super) fn register(
             cuda_options(device_id, settings).to_ort().register(builder)
         }
         ExecutionProvider::DirectMl { adapter } => directml(adapter).register(builder),
-        ExecutionProvider::CoreMl => {
-            coreml(settings.compiled_cache.as_deref()).register(builder)
-        }
+        ExecutionProvider::CoreMl => coreml(settings.compiled_cache.as_deref()).register(builder),
         ExecutionProvider::Plugin(plugin) => {
             let device = plugins::ort_device(runtime, plugin)?;
             let native = plugins::native_name(&device);
@@ -451,11 +447,7 @@ mod tests {
         );
         assert_eq!(parse("coreml"), Ok(ExecutionProvider::CoreMl));
         assert!(parse("cuda:x").unwrap_err().contains("must be a number"));
-        assert!(
-            parse("cpu:1")
-                .unwrap_err()
-                .contains("only cuda, directml")
-        );
+        assert!(parse("cpu:1").unwrap_err().contains("only cuda, directml"));
         assert!(
             parse("tensorrt")
                 .unwrap_err()
@@ -590,7 +582,10 @@ mod tests {
 
     #[test]
     fn coreml_compiles_ml_programs_into_the_compiled_cache() {
-        let passed = format!("{:?}", coreml(Some(Path::new("/data/cache/compiled/coreml"))));
+        let passed = format!(
+            "{:?}",
+            coreml(Some(Path::new("/data/cache/compiled/coreml")))
+        );
         for expected in [
             "\"ModelFormat\": \"MLProgram\"",
             "\"MLComputeUnits\": \"ALL\"",
@@ -601,5 +596,4 @@ mod tests {
         }
         assert!(!format!("{:?}", coreml(None)).contains("ModelCacheDirectory"));
     }
-
 }

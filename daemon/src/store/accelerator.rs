@@ -70,7 +70,13 @@ impl Machine {
         let gpus = match platform {
             Platform::Linux => gpus_in_sysfs(Path::new("/sys/bus/pci/devices")),
             Platform::Windows => Command::new("reg")
-                .args(["query", WINDOWS_DISPLAY_CLASS, "/s", "/v", "MatchingDeviceId"])
+                .args([
+                    "query",
+                    WINDOWS_DISPLAY_CLASS,
+                    "/s",
+                    "/v",
+                    "MatchingDeviceId",
+                ])
                 .output()
                 .map(|o| gpus_in_registry(&String::from_utf8_lossy(&o.stdout)))
                 .unwrap_or_default(),
@@ -271,8 +277,7 @@ mod tests {
     }
 
     fn with_gpus(mut m: Machine, vendors: &[u16]) -> Machine {
-        m.gpus
-            .extend(vendors.iter().map(|&vendor| Gpu { vendor }));
+        m.gpus.extend(vendors.iter().map(|&vendor| Gpu { vendor }));
         m
     }
 
@@ -299,11 +304,18 @@ mod tests {
         let intel = choose(&with_gpus(linux.clone(), &[INTEL]));
         assert_eq!(
             (intel.package, intel.providers.as_slice()),
-            ("onnxruntime", &["openvino:gpu".to_owned(), "cpu".to_owned()][..])
+            (
+                "onnxruntime",
+                &["openvino:gpu".to_owned(), "cpu".to_owned()][..]
+            )
         );
         assert_eq!(intel.reason, "Intel GPU: OpenVINO");
         let amd = choose(&with_gpus(linux.clone(), &[INTEL, AMD]));
-        assert_eq!(amd.providers, ["webgpu", "cpu"], "the discrete AMD card wins");
+        assert_eq!(
+            amd.providers,
+            ["webgpu", "cpu"],
+            "the discrete AMD card wins"
+        );
         assert_eq!(amd.reason, "AMD GPU: WebGPU");
         let other = choose(&with_gpus(linux.clone(), &[0x5143]));
         assert_eq!(other.providers, ["webgpu", "cpu"]);
@@ -311,7 +323,11 @@ mod tests {
             machine(Platform::Linux, "x86_64", true),
             &[INTEL],
         ));
-        assert_eq!(laptop.providers, ["cuda", "cpu"], "NVIDIA with its driver first");
+        assert_eq!(
+            laptop.providers,
+            ["cuda", "cpu"],
+            "NVIDIA with its driver first"
+        );
         let vm = choose(&with_gpus(linux, &[0x1af4, 0x1234]));
         assert_eq!(vm.providers, ["cpu"], "virtual adapters compute nothing");
         let windows_intel = choose(&with_gpus(

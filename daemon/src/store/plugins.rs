@@ -71,9 +71,7 @@ impl InstalledPlugin {
         let folder = self.folder(dir);
         self.files
             .iter()
-            .filter(|f| {
-                std::fs::metadata(folder.join(&f.file)).map_or(true, |m| m.len() != f.size)
-            })
+            .filter(|f| std::fs::metadata(folder.join(&f.file)).map_or(true, |m| m.len() != f.size))
             .collect()
     }
 

@@ -184,7 +184,10 @@ pub fn install(
     let mut record = unpack(dir, &wheel, &options.package, &options.version)?;
     let earlier = read_record(&dir.runtime());
     // Plugins load into any ONNX Runtime of a recent enough version: they stay.
-    record.plugins = earlier.as_ref().map(|r| r.plugins.clone()).unwrap_or_default();
+    record.plugins = earlier
+        .as_ref()
+        .map(|r| r.plugins.clone())
+        .unwrap_or_default();
     let previous = earlier.and_then(|c| c.cuda);
     // Recorded now, with the libraries still in place, as not checked for CUDA: should fetching
     // fail, the next run tries again (and knows what to replace).
@@ -261,7 +264,10 @@ pub fn adopt(dir: &DataDir, library: &Path) -> Result<InstalledRuntime, RuntimeI
     // CUDA libraries installed for an earlier runtime belong to that one; plugins stay.
     let earlier = read_record(&dir.runtime());
     let mut record = record;
-    record.plugins = earlier.as_ref().map(|r| r.plugins.clone()).unwrap_or_default();
+    record.plugins = earlier
+        .as_ref()
+        .map(|r| r.plugins.clone())
+        .unwrap_or_default();
     let previous = earlier.and_then(|r| r.cuda);
     cuda::remove_stale(&dir.runtime(), previous.as_ref(), None);
     write_record(dir, &record)?;
@@ -612,7 +618,10 @@ mod tests {
         assert!(is_runtime_library("libonnxruntime_providers_cuda.so"));
         assert!(!is_runtime_library("onnxruntime_pybind11_state.pyd"));
         assert!(!is_runtime_library("__init__.py"));
-        assert!(is_runtime_library("DirectML.dll"), "the wheel's own DirectML");
+        assert!(
+            is_runtime_library("DirectML.dll"),
+            "the wheel's own DirectML"
+        );
         assert!(!is_main_library("DirectML.dll"));
     }
 }

@@ -94,13 +94,19 @@ fn stale_entries_go_with_their_weights_their_provider_version_or_over_the_limit(
     let reasons: BTreeMap<PathBuf, String> = removed.into_iter().collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons[&gone.dir].contains("are gone"), "{reasons:?}");
-    assert!(reasons[&old.dir].contains("1.8.1 is installed"), "{reasons:?}");
+    assert!(
+        reasons[&old.dir].contains("1.8.1 is installed"),
+        "{reasons:?}"
+    );
     assert!(kept.dir.is_dir());
     assert!(
         coreml.dir.is_dir(),
         "a provider not installed now keeps its entries"
     );
-    assert!(!root.join("openvino-1.7.0").exists(), "empty folders go too");
+    assert!(
+        !root.join("openvino-1.7.0").exists(),
+        "empty folders go too"
+    );
     // Over the limit, the least recently used goes first.
     let record = kept.dir.join(ENTRY);
     let mut text: EntryRecord = toml::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
@@ -118,7 +124,11 @@ fn a_changed_weight_file_makes_its_entry_stale() {
     let root = temp.path().join("cache/compiled");
     let unet = model(temp.path(), "UNet", "unet.safetensors");
     let e = entry(&root, &unet, "1.32.0", "openvino", "1.8.1", "cpu").unwrap();
-    std::fs::write(temp.path().join("unet.safetensors"), b"other weights, longer").unwrap();
+    std::fs::write(
+        temp.path().join("unet.safetensors"),
+        b"other weights, longer",
+    )
+    .unwrap();
     let removed = remove_stale(&root, &BTreeMap::new(), LIMIT);
     assert_eq!(removed.len(), 1);
     assert!(removed[0].1.contains("changed"), "{removed:?}");

@@ -26,7 +26,11 @@ fn plugin_devices_are_named_by_kind_and_order() {
     assert_eq!(parse("webgpu:1"), Ok(ep(WebGpu, Gpu, 1)));
     assert_eq!(parse("trt-rtx"), Ok(ep(TensorRtRtx, Gpu, 0)));
     assert!(parse("openvino:tpu").unwrap_err().contains("cpu, gpu"));
-    assert!(parse("webgpu:x").unwrap_err().contains("not a device number"));
+    assert!(
+        parse("webgpu:x")
+            .unwrap_err()
+            .contains("not a device number")
+    );
     for (name, shown) in [
         ("openvino:cpu", "OpenVINO CPU"),
         ("openvino:gpu.1", "OpenVINO GPU 1"),
@@ -68,7 +72,10 @@ fn devices_are_described_from_their_metadata() {
         cpu,
         &metadata(&[
             ("FULL_DEVICE_NAME", "Intel(R) Xeon(R) Processor"),
-            ("OPTIMIZATION_CAPABILITIES", "BF16 WINOGRAD FP32 FP16 INT8 BIN"),
+            (
+                "OPTIMIZATION_CAPABILITIES",
+                "BF16 WINOGRAD FP32 FP16 INT8 BIN",
+            ),
             ("ov_device", "CPU"),
             ("version", "1.8.1+95d534b.ci.79"),
         ]),
@@ -96,7 +103,10 @@ fn devices_are_described_from_their_metadata() {
     let dxgi = describe(
         gpu,
         &BTreeMap::new(),
-        &metadata(&[("DxgiVideoMemory", "8176 MB"), ("Description", "AMD Radeon RX 7600")]),
+        &metadata(&[
+            ("DxgiVideoMemory", "8176 MB"),
+            ("Description", "AMD Radeon RX 7600"),
+        ]),
         "AMD",
     );
     assert_eq!(dxgi.memory, Some(8176 << 20));
@@ -119,11 +129,17 @@ fn openvino_gets_its_precision_threads_and_cache_as_device_properties() {
     let settings = PluginSettings {
         graph_fp16: false,
         hint: PrecisionHint::Graph,
-        cache_dir: Some(PathBuf::from("/data/cache/compiled/openvino-1.8.1/cpu/ab\"c")),
+        cache_dir: Some(PathBuf::from(
+            "/data/cache/compiled/openvino-1.8.1/cpu/ab\"c",
+        )),
         threads: 2,
     };
     let cpu = options_of("openvino:cpu", "CPU", &settings);
-    assert_eq!(cpu.len(), 1, "with a load_config OpenVINO ignores the rest: {cpu:?}");
+    assert_eq!(
+        cpu.len(),
+        1,
+        "with a load_config OpenVINO ignores the rest: {cpu:?}"
+    );
     assert_eq!(
         load_config(&cpu),
         serde_json::json!({"CPU": {
@@ -160,7 +176,10 @@ fn openvino_gets_its_precision_threads_and_cache_as_device_properties() {
     assert_eq!(config["GPU.1"]["INFERENCE_PRECISION_HINT"], "f16");
     assert!(config["GPU.1"].get("INFERENCE_NUM_THREADS").is_none());
     let gpu32 = options_of("openvino:gpu", "", &settings);
-    assert_eq!(load_config(&gpu32)["GPU"]["INFERENCE_PRECISION_HINT"], "f32");
+    assert_eq!(
+        load_config(&gpu32)["GPU"]["INFERENCE_PRECISION_HINT"],
+        "f32"
+    );
     let npu = options_of("openvino:npu", "NPU", &settings);
     assert_eq!(load_config(&npu)["NPU"]["INFERENCE_PRECISION_HINT"], "f16");
 }

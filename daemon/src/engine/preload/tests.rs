@@ -208,7 +208,11 @@ fn the_wheels_directml_is_found_beside_the_runtime_and_loaded_by_its_full_path()
     let temp = tempfile::tempdir().unwrap();
     let main = temp.path().join("onnxruntime.dll");
     std::fs::write(&main, b"runtime").unwrap();
-    assert_eq!(directml_beside(&main), None, "none there: the system's is used");
+    assert_eq!(
+        directml_beside(&main),
+        None,
+        "none there: the system's is used"
+    );
     assert!(directml(&main).is_none());
     // The wheel spells it DirectML.dll; a file system may keep another case.
     let dll = shared_object(

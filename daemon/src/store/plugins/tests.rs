@@ -118,8 +118,13 @@ fn a_plugin_wheel_is_unpacked_into_its_folder_and_recorded_with_the_runtime() {
 fn a_wheel_without_the_plugin_library_is_refused() {
     let temp = tempfile::tempdir().unwrap();
     let dir = data_dir(temp.path());
-    let wheel = temp.path().join("onnxruntime_ep_openvino-1.8.1-py3-none-any.whl");
-    fake_wheel(&wheel, &[("onnxruntime_ep_openvino/__init__.py", b"python")]);
+    let wheel = temp
+        .path()
+        .join("onnxruntime_ep_openvino-1.8.1-py3-none-any.whl");
+    fake_wheel(
+        &wheel,
+        &[("onnxruntime_ep_openvino/__init__.py", b"python")],
+    );
     let err = install(
         &dir,
         PluginProvider::OpenVino,
