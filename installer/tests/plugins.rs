@@ -146,6 +146,38 @@ fn a_plugin_provider_is_installed_recorded_and_uninstalled() {
     // The install record lists the plugin's files, so that --uninstall takes them.
     let installed = std::fs::read_to_string(home.data().join("install.toml")).unwrap();
     assert!(installed.contains("libopenvino.so.2641"), "{installed}");
+    // `tessera doctor` checks the recorded files and names one that is missing.
+    let doctor = |home: &Home| {
+        let mut command = Command::new(tessera_e2e::tessera_bin());
+        command
+            .arg("doctor")
+            .env("HOME", home.path())
+            .env("XDG_RUNTIME_DIR", home.path())
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("TESSERA_DATA_DIR")
+            .env_remove("TESSERA_SOCKET")
+            .env_remove("TESSERA_ORT_LIB")
+            .env_remove("ORT_DYLIB_PATH");
+        stdout(&run(&mut command))
+    };
+    let text = doctor(&home);
+    assert!(
+        text.lines().any(|l| l.starts_with("  ok ")
+            && l.contains("onnxruntime-ep-openvino 1.8.1 in")
+            && l.contains("4 files")),
+        "{text}"
+    );
+    std::fs::remove_file(folder.join("libopenvino.so.2641")).unwrap();
+    let text = doctor(&home);
+    let line = text
+        .lines()
+        .find(|l| l.contains("onnxruntime-ep-openvino 1.8.1 in"))
+        .unwrap();
+    assert!(
+        line.starts_with("  PROBLEM")
+            && line.contains("libopenvino.so.2641 (8 bytes) missing or changed"),
+        "{line}"
+    );
     let mut uninstall = home.installer("");
     uninstall.arg("--uninstall");
     assert!(run(&mut uninstall).status.success());

@@ -171,6 +171,7 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         r.ok(format!("library {}", library.display()));
     }
     cuda_libraries(r, dir);
+    plugin_files(r, dir);
     let configured = super::serve::execution_providers(config, dir, explicit.as_deref());
     let faults = match Faults::from_env() {
         Ok(faults) => faults,
@@ -481,6 +482,46 @@ fn cuda_libraries(r: &mut Report, dir: &DataDir) {
     }
     if present < states.len() {
         r.fix(&reinstall);
+    }
+}
+
+/// The plugin providers recorded with the runtime: each present with its size, or the files
+/// missing or changed in size, with the command that puts them back.
+fn plugin_files(r: &mut Report, dir: &DataDir) {
+    let Some(record) = runtime::read_record(&dir.runtime()) else {
+        return;
+    };
+    for plugin in &record.plugins {
+        let folder = plugin.folder(dir);
+        let damaged = plugin.damaged(dir);
+        if damaged.is_empty() {
+            r.ok(format!(
+                "{} {} in {}: {} files, {}",
+                plugin.package,
+                plugin.version,
+                folder.display(),
+                plugin.files.len(),
+                size_text(plugin.bytes())
+            ));
+            continue;
+        }
+        let names: Vec<String> = damaged
+            .iter()
+            .map(|f| format!("{} ({})", f.file, size_text(f.size)))
+            .collect();
+        r.problem(
+            format!(
+                "{} {} in {}: {} missing or changed",
+                plugin.package,
+                plugin.version,
+                folder.display(),
+                names.join(", ")
+            ),
+            format!(
+                "run `tessera runtime install --providers {} --force` (or tessera-install again)",
+                record.providers.join(",")
+            ),
+        );
     }
 }
 

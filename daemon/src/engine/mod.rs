@@ -750,13 +750,16 @@ impl Engine {
         let mut report = None;
         let mut compiled = None;
         if accelerated {
-            let (logger, lines) = node_placement::capture(&model.name);
-            builder = builder
-                .with_logger(logger)
-                .map_err(err)?
-                .with_log_level(ort::logging::LogLevel::Verbose)
-                .map_err(err)?;
-            report = Some(lines);
+            // The simulated accelerator of the fault tests is the CPU provider: nothing to say.
+            if self.accelerator() != Some(ExecutionProvider::Simulated) {
+                let (logger, lines) = node_placement::capture(&model.name);
+                builder = builder
+                    .with_logger(logger)
+                    .map_err(err)?
+                    .with_log_level(ort::logging::LogLevel::Verbose)
+                    .map_err(err)?;
+                report = Some(lines);
+            }
             let mut settings = EpSettings {
                 conv_search: ConvSearch::for_model(&model.name),
                 memory_limit: self.budget,
