@@ -346,8 +346,8 @@ impl Engine {
         &self.plugin_devices
     }
 
-    /// Every device each of `providers` offers here, registering its library if needed: the
-    /// devices, or why the provider cannot be used (for `tessera doctor`).
+    /// Every device `provider` offers here, registering its library if needed: the devices, or
+    /// why the provider cannot be used (for `tessera doctor`).
     pub fn discover_plugin_devices(
         &self,
         provider: PluginProvider,
