@@ -71,6 +71,10 @@ pub struct EngineConfig {
     /// The VAE's precision, f32 by default (SD 1.5's VAE overflows f16); with `fp16` (or `auto`
     /// on an accelerator) every pass is checked and one with NaN or ∞ is redone in f32.
     pub vae_precision: PrecisionSetting,
+    /// What a plugin provider's CPU device (`openvino:cpu`) computes the f32 graphs in: `auto`
+    /// (its measured default, docs/gpu.md), `fp32`, `bf16` or `fp16` (the last two only where
+    /// the CPU has them; elsewhere the provider computes in f32).
+    pub cpu_precision_hint: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +87,7 @@ impl Default for EngineConfig {
             precision: PrecisionSetting::Auto,
             vae_precision: PrecisionSetting::Fp32,
             vram_budget: None,
+            cpu_precision_hint: None,
         }
     }
 }
@@ -91,6 +96,14 @@ impl EngineConfig {
     /// `vram_budget`, read (validated when the file was loaded).
     pub fn budget(&self) -> crate::engine::BudgetSetting {
         self.vram_budget
+            .as_deref()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// `cpu_precision_hint`, read (validated when the file was loaded).
+    pub fn precision_hint(&self) -> crate::engine::PrecisionHint {
+        self.cpu_precision_hint
             .as_deref()
             .and_then(|text| text.parse().ok())
             .unwrap_or_default()
@@ -223,6 +236,10 @@ impl Config {
         if let Some(text) = &self.engine.vram_budget {
             text.parse::<crate::engine::BudgetSetting>()
                 .map_err(|e| format!("engine.vram_budget: {e}"))?;
+        }
+        if let Some(text) = &self.engine.cpu_precision_hint {
+            text.parse::<crate::engine::PrecisionHint>()
+                .map_err(|e| format!("engine.cpu_precision_hint: {e}"))?;
         }
         if let Some(names) = &self.engine.execution_providers {
             crate::engine::parse_providers(names)

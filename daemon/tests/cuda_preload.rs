@@ -96,6 +96,7 @@ fn the_engine_preloads_the_recorded_cuda_libraries_before_onnx_runtime() {
         wheel: String::new(),
         providers: vec!["cuda".into(), "cpu".into()],
         dependencies_read: true,
+        plugins: Vec::new(),
         cuda: Some(CudaLibraries {
             requirements: vec!["nvidia-test~=13.0".into()],
             cuda_major: Some(13),
@@ -195,6 +196,7 @@ fn doctor_names_a_cuda_library_that_does_not_load_and_why() {
         wheel: String::new(),
         providers: vec!["cuda".into(), "cpu".into()],
         dependencies_read: true,
+        plugins: Vec::new(),
         cuda: Some(CudaLibraries {
             requirements: vec!["nvidia-test~=13.0".into()],
             cuda_major: Some(13),

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tessera::engine::PluginProvider;
 use tessera::setup::manifest::Manifest;
 use tessera::setup::places::Home;
 use tessera::setup::record::{InstallRecord, Item};
@@ -38,6 +39,11 @@ struct Args {
     /// onnxruntime-gpu or onnxruntime-directml)
     #[arg(long, alias = "package", value_name = "NAME")]
     ort_package: Option<String>,
+    /// Execution providers to install and use, best first, comma-separated (e.g.
+    /// `openvino:gpu,cpu`, `webgpu`, `cuda`, `cpu`); plugin providers are fetched into
+    /// runtime/plugins/ (default: chosen for this machine's GPU)
+    #[arg(long, value_name = "LIST")]
+    providers: Option<String>,
     /// onnxruntime release [default: 1.32.0; 1.31.1 for onnxruntime-gpu]
     #[arg(long)]
     ort_version: Option<String>,
@@ -241,15 +247,30 @@ fn merge(into: &mut InstallRecord, new: InstallRecord) {
 fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> anyhow::Result<()> {
     let cuda = tessera::store::cuda::folder(&dir.runtime());
     let wheels = dir.cache().join("wheels");
-    let before = listing(&[dir.runtime(), cuda.clone(), wheels.clone()]);
+    let plugin_dirs: Vec<PathBuf> = PluginProvider::ALL
+        .iter()
+        .map(|p| tessera::engine::plugins::folder(dir.root(), *p))
+        .collect();
+    let plugins_root = dir.runtime().join("plugins");
+    let mut folders = vec![
+        dir.runtime(),
+        cuda.clone(),
+        wheels.clone(),
+        plugins_root.clone(),
+    ];
+    folders.extend(plugin_dirs.iter().cloned());
+    let before = listing(&folders);
     let result = fetch_runtime(args, dir);
     // What the step added is recorded even when it failed half way, for --uninstall.
-    for folder in [&wheels, &cuda] {
+    for folder in [&wheels, &cuda, &plugins_root]
+        .into_iter()
+        .chain(&plugin_dirs)
+    {
         if folder.is_dir() && !before.contains(folder) && !record.dirs.contains(folder) {
             record.note_dir(folder);
         }
     }
-    for path in listing(&[dir.runtime(), cuda.clone(), wheels.clone()]) {
+    for path in listing(&folders) {
         if !before.contains(&path) && path.is_file() {
             let item = if path.starts_with(&wheels) {
                 Item::Wheel
@@ -289,6 +310,14 @@ fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> an
             );
         }
     }
+    for plugin in &installed.plugins {
+        println!(
+            "                 {} {} in {}",
+            plugin.package,
+            plugin.version,
+            plugin.folder(dir).display()
+        );
+    }
     println!(
         "                 execution providers: {}",
         installed.providers.join(", ")
@@ -309,26 +338,23 @@ fn fetch_runtime(args: &Args, dir: &DataDir) -> anyhow::Result<runtime::Installe
         );
         return Ok(adopted);
     }
-    let (package, why) = match &args.ort_package {
-        Some(p) => (p.clone(), "as asked".to_owned()),
-        None => {
-            let choice = accelerator::choose(&accelerator::Machine::detect());
-            (choice.package.to_owned(), choice.reason)
-        }
-    };
+    let plan = tessera::cli::runtime_plan(args.ort_package.clone(), args.providers.as_deref())?;
     let version = args
         .ort_version
         .clone()
-        .unwrap_or_else(|| runtime::default_version(&package).to_owned());
-    println!("ONNX Runtime     {package} {version} ({why})");
+        .unwrap_or_else(|| runtime::default_version(&plan.package).to_owned());
+    println!(
+        "ONNX Runtime     {} {version} ({})",
+        plan.package, plan.reason
+    );
     let options = runtime::InstallOptions {
-        package,
+        package: plan.package.clone(),
         version,
         wheel: args.wheel.clone(),
         force: false,
         index_url: args.pip_index_url.clone(),
     };
-    let installed = match runtime::install(dir, &options) {
+    let mut installed = match runtime::install(dir, &options) {
         Ok(installed) => installed,
         Err(e @ runtime::RuntimeInstallError::NoPython { .. }) => bail!(
             "{e}; or run tessera-install --ort-lib PATH with an ONNX Runtime library you have"
@@ -336,6 +362,18 @@ fn fetch_runtime(args: &Args, dir: &DataDir) -> anyhow::Result<runtime::Installe
         Err(e) => return Err(e.into()),
     };
     println!("                 {}", installed.library_path(dir).display());
+    if let Some(providers) = &plan.providers {
+        installed = tessera::store::plugins::install_for(
+            dir,
+            providers,
+            &tessera::store::plugins::PluginInstallOptions {
+                version: None,
+                wheel: None,
+                force: false,
+                index_url: args.pip_index_url.clone(),
+            },
+        )?;
+    }
     Ok(installed)
 }
 

@@ -19,6 +19,51 @@ use crate::nets::precision::accelerated;
 use crate::pipeline::clarity::bench::ClarityOptions;
 use crate::pipeline::clarity::step_bench::StepOptions;
 
+/// The largest and mean absolute difference of `got` to `want`, relative to `want`'s largest
+/// value as well (`None` when the sizes differ).
+fn difference(got: &[f32], want: &[f32]) -> Option<String> {
+    if got.len() != want.len() || got.is_empty() {
+        return None;
+    }
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let (mut max, mut sum) = (0f32, 0f64);
+    for (a, b) in got.iter().zip(want) {
+        let d = (a - b).abs();
+        max = max.max(d);
+        sum += f64::from(d);
+    }
+    let mean = sum / got.len() as f64;
+    Some(format!(
+        "max {max:.3e} ({:.2e} of the largest value), mean {mean:.3e}",
+        max / max_ref
+    ))
+}
+
+/// Writes `bytes` to `--save`, and compares them, read as samples by `samples`, with the
+/// `--compare` file's.
+fn save_and_compare(
+    device: &BenchDevice,
+    bytes: &[u8],
+    samples: impl Fn(&[u8]) -> Vec<f32>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &device.save {
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let Some(path) = &device.compare else {
+        return Ok(None);
+    };
+    let reference =
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    difference(&samples(bytes), &samples(&reference))
+        .map(Some)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} holds another size of output (another model size, latent or image size?)",
+                path.display()
+            )
+        })
+}
+
 /// The engine on `device.providers`; an accelerator that cannot be used is an error here (a
 /// benchmark that silently fell back to the CPU would report the wrong device).
 fn engine(target: &Target, device: &BenchDevice) -> anyhow::Result<Arc<Engine>> {
@@ -32,6 +77,7 @@ fn engine(target: &Target, device: &BenchDevice) -> anyhow::Result<Arc<Engine>> 
         },
         EngineTuning {
             execution_providers: providers,
+            precision_hint: device.cpu_precision_hint.unwrap_or_default(),
             ..EngineTuning::default()
         },
     )?;
@@ -148,10 +194,19 @@ pub fn sd_step(target: &Target, args: &SdStepArgs) -> anyhow::Result<ExitCode> {
             println!("  {line}")
         })?;
     let latent_bytes = 4 * (args.batch * 4 * args.latent * args.latent) as u64;
+    let bytes: Vec<u8> = report.output.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let difference = save_and_compare(&args.device, &bytes, |b| {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })?;
     println!("\nsummary");
     println!("providers: {}", engine.device_description());
     println!("precision: {precision}");
     println!("outputs finite: yes");
+    if let Some(d) = &difference {
+        println!("difference to the reference: {d}");
+    }
     println!(
         "compile: {:.1} s; sessions: {:.1} s",
         report.compile_s, report.session_s
@@ -264,10 +319,19 @@ pub fn clarity(target: &Target, args: &ClarityBenchArgs) -> anyhow::Result<ExitC
     }
     let first = report.jobs.first().expect("at least one job");
     let last = report.jobs.last().expect("at least one job");
+    // f32 samples in 0..1, compared in 8-bit levels.
+    let difference = save_and_compare(&args.device, &report.output, |b| {
+        b.chunks_exact(4)
+            .map(|c| 255.0 * f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })?;
     println!("\nsummary");
     println!("providers: {}", engine.device_description());
     println!("precision: {}", report.precisions.describe());
     println!("outputs finite: yes");
+    if let Some(d) = &difference {
+        println!("image difference to the reference (8-bit levels): {d}");
+    }
     println!("VAE passes redone in fp32: {}", report.vae_redos);
     println!(
         "job first: {:.2} s; warm: {} s",

@@ -69,20 +69,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 RuntimeCommand::Install {
                     version,
                     package,
+                    providers,
                     wheel,
                     force,
                     pip_index_url,
                 },
-        } => install_runtime(
-            &target,
-            runtime::InstallOptions {
-                version: version.unwrap_or_else(|| runtime::default_version(&package).into()),
-                package,
-                wheel,
-                force,
-                index_url: pip_index_url,
-            },
-        ),
+        } => {
+            let plan = runtime_plan(package, providers.as_deref())?;
+            install_runtime(
+                &target,
+                runtime::InstallOptions {
+                    version: version
+                        .unwrap_or_else(|| runtime::default_version(&plan.package).into()),
+                    package: plan.package.clone(),
+                    wheel,
+                    force,
+                    index_url: pip_index_url,
+                },
+                &plan,
+            )
+        }
         Command::Runtime {
             command: RuntimeCommand::Path,
         } => runtime_path(&target),
@@ -330,17 +336,95 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
-fn install_runtime(target: &Target, options: runtime::InstallOptions) -> anyhow::Result<ExitCode> {
+/// What `tessera runtime install` installs: the package, the providers (when they are to be
+/// recorded, plugins installed), and why.
+pub struct RuntimePlan {
+    pub package: String,
+    pub providers: Option<Vec<String>>,
+    pub reason: String,
+}
+
+/// The package and providers: as asked, else what the providers need, else what fits the
+/// machine (`store/accelerator.rs`).
+pub fn runtime_plan(
+    package: Option<String>,
+    providers: Option<&str>,
+) -> anyhow::Result<RuntimePlan> {
+    let listed: Option<Vec<String>> = providers
+        .filter(|l| !l.trim().eq_ignore_ascii_case("auto"))
+        .map(|l| {
+            l.split(',')
+                .map(|p| p.trim().to_ascii_lowercase())
+                .filter(|p| !p.is_empty())
+                .collect()
+        });
+    if let Some(list) = &listed {
+        crate::engine::parse_providers(list).map_err(|e| anyhow::anyhow!("--providers: {e}"))?;
+    }
+    Ok(match (package, listed) {
+        (Some(package), listed) => RuntimePlan {
+            package,
+            providers: listed,
+            reason: "as asked".into(),
+        },
+        (None, Some(list)) => RuntimePlan {
+            package: store::accelerator::package_for(&list).to_owned(),
+            providers: Some(list),
+            reason: "for the providers asked for".into(),
+        },
+        (None, None) => {
+            let choice = store::accelerator::choose(&store::accelerator::Machine::detect());
+            RuntimePlan {
+                package: choice.package.to_owned(),
+                providers: Some(choice.providers),
+                reason: choice.reason,
+            }
+        }
+    })
+}
+
+fn install_runtime(
+    target: &Target,
+    options: runtime::InstallOptions,
+    plan: &RuntimePlan,
+) -> anyhow::Result<ExitCode> {
     let dir = store::DataDir::open(&target.data_dir.path)?;
     eprintln!(
-        "tessera: installing {}=={} into {}",
+        "tessera: installing {}=={} into {} ({})",
         options.package,
         options.version,
-        dir.runtime().display()
+        dir.runtime().display(),
+        plan.reason
     );
-    let installed = runtime::install(&dir, &options)?;
+    let mut installed = runtime::install(&dir, &options)?;
     if let Some(cuda) = &installed.cuda {
         eprintln!("tessera: {}", cuda.summary(&dir.runtime()));
+    }
+    if let Some(providers) = &plan.providers {
+        installed = store::plugins::install_for(
+            &dir,
+            providers,
+            &store::plugins::PluginInstallOptions {
+                version: None,
+                wheel: None,
+                force: options.force,
+                index_url: options.index_url.clone(),
+            },
+        )?;
+        for plugin in &installed.plugins {
+            eprintln!(
+                "tessera: {} {} ({} files, {}) in {}",
+                plugin.package,
+                plugin.version,
+                plugin.files.len(),
+                human_size(plugin.bytes()),
+                plugin.folder(&dir).display()
+            );
+        }
+        eprintln!(
+            "tessera: execution providers: {}",
+            installed.providers.join(", ")
+        );
     }
     println!("{}", installed.library_path(&dir).display());
     Ok(ExitCode::SUCCESS)

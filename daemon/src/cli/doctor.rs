@@ -6,7 +6,8 @@
 use super::launch::Target;
 use crate::config::Config;
 use crate::engine::{
-    BudgetSetting, Engine, EngineOptions, EngineTuning, ExecutionProvider, Faults,
+    BudgetSetting, Engine, EngineOptions, EngineTuning, ExecutionProvider, Faults, PluginDevice,
+    PluginProvider,
 };
 use crate::setup::kritarc;
 use crate::setup::manifest::{Manifest, size_text};
@@ -170,6 +171,7 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         r.ok(format!("library {}", library.display()));
     }
     cuda_libraries(r, dir);
+    plugin_files(r, dir);
     let configured = super::serve::execution_providers(config, dir, explicit.as_deref());
     let faults = match Faults::from_env() {
         Ok(faults) => faults,
@@ -220,7 +222,7 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
     }
     for ep in [
         ExecutionProvider::Cuda { device_id: 0 },
-        ExecutionProvider::DirectMl { device_id: 0 },
+        ExecutionProvider::DirectMl { adapter: None },
         ExecutionProvider::CoreMl,
     ] {
         if !all.contains(&ep) {
@@ -232,6 +234,31 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         "configured execution providers: {}",
         names.join(", ")
     ));
+    // Every device of every plugin provider that loads, each probed below.
+    let mut plugin_devices: Vec<PluginDevice> = Vec::new();
+    for provider in PluginProvider::ALL {
+        let configured_here = configured
+            .iter()
+            .any(|ep| matches!(ep, ExecutionProvider::Plugin(p) if p.provider == provider));
+        match engine.discover_plugin_devices(provider) {
+            Ok(devices) if devices.is_empty() && !configured_here => r.note(format!(
+                "{}: its plugin loads but lists no device here",
+                provider.label()
+            )),
+            Ok(devices) => {
+                for device in devices {
+                    let ep = ExecutionProvider::Plugin(device.ep);
+                    if !all.contains(&ep) {
+                        all.push(ep);
+                    }
+                    plugin_devices.push(device);
+                }
+            }
+            // A configured one is probed below and says why it fails there.
+            Err(_) if configured_here => {}
+            Err(reason) => r.note(format!("{}: not used: {reason}", provider.label())),
+        }
+    }
     let budget = config.engine.budget();
     let mut usable = Vec::new();
     for (ep, outcome) in engine.probe_providers(&all) {
@@ -248,7 +275,7 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
                 }
                 r.ok(format!(
                     "{ep}: usable{} (probe: {:.0} ms, {})",
-                    device_text(ep, budget),
+                    device_text(ep, budget, &plugin_devices),
                     report.millis,
                     if report.error == 0.0 {
                         "the CPU's numbers exactly".to_owned()
@@ -273,6 +300,25 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
     if !in_use.contains(&ExecutionProvider::Cpu) {
         in_use.push(ExecutionProvider::Cpu);
     }
+    let described: Vec<String> = in_use
+        .iter()
+        .map(|ep| match ep {
+            ExecutionProvider::Plugin(p) => plugin_devices
+                .iter()
+                .find(|d| d.ep == *p)
+                .map_or_else(|| ep.to_string(), |d| format!("{ep} ({})", d.name)),
+            _ => ep.to_string(),
+        })
+        .collect();
+    r.ok(format!(
+        "the daemon will use: {} ({})",
+        described.join(", then "),
+        in_use
+            .iter()
+            .map(|ep| ep.config_name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     r.ok(format!(
         "precision (engine.precision = \"{}\", engine.vae_precision = \"{}\") on {}: {}",
         config.engine.precision.name(),
@@ -283,8 +329,24 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
 }
 
 /// ", NVIDIA …, 7.4 GB of 8.0 GB free, sessions held to 5.9 GB" for a CUDA device whose driver
-/// answers; empty otherwise.
-fn device_text(ep: ExecutionProvider, budget: BudgetSetting) -> String {
+/// answers; " on Intel(R) Arc(TM) …, 16.0 GB, computes in FP32 FP16 …" for a plugin's device;
+/// empty otherwise.
+fn device_text(ep: ExecutionProvider, budget: BudgetSetting, plugins: &[PluginDevice]) -> String {
+    if let ExecutionProvider::Plugin(p) = ep
+        && let Some(device) = plugins.iter().find(|d| d.ep == p)
+    {
+        let mut text = format!(" on {}", device.name);
+        if let Some(memory) = device.memory {
+            text.push_str(&format!(", {}", size_text(memory)));
+        }
+        if !device.capabilities.is_empty() {
+            text.push_str(&format!(", computes in {}", device.capabilities.join(" ")));
+        }
+        if !device.provider_version.is_empty() {
+            text.push_str(&format!(", plugin {}", device.provider_version));
+        }
+        return text;
+    }
     let ExecutionProvider::Cuda { device_id } = ep else {
         return String::new();
     };
@@ -310,6 +372,9 @@ fn provider_fix(ep: ExecutionProvider) -> &'static str {
         }
         ExecutionProvider::DirectMl { .. } => {
             "update the graphics driver (DirectX 12), or set engine.execution_providers = [\"cpu\"] in config.toml"
+        }
+        ExecutionProvider::Plugin(_) => {
+            "install the plugin again (`tessera runtime install --providers LIST --force`), or choose another provider in engine.execution_providers (config.toml); the CPU runs the jobs meanwhile"
         }
         _ => "set engine.execution_providers = [\"cpu\"] in config.toml",
     }
@@ -417,6 +482,46 @@ fn cuda_libraries(r: &mut Report, dir: &DataDir) {
     }
     if present < states.len() {
         r.fix(&reinstall);
+    }
+}
+
+/// The plugin providers recorded with the runtime: each present with its size, or the files
+/// missing or changed in size, with the command that puts them back.
+fn plugin_files(r: &mut Report, dir: &DataDir) {
+    let Some(record) = runtime::read_record(&dir.runtime()) else {
+        return;
+    };
+    for plugin in &record.plugins {
+        let folder = plugin.folder(dir);
+        let damaged = plugin.damaged(dir);
+        if damaged.is_empty() {
+            r.ok(format!(
+                "{} {} in {}: {} files, {}",
+                plugin.package,
+                plugin.version,
+                folder.display(),
+                plugin.files.len(),
+                size_text(plugin.bytes())
+            ));
+            continue;
+        }
+        let names: Vec<String> = damaged
+            .iter()
+            .map(|f| format!("{} ({})", f.file, size_text(f.size)))
+            .collect();
+        r.problem(
+            format!(
+                "{} {} in {}: {} missing or changed",
+                plugin.package,
+                plugin.version,
+                folder.display(),
+                names.join(", ")
+            ),
+            format!(
+                "run `tessera runtime install --providers {} --force` (or tessera-install again)",
+                record.providers.join(",")
+            ),
+        );
     }
 }
 

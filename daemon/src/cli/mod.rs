@@ -5,6 +5,7 @@
 mod bench;
 pub mod client;
 mod commands;
+pub use commands::{RuntimePlan, runtime_plan};
 mod doctor;
 pub mod imagefile;
 mod launch;
@@ -116,10 +117,14 @@ pub enum BenchCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchDevice {
     /// Execution providers, best first, as in config.toml's engine.execution_providers
-    /// (cpu, cuda, cuda:N, directml, directml:N, coreml); a listed accelerator that cannot be
-    /// used here is an error
+    /// (cpu, cuda, cuda:N, directml, directml:N, coreml, openvino:cpu, openvino:gpu, webgpu,
+    /// tensorrt-rtx); a listed accelerator that cannot be used here is an error
     #[arg(long, value_delimiter = ',', default_value = "cpu")]
     pub providers: Vec<String>,
+    /// What a plugin provider's CPU device computes f32 graphs in: auto (the configured
+    /// engine.cpu_precision_hint's default), fp32, bf16 or fp16
+    #[arg(long, value_name = "HINT")]
+    pub cpu_precision_hint: Option<crate::engine::PrecisionHint>,
     /// Precision of the UNet, ControlNet, text encoder and ESRGAN: auto (fp16 on an
     /// accelerator, fp32 on the CPU), fp32 or fp16
     #[arg(long, default_value = "auto")]
@@ -127,6 +132,14 @@ pub struct BenchDevice {
     /// ONNX Runtime threads (default: one per core)
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Write the output (sd-step: the first noise prediction, f32; clarity: the last image's
+    /// samples) to FILE, as the reference of a later --compare
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Report the output's difference to a --save of another run (e.g. the CPU provider in
+    /// fp32, the same models and sizes)
+    #[arg(long, value_name = "FILE")]
+    pub compare: Option<PathBuf>,
 }
 
 /// `bench sd-step` arguments.
@@ -240,14 +253,21 @@ pub enum ModelsCommand {
 #[derive(Debug, Subcommand)]
 pub enum RuntimeCommand {
     /// Fetch the onnxruntime wheel with pip and unpack its library into the data directory (for
-    /// onnxruntime-gpu also the CUDA and cuDNN libraries its metadata names, into runtime/cuda/)
+    /// onnxruntime-gpu also the CUDA and cuDNN libraries its metadata names, into runtime/cuda/),
+    /// and the plugin providers the machine's GPU wants (OpenVINO, WebGPU) into runtime/plugins/
     Install {
         /// onnxruntime release [default: 1.32.0; 1.31.1 for onnxruntime-gpu]
         #[arg(long)]
         version: Option<String>,
-        /// PyPI package: onnxruntime, onnxruntime-gpu, onnxruntime-directml
-        #[arg(long, default_value = "onnxruntime")]
-        package: String,
+        /// PyPI package: onnxruntime, onnxruntime-gpu, onnxruntime-directml [default: the one
+        /// the providers need, else the one that fits this machine's GPU]
+        #[arg(long)]
+        package: Option<String>,
+        /// Execution providers to install and use, best first, comma-separated (e.g.
+        /// `openvino:gpu,cpu`, `webgpu`, `cuda`); plugin providers are fetched into
+        /// runtime/plugins/ [default: chosen for this machine's GPU]
+        #[arg(long, value_name = "LIST")]
+        providers: Option<String>,
         /// Use this wheel file instead of downloading
         #[arg(long, value_name = "FILE")]
         wheel: Option<PathBuf>,

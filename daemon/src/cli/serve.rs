@@ -56,6 +56,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
             cpu_arena: config.engine.cpu_arena,
             vram_budget: config.engine.budget(),
             faults: Faults::from_env().map_err(anyhow::Error::msg)?,
+            precision_hint: config.engine.precision_hint(),
             ..EngineTuning::default()
         },
     )?);
@@ -193,7 +194,7 @@ mod tests {
         assert_eq!(
             execution_providers(&config, &dir, Some(&library)),
             [
-                ExecutionProvider::DirectMl { device_id: 1 },
+                ExecutionProvider::DirectMl { adapter: Some(1) },
                 ExecutionProvider::Cpu
             ]
         );

@@ -221,7 +221,14 @@ fn device_memory(info: *const ort::sys::OrtMemoryInfo) -> Result<MemoryInfo<'sta
     let name = unsafe { CStr::from_ptr(name) }
         .to_string_lossy()
         .into_owned();
-    let device = if name == AllocationDevice::CPU.as_str() {
+    let mut device_type = ort::sys::OrtMemoryInfoDeviceType::OrtMemoryInfoDeviceType_CPU;
+    // SAFETY: as above.
+    unsafe { (api.MemoryInfoGetDeviceType)(info, &mut device_type) };
+    // Host memory whatever its allocator is called: a plugin's CPU device (OpenVINO's) names
+    // its own, which ONNX Runtime cannot create a memory info for by name.
+    let device = if name == AllocationDevice::CPU.as_str()
+        || device_type == ort::sys::OrtMemoryInfoDeviceType::OrtMemoryInfoDeviceType_CPU
+    {
         AllocationDevice::CPU
     } else {
         AllocationDevice::new(&name)

@@ -25,6 +25,15 @@ pub fn weight_bytes(onnx: &[u8]) -> u64 {
         .map_or(0, |g| g.initializer.iter().map(tensor_bytes).sum())
 }
 
+/// Whether a graph stores its weights in f16 (an fp16 graph), read from its initializers.
+pub fn stores_f16(onnx: &[u8]) -> bool {
+    crate::onnx::decode(onnx).is_ok_and(|model| {
+        model
+            .graph
+            .is_some_and(|g| g.initializer.iter().any(|t| t.data_type == 10))
+    })
+}
+
 fn tensor_bytes(t: &TensorProto) -> u64 {
     if let Some(length) = t
         .external_data

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use sha2::{Digest, Sha256};
 
-use super::{CompiledModel, EngineSession, Placement, SharedSession};
+use super::{CacheUse, CompiledModel, EngineSession, NodePlacement, Placement, SharedSession};
 
 /// What the cache and the status know of a session without taking its lock (which a running
 /// network holds for the length of its call).
@@ -18,6 +18,8 @@ pub struct SessionInfo {
     bytes: AtomicU64,
     /// Run since the last [`super::Engine::warning_mark`] (in the running job).
     pub(super) used: AtomicBool,
+    /// What its build on an accelerator reported: node placement, compiled-cache use.
+    built: Mutex<(Option<NodePlacement>, Option<CacheUse>)>,
 }
 
 impl SessionInfo {
@@ -27,7 +29,34 @@ impl SessionInfo {
             state: Mutex::new(placement.clone()),
             bytes: AtomicU64::new(bytes),
             used: AtomicBool::new(false),
+            built: Mutex::new((None, None)),
         }
+    }
+
+    pub(super) fn set_build_report(
+        &self,
+        nodes: Option<NodePlacement>,
+        compiled: Option<CacheUse>,
+    ) {
+        *self.built.lock().unwrap_or_else(|e| e.into_inner()) = (nodes, compiled);
+    }
+
+    pub(super) fn build_facts(&self) -> (Option<NodePlacement>, Option<CacheUse>) {
+        self.built.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// e.g. `OpenVINO 1 node, CPU 2 nodes (Shape, Gather); compiled cache hit`, for the
+    /// sessions `tessera status` lists; `None` when nothing was reported.
+    pub fn build_report(&self) -> Option<String> {
+        let (nodes, compiled) = self.build_facts();
+        let parts: Vec<String> = [
+            nodes.map(|n| n.to_string()),
+            compiled.map(|c| c.describe().to_owned()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     pub fn placement(&self) -> Placement {

@@ -11,28 +11,33 @@
 
 pub mod binding;
 mod budget;
+mod build;
 mod cache;
+pub mod compiled;
 pub mod device_memory;
+mod ep_api;
 mod error;
 mod fallback;
 mod faults;
+pub mod node_placement;
 mod nvml;
+pub mod plugins;
 mod preload;
 mod probe;
 mod providers;
 mod runtime;
 mod session;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use ort::session::Session;
-use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-
 pub use budget::BudgetSetting;
+use build::Built;
 pub use cache::SessionInfo;
 use cache::{SessionCache, identity};
+pub use compiled::CacheUse;
 pub use error::EngineError;
 pub use fallback::{
     MaybeOutOfMemory, NoRecovery, Recovery, Shrink, Shrinkable, is_out_of_memory,
@@ -40,8 +45,12 @@ pub use fallback::{
 };
 use faults::FaultState;
 pub use faults::Faults;
+pub use node_placement::NodePlacement;
 pub use nvml::DeviceMemory;
-pub use preload::{Preloaded, preload_cuda_libraries, preloaded as preloaded_cuda_libraries};
+pub use plugins::{DeviceKind, PluginDevice, PluginEp, PluginProvider, PrecisionHint};
+pub use preload::{
+    DIRECTML_DLL, Preloaded, preload_cuda_libraries, preloaded as preloaded_cuda_libraries,
+};
 pub use probe::ProbeReport;
 pub use providers::{
     ConvSearch, CudaOptions, EpSettings, cuda_options, parse_list as parse_providers,
@@ -89,6 +98,8 @@ pub struct EngineTuning {
     pub vram_budget: BudgetSetting,
     /// Faults to inject (fault-injection tests only, see `faults.rs`).
     pub faults: Faults,
+    /// What a plugin provider's CPU device computes f32 graphs in (`engine.cpu_precision_hint`).
+    pub precision_hint: PrecisionHint,
 }
 
 impl Default for EngineTuning {
@@ -99,23 +110,29 @@ impl Default for EngineTuning {
             cpu_arena: false,
             vram_budget: BudgetSetting::Auto,
             faults: Faults::default(),
+            precision_hint: PrecisionHint::default(),
         }
     }
 }
 
 /// An ONNX Runtime execution provider. Which ones work depends on the library: the
 /// `onnxruntime-gpu` wheel carries CUDA, `onnxruntime-directml` DirectML, the macOS wheel CoreML;
-/// one that cannot be registered is dropped with a logged reason and the CPU takes over.
+/// plugin providers (OpenVINO, WebGPU, TensorRT-RTX) come as libraries of their own in
+/// `runtime/plugins/`. One that cannot be used is dropped with its reason and the CPU takes over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExecutionProvider {
     Cpu,
     Cuda {
         device_id: i32,
     },
+    /// `adapter`: the DXGI adapter index; `None`: the high-performance adapter (the discrete
+    /// GPU of a laptop with two).
     DirectMl {
-        device_id: i32,
+        adapter: Option<i32>,
     },
     CoreMl,
+    /// A device of a plugin provider (`plugins.rs`).
+    Plugin(PluginEp),
     /// The fault-injection tests' accelerator: it runs on the CPU provider but is treated as
     /// an accelerator (see `faults.rs`); no configuration names it.
     Simulated,
@@ -128,13 +145,40 @@ impl ExecutionProvider {
             ExecutionProvider::Cuda { .. } => "CUDA",
             ExecutionProvider::DirectMl { .. } => "DirectML",
             ExecutionProvider::CoreMl => "CoreML",
+            ExecutionProvider::Plugin(ep) => ep.provider.label(),
             ExecutionProvider::Simulated => "simulated GPU",
         }
     }
 
-    /// Whether this is an accelerator (anything but the CPU).
+    /// Whether this is an accelerator (anything but ONNX Runtime's own CPU provider): its
+    /// sessions are probed, can fall back to the CPU, and have their node placement logged.
     pub fn is_accelerator(self) -> bool {
         self != ExecutionProvider::Cpu
+    }
+
+    /// Whether it computes on the host's CPU and memory (the CPU provider, OpenVINO's CPU
+    /// device): then the CPU's policies hold (f32 graphs under `auto`, one diffusion tile per
+    /// call, the VAE's memory budget) and no device memory is budgeted.
+    pub fn on_host_cpu(self) -> bool {
+        match self {
+            ExecutionProvider::Cpu => true,
+            ExecutionProvider::Plugin(ep) => ep.on_cpu(),
+            _ => false,
+        }
+    }
+
+    /// The name this provider has in configuration, e.g. `cuda:1`, `openvino:cpu`.
+    pub fn config_name(self) -> String {
+        match self {
+            ExecutionProvider::Cpu => "cpu".into(),
+            ExecutionProvider::Cuda { device_id: 0 } => "cuda".into(),
+            ExecutionProvider::Cuda { device_id } => format!("cuda:{device_id}"),
+            ExecutionProvider::DirectMl { adapter: None } => "directml".into(),
+            ExecutionProvider::DirectMl { adapter: Some(i) } => format!("directml:{i}"),
+            ExecutionProvider::CoreMl => "coreml".into(),
+            ExecutionProvider::Plugin(ep) => ep.config_name(),
+            ExecutionProvider::Simulated => "simulated".into(),
+        }
     }
 }
 
@@ -166,6 +210,11 @@ pub struct Engine {
     nvml: Option<(nvml::Nvml, u32)>,
     notices: fallback::Notices,
     cache: Mutex<SessionCache>,
+    /// The data directory (plugin libraries, the compiled-model cache).
+    data_dir: PathBuf,
+    precision_hint: PrecisionHint,
+    /// The devices of the plugin providers that passed their probe, as they describe themselves.
+    plugin_devices: Vec<PluginDevice>,
 }
 
 impl Engine {
@@ -203,7 +252,7 @@ impl Engine {
             if providers.contains(&ep) {
                 continue;
             }
-            match probe::check(&runtime, ep, &faults) {
+            match probe::check(&runtime, &options.data_dir, ep, &faults) {
                 Ok(report) => {
                     if ep.is_accelerator() {
                         tracing::info!(provider = %ep, ms = report.millis, error = report.error, "execution provider passed its probe");
@@ -226,11 +275,49 @@ impl Engine {
                 .map(|n| (n, *device_id as u32)),
             _ => None,
         };
+        let mut plugin_devices: Vec<PluginDevice> = Vec::new();
+        for ep in &providers {
+            if let ExecutionProvider::Plugin(plugin) = ep
+                && !plugin_devices
+                    .iter()
+                    .any(|d| d.ep.provider == plugin.provider)
+            {
+                plugin_devices.extend(plugins::devices(&runtime, plugin.provider));
+            }
+        }
+        let plugin_device = |ep: &ExecutionProvider| match ep {
+            ExecutionProvider::Plugin(p) => plugin_devices.iter().find(|d| d.ep == *p),
+            _ => None,
+        };
+        // A plugin GPU whose memory is known but not its free memory: the total stands for it.
         let free_total = nvml
             .as_ref()
             .and_then(|(n, i)| n.memory(*i).ok())
-            .map(|m| (m.free, m.total));
+            .map(|m| (m.free, m.total))
+            .or_else(|| {
+                let first = providers.first()?;
+                let memory = plugin_device(first)
+                    .filter(|_| !first.on_host_cpu())?
+                    .memory?;
+                Some((memory, memory))
+            });
         let budget = tuning.vram_budget.resolve(free_total);
+        let versions: BTreeMap<String, String> = plugin_devices
+            .iter()
+            .map(|d| {
+                (
+                    d.ep.provider.config_name().to_owned(),
+                    d.provider_version.clone(),
+                )
+            })
+            .collect();
+        for (dir, reason) in compiled::remove_stale(
+            &compiled::root(&options.data_dir),
+            &versions,
+            compiled::LIMIT,
+        ) {
+            tracing::info!(entry = %dir.display(), "removed a compiled-model cache entry: {reason}");
+        }
         if let Some(budget) = budget {
             tracing::info!(
                 "sessions are held to a budget of {:.2} GiB",
@@ -248,7 +335,25 @@ impl Engine {
             nvml,
             notices,
             cache: Mutex::new(SessionCache::new(tuning.session_cache_size.max(1))),
+            data_dir: options.data_dir,
+            precision_hint: tuning.precision_hint,
+            plugin_devices,
         })
+    }
+
+    /// The devices of the plugin providers in use, as they describe themselves.
+    pub fn plugin_devices(&self) -> &[PluginDevice] {
+        &self.plugin_devices
+    }
+
+    /// Every device `provider` offers here, registering its library if needed: the devices, or
+    /// why the provider cannot be used (for `tessera doctor`).
+    pub fn discover_plugin_devices(
+        &self,
+        provider: PluginProvider,
+    ) -> Result<Vec<PluginDevice>, String> {
+        plugins::register_library(&self.runtime, &self.data_dir, provider)?;
+        Ok(plugins::devices(&self.runtime, provider))
     }
 
     /// e.g. `ONNX Runtime 1.32.0 (/path/libonnxruntime.so.1.32.0)`.
@@ -262,7 +367,15 @@ impl Engine {
 
     /// e.g. `CPU (2 threads)`, or `CUDA (NVIDIA GeForce RTX 3070), then CPU (2 threads)`.
     pub fn device_description(&self) -> String {
-        let device = self.device_memory().map(|m| m.name);
+        let device = self.device_memory().map(|m| m.name).or_else(|| {
+            let ExecutionProvider::Plugin(first) = self.accelerator()? else {
+                return None;
+            };
+            self.plugin_devices
+                .iter()
+                .find(|d| d.ep == first)
+                .map(|d| d.name.clone())
+        });
         let accelerators: Vec<String> = self
             .providers
             .iter()
@@ -302,7 +415,12 @@ impl Engine {
         list: &[ExecutionProvider],
     ) -> Vec<(ExecutionProvider, Result<ProbeReport, String>)> {
         list.iter()
-            .map(|&ep| (ep, probe::check(&self.runtime, ep, &self.faults)))
+            .map(|&ep| {
+                (
+                    ep,
+                    probe::check(&self.runtime, &self.data_dir, ep, &self.faults),
+                )
+            })
             .collect()
     }
 
@@ -417,20 +535,20 @@ impl Engine {
         let model = Arc::new(model.clone());
         let bytes = budget::session_bytes(&model.onnx);
         self.make_room(bytes);
-        let (session, placement) = match self.accelerator() {
+        let (built, placement) = match self.accelerator() {
             Some(ep) => match self.build_session(&model, true) {
-                Ok(session) => (session, Placement::Accelerator(ep)),
+                Ok(built) => (built, Placement::Accelerator(ep)),
                 Err(reason) => {
                     let reason = one_line(&reason);
                     self.notices.raise(format!(
                         "{} could not be prepared on {ep} ({reason}); it runs on the CPU (slower)",
                         model.name
                     ));
-                    let session = self
+                    let built = self
                         .build_session(&model, false)
                         .map_err(|e| EngineError::ort(&model.name, e))?;
                     (
-                        session,
+                        built,
                         Placement::Cpu {
                             reason: Some(reason),
                         },
@@ -443,7 +561,19 @@ impl Engine {
                 Placement::Cpu { reason: None },
             ),
         };
-        tracing::info!(model = %model.name, ms = started.elapsed().as_millis() as u64, ?placement, "session ready");
+        let Built {
+            session,
+            nodes,
+            compiled,
+        } = built;
+        tracing::info!(
+            model = %model.name,
+            ms = started.elapsed().as_millis() as u64,
+            ?placement,
+            nodes = %nodes.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+            compiled = compiled.map_or("", CacheUse::describe),
+            "session ready"
+        );
         let shrink = match placement {
             Placement::Accelerator(ExecutionProvider::Cuda { device_id }) => {
                 shrink_options(&format!("gpu:{device_id}"))
@@ -451,6 +581,7 @@ impl Engine {
             _ => None,
         };
         let info = Arc::new(SessionInfo::new(&model.name, &placement, bytes));
+        info.set_build_report(nodes, compiled);
         let session = Arc::new(Mutex::new(EngineSession::new(
             session,
             model,
@@ -485,7 +616,25 @@ impl Engine {
             .iter()
             .map(|(info, _)| match info.fell_back() {
                 true => format!("{} (on the CPU)", info.name),
-                false => info.name.clone(),
+                false => match info.build_report() {
+                    Some(report) => format!("{} [{report}]", info.name),
+                    None => info.name.clone(),
+                },
+            })
+            .collect()
+    }
+
+    /// What each session alive now reported when it was built: its node placement and how it
+    /// used the compiled-model cache (accelerated sessions only), by model name.
+    pub fn session_reports(&self) -> Vec<(String, Option<NodePlacement>, Option<CacheUse>)> {
+        let mut cache = self.lock_cache();
+        cache.prune();
+        cache
+            .alive
+            .iter()
+            .map(|(info, _)| {
+                let (nodes, compiled) = info.build_facts();
+                (info.name.clone(), nodes, compiled)
             })
             .collect()
     }
@@ -563,53 +712,6 @@ impl Engine {
         }
     }
 
-    /// Builds `model`'s ONNX Runtime session, on the accelerators when `accelerated`, else on
-    /// the CPU alone.
-    fn build_session(&self, model: &CompiledModel, accelerated: bool) -> Result<Session, String> {
-        let text = |e: &dyn std::fmt::Display| one_line(&e.to_string());
-        if accelerated && self.faults.faults.breaks_build(&model.name) {
-            return Err("injected fault (TESSERA_FAULTS=build)".into());
-        }
-        let folder = model
-            .weights_folder
-            .to_str()
-            .ok_or("the weights folder path is not valid UTF-8")?;
-        let err = |e: ort::Error<SessionBuilder>| text(&e);
-        let mut builder = Session::builder(&self.runtime.env)
-            .map_err(|e| text(&e))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(err)?
-            .with_intra_threads(self.threads)
-            .map_err(err)?
-            // The daemon shares the machine with the editor: idle threads must not spin.
-            .with_intra_op_spinning(false)
-            .map_err(err)?
-            .with_config_entry(
-                "session.model_external_initializers_file_folder_path",
-                folder,
-            )
-            .map_err(err)?;
-        // A session option (Enable/DisableCpuMemArena), not a provider registration: the
-        // accelerators below keep their precedence over the CPU.
-        ort::ep::ExecutionProvider::register(
-            &ort::ep::CPU::default().with_arena_allocator(self.cpu_arena),
-            &mut builder,
-        )
-        .map_err(|e| text(&e))?;
-        if accelerated {
-            let settings = EpSettings {
-                conv_search: ConvSearch::for_model(&model.name),
-                memory_limit: self.budget,
-            };
-            for ep in self.providers.iter().filter(|ep| ep.is_accelerator()) {
-                providers::register(&mut builder, *ep, &settings)?;
-            }
-        }
-        builder
-            .commit_from_memory(&model.onnx)
-            .map_err(|e| text(&e))
-    }
-
     /// Builds `model`'s sessions again on the CPU, in place (every holder gets the new one),
     /// after the accelerator ran out of memory for it.
     pub fn move_to_cpu(&self, model: &str) -> Result<(), EngineError> {
@@ -628,7 +730,8 @@ impl Engine {
             let compiled = guard.model.clone();
             let session = self
                 .build_session(&compiled, false)
-                .map_err(|e| EngineError::ort(model, e))?;
+                .map_err(|e| EngineError::ort(model, e))?
+                .session;
             let reason = "it ran out of GPU memory".to_owned();
             guard.replace(
                 session,

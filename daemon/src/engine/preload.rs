@@ -1,6 +1,11 @@
 //! Loading the CUDA and cuDNN libraries that `tessera runtime install` unpacked into
-//! `runtime/cuda/`, by their full paths, before ONNX Runtime is initialised, and keeping them
-//! loaded for the life of the process.
+//! `runtime/cuda/`, and the DirectML wheel's own `DirectML.dll`, by their full paths, before
+//! ONNX Runtime is initialised, and keeping them loaded for the life of the process.
+//!
+//! `onnxruntime.dll` of the DirectML build imports `DirectML.dll` by name; without a copy
+//! already in the process, Windows finds the one in System32, which is older than the one the
+//! wheel was built and tested with (and absent before Windows 10 1903). Loading the wheel's
+//! copy first, by its full path, makes the import resolve to it ([`directml`]).
 //!
 //! ONNX Runtime's CUDA provider library links cuBLAS and the CUDA runtime by file name and opens
 //! cuDNN (and through it NVRTC) by file name when it starts. A library already in the process is
@@ -33,6 +38,38 @@ pub struct Preloaded {
 }
 
 static PRELOADED: OnceLock<Preloaded> = OnceLock::new();
+
+/// The DirectML library the DirectML wheel carries beside `onnxruntime.dll`.
+pub const DIRECTML_DLL: &str = "DirectML.dll";
+
+static DIRECTML: OnceLock<Result<libloading::Library, String>> = OnceLock::new();
+
+/// The `DirectML.dll` beside `main_library`, if there is one.
+pub(crate) fn directml_beside(main_library: &Path) -> Option<PathBuf> {
+    let folder = main_library.parent()?;
+    std::fs::read_dir(folder)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.eq_ignore_ascii_case(DIRECTML_DLL))
+        })
+}
+
+/// Loads the `DirectML.dll` beside `main_library` by its full path, once per process, before
+/// ONNX Runtime loads (Windows; elsewhere there is no DirectML). `None`: none is there.
+pub(crate) fn directml(main_library: &Path) -> Option<Result<PathBuf, String>> {
+    let path = directml_beside(main_library)?;
+    let outcome = DIRECTML.get_or_init(|| open(&path));
+    Some(match outcome {
+        Ok(_) => {
+            tracing::info!(library = %path.display(), "preloaded DirectML");
+            Ok(path)
+        }
+        Err(reason) => Err(reason.clone()),
+    })
+}
 
 /// The CUDA provider's library beside the ONNX Runtime library.
 pub fn provider_library_name() -> &'static str {

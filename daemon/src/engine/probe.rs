@@ -98,7 +98,7 @@ fn run_on(runtime: &Runtime, ep: ExecutionProvider, onnx: &[u8]) -> Result<Vec<f
         .map_err(|e| text(&e))?
         .with_intra_threads(1)
         .map_err(|e| text(&e))?;
-    providers::register(&mut builder, ep, &providers::EpSettings::probe())?;
+    providers::register(runtime, &mut builder, ep, &providers::EpSettings::probe())?;
     let mut session = builder
         .commit_from_memory(onnx)
         .map_err(|e| format!("its session cannot be built: {}", text(&e)))?;
@@ -145,6 +145,7 @@ pub fn probe(
 /// Diagnosis, registration and probe of `ep`: what the probe measured, or why `ep` is not used.
 pub(super) fn check(
     runtime: &Runtime,
+    data_dir: &std::path::Path,
     ep: ExecutionProvider,
     faults: &super::faults::FaultState,
 ) -> Result<ProbeReport, String> {
@@ -154,7 +155,7 @@ pub(super) fn check(
             error: 0.0,
         });
     }
-    providers::diagnose(runtime, ep)?;
+    providers::diagnose(runtime, data_dir, ep)?;
     providers::registers(runtime, ep)?;
     probe(runtime, ep, faults.faults.probe)
 }

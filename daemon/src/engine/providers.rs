@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::ExecutionProvider;
 use super::nvml::Nvml;
+use super::plugins::{self, PluginEp, PluginSettings, PrecisionHint};
 use super::runtime::{Runtime, one_line};
 use ort::ep::ExecutionProvider as _;
 use ort::session::builder::SessionBuilder;
@@ -16,26 +17,30 @@ impl std::str::FromStr for ExecutionProvider {
     type Err = String;
 
     fn from_str(text: &str) -> Result<ExecutionProvider, String> {
+        if let Some(plugin) = PluginEp::parse(text) {
+            return plugin.map(ExecutionProvider::Plugin);
+        }
         let (name, device) = match text.split_once(':') {
             Some((name, device)) => (name, Some(device)),
             None => (text, None),
         };
-        let device_id = match device {
-            Some(d) => d
-                .parse::<i32>()
-                .ok()
-                .filter(|id| *id >= 0)
-                .ok_or_else(|| format!("{text:?}: the device must be a number, e.g. cuda:1"))?,
-            None => 0,
-        };
+        let device_id =
+            match device {
+                Some(d) => Some(d.parse::<i32>().ok().filter(|id| *id >= 0).ok_or_else(|| {
+                    format!("{text:?}: the device must be a number, e.g. cuda:1")
+                })?),
+                None => None,
+            };
         let provider = match name.to_ascii_lowercase().as_str() {
             "cpu" => ExecutionProvider::Cpu,
-            "cuda" => ExecutionProvider::Cuda { device_id },
-            "directml" | "dml" => ExecutionProvider::DirectMl { device_id },
+            "cuda" => ExecutionProvider::Cuda {
+                device_id: device_id.unwrap_or(0),
+            },
+            "directml" | "dml" => ExecutionProvider::DirectMl { adapter: device_id },
             "coreml" => ExecutionProvider::CoreMl,
             _ => {
                 return Err(format!(
-                    "unknown execution provider {text:?} (one of cpu, cuda, directml, coreml)"
+                    "unknown execution provider {text:?} (one of cpu, cuda, directml, coreml, openvino:gpu, openvino:cpu, openvino:npu, webgpu, tensorrt-rtx)"
                 ));
             }
         };
@@ -43,7 +48,7 @@ impl std::str::FromStr for ExecutionProvider {
             && matches!(provider, ExecutionProvider::Cpu | ExecutionProvider::CoreMl)
         {
             return Err(format!(
-                "{text:?}: only cuda and directml take a device number"
+                "{text:?}: only cuda, directml, openvino, webgpu and tensorrt-rtx take a device"
             ));
         }
         Ok(provider)
@@ -53,11 +58,13 @@ impl std::str::FromStr for ExecutionProvider {
 impl std::fmt::Display for ExecutionProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExecutionProvider::Cuda { device_id } | ExecutionProvider::DirectMl { device_id }
-                if *device_id != 0 =>
-            {
+            ExecutionProvider::Cuda { device_id } if *device_id != 0 => {
                 write!(f, "{} device {device_id}", self.name())
             }
+            ExecutionProvider::DirectMl {
+                adapter: Some(adapter),
+            } => write!(f, "{} adapter {adapter}", self.name()),
+            ExecutionProvider::Plugin(ep) => write!(f, "{ep}"),
             _ => f.write_str(self.name()),
         }
     }
@@ -107,15 +114,67 @@ pub struct EpSettings {
     pub conv_search: ConvSearch,
     /// Cap of the accelerator's memory arena for this session (`gpu_mem_limit`): the VRAM budget.
     pub memory_limit: Option<u64>,
+    /// The graph computes in f16 (compiling providers are asked for f16 too).
+    pub graph_fp16: bool,
+    /// What a CPU device of a compiling provider is asked to compute in.
+    pub hint: PrecisionHint,
+    /// The folder of this session's compiled blobs (`cache/compiled/…`), for providers that
+    /// compile (OpenVINO, TensorRT-RTX, CoreML).
+    pub compiled_cache: Option<PathBuf>,
+    /// Threads of a CPU device of a plugin provider (0: its own choice).
+    pub threads: usize,
 }
 
 impl EpSettings {
-    /// For the probe: nothing to search for, nothing to cap.
+    /// For the probe: nothing to search for, nothing to cap, nothing to keep.
     pub fn probe() -> EpSettings {
         EpSettings {
             conv_search: ConvSearch::Heuristic,
             memory_limit: None,
+            graph_fp16: false,
+            hint: PrecisionHint::Graph,
+            compiled_cache: None,
+            threads: 1,
         }
+    }
+
+    fn plugin(&self) -> PluginSettings {
+        PluginSettings {
+            graph_fp16: self.graph_fp16,
+            hint: self.hint,
+            cache_dir: self.compiled_cache.clone(),
+            threads: self.threads,
+        }
+    }
+}
+
+/// DirectML on `adapter`, else on the adapter DXGI ranks first for high performance (a laptop's
+/// discrete GPU; adapter 0 is often the integrated one), GPUs only.
+pub fn directml(adapter: Option<i32>) -> ort::ep::DirectML {
+    use ort::ep::directml::{DeviceFilter, PerformancePreference};
+    let dml = ort::ep::DirectML::default();
+    match adapter {
+        Some(id) => dml.with_device_id(id),
+        None => dml
+            .with_performance_preference(PerformancePreference::HighPerformance)
+            .with_device_filter(DeviceFilter::Gpu),
+    }
+}
+
+/// CoreML as Tessera asks for it when configured (docs/gpu.md says why macOS defaults to the
+/// CPU): the MLProgram format (more operators than the old NeuralNetwork format, fp16 on the GPU
+/// and the Neural Engine), every compute unit, and the compiled model kept in `cache_dir` so
+/// that only the first start compiles. Inputs keep their dynamic shapes: requiring static ones
+/// would leave every network of Tessera, whose height and width are dynamic, on the CPU.
+pub fn coreml(cache_dir: Option<&Path>) -> ort::ep::CoreML {
+    use ort::ep::coreml::{ComputeUnits, ModelFormat};
+    let coreml = ort::ep::CoreML::default()
+        .with_model_format(ModelFormat::MLProgram)
+        .with_compute_units(ComputeUnits::All)
+        .with_static_input_shapes(false);
+    match cache_dir {
+        Some(dir) => coreml.with_model_cache_dir(dir.display()),
+        None => coreml,
     }
 }
 
@@ -167,6 +226,7 @@ impl CudaOptions {
 
 /// Adds `ep` to a session under construction.
 pub(super) fn register(
+    runtime: &Runtime,
     builder: &mut SessionBuilder,
     ep: ExecutionProvider,
     settings: &EpSettings,
@@ -177,10 +237,15 @@ pub(super) fn register(
         ExecutionProvider::Cuda { device_id } => {
             cuda_options(device_id, settings).to_ort().register(builder)
         }
-        ExecutionProvider::DirectMl { device_id } => ort::ep::DirectML::default()
-            .with_device_id(device_id)
-            .register(builder),
-        ExecutionProvider::CoreMl => ort::ep::CoreML::default().register(builder),
+        ExecutionProvider::DirectMl { adapter } => directml(adapter).register(builder),
+        ExecutionProvider::CoreMl => coreml(settings.compiled_cache.as_deref()).register(builder),
+        ExecutionProvider::Plugin(plugin) => {
+            let device = plugins::ort_device(runtime, plugin)?;
+            let native = plugins::native_name(&device);
+            let options = plugins::options(plugin, &native, &settings.plugin());
+            return super::ep_api::append_for_device(builder, &runtime.env, &device, &options)
+                .map_err(|e| one_line(&e));
+        }
     };
     result.map_err(|e| one_line(&e.to_string()))
 }
@@ -189,9 +254,10 @@ pub(super) fn register(
 /// anything on it: the library lacks the provider, the system is the wrong one, the driver or
 /// device is missing, a CUDA or cuDNN library the provider needs is missing. `Ok` means only
 /// that nothing is known to be missing: registration and the probe decide.
-pub fn diagnose(runtime: &Runtime, ep: ExecutionProvider) -> Result<(), String> {
+pub fn diagnose(runtime: &Runtime, data_dir: &Path, ep: ExecutionProvider) -> Result<(), String> {
     match ep {
         ExecutionProvider::Cpu | ExecutionProvider::Simulated => Ok(()),
+        ExecutionProvider::Plugin(plugin) => diagnose_plugin(runtime, data_dir, plugin),
         ExecutionProvider::Cuda { device_id } => diagnose_cuda(runtime, device_id),
         ExecutionProvider::DirectMl { .. } => {
             if !cfg!(windows) {
@@ -214,6 +280,12 @@ pub fn diagnose(runtime: &Runtime, ep: ExecutionProvider) -> Result<(), String> 
             Ok(())
         }
     }
+}
+
+/// A plugin provider's library registers and offers the device `plugin` names.
+fn diagnose_plugin(runtime: &Runtime, data_dir: &Path, plugin: PluginEp) -> Result<(), String> {
+    plugins::register_library(runtime, data_dir, plugin.provider)?;
+    plugins::ort_device(runtime, plugin).map(drop)
 }
 
 /// The CUDA provider's own library, next to ONNX Runtime's.
@@ -349,7 +421,7 @@ fn loadable(name: &str, dirs: &[Option<PathBuf>]) -> bool {
 pub(super) fn registers(runtime: &Runtime, ep: ExecutionProvider) -> Result<(), String> {
     let mut builder =
         ort::session::Session::builder(&runtime.env).map_err(|e| one_line(&e.to_string()))?;
-    register(&mut builder, ep, &EpSettings::probe())
+    register(runtime, &mut builder, ep, &EpSettings::probe())
 }
 
 #[cfg(test)]
@@ -367,15 +439,15 @@ mod tests {
         );
         assert_eq!(
             parse("dml"),
-            Ok(ExecutionProvider::DirectMl { device_id: 0 })
+            Ok(ExecutionProvider::DirectMl { adapter: None })
+        );
+        assert_eq!(
+            parse("directml:1"),
+            Ok(ExecutionProvider::DirectMl { adapter: Some(1) })
         );
         assert_eq!(parse("coreml"), Ok(ExecutionProvider::CoreMl));
         assert!(parse("cuda:x").unwrap_err().contains("must be a number"));
-        assert!(
-            parse("cpu:1")
-                .unwrap_err()
-                .contains("only cuda and directml")
-        );
+        assert!(parse("cpu:1").unwrap_err().contains("only cuda, directml"));
         assert!(
             parse("tensorrt")
                 .unwrap_err()
@@ -422,6 +494,7 @@ mod tests {
         let unet = EpSettings {
             conv_search: ConvSearch::for_model("UNet+ControlNet x"),
             memory_limit: Some(5 << 30),
+            ..EpSettings::probe()
         };
         let options = cuda_options(1, &unet);
         assert_eq!(
@@ -448,6 +521,7 @@ mod tests {
             &EpSettings {
                 conv_search: ConvSearch::for_model("VAE decoder x"),
                 memory_limit: None,
+                ..EpSettings::probe()
             },
         );
         assert_eq!(vae.conv_algo_search, "HEURISTIC");
@@ -494,5 +568,32 @@ mod tests {
             check_libraries(&provider, &[]).is_ok(),
             "nothing CUDA is needed"
         );
+    }
+
+    #[test]
+    fn directml_takes_the_high_performance_gpu_unless_an_adapter_is_named() {
+        let chosen = format!("{:?}", directml(None));
+        for expected in ["device_id: None", "HighPerformance", "device_filter: Gpu"] {
+            assert!(chosen.contains(expected), "{expected} not in {chosen}");
+        }
+        let named = format!("{:?}", directml(Some(1)));
+        assert!(named.contains("device_id: Some(1)"), "{named}");
+    }
+
+    #[test]
+    fn coreml_compiles_ml_programs_into_the_compiled_cache() {
+        let passed = format!(
+            "{:?}",
+            coreml(Some(Path::new("/data/cache/compiled/coreml")))
+        );
+        for expected in [
+            "\"ModelFormat\": \"MLProgram\"",
+            "\"MLComputeUnits\": \"ALL\"",
+            "\"RequireStaticInputShapes\": \"false\"",
+            "\"ModelCacheDirectory\": \"/data/cache/compiled/coreml\"",
+        ] {
+            assert!(passed.contains(expected), "{expected} not in {passed}");
+        }
+        assert!(!format!("{:?}", coreml(None)).contains("ModelCacheDirectory"));
     }
 }

@@ -165,6 +165,13 @@ fn init(path: &Path, data_dir: &Path, preload_cuda: bool) -> Result<Runtime, Eng
         path: path.to_owned(),
         reason,
     };
+    // The DirectML wheel's own DirectML.dll, by its full path, before onnxruntime.dll is
+    // loaded at all: its import of DirectML.dll then resolves to it, not to System32's.
+    if cfg!(windows)
+        && let Some(Err(reason)) = super::preload::directml(path)
+    {
+        tracing::warn!("cannot preload DirectML.dll beside the runtime: {reason}");
+    }
     // SAFETY: loading a shared library runs its initialisers; the user named this file as
     // their ONNX Runtime, which is the trust we need anyway.
     let library = unsafe { libloading::Library::new(path) }.map_err(|e| {

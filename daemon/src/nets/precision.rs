@@ -3,8 +3,11 @@
 //! Graphs keep f32 inputs and outputs whatever they compute in (`crate::onnx`'s
 //! `f32_input`/`f32_output`), so a precision is a property of a compiled graph only: callers
 //! never see it. On the CPU execution provider f16 is no faster (ONNX Runtime's CPU kernels
-//! widen it), so `auto` means f32 there; on an accelerator (CUDA, DirectML, CoreML) `auto`
-//! means f16 for the UNet, the ControlNet, the text encoder and ESRGAN. The VAE has its own
+//! widen it), so `auto` means f32 there, and on every device that computes on the host's CPU
+//! (OpenVINO's CPU device, whose own precision hint decides its arithmetic:
+//! `engine.cpu_precision_hint`); on a GPU-like accelerator (CUDA, DirectML, CoreML, OpenVINO's
+//! GPU and NPU, WebGPU, TensorRT-RTX) `auto` means f16 for the UNet, the ControlNet, the text
+//! encoder and ESRGAN. The VAE has its own
 //! setting, f32 unless asked otherwise: SD 1.5's VAE overflows f16 in its decoder, so an f16 VAE
 //! is checked after every pass and a pass with NaN or ∞ is done again in f32
 //! (`pipeline/clarity/models.rs`).
@@ -106,11 +109,10 @@ impl std::str::FromStr for PrecisionSetting {
     }
 }
 
-/// Whether sessions on these providers run on an accelerator (anything but the CPU first).
+/// Whether sessions on these providers run on a GPU-like accelerator: the first is one that
+/// does not compute on the host's CPU.
 pub fn accelerated(providers: &[ExecutionProvider]) -> bool {
-    providers
-        .first()
-        .is_some_and(|ep| *ep != ExecutionProvider::Cpu)
+    providers.first().is_some_and(|ep| !ep.on_host_cpu())
 }
 
 /// The precision of every network of a job, resolved for the device.
@@ -211,6 +213,20 @@ mod tests {
         // An explicit setting wins over the device; the VAE follows its own.
         let forced = Precisions::resolve(Fp16, Fp16, &[ExecutionProvider::Cpu]);
         assert_eq!(forced.describe(), "fp16 (every network)");
+        // OpenVINO's CPU device follows the CPU's policy, its GPU the accelerators'.
+        let ov = |device: &str| {
+            format!("openvino:{device}")
+                .parse::<ExecutionProvider>()
+                .unwrap()
+        };
+        assert_eq!(
+            Precisions::resolve(Auto, Fp32, &[ov("cpu"), ExecutionProvider::Cpu]),
+            Precisions::f32()
+        );
+        assert_eq!(
+            Precisions::resolve(Auto, Fp32, &[ov("gpu"), ExecutionProvider::Cpu]).unet,
+            Precision::F16
+        );
         let vae_auto = Precisions::resolve(Fp32, Auto, &[CUDA]);
         assert_eq!(
             (vae_auto.unet, vae_auto.vae),

@@ -4,7 +4,8 @@
 //! Layout (created on first use):
 //! `models/{checkpoints,vae,controlnet,upscalers,loras,embeddings}/`,
 //! `runtime/` (ONNX Runtime library; `runtime/cuda/` the CUDA and cuDNN libraries of a GPU
-//! runtime), `cache/` (converted weights, hashes),
+//! runtime; `runtime/plugins/<name>/` plugin execution providers), `cache/` (converted
+//! weights, hashes; `cache/compiled/` what compiling providers made of the graphs),
 //! `logs/`, and an optional `config.toml`.
 
 pub mod accelerator;
@@ -12,6 +13,7 @@ pub mod cuda;
 pub mod defaults;
 pub mod hashes;
 pub mod pip;
+pub mod plugins;
 pub mod registry;
 pub mod runtime;
 pub mod space;

@@ -50,6 +50,9 @@ pub struct InstalledRuntime {
     /// The CUDA and cuDNN libraries installed into `runtime/cuda/` for a GPU wheel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda: Option<CudaLibraries>,
+    /// Plugin execution providers installed into `runtime/plugins/` (`store/plugins.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<super::plugins::InstalledPlugin>,
 }
 
 fn cpu_only() -> Vec<String> {
@@ -179,7 +182,13 @@ pub fn install(
     };
     let needed = CudaLibraries::needed_by(&wheel)?;
     let mut record = unpack(dir, &wheel, &options.package, &options.version)?;
-    let previous = read_record(&dir.runtime()).and_then(|c| c.cuda);
+    let earlier = read_record(&dir.runtime());
+    // Plugins load into any ONNX Runtime of a recent enough version: they stay.
+    record.plugins = earlier
+        .as_ref()
+        .map(|r| r.plugins.clone())
+        .unwrap_or_default();
+    let previous = earlier.and_then(|c| c.cuda);
     // Recorded now, with the libraries still in place, as not checked for CUDA: should fetching
     // fail, the next run tries again (and knows what to replace).
     record.cuda = previous.clone();
@@ -250,9 +259,16 @@ pub fn adopt(dir: &DataDir, library: &Path) -> Result<InstalledRuntime, RuntimeI
         providers: cpu_only(),
         dependencies_read: true,
         cuda: None,
+        plugins: Vec::new(),
     };
-    // CUDA libraries installed for an earlier runtime belong to that one.
-    let previous = read_record(&dir.runtime()).and_then(|r| r.cuda);
+    // CUDA libraries installed for an earlier runtime belong to that one; plugins stay.
+    let earlier = read_record(&dir.runtime());
+    let mut record = record;
+    record.plugins = earlier
+        .as_ref()
+        .map(|r| r.plugins.clone())
+        .unwrap_or_default();
+    let previous = earlier.and_then(|r| r.cuda);
     cuda::remove_stale(&dir.runtime(), previous.as_ref(), None);
     write_record(dir, &record)?;
     Ok(record)
@@ -313,9 +329,13 @@ fn find_wheel(folder: &Path, package: &str, version: &str) -> std::io::Result<Op
 }
 
 /// True for the shared libraries a wheel's `onnxruntime/capi/` carries
-/// (the main library and its execution-provider plug-ins), false for the
+/// (the main library, its execution-provider plug-ins, and the DirectML wheel's own
+/// `DirectML.dll`, newer than the one Windows ships), false for the
 /// Python extension module and everything else.
 fn is_runtime_library(file_name: &str) -> bool {
+    if file_name.eq_ignore_ascii_case(crate::engine::DIRECTML_DLL) {
+        return true;
+    }
     if !file_name.starts_with("libonnxruntime") && !file_name.starts_with("onnxruntime") {
         return false;
     }
@@ -327,7 +347,9 @@ fn is_runtime_library(file_name: &str) -> bool {
 
 /// The library `ort` loads, as opposed to provider plug-ins.
 fn is_main_library(file_name: &str) -> bool {
-    is_runtime_library(file_name) && !file_name.contains("providers")
+    is_runtime_library(file_name)
+        && !file_name.contains("providers")
+        && !file_name.eq_ignore_ascii_case(crate::engine::DIRECTML_DLL)
 }
 
 fn unpack(
@@ -388,11 +410,15 @@ fn unpack(
         ),
         dependencies_read: false,
         cuda: None,
+        plugins: Vec::new(),
     };
     Ok(record)
 }
 
-fn write_record(dir: &DataDir, record: &InstalledRuntime) -> Result<(), RuntimeInstallError> {
+pub(crate) fn write_record(
+    dir: &DataDir,
+    record: &InstalledRuntime,
+) -> Result<(), RuntimeInstallError> {
     let text = toml::to_string(record).expect("plain record serialises");
     let record_path = dir.runtime().join(RECORD);
     write_atomically(&record_path, text.as_bytes()).map_err(|source| RuntimeInstallError::Io {
@@ -566,6 +592,7 @@ mod tests {
                 }],
                 ..CudaLibraries::default()
             }),
+            plugins: Vec::new(),
         };
         write_record(&dir, &gpu).unwrap();
         let options = InstallOptions {
@@ -591,5 +618,10 @@ mod tests {
         assert!(is_runtime_library("libonnxruntime_providers_cuda.so"));
         assert!(!is_runtime_library("onnxruntime_pybind11_state.pyd"));
         assert!(!is_runtime_library("__init__.py"));
+        assert!(
+            is_runtime_library("DirectML.dll"),
+            "the wheel's own DirectML"
+        );
+        assert!(!is_main_library("DirectML.dll"));
     }
 }

@@ -137,6 +137,7 @@ fn record(runtime_dir: &Path, files: &[&str]) {
         wheel: String::new(),
         providers: vec!["cuda".into(), "cpu".into()],
         dependencies_read: true,
+        plugins: Vec::new(),
         cuda: Some(CudaLibraries {
             requirements: vec!["nvidia-cuda-runtime~=13.0".into()],
             cuda_major: Some(13),
@@ -200,4 +201,26 @@ fn the_libraries_recorded_beside_a_cuda_runtime_are_the_ones_preloaded() {
         to_preload(&link, &linked_data).unwrap().1,
         [linked_runtime.join("cuda/libcudart.so.13")]
     );
+}
+
+#[test]
+fn the_wheels_directml_is_found_beside_the_runtime_and_loaded_by_its_full_path() {
+    let temp = tempfile::tempdir().unwrap();
+    let main = temp.path().join("onnxruntime.dll");
+    std::fs::write(&main, b"runtime").unwrap();
+    assert_eq!(
+        directml_beside(&main),
+        None,
+        "none there: the system's is used"
+    );
+    assert!(directml(&main).is_none());
+    // The wheel spells it DirectML.dll; a file system may keep another case.
+    let dll = shared_object(
+        temp.path(),
+        "directml.dll",
+        "int dml_stand_in(void) { return 7; }\n",
+        &[],
+    );
+    assert_eq!(directml_beside(&main), Some(dll.clone()));
+    assert_eq!(directml(&main), Some(Ok(dll)));
 }

@@ -287,6 +287,8 @@ pub struct JobReport {
 /// The whole benchmark.
 #[derive(Debug, Clone)]
 pub struct ClarityReport {
+    /// The last job's image samples, for comparing devices.
+    pub output: Vec<u8>,
     pub write_s: Option<f64>,
     pub precisions: Precisions,
     /// VAE passes redone in fp32 (an fp16 VAE that overflowed).
@@ -448,6 +450,7 @@ pub fn clarity(
     };
     let (evaluations, eval_gflop) = workload(&params, size, &options.models);
     let mut jobs = Vec::new();
+    let mut output = Vec::new();
     for run in 1..=runs.max(1) {
         let (traffic_before, unet_before) = (binding::total(), runner.unet_traffic());
         let started = Instant::now();
@@ -473,6 +476,7 @@ pub fn clarity(
             .map(|(p, s)| format!("{p} {s:.1} s"))
             .collect();
         log(&format!("job {run}: {total_s:.1} s [{}]", line.join(", ")));
+        output = out.image.data.clone();
         jobs.push(JobReport {
             phases,
             total_s,
@@ -484,6 +488,7 @@ pub fn clarity(
     let gemm_after = gemm_peak(&engine, gemm_size)?;
     log(&format!("fp32 MatMul {gemm_after:.0} GFLOP/s"));
     Ok(ClarityReport {
+        output,
         write_s,
         precisions,
         vae_redos: runner.vae_redos(),

@@ -71,6 +71,8 @@ pub struct Fp16Error {
 /// What one benchmark run measured.
 #[derive(Clone, Debug)]
 pub struct StepReport {
+    /// The first evaluation's output (the noise prediction), for comparing devices.
+    pub output: Vec<f32>,
     pub write_s: f64,
     pub compile_s: f64,
     pub session_s: f64,
@@ -349,6 +351,7 @@ pub fn sd_step(
     };
 
     Ok(StepReport {
+        output: first_eps.iter().copied().collect(),
         write_s,
         compile_s,
         session_s,

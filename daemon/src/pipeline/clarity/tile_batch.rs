@@ -40,7 +40,7 @@ pub fn resolve(
     let Some(&first) = providers.first() else {
         return 1;
     };
-    if first == ExecutionProvider::Cpu {
+    if first.on_host_cpu() {
         return 1;
     }
     for_free_memory(device_memory::free_bytes(first), precision, tile)
@@ -72,9 +72,11 @@ mod tests {
     fn the_cpu_runs_one_tile_per_call_and_a_setting_wins() {
         let cpu = [ExecutionProvider::Cpu];
         assert_eq!(resolve(None, &cpu, Precision::F32, TILE), 1);
+        let openvino_cpu = ["openvino:cpu".parse().unwrap(), ExecutionProvider::Cpu];
+        assert_eq!(resolve(None, &openvino_cpu, Precision::F32, TILE), 1);
         assert_eq!(resolve(Some(3), &cpu, Precision::F32, TILE), 3);
         let gpu = [
-            ExecutionProvider::DirectMl { device_id: 0 },
+            ExecutionProvider::DirectMl { adapter: None },
             ExecutionProvider::Cpu,
         ];
         assert_eq!(resolve(Some(1), &gpu, Precision::F16, TILE), 1);
