@@ -12,6 +12,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub upscale: UpscaleConfig,
     pub diffusion: DiffusionConfig,
+    pub serve: ServeConfig,
 }
 
 /// Bounds on what one client may ask of the daemon.
@@ -109,6 +110,21 @@ impl Default for DiffusionConfig {
             vae_encoder_tile: 512,
             vae_decoder_tile: 54,
         }
+    }
+}
+
+/// What `tessera serve` does besides serving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Load the default upscaler and model set in the background as soon as the daemon
+    /// listens, so that the first job finds them warm.
+    pub warm_up: bool,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { warm_up: true }
     }
 }
 

@@ -148,6 +148,25 @@ pub struct Status {
     pub sessions: Vec<String>,
     /// The daemon's resident memory in bytes (0 where the platform does not say).
     pub resident_bytes: u64,
+    /// The loading of the default model set that `tessera serve` starts as soon as it
+    /// listens; `None` when this daemon runs none.
+    pub warm_up: Option<WarmUp>,
+}
+
+/// How far the daemon's start-up warm-up is: the default model set compiled and its
+/// sessions created in the background, so that the first job finds them warm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmUp {
+    /// What it loads now, e.g. "UNet juggernaut_reborn.safetensors"; empty once it is over.
+    pub loading: String,
+    /// Parts loaded, out of `parts`.
+    pub done: u32,
+    pub parts: u32,
+    /// Seconds since it began, or that it took once it is over.
+    pub seconds: f32,
+    /// Why it stopped before the end (a default model missing, a load failure); empty
+    /// otherwise. A job loads what it needs either way.
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -115,9 +115,12 @@ fn a_2x_job_runs_every_phase_with_monotonic_progress_and_an_eta() {
     );
 }
 
+/// No start-up warm-up: the tests that compare a first job's loading with the next one's.
+const NO_WARM_UP: &str = "[serve]\nwarm_up = false\n";
+
 #[test]
 fn a_4x_job_keeps_alpha_and_16_bits_and_the_next_job_finds_the_models_warm() {
-    let daemon = Daemon::prepare_diffusion("").start();
+    let daemon = Daemon::prepare_diffusion(NO_WARM_UP).start();
     let mut client = daemon.client();
     let mut stages = 0;
     let done = client
@@ -173,7 +176,9 @@ fn a_4x_job_keeps_alpha_and_16_bits_and_the_next_job_finds_the_models_warm() {
 #[test]
 fn a_large_job_lends_what_it_is_done_with_and_the_next_job_is_warm() {
     // Canvases above 64 + 2·32 pixels are encoded in tiles: this job is "large".
-    let daemon = Daemon::prepare_diffusion("[diffusion]\nvae_encoder_tile = 64\n").start();
+    let daemon =
+        Daemon::prepare_diffusion(&format!("{NO_WARM_UP}[diffusion]\nvae_encoder_tile = 64\n"))
+            .start();
     let mut client = daemon.client();
     let mut watcher = daemon.client();
     let mut during = None::<Vec<String>>;
@@ -216,6 +221,78 @@ fn a_large_job_lends_what_it_is_done_with_and_the_next_job_is_warm() {
         "the second job loads nothing: {load:.3} s vs {first_load:.3} s"
     );
     assert_eq!(again.image, done.image);
+}
+
+#[test]
+fn a_job_during_the_warm_up_completes_and_status_shows_the_warm_up() {
+    let daemon = Daemon::prepare_diffusion("").start();
+    let mut client = daemon.client();
+    // The daemon has just started listening: its warm-up is loading the default models.
+    let early = client.status().unwrap().warm_up.expect("serve warms up");
+    let done = client
+        .upscale(test_image(48, 40), params(2.0), |_| {})
+        .unwrap();
+    assert_eq!((done.image.width, done.image.height), (96, 80));
+    assert!(
+        !early.loading.is_empty() && early.done < early.parts,
+        "the warm-up was under way when the job came: {early:?}"
+    );
+    let after = client.status().unwrap();
+    let warm_up = after.warm_up.expect("the warm-up stays reported");
+    assert_eq!(
+        (
+            warm_up.loading.as_str(),
+            warm_up.error.as_str(),
+            warm_up.done
+        ),
+        ("", "", warm_up.parts),
+        "{warm_up:?}"
+    );
+    for part in ["UNet+ControlNet", "VAE decoder", "CLIP", "ESRGAN"] {
+        assert!(
+            after.sessions.iter().any(|s| s.contains(part)),
+            "{part} in {:?}",
+            after.sessions
+        );
+    }
+    // The job took the warm-up's models: the next job with them loads nothing, and both
+    // give the bytes of a daemon that ran no warm-up.
+    let again = client
+        .upscale(test_image(48, 40), params(2.0), |_| {})
+        .unwrap();
+    assert_eq!(again.image, done.image);
+    assert!(seconds(&again, "load") < 0.5, "{:?}", again.timings);
+    let cold = Daemon::prepare_diffusion(NO_WARM_UP).start();
+    let reference = cold
+        .client()
+        .upscale(test_image(48, 40), params(2.0), |_| {})
+        .unwrap();
+    assert_eq!(reference.image, done.image);
+    let printed = daemon.command(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        text.contains("warm-up: the default models were warm after"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_upscaler_job_does_not_wait_for_the_diffusion_models() {
+    let daemon = Daemon::prepare_diffusion("").start();
+    let mut client = daemon.client();
+    let done = client
+        .upscale(
+            test_image(16, 16),
+            JobParams::upscaler_only(2.0, None),
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!((done.image.width, done.image.height), (32, 32));
+    let warm_up = client.status().unwrap().warm_up.unwrap();
+    assert!(
+        warm_up.done < warm_up.parts,
+        "the upscaler job finished before the warm-up: {warm_up:?}"
+    );
 }
 
 #[test]

@@ -207,6 +207,9 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
         None => println!("job:     idle"),
     }
     println!("queued:  {}", status.queued);
+    if let Some(line) = status.warm_up.as_ref().map(warm_up_line) {
+        println!("warm-up: {line}");
+    }
     if status.resident_bytes > 0 {
         println!("memory:  {} resident", human_size(status.resident_bytes));
     }
@@ -221,6 +224,20 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
     println!("clients: {}", status.clients);
     println!("data:    {}", status.data_dir);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The start-up warm-up in a few words.
+fn warm_up_line(w: &tessera_protocol::WarmUp) -> String {
+    if !w.loading.is_empty() {
+        format!(
+            "loading {} ({} of {} parts done, {:.1} s so far)",
+            w.loading, w.done, w.parts, w.seconds
+        )
+    } else if !w.error.is_empty() {
+        format!("stopped after {:.1} s: {}", w.seconds, w.error)
+    } else {
+        format!("the default models were warm after {:.1} s", w.seconds)
+    }
 }
 
 fn stop(target: &Target) -> anyhow::Result<ExitCode> {

@@ -56,6 +56,8 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
             ..EngineTuning::default()
         },
     )?);
+    let mut runner = ClarityRunner::new(engine.clone(), dir.clone(), config.clone());
+    let warm_up = config.serve.warm_up.then(|| runner.start_warm_up());
     let info = DaemonInfo {
         runtime: engine.runtime_description(),
         device: engine.device_description(),
@@ -64,6 +66,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
             let engine = engine.clone();
             Arc::new(move || engine.held_sessions())
         }),
+        warm_up: warm_up.map(|w| Arc::new(move || w.report()) as _),
     };
     tracing::info!(
         "tessera {} using {} on {}",
@@ -72,7 +75,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         info.device
     );
     let checker = Arc::new(Checker::new(dir.clone(), config.clone()));
-    let runner = Box::new(ClarityRunner::new(engine, dir.clone(), config.clone()));
+    let runner = Box::new(runner);
     let options = ServeOptions {
         data_dir: dir,
         address: target.address.clone(),

@@ -136,6 +136,11 @@ impl Upscaler {
         }
     }
 
+    /// Keeps `net`, loaded elsewhere from `path` as it was at `stamp` (the warm-up's).
+    pub(crate) fn adopt(&mut self, path: PathBuf, stamp: FileStamp, net: Esrgan) {
+        self.loaded = Some(Loaded { path, stamp, net });
+    }
+
     /// The ESRGAN of `model`, loaded once and kept until another one is asked for.
     pub(crate) fn network(&mut self, model: &ModelFile) -> Result<&mut Esrgan, ErrorInfo> {
         let stamp = FileStamp::read(&model.path).map_err(|e| {

@@ -57,6 +57,9 @@ pub struct Activity {
 /// Lists the warm sessions the engine holds (asked at every `GetStatus`).
 pub type SessionReport = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
+/// Says how far the start-up warm-up is (asked at every `GetStatus`).
+pub type WarmUpReport = Arc<dyn Fn() -> tessera_protocol::WarmUp + Send + Sync>;
+
 /// Facts about the daemon that `Status` reports.
 #[derive(Clone)]
 pub struct DaemonInfo {
@@ -64,6 +67,7 @@ pub struct DaemonInfo {
     pub device: String,
     pub data_dir: String,
     pub sessions: Option<SessionReport>,
+    pub warm_up: Option<WarmUpReport>,
 }
 
 impl std::fmt::Debug for DaemonInfo {
@@ -316,6 +320,7 @@ impl Hub {
     pub fn status(&self) -> Status {
         // Outside the lock: the report takes the engine's own lock.
         let sessions = self.info.sessions.as_ref().map_or_else(Vec::new, |f| f());
+        let warm_up = self.info.warm_up.as_ref().map(|f| f());
         let state = self.lock();
         Status {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -328,6 +333,7 @@ impl Hub {
             data_dir: self.info.data_dir.clone(),
             sessions,
             resident_bytes: resident_bytes(),
+            warm_up,
         }
     }
 
@@ -410,6 +416,7 @@ mod tests {
                 device: "test".into(),
                 data_dir: "/tmp".into(),
                 sessions: None,
+                warm_up: None,
             },
         )
     }

@@ -65,6 +65,7 @@ from .messages import (
     Status,
     Submit,
     Transfer,
+    WarmUp,
     error_kind_name,
 )
 from .paths import DataDir, SocketAddress, data_dir, socket_address
@@ -117,6 +118,7 @@ __all__ = [
     "Submit",
     "TesseraError",
     "Transfer",
+    "WarmUp",
     "data_dir",
     "decode",
     "encode",

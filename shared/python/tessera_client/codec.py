@@ -51,6 +51,7 @@ from .messages import (
     Status,
     Submit,
     Transfer,
+    WarmUp,
 )
 
 __all__ = [
@@ -116,6 +117,13 @@ _FIELDS = {
     ),
     ErrorInfo: _ERROR_INFO_FIELDS,
     StageTiming: (("name", STR), ("seconds", F64)),
+    WarmUp: (
+        ("loading", STR),
+        ("done", U32),
+        ("parts", U32),
+        ("seconds", F32),
+        ("error", STR),
+    ),
     ModelEntry: (
         ("kind", ModelKind),
         ("name", STR),
@@ -155,6 +163,7 @@ _FIELDS = {
         ("data_dir", STR),
         ("sessions", _Seq(STR)),
         ("resident_bytes", U64),
+        ("warm_up", _Option(WarmUp)),
     ),
     ListModels: (("hashes", BOOL),),
     Models: (("models", _Seq(ModelEntry)),),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Union
 
 #: Version of the wire format, sent in both handshakes.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: Largest frame payload read by default (1 GiB), as in the Rust crate.
 DEFAULT_MAX_FRAME_BYTES = 1 << 30
@@ -315,6 +315,21 @@ class ErrorInfo:
 
 
 @dataclass
+class WarmUp:
+    """How far the daemon's start-up loading of the default model set is."""
+
+    #: What it loads now; empty once it is over.
+    loading: str
+    #: Parts loaded, out of ``parts``.
+    done: int
+    parts: int
+    #: Seconds since it began, or that it took once it is over.
+    seconds: float
+    #: Why it stopped before the end; empty otherwise.
+    error: str = ""
+
+
+@dataclass
 class StageTiming:
     name: str
     seconds: float
@@ -451,6 +466,8 @@ class Status:
     sessions: List[str] = field(default_factory=list)
     #: The daemon's resident memory in bytes (0 where unknown).
     resident_bytes: int = 0
+    #: The start-up warm-up of the default model set; ``None`` when the daemon runs none.
+    warm_up: Optional["WarmUp"] = None
 
 
 @dataclass

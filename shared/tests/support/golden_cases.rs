@@ -15,7 +15,7 @@ use half::f16;
 use tessera_protocol::{
     Accepted, Channels, Done, ErrorInfo, ErrorKind, Failed, Handshake, Image, JobParams,
     LoraWeight, Message, ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress, Rejected,
-    SampleFormat, Sampler, StageTiming, Status, Submit, Transfer,
+    SampleFormat, Sampler, StageTiming, Status, Submit, Transfer, WarmUp,
 };
 
 /// One golden vector: the file `<name>.bin` holds `message` as a frame.
@@ -434,6 +434,13 @@ pub fn cases() -> Vec<Case> {
                     "VAE decoder vae-ft-mse-840000-ema-pruned.safetensors".into(),
                 ],
                 resident_bytes: 5_368_709_120,
+                warm_up: Some(WarmUp {
+                    loading: String::new(),
+                    done: 6,
+                    parts: 6,
+                    seconds: 27.5,
+                    error: String::new(),
+                }),
             }),
         ),
         case(
@@ -451,6 +458,29 @@ pub fn cases() -> Vec<Case> {
                 data_dir: r"C:\Users\Jürgen\AppData\Roaming\Tessera\data".into(),
                 sessions: vec![],
                 resident_bytes: 0,
+                warm_up: None,
+            }),
+        ),
+        case(
+            "09-status-warming",
+            Message::Status(Status {
+                daemon_version: "0.1.0".into(),
+                runtime: "1.32.0 (/opt/onnxruntime/libonnxruntime.so.1.32.0)".into(),
+                device: "CPU".into(),
+                running: None,
+                running_fraction: 0.0,
+                queued: 0,
+                clients: 1,
+                data_dir: "/home/ana/.local/share/tessera".into(),
+                sessions: vec!["ESRGAN RealESRGAN_x4plus.pth".into()],
+                resident_bytes: 734_003_200,
+                warm_up: Some(WarmUp {
+                    loading: "UNet juggernaut_reborn.safetensors".into(),
+                    done: 1,
+                    parts: 6,
+                    seconds: 3.25,
+                    error: String::new(),
+                }),
             }),
         ),
         case("10-list-models", Message::ListModels { hashes: false }),

@@ -16,6 +16,7 @@ use super::params;
 use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
 use super::vae::{self, VaeTiling};
+use super::warmup::{WarmUpHandle, WarmUpPlan};
 use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -127,6 +128,7 @@ pub struct ClarityRunner {
     upscaler: Upscaler,
     models: Option<ModelSet>,
     training: Training,
+    warm_up: Option<WarmUpHandle>,
 }
 
 fn stage_error(e: StageError) -> ErrorInfo {
@@ -182,7 +184,25 @@ impl ClarityRunner {
             config,
             models: None,
             training: Training::sd15(),
+            warm_up: None,
         }
+    }
+
+    /// Starts loading the default upscaler and model set in the background (see
+    /// `warmup.rs`); jobs take what it has loaded.
+    pub fn start_warm_up(&mut self) -> WarmUpHandle {
+        let defaults = JobParams::default();
+        let plan = WarmUpPlan {
+            engine: self.engine.clone(),
+            data_dir: self.data_dir.clone(),
+            upscaler: upscale::resolve_model(&self.data_dir, &self.config, &defaults)
+                .map(|m| m.path)
+                .map_err(|e| e.message),
+            set: self.set_key(&defaults).map_err(|e| e.message),
+        };
+        let handle = WarmUpHandle::start(plan);
+        self.warm_up = Some(handle.clone());
+        handle
     }
 
     /// The model set a job asks for (files resolved, LoRAs from the prompt's tags and the
@@ -211,6 +231,16 @@ impl ClarityRunner {
 
     /// The warm model set for `key`, loading it (and freeing the previous one) if needed.
     fn model_set(&mut self, key: SetKey) -> Result<&mut ModelSet, ErrorInfo> {
+        if self.models.as_ref().is_none_or(|m| m.key != key)
+            && let Some(warm_up) = &self.warm_up
+        {
+            // The warm-up's set if it is this one; else the warm-up stops and lets go.
+            self.models = warm_up.take_set(&key);
+            let freed = self.engine.release_unused();
+            if freed > 0 {
+                tracing::info!("another model set was chosen; {freed} sessions freed");
+            }
+        }
         if self.models.as_ref().is_some_and(|m| m.key != key) {
             self.models = None;
             let freed = self.engine.release_unused();
@@ -398,6 +428,12 @@ impl JobRunner for ClarityRunner {
         progress: &mut dyn ProgressSink,
     ) -> Result<JobOutput, ErrorInfo> {
         upscale::check_job(&self.config, &image, params)?;
+        if let Some(warm_up) = &self.warm_up
+            && let Ok(model) = upscale::resolve_model(&self.data_dir, &self.config, params)
+            && let Some((path, stamp, net)) = warm_up.take_upscaler(&model.path)
+        {
+            self.upscaler.adopt(path, stamp, net);
+        }
         if !params.diffuses() {
             return self.upscaler.run(image, params, progress);
         }

@@ -13,6 +13,7 @@ pub mod stages;
 pub mod text;
 pub mod tiles;
 pub mod vae;
+pub mod warmup;
 
 #[cfg(test)]
 mod testing;

@@ -102,6 +102,29 @@ impl ModelSet {
         key: SetKey,
         cache_dir: &Path,
     ) -> Result<ModelSet, ModelError> {
+        ModelSet::load_in_parts(engine, key, cache_dir, &mut |_| Ok(()))
+            .map(|set| set.expect("never abandoned"))
+    }
+
+    /// The names of the parts [`ModelSet::load_in_parts`] loads, in order.
+    pub const PARTS: [&'static str; 4] = ["UNet", "ControlNet", "VAE", "text encoder"];
+
+    /// [`ModelSet::load`], calling `before(part)` before each of [`ModelSet::PARTS`]: an
+    /// `Err(Abandoned)` from it stops the load there (`Ok(None)`).
+    pub fn load_in_parts(
+        engine: &Arc<Engine>,
+        key: SetKey,
+        cache_dir: &Path,
+        before: &mut dyn FnMut(&'static str) -> Result<(), Abandoned>,
+    ) -> Result<Option<ModelSet>, ModelError> {
+        macro_rules! part {
+            ($index:expr) => {
+                if before(ModelSet::PARTS[$index]).is_err() {
+                    return Ok(None);
+                }
+            };
+        }
+        part!(0);
         let loras = key
             .loras
             .iter()
@@ -130,6 +153,7 @@ impl ModelSet {
         let mut unet = Unet::new(compiled);
         unet.warm(engine, true)?;
 
+        part!(1);
         let cn_net = sd::controlnet(&key.controlnet.path)?;
         let controlnet = ControlNet::new(
             engine,
@@ -137,6 +161,7 @@ impl ModelSet {
         )?;
         drop(cn_net);
 
+        part!(2);
         let vae_net = sd::vae(&key.vae.path)?;
         let vae = SdVae::new(
             engine.clone(),
@@ -144,6 +169,7 @@ impl ModelSet {
         )?;
         drop(vae_net);
 
+        part!(3);
         let embeddings: Vec<TextualInversion> = key
             .embeddings
             .iter()
@@ -196,7 +222,7 @@ impl ModelSet {
         let compiled = clip::compile_weights(&config, &placed, &embeddings, &options, &name)?;
         let text = TextSide::new(TextEncoder::from_compiled(engine, compiled)?);
 
-        Ok(ModelSet {
+        Ok(Some(ModelSet {
             key,
             text,
             unet: SdUnet {
@@ -205,9 +231,13 @@ impl ModelSet {
                 controlnet,
             },
             vae,
-        })
+        }))
     }
 }
+
+/// A load stopped on purpose between two parts.
+#[derive(Debug)]
+pub struct Abandoned;
 
 /// The UNet with the ControlNet tile.
 pub struct SdUnet {
