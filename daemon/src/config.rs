@@ -13,6 +13,7 @@ pub struct Config {
     pub upscale: UpscaleConfig,
     pub diffusion: DiffusionConfig,
     pub serve: ServeConfig,
+    pub cache: CacheConfig,
 }
 
 /// Bounds on what one client may ask of the daemon.
@@ -125,6 +126,22 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         Self { warm_up: true }
+    }
+}
+
+/// What the daemon keeps from one job for the next (`pipeline/cache.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes of pre-upscaled canvases and VAE posteriors kept for re-runs of the same
+    /// picture; unset: a sixteenth of the machine's memory, between 256 MiB and 2 GiB; 0: none.
+    pub max_bytes: Option<u64>,
+}
+
+impl CacheConfig {
+    pub fn budget(&self) -> u64 {
+        self.max_bytes
+            .unwrap_or_else(crate::pipeline::cache::default_budget)
     }
 }
 

@@ -135,6 +135,7 @@ fn run(engine: &Arc<Engine>, refs: &HashMap<String, ArrayD<f32>>, batch: usize) 
     let mut tiles_seen = Vec::new();
     let output = run_stages(
         &mut StageNets {
+            reuse: None,
             upscaler: &mut EsrganUpscaler {
                 net: &mut esrgan,
                 tiling: Tiling::default(),

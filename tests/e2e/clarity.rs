@@ -296,6 +296,64 @@ fn an_upscaler_job_does_not_wait_for_the_diffusion_models() {
 }
 
 #[test]
+fn a_rerun_with_other_settings_skips_upscale_and_encode_and_matches_a_cold_run() {
+    let image = test_image(48, 40);
+    let rerun = |preset: JobParams| JobParams {
+        seed: 7,
+        creativity: 0.5,
+        resemblance: 0.8,
+        prompt: "a castle, (oil painting:1.2)".into(),
+        ..preset
+    };
+    let clarity = params(2.0);
+    let refiners = JobParams {
+        tile_width: 16,
+        tile_height: 16,
+        ..JobParams::refiners()
+    };
+    let daemon = Daemon::prepare_diffusion(NO_WARM_UP).start();
+    let mut client = daemon.client();
+    let mut warm = Vec::new();
+    for first in [&clarity, &refiners] {
+        client
+            .upscale(image.clone(), first.clone(), |_| {})
+            .unwrap();
+        let mut phases = Vec::new();
+        let done = client
+            .upscale(image.clone(), rerun(first.clone()), |p| {
+                phases.push(p.phase.clone())
+            })
+            .unwrap();
+        let names: Vec<&str> = done.timings.iter().map(|t| t.name.as_str()).collect();
+        for skipped in ["upscale", "encode"] {
+            assert!(
+                !names.contains(&skipped) && !phases.iter().any(|p| p == skipped),
+                "{skipped} ran again: {names:?} {phases:?}"
+            );
+        }
+        assert!(names.contains(&"reuse"), "{names:?}");
+        warm.push(done.image);
+    }
+    // No cache at all: every job computes everything.
+    let cold = Daemon::prepare_diffusion(&format!("{NO_WARM_UP}[cache]\nmax_bytes = 0\n")).start();
+    let mut cold = cold.client();
+    for (first, kept) in [&clarity, &refiners].into_iter().zip(warm) {
+        let reference = cold
+            .upscale(image.clone(), rerun(first.clone()), |_| {})
+            .unwrap();
+        let names: Vec<&str> = reference.timings.iter().map(|t| t.name.as_str()).collect();
+        assert!(
+            names.contains(&"upscale") && !names.contains(&"reuse"),
+            "{names:?}"
+        );
+        assert_eq!(
+            reference.image, kept,
+            "a re-run gives the bytes of a cold run"
+        );
+    }
+}
+
+#[test]
 fn a_cancel_takes_effect_within_one_network_call() {
     let daemon = Daemon::prepare_diffusion("").start();
     let mut client = daemon.client();

@@ -1,6 +1,7 @@
 //! From an image to an upscaled image: pixel-format conversion at the edges,
 //! the upscaling stages in between, and progress/cancel at every network call.
 
+pub mod cache;
 pub mod clarity;
 pub mod filters;
 pub mod pixels;

@@ -23,6 +23,7 @@ use crate::engine::Engine;
 use crate::nets::ModelError;
 use crate::nets::esrgan::Tiling;
 use crate::nets::sd::Precision;
+use crate::pipeline::cache::{JobReuse, Makers, ReuseCache};
 use crate::pipeline::filters;
 use crate::pipeline::pixels::{self, PixelFormat, Planar};
 use crate::pipeline::progress::{ProgressSink, Step};
@@ -129,6 +130,7 @@ pub struct ClarityRunner {
     models: Option<ModelSet>,
     training: Training,
     warm_up: Option<WarmUpHandle>,
+    reuse: ReuseCache,
 }
 
 fn stage_error(e: StageError) -> ErrorInfo {
@@ -177,6 +179,7 @@ impl Timings {
 
 impl ClarityRunner {
     pub fn new(engine: Arc<Engine>, data_dir: DataDir, config: Config) -> ClarityRunner {
+        let budget = usize::try_from(config.cache.budget()).unwrap_or(usize::MAX);
         ClarityRunner {
             upscaler: Upscaler::new(engine.clone(), data_dir.clone(), config.clone()),
             engine,
@@ -185,6 +188,7 @@ impl ClarityRunner {
             models: None,
             training: Training::sd15(),
             warm_up: None,
+            reuse: ReuseCache::new(budget),
         }
     }
 
@@ -345,6 +349,13 @@ impl ClarityRunner {
             tile: self.config.upscale.tile,
             overlap: self.config.upscale.overlap,
         };
+        let makers = Makers {
+            upscaler: format!("{:?} {tiling:?}", FileStamp::of(&upscaler_file.path)),
+            vae: format!(
+                "{:?} {:?} {vae_tiling:?}",
+                models.key.vae, models.key.precision
+            ),
+        };
         let esrgan = self.upscaler.network(&upscaler_file)?;
         let mut pre = EsrganUpscaler {
             net: esrgan,
@@ -359,6 +370,7 @@ impl ClarityRunner {
         // event belongs to the event's own phase.
         let rgb = run_stages(
             &mut StageNets {
+                reuse: Some(&mut JobReuse::new(&mut self.reuse, makers)),
                 upscaler: &mut pre,
                 vae: &mut models.vae,
                 unet: &mut models.unet,

@@ -191,6 +191,21 @@ pub struct StageNets<'a> {
     pub upscaler: &'a mut dyn PreUpscaler,
     pub vae: &'a mut dyn Vae,
     pub unet: &'a mut dyn ControlledUnet,
+    /// What earlier jobs left that this stage may take instead of computing it again.
+    pub reuse: Option<&'a mut dyn Reuse>,
+}
+
+/// The results of a stage's first steps kept from earlier jobs (the daemon's cache,
+/// `pipeline/cache.rs`), by the stage's input and canvas: the pre-upscaled canvas and its
+/// encoded posterior. They do not depend on the seed, creativity, resemblance or prompts.
+pub trait Reuse {
+    /// The stage about to run: its input (`[3, H, W]`) and canvas.
+    fn begin(&mut self, input: ArrayView3<f32>, canvas: (usize, usize));
+    fn image(&mut self) -> Option<Array3<f32>>;
+    fn keep_image(&mut self, image: &Array3<f32>);
+    /// The posterior's mean and log-variance.
+    fn latents(&mut self) -> Option<(Array4<f32>, Array4<f32>)>;
+    fn keep_latents(&mut self, mean: &Array4<f32>, logvar: &Array4<f32>);
 }
 
 /// Runs one stage on `input` (`[3, H, W]`, 0..1) and returns its output (`[3, h, w]` with
@@ -207,48 +222,64 @@ pub fn run_stage(
     let (lw, lh) = setup.latent_size();
     let (upscaler, vae_net, unet) = (&mut *nets.upscaler, &mut *nets.vae, &mut *nets.unet);
 
-    // 1. Pre-upscale: ESRGAN while smaller than the canvas, then Lanczos to it.
-    let (_, ih, iw) = input.dim();
-    let scale = upscaler.scale();
-    let count = passes((iw, ih), (cw, ch), scale);
-    let mut image = input.to_owned();
-    for pass in 0..count {
-        let pixels = (image.shape()[1] * image.shape()[2]) as f64;
-        let mut tiles_done = 0;
-        image = upscaler.upscale(image.view(), &mut |done, total| {
-            let work = pixels * Work::ESRGAN_PER_PIXEL * (done - tiles_done) as f64 / total as f64;
-            tiles_done = done;
-            report(Event {
-                phase: "upscale",
-                step: pass + 1,
-                steps: count,
-                tile: done,
-                tiles: total,
-                work,
-            })
-        })?;
+    // 1. Pre-upscale (ESRGAN while smaller than the canvas, then Lanczos to it) and
+    // 3. encode, or what an earlier job on the same input left of them.
+    let pixels = (cw * ch) as f64;
+    let mut reuse = nets.reuse.as_deref_mut();
+    if let Some(r) = reuse.as_deref_mut() {
+        r.begin(input, (cw, ch));
     }
-    if (image.shape()[2], image.shape()[1]) != (cw, ch) {
-        image = resize::lanczos(image.view(), cw, ch);
+    let kept_latents = reuse.as_deref_mut().and_then(|r| r.latents());
+    let needs_image = kept_latents.is_none() || setup.rules.condition == Condition::PreUpscaled;
+    let kept_image = needs_image
+        .then(|| reuse.as_deref_mut().and_then(|r| r.image()))
+        .flatten();
+    let mut skipped = 0.0;
+    let image = match (needs_image, kept_image) {
+        (true, None) => {
+            let image = pre_upscale(upscaler, input, (cw, ch), report)?;
+            if let Some(r) = reuse.as_deref_mut() {
+                r.keep_image(&image);
+            }
+            Some(image)
+        }
+        (_, kept) => {
+            skipped += planned_pre_upscale(input.dim(), (cw, ch), upscaler.scale());
+            kept
+        }
+    };
+    if kept_latents.is_some() {
+        skipped += pixels * Work::ENCODE_PER_PIXEL;
+    }
+    if skipped > 0.0 {
+        // The work this stage skips, so that progress still adds up to the plan.
+        report(Event {
+            phase: "reuse",
+            step: 1,
+            steps: 1,
+            tile: 1,
+            tiles: 1,
+            work: skipped,
+        })?;
     }
 
     // 2. The ControlNet's condition image.
     let condition = match setup.rules.condition {
         Condition::StageInput => control::condition_image(input, (cw, ch)),
-        Condition::PreUpscaled => image.clone(),
+        Condition::PreUpscaled => image.clone().expect("kept for the condition"),
     };
 
-    // 3. Encode.
-    let signed = image.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
-    drop(image);
-    let pixels = (cw * ch) as f64;
-    let (mean, logvar) = vae::encode(
-        vae_net,
-        signed.view(),
-        &setup.vae_tiling,
-        &mut vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report),
-    )?;
-    drop(signed);
+    let (mean, logvar) = match kept_latents {
+        Some(latents) => latents,
+        None => {
+            let image = image.expect("computed when the latents are not kept");
+            let latents = encode(vae_net, image, setup, report)?;
+            if let Some(r) = reuse {
+                r.keep_latents(&latents.0, &latents.1);
+            }
+            latents
+        }
+    };
     let dims = [1, 4, lh, lw];
     if mean.shape() != dims {
         return Err(StageError::Unexpected(format!(
@@ -374,6 +405,71 @@ pub fn run_stage(
     } else {
         Ok(image.slice(s![.., ..oh, ..ow]).to_owned())
     }
+}
+
+/// The estimated work of the pre-upscale of an input of `input` (`[3, H, W]`) to `canvas`.
+fn planned_pre_upscale(input: (usize, usize, usize), canvas: (usize, usize), scale: usize) -> f64 {
+    let (_, mut h, mut w) = input;
+    let mut work = 0.0;
+    for _ in 0..passes((w, h), canvas, scale) {
+        work += (w * h) as f64 * Work::ESRGAN_PER_PIXEL;
+        w *= scale;
+        h *= scale;
+    }
+    work
+}
+
+/// ESRGAN while the image is smaller than the canvas (at most three passes), then Lanczos to
+/// the canvas.
+fn pre_upscale(
+    upscaler: &mut dyn PreUpscaler,
+    input: ArrayView3<f32>,
+    (cw, ch): (usize, usize),
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> NetResult<Array3<f32>> {
+    let (_, ih, iw) = input.dim();
+    let scale = upscaler.scale();
+    let count = passes((iw, ih), (cw, ch), scale);
+    let mut image = input.to_owned();
+    for pass in 0..count {
+        let pixels = (image.shape()[1] * image.shape()[2]) as f64;
+        let mut tiles_done = 0;
+        image = upscaler.upscale(image.view(), &mut |done, total| {
+            let work = pixels * Work::ESRGAN_PER_PIXEL * (done - tiles_done) as f64 / total as f64;
+            tiles_done = done;
+            report(Event {
+                phase: "upscale",
+                step: pass + 1,
+                steps: count,
+                tile: done,
+                tiles: total,
+                work,
+            })
+        })?;
+    }
+    if (image.shape()[2], image.shape()[1]) != (cw, ch) {
+        image = resize::lanczos(image.view(), cw, ch);
+    }
+    Ok(image)
+}
+
+/// The VAE posterior (mean, log-variance) of the canvas image (`[3, H, W]`, 0..1).
+fn encode(
+    vae_net: &mut dyn Vae,
+    image: Array3<f32>,
+    setup: &StageSetup<'_>,
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> NetResult<(Array4<f32>, Array4<f32>)> {
+    let (cw, ch) = setup.stage.canvas;
+    let signed = image.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
+    drop(image);
+    let pixels = (cw * ch) as f64;
+    vae::encode(
+        vae_net,
+        signed.view(),
+        &setup.vae_tiling,
+        &mut vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report),
+    )
 }
 
 /// The report after each VAE call of `phase`: call `done` of `total` carries its share of the
