@@ -72,7 +72,13 @@ impl WarmUpHandle {
     /// Starts the warm-up thread.
     pub fn start(plan: WarmUpPlan) -> WarmUpHandle {
         let shared = Arc::new(Shared::default());
-        shared.lock().started = Some(Instant::now());
+        {
+            let mut state = shared.lock();
+            state.started = Some(Instant::now());
+            // Known from the start, so that a job that comes while the upscaler loads knows
+            // whether to wait for this set.
+            state.key = plan.set.as_ref().ok().cloned();
+        }
         let handle = WarmUpHandle { shared };
         let thread = handle.clone();
         let spawned = std::thread::Builder::new()
@@ -164,7 +170,6 @@ impl WarmUpHandle {
             Err(e) => return self.finish(e),
         };
         let name = file_name(&key.checkpoint.path);
-        self.update(|s| s.key = Some(key.clone()));
         let mut first = true;
         let loaded = ModelSet::load_in_parts(&plan.engine, key, &cache, &mut |part| {
             if !std::mem::take(&mut first) {
