@@ -68,18 +68,47 @@ pub struct UpscaleConfig {
     /// The upscaler used when a job names none (falls back to the first one
     /// in `models/upscalers/` when this one is absent).
     pub default_upscaler: String,
-    /// ESRGAN tile size in input pixels.
-    pub tile: usize,
-    /// ESRGAN tile overlap in input pixels.
-    pub overlap: usize,
+    /// How ESRGAN tiles are laid out: `fewest` (default) or `a1111` (Clarity's).
+    pub placement: TilePlacement,
+    /// ESRGAN tile size in input pixels: the largest tile for `fewest` (default 320), the
+    /// tile for `a1111` (default 192).
+    pub tile: Option<usize>,
+    /// ESRGAN tile overlap in input pixels (default 32 for `fewest`, 8 for `a1111`).
+    pub overlap: Option<usize>,
+}
+
+/// `upscale.placement`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TilePlacement {
+    #[default]
+    Fewest,
+    A1111,
+}
+
+impl UpscaleConfig {
+    /// The ESRGAN tiling these settings describe.
+    pub fn tiling(&self) -> crate::nets::esrgan::Tiling {
+        use crate::nets::esrgan::Tiling;
+        let base = match self.placement {
+            TilePlacement::Fewest => Tiling::DEFAULT,
+            TilePlacement::A1111 => Tiling::CLARITY,
+        };
+        Tiling {
+            tile: self.tile.unwrap_or(base.tile),
+            overlap: self.overlap.unwrap_or(base.overlap),
+            ..base
+        }
+    }
 }
 
 impl Default for UpscaleConfig {
     fn default() -> Self {
         Self {
             default_upscaler: "RealESRGAN_x4plus".into(),
-            tile: 192,
-            overlap: 8,
+            placement: TilePlacement::Fewest,
+            tile: None,
+            overlap: None,
         }
     }
 }
@@ -182,7 +211,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let u = &self.upscale;
+        let u = self.upscale.tiling();
         if u.tile < 16 {
             return Err(format!("upscale.tile must be at least 16 (got {})", u.tile));
         }
@@ -238,8 +267,14 @@ mod tests {
         std::fs::write(&path, "[limits]\nmax_queue = 3\n[upscale]\ntile = 256\n").unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.limits.max_queue, 3);
-        assert_eq!(config.upscale.tile, 256);
-        assert_eq!(config.upscale.overlap, 8);
+        assert_eq!(config.upscale.tiling().tile, 256);
+        assert_eq!(config.upscale.tiling().overlap, 32);
+        std::fs::write(&path, "[upscale]\nplacement = \"a1111\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.upscale.tiling(),
+            crate::nets::esrgan::Tiling::CLARITY
+        );
         assert_eq!(config.limits.max_jobs_per_client, 16);
     }
 

@@ -14,7 +14,7 @@ use ndarray::{Array3, Array4, ArrayView3, ArrayView4, CowArray, Ix3, s};
 
 use super::ModelError;
 use super::tiling::plan_axis;
-pub use super::tiling::{BLEND, Tiling};
+pub use super::tiling::{BLEND, Placement, Tiling};
 use crate::Cancelled;
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::onnx::{Conv2d, Dim, ElemType, ExternalTensor, Graph, Value};

@@ -8,7 +8,7 @@ use super::resize;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::nets::ModelError;
-use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
+use crate::nets::esrgan::{Esrgan, EsrganError};
 use crate::server::{JobChecker, JobOutput, JobRunner};
 use crate::store::{DataDir, FileStamp, ModelFile};
 use std::path::PathBuf;
@@ -200,10 +200,7 @@ impl JobRunner for Upscaler {
             });
             clock = Instant::now();
         };
-        let tiling = Tiling {
-            tile: self.config.upscale.tile,
-            overlap: self.config.upscale.overlap,
-        };
+        let tiling = self.config.upscale.tiling();
         let format = PixelFormat::of(&image);
         let (target_w, target_h) = output_size(image.width, image.height, params.scale);
         let (target_w, target_h) = (target_w as usize, target_h as usize);

@@ -21,7 +21,6 @@ use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::nets::ModelError;
-use crate::nets::esrgan::Tiling;
 use crate::nets::sd::Precision;
 use crate::pipeline::cache::{JobReuse, Makers, ReuseCache};
 use crate::pipeline::filters;
@@ -345,10 +344,7 @@ impl ClarityRunner {
             decay: params.decay,
             vae_tiling,
         };
-        let tiling = Tiling {
-            tile: self.config.upscale.tile,
-            overlap: self.config.upscale.overlap,
-        };
+        let tiling = self.config.upscale.tiling();
         let makers = Makers {
             upscaler: format!("{:?} {tiling:?}", FileStamp::of(&upscaler_file.path)),
             vae: format!(
