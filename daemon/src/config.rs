@@ -14,6 +14,7 @@ pub struct Config {
     pub diffusion: DiffusionConfig,
     pub serve: ServeConfig,
     pub cache: CacheConfig,
+    pub preview: PreviewConfig,
 }
 
 /// Bounds on what one client may ask of the daemon.
@@ -171,6 +172,21 @@ impl CacheConfig {
     pub fn budget(&self) -> u64 {
         self.max_bytes
             .unwrap_or_else(crate::pipeline::cache::default_budget)
+    }
+}
+
+/// Previews of a region (`JobParams.preview`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreviewConfig {
+    /// Pixels of the result computed around the region on each side, so that it looks as in
+    /// the whole job.
+    pub context: u32,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        Self { context: 128 }
     }
 }
 

@@ -23,7 +23,7 @@ pub use message::{
     Accepted, Done, Failed, Handshake, JobId, Message, ModelEntry, ModelKind, ModelList, Progress,
     Rejected, StageTiming, Status, Submit, WarmUp,
 };
-pub use params::{JobParams, LoraWeight, Preset, Sampler};
+pub use params::{JobParams, LoraWeight, Preset, Region, Sampler};
 
 /// Version of the wire format. Both sides send it in their [`Handshake`]; a
 /// daemon answers a different version with [`ErrorKind::VersionMismatch`].

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tessera::cli::client::ClientError;
 use tessera_e2e::{Daemon, test_image};
 use tessera_protocol::{
-    Channels, Done, ErrorKind, Image, JobParams, Progress, SampleFormat, Transfer,
+    Channels, Done, ErrorKind, Image, JobParams, Progress, Region, SampleFormat, Transfer,
 };
 
 /// Clarity's defaults with small tiles, so that stage 2 of a ×4 job has several.
@@ -350,6 +350,125 @@ fn a_rerun_with_other_settings_skips_upscale_and_encode_and_matches_a_cold_run()
             reference.image, kept,
             "a re-run gives the bytes of a cold run"
         );
+    }
+}
+
+/// Mean absolute difference, in 8-bit levels, between `region` of an RGB 8-bit `whole` and
+/// `part` (an image of the region's size).
+fn region_difference(whole: &Image, region: Region, part: &Image) -> f64 {
+    let mut sum = 0.0;
+    for y in 0..region.height {
+        for x in 0..region.width {
+            for c in 0..3 {
+                let at = |image: &Image, x: u32, y: u32| {
+                    f64::from(image.data[((y * image.width + x) * 3 + c) as usize])
+                };
+                sum += (at(whole, region.x + x, region.y + y) - at(part, x, y)).abs();
+            }
+        }
+    }
+    sum / f64::from(region.width * region.height * 3)
+}
+
+fn crop(image: &Image, region: Region) -> Image {
+    let mut data = Vec::new();
+    for y in region.y..region.y + region.height {
+        let start = ((y * image.width + region.x) * 3) as usize;
+        data.extend_from_slice(&image.data[start..start + region.width as usize * 3]);
+    }
+    Image {
+        width: region.width,
+        height: region.height,
+        data,
+        ..image.clone()
+    }
+}
+
+#[test]
+fn a_preview_looks_like_the_same_region_of_the_whole_job() {
+    let image = test_image(160, 120);
+    let region = Region {
+        x: 132,
+        y: 100,
+        width: 64,
+        height: 48,
+    };
+    let preview_of = |client: &mut tessera::cli::client::Client| {
+        let mut tiles = 0;
+        let done = client
+            .upscale(
+                image.clone(),
+                JobParams {
+                    preview: Some(region),
+                    ..params(2.0)
+                },
+                |p| {
+                    if p.phase == "denoise" {
+                        tiles = tiles.max(p.tiles)
+                    }
+                },
+            )
+            .unwrap();
+        (done.image, tiles)
+    };
+    // With the context of the whole picture, the crop is the whole input: the same latents,
+    // the same noise at the same places, the same bytes.
+    let whole_context =
+        Daemon::prepare_diffusion(&format!("{NO_WARM_UP}[preview]\ncontext = 400\n")).start();
+    let mut client = whole_context.client();
+    let mut whole_tiles = 0;
+    let whole = client
+        .upscale(image.clone(), params(2.0), |p| {
+            if p.phase == "denoise" {
+                whole_tiles = whole_tiles.max(p.tiles)
+            }
+        })
+        .unwrap();
+    let (exact, _) = preview_of(&mut client);
+    assert_eq!(exact, crop(&whole.image, region));
+    // 32 pixels of context: a crop of 72 × 64 input pixels whose diffusion runs fewer tiles;
+    // the region is close to the whole job's (7.4 levels of 255 on average with these tiny
+    // random networks), far closer than the same job with another seed (51).
+    let daemon =
+        Daemon::prepare_diffusion(&format!("{NO_WARM_UP}[preview]\ncontext = 32\n")).start();
+    let mut client = daemon.client();
+    let (preview, tiles) = preview_of(&mut client);
+    assert_eq!((preview.width, preview.height), (64, 48));
+    assert!(tiles < whole_tiles, "{tiles} tiles vs {whole_tiles}");
+    let other_seed = client
+        .upscale(
+            image.clone(),
+            JobParams {
+                seed: 1338,
+                ..params(2.0)
+            },
+            |_| {},
+        )
+        .unwrap();
+    let off = region_difference(&whole.image, region, &preview);
+    let seed = region_difference(&whole.image, region, &crop(&other_seed.image, region));
+    eprintln!("preview vs whole job: {off:.3} levels; another seed: {seed:.3}");
+    assert!(
+        off < 0.2 * seed && off < 10.0,
+        "the preview differs from the whole job by {off:.3} levels on average (another seed: {seed:.3})"
+    );
+    let outside = Region { x: 300, ..region };
+    match client.submit(
+        image,
+        JobParams {
+            preview: Some(outside),
+            ..params(2.0)
+        },
+    ) {
+        Err(ClientError::Daemon(e)) => {
+            assert_eq!(e.kind, ErrorKind::InvalidParams);
+            assert!(
+                e.message.contains("inside the 320×240 result"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected InvalidParams, got {other:?}"),
     }
 }
 

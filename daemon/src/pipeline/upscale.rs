@@ -81,6 +81,9 @@ pub fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(
     }
     crate::pipeline::clarity::params::validate(params)?;
     let (width, height) = output_size(image.width, image.height, params.scale);
+    if let Some(region) = &params.preview {
+        crate::pipeline::clarity::preview::check(region, (width, height))?;
+    }
     let pixels = width * height;
     let bytes = pixels * image.pixel_bytes() as u64;
     // The result travels in one frame, whose length is a u32.

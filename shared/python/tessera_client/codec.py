@@ -50,6 +50,7 @@ from .messages import (
     StageTiming,
     Status,
     Submit,
+    Region,
     Transfer,
     WarmUp,
 )
@@ -114,7 +115,9 @@ _FIELDS = {
         ("controlnet", _Option(STR)),
         ("loras", _Seq(LoraWeight)),
         ("sharpen", F32),
+        ("preview", _Option(Region)),
     ),
+    Region: (("x", U32), ("y", U32), ("width", U32), ("height", U32)),
     ErrorInfo: _ERROR_INFO_FIELDS,
     StageTiming: (("name", STR), ("seconds", F64)),
     WarmUp: (

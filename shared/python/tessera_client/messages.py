@@ -285,6 +285,8 @@ class JobParams:
     loras: List[LoraWeight] = field(default_factory=list)
     #: 3×3 sharpening of the result, 0 (off) to 10.
     sharpen: float = 0.0
+    #: Only this rectangle of the result (a quick look at a region); ``None``: all of it.
+    preview: Optional["Region"] = None
 
     @classmethod
     def refiners(cls, **changes: Any) -> "JobParams":
@@ -312,6 +314,16 @@ class ErrorInfo:
     #: An :class:`ErrorKind`, or a plain ``int`` for a kind newer than this module.
     kind: ErrorKind
     message: str
+
+
+@dataclass
+class Region:
+    """A rectangle in pixels of the result: left, top, width, height."""
+
+    x: int
+    y: int
+    width: int
+    height: int
 
 
 @dataclass

@@ -14,8 +14,8 @@
 use half::f16;
 use tessera_protocol::{
     Accepted, Channels, Done, ErrorInfo, ErrorKind, Failed, Handshake, Image, JobParams,
-    LoraWeight, Message, ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress, Rejected,
-    SampleFormat, Sampler, StageTiming, Status, Submit, Transfer, WarmUp,
+    LoraWeight, Message, ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress, Region,
+    Rejected, SampleFormat, Sampler, StageTiming, Status, Submit, Transfer, WarmUp,
 };
 
 /// One golden vector: the file `<name>.bin` holds `message` as a frame.
@@ -280,6 +280,12 @@ pub fn cases() -> Vec<Case> {
                         },
                     ],
                     sharpen: 10.0,
+                    preview: Some(Region {
+                        x: 0,
+                        y: 1,
+                        width: u32::MAX,
+                        height: 512,
+                    }),
                     ..JobParams::default()
                 },
             }),

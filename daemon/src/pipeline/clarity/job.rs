@@ -13,6 +13,7 @@ use tessera_protocol::{ErrorInfo, ErrorKind, Image, JobParams, ModelKind, Preset
 use super::models::{EsrganUpscaler, FileStamp, LoraChoice, ModelSet, SetKey};
 use super::nets::{NetResult, StageError};
 use super::params;
+use super::preview::{self, LatentWindow, WindowNoise};
 use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
 use super::vae::{self, VaeTiling};
@@ -263,11 +264,44 @@ impl ClarityRunner {
         Ok(self.models.as_mut().expect("set above"))
     }
 
+    /// A preview of `region`: the job on the part of the input around it, cropped to it.
+    fn preview(
+        &mut self,
+        image: Image,
+        params: &JobParams,
+        region: tessera_protocol::Region,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<JobOutput, ErrorInfo> {
+        let plan = preview::plan(
+            (image.width, image.height),
+            params,
+            region,
+            self.config.preview.context,
+        );
+        let c = plan.crop;
+        let part = preview::crop_image(&image, (c.x0, c.y0, c.x1, c.y1));
+        drop(image);
+        let whole = JobParams {
+            preview: None,
+            ..params.clone()
+        };
+        let mut output = if whole.diffuses() {
+            self.diffuse(part, &whole, progress, Some(&plan.windows))?
+        } else {
+            self.upscaler.run(part, &whole, progress)?
+        };
+        let r = plan.region;
+        output.image =
+            preview::crop_image(&output.image, (r.x, r.y, r.x + r.width, r.y + r.height));
+        Ok(output)
+    }
+
     fn diffuse(
         &mut self,
         image: Image,
         params: &JobParams,
         progress: &mut dyn ProgressSink,
+        windows: Option<&[LatentWindow]>,
     ) -> Result<JobOutput, ErrorInfo> {
         let cancelled = |_| ErrorInfo::new(ErrorKind::Cancelled, "the job was cancelled");
         let mut timings = Timings::new();
@@ -374,7 +408,13 @@ impl ClarityRunner {
             input.rgb,
             &plan,
             &setup,
-            &mut SeededNoise { seed: params.seed },
+            &mut *match windows {
+                Some(windows) => Box::new(WindowNoise {
+                    seed: params.seed,
+                    windows: windows.to_vec(),
+                }) as Box<dyn NoiseSource>,
+                None => Box::new(SeededNoise { seed: params.seed }),
+            },
             &mut |index, e: Event| {
                 timings.lap(e.phase);
                 phase = e.phase;
@@ -442,9 +482,12 @@ impl JobRunner for ClarityRunner {
         {
             self.upscaler.adopt(path, stamp, net);
         }
+        if let Some(region) = params.preview {
+            return self.preview(image, params, region, progress);
+        }
         if !params.diffuses() {
             return self.upscaler.run(image, params, progress);
         }
-        self.diffuse(image, params, progress)
+        self.diffuse(image, params, progress, None)
     }
 }

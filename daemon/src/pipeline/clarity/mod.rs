@@ -8,6 +8,7 @@ pub mod job;
 pub mod models;
 pub mod nets;
 pub mod params;
+pub mod preview;
 pub mod stage;
 pub mod stages;
 pub mod text;
