@@ -34,6 +34,7 @@ Progress = tessera_client.Progress
 PROTOCOL_VERSION = tessera_client.PROTOCOL_VERSION
 ProtocolError = tessera_client.ProtocolError
 Rejected = tessera_client.Rejected
+Region = tessera_client.Region
 Accepted = tessera_client.Accepted
 SampleFormat = tessera_client.SampleFormat
 Shutdown = tessera_client.Shutdown

@@ -42,6 +42,7 @@ from .messages import (
     Models,
     Preset,
     Progress,
+    Region,
     Rejected,
     SampleFormat,
     Sampler,
@@ -50,7 +51,6 @@ from .messages import (
     StageTiming,
     Status,
     Submit,
-    Region,
     Transfer,
     WarmUp,
 )
