@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use crate::nets::{PrecisionSetting, Precisions};
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -45,7 +47,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// The ONNX Runtime library; empty means: `--ort-lib`, `TESSERA_ORT_LIB`,
@@ -61,6 +63,46 @@ pub struct EngineConfig {
     /// activations it ever needed. Off (the default), activation memory goes back after every
     /// network call, so a job's peak is its largest phase rather than the sum of all of them.
     pub cpu_arena: bool,
+    /// Bytes the warm sessions may hold on the device: "auto" (the default: on a GPU its free
+    /// memory at start less a margin for activations, on the CPU no budget), "none", or a
+    /// size such as "6 GiB". Sessions no job uses are set aside, least recently used first,
+    /// to stay within it; on CUDA it also caps each session's memory arena.
+    pub vram_budget: Option<String>,
+    /// The precision of the UNet, ControlNet, text encoder and ESRGAN: `auto` (f16 on an
+    /// accelerator, f32 on the CPU), `fp32` or `fp16`.
+    pub precision: PrecisionSetting,
+    /// The VAE's precision, f32 by default (SD 1.5's VAE overflows f16); with `fp16` (or `auto`
+    /// on an accelerator) every pass is checked and one with NaN or ∞ is redone in f32.
+    pub vae_precision: PrecisionSetting,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            ort_lib: None,
+            threads: 0,
+            execution_providers: None,
+            cpu_arena: false,
+            precision: PrecisionSetting::Auto,
+            vae_precision: PrecisionSetting::Fp32,
+            vram_budget: None,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// `vram_budget`, read (validated when the file was loaded).
+    pub fn budget(&self) -> crate::engine::BudgetSetting {
+        self.vram_budget
+            .as_deref()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// The precision of every network on sessions that run on `providers` (best first).
+    pub fn precisions(&self, providers: &[crate::engine::ExecutionProvider]) -> Precisions {
+        Precisions::resolve(self.precision, self.vae_precision, providers)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +165,9 @@ pub struct DiffusionConfig {
     pub default_vae: String,
     pub default_controlnet: String,
     /// Diffusion tiles per network call: speed and memory only, the result is the same.
-    pub tile_batch: usize,
+    /// Unset: 1 on the CPU, as many as the accelerator's free memory holds on a GPU (at most
+    /// 4; `pipeline/clarity/tile_batch.rs`).
+    pub tile_batch: Option<usize>,
     /// Images up to this many pixels a side (plus context) are VAE-encoded whole; larger ones
     /// in tiles with frozen GroupNorm statistics.
     pub vae_encoder_tile: usize,
@@ -137,7 +181,7 @@ impl Default for DiffusionConfig {
             default_checkpoint: "juggernaut_reborn".into(),
             default_vae: "vae-ft-mse-840000-ema-pruned".into(),
             default_controlnet: "control_v11f1e_sd15_tile".into(),
-            tile_batch: 1,
+            tile_batch: None,
             vae_encoder_tile: 512,
             vae_decoder_tile: 54,
         }
@@ -238,11 +282,15 @@ impl Config {
             ));
         }
         let d = &self.diffusion;
-        if d.tile_batch == 0 || d.vae_encoder_tile < 64 || d.vae_decoder_tile < 8 {
+        if d.tile_batch == Some(0) || d.vae_encoder_tile < 64 || d.vae_decoder_tile < 8 {
             return Err(
                 "diffusion.tile_batch must be at least 1, vae_encoder_tile at least 64 and vae_decoder_tile at least 8"
                     .into(),
             );
+        }
+        if let Some(text) = &self.engine.vram_budget {
+            text.parse::<crate::engine::BudgetSetting>()
+                .map_err(|e| format!("engine.vram_budget: {e}"))?;
         }
         if let Some(names) = &self.engine.execution_providers {
             crate::engine::parse_providers(names)
@@ -295,6 +343,23 @@ mod tests {
     }
 
     #[test]
+    fn precision_is_auto_and_the_vae_fp32_unless_set() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("config.toml");
+        let cpu = [crate::engine::ExecutionProvider::Cpu];
+        let defaults = Config::default().engine;
+        assert_eq!(defaults.precisions(&cpu), Precisions::f32());
+        std::fs::write(
+            &path,
+            "[engine]\nprecision = \"fp16\"\nvae_precision = \"fp16\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let p = config.engine.precisions(&cpu);
+        assert_eq!(p.describe(), "fp16 (every network)");
+    }
+
+    #[test]
     fn typos_and_bad_values_are_reported() {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("config.toml");
@@ -322,6 +387,24 @@ mod tests {
             err.contains("engine.execution_providers") && err.contains("npu"),
             "{err}"
         );
+        std::fs::write(&path, "[engine]\nvram_budget = \"6 GiBs\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("engine.vram_budget") && err.contains("GiBs"),
+            "{err}"
+        );
+        std::fs::write(&path, "[engine]\nvram_budget = \"6 GiB\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().engine.budget(),
+            crate::engine::BudgetSetting::Bytes(6 << 30)
+        );
+        assert_eq!(
+            Config::default().engine.budget(),
+            crate::engine::BudgetSetting::Auto
+        );
+        std::fs::write(&path, "[engine]\nprecision = \"fp8\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("fp8"), "{err}");
         std::fs::write(&path, "[upscale]\ntile = 32\noverlap = 16\n").unwrap();
         assert!(
             Config::load(&path)

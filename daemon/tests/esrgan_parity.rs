@@ -181,6 +181,39 @@ fn every_layout_matches_pytorch() {
     eprintln!("{}", report.join("\n"));
 }
 
+/// fp16 graphs (f16 weights, every op in f16) against PyTorch in fp32, on the CPU execution
+/// provider: the largest error over the output, which lies in about 0..1. f16 keeps 11
+/// significant bits (a relative step of 4.9e-4); the 1–2 RRDB blocks of the fixtures add up
+/// some dozens of such roundings, measured at most 7.8e-4 here, so 5e-3 leaves room without
+/// hiding a wrong graph (a flipped channel order or a missing residual errs by 1e-1 and more).
+const FP16_TOLERANCE: f32 = 5e-3;
+
+#[test]
+fn every_layout_in_fp16_stays_near_pytorch_in_fp32() {
+    use tessera::nets::Precision;
+    let input = reference3("input");
+    let mut report = Vec::new();
+    for case in CASES {
+        let cache = tempfile::tempdir().unwrap();
+        let mut model =
+            Esrgan::load_as(engine(), &fixture(case.file), cache.path(), Precision::F16)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.file));
+        assert!(model.compiled().name.ends_with("(fp16)"));
+        let expected = reference3(case.reference).mapv(|v| v.clamp(0.0, 1.0));
+        let out = model
+            .upscale(input.view(), &Tiling::default(), &mut no_progress())
+            .unwrap();
+        let err = max_abs_diff(&out, &expected);
+        report.push(format!("{:32} fp16 max |err| {err:.2e}", case.file));
+        assert!(
+            err <= FP16_TOLERANCE,
+            "{}: fp16 upscale differs by {err}",
+            case.file
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
 #[test]
 fn tiled_with_enough_context_equals_the_whole_image() {
     let mut model = Esrgan::load(

@@ -38,9 +38,12 @@ struct Args {
     /// onnxruntime-gpu or onnxruntime-directml)
     #[arg(long, alias = "package", value_name = "NAME")]
     ort_package: Option<String>,
-    /// onnxruntime release
-    #[arg(long, default_value = runtime::DEFAULT_VERSION)]
-    ort_version: String,
+    /// onnxruntime release [default: 1.32.0; 1.31.1 for onnxruntime-gpu]
+    #[arg(long)]
+    ort_version: Option<String>,
+    /// Package index for pip instead of the configured one (a mirror; the tests' local index)
+    #[arg(long, value_name = "URL", env = "TESSERA_PIP_INDEX_URL")]
+    pip_index_url: Option<String>,
     /// Use this onnxruntime wheel file instead of downloading one
     #[arg(long, value_name = "FILE")]
     wheel: Option<PathBuf>,
@@ -236,64 +239,104 @@ fn merge(into: &mut InstallRecord, new: InstallRecord) {
 }
 
 fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> anyhow::Result<()> {
-    let before = listing(&[dir.runtime(), dir.cache().join("wheels")]);
-    let installed = match &args.ort_lib {
-        Some(lib) => {
-            let found = tessera::engine::locate_library(Some(lib), dir.root())?;
-            let adopted = runtime::adopt(dir, &found)?;
-            println!(
-                "ONNX Runtime     {} (yours, linked into {})",
-                found.display(),
-                dir.runtime().display()
-            );
-            adopted
-        }
-        None => {
-            let (package, why) = match &args.ort_package {
-                Some(p) => (p.clone(), "as asked".to_owned()),
-                None => {
-                    let choice = accelerator::choose(&accelerator::Machine::detect());
-                    (choice.package.to_owned(), choice.reason)
-                }
-            };
-            println!("ONNX Runtime     {package} {} ({why})", args.ort_version);
-            let options = runtime::InstallOptions {
-                package: package.clone(),
-                version: args.ort_version.clone(),
-                wheel: args.wheel.clone(),
-                force: false,
-            };
-            let installed = match runtime::install(dir, &options) {
-                Ok(installed) => installed,
-                Err(e @ runtime::RuntimeInstallError::NoPython { .. }) => bail!(
-                    "{e}; or run tessera-install --ort-lib PATH with an ONNX Runtime library you have"
-                ),
-                Err(e) => return Err(e.into()),
-            };
-            println!("                 {}", installed.library_path(dir).display());
-            installed
-        }
-    };
-    println!(
-        "                 execution providers: {}",
-        installed.providers.join(", ")
-    );
+    let cuda = tessera::store::cuda::folder(&dir.runtime());
     let wheels = dir.cache().join("wheels");
-    if wheels.is_dir() && !before.contains(&wheels) && record.dirs.iter().all(|d| *d != wheels) {
-        record.note_dir(&wheels);
+    let before = listing(&[dir.runtime(), cuda.clone(), wheels.clone()]);
+    let result = fetch_runtime(args, dir);
+    // What the step added is recorded even when it failed half way, for --uninstall.
+    for folder in [&wheels, &cuda] {
+        if folder.is_dir() && !before.contains(folder) && !record.dirs.contains(folder) {
+            record.note_dir(folder);
+        }
     }
-    for path in listing(&[dir.runtime(), wheels.clone()]) {
-        if !before.contains(&path) && path != wheels {
+    for path in listing(&[dir.runtime(), cuda.clone(), wheels.clone()]) {
+        if !before.contains(&path) && path.is_file() {
             let item = if path.starts_with(&wheels) {
                 Item::Wheel
             } else {
                 Item::Runtime
             };
-            let sha = tessera::store::hashes::sha256_file(&path).unwrap_or_default();
+            // The CUDA libraries' hashes are in the runtime's record (2 GB need not be read
+            // twice); a half-done step leaves them unhashed here.
+            let sha = if path.starts_with(&cuda) {
+                String::new()
+            } else {
+                tessera::store::hashes::sha256_file(&path).unwrap_or_default()
+            };
             record.note_file(&path, item, sha);
         }
     }
+    let installed = result?;
+    if let Some(libraries) = &installed.cuda {
+        println!("                 {}", libraries.summary(&dir.runtime()));
+        if let Some(major) = libraries.cuda_major
+            && let Some(driver) = accelerator::Machine::detect().nvidia
+            && let Err(reason) = tessera::store::cuda::driver_supports(&driver, major)
+        {
+            println!(
+                "                 warning: {reason}: CUDA will not start until it is updated (the CPU works meanwhile)"
+            );
+        }
+        // The CUDA libraries are this runtime's, whoever unpacked them first: they go with it.
+        if !record.dirs.contains(&cuda) {
+            record.note_dir(&cuda);
+        }
+        for library in &libraries.libraries {
+            record.note_file(
+                &cuda.join(&library.file),
+                Item::Runtime,
+                library.sha256.clone(),
+            );
+        }
+    }
+    println!(
+        "                 execution providers: {}",
+        installed.providers.join(", ")
+    );
     Ok(())
+}
+
+/// The runtime step itself: a library the user has, or the onnxruntime wheel for this machine
+/// (with the CUDA libraries a GPU wheel names).
+fn fetch_runtime(args: &Args, dir: &DataDir) -> anyhow::Result<runtime::InstalledRuntime> {
+    if let Some(lib) = &args.ort_lib {
+        let found = tessera::engine::locate_library(Some(lib), dir.root())?;
+        let adopted = runtime::adopt(dir, &found)?;
+        println!(
+            "ONNX Runtime     {} (yours, linked into {})",
+            found.display(),
+            dir.runtime().display()
+        );
+        return Ok(adopted);
+    }
+    let (package, why) = match &args.ort_package {
+        Some(p) => (p.clone(), "as asked".to_owned()),
+        None => {
+            let choice = accelerator::choose(&accelerator::Machine::detect());
+            (choice.package.to_owned(), choice.reason)
+        }
+    };
+    let version = args
+        .ort_version
+        .clone()
+        .unwrap_or_else(|| runtime::default_version(&package).to_owned());
+    println!("ONNX Runtime     {package} {version} ({why})");
+    let options = runtime::InstallOptions {
+        package,
+        version,
+        wheel: args.wheel.clone(),
+        force: false,
+        index_url: args.pip_index_url.clone(),
+    };
+    let installed = match runtime::install(dir, &options) {
+        Ok(installed) => installed,
+        Err(e @ runtime::RuntimeInstallError::NoPython { .. }) => bail!(
+            "{e}; or run tessera-install --ort-lib PATH with an ONNX Runtime library you have"
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    println!("                 {}", installed.library_path(dir).display());
+    Ok(installed)
 }
 
 /// The files in `folders` (and the folders themselves when they exist).

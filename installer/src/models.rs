@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use tessera::setup::manifest::{Manifest, ModelSpec, size_text};
 use tessera::setup::record::{InstallRecord, Item};
-use tessera::store::DataDir;
+use tessera::store::{DataDir, space};
 
 pub struct ModelOptions<'a> {
     pub manifest: &'a Manifest,
@@ -111,13 +111,9 @@ pub fn install(
     Ok(())
 }
 
-/// Room kept free beyond the files themselves (the install record, logs, compiled graphs).
-const FREE_SPACE_MARGIN: u64 = 256 << 20;
-
 /// Refuses to start when the files still to fetch or import do not fit on the disk of the data
 /// directory, before a byte is written: a 4 GB download that fails at 90 % helps nobody. Bytes
-/// of partial files already there count as fetched; a disk whose free space cannot be read is
-/// not checked.
+/// of partial files already there count as fetched.
 fn check_free_space(dir: &DataDir, staging: &Path, chosen: &[&ModelSpec]) -> anyhow::Result<()> {
     let needed: u64 = chosen
         .iter()
@@ -127,19 +123,13 @@ fn check_free_space(dir: &DataDir, staging: &Path, chosen: &[&ModelSpec]) -> any
             spec.size.saturating_sub(fetched)
         })
         .sum();
-    if needed == 0 {
-        return Ok(());
-    }
-    let Ok(free) = fs4::available_space(staging) else {
-        return Ok(());
-    };
-    if free < needed.saturating_add(FREE_SPACE_MARGIN) {
+    if let Err(short) = space::ensure_room(staging, needed) {
         bail!(
             "not enough free space for the models: {} to fetch and {} free on the disk of {}; free {} there (or choose another data directory with --data-dir) and run tessera-install again",
-            size_text(needed),
-            size_text(free),
+            size_text(short.needed),
+            size_text(short.free),
             dir.root().display(),
-            size_text(needed.saturating_add(FREE_SPACE_MARGIN) - free)
+            size_text(short.to_free())
         );
     }
     Ok(())

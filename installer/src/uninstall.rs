@@ -1,12 +1,13 @@
 //! `tessera-install --uninstall`: stops the daemon, undoes the service registration, deletes
-//! the files the record lists (models only with `--remove-models`), puts `kritarc` keys back
-//! as they were, and removes the folders the installer created once they are empty. Anything
-//! not in the record (the user's own models, logs, settings) is left alone and reported.
+//! the files the record lists (models only with `--remove-models`) and the CUDA libraries the
+//! runtime it installed lists, puts `kritarc` keys back as they were, and removes the folders
+//! the installer created once they are empty. Anything not in the record (the user's own
+//! models, logs, settings) is left alone and reported.
 
 use crate::service;
 use tessera::setup::kritarc;
 use tessera::setup::record::{InstallRecord, Item};
-use tessera::store::DataDir;
+use tessera::store::{DataDir, runtime};
 use tessera_protocol::paths;
 
 /// Undoes the install recorded in `dir`; returns report lines.
@@ -40,6 +41,21 @@ pub fn run(
     }
     let mut kept = InstallRecord::default();
     let mut removed = 0;
+    // The CUDA libraries of the runtime the installer put there, as its record lists them now
+    // (`tessera runtime install` may have replaced them since).
+    let runtime_record = dir.runtime().join("runtime.toml");
+    if record
+        .files_of(Item::Runtime)
+        .any(|f| f.path == runtime_record)
+        && let Some(cuda) = runtime::read_record(&dir.runtime()).and_then(|r| r.cuda)
+    {
+        for path in cuda.paths(&dir.runtime()) {
+            if std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        let _ = std::fs::remove_dir(tessera::store::cuda::folder(&dir.runtime()));
+    }
     for file in std::mem::take(&mut record.files) {
         if file.item == Item::Model && !remove_models {
             kept.files.push(file);

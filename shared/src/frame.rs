@@ -263,6 +263,7 @@ mod tests {
                     seconds: 1.0,
                 })
                 .collect(),
+            warnings: vec![],
         };
         let overhead = encode(&Message::Done(done.clone())).len();
         done.image.data = vec![7; len - overhead];

@@ -105,6 +105,10 @@ pub struct Progress {
     pub fraction: f32,
     /// Estimated seconds until the job is done; `None` until there is a basis for it.
     pub eta_seconds: Option<f32>,
+    /// Every warning the job has had so far, oldest first (a network moved to the CPU, a
+    /// call retried with smaller tiles): the list only grows, so a client shows the ones
+    /// it has not shown yet, and nothing is lost when progress events are coalesced.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +118,8 @@ pub struct Done {
     pub image: Image,
     /// Wall-clock seconds spent in each part of the job, in order.
     pub timings: Vec<StageTiming>,
+    /// Every warning the job had, oldest first (as in [`Progress::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,9 +154,31 @@ pub struct Status {
     pub sessions: Vec<String>,
     /// The daemon's resident memory in bytes (0 where the platform does not say).
     pub resident_bytes: u64,
+    /// What the daemon fell back from since it started, oldest first (at most 16): an
+    /// execution provider dropped, a network moved to the CPU. Empty when all is well.
+    pub warnings: Vec<String>,
+    /// The accelerator's memory, where its driver says (CUDA through NVML).
+    pub device_memory: Option<DeviceMemory>,
+    /// The budget the warm sessions are held to, in bytes (`engine.vram_budget`); `None`:
+    /// no budget (the CPU, unless one is configured).
+    pub session_budget_bytes: Option<u64>,
+    /// The estimated size of the sessions held now (weights and an allowance), in bytes.
+    pub session_bytes: u64,
     /// The loading of the default model set that `tessera serve` starts as soon as it
     /// listens; `None` when this daemon runs none.
     pub warm_up: Option<WarmUp>,
+    /// The running job's estimated seconds left (its last `Progress.eta_seconds`).
+    pub running_eta_seconds: Option<f32>,
+}
+
+/// An accelerator's memory as its driver reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMemory {
+    /// The device's name, e.g. "NVIDIA GeForce RTX 3070".
+    pub device: String,
+    pub total_bytes: u64,
+    /// Free now, for every process on the device.
+    pub free_bytes: u64,
 }
 
 /// How far the daemon's start-up warm-up is: the default model set compiled and its

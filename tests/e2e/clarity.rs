@@ -473,6 +473,55 @@ fn a_preview_looks_like_the_same_region_of_the_whole_job() {
 }
 
 #[test]
+fn the_time_left_is_given_from_the_start_and_goes_down() {
+    let daemon = Daemon::prepare_diffusion(NO_WARM_UP).start();
+    let mut client = daemon.client();
+    let mut watcher = daemon.client();
+    let mut run = |image: Image| {
+        let mut events: Vec<(String, Option<f32>)> = Vec::new();
+        let mut status_eta = None;
+        client
+            .upscale(image, params(4.0), |p| {
+                events.push((p.phase.clone(), p.eta_seconds));
+                if p.phase == "denoise" && status_eta.is_none() {
+                    status_eta = Some(watcher.status().unwrap().running_eta_seconds);
+                }
+            })
+            .unwrap();
+        (events, status_eta.flatten())
+    };
+    // The machine's first job: an estimate once its first calls are timed.
+    let (first, _) = run(test_image(64, 48));
+    let rates = daemon.dir.path().join("cache/rates.json");
+    assert!(rates.is_file(), "the job's rates are kept");
+    assert!(
+        first
+            .iter()
+            .filter(|(p, _)| p == "denoise")
+            .all(|(_, eta)| eta.is_some())
+    );
+    // The next job (another picture, so nothing comes from the re-run cache) has one from its
+    // first call on, from the past job's rates, and it goes down.
+    let (events, status_eta) = run(test_image(56, 40));
+    let work: Vec<f32> = events
+        .iter()
+        .filter(|(phase, _)| phase != "load" && phase != "finish")
+        .map(|(phase, eta)| eta.unwrap_or_else(|| panic!("no estimate during {phase}")))
+        .collect();
+    assert!(work.len() > 10, "{events:?}");
+    let falling = work.windows(2).filter(|w| w[1] <= w[0]).count();
+    assert!(
+        falling * 4 >= (work.len() - 1) * 3,
+        "the estimate mostly goes down: {work:?}"
+    );
+    assert!(
+        work.last().unwrap() < &(0.2 * work[0]),
+        "it ends near zero: {work:?}"
+    );
+    assert!(status_eta.is_some(), "tessera status shows it too");
+}
+
+#[test]
 fn a_cancel_takes_effect_within_one_network_call() {
     let daemon = Daemon::prepare_diffusion("").start();
     let mut client = daemon.client();

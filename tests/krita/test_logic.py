@@ -514,6 +514,9 @@ def test_progress_text_says_stage_phase_step_and_tile_when_they_matter():
     assert texts.progress_text(Progress(1, 0, 1, "upscale", 1, 1, 3, 12, 0.2)) == (
         "Upscale · tile 3/12"
     )
+    with_eta = Progress(1, 0, 1, "denoise", 4, 7, 1, 1, 0.5, eta_seconds=200.4)
+    assert texts.progress_text(with_eta) == "Denoise · step 4/7 · 3 min 20 s left"
+    assert texts.duration(44.6) == "45 s" and texts.duration(3900) == "1 h 05 min"
     assert texts.percent(0.1234) == 123 and texts.percent(2) == 1000
     assert texts.percent(float("nan")) == 0
 

@@ -161,12 +161,21 @@ def test_controlnet_full_and_split(exports):
     (embedding,) = session(exports["plain"], "controlnet_cond_encoder").run(
         ["controlnet_cond_embedding"], {"controlnet_cond": hint}
     )
-    split = session(exports["plain"], "controlnet_body").run(
-        names, {**feed, "controlnet_cond_embedding": embedding}
+    body = session(exports["plain"], "controlnet_body")
+    ones = np.ones(len(names), dtype=np.float32)
+    split = body.run(
+        names, {**feed, "controlnet_cond_embedding": embedding, "conditioning_scales": ones}
     )
     for name, a, b in zip(names, full, split):
         check(a, REF[f"controlnet.ldm.{name}"])
         check(b, REF[f"controlnet.ldm.{name}"])
+    # Residual i comes out multiplied by conditioning_scales[i].
+    scales = np.linspace(0.1, 1.3, len(names), dtype=np.float32)
+    scaled = body.run(
+        names, {**feed, "controlnet_cond_embedding": embedding, "conditioning_scales": scales}
+    )
+    for k, a, b in zip(scales, split, scaled):
+        check(b, k * a)
 
 
 def test_fp16_graphs_keep_fp32_io_and_stay_close(exports):

@@ -69,6 +69,8 @@ pub struct Daemon {
     /// A command that runs `tessera serve` (appended as its last arguments), e.g. to set
     /// up a mount namespace first; empty: run it directly.
     wrapper: Vec<std::ffi::OsString>,
+    /// Environment variables the daemon and the commands get besides the usual ones.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl Daemon {
@@ -93,7 +95,15 @@ impl Daemon {
             socket,
             child: None,
             wrapper: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the daemon (and the commands aimed at it), e.g.
+    /// `TESSERA_FAULTS` for the fault-injection tests.
+    pub fn with_env(mut self, key: &str, value: &str) -> Daemon {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Runs the daemon through `wrapper` (a program and its arguments, which must `exec` the
@@ -207,7 +217,9 @@ impl Daemon {
             .env("TESSERA_DATA_DIR", self.dir.path())
             .env("TESSERA_SOCKET", &self.socket)
             .env("TESSERA_ORT_LIB", ort_lib())
-            .env_remove("ORT_DYLIB_PATH");
+            .env_remove("ORT_DYLIB_PATH")
+            .env_remove("TESSERA_FAULTS")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 

@@ -7,6 +7,7 @@ use super::{
 use crate::store::{self, registry, runtime};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,26 +65,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ModelsCommand::ExportOnnx(args),
         } => super::sd::export_onnx(&target, &args),
         Command::Bench {
-            command:
-                BenchCommand::SdStep {
-                    dir,
-                    latent,
-                    batch,
-                    threads,
-                    runs,
-                },
-        } => super::sd::bench_sd_step(&target, dir, latent, batch, threads, runs),
+            command: BenchCommand::SdStep(args),
+        } => super::bench::sd_step(&target, &args),
         Command::Bench {
-            command:
-                BenchCommand::Clarity {
-                    dir,
-                    size,
-                    scale,
-                    runs,
-                    threads,
-                    steps,
-                },
-        } => super::sd::bench_clarity(&target, dir, size, scale, runs, threads, steps),
+            command: BenchCommand::Clarity(args),
+        } => super::bench::clarity(&target, &args),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {
@@ -91,14 +77,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     package,
                     wheel,
                     force,
+                    pip_index_url,
                 },
         } => install_runtime(
             &target,
             runtime::InstallOptions {
+                version: version.unwrap_or_else(|| runtime::default_version(&package).into()),
                 package,
-                version,
                 wheel,
                 force,
+                index_url: pip_index_url,
             },
         ),
         Command::Runtime {
@@ -159,19 +147,53 @@ fn upscale(
     if accepted.position > 0 {
         bar.set_message(format!("queued ({} ahead)", accepted.position));
     }
+    // Warnings come as the job's whole list so far: print each new one once, above the bar.
+    let mut warned = 0;
+    let mut warn = |warnings: &[String], bar: &ProgressBar| {
+        for warning in warnings.iter().skip(warned) {
+            // `suspend`, not `println`: a hidden bar (stderr not a terminal) prints nothing.
+            bar.suspend(|| eprintln!("tessera: warning: {warning}"));
+        }
+        warned = warned.max(warnings.len());
+    };
     let outcome = client.wait(accepted.job, |p| {
+        warn(&p.warnings, &bar);
         bar.set_message(super::batch::progress_text(p));
         bar.set_position((p.fraction * 1000.0) as u64);
     });
-    bar.finish_and_clear();
     let done = match outcome {
-        Ok(done) => done,
-        Err(ClientError::Daemon(e)) if e.kind == ErrorKind::Cancelled => {
-            eprintln!("tessera: cancelled");
-            return Ok(ExitCode::from(EXIT_CANCELLED));
+        Ok(done) => {
+            warn(&done.warnings, &bar);
+            bar.finish_and_clear();
+            done
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            bar.finish_and_clear();
+            return upscale_failed(e);
+        }
     };
+    finish_upscale(input, output, width, height, done)
+}
+
+/// The exit of an upscale whose job did not finish.
+fn upscale_failed(error: ClientError) -> anyhow::Result<ExitCode> {
+    match error {
+        ClientError::Daemon(e) if e.kind == ErrorKind::Cancelled => {
+            eprintln!("tessera: cancelled");
+            Ok(ExitCode::from(EXIT_CANCELLED))
+        }
+        e => Err(e.into()),
+    }
+}
+
+/// Writes a finished job's image and prints what it took.
+fn finish_upscale(
+    input: &Path,
+    output: &Path,
+    width: u32,
+    height: u32,
+    done: tessera_protocol::Done,
+) -> anyhow::Result<ExitCode> {
     if let Some(note) = imagefile::write(&done.image, output)? {
         eprintln!("tessera: note: {note}");
     }
@@ -261,11 +283,21 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
         status.daemon_version, target.address
     );
     println!("runtime: {}", status.runtime);
-    println!("device:  {}", status.device);
+    match status.device.split_once(super::serve::DEVICE_PRECISION) {
+        Some((device, precision)) => {
+            println!("device:  {device}");
+            println!("precision: {precision}");
+        }
+        None => println!("device:  {}", status.device),
+    }
     match status.running {
         Some(job) => println!(
-            "job:     {job} ({:.0}% done)",
-            status.running_fraction * 100.0
+            "job:     {job} ({:.0}% done{})",
+            status.running_fraction * 100.0,
+            status
+                .running_eta_seconds
+                .map(|s| format!(", {} left", super::batch::short_duration(s)))
+                .unwrap_or_default()
         ),
         None => println!("job:     idle"),
     }
@@ -275,6 +307,21 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
     }
     if status.resident_bytes > 0 {
         println!("memory:  {} resident", human_size(status.resident_bytes));
+    }
+    if let Some(gpu) = &status.device_memory {
+        println!(
+            "gpu:     {}, {} of {} free",
+            gpu.device,
+            human_size(gpu.free_bytes),
+            human_size(gpu.total_bytes)
+        );
+    }
+    if let Some(budget) = status.session_budget_bytes {
+        println!(
+            "budget:  sessions hold about {} of {}",
+            human_size(status.session_bytes),
+            human_size(budget)
+        );
     }
     if status.sessions.is_empty() {
         println!("models:  none loaded");
@@ -286,6 +333,9 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
     }
     println!("clients: {}", status.clients);
     println!("data:    {}", status.data_dir);
+    for warning in &status.warnings {
+        println!("warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -365,6 +415,9 @@ fn install_runtime(target: &Target, options: runtime::InstallOptions) -> anyhow:
         dir.runtime().display()
     );
     let installed = runtime::install(&dir, &options)?;
+    if let Some(cuda) = &installed.cuda {
+        eprintln!("tessera: {}", cuda.summary(&dir.runtime()));
+    }
     println!("{}", installed.library_path(&dir).display());
     Ok(ExitCode::SUCCESS)
 }

@@ -5,12 +5,14 @@
 
 use super::launch::Target;
 use crate::config::Config;
-use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
+use crate::engine::{
+    BudgetSetting, Engine, EngineOptions, EngineTuning, ExecutionProvider, Faults,
+};
 use crate::setup::kritarc;
 use crate::setup::manifest::{Manifest, size_text};
 use crate::setup::places::{Editor, EditorPlace, Home};
 use crate::setup::record::{InstallRecord, Item};
-use crate::store::{DataDir, registry, runtime};
+use crate::store::{DataDir, cuda, registry, runtime};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -35,8 +37,15 @@ impl Report {
         println!("  note     {}", text.as_ref());
     }
     fn problem(&mut self, text: impl AsRef<str>, fix: impl AsRef<str>) {
+        self.problem_line(text);
+        self.fix(fix);
+    }
+    /// A problem whose fix follows once, after its siblings.
+    fn problem_line(&mut self, text: impl AsRef<str>) {
         self.problems += 1;
         println!("  PROBLEM  {}", text.as_ref());
+    }
+    fn fix(&self, fix: impl AsRef<str>) {
         println!("           fix: {}", fix.as_ref());
     }
 }
@@ -160,7 +169,19 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
     } else {
         r.ok(format!("library {}", library.display()));
     }
+    cuda_libraries(r, dir);
     let configured = super::serve::execution_providers(config, dir, explicit.as_deref());
+    let faults = match Faults::from_env() {
+        Ok(faults) => faults,
+        Err(e) => {
+            r.problem(e, "unset it: it is for the fault-injection tests only");
+            Faults::default()
+        }
+    };
+    // Whether CUDA is configured or not: doctor reports on every provider.
+    if let Ok(library) = crate::engine::locate_library(explicit.as_deref(), dir.root()) {
+        crate::engine::preload_cuda_libraries(&library, dir.root());
+    }
     let engine = match Engine::with_tuning(
         EngineOptions {
             ort_lib: explicit,
@@ -169,6 +190,11 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         },
         EngineTuning {
             execution_providers: vec![ExecutionProvider::Cpu],
+            // The simulated accelerator is probed below with the others.
+            faults: Faults {
+                simulated_accelerator: false,
+                ..faults.clone()
+            },
             ..EngineTuning::default()
         },
     ) {
@@ -182,7 +208,16 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         }
     };
     r.ok(format!("loads: {}", engine.runtime_description()));
+    cuda_preload(
+        r,
+        configured
+            .iter()
+            .any(|ep| matches!(ep, ExecutionProvider::Cuda { .. })),
+    );
     let mut all = configured.clone();
+    if faults.simulated_accelerator {
+        all.insert(0, ExecutionProvider::Simulated);
+    }
     for ep in [
         ExecutionProvider::Cuda { device_id: 0 },
         ExecutionProvider::DirectMl { device_id: 0 },
@@ -197,27 +232,216 @@ fn onnx_runtime(r: &mut Report, target: &Target, dir: &DataDir, config: &Config)
         "configured execution providers: {}",
         names.join(", ")
     ));
+    let budget = config.engine.budget();
+    let mut usable = Vec::new();
     for (ep, outcome) in engine.probe_providers(&all) {
         match (outcome, configured.contains(&ep)) {
-            (Ok(()), _) => r.ok(format!("{ep}: usable")),
+            (Ok(_), configured) if !ep.is_accelerator() => {
+                if configured {
+                    usable.push(ep);
+                }
+                r.ok(format!("{ep}: usable"))
+            }
+            (Ok(report), configured) => {
+                if configured {
+                    usable.push(ep);
+                }
+                r.ok(format!(
+                    "{ep}: usable{} (probe: {:.0} ms, {})",
+                    device_text(ep, budget),
+                    report.millis,
+                    if report.error == 0.0 {
+                        "the CPU's numbers exactly".to_owned()
+                    } else {
+                        format!("within {:.1e} of the CPU's numbers", report.error)
+                    }
+                ))
+            }
             (Err(reason), true) => r.problem(
-                format!("{ep} is configured but not usable here: {reason}"),
+                format!("{ep} is configured but not used: {reason}"),
                 provider_fix(ep),
             ),
-            (Err(reason), false) => r.note(format!("{ep}: not usable ({reason})")),
+            (Err(reason), false) => r.note(format!("{ep}: not used: {reason}")),
         }
     }
+    // The providers a daemon would use, in the configured order, the CPU last.
+    let mut in_use: Vec<ExecutionProvider> = configured
+        .iter()
+        .copied()
+        .filter(|ep| usable.contains(ep))
+        .collect();
+    if !in_use.contains(&ExecutionProvider::Cpu) {
+        in_use.push(ExecutionProvider::Cpu);
+    }
+    r.ok(format!(
+        "precision (engine.precision = \"{}\", engine.vae_precision = \"{}\") on {}: {}",
+        config.engine.precision.name(),
+        config.engine.vae_precision.name(),
+        in_use[0],
+        config.engine.precisions(&in_use).describe()
+    ));
+}
+
+/// ", NVIDIA …, 7.4 GB of 8.0 GB free, sessions held to 5.9 GB" for a CUDA device whose driver
+/// answers; empty otherwise.
+fn device_text(ep: ExecutionProvider, budget: BudgetSetting) -> String {
+    let ExecutionProvider::Cuda { device_id } = ep else {
+        return String::new();
+    };
+    let Ok(memory) = crate::engine::cuda_device_memory(device_id) else {
+        return String::new();
+    };
+    let held = match budget.resolve(Some((memory.free, memory.total))) {
+        Some(bytes) => format!(", warm sessions held to {}", size_text(bytes)),
+        None => String::new(),
+    };
+    format!(
+        " on {}, {} of {} free{held}",
+        memory.name,
+        size_text(memory.free),
+        size_text(memory.total)
+    )
 }
 
 fn provider_fix(ep: ExecutionProvider) -> &'static str {
     match ep {
         ExecutionProvider::Cuda { .. } => {
-            "install the NVIDIA driver with CUDA 12 and cuDNN 9 libraries, or set engine.execution_providers = [\"cpu\"] in config.toml"
+            "install what the line above names (`tessera runtime install --package onnxruntime-gpu` brings the CUDA and cuDNN libraries; the NVIDIA driver comes from NVIDIA), or set engine.execution_providers = [\"cpu\"] in config.toml"
         }
         ExecutionProvider::DirectMl { .. } => {
-            "update the graphics driver (DirectX 12), or set engine.execution_providers = [\"cpu\"]"
+            "update the graphics driver (DirectX 12), or set engine.execution_providers = [\"cpu\"] in config.toml"
         }
         _ => "set engine.execution_providers = [\"cpu\"] in config.toml",
+    }
+}
+
+/// The CUDA and cuDNN libraries recorded for the runtime in `runtime/cuda/`: one line each,
+/// present with its size, or missing with the size expected and the folder looked in.
+fn cuda_libraries(r: &mut Report, dir: &DataDir) {
+    let Some(record) = runtime::read_record(&dir.runtime()) else {
+        return;
+    };
+    let folder = crate::store::cuda::folder(&dir.runtime());
+    let reinstall = format!(
+        "run `tessera runtime install --package {} --version {}` (or tessera-install again): it fetches what is missing",
+        record.package, record.version
+    );
+    let Some(cuda) = &record.cuda else {
+        if record.providers.iter().any(|p| p == "cuda") {
+            if record.dependencies_read {
+                r.note(format!(
+                    "the {} {} wheel names no CUDA wheels: its CUDA provider uses the system's CUDA and cuDNN",
+                    record.package, record.version
+                ));
+            } else {
+                r.problem(
+                    format!(
+                        "no CUDA or cuDNN libraries are installed for {} {} (looked in {})",
+                        record.package,
+                        record.version,
+                        folder.display()
+                    ),
+                    &reinstall,
+                );
+            }
+        }
+        return;
+    };
+    let states = cuda.states(&dir.runtime());
+    let present = states
+        .iter()
+        .filter(|(_, s)| *s == cuda::LibraryState::Present)
+        .count();
+    r.ok(format!(
+        "{} libraries for {} {} in {}: {present} of {} present",
+        cuda.label(),
+        record.package,
+        record.version,
+        folder.display(),
+        states.len()
+    ));
+    if let Some(major) = cuda.cuda_major {
+        let proc_version = Path::new("/proc/driver/nvidia/version");
+        match crate::store::accelerator::detect_nvidia(proc_version) {
+            Some(driver) => match cuda::driver_supports(&driver, major) {
+                Ok(Some(minimum)) => {
+                    r.ok(format!("{driver}: runs CUDA {major} ({minimum} or newer)"))
+                }
+                Ok(None) => r.note(format!(
+                    "{driver}: its version does not say whether it runs CUDA {major}"
+                )),
+                Err(reason) => r.problem(
+                    reason,
+                    "update the NVIDIA driver (or set engine.execution_providers = [\"cpu\"])",
+                ),
+            },
+            None => r.note(format!(
+                "no NVIDIA driver found ({}, nvidia-smi): CUDA cannot start without it",
+                proc_version.display()
+            )),
+        }
+    }
+    let origin = |library: &cuda::Library| {
+        let version = cuda
+            .packages
+            .iter()
+            .find(|p| p.name == library.package)
+            .map(|p| format!(" {}", p.version))
+            .unwrap_or_default();
+        format!("{}{version}", library.package)
+    };
+    for (library, state) in &states {
+        match state {
+            cuda::LibraryState::Present => r.ok(format!(
+                "{} {} ({})",
+                library.file,
+                size_text(library.size),
+                origin(library)
+            )),
+            cuda::LibraryState::Missing => r.problem_line(format!(
+                "{} is missing: {} expected from {}, looked in {}",
+                library.file,
+                size_text(library.size),
+                origin(library),
+                folder.display()
+            )),
+            cuda::LibraryState::WrongSize(size) => r.problem_line(format!(
+                "{} is {}, not the {} installed from {}, in {}",
+                library.file,
+                size_text(*size),
+                size_text(library.size),
+                origin(library),
+                folder.display()
+            )),
+        }
+    }
+    if present < states.len() {
+        r.fix(&reinstall);
+    }
+}
+
+/// What the engine's start preloaded from `runtime/cuda/`, and what would not load.
+fn cuda_preload(r: &mut Report, cuda_configured: bool) {
+    let Some(preloaded) = crate::engine::preloaded_cuda_libraries() else {
+        return;
+    };
+    r.ok(format!(
+        "preloaded {} of {} CUDA libraries",
+        preloaded.loaded.len(),
+        preloaded.loaded.len() + preloaded.failed.len()
+    ));
+    for (path, reason) in &preloaded.failed {
+        let text = format!("{} does not load: {reason}", path.display());
+        if cuda_configured {
+            r.problem_line(text);
+        } else {
+            r.note(text);
+        }
+    }
+    if cuda_configured && !preloaded.failed.is_empty() {
+        r.fix(
+            "a missing libcuda.so.1 or nvcuda.dll means no NVIDIA driver: install or update it; a missing file of runtime/cuda: `tessera runtime install --package onnxruntime-gpu`",
+        );
     }
 }
 

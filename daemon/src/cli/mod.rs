@@ -3,6 +3,7 @@
 //! fetches the ONNX Runtime library; `doctor` checks the installation.
 
 mod batch;
+mod bench;
 pub mod client;
 mod commands;
 mod doctor;
@@ -96,48 +97,91 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// One SD 1.5 UNet + ControlNet evaluation on random full-size weights, against the GEMM peak
-    SdStep {
-        /// Folder for the random checkpoints and the converted weights (about 7 GB; default: a temporary folder, removed afterwards)
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-        /// Latent size (the image is 8× larger)
-        #[arg(long, default_value_t = 64)]
-        latent: usize,
-        /// Batch (2: a CFG pair)
-        #[arg(long, default_value_t = 2)]
-        batch: usize,
-        /// ONNX Runtime threads (default: one per core)
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Evaluations (at least 2: the first warms up; the best of the others is reported)
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-    },
+    /// One SD 1.5 UNet + ControlNet evaluation on random full-size weights, as a stage runs it:
+    /// first and warm time, host↔device bytes, device memory, against the GEMM peak
+    SdStep(SdStepArgs),
     /// A whole Clarity job on random full-size models: per-phase times, peak memory, the
     /// UNet + ControlNet rate against the GEMM peak
-    Clarity {
-        /// Folder for the random models (about 5.8 GB; kept and reused when given; a RAM disk
-        /// such as /dev/shm spares the disk)
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-        /// Input side in pixels (the input is square)
-        #[arg(long, default_value_t = 256)]
-        size: u32,
-        /// Scale factor
-        #[arg(long, default_value_t = 2.0)]
-        scale: f32,
-        /// Jobs in a row on the same warm models (the second shows the warm cost)
-        #[arg(long, default_value_t = 1)]
-        runs: usize,
-        /// ONNX Runtime threads (default: one per core)
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Sampler steps of a full denoise (Clarity's 18). Fewer steps make a run that only
-        /// measures peak memory cheaper: memory depends on the shapes, not on the step count
-        #[arg(long, default_value_t = 18)]
-        steps: u32,
-    },
+    Clarity(ClarityBenchArgs),
+}
+
+/// Where and how a benchmark runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchDevice {
+    /// Execution providers, best first, as in config.toml's engine.execution_providers
+    /// (cpu, cuda, cuda:N, directml, directml:N, coreml); a listed accelerator that cannot be
+    /// used here is an error
+    #[arg(long, value_delimiter = ',', default_value = "cpu")]
+    pub providers: Vec<String>,
+    /// Precision of the UNet, ControlNet, text encoder and ESRGAN: auto (fp16 on an
+    /// accelerator, fp32 on the CPU), fp32 or fp16
+    #[arg(long, default_value = "auto")]
+    pub precision: crate::nets::PrecisionSetting,
+    /// ONNX Runtime threads (default: one per core)
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `bench sd-step` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SdStepArgs {
+    /// Folder for the random checkpoints and the converted weights (about 7 GB; default: a temporary folder, removed afterwards)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Latent size (the image is 8× larger)
+    #[arg(long, default_value_t = 64)]
+    pub latent: usize,
+    /// Batch (2: a CFG pair)
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Evaluations (at least 2: the first warms up; the best of the others is reported)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// The random models: SD 1.5's size (full) or the same architecture about ten times
+    /// narrower (small: a quick check of the machinery, not of the speed)
+    #[arg(long, default_value = "full")]
+    pub models: crate::nets::bench::ModelSize,
+    /// Also time the host round trip (residuals to host arrays and back, as before I/O
+    /// binding), alternating with the bound path in the same run
+    #[arg(long)]
+    pub compare_host: bool,
+    #[command(flatten)]
+    pub device: BenchDevice,
+}
+
+/// `bench clarity` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ClarityBenchArgs {
+    /// Folder for the random models (about 5.8 GB; kept and reused when given; a RAM disk
+    /// such as /dev/shm spares the disk)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Input side in pixels (the input is square)
+    #[arg(long, default_value_t = 256)]
+    pub size: u32,
+    /// Scale factor
+    #[arg(long, default_value_t = 2.0)]
+    pub scale: f32,
+    /// Jobs in a row on the same warm models (the second shows the warm cost)
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Sampler steps of a full denoise (Clarity's 18). Fewer steps make a run that only
+    /// measures peak memory cheaper: memory depends on the shapes, not on the step count
+    #[arg(long, default_value_t = 18)]
+    pub steps: u32,
+    /// The random models: SD 1.5's size (full) or the same architecture about ten times
+    /// narrower (small)
+    #[arg(long, default_value = "full")]
+    pub models: crate::nets::bench::ModelSize,
+    /// The VAE's precision (fp32 by default: SD 1.5's VAE overflows fp16; an fp16 pass that
+    /// gives NaN or ∞ is redone in fp32)
+    #[arg(long, default_value = "fp32")]
+    pub vae_precision: crate::nets::PrecisionSetting,
+    /// Diffusion tiles per network call (default: the device's, see diffusion.tile_batch)
+    #[arg(long)]
+    pub tile_batch: Option<usize>,
+    #[command(flatten)]
+    pub device: BenchDevice,
 }
 
 /// `models export-onnx` arguments.
@@ -188,11 +232,12 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RuntimeCommand {
-    /// Fetch the onnxruntime wheel with pip and unpack its library into the data directory
+    /// Fetch the onnxruntime wheel with pip and unpack its library into the data directory (for
+    /// onnxruntime-gpu also the CUDA and cuDNN libraries its metadata names, into runtime/cuda/)
     Install {
-        /// onnxruntime release
-        #[arg(long, default_value = crate::store::runtime::DEFAULT_VERSION)]
-        version: String,
+        /// onnxruntime release [default: 1.32.0; 1.31.1 for onnxruntime-gpu]
+        #[arg(long)]
+        version: Option<String>,
         /// PyPI package: onnxruntime, onnxruntime-gpu, onnxruntime-directml
         #[arg(long, default_value = "onnxruntime")]
         package: String,
@@ -202,6 +247,9 @@ pub enum RuntimeCommand {
         /// Reinstall even if the same version is present
         #[arg(long)]
         force: bool,
+        /// Package index for pip instead of the configured one (a mirror; the tests' local index)
+        #[arg(long, value_name = "URL", env = "TESSERA_PIP_INDEX_URL")]
+        pip_index_url: Option<String>,
     },
     /// Print the library the daemon would load
     Path,

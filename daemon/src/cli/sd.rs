@@ -1,14 +1,10 @@
-//! The Stable Diffusion commands: `models export-onnx` and `bench sd-step`.
+//! `models export-onnx`: SD 1.5 networks compiled to ONNX files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-
-use anyhow::Context;
 
 use super::ExportArgs;
 use super::launch::Target;
-use crate::engine::{Engine, EngineOptions};
-use crate::nets::bench;
 use crate::nets::export::{ExportOptions, export};
 use crate::nets::sd::Precision;
 use crate::store;
@@ -64,138 +60,4 @@ fn parse_lora(spec: &str) -> anyhow::Result<(PathBuf, f32)> {
         return Ok((PathBuf::from(path), w));
     }
     Ok((PathBuf::from(spec), 1.0))
-}
-
-pub fn bench_sd_step(
-    target: &Target,
-    dir: Option<PathBuf>,
-    latent: usize,
-    batch: usize,
-    threads: Option<usize>,
-    runs: usize,
-) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        latent >= 8 && latent.is_multiple_of(8) && batch > 0,
-        "the latent size must be a multiple of 8, the batch at least 1"
-    );
-    let engine = Engine::new(EngineOptions {
-        ort_lib: target.ort_lib_flag.clone(),
-        data_dir: target.data_dir.path.clone(),
-        intra_threads: threads,
-    })?;
-    let temp;
-    let dir: &Path = match &dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d
-        }
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path()
-        }
-    };
-    println!(
-        "SD 1.5 UNet + ControlNet, latent {latent}×{latent}, batch {batch}, {}, {}",
-        engine.runtime_description(),
-        engine.device_description()
-    );
-    let report = bench::sd_step(&engine, dir, latent, batch, runs, &mut |line| {
-        println!("  {line}")
-    })?;
-    println!(
-        "compile (translate, convert f16→f32, build graphs): {:.1} s",
-        report.compile_s
-    );
-    println!(
-        "session creation (UNet with residual inputs, ControlNet hint encoder + body): {:.1} s",
-        report.session_s
-    );
-    println!(
-        "evaluation: {:.2} s first, {:.2} s best of the others; {:.0} GFLOP",
-        report.first_eval_s, report.eval_s, report.eval_gflop
-    );
-    println!(
-        "evaluation rate: {:.0} GFLOP/s",
-        report.eval_gflop / report.eval_s
-    );
-    println!("fp32 MatMul peak: {:.0} GFLOP/s", report.gemm_gflops);
-    println!(
-        "fraction of the GEMM peak: {:.0} %",
-        100.0 * report.fraction_of_peak()
-    );
-    println!("peak RSS: {:.0} MiB", report.peak_rss_mib);
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn bench_clarity(
-    target: &Target,
-    dir: Option<PathBuf>,
-    size: u32,
-    scale: f32,
-    runs: usize,
-    threads: Option<usize>,
-    steps: u32,
-) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        size >= 8 && (1.0..=16.0).contains(&scale) && (1..=100).contains(&steps),
-        "the size must be at least 8, the scale between 1 and 16 and the steps between 1 and 100"
-    );
-    // The job's memory as the daemon would hold it (`tessera serve` tunes the allocator so).
-    crate::server::keep_large_blocks_mapped();
-    let engine = std::sync::Arc::new(Engine::new(EngineOptions {
-        ort_lib: target.ort_lib_flag.clone(),
-        data_dir: target.data_dir.path.clone(),
-        intra_threads: threads,
-    })?);
-    let temp;
-    let dir: &Path = match &dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d
-        }
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path()
-        }
-    };
-    println!(
-        "Clarity job, {size}×{size} ×{scale}, {steps} steps, random SD 1.5-sized models, {}, {}",
-        engine.runtime_description(),
-        engine.device_description()
-    );
-    let report = crate::pipeline::clarity::bench::clarity(
-        engine,
-        dir,
-        size,
-        scale,
-        runs,
-        steps,
-        &mut |line| println!("  {line}"),
-    )?;
-    for (i, job) in report.jobs.iter().enumerate() {
-        println!(
-            "job {} ({}×{}): {:.1} s",
-            i + 1,
-            job.output.0,
-            job.output.1,
-            job.total_s
-        );
-        for (phase, s) in &job.phases {
-            println!("  {phase:<10} {s:>8.1} s");
-        }
-    }
-    println!(
-        "UNet + ControlNet: {} evaluations, {:.0} GFLOP each, {:.2} s each = {:.0} GFLOP/s",
-        report.evaluations,
-        report.eval_gflop,
-        report.eval_s(),
-        report.eval_gflop / report.eval_s()
-    );
-    println!(
-        "fp32 MatMul peak {:.0} GFLOP/s: the evaluation runs at {:.0} % of it",
-        report.gemm_gflops,
-        100.0 * report.fraction_of_peak()
-    );
-    println!("peak RSS: {:.0} MiB", report.peak_rss_mib);
-    Ok(ExitCode::SUCCESS)
 }

@@ -2,10 +2,11 @@
 
 use super::launch::Target;
 use crate::config::Config;
-use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
+use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider, Faults};
 use crate::pipeline::clarity::job::ClarityRunner;
 use crate::pipeline::upscale::Checker;
-use crate::server::{self, ServeOptions, hub::DaemonInfo, instance};
+use crate::server::hub::{DaemonInfo, EngineReport};
+use crate::server::{self, ServeOptions, instance};
 use crate::store::DataDir;
 use anyhow::Context;
 use std::process::ExitCode;
@@ -53,19 +54,25 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         EngineTuning {
             execution_providers: execution_providers(&config, &dir, ort_lib.as_deref()),
             cpu_arena: config.engine.cpu_arena,
+            vram_budget: config.engine.budget(),
+            faults: Faults::from_env().map_err(anyhow::Error::msg)?,
             ..EngineTuning::default()
         },
     )?);
+    let precisions = config.engine.precisions(engine.execution_providers());
+    tracing::info!("precision: {}", precisions.describe());
     let mut runner = ClarityRunner::new(engine.clone(), dir.clone(), config.clone());
     let warm_up = config.serve.warm_up.then(|| runner.start_warm_up());
     let info = DaemonInfo {
         runtime: engine.runtime_description(),
-        device: engine.device_description(),
+        // The precision travels in the device line (the editors show it as it is).
+        device: format!(
+            "{}{DEVICE_PRECISION}{}",
+            engine.device_description(),
+            precisions.short()
+        ),
         data_dir: dir.root().display().to_string(),
-        sessions: Some({
-            let engine = engine.clone();
-            Arc::new(move || engine.held_sessions())
-        }),
+        engine: Some(Arc::new(EngineView(engine.clone()))),
         warm_up: warm_up.map(|w| Arc::new(move || w.report()) as _),
     };
     tracing::info!(
@@ -97,6 +104,42 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
     drop(instance);
     Ok(ExitCode::SUCCESS)
 }
+
+/// The engine as the server reports it.
+struct EngineView(Arc<Engine>);
+
+impl EngineReport for EngineView {
+    fn sessions(&self) -> Vec<String> {
+        self.0.held_sessions()
+    }
+    fn warnings(&self) -> Vec<String> {
+        self.0.warnings()
+    }
+    fn warning_mark(&self) -> u64 {
+        self.0.warning_mark()
+    }
+    fn job_warnings(&self, mark: u64) -> Vec<String> {
+        self.0.warnings_since(mark)
+    }
+    fn device_memory(&self) -> Option<tessera_protocol::DeviceMemory> {
+        self.0
+            .device_memory()
+            .map(|m| tessera_protocol::DeviceMemory {
+                device: m.name,
+                total_bytes: m.total,
+                free_bytes: m.free,
+            })
+    }
+    fn session_budget(&self) -> Option<u64> {
+        self.0.session_budget()
+    }
+    fn session_bytes(&self) -> u64 {
+        self.0.session_bytes()
+    }
+}
+
+/// Separates the devices from the precision in `Status::device`.
+pub(crate) const DEVICE_PRECISION: &str = " · ";
 
 /// The execution providers to try: `engine.execution_providers` from the configuration, else
 /// the list recorded with the installed runtime when that is the library in use, else the CPU.

@@ -1,26 +1,57 @@
-//! Running graphs on ONNX Runtime: the process's runtime, execution providers, and a small
-//! cache of warm sessions so repeated jobs on the same model skip graph optimisation.
+//! Running graphs on ONNX Runtime: the process's runtime, the execution providers (checked
+//! with a probe graph at start, dropped with a reason when they fail it), and a cache of warm
+//! sessions held to a VRAM budget, so repeated jobs on the same model skip graph optimisation.
+//! A session that cannot be built on the accelerator is built on the CPU instead, and a call
+//! that runs out of accelerator memory can move its network there (`fallback.rs`); every such
+//! fallback leaves a warning for the job's client and for `tessera status`.
 //!
 //! Models are handed over as [`CompiledModel`]s: ONNX bytes whose weights are external data in
 //! one folder (see `crate::weights`). The engine is shared by the server and the worker
 //! (`Send + Sync`); sessions are `Arc<Mutex<_>>` because `ort` runs take `&mut`.
 
+pub mod binding;
+mod budget;
+mod cache;
+pub mod device_memory;
+mod error;
+mod fallback;
+mod faults;
+mod nvml;
+mod preload;
+mod probe;
 mod providers;
 mod runtime;
+mod session;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use sha2::{Digest, Sha256};
 
-pub use providers::parse_list as parse_providers;
+pub use budget::BudgetSetting;
+pub use cache::SessionInfo;
+use cache::{SessionCache, identity};
+pub use error::EngineError;
+pub use fallback::{
+    MaybeOutOfMemory, NoRecovery, Recovery, Shrink, Shrinkable, is_out_of_memory,
+    retry_out_of_memory,
+};
+use faults::FaultState;
+pub use faults::Faults;
+pub use nvml::DeviceMemory;
+pub use preload::{Preloaded, preload_cuda_libraries, preloaded as preloaded_cuda_libraries};
+pub use probe::ProbeReport;
+pub use providers::{
+    ConvSearch, CudaOptions, EpSettings, cuda_options, parse_list as parse_providers,
+};
 pub use runtime::{ENV_VARS, library_name, locate as locate_library};
 use runtime::{Runtime, one_line};
+pub use session::{EngineSession, Placement};
 
 /// A session shared between the cache and the networks using it.
-pub type SharedSession = Arc<Mutex<Session>>;
+pub type SharedSession = Arc<Mutex<EngineSession>>;
 
 /// How to start the engine.
 #[derive(Clone, Debug)]
@@ -54,6 +85,10 @@ pub struct EngineTuning {
     pub session_cache_size: usize,
     /// Whether sessions keep ONNX Runtime's CPU memory arena (`engine.cpu_arena`).
     pub cpu_arena: bool,
+    /// The budget warm sessions are held to (`engine.vram_budget`).
+    pub vram_budget: BudgetSetting,
+    /// Faults to inject (fault-injection tests only, see `faults.rs`).
+    pub faults: Faults,
 }
 
 impl Default for EngineTuning {
@@ -62,6 +97,8 @@ impl Default for EngineTuning {
             execution_providers: vec![ExecutionProvider::Cpu],
             session_cache_size: 4,
             cpu_arena: false,
+            vram_budget: BudgetSetting::Auto,
+            faults: Faults::default(),
         }
     }
 }
@@ -72,9 +109,16 @@ impl Default for EngineTuning {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExecutionProvider {
     Cpu,
-    Cuda { device_id: i32 },
-    DirectMl { device_id: i32 },
+    Cuda {
+        device_id: i32,
+    },
+    DirectMl {
+        device_id: i32,
+    },
     CoreMl,
+    /// The fault-injection tests' accelerator: it runs on the CPU provider but is treated as
+    /// an accelerator (see `faults.rs`); no configuration names it.
+    Simulated,
 }
 
 impl ExecutionProvider {
@@ -84,48 +128,13 @@ impl ExecutionProvider {
             ExecutionProvider::Cuda { .. } => "CUDA",
             ExecutionProvider::DirectMl { .. } => "DirectML",
             ExecutionProvider::CoreMl => "CoreML",
+            ExecutionProvider::Simulated => "simulated GPU",
         }
     }
-}
 
-/// Engine failures. Every `Display` is one line (the CLI prints it as is).
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(
-        "ONNX Runtime library not found ({searched}); run `tessera runtime install` or set TESSERA_ORT_LIB"
-    )]
-    RuntimeNotFound { searched: String },
-    #[error(
-        "cannot use {} as ONNX Runtime: {reason}; run `tessera runtime install` or set TESSERA_ORT_LIB",
-        path.display()
-    )]
-    RuntimeUnusable { path: PathBuf, reason: String },
-    #[error(
-        "ONNX Runtime {found} at {} is too old (1.{required} or newer is needed); run `tessera runtime install` or set TESSERA_ORT_LIB",
-        path.display()
-    )]
-    RuntimeTooOld {
-        path: PathBuf,
-        found: String,
-        required: u32,
-    },
-    #[error(
-        "ONNX Runtime is already loaded from {} in this process; restart to use {}",
-        loaded.display(),
-        requested.display()
-    )]
-    RuntimeConflict { loaded: PathBuf, requested: PathBuf },
-    /// Session creation or inference failed inside ONNX Runtime.
-    #[error("ONNX Runtime failed on {model}: {message}")]
-    Ort { model: String, message: String },
-}
-
-impl EngineError {
-    pub(crate) fn ort(model: &str, e: impl std::fmt::Display) -> EngineError {
-        EngineError::Ort {
-            model: model.to_owned(),
-            message: one_line(&e.to_string()),
-        }
+    /// Whether this is an accelerator (anything but the CPU).
+    pub fn is_accelerator(self) -> bool {
+        self != ExecutionProvider::Cpu
     }
 }
 
@@ -145,11 +154,17 @@ pub struct CompiledModel {
 pub struct Engine {
     runtime: Arc<Runtime>,
     threads: usize,
-    /// The providers that registered when the engine started, the CPU last.
+    /// The providers that passed their probe when the engine started, the CPU last.
     providers: Vec<ExecutionProvider>,
     cpu_arena: bool,
     /// Configured providers that could not be used here, with the reason.
     dropped: Vec<(ExecutionProvider, String)>,
+    faults: Arc<FaultState>,
+    /// Bytes the sessions on the device may hold; `None`: no budget.
+    budget: Option<u64>,
+    /// NVML and the device index, when the first accelerator is CUDA and the driver answers.
+    nvml: Option<(nvml::Nvml, u32)>,
+    notices: fallback::Notices,
     cache: Mutex<SessionCache>,
 }
 
@@ -159,23 +174,44 @@ impl Engine {
         Engine::with_tuning(options, EngineTuning::default())
     }
 
-    /// [`Engine::new`] with explicit execution providers and cache size.
+    /// [`Engine::new`] with explicit execution providers, cache size and budget. Each
+    /// accelerator is checked (`providers::diagnose`), registered and probed
+    /// (`probe.rs`); one that fails is dropped with its reason, which every job and
+    /// `tessera status` are told.
     pub fn with_tuning(
         options: EngineOptions,
         tuning: EngineTuning,
     ) -> Result<Engine, EngineError> {
-        let runtime = runtime::load(options.ort_lib.as_deref(), &options.data_dir)?;
+        let wants_cuda = tuning
+            .execution_providers
+            .iter()
+            .any(|ep| matches!(ep, ExecutionProvider::Cuda { .. }));
+        let runtime = runtime::load(options.ort_lib.as_deref(), &options.data_dir, wants_cuda)?;
         let threads = options
             .intra_threads
             .filter(|&t| t > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let faults = Arc::new(FaultState::new(tuning.faults.clone()));
+        let mut wanted = tuning.execution_providers.clone();
+        if tuning.faults.simulated_accelerator {
+            wanted.insert(0, ExecutionProvider::Simulated);
+        }
+        let notices = fallback::Notices::default();
         let mut providers = Vec::new();
         let mut dropped = Vec::new();
-        for (ep, outcome) in providers::probe(&runtime, &tuning.execution_providers) {
-            match outcome {
-                Ok(()) => providers.push(ep),
+        for ep in wanted {
+            if providers.contains(&ep) {
+                continue;
+            }
+            match probe::check(&runtime, ep, &faults) {
+                Ok(report) => {
+                    if ep.is_accelerator() {
+                        tracing::info!(provider = %ep, ms = report.millis, error = report.error, "execution provider passed its probe");
+                    }
+                    providers.push(ep);
+                }
                 Err(reason) => {
-                    tracing::warn!(provider = %ep, "cannot use this execution provider: {reason}");
+                    notices.stand(format!("{ep} is not used: {reason}"));
                     dropped.push((ep, reason));
                 }
             }
@@ -183,12 +219,34 @@ impl Engine {
         if !providers.contains(&ExecutionProvider::Cpu) {
             providers.push(ExecutionProvider::Cpu);
         }
+        let nvml = match providers.first() {
+            Some(ExecutionProvider::Cuda { device_id }) => nvml::Nvml::open()
+                .map_err(|e| tracing::warn!("cannot read the GPU's memory: {e}"))
+                .ok()
+                .map(|n| (n, *device_id as u32)),
+            _ => None,
+        };
+        let free_total = nvml
+            .as_ref()
+            .and_then(|(n, i)| n.memory(*i).ok())
+            .map(|m| (m.free, m.total));
+        let budget = tuning.vram_budget.resolve(free_total);
+        if let Some(budget) = budget {
+            tracing::info!(
+                "sessions are held to a budget of {:.2} GiB",
+                budget as f64 / (1u64 << 30) as f64
+            );
+        }
         Ok(Engine {
             runtime,
             threads,
             providers,
             cpu_arena: tuning.cpu_arena,
             dropped,
+            faults,
+            budget,
+            nvml,
+            notices,
             cache: Mutex::new(SessionCache::new(tuning.session_cache_size.max(1))),
         })
     }
@@ -202,13 +260,18 @@ impl Engine {
         )
     }
 
-    /// e.g. `CPU (2 threads)`, or `CUDA, then CPU (2 threads)` with an accelerator.
+    /// e.g. `CPU (2 threads)`, or `CUDA (NVIDIA GeForce RTX 3070), then CPU (2 threads)`.
     pub fn device_description(&self) -> String {
+        let device = self.device_memory().map(|m| m.name);
         let accelerators: Vec<String> = self
             .providers
             .iter()
-            .filter(|ep| **ep != ExecutionProvider::Cpu)
-            .map(|ep| ep.to_string())
+            .filter(|ep| ep.is_accelerator())
+            .enumerate()
+            .map(|(i, ep)| match (&device, i) {
+                (Some(name), 0) => format!("{ep} ({name})"),
+                _ => ep.to_string(),
+            })
             .collect();
         let cpu = format!(
             "CPU ({} thread{})",
@@ -227,17 +290,20 @@ impl Engine {
         &self.providers
     }
 
-    /// Configured providers that could not be registered, with the reason.
+    /// Configured providers that are not used, with the reason.
     pub fn dropped_providers(&self) -> &[(ExecutionProvider, String)] {
         &self.dropped
     }
 
-    /// Whether each of `list` can be registered with this library here (for `tessera doctor`).
+    /// Whether each of `list` can be used here: the reason it cannot (one line), or what its
+    /// probe measured (for `tessera doctor`).
     pub fn probe_providers(
         &self,
         list: &[ExecutionProvider],
-    ) -> Vec<(ExecutionProvider, Result<(), String>)> {
-        providers::probe(&self.runtime, list)
+    ) -> Vec<(ExecutionProvider, Result<ProbeReport, String>)> {
+        list.iter()
+            .map(|&ep| (ep, probe::check(&self.runtime, ep, &self.faults)))
+            .collect()
     }
 
     /// The ONNX Runtime version string.
@@ -250,39 +316,149 @@ impl Engine {
         self.threads
     }
 
+    /// The accelerator's memory now, where its driver says (CUDA, through NVML).
+    pub fn device_memory(&self) -> Option<DeviceMemory> {
+        let (nvml, index) = self.nvml.as_ref()?;
+        nvml.memory(*index).ok()
+    }
+
+    /// The budget the sessions on the device are held to; `None`: no budget.
+    pub fn session_budget(&self) -> Option<u64> {
+        self.budget
+    }
+
+    /// The estimated bytes of the sessions alive now on the device the budget is for (the
+    /// accelerator when there is one, else the CPU).
+    pub fn session_bytes(&self) -> u64 {
+        let mut cache = self.lock_cache();
+        cache.prune();
+        cache
+            .alive
+            .iter()
+            .filter(|(info, _)| self.budgeted(info))
+            .map(|(info, _)| info.bytes())
+            .sum()
+    }
+
+    /// Whether `info`'s session counts against the budget: it is on the accelerator, or there
+    /// is none and the budget is the CPU's.
+    fn budgeted(&self, info: &SessionInfo) -> bool {
+        self.accelerator().is_none() || info.on_accelerator()
+    }
+
+    /// A mark for [`Engine::warnings_since`], taken when a job starts (one job runs at a
+    /// time: the sessions it runs are noted from here on).
+    pub fn warning_mark(&self) -> u64 {
+        let mut cache = self.lock_cache();
+        cache.prune();
+        for (info, _) in &cache.alive {
+            info.used.store(false, Ordering::Relaxed);
+        }
+        self.notices.mark()
+    }
+
+    /// What a job that started at `mark` must be told: the standing warnings (a provider
+    /// dropped), those raised since (a network moved to the CPU, a call retried), and, for
+    /// each network the job ran on the CPU after an accelerator failed it earlier, that it
+    /// still does.
+    pub fn warnings_since(&self, mark: u64) -> Vec<String> {
+        let mut out = self.notices.for_job(mark);
+        let mut cache = self.lock_cache();
+        cache.prune();
+        for (info, _) in &cache.alive {
+            if let Placement::Cpu {
+                reason: Some(reason),
+            } = info.placement()
+                && info.used.load(Ordering::Relaxed)
+                && !out.iter().any(|w| w.starts_with(&info.name))
+            {
+                out.push(format!("{} runs on the CPU (slower): {reason}", info.name));
+            }
+        }
+        out
+    }
+
+    /// The warnings `tessera status` shows (at most 16, oldest first).
+    pub fn warnings(&self) -> Vec<String> {
+        self.notices.for_status()
+    }
+
+    /// A warning about a fallback that concerns the running job (and shows in the status).
+    pub fn warn(&self, text: String) {
+        self.notices.raise(text);
+    }
+
     /// A warm session for `model`: from the cache when the same graph over the same weight
     /// files (same [`FileStamp`](crate::store::FileStamp)) was built before, else a new one.
     pub fn session(&self, model: &CompiledModel) -> Result<SharedSession, EngineError> {
         let key = identity(model);
-        if let Some(s) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        if let Some(s) = self.lock_cache().get(&key) {
             tracing::debug!(model = %model.name, "reusing a warm session");
             return Ok(s);
         }
         let session = self.short_lived_session(model)?;
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
-            key,
-            model.name.clone(),
-            session.clone(),
-        );
+        let info = session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .info()
+            .clone();
+        self.lock_cache().put(key, info, session.clone());
         Ok(session)
     }
 
     /// A new session for `model` that the cache does not keep: it ends when its last holder
     /// lets it go (for graphs used briefly and rarely, whose memory matters more than their
     /// start-up). It is listed by [`Engine::held_sessions`] while alive.
+    ///
+    /// On an accelerator, cached sessions no network uses are first set aside as the budget
+    /// requires; a session that fails to build there is built on the CPU, with a warning.
     pub fn short_lived_session(&self, model: &CompiledModel) -> Result<SharedSession, EngineError> {
         let started = std::time::Instant::now();
-        let session = Arc::new(Mutex::new(self.build_session(model)?));
-        tracing::info!(model = %model.name, ms = started.elapsed().as_millis() as u64, "session ready");
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .note_alive(model.name.clone(), &session);
+        let model = Arc::new(model.clone());
+        let bytes = budget::session_bytes(&model.onnx);
+        self.make_room(bytes);
+        let (session, placement) = match self.accelerator() {
+            Some(ep) => match self.build_session(&model, true) {
+                Ok(session) => (session, Placement::Accelerator(ep)),
+                Err(reason) => {
+                    let reason = one_line(&reason);
+                    self.notices.raise(format!(
+                        "{} could not be prepared on {ep} ({reason}); it runs on the CPU (slower)",
+                        model.name
+                    ));
+                    let session = self
+                        .build_session(&model, false)
+                        .map_err(|e| EngineError::ort(&model.name, e))?;
+                    (
+                        session,
+                        Placement::Cpu {
+                            reason: Some(reason),
+                        },
+                    )
+                }
+            },
+            None => (
+                self.build_session(&model, false)
+                    .map_err(|e| EngineError::ort(&model.name, e))?,
+                Placement::Cpu { reason: None },
+            ),
+        };
+        tracing::info!(model = %model.name, ms = started.elapsed().as_millis() as u64, ?placement, "session ready");
+        let shrink = match placement {
+            Placement::Accelerator(ExecutionProvider::Cuda { device_id }) => {
+                shrink_options(&format!("gpu:{device_id}"))
+            }
+            _ => None,
+        };
+        let info = Arc::new(SessionInfo::new(&model.name, &placement, bytes));
+        let session = Arc::new(Mutex::new(EngineSession::new(
+            session,
+            model,
+            info.clone(),
+            self.faults.clone(),
+            shrink,
+        )));
+        self.lock_cache().note_alive(info, &session);
         Ok(session)
     }
 
@@ -291,31 +467,38 @@ impl Engine {
     /// needs the memory of a network it is done with more than the next job needs the time.
     pub fn forget(&self, model: &CompiledModel) {
         let key = identity(model);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.lock_cache();
         let before = cache.entries.len();
-        cache.entries.retain(|(k, _, _)| *k != key);
+        cache.entries.retain(|e| e.key != key);
         if cache.entries.len() < before {
             tracing::info!(model = %model.name, "a large job sets this session aside");
         }
     }
 
     /// The names of every session alive now, whether the cache or a network holds it, in the
-    /// order they were created.
+    /// order they were created; one that fell back from an accelerator says so.
     pub fn held_sessions(&self) -> Vec<String> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.alive.retain(|(_, s)| s.strong_count() > 0);
-        cache.alive.iter().map(|(name, _)| name.clone()).collect()
+        let mut cache = self.lock_cache();
+        cache.prune();
+        cache
+            .alive
+            .iter()
+            .map(|(info, _)| match info.fell_back() {
+                true => format!("{} (on the CPU)", info.name),
+                false => info.name.clone(),
+            })
+            .collect()
     }
 
     /// Drops the cached sessions that no network holds any more (the models a new job no
     /// longer selects) and returns how many were freed. Callers drop their networks first.
     pub fn release_unused(&self) -> usize {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.lock_cache();
         let before = cache.entries.len();
-        cache.entries.retain(|(_, name, s)| {
-            let keep = Arc::strong_count(s) > 1;
+        cache.entries.retain(|e| {
+            let keep = Arc::strong_count(&e.session) > 1;
             if !keep {
-                tracing::info!(model = %name, "freeing a session no job uses");
+                tracing::info!(model = %e.info.name, "freeing a session no job uses");
             }
             keep
         });
@@ -324,20 +507,76 @@ impl Engine {
 
     /// How many sessions the cache holds now.
     pub fn cached_sessions(&self) -> usize {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries
-            .len()
+        self.lock_cache().entries.len()
     }
 
-    fn build_session(&self, model: &CompiledModel) -> Result<Session, EngineError> {
-        let err = |e: ort::Error<SessionBuilder>| EngineError::ort(&model.name, e);
-        let folder = model.weights_folder.to_str().ok_or_else(|| {
-            EngineError::ort(&model.name, "the weights folder path is not valid UTF-8")
-        })?;
+    /// The first accelerator sessions are built for, if any passed its probe.
+    fn accelerator(&self) -> Option<ExecutionProvider> {
+        self.providers
+            .iter()
+            .copied()
+            .find(|ep| ep.is_accelerator())
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, SessionCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets cached sessions aside, least recently used first and only those no network
+    /// holds, until one of `bytes` more fits the budget.
+    fn make_room(&self, bytes: u64) {
+        let Some(limit) = self.budget else {
+            return;
+        };
+        let mut cache = self.lock_cache();
+        cache.prune();
+        let held: u64 = cache
+            .alive
+            .iter()
+            .filter(|(info, _)| self.budgeted(info))
+            .map(|(info, _)| info.bytes())
+            .sum();
+        let cached: Vec<budget::Cached> = cache
+            .entries
+            .iter()
+            .map(|e| budget::Cached {
+                bytes: if self.budgeted(&e.info) {
+                    e.info.bytes()
+                } else {
+                    0
+                },
+                in_use: Arc::strong_count(&e.session) > 1,
+            })
+            .collect();
+        let aside = budget::set_aside(&cached, held, bytes, limit);
+        let freed: u64 = aside.iter().map(|&i| cached[i].bytes).sum();
+        for &i in aside.iter().rev() {
+            let entry = cache.entries.remove(i);
+            tracing::info!(model = %entry.info.name, "set aside to stay within the VRAM budget");
+        }
+        if held + bytes - freed.min(held) > limit {
+            tracing::warn!(
+                "the sessions in use need about {} MiB with the next one, over the budget of {} MiB",
+                (held + bytes - freed.min(held)) >> 20,
+                limit >> 20
+            );
+        }
+    }
+
+    /// Builds `model`'s ONNX Runtime session, on the accelerators when `accelerated`, else on
+    /// the CPU alone.
+    fn build_session(&self, model: &CompiledModel, accelerated: bool) -> Result<Session, String> {
+        let text = |e: &dyn std::fmt::Display| one_line(&e.to_string());
+        if accelerated && self.faults.faults.breaks_build(&model.name) {
+            return Err("injected fault (TESSERA_FAULTS=build)".into());
+        }
+        let folder = model
+            .weights_folder
+            .to_str()
+            .ok_or("the weights folder path is not valid UTF-8")?;
+        let err = |e: ort::Error<SessionBuilder>| text(&e);
         let mut builder = Session::builder(&self.runtime.env)
-            .map_err(|e| EngineError::ort(&model.name, e))?
+            .map_err(|e| text(&e))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(err)?
             .with_intra_threads(self.threads)
@@ -356,70 +595,84 @@ impl Engine {
             &ort::ep::CPU::default().with_arena_allocator(self.cpu_arena),
             &mut builder,
         )
-        .map_err(|e| EngineError::ort(&model.name, e))?;
-        for ep in &self.providers {
-            if let Err(reason) = providers::register(&mut builder, *ep) {
-                tracing::warn!(provider = %ep, model = %model.name, "execution provider not used: {reason}");
+        .map_err(|e| text(&e))?;
+        if accelerated {
+            let settings = EpSettings {
+                conv_search: ConvSearch::for_model(&model.name),
+                memory_limit: self.budget,
+            };
+            for ep in self.providers.iter().filter(|ep| ep.is_accelerator()) {
+                providers::register(&mut builder, *ep, &settings)?;
             }
         }
         builder
             .commit_from_memory(&model.onnx)
-            .map_err(|e| EngineError::ort(&model.name, e))
+            .map_err(|e| text(&e))
+    }
+
+    /// Builds `model`'s sessions again on the CPU, in place (every holder gets the new one),
+    /// after the accelerator ran out of memory for it.
+    pub fn move_to_cpu(&self, model: &str) -> Result<(), EngineError> {
+        let targets: Vec<SharedSession> = {
+            let mut cache = self.lock_cache();
+            cache.prune();
+            cache
+                .alive
+                .iter()
+                .filter(|(info, _)| info.name == model && info.on_accelerator())
+                .filter_map(|(_, weak)| weak.upgrade())
+                .collect()
+        };
+        for shared in targets {
+            let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+            let compiled = guard.model.clone();
+            let session = self
+                .build_session(&compiled, false)
+                .map_err(|e| EngineError::ort(model, e))?;
+            let reason = "it ran out of GPU memory".to_owned();
+            guard.replace(
+                session,
+                Placement::Cpu {
+                    reason: Some(reason),
+                },
+            );
+            tracing::info!(model, "moved to the CPU");
+        }
+        Ok(())
     }
 }
 
-/// Identity of a model for the session cache.
-fn identity(model: &CompiledModel) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(&model.onnx);
-    h.update(model.weights_folder.as_os_str().as_encoded_bytes());
-    for f in &model.weight_files {
-        h.update(f.as_os_str().as_encoded_bytes());
-        if let Ok(stamp) = crate::store::FileStamp::read(f) {
-            h.update(stamp.to_bytes());
-        }
+impl Recovery for Engine {
+    fn on_accelerator(&self, model: &str) -> bool {
+        let mut cache = self.lock_cache();
+        cache.prune();
+        cache
+            .alive
+            .iter()
+            .any(|(info, _)| info.name == model && info.on_accelerator())
     }
-    h.finalize().into()
+
+    fn move_to_cpu(&self, model: &str) -> Result<(), EngineError> {
+        Engine::move_to_cpu(self, model)
+    }
+
+    fn warn(&self, text: String) {
+        self.notices.raise(text);
+    }
 }
 
-/// Least-recently-used sessions; tiny, so a vector is the right structure. `alive` follows
-/// every session created (weakly), so that what is held can be reported whoever holds it.
-struct SessionCache {
-    capacity: usize,
-    entries: Vec<([u8; 32], String, SharedSession)>,
-    alive: Vec<(String, std::sync::Weak<Mutex<Session>>)>,
+/// Run options that shrink the arenas of `devices` (e.g. `gpu:0`) at the end of a call.
+fn shrink_options(devices: &str) -> Option<ort::session::RunOptions> {
+    let mut options = ort::session::RunOptions::new().ok()?;
+    options
+        .set("memory.enable_memory_arena_shrinkage", devices)
+        .ok()?;
+    Some(options)
 }
 
-impl SessionCache {
-    fn new(capacity: usize) -> SessionCache {
-        SessionCache {
-            capacity,
-            entries: Vec::new(),
-            alive: Vec::new(),
-        }
-    }
-
-    fn get(&mut self, key: &[u8; 32]) -> Option<SharedSession> {
-        let i = self.entries.iter().position(|(k, _, _)| k == key)?;
-        let entry = self.entries.remove(i);
-        let session = entry.2.clone();
-        self.entries.push(entry);
-        Some(session)
-    }
-
-    fn put(&mut self, key: [u8; 32], name: String, session: SharedSession) {
-        self.entries.retain(|(k, _, _)| *k != key);
-        if self.entries.len() >= self.capacity {
-            // Evicted sessions stay alive while a network still holds them.
-            self.entries.remove(0);
-        }
-        self.entries.push((key, name, session));
-    }
-
-    fn note_alive(&mut self, name: String, session: &SharedSession) {
-        self.alive.retain(|(_, s)| s.strong_count() > 0);
-        self.alive.push((name, Arc::downgrade(session)));
-    }
+/// CUDA device `device_id`'s name and memory, from NVML (for `tessera doctor`).
+pub fn cuda_device_memory(device_id: i32) -> Result<DeviceMemory, String> {
+    nvml::Nvml::open()?.memory(device_id.max(0) as u32)
 }
 
 /// `Path` of the ONNX Runtime library the process loaded, if any (for diagnostics).

@@ -5,7 +5,8 @@
 //! and read its version before `ort` ever sees it: a missing file, a non-library, a library
 //! without the ONNX Runtime entry point or an old version each become a one-line
 //! [`EngineError`] instead of a panic. The `ort` initialisation itself runs under
-//! `catch_unwind` as a last guard.
+//! `catch_unwind` as a last guard. The CUDA libraries installed beside a GPU runtime are loaded
+//! first (see `preload`).
 
 use std::ffi::CStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -30,8 +31,13 @@ pub(crate) struct Runtime {
 /// The one runtime of this process (ONNX Runtime allows one environment per process).
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
 
-/// Finds the library (see [`locate`]), then loads it unless this process already has.
-pub(crate) fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<Arc<Runtime>, EngineError> {
+/// Finds the library (see [`locate`]), then loads it unless this process already has;
+/// `preload_cuda`: the configuration asks for CUDA, so its libraries are loaded first.
+pub(crate) fn load(
+    explicit: Option<&Path>,
+    data_dir: &Path,
+    preload_cuda: bool,
+) -> Result<Arc<Runtime>, EngineError> {
     let path = locate(explicit, data_dir)?;
     let mut slot = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(runtime) = slot.as_ref() {
@@ -43,7 +49,7 @@ pub(crate) fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<Arc<Runti
             requested: path,
         });
     }
-    let runtime = Arc::new(init(&path)?);
+    let runtime = Arc::new(init(&path, data_dir, preload_cuda)?);
     *slot = Some(runtime.clone());
     Ok(runtime)
 }
@@ -152,8 +158,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Checks the library and initialises `ort` with it.
-fn init(path: &Path) -> Result<Runtime, EngineError> {
+/// Checks the library, preloads the CUDA libraries installed for it when `preload_cuda`, and
+/// initialises `ort`.
+fn init(path: &Path, data_dir: &Path, preload_cuda: bool) -> Result<Runtime, EngineError> {
     let unusable = |reason: String| EngineError::RuntimeUnusable {
         path: path.to_owned(),
         reason,
@@ -202,6 +209,12 @@ fn init(path: &Path) -> Result<Runtime, EngineError> {
         }
         version
     };
+    // Before ONNX Runtime starts, so that its CUDA provider finds them whenever a session asks
+    // for it; not for a library that is no ONNX Runtime at all, and only when CUDA is wanted
+    // (the libraries cost about 380 MB of memory once loaded).
+    if preload_cuda {
+        super::preload::cuda_libraries(path, data_dir);
+    }
 
     let env = catch_unwind(AssertUnwindSafe(|| -> Result<_, String> {
         let builder = ort::init_from(path).map_err(|e| e.to_string())?;
@@ -231,7 +244,7 @@ fn init(path: &Path) -> Result<Runtime, EngineError> {
 }
 
 /// An error and its sources, joined (libloading keeps dlerror's text in the source).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -1,16 +1,9 @@
-//! `tessera bench sd-step`: one UNet + ControlNet evaluation of a full-size SD 1.5, measured
-//! against the machine's own GEMM peak.
-//!
-//! No real weights are needed: the benchmark writes a random SD 1.5-shaped checkpoint in the
-//! real LDM layout (`model.diffusion_model.*`, f16 like Civitai files) and a ControlNet in the
-//! original layout (`control_model.*`) into a temporary folder, then times what the daemon
-//! does: compile (layout translation, f16→f32 conversion into the cache, graph building),
-//! session creation, and the evaluation at a 64×64 latent, batch 2 (CFG): the ControlNet's
-//! hint encoder once, then per evaluation the ControlNet body and the UNet with the 13
-//! residuals. The same run measures ONNX
-//! Runtime's fp32 MatMul throughput (4096² · 4096) with the same threads, and reports the
-//! evaluation's FLOP rate as a fraction of it. FLOPs are counted from the configuration
-//! (convolutions, Linear layers and attention products; 2 per multiply-add).
+//! What the benchmarks share (`tessera bench sd-step`, `pipeline/clarity/step_bench.rs`, and
+//! `tessera bench clarity`, `pipeline/clarity/bench.rs`): random SD 1.5-shaped weights in the
+//! layouts users have (`model.diffusion_model.*` for the UNet, f16 like Civitai files;
+//! `control_model.*` for the ControlNet), FLOP counts from a UNet's configuration
+//! (convolutions, Linear layers and attention products; 2 per multiply-add), and ONNX
+//! Runtime's fp32 MatMul throughput (4096² · 4096) as the machine's reference rate.
 
 use std::io::Write;
 use std::path::Path;
@@ -18,133 +11,87 @@ use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
 
-use super::controlnet::{CompiledControlNet, ControlNet};
-use super::sd::{Precision, SdOptions};
-use super::unet::{CompiledUnet, Unet, UnetConfig};
+use super::unet::UnetConfig;
 use crate::engine::{CompiledModel, Engine};
 use crate::onnx::{Dim, ElemType, Graph};
-use crate::weights::sd;
 
-/// What one benchmark run measured.
-#[derive(Clone, Debug)]
-pub struct StepReport {
-    pub write_s: f64,
-    pub compile_s: f64,
-    pub session_s: f64,
-    pub first_eval_s: f64,
-    pub eval_s: f64,
-    pub eval_gflop: f64,
-    pub gemm_gflops: f64,
-    pub peak_rss_mib: f64,
-}
-
-impl StepReport {
-    pub fn fraction_of_peak(&self) -> f64 {
-        self.eval_gflop / self.eval_s / self.gemm_gflops
-    }
-}
-
-/// SD 1.5's widths, levels with attention, text width.
-const CHANNELS: [usize; 4] = [320, 640, 1280, 1280];
+/// SD 1.5's levels with attention, and its prompt length.
 const ATTENTION: [bool; 4] = [true, true, true, false];
-const CONTEXT: usize = 768;
-const TOKENS: usize = 77;
+pub(crate) const TOKENS: usize = 77;
 
-/// Runs the benchmark in `dir` (which receives about 7 GB of files): `runs` evaluations (at
-/// least 2; the first warms up), the best of the others reported.
-pub fn sd_step(
-    engine: &Engine,
-    dir: &Path,
-    latent: usize,
-    batch: usize,
-    runs: usize,
-    log: &mut dyn FnMut(&str),
-) -> anyhow::Result<StepReport> {
-    let started = Instant::now();
-    let checkpoint = dir.join("sd15-random.safetensors");
-    let controlnet = dir.join("controlnet-random.safetensors");
-    write_random(
-        &checkpoint,
-        &unet_tensors("model.diffusion_model.", false),
-        1,
-    )?;
-    write_random(&controlnet, &unet_tensors("control_model.", true), 2)?;
-    let write_s = started.elapsed().as_secs_f64();
-    log(&format!("random checkpoints written in {write_s:.1} s"));
+/// The size of the random models: SD 1.5's own, or a small one with the same architecture
+/// (every width divided by 10 or so) for quick runs that check the machinery, not the speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelSize {
+    /// UNet and ControlNet width at the top level (SD 1.5: 320; then ×2, ×4, ×4).
+    pub unet_base: usize,
+    /// Text encoder width (SD 1.5's CLIP ViT-L: 768, also the UNet's context width) and depth.
+    pub text_width: usize,
+    pub text_layers: usize,
+    /// VAE width at the top level (128; then ×2, ×4, ×4).
+    pub vae_base: usize,
+    /// ESRGAN filters and RRDB blocks (4x-UltraSharp: 64, 23).
+    pub esrgan_filters: usize,
+    pub esrgan_blocks: usize,
+    /// Part of the random files' names, so that sizes never mix in a kept folder.
+    pub tag: &'static str,
+}
 
-    let cache = dir.join("cache");
-    let options = SdOptions {
-        precision: Precision::F32,
-        hyper: None,
-        patch: None,
+impl ModelSize {
+    pub const FULL: ModelSize = ModelSize {
+        unet_base: 320,
+        text_width: 768,
+        text_layers: 12,
+        vae_base: 128,
+        esrgan_filters: 64,
+        esrgan_blocks: 23,
+        tag: "",
     };
-    let t = Instant::now();
-    let unet_net = sd::unet(&checkpoint)?;
-    let unet = CompiledUnet::compile(&unet_net, &cache, &options)?;
-    let cn_net = sd::controlnet(&controlnet)?;
-    let cn = CompiledControlNet::compile(&cn_net, &cache, &options)?;
-    let compile_s = t.elapsed().as_secs_f64();
-    log(&format!("compiled in {compile_s:.1} s"));
-    drop((unet_net, cn_net));
-
-    let eval_gflop = (unet_flops(&unet.config, latent, batch, true)
-        + unet_flops(&cn.config.unet, latent, batch, false))
-        / 1e9;
-    let t = Instant::now();
-    // Only the residual graph: it is the one the pipeline runs.
-    let mut unet = Unet::new(unet);
-    unet.warm(engine, true)?;
-    let cn = ControlNet::new(engine, cn)?;
-    let session_s = t.elapsed().as_secs_f64();
-    log(&format!("sessions created in {session_s:.1} s"));
-
-    let sample = random_array(&[batch, 4, latent, latent], 3);
-    let timestep = ArrayD::from_elem(IxDyn(&[batch]), 500.0f32);
-    let context = random_array(&[batch, TOKENS, CONTEXT], 4);
-    let hint = random_array(&[batch, 3, 8 * latent, 8 * latent], 5).mapv(|v| v.abs().min(1.0));
-    let embedding = cn.embed_hint(hint.view())?;
-    let mut step = || -> anyhow::Result<f64> {
-        let t = Instant::now();
-        let residuals = cn.residuals(
-            sample.view(),
-            timestep.view(),
-            context.view(),
-            embedding.view(),
-        )?;
-        unet.forward(
-            engine,
-            sample.view(),
-            timestep.view(),
-            context.view(),
-            Some(&residuals),
-        )?;
-        Ok(t.elapsed().as_secs_f64())
+    /// Widths that still fit SD 1.5's 8 heads and 32 GroupNorm groups.
+    pub const SMALL: ModelSize = ModelSize {
+        unet_base: 32,
+        text_width: 64,
+        text_layers: 2,
+        vae_base: 32,
+        esrgan_filters: 16,
+        esrgan_blocks: 2,
+        tag: "small-",
     };
-    // The host is shared: the GEMM peak is measured before and after, and the best of each
-    // is kept, as is the best of the evaluations after the first.
-    let gemm_before = gemm_peak(engine, 4096)?;
-    log(&format!("fp32 MatMul {gemm_before:.0} GFLOP/s"));
-    let first_eval_s = step()?;
-    log(&format!("evaluation 1: {first_eval_s:.2} s"));
-    let mut eval_s = f64::INFINITY;
-    for run in 2..=runs.max(2) {
-        let s = step()?;
-        log(&format!("evaluation {run}: {s:.2} s"));
-        eval_s = eval_s.min(s);
+
+    /// The side of the fp32 MatMul that measures the machine's rate (smaller for small
+    /// models, whose runs are about the machinery).
+    pub fn gemm_size(&self) -> usize {
+        if *self == ModelSize::FULL { 4096 } else { 1024 }
     }
-    let gemm_after = gemm_peak(engine, 4096)?;
-    log(&format!("fp32 MatMul {gemm_after:.0} GFLOP/s"));
-    let gemm_gflops = gemm_before.max(gemm_after);
-    Ok(StepReport {
-        write_s,
-        compile_s,
-        session_s,
-        first_eval_s,
-        eval_s,
-        eval_gflop,
-        gemm_gflops,
-        peak_rss_mib: peak_rss_mib(),
-    })
+
+    /// The UNet's widths per level.
+    pub fn unet_channels(&self) -> [usize; 4] {
+        let c = self.unet_base;
+        [c, 2 * c, 4 * c, 4 * c]
+    }
+
+    /// The UNet configuration the random weights have (for FLOP counts).
+    pub fn unet_config(&self) -> UnetConfig {
+        UnetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            block_channels: self.unet_channels().to_vec(),
+            layers_per_block: 2,
+            attention: ATTENTION.to_vec(),
+            context_dim: self.text_width,
+        }
+    }
+}
+
+impl std::str::FromStr for ModelSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ModelSize, String> {
+        match s {
+            "full" => Ok(ModelSize::FULL),
+            "small" => Ok(ModelSize::SMALL),
+            other => Err(format!("`{other}` is no model size (full or small)")),
+        }
+    }
 }
 
 /// The best GFLOP/s of five `[n, n] × [n, n]` fp32 MatMuls in ONNX Runtime.
@@ -201,7 +148,7 @@ pub fn unet_flops(config: &UnetConfig, latent: usize, batch: usize, decoder: boo
             + 4.0 * linear(c, c, n) // self-attention q, k, v, out
             + 2.0 * 2.0 * n * n * c // QKᵀ and AV
             + 2.0 * linear(c, c, n) // cross-attention q, out
-            + 2.0 * linear(CONTEXT as f64, c, TOKENS as f64) // cross k, v
+            + 2.0 * linear(config.context_dim as f64, c, TOKENS as f64) // cross k, v
             + 2.0 * 2.0 * n * TOKENS as f64 * c
             + linear(c, 8.0 * c, n) // GEGLU in
             + linear(4.0 * c, c, n) // GEGLU out
@@ -257,12 +204,19 @@ pub fn unet_flops(config: &UnetConfig, latent: usize, batch: usize, decoder: boo
     flops * batch as f64
 }
 
-/// Every tensor of an SD 1.5 UNet (or ControlNet) in LDM names under `prefix`.
-pub(crate) fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<usize>)> {
+/// Every tensor of an SD 1.5-shaped UNet (or ControlNet) of `size` in LDM names under
+/// `prefix`.
+pub(crate) fn unet_tensors(
+    prefix: &str,
+    controlnet: bool,
+    size: &ModelSize,
+) -> Vec<(String, Vec<usize>)> {
+    let channels = size.unet_channels();
+    let context = size.text_width;
     let mut t: Vec<(String, Vec<usize>)> = Vec::new();
     let mut add = |name: String, shape: Vec<usize>| t.push((format!("{prefix}{name}"), shape));
-    let temb = 4 * CHANNELS[0];
-    for (k, i, o) in [(0, CHANNELS[0], temb), (2, temb, temb)] {
+    let temb = 4 * channels[0];
+    for (k, i, o) in [(0, channels[0], temb), (2, temb, temb)] {
         add(format!("time_embed.{k}.weight"), vec![o, i]);
         add(format!("time_embed.{k}.bias"), vec![o]);
     }
@@ -291,7 +245,7 @@ pub(crate) fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<u
         conv(add, format!("{name}.proj_out"), c, c, 1);
         let b = format!("{name}.transformer_blocks.0");
         for attn in ["attn1", "attn2"] {
-            let kv = if attn == "attn1" { c } else { CONTEXT };
+            let kv = if attn == "attn1" { c } else { context };
             add(format!("{b}.{attn}.to_q.weight"), vec![c, c]);
             add(format!("{b}.{attn}.to_k.weight"), vec![c, kv]);
             add(format!("{b}.{attn}.to_v.weight"), vec![c, kv]);
@@ -306,10 +260,10 @@ pub(crate) fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<u
             norm(add, format!("{b}.{n}"), c);
         }
     };
-    conv(&mut add, "input_blocks.0.0".into(), 4, CHANNELS[0], 3);
-    let mut skips = vec![CHANNELS[0]];
-    let mut ch = CHANNELS[0];
-    for (i, &out) in CHANNELS.iter().enumerate() {
+    conv(&mut add, "input_blocks.0.0".into(), 4, channels[0], 3);
+    let mut skips = vec![channels[0]];
+    let mut ch = channels[0];
+    for (i, &out) in channels.iter().enumerate() {
         for j in 0..2 {
             let n = 1 + 3 * i + j;
             resnet(&mut add, &format!("input_blocks.{n}.0"), ch, out);
@@ -319,7 +273,7 @@ pub(crate) fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<u
             }
             skips.push(ch);
         }
-        if i + 1 < CHANNELS.len() {
+        if i + 1 < channels.len() {
             conv(
                 &mut add,
                 format!("input_blocks.{}.0.op", 3 * i + 3),
@@ -334,7 +288,7 @@ pub(crate) fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<u
     transformer(&mut add, "middle_block.1", ch);
     resnet(&mut add, "middle_block.2", ch, ch);
     if controlnet {
-        let widths = [3, 16, 16, 32, 32, 96, 96, 256, CHANNELS[0]];
+        let widths = [3, 16, 16, 32, 32, 96, 96, 256, channels[0]];
         for k in 0..8 {
             conv(
                 &mut add,
@@ -350,9 +304,9 @@ pub(crate) fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<u
         conv(&mut add, "middle_block_out.0".into(), ch, ch, 1);
         return t;
     }
-    for i in 0..CHANNELS.len() {
-        let level = CHANNELS.len() - 1 - i;
-        let out = CHANNELS[level];
+    for i in 0..channels.len() {
+        let level = channels.len() - 1 - i;
+        let out = channels[level];
         for j in 0..3 {
             let n = 3 * i + j;
             let skip = skips.pop().expect("one skip per up ResNet");
@@ -362,7 +316,7 @@ pub(crate) fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<u
                 transformer(&mut add, &format!("output_blocks.{n}.1"), ch);
             }
         }
-        if i + 1 < CHANNELS.len() {
+        if i + 1 < channels.len() {
             let slot = if ATTENTION[level] { 2 } else { 1 };
             conv(
                 &mut add,
@@ -380,7 +334,11 @@ pub(crate) fn unet_tensors(prefix: &str, controlnet: bool) -> Vec<(String, Vec<u
 
 /// Writes `tensors` as f16 safetensors with random values of variance 1/fan-in (norm gains 1,
 /// biases small), streamed tensor by tensor.
-fn write_random(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> anyhow::Result<()> {
+pub(crate) fn write_random(
+    path: &Path,
+    tensors: &[(String, Vec<usize>)],
+    seed: u64,
+) -> anyhow::Result<()> {
     write_random_as(path, tensors, seed, false)
 }
 

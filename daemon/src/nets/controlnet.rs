@@ -9,21 +9,27 @@
 //!   `controlnet_cond_embedding` `[B, C₀, h, w]`: convs 16/32/96/256 wide with SiLU, ×8 down.
 //!   The pipeline runs it once per tile and stage: the hint does not change between steps.
 //! - `controlnet_body`: `sample`, `timestep`, `encoder_hidden_states`,
-//!   `controlnet_cond_embedding` → `down_block_{0..11}_additional_residual`,
-//!   `mid_block_additional_residual`.
-//! - `controlnet`: both in one (`controlnet_cond` instead of the embedding), for tools that
-//!   expect the usual interface.
+//!   `controlnet_cond_embedding`, `conditioning_scales` `[13]` →
+//!   `down_block_{0..11}_additional_residual`, `mid_block_additional_residual`, residual *i*
+//!   multiplied by `conditioning_scales[i]` (in f32, after an fp16 graph's cast). The
+//!   embedding's batch may be a divisor of the sample's: sample *n* takes embedding
+//!   *n* mod *b*, so the cond and uncond halves of a CFG batch share one embedding.
+//! - `controlnet`: both in one (`controlnet_cond` instead of the embedding, no scales), for
+//!   tools that expect the usual interface; its residuals are unscaled (conditioning scale 1).
 //!
-//! The residuals are unscaled (conditioning scale 1); the pipeline multiplies them.
+//! The pipeline runs the split graphs through I/O binding (`crate::engine::binding`): the
+//! embedding, the text context and the scales stay resident for a stage, and the residuals go
+//! from the body straight into the UNet without visiting host memory.
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{Array1, ArrayD, ArrayViewD};
 
 use super::ModelError;
 use super::sd::{self, SdOptions};
 use super::sd_blocks::{SdNet, nchw};
 use super::unet::{UnetConfig, common_inputs, encoder_half, latent_dims, residual_name};
+use crate::engine::binding::{self, BoundCall, Resident, Traffic};
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
-use crate::onnx::{Conv2d, Value};
+use crate::onnx::{Conv2d, Dim, ElemType, Value};
 use crate::weights::sd::{NetWeights, SdHyper};
 use crate::weights::{SourceTensor, TensorMap, WeightType, Weights, WeightsError};
 
@@ -152,19 +158,53 @@ pub fn build_graph(
         &context,
         Some(&emb),
     )?;
+    let count = config.unet.residuals().len() + 1;
+    let scales = (which == ControlNetGraph::Body).then(|| {
+        net.g
+            .input(SCALES, ElemType::F32, &[Dim::from(count as i64)])
+    });
+    let out = |net: &mut SdNet, i: usize, name: String, r: &Value, dims: Vec<Dim>| {
+        match &scales {
+            // In f32, as the host multiplied the f32 outputs before.
+            Some(scales) => {
+                let r = net.g.convert(r, net.dtype, ElemType::F32);
+                let k = net
+                    .g
+                    .slice(scales, &[i as i64], &[i as i64 + 1], &[0], &[1]);
+                let scaled = net.g.mul(&r, &k);
+                net.g.output(&name, &scaled, ElemType::F32, Some(&dims));
+            }
+            None => net.output(&name, r, &dims),
+        }
+    };
     for (i, (skip, (channels, divisor))) in skips.iter().zip(config.unet.residuals()).enumerate() {
         let zero_conv = w.scope("controlnet_down_blocks").scope(i);
         let r = net.conv(skip, &zero_conv, Conv2d::padded(0))?;
-        net.output(&residual_name(Some(i)), &r, &latent_dims(channels, divisor));
+        out(
+            &mut net,
+            i,
+            residual_name(Some(i)),
+            &r,
+            latent_dims(channels, divisor),
+        );
     }
     let (channels, divisor) = config.unet.mid();
     let r = net.conv(&mid, &w.scope("controlnet_mid_block"), Conv2d::padded(0))?;
-    net.output(&residual_name(None), &r, &latent_dims(channels, divisor));
+    out(
+        &mut net,
+        count - 1,
+        residual_name(None),
+        &r,
+        latent_dims(channels, divisor),
+    );
     Ok(net.g)
 }
 
+/// The body graph's input of per-residual scales.
+pub const SCALES: &str = "conditioning_scales";
+
 /// A compiled ControlNet: configuration, weights and the three graphs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CompiledControlNet {
     pub config: ControlNetConfig,
     pub hyper: SdHyper,
@@ -228,6 +268,16 @@ impl CompiledControlNet {
     }
 }
 
+/// The body's inputs as residents: `sample` `[B, 4, h, w]`, `timestep` `[B]`, `context`
+/// `[B, L, C]`, `embedding` `[b, C₀, h, w]` (b divides B), `scales` `[13]`.
+pub struct BodyInputs<'a> {
+    pub sample: &'a Resident,
+    pub timestep: &'a Resident,
+    pub context: &'a Resident,
+    pub embedding: &'a Resident,
+    pub scales: &'a Resident,
+}
+
 /// A ControlNet with warm sessions for the split graphs (and the full one on demand).
 pub struct ControlNet {
     pub compiled: CompiledControlNet,
@@ -258,7 +308,8 @@ impl ControlNet {
         .remove(0))
     }
 
-    /// The 13 residuals (12 down blocks, then the mid block) from an embedded hint.
+    /// The 13 unscaled residuals (12 down blocks, then the mid block) from an embedded hint,
+    /// as host arrays.
     pub fn residuals(
         &self,
         sample: ArrayViewD<'_, f32>,
@@ -268,6 +319,7 @@ impl ControlNet {
     ) -> Result<Vec<ArrayD<f32>>, EngineError> {
         let names = self.compiled.output_names();
         let outputs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let ones = Array1::<f32>::ones(names.len()).into_dyn();
         sd::run(
             &self.body,
             &self.compiled.body.name,
@@ -276,9 +328,53 @@ impl ControlNet {
                 ("timestep", timestep),
                 ("encoder_hidden_states", context),
                 ("controlnet_cond_embedding", embedding),
+                (SCALES, ones.view()),
             ],
             &outputs,
         )
+    }
+
+    /// The hint embedding of `hint` `[b, 3, 8h, 8w]`, kept where the body takes it.
+    pub fn embed_hint_resident(
+        &self,
+        hint: ArrayViewD<'_, f32>,
+    ) -> Result<(Resident, Traffic), EngineError> {
+        let name = &self.compiled.cond_encoder.name;
+        let mut call = BoundCall::new(&self.cond_encoder, name)?;
+        call.host_input("controlnet_cond", hint)?;
+        call.resident_output("controlnet_cond_embedding")?;
+        let mut out = call.run()?;
+        Ok((out.resident(0), out.traffic))
+    }
+
+    /// `array` placed where the body wants its input `input` (for values a stage keeps: the
+    /// text context, the scales).
+    pub fn upload(
+        &self,
+        input: &str,
+        array: ArrayViewD<'_, f32>,
+    ) -> Result<(Resident, Traffic), EngineError> {
+        binding::upload(&self.body, &self.compiled.body.name, input, array)
+    }
+
+    /// The scaled residuals, left where the body computed them (see [`BodyInputs`]).
+    pub fn residuals_resident(
+        &self,
+        inputs: &BodyInputs<'_>,
+    ) -> Result<(Vec<Resident>, Traffic), EngineError> {
+        let mut call = BoundCall::new(&self.body, &self.compiled.body.name)?;
+        call.resident_input("sample", inputs.sample)?;
+        call.resident_input("timestep", inputs.timestep)?;
+        call.resident_input("encoder_hidden_states", inputs.context)?;
+        call.resident_input("controlnet_cond_embedding", inputs.embedding)?;
+        call.resident_input(SCALES, inputs.scales)?;
+        let names = self.compiled.output_names();
+        for name in &names {
+            call.resident_output(name)?;
+        }
+        let mut out = call.run()?;
+        let residuals = (0..names.len()).map(|i| out.resident(i)).collect();
+        Ok((residuals, out.traffic))
     }
 
     /// The 13 residuals straight from the hint image (the single-graph form).

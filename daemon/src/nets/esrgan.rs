@@ -6,15 +6,17 @@
 //! first dense conv, and the scale from the number of `conv_upK`. Graph interface:
 //! `input` `[batch, 3, height, width]` f32 RGB in 0..1 → `output`
 //! `[batch, 3, height·s, width·s]` f32 RGB, unclamped. For old/new-arch models the RGB→BGR flip
-//! (and back) is inside the graph, so callers always speak RGB.
+//! (and back) is inside the graph, so callers always speak RGB. An fp16 graph (f16 weights,
+//! every op in f16) keeps that f32 interface: it casts once after the input and once before
+//! the output.
 
 use std::path::Path;
 
 use ndarray::{Array3, Array4, ArrayView3, ArrayView4, CowArray, Ix3, s};
 
-use super::ModelError;
 use super::tiling::plan_axis;
 pub use super::tiling::{BLEND, Placement, Tiling};
+use super::{ModelError, Precision};
 use crate::Cancelled;
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::onnx::{Conv2d, Dim, ElemType, ExternalTensor, Graph, Value};
@@ -179,19 +181,21 @@ fn bad(w: &TensorMap<SourceTensor>, name: &str, reason: &str) -> WeightsError {
     }
 }
 
-/// Builds the ONNX graph of an RRDBNet over `w` (external f32 weights).
+/// Builds the ONNX graph of an RRDBNet over `w` (external weights, f32 or f16: the graph
+/// computes in their type).
 pub fn build_graph(config: &EsrganConfig, w: &weights::Weights) -> Result<Graph, WeightsError> {
     let mut g = Graph::new("esrgan");
+    let dtype = w.weight_type().elem();
     let batch = Dim::from("batch");
-    let input = g.input(
+    let input = g.f32_input(
         "input",
-        ElemType::F32,
         &[
             batch.clone(),
             Dim::from(3),
             Dim::from("height"),
             Dim::from("width"),
         ],
+        dtype,
     );
     let flip = config.channel_order == ChannelOrder::Bgr;
     let mut x = input;
@@ -205,7 +209,7 @@ pub fn build_graph(config: &EsrganConfig, w: &weights::Weights) -> Result<Graph,
     let fea = conv(&mut g, &x, &w.scope("conv_first"))?;
     let mut trunk = fea.clone();
     for i in 0..config.nb {
-        trunk = rrdb(&mut g, &trunk, &w.scope("body").scope(i))?;
+        trunk = rrdb(&mut g, &trunk, &w.scope("body").scope(i), dtype)?;
     }
     let trunk = conv(&mut g, &trunk, &w.scope("conv_body"))?;
     let mut fea = g.add(&fea, &trunk);
@@ -220,10 +224,10 @@ pub fn build_graph(config: &EsrganConfig, w: &weights::Weights) -> Result<Graph,
     if flip {
         out = g.gather(&out, 1, &[2, 1, 0]);
     }
-    g.output(
+    g.f32_output(
         "output",
         &out,
-        ElemType::F32,
+        dtype,
         Some(&[
             batch,
             Dim::from(3),
@@ -235,18 +239,34 @@ pub fn build_graph(config: &EsrganConfig, w: &weights::Weights) -> Result<Graph,
 }
 
 /// Residual-in-residual dense block: three dense blocks, then a scaled skip.
-fn rrdb(g: &mut Graph, x: &Value, w: &Scope<ExternalTensor>) -> Result<Value, WeightsError> {
+fn rrdb(
+    g: &mut Graph,
+    x: &Value,
+    w: &Scope<ExternalTensor>,
+    dtype: ElemType,
+) -> Result<Value, WeightsError> {
     let mut y = x.clone();
     for r in 1..=3 {
-        y = rdb(g, &y, &w.scope(format!("rdb{r}")))?;
+        y = rdb(g, &y, &w.scope(format!("rdb{r}")), dtype)?;
     }
-    let y = g.scale(&y, RESIDUAL);
+    let y = residual_scale(g, &y, dtype);
     Ok(g.add(&y, x))
+}
+
+/// `x · RESIDUAL` in the graph's element type.
+fn residual_scale(g: &mut Graph, x: &Value, dtype: ElemType) -> Value {
+    let k = g.constant(dtype, &[], &[RESIDUAL]);
+    g.mul(x, &k)
 }
 
 /// Residual dense block: five 3×3 convs, each seeing the block input and all earlier outputs
 /// (growth `gc` channels each), the last one projecting back to `nf`; then a scaled skip.
-fn rdb(g: &mut Graph, x: &Value, w: &Scope<ExternalTensor>) -> Result<Value, WeightsError> {
+fn rdb(
+    g: &mut Graph,
+    x: &Value,
+    w: &Scope<ExternalTensor>,
+    dtype: ElemType,
+) -> Result<Value, WeightsError> {
     let mut features = vec![x.clone()];
     for k in 1..=4 {
         let input = concat_all(g, &features);
@@ -255,7 +275,7 @@ fn rdb(g: &mut Graph, x: &Value, w: &Scope<ExternalTensor>) -> Result<Value, Wei
     }
     let input = concat_all(g, &features);
     let y = conv(g, &input, &w.scope("conv5"))?;
-    let y = g.scale(&y, RESIDUAL);
+    let y = residual_scale(g, &y, dtype);
     Ok(g.add(&y, x))
 }
 
@@ -308,7 +328,17 @@ impl Esrgan {
         model_file: &Path,
         cache_dir: &Path,
     ) -> Result<Esrgan, ModelError> {
-        let (config, model) = Esrgan::compile(model_file, cache_dir)?;
+        Esrgan::load_as(engine, model_file, cache_dir, Precision::F32)
+    }
+
+    /// [`Esrgan::load`] computing in `precision` (f16 weights converted into `cache_dir`).
+    pub fn load_as(
+        engine: &Engine,
+        model_file: &Path,
+        cache_dir: &Path,
+        precision: Precision,
+    ) -> Result<Esrgan, ModelError> {
+        let (config, model) = Esrgan::compile_as(model_file, cache_dir, precision)?;
         let session = engine.session(&model)?;
         Ok(Esrgan {
             config,
@@ -323,10 +353,28 @@ impl Esrgan {
         model_file: &Path,
         cache_dir: &Path,
     ) -> Result<(EsrganConfig, CompiledModel), ModelError> {
+        Esrgan::compile_as(model_file, cache_dir, Precision::F32)
+    }
+
+    /// [`Esrgan::compile`] computing in `precision`.
+    pub fn compile_as(
+        model_file: &Path,
+        cache_dir: &Path,
+        precision: Precision,
+    ) -> Result<(EsrganConfig, CompiledModel), ModelError> {
         let source = SourceFile::open(model_file)?;
         let (canonical, layout) = weights::esrgan::canonicalize(&source)?;
         let config = EsrganConfig::infer(&canonical, layout)?;
-        let weights = weights::materialize(&source, &canonical, cache_dir, "esrgan")?;
+        let weights = weights::materialize_as(
+            &source,
+            &canonical,
+            cache_dir,
+            weights::Target {
+                network: &format!("esrgan{}", precision.suffix()),
+                weight_type: precision.weight_type(),
+                patch: None,
+            },
+        )?;
         let graph = build_graph(&config, &weights)?;
         tracing::debug!(
             ?config,
@@ -338,7 +386,7 @@ impl Esrgan {
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let model = CompiledModel {
-            name: format!("ESRGAN {name}"),
+            name: format!("ESRGAN {name}{}", precision.label_suffix()),
             onnx: graph.to_bytes(),
             weights_folder: weights.folder().to_owned(),
             weight_files: vec![weights.file().to_owned()],
@@ -381,6 +429,7 @@ impl Esrgan {
             .try_extract_array::<f32>()
             .map_err(|e| EngineError::ort(name, e))?;
         let s = self.config.scale();
+        crate::engine::binding::note_host_call(4 * x.len(), 4 * y.len());
         y.to_owned()
             .into_shape_with_order((n, 3, h * s, w * s))
             .map_err(|e| EngineError::ort(name, e).into())
@@ -445,6 +494,7 @@ impl Esrgan {
                     )
                     .into());
                 }
+                crate::engine::binding::note_host_call(4 * input.len(), 4 * data.len());
                 blend(&mut out, data, row, col, scale);
                 done += 1;
                 on_tile(done, total)?;

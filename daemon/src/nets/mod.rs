@@ -9,42 +9,17 @@ pub mod clip;
 pub mod controlnet;
 pub mod esrgan;
 pub mod export;
+pub mod precision;
 pub mod sd;
 pub mod sd_blocks;
 pub mod tiling;
 pub mod unet;
 pub mod vae;
 
+pub use precision::{Precision, PrecisionSetting, Precisions};
+
 use crate::engine::EngineError;
-use crate::weights::{WeightType, WeightsError};
-
-/// The precision of a compiled graph's weights and arithmetic: f32 for the CPU execution
-/// provider (f16 is no faster there, `shared/reference/ort-notes.md` §4), f16 for GPU
-/// execution providers. Graphs keep f32 inputs and outputs either way.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Precision {
-    #[default]
-    F32,
-    F16,
-}
-
-impl Precision {
-    /// How the weights are stored (and so the element type the graph computes in).
-    pub fn weight_type(self) -> WeightType {
-        match self {
-            Precision::F32 => WeightType::F32,
-            Precision::F16 => WeightType::F16,
-        }
-    }
-
-    /// `""` or `"-fp16"`, for file and cache names.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Precision::F32 => "",
-            Precision::F16 => "-fp16",
-        }
-    }
-}
+use crate::weights::WeightsError;
 
 /// Why a model could not be loaded. The caller can tell apart a file it could not read, a file
 /// that is not a usable model (corrupt, unsupported, refused pickle), and a runtime failure.

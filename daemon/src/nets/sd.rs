@@ -12,6 +12,7 @@ use ort::session::SessionInputValue;
 
 use super::ModelError;
 pub use super::Precision;
+use crate::engine::binding;
 use crate::engine::{CompiledModel, EngineError, SharedSession};
 use crate::onnx::Graph;
 use crate::weights::sd::{NetWeights, SdHyper};
@@ -51,10 +52,14 @@ pub fn prepare(
     Ok((weights, net.hyper(options.hyper)))
 }
 
-/// A built graph with its weights as the engine takes it.
+/// A built graph with its weights as the engine takes it; an fp16 graph's name says so.
 pub fn compiled(name: String, graph: Graph, weights: &Weights) -> CompiledModel {
+    let precision = match weights.weight_type() {
+        weights::WeightType::F16 => Precision::F16,
+        weights::WeightType::F32 => Precision::F32,
+    };
     CompiledModel {
-        name,
+        name: format!("{name}{}", precision.label_suffix()),
         onnx: graph.to_bytes(),
         weights_folder: weights.folder().to_owned(),
         weight_files: vec![weights.file().to_owned()],
@@ -78,7 +83,7 @@ pub fn run(
     let result = session
         .run(values)
         .map_err(|e| EngineError::ort(model, e))?;
-    outputs
+    let arrays = outputs
         .iter()
         .map(|name| {
             let value = result.get(*name).ok_or_else(|| {
@@ -89,5 +94,10 @@ pub fn run(
                 .map_err(|e| EngineError::ort(model, e))?
                 .to_owned())
         })
-        .collect()
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    binding::note_host_call(
+        4 * inputs.iter().map(|(_, a)| a.len()).sum::<usize>(),
+        4 * arrays.iter().map(|a| a.len()).sum::<usize>(),
+    );
+    Ok(arrays)
 }

@@ -67,27 +67,17 @@ impl SdNet {
 
     /// A graph input (always f32), cast to the compute type.
     pub fn input(&mut self, name: &str, dims: &[Dim]) -> Value {
-        let x = self.g.input(name, ElemType::F32, dims);
-        self.to_compute(&x)
+        self.g.f32_input(name, dims, self.dtype)
     }
 
     /// An f32 tensor of the graph (an input, the time embedding) in the compute type.
     pub fn to_compute(&mut self, x: &Value) -> Value {
-        if self.dtype == ElemType::F32 {
-            x.clone()
-        } else {
-            self.g.cast(x, self.dtype)
-        }
+        self.g.convert(x, ElemType::F32, self.dtype)
     }
 
     /// Declares `x` as the f32 graph output `name`.
     pub fn output(&mut self, name: &str, x: &Value, dims: &[Dim]) {
-        let x = if self.dtype == ElemType::F32 {
-            x.clone()
-        } else {
-            self.g.cast(x, ElemType::F32)
-        };
-        self.g.output(name, &x, ElemType::F32, Some(dims));
+        self.g.f32_output(name, x, self.dtype, Some(dims));
     }
 
     pub fn param(&mut self, w: &W, name: &str) -> Result<Value, WeightsError> {
@@ -97,11 +87,7 @@ impl SdNet {
     /// A module's tensor as f32, whatever the compute type.
     fn param_f32(&mut self, w: &W, name: &str) -> Result<Value, WeightsError> {
         let p = self.param(w, name)?;
-        Ok(if self.dtype == ElemType::F32 {
-            p
-        } else {
-            self.g.cast(&p, ElemType::F32)
-        })
+        Ok(self.g.convert(&p, self.dtype, ElemType::F32))
     }
 
     /// A float constant in the compute type.
@@ -165,11 +151,7 @@ impl SdNet {
         self.group_norms += 1;
         let stats_dims = [Dim::from("batch"), Dim::from(groups as i64)];
         let (mean_name, var_name) = (format!("groupnorm_{k}_mean"), format!("groupnorm_{k}_var"));
-        let x32 = if self.dtype == ElemType::F32 {
-            x.clone()
-        } else {
-            self.g.cast(x, ElemType::F32)
-        };
+        let x32 = self.g.convert(x, self.dtype, ElemType::F32);
         if self.norm_stats == NormStats::Frozen {
             let mean = self.g.input(&mean_name, ElemType::F32, &stats_dims);
             let var = self.g.input(&var_name, ElemType::F32, &stats_dims);
@@ -195,11 +177,7 @@ impl SdNet {
         let zeros = self.g.floats(&vec![0.0; groups]);
         let normed = self.g.instance_norm(&grouped, &ones, &zeros, eps);
         let normed = self.g.reshape_to(&normed, &shape);
-        let normed = if self.dtype == ElemType::F32 {
-            normed
-        } else {
-            self.g.cast(&normed, self.dtype)
-        };
+        let normed = self.g.convert(&normed, ElemType::F32, self.dtype);
         let gamma = self.param(w, "weight")?;
         let beta = self.param(w, "bias")?;
         let gamma = self.g.reshape(&gamma, &[channels as i64, 1, 1]);
@@ -247,11 +225,7 @@ impl SdNet {
         let shift = self.g.sub(&beta, &mean_scaled);
         let scaled = self.g.mul(x32, &scale);
         let y = self.g.add(&scaled, &shift);
-        Ok(if self.dtype == ElemType::F32 {
-            y
-        } else {
-            self.g.cast(&y, self.dtype)
-        })
+        Ok(self.g.convert(&y, ElemType::F32, self.dtype))
     }
 
     /// LayerNorm over the last axis.

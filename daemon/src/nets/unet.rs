@@ -18,6 +18,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use super::ModelError;
 use super::sd::{self, SdOptions};
 use super::sd_blocks::{RESNET_EPS, SdNet, nchw};
+use crate::engine::binding::{BoundCall, Resident, Traffic};
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::onnx::{Conv2d, Dim, Graph, Value};
 use crate::weights::sd::{NetWeights, SdHyper};
@@ -153,7 +154,7 @@ pub(crate) fn encoder_half(
 ) -> Result<(Vec<Value>, Value), WeightsError> {
     let mut h = net.conv(sample, &w.scope("conv_in"), Conv2d::padded(1))?;
     if let Some(extra) = after_conv_in {
-        h = net.g.add(&h, extra);
+        h = add_over_batch(net, &h, extra);
     }
     let mut skips = vec![h.clone()];
     let levels = config.block_channels.len();
@@ -176,6 +177,19 @@ pub(crate) fn encoder_half(
     h = net.spatial_transformer(&h, context, &mid.scope("attentions").scope(0))?;
     h = net.resnet(&h, Some(temb), &mid.scope("resnets").scope(1), RESNET_EPS)?;
     Ok((skips, h))
+}
+
+/// `h` `[B, C, H, W]` plus `extra` `[b, C, H, W]` where b divides B: sample n gets
+/// `extra[n mod b]` (viewed as `[B/b, b, C, H, W]`, which broadcasts `extra` over the first
+/// axis; the reshapes move no data).
+fn add_over_batch(net: &mut SdNet, h: &Value, extra: &Value) -> Value {
+    let whole = net.g.shape(h);
+    let inner = net.g.shape(extra);
+    let any = net.g.ints(&[-1]);
+    let grouped = net.g.concat(&[&any, &inner], 0);
+    let h = net.g.reshape_to(h, &grouped);
+    let sum = net.g.add(&h, extra);
+    net.g.reshape_to(&sum, &whole)
 }
 
 /// The graph inputs every UNet-like graph has: `sample`, `timestep`, `encoder_hidden_states`.
@@ -262,7 +276,7 @@ pub fn build_graph(
 }
 
 /// A compiled UNet: its configuration, weights, and both graphs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CompiledUnet {
     pub config: UnetConfig,
     pub hyper: SdHyper,
@@ -345,6 +359,48 @@ impl Unet {
             *slot = Some(engine.session(model)?);
         }
         Ok(())
+    }
+
+    /// The session of the graph with residual inputs and its name, created if needed.
+    pub fn controlled_session(
+        &mut self,
+        engine: &Engine,
+    ) -> Result<(SharedSession, &str), EngineError> {
+        self.warm(engine, true)?;
+        let session = self.controlled.clone().expect("warmed above");
+        Ok((session, &self.compiled.controlled.name))
+    }
+
+    /// One evaluation with the ControlNet's residuals, every input resident (the sample and
+    /// timestep the ControlNet saw, the stage's context, the 13 scaled residuals in order):
+    /// the predicted noise `[B, 4, h, w]` as a host array, and what crossed for it.
+    pub fn forward_resident(
+        &mut self,
+        engine: &Engine,
+        sample: &Resident,
+        timestep: &Resident,
+        context: &Resident,
+        residuals: &[Resident],
+    ) -> Result<(ArrayD<f32>, Traffic), EngineError> {
+        let count = self.compiled.config.residuals().len() + 1;
+        let (session, name) = self.controlled_session(engine)?;
+        if residuals.len() != count {
+            return Err(EngineError::ort(
+                name,
+                format!("{} residuals given, {count} needed", residuals.len()),
+            ));
+        }
+        let mut call = BoundCall::new(&session, name)?;
+        call.resident_input("sample", sample)?;
+        call.resident_input("timestep", timestep)?;
+        call.resident_input("encoder_hidden_states", context)?;
+        let names = (0..count - 1).map(Some).chain([None]).map(residual_name);
+        for (name, r) in names.zip(residuals) {
+            call.resident_input(&name, r)?;
+        }
+        call.host_output("out_sample")?;
+        let mut out = call.run()?;
+        Ok((out.host(0), out.traffic))
     }
 
     /// One evaluation: the predicted noise `[B, 4, h, w]`. `residuals`, when given, are the 12

@@ -190,16 +190,7 @@ impl CompiledVae {
     /// The encoder (`decoder == false`) or decoder graph with the GroupNorm statistics
     /// exported or frozen, over the same weights (for tiled encoding and decoding).
     pub fn with_stats(&self, decoder: bool, stats: NormStats) -> Result<CompiledModel, ModelError> {
-        let weight_type = if self
-            .weights
-            .tensors()
-            .iter()
-            .all(|(_, t)| t.elem_type == crate::onnx::ElemType::F16)
-        {
-            WeightType::F16
-        } else {
-            WeightType::F32
-        };
+        let weight_type = self.weights.weight_type();
         let (graph, base) = if decoder {
             (
                 build_decoder(&self.config, &self.weights, self.hyper, weight_type, stats)?,

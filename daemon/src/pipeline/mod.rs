@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod clarity;
+pub mod eta;
 pub mod filters;
 pub mod pixels;
 pub mod progress;

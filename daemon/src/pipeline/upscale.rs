@@ -5,12 +5,15 @@
 use super::pixels::{self, PixelFormat, Planar};
 use super::progress::{ProgressSink, Step};
 use super::resize;
+use crate::Cancelled;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, MaybeOutOfMemory, Recovery, Shrink, Shrinkable, retry_out_of_memory};
 use crate::nets::ModelError;
-use crate::nets::esrgan::{Esrgan, EsrganError};
+use crate::nets::Precision;
+use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
 use crate::server::{JobChecker, JobOutput, JobRunner};
 use crate::store::{DataDir, FileStamp, ModelFile};
+use ndarray::{Array3, ArrayView3};
 use std::path::PathBuf;
 use std::time::Instant;
 use tessera_protocol::{
@@ -118,6 +121,7 @@ impl JobChecker for Checker {
 struct Loaded {
     path: PathBuf,
     stamp: FileStamp,
+    precision: Precision,
     net: Esrgan,
 }
 
@@ -139,9 +143,21 @@ impl Upscaler {
         }
     }
 
-    /// Keeps `net`, loaded elsewhere from `path` as it was at `stamp` (the warm-up's).
-    pub(crate) fn adopt(&mut self, path: PathBuf, stamp: FileStamp, net: Esrgan) {
-        self.loaded = Some(Loaded { path, stamp, net });
+    /// Keeps `net`, loaded elsewhere from `path` as it was at `stamp` in `precision` (the
+    /// warm-up's).
+    pub(crate) fn adopt(
+        &mut self,
+        path: PathBuf,
+        stamp: FileStamp,
+        precision: Precision,
+        net: Esrgan,
+    ) {
+        self.loaded = Some(Loaded {
+            path,
+            stamp,
+            precision,
+            net,
+        });
     }
 
     /// The ESRGAN of `model`, loaded once and kept until another one is asked for.
@@ -152,15 +168,21 @@ impl Upscaler {
                 format!("{}: {e}", model.path.display()),
             )
         })?;
+        let precision = self
+            .config
+            .engine
+            .precisions(self.engine.execution_providers())
+            .upscaler;
         let fresh = self
             .loaded
             .as_ref()
-            .is_some_and(|l| l.path == model.path && l.stamp == stamp);
+            .is_some_and(|l| l.path == model.path && l.stamp == stamp && l.precision == precision);
         if !fresh {
             self.loaded = None;
-            tracing::info!("loading upscaler {}", model.path.display());
+            tracing::info!("loading upscaler {} ({precision})", model.path.display());
+            let cache = self.data_dir.cache();
             let net =
-                Esrgan::load(&self.engine, &model.path, &self.data_dir.cache()).map_err(|e| {
+                Esrgan::load_as(&self.engine, &model.path, &cache, precision).map_err(|e| {
                     let kind = match e {
                         ModelError::Io(_) => ErrorKind::Io,
                         ModelError::Invalid(_) => ErrorKind::ModelInvalid,
@@ -171,6 +193,7 @@ impl Upscaler {
             self.loaded = Some(Loaded {
                 path: model.path.clone(),
                 stamp,
+                precision,
                 net,
             });
         }
@@ -209,10 +232,12 @@ impl JobRunner for Upscaler {
         let (target_w, target_h) = (target_w as usize, target_h as usize);
         let input = pixels::to_planar(&image);
         drop(image);
+        let engine = self.engine.clone();
         let net = self.network(&model)?;
         lap("load", &mut timings);
 
         let passes = passes_needed(net.scale(), params.scale);
+        let mut shrink = Shrink::default();
         let mut rgb = input.rgb.clone();
         for pass in 0..passes {
             // Later passes start from an upscaled image: shrinking it first so
@@ -239,9 +264,15 @@ impl JobRunner for Upscaler {
                         / passes as f32,
                 })
             };
-            rgb = net
-                .upscale(rgb.view(), &tiling, &mut on_tile)
-                .map_err(esrgan_error)?;
+            rgb = upscale_retrying(
+                net,
+                rgb.view(),
+                &tiling,
+                &*engine,
+                &mut shrink,
+                &mut on_tile,
+            )
+            .map_err(esrgan_error)?;
         }
         lap("upscale", &mut timings);
 
@@ -270,6 +301,58 @@ impl JobRunner for Upscaler {
             image: result,
             timings,
         })
+    }
+}
+
+/// The smallest ESRGAN tile an out-of-memory retry goes down to, in input pixels.
+const MIN_RETRY_TILE: usize = 32;
+
+/// `tiling` with its tile halved `level` times.
+fn halved(tiling: &Tiling, level: u32) -> Tiling {
+    Tiling {
+        tile: tiling.tile >> level,
+        ..*tiling
+    }
+}
+
+/// How many times `tiling`'s tile can be halved and stay at least 32 pixels and more than
+/// twice its overlap.
+fn halvings(tiling: &Tiling) -> u32 {
+    (1..16)
+        .take_while(|&k| {
+            let t = halved(tiling, k);
+            t.tile >= MIN_RETRY_TILE && t.tile > 2 * t.overlap
+        })
+        .count() as u32
+}
+
+/// ESRGAN over `rgb` with `tiling`; when its accelerator runs out of memory, the same pass
+/// again with the tile halved (down to 32 pixels), then on the CPU at the configured tile
+/// (`engine::retry_out_of_memory`). `shrink` keeps the tile that worked for the passes after.
+pub fn upscale_retrying(
+    net: &mut Esrgan,
+    rgb: ArrayView3<f32>,
+    tiling: &Tiling,
+    recovery: &dyn Recovery,
+    shrink: &mut Shrink,
+    on_tile: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
+) -> Result<Array3<f32>, EsrganError> {
+    let describe = |level| format!("{}-pixel tiles", halved(tiling, level).tile);
+    let size = Shrinkable {
+        levels: halvings(tiling),
+        describe: &describe,
+    };
+    retry_out_of_memory(recovery, shrink, &size, |level| {
+        net.upscale(rgb, &halved(tiling, level), on_tile)
+    })
+}
+
+impl MaybeOutOfMemory for EsrganError {
+    fn out_of_memory(&self) -> Option<&str> {
+        match self {
+            EsrganError::Runtime(e) => e.out_of_memory(),
+            _ => None,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tessera_protocol::{
-    Accepted, ErrorInfo, ErrorKind, Failed, Image, JobId, JobParams, Message, Status,
+    Accepted, DeviceMemory, ErrorInfo, ErrorKind, Failed, Image, JobId, JobParams, Message, Status,
 };
 
 pub type ClientId = u64;
@@ -28,6 +28,7 @@ struct Running {
     client: ClientId,
     cancel: Arc<AtomicBool>,
     fraction: f32,
+    eta_seconds: Option<f32>,
 }
 
 #[derive(Default)]
@@ -54,8 +55,21 @@ pub struct Activity {
     pub last_failure: Option<String>,
 }
 
-/// Lists the warm sessions the engine holds (asked at every `GetStatus`).
-pub type SessionReport = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+/// What the engine tells clients, asked at every `GetStatus` and every job report (the
+/// engine implements it; tests of the server leave it out).
+pub trait EngineReport: Send + Sync {
+    /// The warm sessions the engine holds.
+    fn sessions(&self) -> Vec<String>;
+    /// What the engine fell back from, for `Status`.
+    fn warnings(&self) -> Vec<String>;
+    /// A mark taken when a job starts, for [`EngineReport::job_warnings`].
+    fn warning_mark(&self) -> u64;
+    /// What the job started at `mark` must be told.
+    fn job_warnings(&self, mark: u64) -> Vec<String>;
+    fn device_memory(&self) -> Option<DeviceMemory>;
+    fn session_budget(&self) -> Option<u64>;
+    fn session_bytes(&self) -> u64;
+}
 
 /// Says how far the start-up warm-up is (asked at every `GetStatus`).
 pub type WarmUpReport = Arc<dyn Fn() -> tessera_protocol::WarmUp + Send + Sync>;
@@ -66,7 +80,7 @@ pub struct DaemonInfo {
     pub runtime: String,
     pub device: String,
     pub data_dir: String,
-    pub sessions: Option<SessionReport>,
+    pub engine: Option<Arc<dyn EngineReport>>,
     pub warm_up: Option<WarmUpReport>,
 }
 
@@ -119,6 +133,19 @@ impl Hub {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// A mark for [`Hub::job_warnings`], taken when a job starts.
+    pub fn warning_mark(&self) -> u64 {
+        self.info.engine.as_ref().map_or(0, |e| e.warning_mark())
+    }
+
+    /// The warnings of the job that started at `mark`.
+    pub fn job_warnings(&self, mark: u64) -> Vec<String> {
+        self.info
+            .engine
+            .as_ref()
+            .map_or_else(Vec::new, |e| e.job_warnings(mark))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -277,6 +304,7 @@ impl Hub {
                     client: job.client,
                     cancel: job.cancel.clone(),
                     fraction: 0.0,
+                    eta_seconds: None,
                 });
                 return Some(job);
             }
@@ -287,6 +315,13 @@ impl Hub {
     /// The client a running job reports to, if it is still connected.
     pub fn outbox_of(&self, client: ClientId) -> Option<Arc<Outbox>> {
         self.lock().clients.get(&client).cloned()
+    }
+
+    /// The running job's latest estimate of its seconds left.
+    pub fn set_eta(&self, job: JobId, seconds: Option<f32>) {
+        if let Some(running) = self.lock().running.as_mut().filter(|r| r.id == job) {
+            running.eta_seconds = seconds;
+        }
     }
 
     pub fn set_fraction(&self, job: JobId, fraction: f32) {
@@ -319,7 +354,12 @@ impl Hub {
 
     pub fn status(&self) -> Status {
         // Outside the lock: the report takes the engine's own lock.
-        let sessions = self.info.sessions.as_ref().map_or_else(Vec::new, |f| f());
+        let engine = self.info.engine.as_deref();
+        let sessions = engine.map_or_else(Vec::new, |e| e.sessions());
+        let warnings = engine.map_or_else(Vec::new, |e| e.warnings());
+        let device_memory = engine.and_then(|e| e.device_memory());
+        let session_budget_bytes = engine.and_then(|e| e.session_budget());
+        let session_bytes = engine.map_or(0, |e| e.session_bytes());
         let warm_up = self.info.warm_up.as_ref().map(|f| f());
         let state = self.lock();
         Status {
@@ -333,7 +373,12 @@ impl Hub {
             data_dir: self.info.data_dir.clone(),
             sessions,
             resident_bytes: resident_bytes(),
+            warnings,
+            device_memory,
+            session_budget_bytes,
+            session_bytes,
             warm_up,
+            running_eta_seconds: state.running.as_ref().and_then(|r| r.eta_seconds),
         }
     }
 
@@ -415,7 +460,7 @@ mod tests {
                 runtime: "test".into(),
                 device: "test".into(),
                 data_dir: "/tmp".into(),
-                sessions: None,
+                engine: None,
                 warm_up: None,
             },
         )

@@ -146,6 +146,7 @@ mod tests {
             tiles: 1,
             fraction,
             eta_seconds: None,
+            warnings: vec![],
         })
     }
 

@@ -22,6 +22,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             cancel,
         } = job;
         let started = Instant::now();
+        let mark = hub.warning_mark();
         tracing::info!(
             "job {id} started ({}×{}, ×{})",
             image.width,
@@ -35,6 +36,9 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             cancel: &cancel,
             fraction: 0.0,
             origin: None,
+            mark,
+            warnings: Vec::new(),
+            time_left: None,
         };
         let outcome =
             panic::catch_unwind(AssertUnwindSafe(|| runner.run(image, &params, &mut sink)));
@@ -45,6 +49,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
                     job: id,
                     image: output.image,
                     timings: output.timings,
+                    warnings: sink.all_warnings(),
                 })
             }
             Ok(Err(mut error)) => {
@@ -119,9 +124,25 @@ struct JobProgress<'a> {
     /// When and at what fraction the first report came: the ETA extrapolates the rate since
     /// then, so model loading before it does not count as work.
     origin: Option<(Instant, f32)>,
+    /// The engine's warning mark when the job started: the job is told what came after.
+    mark: u64,
+    /// The job's warnings so far, in the order first seen: the list only grows.
+    warnings: Vec<String>,
+    /// The job's own estimate of the seconds left, when it gives one.
+    time_left: Option<f32>,
 }
 
 impl JobProgress<'_> {
+    /// The job's warnings: those seen before and any new ones, appended.
+    fn all_warnings(&mut self) -> Vec<String> {
+        for warning in self.hub.job_warnings(self.mark) {
+            if !self.warnings.contains(&warning) {
+                self.warnings.push(warning);
+            }
+        }
+        self.warnings.clone()
+    }
+
     /// Seconds left at the average rate since the first report; `None` until there is one.
     fn eta(&mut self) -> Option<f32> {
         let (start, from) = *self.origin.get_or_insert((Instant::now(), self.fraction));
@@ -132,6 +153,10 @@ impl JobProgress<'_> {
 }
 
 impl ProgressSink for JobProgress<'_> {
+    fn time_left(&mut self, seconds: Option<f32>) {
+        self.time_left = seconds;
+    }
+
     fn report(&mut self, step: Step) -> Result<(), Cancelled> {
         if self.cancel.load(Ordering::SeqCst) {
             return Err(Cancelled);
@@ -139,7 +164,9 @@ impl ProgressSink for JobProgress<'_> {
         // Clients draw bars: never let them go backwards.
         self.fraction = self.fraction.max(step.fraction.clamp(0.0, 1.0));
         self.hub.set_fraction(self.job, self.fraction);
-        let eta_seconds = self.eta();
+        let extrapolated = self.eta();
+        let eta_seconds = self.time_left.or(extrapolated);
+        self.hub.set_eta(self.job, eta_seconds);
         if let Some(outbox) = self.hub.outbox_of(self.client) {
             outbox.send(Message::Progress(Progress {
                 job: self.job,
@@ -152,6 +179,7 @@ impl ProgressSink for JobProgress<'_> {
                 tiles: step.tiles,
                 fraction: self.fraction,
                 eta_seconds,
+                warnings: self.all_warnings(),
             }));
         }
         Ok(())

@@ -3,14 +3,18 @@
 //!
 //! Layout (created on first use):
 //! `models/{checkpoints,vae,controlnet,upscalers,loras,embeddings}/`,
-//! `runtime/` (ONNX Runtime library), `cache/` (converted weights, hashes),
+//! `runtime/` (ONNX Runtime library; `runtime/cuda/` the CUDA and cuDNN libraries of a GPU
+//! runtime), `cache/` (converted weights, hashes),
 //! `logs/`, and an optional `config.toml`.
 
 pub mod accelerator;
+pub mod cuda;
 pub mod defaults;
 pub mod hashes;
+pub mod pip;
 pub mod registry;
 pub mod runtime;
+pub mod space;
 pub mod stamp;
 
 use std::io;

@@ -1,16 +1,30 @@
 //! Getting the ONNX Runtime library without a system install: fetch the
 //! `onnxruntime` wheel with the user's own `pip download`, take the shared
 //! libraries out of it, and record what was installed in `runtime/runtime.toml`.
+//! A GPU wheel also gets the CUDA and cuDNN libraries its metadata asks for (see `cuda`).
 
+use super::cuda::{self, CudaLibraries};
 use super::hashes::sha256_file;
-use super::{DataDir, write_atomically};
+use super::space::Shortfall;
+use super::{DataDir, pip, write_atomically};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The ONNX Runtime release this build is tested with.
 pub const DEFAULT_VERSION: &str = "1.32.0";
+
+/// The newest `onnxruntime-gpu` release published as a wheel (1.32.0 is not), and the oldest
+/// this build accepts (it needs ONNX Runtime API 31).
+pub const GPU_VERSION: &str = "1.31.1";
+
+/// The release to install of `package` when none is asked for.
+pub fn default_version(package: &str) -> &'static str {
+    match package {
+        "onnxruntime-gpu" => GPU_VERSION,
+        _ => DEFAULT_VERSION,
+    }
+}
 
 /// The file that records the installed library.
 const RECORD: &str = "runtime.toml";
@@ -29,6 +43,13 @@ pub struct InstalledRuntime {
     /// uses them unless `engine.execution_providers` in `config.toml` says otherwise.
     #[serde(default = "cpu_only")]
     pub providers: Vec<String>,
+    /// Whether the wheel's metadata was read for CUDA libraries (records written before
+    /// Tessera did so have `false`, and the next install reads it).
+    #[serde(default)]
+    pub dependencies_read: bool,
+    /// The CUDA and cuDNN libraries installed into `runtime/cuda/` for a GPU wheel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<CudaLibraries>,
 }
 
 fn cpu_only() -> Vec<String> {
@@ -49,6 +70,8 @@ pub struct InstallOptions {
     pub wheel: Option<PathBuf>,
     /// Install again even when the same version is present and intact.
     pub force: bool,
+    /// The package index pip uses instead of the configured one (for tests and mirrors).
+    pub index_url: Option<String>,
 }
 
 impl Default for InstallOptions {
@@ -58,6 +81,7 @@ impl Default for InstallOptions {
             version: DEFAULT_VERSION.into(),
             wheel: None,
             force: false,
+            index_url: None,
         }
     }
 }
@@ -69,14 +93,39 @@ pub enum RuntimeInstallError {
          or download the {package} wheel yourself and pass --wheel FILE, or set TESSERA_ORT_LIB to an existing library"
     )]
     NoPython { tried: String, package: String },
+    #[error(
+        "fetching the {label} libraries needs Python 3 with pip, and none was found ({tried}); install Python 3 and run the install again (ONNX Runtime itself is installed and runs on the CPU)"
+    )]
+    NoPythonForCuda { tried: String, label: String },
     #[error("pip could not download {package}=={version}: {detail}")]
     Pip {
         package: String,
         version: String,
         detail: String,
     },
-    #[error("{} is not an ONNX Runtime wheel: {detail}", .wheel.display())]
+    #[error(
+        "pip could not download the {label} libraries ({requirements}): {detail}; the CPU still works, and `tessera runtime install --package onnxruntime-gpu` tries again"
+    )]
+    CudaPip {
+        label: String,
+        requirements: String,
+        detail: String,
+    },
+    #[error("{} is not usable: {detail}", .wheel.display())]
     BadWheel { wheel: PathBuf, detail: String },
+    #[error(
+        "not enough free space for {what}: {shortfall} (or choose another data directory with --data-dir) and run the install again"
+    )]
+    NoSpace { what: String, shortfall: Shortfall },
+    #[error(
+        "not enough free space to download {what} into {}: {detail}; free space there (or choose another data directory with --data-dir) and run the install again",
+        .folder.display()
+    )]
+    DiskFull {
+        what: String,
+        folder: PathBuf,
+        detail: String,
+    },
     #[error("cannot write the runtime into {}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -87,31 +136,70 @@ pub enum RuntimeInstallError {
 
 /// The runtime recorded in `runtime/runtime.toml`, if its library is still there.
 pub fn installed(dir: &DataDir) -> Option<InstalledRuntime> {
-    let text = std::fs::read_to_string(dir.runtime().join(RECORD)).ok()?;
-    let record: InstalledRuntime = toml::from_str(&text).ok()?;
+    let record = read_record(&dir.runtime())?;
     record.library_path(dir).is_file().then_some(record)
 }
 
-/// Installs the library, reusing a wheel already in `cache/wheels/` and
-/// doing nothing when the same version is installed and intact.
+/// The record in a runtime folder, whatever is left of what it lists.
+pub fn read_record(runtime_dir: &Path) -> Option<InstalledRuntime> {
+    let text = std::fs::read_to_string(runtime_dir.join(RECORD)).ok()?;
+    toml::from_str(&text).ok()
+}
+
+/// Installs the library (and, for a GPU wheel, its CUDA libraries), reusing a wheel already in
+/// `cache/wheels/` and doing nothing when the same version is installed and intact.
 pub fn install(
     dir: &DataDir,
     options: &InstallOptions,
 ) -> Result<InstalledRuntime, RuntimeInstallError> {
+    let current = installed(dir);
     if !options.force
         && options.wheel.is_none()
-        && let Some(current) = installed(dir)
+        && let Some(current) = &current
         && current.package == options.package
         && current.version == options.version
+        && current.dependencies_read
         && sha256_file(&current.library_path(dir)).ok().as_deref() == Some(current.sha256.as_str())
     {
-        return Ok(current);
+        return match &current.cuda {
+            Some(libraries) if !libraries.intact(&dir.runtime()) => {
+                // Fetch again what the record says the wheel needs.
+                let mut record = current.clone();
+                record.cuda = Some(libraries.fetch(dir, options.index_url.as_deref())?);
+                cuda::remove_stale(&dir.runtime(), current.cuda.as_ref(), record.cuda.as_ref());
+                write_record(dir, &record)?;
+                Ok(record)
+            }
+            _ => Ok(current.clone()),
+        };
     }
     let wheel = match &options.wheel {
         Some(wheel) => wheel.clone(),
-        None => download_wheel(dir, &options.package, &options.version)?,
+        None => download_wheel(dir, options)?,
     };
-    unpack(dir, &wheel, &options.package, &options.version)
+    let needed = CudaLibraries::needed_by(&wheel)?;
+    let mut record = unpack(dir, &wheel, &options.package, &options.version)?;
+    let previous = read_record(&dir.runtime()).and_then(|c| c.cuda);
+    // Recorded now, with the libraries still in place, as not checked for CUDA: should fetching
+    // fail, the next run tries again (and knows what to replace).
+    record.cuda = previous.clone();
+    write_record(dir, &record)?;
+    let reusable = previous.as_ref().filter(|p| {
+        needed
+            .as_ref()
+            .is_some_and(|n| n.requirements == p.requirements && n.platforms == p.platforms)
+            && !options.force
+            && p.intact(&dir.runtime())
+    });
+    record.cuda = match (needed, reusable) {
+        (Some(_), Some(previous)) => Some(previous.clone()),
+        (Some(needed), None) => Some(needed.fetch(dir, options.index_url.as_deref())?),
+        (None, _) => None,
+    };
+    cuda::remove_stale(&dir.runtime(), previous.as_ref(), record.cuda.as_ref());
+    record.dependencies_read = true;
+    write_record(dir, &record)?;
+    Ok(record)
 }
 
 /// Makes a library the user already has the data directory's runtime: linked (copied on
@@ -160,16 +248,18 @@ pub fn adopt(dir: &DataDir, library: &Path) -> Result<InstalledRuntime, RuntimeI
         library: name,
         wheel: String::new(),
         providers: cpu_only(),
+        dependencies_read: true,
+        cuda: None,
     };
+    // CUDA libraries installed for an earlier runtime belong to that one.
+    let previous = read_record(&dir.runtime()).and_then(|r| r.cuda);
+    cuda::remove_stale(&dir.runtime(), previous.as_ref(), None);
     write_record(dir, &record)?;
     Ok(record)
 }
 
-fn download_wheel(
-    dir: &DataDir,
-    package: &str,
-    version: &str,
-) -> Result<PathBuf, RuntimeInstallError> {
+fn download_wheel(dir: &DataDir, options: &InstallOptions) -> Result<PathBuf, RuntimeInstallError> {
+    let (package, version) = (options.package.as_str(), options.version.as_str());
     let wheels = dir.cache().join("wheels");
     let io = |source| RuntimeInstallError::Io {
         path: wheels.clone(),
@@ -179,52 +269,34 @@ fn download_wheel(
     if let Some(cached) = find_wheel(&wheels, package, version).map_err(io)? {
         return Ok(cached);
     }
-    let python = find_python().ok_or_else(|| RuntimeInstallError::NoPython {
-        tried: PYTHONS
-            .iter()
-            .map(|p| p.join(" "))
-            .collect::<Vec<_>>()
-            .join(", "),
-        package: package.to_owned(),
-    })?;
     tracing::info!("downloading {package}=={version} with pip");
-    let output = Command::new(python[0])
-        .args(&python[1..])
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-        ])
-        .arg(format!("{package}=={version}"))
-        .arg("-d")
-        .arg(&wheels)
-        .output()
-        .map_err(io)?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let detail = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("pip failed without a message")
-            .trim()
-            .to_owned();
-        return Err(RuntimeInstallError::Pip {
-            package: package.to_owned(),
-            version: version.to_owned(),
-            detail,
-        });
+    let pip_error = |detail: String| RuntimeInstallError::Pip {
+        package: package.to_owned(),
+        version: version.to_owned(),
+        detail,
+    };
+    pip::Download {
+        requirements: &[format!("{package}=={version}")],
+        index_url: options.index_url.as_deref(),
+        ..pip::Download::default()
     }
+    .run(&wheels)
+    .map_err(|error| match error {
+        pip::PipError::NoPython { tried } => RuntimeInstallError::NoPython {
+            tried,
+            package: package.to_owned(),
+        },
+        pip::PipError::NoSpace { detail } => RuntimeInstallError::DiskFull {
+            what: format!("{package} {version}"),
+            folder: wheels.clone(),
+            detail,
+        },
+        pip::PipError::Failed { detail } => pip_error(detail),
+        pip::PipError::Io(source) => io(source),
+    })?;
     find_wheel(&wheels, package, version)
         .map_err(io)?
-        .ok_or_else(|| RuntimeInstallError::Pip {
-            package: package.to_owned(),
-            version: version.to_owned(),
-            detail: "pip reported success but left no wheel".into(),
-        })
+        .ok_or_else(|| pip_error("pip reported success but left no wheel".into()))
 }
 
 /// Wheel names spell the package with underscores: `onnxruntime_gpu-1.32.0-…`.
@@ -238,18 +310,6 @@ fn find_wheel(folder: &Path, package: &str, version: &str) -> std::io::Result<Op
         }
     }
     Ok(None)
-}
-
-const PYTHONS: &[&[&str]] = &[&["python3"], &["python"], &["py", "-3"]];
-
-fn find_python() -> Option<&'static [&'static str]> {
-    PYTHONS.iter().copied().find(|candidate| {
-        Command::new(candidate[0])
-            .args(&candidate[1..])
-            .args(["-m", "pip", "--version"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
 }
 
 /// True for the shared libraries a wheel's `onnxruntime/capi/` carries
@@ -326,8 +386,9 @@ fn unpack(
             package,
             crate::setup::places::Platform::current(),
         ),
+        dependencies_read: false,
+        cuda: None,
     };
-    write_record(dir, &record)?;
     Ok(record)
 }
 
@@ -373,6 +434,10 @@ mod tests {
                     b"py",
                 ),
                 ("onnxruntime/__init__.py", b""),
+                (
+                    "onnxruntime-9.9.9.dist-info/METADATA",
+                    b"Name: onnxruntime\nVersion: 9.9.9\nRequires-Dist: numpy\n",
+                ),
             ],
         );
         let options = InstallOptions {
@@ -413,7 +478,16 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(temp.path().join("data")).unwrap();
         let wheel = temp.path().join("onnxruntime-1.0.0-py3-none-any.whl");
-        fake_wheel(&wheel, &[("onnxruntime/__init__.py", b"")]);
+        fake_wheel(
+            &wheel,
+            &[
+                ("onnxruntime/__init__.py", b""),
+                (
+                    "onnxruntime-1.0.0.dist-info/METADATA",
+                    b"Name: onnxruntime\n",
+                ),
+            ],
+        );
         let options = InstallOptions {
             wheel: Some(wheel),
             ..InstallOptions::default()
@@ -421,6 +495,91 @@ mod tests {
         let err = install(&dir, &options).unwrap_err().to_string();
         assert!(err.contains("holds no onnxruntime/capi library"), "{err}");
         assert_eq!(installed(&dir), None);
+    }
+
+    /// A CPU wheel in `cache/wheels/`, as `download_wheel` leaves it.
+    fn cached_cpu_wheel(dir: &DataDir) -> PathBuf {
+        let wheels = dir.cache().join("wheels");
+        std::fs::create_dir_all(&wheels).unwrap();
+        let wheel = wheels.join("onnxruntime-9.9.9-cp311-cp311-manylinux_2_28_x86_64.whl");
+        fake_wheel(
+            &wheel,
+            &[
+                ("onnxruntime/capi/libonnxruntime.so.9.9.9", b"main"),
+                (
+                    "onnxruntime-9.9.9.dist-info/METADATA",
+                    b"Name: onnxruntime\nVersion: 9.9.9\n",
+                ),
+            ],
+        );
+        wheel
+    }
+
+    #[test]
+    fn a_record_older_than_the_cuda_step_reads_its_wheel_again() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path().join("data")).unwrap();
+        cached_cpu_wheel(&dir);
+        let options = InstallOptions {
+            version: "9.9.9".into(),
+            ..InstallOptions::default()
+        };
+        let first = install(&dir, &options).unwrap();
+        assert!(first.dependencies_read);
+        // As written before the CUDA step existed: no `dependencies_read`.
+        let record_path = dir.runtime().join(RECORD);
+        let old = std::fs::read_to_string(&record_path)
+            .unwrap()
+            .replace("dependencies_read = true\n", "");
+        std::fs::write(&record_path, &old).unwrap();
+        assert!(!read_record(&dir.runtime()).unwrap().dependencies_read);
+        let again = install(&dir, &options).unwrap();
+        assert!(again.dependencies_read && again.cuda.is_none());
+        assert_eq!(read_record(&dir.runtime()), Some(again));
+    }
+
+    #[test]
+    fn a_cpu_runtime_over_a_gpu_one_takes_its_cuda_libraries_away() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path().join("data")).unwrap();
+        let cuda_dir = cuda::folder(&dir.runtime());
+        std::fs::create_dir_all(&cuda_dir).unwrap();
+        std::fs::write(cuda_dir.join("libcublas.so.13"), b"cublas").unwrap();
+        std::fs::write(cuda_dir.join("notes.txt"), b"the user's").unwrap();
+        std::fs::write(dir.runtime().join("libonnxruntime.so.9.9.8"), b"gpu").unwrap();
+        let gpu = InstalledRuntime {
+            package: "onnxruntime-gpu".into(),
+            version: "9.9.8".into(),
+            library: "libonnxruntime.so.9.9.8".into(),
+            sha256: sha256_file(&dir.runtime().join("libonnxruntime.so.9.9.8")).unwrap(),
+            wheel: String::new(),
+            providers: vec!["cuda".into(), "cpu".into()],
+            dependencies_read: true,
+            cuda: Some(CudaLibraries {
+                requirements: vec!["nvidia-cublas~=13.0".into()],
+                libraries: vec![cuda::Library {
+                    file: "libcublas.so.13".into(),
+                    package: "nvidia-cublas".into(),
+                    size: 6,
+                    sha256: sha256_file(&cuda_dir.join("libcublas.so.13")).unwrap(),
+                    modified_ns: 0,
+                }],
+                ..CudaLibraries::default()
+            }),
+        };
+        write_record(&dir, &gpu).unwrap();
+        let options = InstallOptions {
+            version: "9.9.9".into(),
+            wheel: Some(cached_cpu_wheel(&dir)),
+            ..InstallOptions::default()
+        };
+        let cpu = install(&dir, &options).unwrap();
+        assert_eq!((cpu.package.as_str(), cpu.cuda), ("onnxruntime", None));
+        assert!(!cuda_dir.join("libcublas.so.13").exists());
+        assert!(
+            cuda_dir.join("notes.txt").exists(),
+            "what the record does not list stays"
+        );
     }
 
     #[test]

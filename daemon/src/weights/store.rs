@@ -139,6 +139,21 @@ impl Weights {
         &self.tensors
     }
 
+    /// f16 when every tensor is stored in f16, else f32: the type a graph over these weights
+    /// computes in.
+    pub fn weight_type(&self) -> WeightType {
+        if !self.tensors.is_empty()
+            && self
+                .tensors
+                .iter()
+                .all(|(_, t)| t.elem_type == ElemType::F16)
+        {
+            WeightType::F16
+        } else {
+            WeightType::F32
+        }
+    }
+
     pub fn root(&self) -> Scope<'_, ExternalTensor> {
         self.tensors.root()
     }
@@ -154,12 +169,7 @@ impl Weights {
             path: dest.to_owned(),
             source,
         };
-        let types: std::collections::HashSet<ElemType> =
-            self.tensors.iter().map(|(_, t)| t.elem_type).collect();
-        let weight_type = match types.into_iter().collect::<Vec<_>>().as_slice() {
-            [ElemType::F16] => WeightType::F16,
-            _ => WeightType::F32,
-        };
+        let weight_type = self.weight_type();
         let order: Vec<(String, Vec<usize>)> = self
             .tensors
             .iter()

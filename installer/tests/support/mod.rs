@@ -1,7 +1,8 @@
 //! Helpers for the installer's tests: a local HTTP server on 127.0.0.1 that serves generated
-//! files (honouring `Range`, or dropping the connection mid-file once, or sending wrong bytes),
-//! a manifest pointing at it, a temporary HOME with fake editor folders, a recorder standing
-//! in for `systemctl`, and a snapshot of a folder tree to compare before and after.
+//! files (honouring `Range`, or dropping the connection mid-file once, or sending wrong bytes)
+//! and the HTML pages of a package index, a manifest pointing at it, a temporary HOME with fake
+//! editor folders, a recorder standing in for `systemctl`, and a snapshot of a folder tree to
+//! compare before and after.
 
 #![allow(dead_code)]
 
@@ -29,6 +30,8 @@ pub struct Server {
     pub port: u16,
     /// The `Range` header of each request (`None` when absent), in order.
     pub requests: Arc<Mutex<Vec<Option<String>>>>,
+    /// The path of each request, in order.
+    pub paths: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -38,6 +41,8 @@ impl Server {
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let path_log = paths.clone();
         std::thread::spawn(move || {
             let mut dropped = false;
             for stream in listener.incoming() {
@@ -49,10 +54,14 @@ impl Server {
                     }
                     _ => None,
                 };
-                let _ = answer(stream, &files, behaviour, mode, &log);
+                let _ = answer(stream, &files, behaviour, mode, &log, &path_log);
             }
         });
-        Server { port, requests }
+        Server {
+            port,
+            requests,
+            paths,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -62,6 +71,10 @@ impl Server {
     pub fn ranges(&self) -> Vec<Option<String>> {
         self.requests.lock().unwrap().clone()
     }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
+    }
 }
 
 fn answer(
@@ -70,6 +83,7 @@ fn answer(
     behaviour: Behaviour,
     drop_after: Option<usize>,
     log: &Mutex<Vec<Option<String>>>,
+    path_log: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -92,6 +106,13 @@ fn answer(
         }
     }
     log.lock().unwrap().push(range.clone());
+    path_log.lock().unwrap().push(path.clone());
+    // Pages of a package index (`/simple/NAME/`) are HTML, as pip expects.
+    let content_type = if path.ends_with('/') {
+        "Content-Type: text/html\r\n"
+    } else {
+        ""
+    };
     let Some(content) = files.get(&path) else {
         return stream.write_all(
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -120,7 +141,7 @@ fn answer(
         ),
         None => (
             format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{content_type}Accept-Ranges: bytes\r\nConnection: close\r\n\r\n",
                 body.len()
             ),
             &body[..],

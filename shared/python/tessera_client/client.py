@@ -69,6 +69,7 @@ _MAX_HANDSHAKE_BYTES = 64 * 1024
 _DEFAULT = object()
 
 ProgressCallback = Callable[[Progress], Any]
+WarningCallback = Callable[[str], Any]
 
 
 class _Ended:
@@ -90,6 +91,9 @@ class Job:
         self.position: Optional[int] = None
         #: The latest progress seen by :meth:`wait`.
         self.last_progress: Optional[Progress] = None
+        #: The job's warnings seen so far by :meth:`wait`, oldest first (a
+        #: network moved to the CPU, a call retried with smaller tiles).
+        self.warnings: List[str] = []
         self._client = client
         self._answered = threading.Event()
         self._refusal: Optional[BaseException] = None
@@ -110,14 +114,28 @@ class Job:
         """Asks the daemon to drop or stop the job (see :meth:`Client.cancel`)."""
         self._client.cancel(self)
 
+    def _note_warnings(self, warnings: List[str], on_warning: Optional[WarningCallback]) -> None:
+        """Records the warnings of a ``Progress`` or ``Done`` (the job's whole
+        list so far) and hands each new one to ``on_warning``."""
+        fresh = warnings[len(self.warnings) :]
+        self.warnings.extend(fresh)
+        if on_warning is not None:
+            for warning in fresh:
+                on_warning(warning)
+
     def wait(
-        self, on_progress: Optional[ProgressCallback] = None, timeout: Optional[float] = None
+        self,
+        on_progress: Optional[ProgressCallback] = None,
+        timeout: Optional[float] = None,
+        on_warning: Optional[WarningCallback] = None,
     ) -> Done:
         """Waits for the job's end, calling ``on_progress`` (in this thread)
-        with each :class:`Progress`. Returns the ``Done`` message; raises
-        :class:`TesseraError` for ``Failed`` (kind ``CANCELLED`` after a
-        cancel), :class:`ConnectionClosed` if the connection ends first, and
-        ``TimeoutError`` after ``timeout`` seconds (the job goes on)."""
+        with each :class:`Progress`, and ``on_warning`` once with each new
+        warning of the job (also kept in :attr:`warnings`). Returns the
+        ``Done`` message; raises :class:`TesseraError` for ``Failed`` (kind
+        ``CANCELLED`` after a cancel), :class:`ConnectionClosed` if the
+        connection ends first, and ``TimeoutError`` after ``timeout`` seconds
+        (the job goes on)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._outcome is None:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -127,9 +145,11 @@ class Job:
                 raise TimeoutError(f"job {self.job} did not finish within {timeout} s") from None
             if isinstance(event, Progress):
                 self.last_progress = event
+                self._note_warnings(event.warnings, on_warning)
                 if on_progress is not None:
                     on_progress(event)
             elif isinstance(event, Done):
+                self._note_warnings(event.warnings, on_warning)
                 self._outcome = event
             elif isinstance(event, Failed):
                 self._outcome = TesseraError.from_info(event.error)
@@ -322,14 +342,17 @@ class Client:
         on_progress: Optional[ProgressCallback] = None,
         timeout: Optional[float] = None,
         validate: bool = True,
+        on_warning: Optional[WarningCallback] = None,
     ) -> Tuple[Image, List[StageTiming]]:
         """Submits ``image``, waits for the result and returns it with the
         timings. ``on_progress`` is called in this thread with every
-        :class:`Progress`. If it raises, or ``timeout`` expires, or this
-        thread is interrupted, the job is cancelled and the error raised."""
+        :class:`Progress`, ``on_warning`` once with each warning of the job
+        (e.g. a network that fell back to the CPU: the job still finishes).
+        If ``on_progress`` raises, or ``timeout`` expires, or this thread is
+        interrupted, the job is cancelled and the error raised."""
         job = self.submit(image, params, validate=validate)
         try:
-            done = job.wait(on_progress=on_progress, timeout=timeout)
+            done = job.wait(on_progress=on_progress, timeout=timeout, on_warning=on_warning)
         except BaseException:
             if not job.finished:
                 try:

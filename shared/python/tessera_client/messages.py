@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Union
 
 #: Version of the wire format, sent in both handshakes.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: Largest frame payload read by default (1 GiB), as in the Rust crate.
 DEFAULT_MAX_FRAME_BYTES = 1 << 30
@@ -359,6 +359,17 @@ class ModelEntry:
     sha256: Optional[str] = None
 
 
+@dataclass
+class DeviceMemory:
+    """An accelerator's memory as its driver reports it (inside :class:`Status`)."""
+
+    #: e.g. "NVIDIA GeForce RTX 3070".
+    device: str
+    total_bytes: int
+    #: Free now, for every process on the device.
+    free_bytes: int
+
+
 # --- Messages, in tag order -------------------------------------------------
 
 
@@ -424,6 +435,10 @@ class Progress:
     fraction: float
     #: Estimated seconds left; ``None`` until there is a basis for it.
     eta_seconds: Optional[float] = None
+    #: Every warning the job has had so far, oldest first (a network moved to the
+    #: CPU, a call retried with smaller tiles). The list only grows: show the ones
+    #: not shown yet (``Job.wait(on_warning=...)`` does).
+    warnings: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -435,6 +450,8 @@ class Done:
     #: In the input's channel layout, sample format and transfer.
     image: Image
     timings: List[StageTiming] = field(default_factory=list)
+    #: Every warning the job had, oldest first (as in :class:`Progress`).
+    warnings: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -478,8 +495,19 @@ class Status:
     sessions: List[str] = field(default_factory=list)
     #: The daemon's resident memory in bytes (0 where unknown).
     resident_bytes: int = 0
+    #: What the daemon fell back from since it started, oldest first: an execution
+    #: provider dropped, a network moved to the CPU. Empty when all is well.
+    warnings: List[str] = field(default_factory=list)
+    #: The accelerator's memory, where its driver says.
+    device_memory: Optional[DeviceMemory] = None
+    #: The budget warm sessions are held to, in bytes; ``None``: no budget.
+    session_budget_bytes: Optional[int] = None
+    #: Estimated size of the sessions held now, in bytes.
+    session_bytes: int = 0
     #: The start-up warm-up of the default model set; ``None`` when the daemon runs none.
     warm_up: Optional["WarmUp"] = None
+    #: The running job's estimated seconds left (its last ``Progress.eta_seconds``).
+    running_eta_seconds: Optional[float] = None
 
 
 @dataclass

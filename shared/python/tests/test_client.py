@@ -381,6 +381,31 @@ def test_a_job_wait_timeout_leaves_the_job_running(fake_daemon):
         assert job.wait().job == 6  # the outcome is kept
 
 
+def test_each_warning_of_a_job_is_handed_over_once(fake_daemon):
+    moved = "VAE decoder x could not be prepared on CUDA (no cuDNN); it runs on the CPU (slower)"
+    retried = "UNet+ControlNet x ran out of GPU memory; it runs with 1 tile per call from now on"
+
+    def script(peer):
+        peer.handshake()
+        peer.expect(Submit)
+        peer.send(Accepted(1, 8, 0))
+        # Each message carries the job's whole list so far; Done may add to it.
+        peer.send(Progress(8, 0, 1, "decode", 1, 1, 1, 1, 0.2, None, [moved]))
+        peer.send(Progress(8, 0, 1, "denoise", 1, 4, 1, 1, 0.5, None, [moved]))
+        peer.send(Progress(8, 0, 1, "denoise", 2, 4, 1, 1, 0.6, None, [moved, retried]))
+        peer.send(Done(8, gray(2), [], [moved, retried, "a third"]))
+        peer.wait_closed()
+
+    fake_daemon.serve(script)
+    told = []
+    with Client(fake_daemon.address) as client:
+        job = client.submit(gray(1))
+        done = job.wait(on_warning=told.append)
+    assert told == [moved, retried, "a third"]
+    assert job.warnings == told
+    assert done.warnings == told
+
+
 # --- Requests and errors --------------------------------------------------------------
 
 

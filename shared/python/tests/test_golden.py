@@ -20,6 +20,7 @@ from tessera_client import (
     Accepted,
     Cancel,
     Channels,
+    DeviceMemory,
     Done,
     Error,
     ErrorInfo,
@@ -237,6 +238,10 @@ def _expected():
                 tiles=4,
                 fraction=0.625,
                 eta_seconds=12.5,
+                warnings=[
+                    "UNet+ControlNet juggernaut_reborn.safetensors ran out of GPU memory;"
+                    " it runs with 1 tile per call"
+                ],
             ),
             "04-progress-no-eta": Progress(
                 job=42,
@@ -265,6 +270,12 @@ def _expected():
                     StageTiming("denoise", 12.25),
                     StageTiming("decode", 0.1),
                 ],
+                [
+                    "VAE decoder could not be prepared on CUDA (CUDNN_STATUS_NOT_INITIALIZED);"
+                    " it runs on the CPU",
+                    "ESRGAN RealESRGAN_x4plus.pth ran out of GPU memory;"
+                    " it runs with 96-pixel tiles",
+                ],
             ),
             "05-done-no-timings": Done(
                 7, Image(1, 1, Channels.GRAY, SampleFormat.U8, Transfer.SRGB, b"\x80"), []
@@ -286,7 +297,12 @@ def _expected():
                     "VAE decoder vae-ft-mse-840000-ema-pruned.safetensors",
                 ],
                 resident_bytes=5_368_709_120,
+                warnings=["DirectML was dropped: its probe gave wrong numbers (error 0.5)"],
+                device_memory=DeviceMemory("NVIDIA H100 80GB HBM3", 85_520_809_984, 79_456_894_976),
+                session_budget_bytes=78_382_960_640,
+                session_bytes=3_288_334_336,
                 warm_up=WarmUp("", 6, 6, 27.5, ""),
+                running_eta_seconds=42.5,
             ),
             "09-status-idle": Status(
                 daemon_version="0.1.0",

@@ -13,9 +13,9 @@
 
 use half::f16;
 use tessera_protocol::{
-    Accepted, Channels, Done, ErrorInfo, ErrorKind, Failed, Handshake, Image, JobParams,
-    LoraWeight, Message, ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress, Region,
-    Rejected, SampleFormat, Sampler, StageTiming, Status, Submit, Transfer, WarmUp,
+    Accepted, Channels, DeviceMemory, Done, ErrorInfo, ErrorKind, Failed, Handshake, Image,
+    JobParams, LoraWeight, Message, ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress,
+    Region, Rejected, SampleFormat, Sampler, StageTiming, Status, Submit, Transfer, WarmUp,
 };
 
 /// One golden vector: the file `<name>.bin` holds `message` as a frame.
@@ -354,6 +354,9 @@ pub fn cases() -> Vec<Case> {
                 tiles: 4,
                 fraction: 0.625,
                 eta_seconds: Some(12.5),
+                warnings: vec![
+                    "UNet+ControlNet juggernaut_reborn.safetensors ran out of GPU memory; it runs with 1 tile per call".into(),
+                ],
             }),
         ),
         case(
@@ -369,6 +372,7 @@ pub fn cases() -> Vec<Case> {
                 tiles: 1,
                 fraction: 0.0,
                 eta_seconds: None,
+                warnings: vec![],
             }),
         ),
         case(
@@ -397,6 +401,10 @@ pub fn cases() -> Vec<Case> {
                         seconds: 0.1,
                     },
                 ],
+                warnings: vec![
+                    "VAE decoder could not be prepared on CUDA (CUDNN_STATUS_NOT_INITIALIZED); it runs on the CPU".into(),
+                    "ESRGAN RealESRGAN_x4plus.pth ran out of GPU memory; it runs with 96-pixel tiles".into(),
+                ],
             }),
         ),
         case(
@@ -412,6 +420,7 @@ pub fn cases() -> Vec<Case> {
                     vec![128],
                 ),
                 timings: vec![],
+                warnings: vec![],
             }),
         ),
         case(
@@ -440,6 +449,14 @@ pub fn cases() -> Vec<Case> {
                     "VAE decoder vae-ft-mse-840000-ema-pruned.safetensors".into(),
                 ],
                 resident_bytes: 5_368_709_120,
+                warnings: vec!["DirectML was dropped: its probe gave wrong numbers (error 0.5)".into()],
+                device_memory: Some(DeviceMemory {
+                    device: "NVIDIA H100 80GB HBM3".into(),
+                    total_bytes: 85_520_809_984,
+                    free_bytes: 79_456_894_976,
+                }),
+                session_budget_bytes: Some(78_382_960_640),
+                session_bytes: 3_288_334_336,
                 warm_up: Some(WarmUp {
                     loading: String::new(),
                     done: 6,
@@ -447,6 +464,7 @@ pub fn cases() -> Vec<Case> {
                     seconds: 27.5,
                     error: String::new(),
                 }),
+                running_eta_seconds: Some(42.5),
             }),
         ),
         case(
@@ -464,7 +482,12 @@ pub fn cases() -> Vec<Case> {
                 data_dir: r"C:\Users\Jürgen\AppData\Roaming\Tessera\data".into(),
                 sessions: vec![],
                 resident_bytes: 0,
+                                warnings: vec![],
+                device_memory: None,
+                session_budget_bytes: None,
+                session_bytes: 0,
                 warm_up: None,
+                running_eta_seconds: None,
             }),
         ),
         case(
@@ -480,6 +503,10 @@ pub fn cases() -> Vec<Case> {
                 data_dir: "/home/ana/.local/share/tessera".into(),
                 sessions: vec!["ESRGAN RealESRGAN_x4plus.pth".into()],
                 resident_bytes: 734_003_200,
+                warnings: vec![],
+                device_memory: None,
+                session_budget_bytes: None,
+                session_bytes: 0,
                 warm_up: Some(WarmUp {
                     loading: "UNet juggernaut_reborn.safetensors".into(),
                     done: 1,
@@ -487,6 +514,7 @@ pub fn cases() -> Vec<Case> {
                     seconds: 3.25,
                     error: String::new(),
                 }),
+                running_eta_seconds: None,
             }),
         ),
         case("10-list-models", Message::ListModels { hashes: false }),

@@ -138,7 +138,10 @@ pub fn compile_weights(
         config: config.clone(),
         options: *options,
         model: CompiledModel {
-            name: format!("CLIP text encoder {name}"),
+            name: format!(
+                "CLIP text encoder {name}{}",
+                options.precision.label_suffix()
+            ),
             onnx: graph.to_bytes(),
             weights_folder: weights.folder().to_owned(),
             weight_files: vec![weights.file().to_owned()],
@@ -269,6 +272,7 @@ impl TextEncoder {
             .to_owned()
             .into_shape_with_order((batch, c))
             .map_err(|e| EngineError::ort(name, e))?;
+        crate::engine::binding::note_host_call(8 * ids.len(), 4 * (last.len() + pooled.len()));
         Ok((last, pooled))
     }
 }

@@ -81,24 +81,16 @@ pub fn build_graph(
         vec![attr::int("batch_dims", 1)],
     );
 
-    let (last, pooled) = if dtype == ElemType::F32 {
-        (last, pooled)
-    } else {
-        (
-            b.g.cast(&last, ElemType::F32),
-            b.g.cast(&pooled, ElemType::F32),
-        )
-    };
-    b.g.output(
+    b.g.f32_output(
         "last_hidden_state",
         &last,
-        ElemType::F32,
+        dtype,
         Some(&[batch.clone(), Dim::from(s), Dim::from(c)]),
     );
-    b.g.output(
+    b.g.f32_output(
         "pooler_output",
         &pooled,
-        ElemType::F32,
+        dtype,
         Some(&[batch, Dim::from(c)]),
     );
     Ok(b.g)
@@ -130,11 +122,7 @@ impl Builder {
     /// An f32 value converted to the graph's element type (folded away by ONNX Runtime when
     /// the value is a constant).
     fn in_dtype(&mut self, v: &Value) -> Value {
-        if self.dtype == ElemType::F32 {
-            v.clone()
-        } else {
-            self.g.cast(v, self.dtype)
-        }
+        self.g.convert(v, ElemType::F32, self.dtype)
     }
 
     fn scalar(&mut self, v: f32) -> Value {

@@ -1,8 +1,10 @@
 //! `tessera bench clarity`: a whole Clarity job on random full-size weights (SD 1.5's UNet,
 //! ControlNet tile, VAE and CLIP text encoder, a 64-filter 23-block ESRGAN like
 //! 4x-UltraSharp), timed phase by phase, with the peak resident memory, the UNet + ControlNet
-//! evaluation's FLOP rate against ONNX Runtime's fp32 GEMM peak measured in the same run, and
-//! the same job run twice to show what a warm second job costs.
+//! evaluation's FLOP rate against ONNX Runtime's fp32 GEMM peak measured in the same run, the
+//! bytes that crossed between host and device, and the same job run twice to show what a warm
+//! second job costs. The job's input is float, so its float result shows any NaN or ∞ the
+//! networks produced (a failure).
 //!
 //! The random models are written as f32 safetensors in the layouts users have (an LDM
 //! single-file checkpoint with the UNet and the text encoder, a diffusers-named VAE file, an
@@ -19,15 +21,14 @@ use super::job::ClarityRunner;
 use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::nets::bench::{gemm_peak, peak_rss_mib, unet_tensors, write_random_as};
+use crate::engine::binding::{self, Traffic};
+use crate::nets::bench::{ModelSize, gemm_peak, peak_rss_mib, unet_tensors, write_random_as};
+use crate::nets::{PrecisionSetting, Precisions};
 use crate::pipeline::progress::{ProgressSink, Step};
 use crate::server::JobRunner;
 use crate::store::DataDir;
 
-/// SD 1.5's VAE widths and CLIP's size.
-const VAE: [usize; 4] = [128, 256, 512, 512];
-const CLIP_WIDTH: usize = 768;
-const CLIP_LAYERS: usize = 12;
+/// CLIP's vocabulary (the tokenizer's ids).
 const CLIP_VOCAB: usize = 49408;
 
 type Tensors = Vec<(String, Vec<usize>)>;
@@ -67,12 +68,14 @@ fn vae_mid(t: &mut Tensors, name: &str, c: usize) {
     vae_resnet(t, &format!("{name}.resnets.1"), c, c);
 }
 
-/// SD 1.5's VAE in diffusers names.
-fn vae_tensors() -> Tensors {
+/// SD 1.5's VAE in diffusers names, `size`'s widths.
+fn vae_tensors(size: &ModelSize) -> Tensors {
+    let b = size.vae_base;
+    let vae = [b, 2 * b, 4 * b, 4 * b];
     let mut t = Vec::new();
-    conv(&mut t, "encoder.conv_in", 3, VAE[0], 3);
-    let mut ch = VAE[0];
-    for (i, &out) in VAE.iter().enumerate() {
+    conv(&mut t, "encoder.conv_in", 3, vae[0], 3);
+    let mut ch = vae[0];
+    for (i, &out) in vae.iter().enumerate() {
         for j in 0..2 {
             vae_resnet(
                 &mut t,
@@ -82,7 +85,7 @@ fn vae_tensors() -> Tensors {
             );
             ch = out;
         }
-        if i + 1 < VAE.len() {
+        if i + 1 < vae.len() {
             conv(
                 &mut t,
                 &format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
@@ -97,10 +100,10 @@ fn vae_tensors() -> Tensors {
     conv(&mut t, "encoder.conv_out", ch, 8, 3);
     conv(&mut t, "quant_conv", 8, 8, 1);
     conv(&mut t, "post_quant_conv", 4, 4, 1);
-    conv(&mut t, "decoder.conv_in", 4, VAE[3], 3);
-    vae_mid(&mut t, "decoder.mid_block", VAE[3]);
-    let mut ch = VAE[3];
-    for (i, &out) in VAE.iter().rev().enumerate() {
+    conv(&mut t, "decoder.conv_in", 4, vae[3], 3);
+    vae_mid(&mut t, "decoder.mid_block", vae[3]);
+    let mut ch = vae[3];
+    for (i, &out) in vae.iter().rev().enumerate() {
         for j in 0..3 {
             vae_resnet(
                 &mut t,
@@ -110,7 +113,7 @@ fn vae_tensors() -> Tensors {
             );
             ch = out;
         }
-        if i + 1 < VAE.len() {
+        if i + 1 < vae.len() {
             conv(
                 &mut t,
                 &format!("decoder.up_blocks.{i}.upsamplers.0.conv"),
@@ -125,53 +128,41 @@ fn vae_tensors() -> Tensors {
     t
 }
 
-/// CLIP ViT-L/14's text tower under `prefix` (transformers names).
-fn clip_tensors(prefix: &str) -> Tensors {
+/// CLIP ViT-L/14's text tower under `prefix` (transformers names), `size`'s width and depth.
+fn clip_tensors(prefix: &str, size: &ModelSize) -> Tensors {
+    let (width, layers) = (size.text_width, size.text_layers);
     let mut t = Vec::new();
     let p = format!("{prefix}text_model.");
     t.push((
         format!("{p}embeddings.token_embedding.weight"),
-        vec![CLIP_VOCAB, CLIP_WIDTH],
+        vec![CLIP_VOCAB, width],
     ));
     t.push((
         format!("{p}embeddings.position_embedding.weight"),
-        vec![77, CLIP_WIDTH],
+        vec![77, width],
     ));
-    for l in 0..CLIP_LAYERS {
+    for l in 0..layers {
         let layer = format!("{p}encoder.layers.{l}");
         for q in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            linear(
-                &mut t,
-                &format!("{layer}.self_attn.{q}"),
-                CLIP_WIDTH,
-                CLIP_WIDTH,
-            );
+            linear(&mut t, &format!("{layer}.self_attn.{q}"), width, width);
         }
-        norm(&mut t, &format!("{layer}.layer_norm1"), CLIP_WIDTH);
-        norm(&mut t, &format!("{layer}.layer_norm2"), CLIP_WIDTH);
-        linear(
-            &mut t,
-            &format!("{layer}.mlp.fc1"),
-            CLIP_WIDTH,
-            4 * CLIP_WIDTH,
-        );
-        linear(
-            &mut t,
-            &format!("{layer}.mlp.fc2"),
-            4 * CLIP_WIDTH,
-            CLIP_WIDTH,
-        );
+        norm(&mut t, &format!("{layer}.layer_norm1"), width);
+        norm(&mut t, &format!("{layer}.layer_norm2"), width);
+        linear(&mut t, &format!("{layer}.mlp.fc1"), width, 4 * width);
+        linear(&mut t, &format!("{layer}.mlp.fc2"), 4 * width, width);
     }
-    norm(&mut t, &format!("{p}final_layer_norm"), CLIP_WIDTH);
+    norm(&mut t, &format!("{p}final_layer_norm"), width);
     t
 }
 
-/// A 4x-UltraSharp-shaped ESRGAN (64 filters, 23 RRDBs, growth 32, ×4) in the old layout.
-fn esrgan_tensors() -> Tensors {
-    let (nf, gc) = (64, 32);
+/// A 4x-UltraSharp-shaped ESRGAN (64 filters, 23 RRDBs, growth 32, ×4 at full size) in the
+/// old layout.
+fn esrgan_tensors(size: &ModelSize) -> Tensors {
+    let (nf, nb) = (size.esrgan_filters, size.esrgan_blocks);
+    let gc = nf / 2;
     let mut t = Vec::new();
     conv(&mut t, "model.0", 3, nf, 3);
-    for b in 0..23 {
+    for b in 0..nb {
         for r in 1..=3 {
             for k in 1..=5 {
                 let out = if k == 5 { nf } else { gc };
@@ -185,7 +176,7 @@ fn esrgan_tensors() -> Tensors {
             }
         }
     }
-    conv(&mut t, "model.1.sub.23", nf, nf, 3);
+    conv(&mut t, &format!("model.1.sub.{nb}"), nf, nf, 3);
     for name in ["model.3", "model.6", "model.8"] {
         conv(&mut t, name, nf, nf, 3);
     }
@@ -193,60 +184,82 @@ fn esrgan_tensors() -> Tensors {
     t
 }
 
-/// Writes the random model set into `dir/models/…` (about 5.8 GB of f32) and returns the
-/// seconds it took.
-pub fn write_models(dir: &DataDir) -> anyhow::Result<f64> {
+/// The names of the random models of `size` (checkpoint, VAE, ControlNet, upscaler).
+fn model_names(size: &ModelSize) -> [String; 4] {
+    ["sd15", "vae", "tile", "esrgan"].map(|n| format!("{n}-{}random", size.tag))
+}
+
+/// Writes the random model set of `size` into `dir/models/…` (about 5.8 GB of f32 at full
+/// size) and returns the seconds it took.
+pub fn write_models(dir: &DataDir, size: &ModelSize) -> anyhow::Result<f64> {
     use tessera_protocol::ModelKind::*;
     let started = Instant::now();
-    let mut checkpoint = unet_tensors("model.diffusion_model.", false);
-    checkpoint.extend(clip_tensors("cond_stage_model.transformer."));
+    let [checkpoint_name, vae, tile, esrgan] = model_names(size);
+    let mut checkpoint = unet_tensors("model.diffusion_model.", false, size);
+    checkpoint.extend(clip_tensors("cond_stage_model.transformer.", size));
+    let file = |name: &str| format!("{name}.safetensors");
     write_random_as(
-        &dir.models(Checkpoint).join("sd15-random.safetensors"),
+        &dir.models(Checkpoint).join(file(&checkpoint_name)),
         &checkpoint,
         1,
         true,
     )?;
     write_random_as(
-        &dir.models(Vae).join("vae-random.safetensors"),
-        &vae_tensors(),
+        &dir.models(Vae).join(file(&vae)),
+        &vae_tensors(size),
         2,
         true,
     )?;
     write_random_as(
-        &dir.models(ControlNet).join("tile-random.safetensors"),
-        &unet_tensors("control_model.", true),
+        &dir.models(ControlNet).join(file(&tile)),
+        &unet_tensors("control_model.", true, size),
         3,
         true,
     )?;
     write_random_as(
-        &dir.models(Upscaler).join("esrgan-random.safetensors"),
-        &esrgan_tensors(),
+        &dir.models(Upscaler).join(file(&esrgan)),
+        &esrgan_tensors(size),
         4,
         true,
     )?;
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// A deterministic RGB test image (gradients and a checker, many colours).
+/// A deterministic RGB test image (gradients and a checker, many colours), in 8-bit steps
+/// stored as f32 (so that the result comes back as f32, NaN and ∞ included).
 pub fn test_image(size: u32) -> Image {
-    let mut data = Vec::with_capacity((size * size * 3) as usize);
+    let mut data = Vec::with_capacity((size * size * 3 * 4) as usize);
     for y in 0..size {
         for x in 0..size {
-            data.extend([
-                (x * 255 / size) as u8,
-                (y * 255 / size) as u8,
-                (((x / 8 + y / 8) % 2) * 160 + (x * y) % 64) as u8,
-            ]);
+            for v in [
+                x * 255 / size,
+                y * 255 / size,
+                ((x / 8 + y / 8) % 2) * 160 + (x * y) % 64,
+            ] {
+                data.extend((v as f32 / 255.0).to_le_bytes());
+            }
         }
     }
     Image {
         width: size,
         height: size,
         channels: Channels::Rgb,
-        sample: SampleFormat::U8,
+        sample: SampleFormat::F32,
         transfer: Transfer::Srgb,
         data,
     }
+}
+
+/// The samples of an f32 image that are NaN or ∞.
+fn non_finite(image: &Image) -> usize {
+    if image.sample != SampleFormat::F32 {
+        return 0;
+    }
+    image
+        .data
+        .chunks_exact(4)
+        .filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+        .count()
 }
 
 /// Discards progress (the job's own timings are what the benchmark reports).
@@ -265,12 +278,19 @@ pub struct JobReport {
     pub phases: Vec<(String, f64)>,
     pub total_s: f64,
     pub output: (u32, u32),
+    /// Every network call of the job.
+    pub traffic: Traffic,
+    /// The UNet + ControlNet's part of it (the stages' conditioning and every evaluation).
+    pub unet_traffic: Traffic,
 }
 
 /// The whole benchmark.
 #[derive(Debug, Clone)]
 pub struct ClarityReport {
     pub write_s: Option<f64>,
+    pub precisions: Precisions,
+    /// VAE passes redone in fp32 (an fp16 VAE that overflowed).
+    pub vae_redos: usize,
     pub jobs: Vec<JobReport>,
     /// UNet + ControlNet evaluations of one job, and their GFLOP (all tiles, CFG pair).
     pub evaluations: usize,
@@ -299,7 +319,7 @@ impl ClarityReport {
 
 /// FLOPs of every UNet + ControlNet evaluation of a default job on a `size`² image at `scale`:
 /// (evaluations, GFLOP per evaluation averaged over the stages).
-fn workload(params: &JobParams, size: u32) -> (usize, f64) {
+fn workload(params: &JobParams, size: u32, models: &ModelSize) -> (usize, f64) {
     use super::stage::{Rules, StageSetup};
     use crate::pipeline::sampling::{Update, schedule};
     let stages = super::stages::plan(
@@ -319,15 +339,8 @@ fn workload(params: &JobParams, size: u32) -> (usize, f64) {
         params.steps as usize,
         &schedule::Training::sd15(),
     );
-    let config = crate::nets::unet::UnetConfig {
-        in_channels: 4,
-        out_channels: 4,
-        block_channels: vec![320, 640, 1280, 1280],
-        layers_per_block: 2,
-        attention: vec![true, true, true, false],
-        context_dim: 768,
-    };
-    let empty = ndarray::Array2::<f32>::zeros((77, 768));
+    let config = models.unet_config();
+    let empty = ndarray::Array2::<f32>::zeros((77, models.text_width));
     let diffusion = crate::config::DiffusionConfig::default();
     let (mut evaluations, mut gflop) = (0, 0.0);
     for (index, stage) in stages.iter().enumerate() {
@@ -339,7 +352,7 @@ fn workload(params: &JobParams, size: u32) -> (usize, f64) {
             schedule: &full,
             update: Update::of(params.sampler),
             tile: (params.tile_width as usize, params.tile_height as usize),
-            batch: diffusion.tile_batch,
+            batch: diffusion.tile_batch.unwrap_or(1),
             cond: empty.view(),
             uncond: empty.view(),
             cfg: params.dynamic,
@@ -366,37 +379,65 @@ fn workload(params: &JobParams, size: u32) -> (usize, f64) {
     (evaluations, gflop / evaluations.max(1) as f64)
 }
 
+/// What `tessera bench clarity` runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ClarityOptions {
+    /// The random models' size.
+    pub models: ModelSize,
+    /// Input side in pixels.
+    pub size: u32,
+    pub scale: f32,
+    /// Jobs in a row on one runner (the second is the warm case).
+    pub runs: usize,
+    /// Sampler steps of a full denoise.
+    pub steps: u32,
+    pub precision: PrecisionSetting,
+    pub vae_precision: PrecisionSetting,
+    /// Diffusion tiles per call (`None`: the device's choice).
+    pub tile_batch: Option<usize>,
+}
+
 /// Runs the benchmark: writes the models into `dir` unless they are there, runs the default
 /// Clarity job (without its LoRAs and embedding, which the random set lacks) on a `size`²
-/// image at `scale` with `steps` sampler steps, `runs` times on one runner (the second run is the
-/// warm case).
+/// image at `scale` with `steps` sampler steps, `runs` times on one runner.
 pub fn clarity(
     engine: std::sync::Arc<Engine>,
     dir: &Path,
-    size: u32,
-    scale: f32,
-    runs: usize,
-    steps: u32,
+    options: &ClarityOptions,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<ClarityReport> {
+    let ClarityOptions {
+        size,
+        scale,
+        runs,
+        steps,
+        ..
+    } = *options;
     let data = DataDir::open(dir)?;
-    let checkpoint = data
+    let [checkpoint, vae, tile, esrgan] = model_names(&options.models);
+    let write_s = if data
         .models(tessera_protocol::ModelKind::Checkpoint)
-        .join("sd15-random.safetensors");
-    let write_s = if checkpoint.exists() {
+        .join(format!("{checkpoint}.safetensors"))
+        .exists()
+    {
         None
     } else {
-        let s = write_models(&data)?;
+        let s = write_models(&data, &options.models)?;
         log(&format!("random models written in {s:.1} s"));
         Some(s)
     };
-    let gemm_before = gemm_peak(&engine, 4096)?;
+    let gemm_size = options.models.gemm_size();
+    let gemm_before = gemm_peak(&engine, gemm_size)?;
     log(&format!("fp32 MatMul {gemm_before:.0} GFLOP/s"));
     let mut config = Config::default();
-    config.diffusion.default_checkpoint = "sd15-random".into();
-    config.diffusion.default_vae = "vae-random".into();
-    config.diffusion.default_controlnet = "tile-random".into();
-    config.upscale.default_upscaler = "esrgan-random".into();
+    config.diffusion.default_checkpoint = checkpoint;
+    config.diffusion.default_vae = vae;
+    config.diffusion.default_controlnet = tile;
+    config.upscale.default_upscaler = esrgan;
+    config.engine.precision = options.precision;
+    config.engine.vae_precision = options.vae_precision;
+    config.diffusion.tile_batch = options.tile_batch;
+    let precisions = config.engine.precisions(engine.execution_providers());
     let mut runner = ClarityRunner::new(engine.clone(), data, config);
     let params = JobParams {
         scale,
@@ -405,14 +446,23 @@ pub fn clarity(
         negative_prompt: "(worst quality, low quality, normal quality:2)".into(),
         ..JobParams::default()
     };
-    let (evaluations, eval_gflop) = workload(&params, size);
+    let (evaluations, eval_gflop) = workload(&params, size, &options.models);
     let mut jobs = Vec::new();
     for run in 1..=runs.max(1) {
+        let (traffic_before, unet_before) = (binding::total(), runner.unet_traffic());
         let started = Instant::now();
         let out = runner
             .run(test_image(size), &params, &mut Quiet)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let total_s = started.elapsed().as_secs_f64();
+        let bad = non_finite(&out.image);
+        anyhow::ensure!(
+            bad == 0,
+            "job {run}: the result holds {bad} NaN or ∞ samples of {}",
+            out.image.data.len() / 4
+        );
+        let traffic = binding::total() - traffic_before;
+        let unet_traffic = runner.unet_traffic() - unet_before;
         let phases: Vec<(String, f64)> = out
             .timings
             .iter()
@@ -427,12 +477,16 @@ pub fn clarity(
             phases,
             total_s,
             output: (out.image.width, out.image.height),
+            traffic,
+            unet_traffic,
         });
     }
-    let gemm_after = gemm_peak(&engine, 4096)?;
+    let gemm_after = gemm_peak(&engine, gemm_size)?;
     log(&format!("fp32 MatMul {gemm_after:.0} GFLOP/s"));
     Ok(ClarityReport {
         write_s,
+        precisions,
+        vae_redos: runner.vae_redos(),
         jobs,
         evaluations,
         eval_gflop,

@@ -7,39 +7,53 @@
 //! estimate is added to the average in tile order, so the result does not depend on the
 //! batch size.
 
-use ndarray::{Array1, Array3, Array4, ArrayView2, ArrayView4, Axis, s};
+use ndarray::{Array3, Array4, ArrayView3, ArrayView4, Axis, s};
 
-use super::control::RESIDUALS;
-use super::nets::{ControlledUnet, NetResult, StageError};
+use super::nets::{ControlledUnet, NetResult, Prompts, StageError};
 use super::tiles::{LatentTile, coverage};
 use crate::Cancelled;
 
-/// What stays fixed over a stage's evaluations.
+/// What stays fixed over a stage's evaluations (the conditioning itself is with the network,
+/// see [`ControlledUnet::begin_stage`]).
 pub struct Guidance<'a> {
     pub tiles: &'a [LatentTile],
     /// Tiles per network call.
     pub batch: usize,
-    /// Text conditioning `[L, C]` of the prompt and of the negative prompt.
-    pub cond: ArrayView2<'a, f32>,
-    pub uncond: ArrayView2<'a, f32>,
     /// Classifier-free guidance scale.
     pub cfg: f32,
-    /// Scale of each ControlNet residual.
-    pub scales: [f32; RESIDUALS],
-    /// The hint embedding of each tile, `[1, C₀, h, w]`.
-    pub hints: &'a [Array4<f32>],
+    /// Whether cond and uncond share one call (their contexts have the same length).
+    pub paired: bool,
 }
 
-/// Network calls of one evaluation (ControlNet and UNet per batch, twice when cond and uncond
-/// have different lengths and cannot share a batch).
+/// Network calls (ControlNet + UNet) of one evaluation: one per batch, twice when cond and
+/// uncond cannot share a call.
 pub fn calls_per_evaluation(g: &Guidance<'_>) -> usize {
     let batches = super::tiles::batches(g.tiles.len(), g.batch).len();
-    let passes = if g.cond.nrows() == g.uncond.nrows() {
-        1
-    } else {
-        2
-    };
-    2 * batches * passes
+    batches * if g.paired { 1 } else { 2 }
+}
+
+/// The hint crops of each batch of `tiles`, `[b, 3, 8h, 8w]`, from the condition image
+/// `[3, H, W]`.
+pub fn hint_batches<'a>(
+    condition: ArrayView3<'a, f32>,
+    tiles: &'a [LatentTile],
+    batch: usize,
+) -> impl Iterator<Item = (std::ops::Range<usize>, Array4<f32>)> + 'a {
+    super::tiles::batches(tiles.len(), batch)
+        .into_iter()
+        .map(move |range| {
+            let batch = &tiles[range.clone()];
+            let (th, tw) = (8 * batch[0].h, 8 * batch[0].w);
+            let mut hints = Array4::<f32>::zeros((batch.len(), 3, th, tw));
+            for (i, t) in batch.iter().enumerate() {
+                hints.index_axis_mut(Axis(0), i).assign(&condition.slice(s![
+                    ..,
+                    t.y * 8..(t.y + t.h) * 8,
+                    t.x * 8..(t.x + t.w) * 8
+                ]));
+            }
+            (range, hints)
+        })
 }
 
 /// The denoised estimate D of latent `x` (`[1, 4, h, w]`) at noise level `sigma` and UNet
@@ -54,13 +68,16 @@ pub fn denoise(
 ) -> NetResult<Array4<f32>> {
     let (_, channels, h, w) = x.dim();
     let c_in = (1.0 / (sigma * sigma + 1.0).sqrt()) as f32;
+    let t = timestep as f32;
     let mut sum = Array3::<f32>::zeros((channels, h, w));
-    for range in super::tiles::batches(g.tiles.len(), g.batch) {
+    for (index, range) in super::tiles::batches(g.tiles.len(), g.batch)
+        .into_iter()
+        .enumerate()
+    {
         let tiles = &g.tiles[range.clone()];
         let (th, tw) = (tiles[0].h, tiles[0].w);
         let b = tiles.len();
         let mut sample = Array4::<f32>::zeros((b, channels, th, tw));
-        let mut embedding = None::<Array4<f32>>;
         for (i, t) in tiles.iter().enumerate() {
             sample.index_axis_mut(Axis(0), i).assign(&x.slice(s![
                 0,
@@ -68,52 +85,26 @@ pub fn denoise(
                 t.y..t.y + t.h,
                 t.x..t.x + t.w
             ]));
-            let hint = &g.hints[range.start + i];
-            let e = embedding.get_or_insert_with(|| {
-                let (_, c, eh, ew) = hint.dim();
-                Array4::zeros((b, c, eh, ew))
-            });
-            e.index_axis_mut(Axis(0), i)
-                .assign(&hint.index_axis(Axis(0), 0));
         }
-        let embedding = embedding.expect("a batch has at least one tile");
         sample.mapv_inplace(|v| v * c_in);
-        let eps = if g.cond.nrows() == g.uncond.nrows() {
+        let eps = if g.paired {
             let both = ndarray::concatenate(Axis(0), &[sample.view(), sample.view()])
                 .expect("same shapes");
-            let emb = ndarray::concatenate(Axis(0), &[embedding.view(), embedding.view()])
-                .expect("same shapes");
-            let context = contexts(&[(g.cond, b), (g.uncond, b)]);
-            evaluate(
-                net,
-                both.view(),
-                timestep,
-                context.view(),
-                emb.view(),
-                g,
-                on_call,
-            )?
+            let eps = net.predict(index, both.view(), t, Prompts::Both)?;
+            on_call()?;
+            eps
         } else {
-            let c = contexts(&[(g.cond, b)]);
-            let u = contexts(&[(g.uncond, b)]);
-            let ec = evaluate(
-                net,
-                sample.view(),
-                timestep,
-                c.view(),
-                embedding.view(),
-                g,
-                on_call,
-            )?;
-            let eu = evaluate(
-                net,
-                sample.view(),
-                timestep,
-                u.view(),
-                embedding.view(),
-                g,
-                on_call,
-            )?;
+            let ec = net.predict(index, sample.view(), t, Prompts::Cond)?;
+            on_call()?;
+            let eu = net.predict(index, sample.view(), t, Prompts::Uncond)?;
+            on_call()?;
+            if ec.dim() != eu.dim() {
+                return Err(StageError::Unexpected(format!(
+                    "the UNet returned {:?} and {:?} for the same samples",
+                    ec.shape(),
+                    eu.shape()
+                )));
+            }
             ndarray::concatenate(Axis(0), &[ec.view(), eu.view()]).expect("same shapes")
         };
         if eps.dim() != (2 * b, channels, th, tw) {
@@ -149,48 +140,6 @@ pub fn denoise(
         }
     }
     Ok(d)
-}
-
-/// `[Σ n, L, C]`: each context repeated for its `n` samples.
-fn contexts(parts: &[(ArrayView2<'_, f32>, usize)]) -> Array3<f32> {
-    let (l, c) = parts[0].0.dim();
-    let total: usize = parts.iter().map(|p| p.1).sum();
-    let mut out = Array3::zeros((total, l, c));
-    let mut at = 0;
-    for &(ctx, n) in parts {
-        for _ in 0..n {
-            out.index_axis_mut(Axis(0), at).assign(&ctx);
-            at += 1;
-        }
-    }
-    out
-}
-
-/// ControlNet, residual scaling, UNet: ε̂ for one batch.
-fn evaluate(
-    net: &mut dyn ControlledUnet,
-    sample: ArrayView4<f32>,
-    timestep: f64,
-    context: ndarray::ArrayView3<f32>,
-    embedding: ArrayView4<f32>,
-    g: &Guidance<'_>,
-    on_call: &mut dyn FnMut() -> Result<(), Cancelled>,
-) -> NetResult<Array4<f32>> {
-    let t = Array1::from_elem(sample.shape()[0], timestep as f32);
-    let mut residuals = net.control(sample, t.view(), context, embedding)?;
-    on_call()?;
-    if residuals.len() != RESIDUALS {
-        return Err(StageError::Unexpected(format!(
-            "the ControlNet returned {} residuals, not {RESIDUALS}",
-            residuals.len()
-        )));
-    }
-    for (r, &k) in residuals.iter_mut().zip(&g.scales) {
-        r.mapv_inplace(|v| v * k);
-    }
-    let eps = net.unet(sample, t.view(), context, &residuals)?;
-    on_call()?;
-    Ok(eps)
 }
 
 #[cfg(test)]

@@ -16,14 +16,18 @@ use super::params;
 use super::preview::{self, LatentWindow, WindowNoise};
 use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
+use super::text::TextError;
+use super::tile_batch;
 use super::vae::{self, VaeTiling};
 use super::warmup::{WarmUpHandle, WarmUpPlan};
 use crate::Cancelled;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{
+    Engine, EngineError, MaybeOutOfMemory, Shrink, Shrinkable, retry_out_of_memory,
+};
 use crate::nets::ModelError;
-use crate::nets::sd::Precision;
 use crate::pipeline::cache::{JobReuse, Makers, ReuseCache};
+use crate::pipeline::eta::{self, Estimator, Rates};
 use crate::pipeline::filters;
 use crate::pipeline::pixels::{self, PixelFormat, Planar};
 use crate::pipeline::progress::{ProgressSink, Step};
@@ -68,6 +72,26 @@ impl JobSetup<'_> {
             decay: self.decay,
             vae_tiling: self.vae_tiling,
         }
+    }
+
+    /// [`JobSetup::planned_work`] by phase.
+    pub fn planned_by_phase(
+        &self,
+        plan: &[Stage],
+        input: (usize, usize),
+        upscaler_scale: usize,
+    ) -> Vec<(&'static str, f64)> {
+        let mut size = input;
+        let mut phases = Vec::new();
+        for index in 0..plan.len() {
+            phases.extend(stage::planned_by_phase(
+                &self.stage(plan, index),
+                size,
+                upscaler_scale,
+            ));
+            size = plan[index].output;
+        }
+        phases
     }
 
     /// The estimated work of all stages from an input of `input` pixels.
@@ -141,6 +165,21 @@ fn stage_error(e: StageError) -> ErrorInfo {
     }
 }
 
+impl MaybeOutOfMemory for TextError {
+    fn out_of_memory(&self) -> Option<&str> {
+        match self {
+            TextError::Net(e) => e.out_of_memory(),
+            TextError::Syntax(_) => None,
+        }
+    }
+}
+
+impl From<EngineError> for TextError {
+    fn from(e: EngineError) -> TextError {
+        TextError::Net(StageError::Runtime(e))
+    }
+}
+
 fn load_error(e: ModelError) -> ErrorInfo {
     let kind = match e {
         ModelError::Io(_) => ErrorKind::Io,
@@ -197,6 +236,11 @@ impl ClarityRunner {
     pub fn start_warm_up(&mut self) -> WarmUpHandle {
         let defaults = JobParams::default();
         let plan = WarmUpPlan {
+            upscaler_precision: self
+                .config
+                .engine
+                .precisions(self.engine.execution_providers())
+                .upscaler,
             engine: self.engine.clone(),
             data_dir: self.data_dir.clone(),
             upscaler: upscale::resolve_model(&self.data_dir, &self.config, &defaults)
@@ -207,6 +251,19 @@ impl ClarityRunner {
         let handle = WarmUpHandle::start(plan);
         self.warm_up = Some(handle.clone());
         handle
+    }
+
+    /// What crossed between host and device for the UNet + ControlNet of the loaded model
+    /// set (zero when none is loaded).
+    pub fn unet_traffic(&self) -> crate::engine::binding::Traffic {
+        self.models
+            .as_ref()
+            .map_or_else(Default::default, |m| m.unet.traffic())
+    }
+
+    /// VAE passes of the loaded model set redone in fp32 after an fp16 overflow.
+    pub fn vae_redos(&self) -> usize {
+        self.models.as_ref().map_or(0, |m| m.vae.redos())
     }
 
     /// The model set a job asks for (files resolved, LoRAs from the prompt's tags and the
@@ -229,7 +286,10 @@ impl ClarityRunner {
             controlnet: FileStamp::of(&sd.controlnet.path),
             loras,
             embeddings,
-            precision: Precision::F32,
+            precisions: self
+                .config
+                .engine
+                .precisions(self.engine.execution_providers()),
         })
     }
 
@@ -335,14 +395,15 @@ impl ClarityRunner {
 
         let emphasis = params.preset != Preset::Refiners;
         let models = self.models.as_mut().expect("loaded above");
-        let cond = models
-            .text
-            .conditioning(&params.prompt, emphasis)
-            .map_err(|e| stage_error(e.into()))?;
-        let uncond = models
-            .text
-            .conditioning(&params.negative_prompt, emphasis)
-            .map_err(|e| stage_error(e.into()))?;
+        // Out of accelerator memory, the text encoder moves to the CPU (it has no tiles).
+        let mut encode = |prompt: &str| {
+            retry_out_of_memory(&*engine, &mut Shrink::default(), &Shrinkable::FIXED, |_| {
+                models.text.conditioning(prompt, emphasis)
+            })
+            .map_err(|e| stage_error(e.into()))
+        };
+        let cond = encode(&params.prompt)?;
+        let uncond = encode(&params.negative_prompt)?;
         timings.lap("text");
 
         let plan = stages::plan(
@@ -365,12 +426,18 @@ impl ClarityRunner {
         if large {
             models.text.set_aside(&engine);
         }
+        let models_precision = models.key.precisions.unet;
         let setup = JobSetup {
             rules: rules(params.preset),
             schedule: schedule::full(params.sampler, params.steps as usize, &self.training),
             update: Update::of(params.sampler),
             tile: (params.tile_width as usize, params.tile_height as usize),
-            batch: d.tile_batch,
+            batch: tile_batch::resolve(
+                d.tile_batch,
+                engine.execution_providers(),
+                models_precision,
+                (params.tile_width as usize, params.tile_height as usize),
+            ),
             cond: cond.view(),
             uncond: uncond.view(),
             cfg: params.dynamic,
@@ -383,15 +450,25 @@ impl ClarityRunner {
             upscaler: format!("{:?} {tiling:?}", FileStamp::of(&upscaler_file.path)),
             vae: format!(
                 "{:?} {:?} {vae_tiling:?}",
-                models.key.vae, models.key.precision
+                models.key.vae, models.key.precisions.vae
             ),
         };
         let esrgan = self.upscaler.network(&upscaler_file)?;
         let mut pre = EsrganUpscaler {
             net: esrgan,
             tiling,
+            recovery: &*engine,
+            shrink: Shrink::default(),
         };
         let total = setup.planned_work(&plan, (iw, ih), pre.scale()).max(1e-9);
+        let rates_path = eta::rates_file(&self.data_dir.cache());
+        let mut estimator = Estimator::new(
+            &setup.planned_by_phase(&plan, (iw, ih), pre.scale()),
+            Rates::load(&rates_path),
+            &engine.device_description(),
+            plan.last().map_or((0, 0), |s| s.canvas),
+        );
+        progress.time_left(estimator.seconds_left().map(|s| s as f32));
         let stages_count = plan.len() as u32;
         let models = self.models.as_mut().expect("loaded above");
         let mut done = 0.0;
@@ -404,6 +481,7 @@ impl ClarityRunner {
                 upscaler: &mut pre,
                 vae: &mut models.vae,
                 unet: &mut models.unet,
+                recovery: &*engine,
             },
             input.rgb,
             &plan,
@@ -419,6 +497,8 @@ impl ClarityRunner {
                 timings.lap(e.phase);
                 phase = e.phase;
                 done += e.work;
+                estimator.record(e.phase, e.work);
+                progress.time_left(estimator.seconds_left().map(|s| s as f32));
                 progress.report(Step {
                     stage: index as u32,
                     stages: stages_count,
@@ -434,6 +514,14 @@ impl ClarityRunner {
         )
         .map_err(stage_error)?;
         timings.lap(phase);
+        let mut rates = estimator.history().clone();
+        estimator.teach(&mut rates);
+        if let Err(e) = rates.save(&rates_path) {
+            tracing::warn!(
+                "cannot keep the job's rates in {}: {e}",
+                rates_path.display()
+            );
+        }
         // The next job starts warm (a no-op unless this job set sessions aside); this one has
         // its result whatever happens here.
         if let Err(e) = models.warm(&engine) {
@@ -478,9 +566,9 @@ impl JobRunner for ClarityRunner {
         upscale::check_job(&self.config, &image, params)?;
         if let Some(warm_up) = &self.warm_up
             && let Ok(model) = upscale::resolve_model(&self.data_dir, &self.config, params)
-            && let Some((path, stamp, net)) = warm_up.take_upscaler(&model.path)
+            && let Some((path, stamp, precision, net)) = warm_up.take_upscaler(&model.path)
         {
-            self.upscaler.adopt(path, stamp, net);
+            self.upscaler.adopt(path, stamp, precision, net);
         }
         if let Some(region) = params.preview {
             return self.preview(image, params, region, progress);

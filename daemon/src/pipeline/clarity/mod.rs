@@ -2,7 +2,9 @@
 //! with ControlNet tile → VAE decode, by Clarity's rules or (preset) Refiners'.
 
 pub mod bench;
+pub mod checked_vae;
 pub mod control;
+pub mod controlled_unet;
 pub mod denoise;
 pub mod job;
 pub mod models;
@@ -11,7 +13,9 @@ pub mod params;
 pub mod preview;
 pub mod stage;
 pub mod stages;
+pub mod step_bench;
 pub mod text;
+pub mod tile_batch;
 pub mod tiles;
 pub mod vae;
 pub mod warmup;

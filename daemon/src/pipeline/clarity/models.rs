@@ -8,20 +8,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ndarray::{Array2, Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4, Ix4};
+use ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 
-use super::nets::{ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, StageError, Vae};
+use super::checked_vae::CheckedVae;
+pub use super::controlled_unet::SdUnet;
+use super::nets::{GroupNormStats, GroupStats, NetResult, Norms, StageError, Vae};
 use super::stage::PreUpscaler;
 use super::text::TextSide;
 use crate::Cancelled;
-use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
+use crate::engine::{CompiledModel, Engine, EngineError, Recovery, SharedSession, Shrink};
 use crate::nets::ModelError;
 use crate::nets::clip::{self, ClipOptions, TextEncoder};
 use crate::nets::controlnet::{CompiledControlNet, ControlNet};
 use crate::nets::esrgan::{Esrgan, EsrganError, Tiling};
-use crate::nets::sd::{Precision, SdOptions};
+use crate::nets::sd::SdOptions;
 use crate::nets::unet::{CompiledUnet, Unet};
 use crate::nets::vae::{CompiledVae, NormStats};
+use crate::nets::{Precision, Precisions};
 use crate::weights::embedding::TextualInversion;
 use crate::weights::lora::{Lora, LoraPatch, LoraTarget};
 use crate::weights::{self, Patch, sd};
@@ -62,7 +65,8 @@ pub struct SetKey {
     pub controlnet: FileStamp,
     pub loras: Vec<LoraChoice>,
     pub embeddings: Vec<FileStamp>,
-    pub precision: Precision,
+    /// Per network, resolved for the device the sessions run on.
+    pub precisions: Precisions,
 }
 
 /// The loaded networks of one [`SetKey`].
@@ -70,7 +74,7 @@ pub struct ModelSet {
     pub key: SetKey,
     pub text: TextSide,
     pub unet: SdUnet,
-    pub vae: SdVae,
+    pub vae: CheckedVae,
 }
 
 fn milli(v: f64) -> i64 {
@@ -137,9 +141,9 @@ impl ModelSet {
                 .map(|(l, c)| (l, pick(c) as f32 / 1000.0))
                 .collect()
         };
-        let precision = key.precision;
+        let precisions = key.precisions;
         let plain = SdOptions {
-            precision,
+            precision: precisions.unet,
             hyper: None,
             patch: None,
         };
@@ -163,11 +167,28 @@ impl ModelSet {
 
         part!(2);
         let vae_net = sd::vae(&key.vae.path)?;
-        let vae = SdVae::new(
+        let plain_vae = SdVae::new(
             engine.clone(),
-            CompiledVae::compile(&vae_net, cache_dir, &plain)?,
+            CompiledVae::compile(
+                &vae_net,
+                cache_dir,
+                &SdOptions {
+                    precision: precisions.vae,
+                    ..plain
+                },
+            )?,
         )?;
         drop(vae_net);
+        let vae = if precisions.vae == Precision::F16 {
+            CheckedVae::with_fp32_redo(
+                plain_vae,
+                engine.clone(),
+                key.vae.path.clone(),
+                cache_dir.to_owned(),
+            )
+        } else {
+            CheckedVae::new(plain_vae)
+        };
 
         part!(3);
         let embeddings: Vec<TextualInversion> = key
@@ -200,6 +221,7 @@ impl ModelSet {
         let te_loras = with(|c| c.te);
         let patch = LoraPatch::resolve(&te_loras, LoraTarget::TextEncoder, &canonical)?;
         let patch = (!patch.is_empty()).then_some(&patch as &dyn Patch);
+        let precision = precisions.text;
         let options = ClipOptions {
             precision,
             ..ClipOptions::default()
@@ -225,11 +247,7 @@ impl ModelSet {
         Ok(Some(ModelSet {
             key,
             text,
-            unet: SdUnet {
-                engine: engine.clone(),
-                unet,
-                controlnet,
-            },
+            unet: SdUnet::new(engine.clone(), unet, controlnet),
             vae,
         }))
     }
@@ -239,65 +257,9 @@ impl ModelSet {
 #[derive(Debug)]
 pub struct Abandoned;
 
-/// The UNet with the ControlNet tile.
-pub struct SdUnet {
-    engine: Arc<Engine>,
-    unet: Unet,
-    controlnet: ControlNet,
-}
-
-fn four(a: ArrayD<f32>, what: &str) -> NetResult<Array4<f32>> {
+pub(super) fn four(a: ArrayD<f32>, what: &str) -> NetResult<Array4<f32>> {
     a.into_dimensionality::<Ix4>()
         .map_err(|e| StageError::Unexpected(format!("{what}: {e}")))
-}
-
-impl ControlledUnet for SdUnet {
-    fn embed_hint(&mut self, hint: ArrayView4<f32>) -> NetResult<Array4<f32>> {
-        // Tiles are slices of the condition image; ONNX Runtime wants contiguous memory.
-        let hint = hint.as_standard_layout();
-        four(
-            self.controlnet.embed_hint(hint.view().into_dyn())?,
-            "hint embedding",
-        )
-    }
-
-    fn control(
-        &mut self,
-        sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        embedding: ArrayView4<f32>,
-    ) -> NetResult<Vec<ArrayD<f32>>> {
-        let (sample, context, embedding) = (
-            sample.as_standard_layout(),
-            context.as_standard_layout(),
-            embedding.as_standard_layout(),
-        );
-        Ok(self.controlnet.residuals(
-            sample.view().into_dyn(),
-            timestep.into_dyn(),
-            context.view().into_dyn(),
-            embedding.view().into_dyn(),
-        )?)
-    }
-
-    fn unet(
-        &mut self,
-        sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        residuals: &[ArrayD<f32>],
-    ) -> NetResult<Array4<f32>> {
-        let (sample, context) = (sample.as_standard_layout(), context.as_standard_layout());
-        let eps = self.unet.forward(
-            &self.engine,
-            sample.view().into_dyn(),
-            timestep.into_dyn(),
-            context.view().into_dyn(),
-            Some(residuals),
-        )?;
-        four(eps, "UNet output")
-    }
 }
 
 /// The VAE; its graphs with exported or frozen GroupNorm statistics get short-lived sessions:
@@ -343,6 +305,11 @@ impl SdVae {
     /// Whether both plain graphs' sessions are held.
     pub fn is_warm(&self) -> bool {
         self.plain.iter().all(Option::is_some)
+    }
+
+    /// The graphs and weights this VAE runs.
+    pub fn compiled(&self) -> &CompiledVae {
+        &self.compiled
     }
 
     fn plain_session(&mut self, decoder: bool) -> Result<(String, SharedSession), EngineError> {
@@ -499,10 +466,14 @@ impl Vae for SdVae {
     }
 }
 
-/// ESRGAN as the stage's pre-upscaler.
+/// ESRGAN as the stage's pre-upscaler; out of accelerator memory, it retries with smaller
+/// tiles, then on the CPU (`pipeline::upscale::upscale_retrying`).
 pub struct EsrganUpscaler<'a> {
     pub net: &'a mut Esrgan,
     pub tiling: Tiling,
+    pub recovery: &'a dyn Recovery,
+    /// The tile that worked, for the passes after.
+    pub shrink: Shrink,
 }
 
 impl PreUpscaler for EsrganUpscaler<'_> {
@@ -515,12 +486,18 @@ impl PreUpscaler for EsrganUpscaler<'_> {
         rgb: ndarray::ArrayView3<f32>,
         on_tile: &mut dyn FnMut(usize, usize) -> Result<(), Cancelled>,
     ) -> NetResult<ndarray::Array3<f32>> {
-        self.net
-            .upscale(rgb, &self.tiling, on_tile)
-            .map_err(|e| match e {
-                EsrganError::Cancelled => StageError::Cancelled,
-                EsrganError::Runtime(e) => StageError::Runtime(e),
-                EsrganError::InvalidInput(m) => StageError::Unexpected(m),
-            })
+        crate::pipeline::upscale::upscale_retrying(
+            self.net,
+            rgb,
+            &self.tiling,
+            self.recovery,
+            &mut self.shrink,
+            on_tile,
+        )
+        .map_err(|e| match e {
+            EsrganError::Cancelled => StageError::Cancelled,
+            EsrganError::Runtime(e) => StageError::Runtime(e),
+            EsrganError::InvalidInput(m) => StageError::Unexpected(m),
+        })
     }
 }

@@ -8,7 +8,9 @@
 //! the whole image ([`GroupNormStats`]), so a VAE offers (a) a pass that also reports the
 //! statistics it computed and (b) a pass that uses given ones instead of its own.
 
-use ndarray::{Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4};
+use ndarray::{Array4, ArrayView2, ArrayView4};
+
+use super::control::RESIDUALS;
 
 use crate::Cancelled;
 use crate::engine::EngineError;
@@ -79,26 +81,50 @@ pub trait Vae {
     fn end_tiles(&mut self) {}
 }
 
-/// The UNet with the ControlNet tile, split so that the hint is embedded once per tile.
+/// Which prompt the samples of a network call take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prompts {
+    /// 2b samples: the first b with the prompt, the next b (the same latents) with the
+    /// negative prompt (classifier-free guidance in one call).
+    Both,
+    /// b samples with the prompt.
+    Cond,
+    /// b samples with the negative prompt.
+    Uncond,
+}
+
+/// What stays fixed over a stage's evaluations.
+#[derive(Clone, Copy, Debug)]
+pub struct StageConditioning<'a> {
+    /// Text conditioning `[L, C]` of the prompt and of the negative prompt.
+    pub cond: ArrayView2<'a, f32>,
+    pub uncond: ArrayView2<'a, f32>,
+    /// The scale of each ControlNet residual (12 down blocks, then the mid block).
+    pub scales: [f32; RESIDUALS],
+}
+
+/// The UNet with the ControlNet tile, as a stage uses it: what stays fixed over the stage (the
+/// text contexts, the residual scales, each batch of tiles' hint embedding) is handed over
+/// once and kept where the networks run (in device memory on an accelerator), and each
+/// evaluation sends only the latents and gets back the predicted noise. Between the ControlNet
+/// and the UNet the residuals stay with the networks.
 pub trait ControlledUnet {
-    /// The ControlNet's hint encoder: `[B, 3, 8h, 8w]` in 0..1 → `[B, C, h, w]`.
-    fn embed_hint(&mut self, hint: ArrayView4<f32>) -> NetResult<Array4<f32>>;
-    /// The ControlNet body: the 13 unscaled residuals (12 down blocks, then the mid block)
-    /// for `sample` `[B, 4, h, w]` (already scaled by c_in), `timestep` `[B]`, `context`
-    /// `[B, L, C]` and the hint embedding `[B, C₀, h, w]`.
-    fn control(
+    /// A stage starts: its contexts and scales are kept until [`ControlledUnet::end_stage`].
+    fn begin_stage(&mut self, conditioning: &StageConditioning<'_>) -> NetResult<()>;
+    /// Embeds the hints of batch `batch` of the stage's tiles (`[b, 3, 8h, 8w]`, 0..1, one
+    /// per tile) and keeps the embedding for the stage. Batches come in order; batch 0 again
+    /// starts a new layout (fewer tiles per call, after an out-of-memory).
+    fn embed_hints(&mut self, batch: usize, hints: ArrayView4<f32>) -> NetResult<()>;
+    /// The predicted noise for batch `batch`: `sample` (`[n, 4, h, w]`, already scaled by
+    /// c_in; n = 2b for [`Prompts::Both`], else b) at `timestep`, through the ControlNet (its
+    /// residuals scaled) and the UNet.
+    fn predict(
         &mut self,
+        batch: usize,
         sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        embedding: ArrayView4<f32>,
-    ) -> NetResult<Vec<ArrayD<f32>>>;
-    /// The UNet's predicted noise `[B, 4, h, w]`, the residuals added (already scaled).
-    fn unet(
-        &mut self,
-        sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        residuals: &[ArrayD<f32>],
+        timestep: f32,
+        prompts: Prompts,
     ) -> NetResult<Array4<f32>>;
+    /// The stage is over (done, failed or cancelled): what it kept goes.
+    fn end_stage(&mut self);
 }

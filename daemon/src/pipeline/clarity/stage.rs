@@ -6,13 +6,14 @@
 
 use ndarray::{Array3, Array4, ArrayView2, ArrayView3, Axis, s};
 
-use super::control::{self, RESIDUALS};
+use super::control;
 use super::denoise::{self, Guidance};
-use super::nets::{ControlledUnet, NetResult, StageError, Vae};
+use super::nets::{ControlledUnet, NetResult, StageConditioning, StageError, Vae};
 use super::stages::Stage;
 use super::tiles::{self, LatentTile};
 use super::vae::{self, VaeTiling};
 use crate::Cancelled;
+use crate::engine::{MaybeOutOfMemory, Recovery, Shrink, Shrinkable, retry_out_of_memory};
 use crate::pipeline::resize;
 use crate::pipeline::sampling::noise::{NoisePurpose, NoiseSource};
 use crate::pipeline::sampling::schedule::{self, Run, Schedule, StrengthRule};
@@ -168,22 +169,39 @@ fn passes(size: (usize, usize), canvas: (usize, usize), scale: usize) -> usize {
 /// The estimated work of a stage on an input of `input` pixels, with the same weights the
 /// stage reports (the job's denominator for progress).
 pub fn planned_work(setup: &StageSetup<'_>, input: (usize, usize), upscaler_scale: usize) -> f64 {
+    planned_by_phase(setup, input, upscaler_scale)
+        .iter()
+        .map(|(_, work)| work)
+        .sum()
+}
+
+/// [`planned_work`] by phase, as the stage's events name them.
+pub fn planned_by_phase(
+    setup: &StageSetup<'_>,
+    input: (usize, usize),
+    upscaler_scale: usize,
+) -> [(&'static str, f64); 5] {
     let (cw, ch) = setup.stage.canvas;
-    let mut work = 0.0;
+    let mut upscale = 0.0;
     let (mut w, mut h) = input;
     for _ in 0..passes(input, setup.stage.canvas, upscaler_scale) {
-        work += (w * h) as f64 * Work::ESRGAN_PER_PIXEL;
+        upscale += (w * h) as f64 * Work::ESRGAN_PER_PIXEL;
         w *= upscaler_scale;
         h *= upscaler_scale;
     }
     let pixels = (cw * ch) as f64;
-    work += pixels * (Work::ENCODE_PER_PIXEL + Work::DECODE_PER_PIXEL + Work::HINT_PER_PIXEL);
     let tiles = setup.grid();
     let per_eval: f64 = tiles
         .iter()
         .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
         .sum();
-    work + per_eval * setup.run().evaluations() as f64
+    [
+        ("upscale", upscale),
+        ("encode", pixels * Work::ENCODE_PER_PIXEL),
+        ("condition", pixels * Work::HINT_PER_PIXEL),
+        ("denoise", per_eval * setup.run().evaluations() as f64),
+        ("decode", pixels * Work::DECODE_PER_PIXEL),
+    ]
 }
 
 /// The networks a stage runs.
@@ -191,8 +209,20 @@ pub struct StageNets<'a> {
     pub upscaler: &'a mut dyn PreUpscaler,
     pub vae: &'a mut dyn Vae,
     pub unet: &'a mut dyn ControlledUnet,
+    /// What a call that runs out of accelerator memory can do: the engine, or
+    /// [`crate::engine::NoRecovery`] where nothing runs on one.
+    pub recovery: &'a dyn Recovery,
     /// What earlier jobs left that this stage may take instead of computing it again.
     pub reuse: Option<&'a mut dyn Reuse>,
+}
+
+impl MaybeOutOfMemory for StageError {
+    fn out_of_memory(&self) -> Option<&str> {
+        match self {
+            StageError::Runtime(e) => e.out_of_memory(),
+            _ => None,
+        }
+    }
 }
 
 /// The results of a stage's first steps kept from earlier jobs (the daemon's cache,
@@ -221,6 +251,7 @@ pub fn run_stage(
     let (cw, ch) = setup.stage.canvas;
     let (lw, lh) = setup.latent_size();
     let (upscaler, vae_net, unet) = (&mut *nets.upscaler, &mut *nets.vae, &mut *nets.unet);
+    let recovery = nets.recovery;
 
     // 1. Pre-upscale (ESRGAN while smaller than the canvas, then Lanczos to it) and
     // 3. encode, or what an earlier job on the same input left of them.
@@ -273,7 +304,7 @@ pub fn run_stage(
         Some(latents) => latents,
         None => {
             let image = image.expect("computed when the latents are not kept");
-            let latents = encode(vae_net, image, setup, report)?;
+            let latents = encode(vae_net, image, setup, recovery, report)?;
             if let Some(r) = reuse {
                 r.keep_latents(&latents.0, &latents.1);
             }
@@ -311,43 +342,126 @@ pub fn run_stage(
             .for_each(|x, &e| *x += sigma * e);
     }
 
-    // 5. The hint embedding of every tile, once for the stage.
+    // 5. The stage's conditioning, handed to the networks once: text, residual scales and the
+    // hint embedding of every batch of tiles.
     let grid = setup.grid();
-    let hint_pixels = (cw * ch) as f64 / grid.len() as f64;
-    let mut hints = Vec::with_capacity(grid.len());
-    let steps = run.evaluations();
-    for (i, t) in grid.iter().enumerate() {
-        let crop = condition
-            .slice(s![.., t.y * 8..(t.y + t.h) * 8, t.x * 8..(t.x + t.w) * 8])
-            .insert_axis(Axis(0));
-        hints.push(unet.embed_hint(crop)?);
-        report(Event {
-            phase: "condition",
-            step: 1,
-            steps: 1,
-            tile: i + 1,
-            tiles: grid.len(),
-            work: hint_pixels * Work::HINT_PER_PIXEL,
-        })?;
-    }
-    drop(condition);
-
-    // 6. The sampler's steps, each over one MultiDiffusion evaluation.
     let guidance = Guidance {
         tiles: &grid,
         batch: setup.batch,
+        cfg: setup.cfg,
+        paired: setup.cond.nrows() == setup.uncond.nrows(),
+    };
+    let conditioning = StageConditioning {
         cond: setup.cond,
         uncond: setup.uncond,
-        cfg: setup.cfg,
         scales: control::residual_scales(setup.resemblance, setup.decay),
-        hints: &hints,
     };
-    debug_assert_eq!(guidance.scales.len(), RESIDUALS);
-    let calls = denoise::calls_per_evaluation(&guidance);
+    unet.begin_stage(&conditioning)?;
+    // What the networks keep for the stage goes at its end, whatever the end.
+    let sampled = sample(
+        unet, condition, &guidance, &run, x, dims, setup, noise, recovery, report,
+    );
+    unet.end_stage();
+    let x = sampled?;
+
+    // 7. Decode (the final latent is shown to `on_latent` first: the reference-parity test
+    // compares it).
+    let mut latent = x.into_dimensionality::<ndarray::Ix4>().map_err(shape)?;
+    let out_scale = run.output_scale as f32;
+    latent.mapv_inplace(|v| v * out_scale);
+    on_latent(&latent);
+    let k = 1.0 / LATENT_SCALE;
+    latent.mapv_inplace(|v| v * k);
+    let tiling = &setup.vae_tiling;
+    let describe = |level: u32| {
+        let t = tiling.halved(level);
+        format!(
+            "VAE tiles of {} pixels and {} latents",
+            t.encoder_tile, t.decoder_tile
+        )
+    };
+    let vae_size = Shrinkable {
+        levels: tiling.halvings(),
+        describe: &describe,
+    };
+    let mut vae_shrink = Shrink::default();
+    let mut progress = vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report);
+    let mut decoded: Array4<f32> =
+        retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
+            vae::decode(vae_net, latent.view(), &tiling.halved(level), &mut progress)
+        })?;
+    drop(progress);
+    drop(latent);
+    decoded.mapv_inplace(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0));
+    let (ow, oh) = setup.stage.output;
+    let image = decoded.index_axis_move(Axis(0), 0);
+    if image.shape()[1..] == [oh, ow] {
+        Ok(image)
+    } else {
+        Ok(image.slice(s![.., ..oh, ..ow]).to_owned())
+    }
+}
+
+/// Steps 5 and 6 of a stage: the hint embeddings, then the sampler's steps over
+/// MultiDiffusion evaluations; returns the final latent.
+///
+/// Out of accelerator memory, an evaluation is done again with fewer tiles per call (the
+/// result does not depend on it: the hints are embedded again for the smaller batches), then
+/// with the failing network on the CPU.
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    unet: &mut dyn ControlledUnet,
+    condition: Array3<f32>,
+    guidance: &Guidance<'_>,
+    run: &Run,
+    mut x: ndarray::ArrayD<f32>,
+    dims: [usize; 4],
+    setup: &StageSetup<'_>,
+    noise: &mut dyn NoiseSource,
+    recovery: &dyn Recovery,
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> NetResult<ndarray::ArrayD<f32>> {
+    let grid = guidance.tiles;
+    let hint_pixels = (condition.shape()[1] * condition.shape()[2]) as f64 / grid.len() as f64;
+    let mut hint_shrink = Shrink::default();
+    embed_hints(
+        unet,
+        condition.view(),
+        grid,
+        guidance.batch,
+        recovery,
+        &mut hint_shrink,
+        &mut |range| {
+            report(Event {
+                phase: "condition",
+                step: 1,
+                steps: 1,
+                tile: range.end,
+                tiles: grid.len(),
+                work: range.len() as f64 * hint_pixels * Work::HINT_PER_PIXEL,
+            })
+        },
+    )?;
+    // The condition image is kept while a smaller batch may need its hints again (and the
+    // configured one again once a network has moved to the CPU).
+    let condition = (guidance.batch > 1).then_some(condition);
+    let mut embedded_for = guidance.batch;
+
+    // 6. The sampler's steps, each over one MultiDiffusion evaluation.
+    let steps = run.evaluations();
     let eval_work: f64 = grid
         .iter()
         .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
         .sum();
+    let describe = |level: u32| {
+        let b = (guidance.batch >> level).max(1);
+        format!("{b} tile{} per call", if b == 1 { "" } else { "s" })
+    };
+    let batch_size = Shrinkable {
+        levels: guidance.batch.max(1).ilog2(),
+        describe: &describe,
+    };
+    let mut batch_shrink = Shrink::default();
     let mut state = SamplerState::new(setup.update);
     for i in 0..steps {
         let (sigma, next) = (run.sigmas[i], run.sigmas[i + 1]);
@@ -355,16 +469,42 @@ pub fn run_stage(
             .view()
             .into_dimensionality::<ndarray::Ix4>()
             .map_err(shape)?;
-        let mut done = 0;
-        let d = denoise::denoise(unet, x4, sigma, run.timesteps[i], &guidance, &mut || {
-            done += 1;
-            report(Event {
-                phase: "denoise",
-                step: i + 1,
-                steps,
-                tile: (done * grid.len()).div_ceil(calls),
-                tiles: grid.len(),
-                work: eval_work / calls as f64,
+        let mut reached = 0.0;
+        let d = retry_out_of_memory(recovery, &mut batch_shrink, &batch_size, |level| {
+            let g = Guidance {
+                batch: (guidance.batch >> level).max(1),
+                ..*guidance
+            };
+            if g.batch != embedded_for {
+                let image = condition
+                    .as_ref()
+                    .ok_or_else(|| StageError::Unexpected("the condition image is gone".into()))?;
+                embed_hints(
+                    unet,
+                    image.view(),
+                    grid,
+                    g.batch,
+                    recovery,
+                    &mut hint_shrink,
+                    &mut |_| Ok(()),
+                )?;
+                embedded_for = g.batch;
+            }
+            let calls = denoise::calls_per_evaluation(&g);
+            let mut done = 0;
+            denoise::denoise(unet, x4, sigma, run.timesteps[i], &g, &mut || {
+                done += 1;
+                let fraction = done as f64 / calls as f64;
+                let work = eval_work * (fraction - reached).max(0.0);
+                reached = fraction.max(reached);
+                report(Event {
+                    phase: "denoise",
+                    step: i + 1,
+                    steps,
+                    tile: (done * grid.len()).div_ceil(calls),
+                    tiles: grid.len(),
+                    work,
+                })
             })
         })?;
         let xi = (setup.update.is_stochastic() && next > 0.0)
@@ -377,34 +517,28 @@ pub fn run_stage(
             xi.as_ref().map(|n| n.view()),
         );
     }
+    Ok(x)
+}
 
-    // The hint embeddings (one per tile, 20 MB each at Clarity's tile size) are not needed
-    // for the decode, whose tiles are the stage's memory peak.
-    drop(hints);
-
-    // 7. Decode (the final latent is shown to `on_latent` first: the reference-parity test
-    // compares it).
-    let mut latent = x.into_dimensionality::<ndarray::Ix4>().map_err(shape)?;
-    let out_scale = run.output_scale as f32;
-    latent.mapv_inplace(|v| v * out_scale);
-    on_latent(&latent);
-    let k = 1.0 / LATENT_SCALE;
-    latent.mapv_inplace(|v| v * k);
-    let mut decoded: Array4<f32> = vae::decode(
-        vae_net,
-        latent.view(),
-        &setup.vae_tiling,
-        &mut vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report),
-    )?;
-    drop(latent);
-    decoded.mapv_inplace(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0));
-    let (ow, oh) = setup.stage.output;
-    let image = decoded.index_axis_move(Axis(0), 0);
-    if image.shape()[1..] == [oh, ow] {
-        Ok(image)
-    } else {
-        Ok(image.slice(s![.., ..oh, ..ow]).to_owned())
+/// Embeds the hints of `grid` in batches of `batch` tiles for the stage; `on_batch` follows
+/// each batch. The hint encoder has no size to shrink: out of memory, it goes to the CPU.
+#[allow(clippy::too_many_arguments)]
+fn embed_hints(
+    unet: &mut dyn ControlledUnet,
+    condition: ArrayView3<f32>,
+    grid: &[LatentTile],
+    batch: usize,
+    recovery: &dyn Recovery,
+    shrink: &mut Shrink,
+    on_batch: &mut dyn FnMut(std::ops::Range<usize>) -> Result<(), Cancelled>,
+) -> NetResult<()> {
+    for (index, (range, hints)) in denoise::hint_batches(condition, grid, batch).enumerate() {
+        retry_out_of_memory(recovery, shrink, &Shrinkable::FIXED, |_| {
+            unet.embed_hints(index, hints.view())
+        })?;
+        on_batch(range)?;
     }
+    Ok(())
 }
 
 /// The estimated work of the pre-upscale of an input of `input` (`[3, H, W]`) to `canvas`.
@@ -433,10 +567,13 @@ fn pre_upscale(
     let mut image = input.to_owned();
     for pass in 0..count {
         let pixels = (image.shape()[1] * image.shape()[2]) as f64;
-        let mut tiles_done = 0;
+        // A pass retried after an out-of-memory reports again from its start: only what goes
+        // past the furthest point reached counts as work.
+        let mut reached = 0.0;
         image = upscaler.upscale(image.view(), &mut |done, total| {
-            let work = pixels * Work::ESRGAN_PER_PIXEL * (done - tiles_done) as f64 / total as f64;
-            tiles_done = done;
+            let fraction = done as f64 / total as f64;
+            let work = pixels * Work::ESRGAN_PER_PIXEL * (fraction - reached).max(0.0);
+            reached = fraction.max(reached);
             report(Event {
                 phase: "upscale",
                 step: pass + 1,
@@ -454,35 +591,50 @@ fn pre_upscale(
 }
 
 /// The VAE posterior (mean, log-variance) of the canvas image (`[3, H, W]`, 0..1).
+/// An encode that runs out of accelerator memory is retried with halved VAE tiles.
 fn encode(
     vae_net: &mut dyn Vae,
     image: Array3<f32>,
     setup: &StageSetup<'_>,
+    recovery: &dyn Recovery,
     report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
 ) -> NetResult<(Array4<f32>, Array4<f32>)> {
     let (cw, ch) = setup.stage.canvas;
     let signed = image.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
     drop(image);
     let pixels = (cw * ch) as f64;
-    vae::encode(
-        vae_net,
-        signed.view(),
-        &setup.vae_tiling,
-        &mut vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report),
-    )
+    let tiling = &setup.vae_tiling;
+    let describe = |level: u32| {
+        let t = tiling.halved(level);
+        format!(
+            "VAE tiles of {} pixels and {} latents",
+            t.encoder_tile, t.decoder_tile
+        )
+    };
+    let vae_size = Shrinkable {
+        levels: tiling.halvings(),
+        describe: &describe,
+    };
+    let mut vae_shrink = Shrink::default();
+    let mut progress = vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report);
+    retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
+        vae::encode(vae_net, signed.view(), &tiling.halved(level), &mut progress)
+    })
 }
 
 /// The report after each VAE call of `phase`: call `done` of `total` carries its share of the
-/// phase's `work`.
+/// phase's `work` (a pass retried with smaller tiles counts only what goes past the furthest
+/// point reached).
 fn vae_progress<'a>(
     phase: &'static str,
     work: f64,
     report: &'a mut dyn FnMut(Event) -> Result<(), Cancelled>,
 ) -> impl FnMut(usize, usize) -> Result<(), Cancelled> + 'a {
-    let mut last = 0;
+    let mut reached = 0.0;
     move |done, total| {
-        let share = work * (done - last) as f64 / total as f64;
-        last = done;
+        let fraction = done as f64 / total as f64;
+        let share = work * (fraction - reached).max(0.0);
+        reached = fraction.max(reached);
         report(Event {
             phase,
             step: 1,

@@ -3,10 +3,12 @@
 //! nearest-neighbour upscaler. Each is simple enough to compute by hand, and each keeps the
 //! property its test relies on (a finite receptive field, position independence).
 
-use ndarray::{Array3, Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4, Axis, IxDyn, s};
+use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayView4, Axis, s};
 
 use super::control::RESIDUALS;
-use super::nets::{ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, Vae};
+use super::nets::{
+    ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, Prompts, StageConditioning, Vae,
+};
 use super::stage::PreUpscaler;
 use crate::Cancelled;
 
@@ -163,63 +165,82 @@ impl Vae for TinyVae {
     }
 }
 
+/// A UNet + ControlNet that is pointwise in space: at each latent position its noise
+/// prediction depends only on the inputs there (the hint embedding is the mean of each 8×8
+/// hint block; residual i mixes the embedding, the sample and the timestep; the text enters as
+/// its mean). One `predict` is one network call.
 #[derive(Default)]
 pub struct Pointwise {
     pub calls: usize,
     pub largest_batch: usize,
+    stage: Option<(Array2<f32>, Array2<f32>, [f32; RESIDUALS])>,
+    embeddings: Vec<Array4<f32>>,
 }
 
 impl ControlledUnet for Pointwise {
-    fn embed_hint(&mut self, hint: ArrayView4<f32>) -> NetResult<Array4<f32>> {
+    fn begin_stage(&mut self, c: &StageConditioning<'_>) -> NetResult<()> {
+        self.stage = Some((c.cond.to_owned(), c.uncond.to_owned(), c.scales));
+        self.embeddings.clear();
+        Ok(())
+    }
+
+    fn embed_hints(&mut self, batch: usize, hint: ArrayView4<f32>) -> NetResult<()> {
         let (b, _, h, w) = hint.dim();
-        Ok(Array4::from_shape_fn(
-            (b, 2, h / 8, w / 8),
-            |(n, c, y, x)| {
-                hint.slice(s![n, c, y * 8..y * 8 + 8, x * 8..x * 8 + 8])
-                    .mean()
-                    .unwrap()
-            },
-        ))
+        let embedding = Array4::from_shape_fn((b, 2, h / 8, w / 8), |(n, c, y, x)| {
+            hint.slice(s![n, c, y * 8..y * 8 + 8, x * 8..x * 8 + 8])
+                .mean()
+                .unwrap()
+        });
+        if batch == 0 {
+            // A new layout of the tiles (fewer per call after an out-of-memory).
+            self.embeddings.clear();
+        }
+        assert_eq!(
+            batch,
+            self.embeddings.len(),
+            "batches are embedded in order"
+        );
+        self.embeddings.push(embedding);
+        Ok(())
     }
 
-    fn control(
+    fn predict(
         &mut self,
+        batch: usize,
         sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        _context: ArrayView3<f32>,
-        embedding: ArrayView4<f32>,
-    ) -> NetResult<Vec<ArrayD<f32>>> {
-        self.calls += 1;
-        let (b, _, h, w) = sample.dim();
-        Ok((0..RESIDUALS)
-            .map(|i| {
-                ArrayD::from_shape_fn(IxDyn(&[b, 1, h, w]), |ix| {
-                    let (n, y, x) = (ix[0], ix[2], ix[3]);
-                    embedding[[n, i % 2, y, x]]
-                        + 0.01 * i as f32 * sample[[n, 0, y, x]]
-                        + 1e-4 * timestep[n]
-                })
-            })
-            .collect())
-    }
-
-    fn unet(
-        &mut self,
-        sample: ArrayView4<f32>,
-        timestep: ArrayView1<f32>,
-        context: ArrayView3<f32>,
-        residuals: &[ArrayD<f32>],
+        timestep: f32,
+        prompts: Prompts,
     ) -> NetResult<Array4<f32>> {
         self.calls += 1;
-        let (b, c, h, w) = sample.dim();
-        self.largest_batch = self.largest_batch.max(b);
-        let text: Vec<f32> = (0..b)
-            .map(|n| context.index_axis(Axis(0), n).mean().unwrap())
+        let (cond, uncond, scales) = self.stage.as_ref().expect("a stage was begun");
+        let embedding = &self.embeddings[batch];
+        let (n, c, h, w) = sample.dim();
+        let b = embedding.len_of(Axis(0));
+        self.largest_batch = self.largest_batch.max(n);
+        let text: Vec<f32> = (0..n)
+            .map(|i| match prompts {
+                Prompts::Cond => cond.mean().unwrap(),
+                Prompts::Uncond => uncond.mean().unwrap(),
+                Prompts::Both if i < n / 2 => cond.mean().unwrap(),
+                Prompts::Both => uncond.mean().unwrap(),
+            })
             .collect();
-        Ok(Array4::from_shape_fn((b, c, h, w), |(n, ch, y, x)| {
-            let r: f32 = residuals.iter().map(|r| r[[n, 0, y, x]]).sum();
-            0.5 * sample[[n, ch, y, x]] + text[n] * (ch as f32 + 1.0) + r + 1e-3 * timestep[n]
+        Ok(Array4::from_shape_fn((n, c, h, w), |(i, ch, y, x)| {
+            let r: f32 = (0..RESIDUALS)
+                .map(|k| {
+                    scales[k]
+                        * (embedding[[i % b, k % 2, y, x]]
+                            + 0.01 * k as f32 * sample[[i, 0, y, x]]
+                            + 1e-4 * timestep)
+                })
+                .sum();
+            0.5 * sample[[i, ch, y, x]] + text[i] * (ch as f32 + 1.0) + r + 1e-3 * timestep
         }))
+    }
+
+    fn end_stage(&mut self) {
+        self.stage = None;
+        self.embeddings.clear();
     }
 }
 

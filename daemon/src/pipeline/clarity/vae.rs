@@ -36,6 +36,25 @@ impl VaeTiling {
             decoder_pad: 11,
         }
     }
+
+    /// These tiles halved `times` times (encoder tiles down to 64 pixels, decoder tiles down to
+    /// 8 latents): what a decode that ran out of GPU memory tries next (`stage.rs`).
+    pub fn halved(&self, times: u32) -> VaeTiling {
+        VaeTiling {
+            encoder_tile: ((self.encoder_tile >> times) / 8 * 8)
+                .max(64)
+                .min(self.encoder_tile),
+            decoder_tile: (self.decoder_tile >> times).max(8).min(self.decoder_tile),
+            ..*self
+        }
+    }
+
+    /// How many halvings still make the tiles smaller.
+    pub fn halvings(&self) -> u32 {
+        (1..16)
+            .take_while(|&k| self.halved(k) != self.halved(k - 1))
+            .count() as u32
+    }
 }
 
 /// One tile along one axis: the part it is responsible for and the part it is computed on.

@@ -14,6 +14,7 @@ use tessera_protocol::{JobParams, Preset, WarmUp};
 
 use super::models::{Abandoned, ModelSet, SetKey};
 use crate::engine::Engine;
+use crate::nets::Precision;
 use crate::nets::esrgan::Esrgan;
 use crate::store::{DataDir, FileStamp};
 
@@ -40,7 +41,7 @@ struct State {
     /// The loaded upscaler until the engine thread takes it; `upscaler_path` says which
     /// model it is as soon as its loading starts.
     upscaler_path: Option<PathBuf>,
-    upscaler: Option<(PathBuf, FileStamp, Esrgan)>,
+    upscaler: Option<(PathBuf, FileStamp, Precision, Esrgan)>,
     /// The set being loaded, and the set once it is complete (until a job takes it).
     key: Option<SetKey>,
     set: Option<ModelSet>,
@@ -56,8 +57,9 @@ impl State {
 pub struct WarmUpPlan {
     pub engine: Arc<Engine>,
     pub data_dir: DataDir,
-    /// The default upscaler's file.
+    /// The default upscaler's file, and the precision jobs run it in.
     pub upscaler: Result<PathBuf, String>,
+    pub upscaler_precision: Precision,
     /// The default model set (Clarity's defaults: its LoRAs and embeddings included).
     pub set: Result<SetKey, String>,
 }
@@ -106,7 +108,10 @@ impl WarmUpHandle {
     }
 
     /// The warmed upscaler if it is `path` (waiting while it loads); `None` otherwise.
-    pub fn take_upscaler(&self, path: &std::path::Path) -> Option<(PathBuf, FileStamp, Esrgan)> {
+    pub fn take_upscaler(
+        &self,
+        path: &std::path::Path,
+    ) -> Option<(PathBuf, FileStamp, Precision, Esrgan)> {
         let mut state = self.shared.lock();
         if state.upscaler_path.as_deref() != Some(path) {
             return None;
@@ -147,14 +152,14 @@ impl WarmUpHandle {
                 let loaded = FileStamp::read(&path)
                     .map_err(|e| e.to_string())
                     .and_then(|stamp| {
-                        Esrgan::load(&plan.engine, &path, &cache)
+                        Esrgan::load_as(&plan.engine, &path, &cache, plan.upscaler_precision)
                             .map(|net| (stamp, net))
                             .map_err(|e| e.to_string())
                     });
                 match loaded {
                     Ok((stamp, net)) => self.part_done(|s| {
                         if s.upscaler_path.as_deref() == Some(&path) {
-                            s.upscaler = Some((path.clone(), stamp, net));
+                            s.upscaler = Some((path.clone(), stamp, plan.upscaler_precision, net));
                         }
                     }),
                     Err(e) => {

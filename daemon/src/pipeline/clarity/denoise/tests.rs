@@ -5,6 +5,8 @@
 //! slicing, cond/uncond order, residual scales, the average) shows.
 
 use super::*;
+use crate::pipeline::clarity::control::RESIDUALS;
+use crate::pipeline::clarity::nets::StageConditioning;
 use crate::pipeline::clarity::testing::Pointwise;
 use crate::pipeline::clarity::tiles::clarity_grid;
 use ndarray::Array2;
@@ -33,19 +35,33 @@ fn setup(h: usize, w: usize, uncond_len: usize) -> Setup {
     }
 }
 
-fn hints(net: &mut Pointwise, hint: &Array4<f32>, tiles: &[LatentTile]) -> Vec<Array4<f32>> {
-    tiles
-        .iter()
-        .map(|t| {
-            let crop = hint.slice(s![
-                ..,
-                ..,
-                t.y * 8..(t.y + t.h) * 8,
-                t.x * 8..(t.x + t.w) * 8
-            ]);
-            net.embed_hint(crop).unwrap()
-        })
-        .collect()
+/// Hands `s`'s text, `scales` and the hint of every batch of `tiles` to `net`, as a stage does.
+fn begin(
+    net: &mut Pointwise,
+    s: &Setup,
+    tiles: &[LatentTile],
+    batch: usize,
+    scales: [f32; RESIDUALS],
+) {
+    net.begin_stage(&StageConditioning {
+        cond: s.cond.view(),
+        uncond: s.uncond.view(),
+        scales,
+    })
+    .unwrap();
+    let condition = s.hint.index_axis(Axis(0), 0);
+    for (i, (_, hints)) in hint_batches(condition, tiles, batch).enumerate() {
+        net.embed_hints(i, hints.view()).unwrap();
+    }
+}
+
+fn guidance<'a>(s: &Setup, tiles: &'a [LatentTile], batch: usize) -> Guidance<'a> {
+    Guidance {
+        tiles,
+        batch,
+        cfg: 6.0,
+        paired: s.cond.nrows() == s.uncond.nrows(),
+    }
 }
 
 fn run(
@@ -55,16 +71,8 @@ fn run(
     scales: [f32; RESIDUALS],
 ) -> (Array4<f32>, usize) {
     let mut net = Pointwise::default();
-    let hint_embeddings = hints(&mut net, &s.hint, tiles);
-    let g = Guidance {
-        tiles,
-        batch,
-        cond: s.cond.view(),
-        uncond: s.uncond.view(),
-        cfg: 6.0,
-        scales,
-        hints: &hint_embeddings,
-    };
+    begin(&mut net, s, tiles, batch, scales);
+    let g = guidance(s, tiles, batch);
     let mut reported = 0;
     let d = denoise(&mut net, s.x.view(), 0.645, 230.07, &g, &mut || {
         reported += 1;
@@ -166,16 +174,8 @@ fn cancelling_stops_at_the_next_network_call() {
     let s = setup(16, 24, 6);
     let tiles = clarity_grid(24, 16, 16, 16);
     let mut net = Pointwise::default();
-    let embeddings = hints(&mut net, &s.hint, &tiles);
-    let g = Guidance {
-        tiles: &tiles,
-        batch: 1,
-        cond: s.cond.view(),
-        uncond: s.uncond.view(),
-        cfg: 6.0,
-        scales: scales(),
-        hints: &embeddings,
-    };
+    begin(&mut net, &s, &tiles, 1, scales());
+    let g = guidance(&s, &tiles, 1);
     let result = denoise(&mut net, s.x.view(), 1.0, 300.0, &g, &mut || Err(Cancelled));
     assert!(matches!(result, Err(StageError::Cancelled)));
     assert_eq!(net.calls, 1);

@@ -1,0 +1,193 @@
+//! The job's VAE with its f16 safety net: SD 1.5's VAE overflows f16 in its decoder on some
+//! images (activations past 65504 become ∞, then NaN through the next GroupNorm), so every
+//! pass of an f16 VAE is checked, and a pass whose result holds a NaN or an ∞ is done again
+//! on the same input with the f32 graphs, which are compiled the first time they are needed
+//! and kept for the rest of the model set's life. Each redo is logged as a warning and
+//! counted ([`CheckedVae::redos`]). An f32 VAE runs unchecked: there is nothing to fall back to.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ndarray::{Array4, ArrayView4};
+
+use super::models::SdVae;
+use super::nets::{GroupNormStats, NetResult, Norms, StageError, Vae};
+use crate::engine::{Engine, EngineError};
+use crate::nets::sd::SdOptions;
+use crate::nets::vae::CompiledVae;
+use crate::nets::{ModelError, Precision};
+use crate::weights::WeightType;
+use crate::weights::sd::SdHyper;
+
+/// Where the f32 twin of an f16 VAE comes from.
+struct Twin {
+    engine: Arc<Engine>,
+    /// The VAE file (or checkpoint) and the conversion cache.
+    source: PathBuf,
+    cache_dir: PathBuf,
+    /// The f16 VAE's heads and groups (the twin must be the same network).
+    hyper: SdHyper,
+    vae: Option<SdVae>,
+}
+
+/// A VAE whose f16 passes are checked (see the module docs).
+pub struct CheckedVae {
+    vae: SdVae,
+    twin: Option<Twin>,
+    redos: usize,
+}
+
+impl CheckedVae {
+    /// `vae` as it is: f32, or f16 without a fallback.
+    pub fn new(vae: SdVae) -> CheckedVae {
+        CheckedVae {
+            vae,
+            twin: None,
+            redos: 0,
+        }
+    }
+
+    /// `vae`, f16, with `source` (compiled into `cache_dir` when first needed) as its f32
+    /// fallback. An f32 `vae` needs none and gets none.
+    pub fn with_fp32_redo(
+        vae: SdVae,
+        engine: Arc<Engine>,
+        source: PathBuf,
+        cache_dir: PathBuf,
+    ) -> CheckedVae {
+        let compiled = vae.compiled();
+        let twin = (compiled.weights.weight_type() == WeightType::F16).then(|| Twin {
+            engine,
+            source,
+            cache_dir,
+            hyper: compiled.hyper,
+            vae: None,
+        });
+        CheckedVae {
+            vae,
+            twin,
+            redos: 0,
+        }
+    }
+
+    /// Creates again the plain graphs' sessions a tiled pass set aside.
+    pub fn warm(&mut self) -> Result<(), EngineError> {
+        self.vae.warm()
+    }
+
+    /// Whether both plain graphs' sessions are held.
+    pub fn is_warm(&self) -> bool {
+        self.vae.is_warm()
+    }
+
+    /// How many passes overflowed in f16 and were redone in f32 so far.
+    pub fn redos(&self) -> usize {
+        self.redos
+    }
+
+    /// Runs `pass` on the VAE; an f16 result that fails `finite` is computed again in f32.
+    fn checked<T>(
+        &mut self,
+        what: &str,
+        mut pass: impl FnMut(&mut SdVae) -> NetResult<T>,
+        finite: impl Fn(&T) -> bool,
+    ) -> NetResult<T> {
+        let out = pass(&mut self.vae)?;
+        let Some(twin) = self.twin.as_mut() else {
+            return Ok(out);
+        };
+        if finite(&out) {
+            return Ok(out);
+        }
+        drop(out);
+        self.redos += 1;
+        tracing::warn!(
+            "the fp16 VAE's {what} gave NaN or ∞ (an f16 overflow); done again in fp32 ({} so far)",
+            self.redos
+        );
+        pass(twin.vae()?)
+    }
+}
+
+impl Twin {
+    fn vae(&mut self) -> NetResult<&mut SdVae> {
+        if self.vae.is_none() {
+            let compile = || -> Result<CompiledVae, ModelError> {
+                let net = crate::weights::sd::vae(&self.source)?;
+                CompiledVae::compile(
+                    &net,
+                    &self.cache_dir,
+                    &SdOptions {
+                        precision: Precision::F32,
+                        hyper: Some(self.hyper),
+                        patch: None,
+                    },
+                )
+            };
+            let compiled = compile().map_err(|e| match e {
+                ModelError::Runtime(e) => StageError::Runtime(e),
+                other => StageError::Unexpected(format!("the fp32 VAE for a redo: {other}")),
+            })?;
+            self.vae = Some(SdVae::new(self.engine.clone(), compiled)?);
+        }
+        Ok(self.vae.as_mut().expect("set above"))
+    }
+}
+
+fn finite(a: &Array4<f32>) -> bool {
+    a.iter().all(|v| v.is_finite())
+}
+
+fn finite_stats(s: &GroupNormStats) -> bool {
+    s.layers
+        .iter()
+        .all(|l| l.mean.iter().chain(&l.var).all(|v| v.is_finite()))
+}
+
+impl Vae for CheckedVae {
+    fn encode(
+        &mut self,
+        image: ArrayView4<f32>,
+        norms: Norms<'_>,
+    ) -> NetResult<(Array4<f32>, Array4<f32>)> {
+        self.checked(
+            "encode",
+            |vae| vae.encode(image, norms),
+            |(mean, logvar)| finite(mean) && finite(logvar),
+        )
+    }
+
+    fn encoder_stats(&mut self, image: ArrayView4<f32>) -> NetResult<GroupNormStats> {
+        self.checked(
+            "encoder statistics pass",
+            |vae| vae.encoder_stats(image),
+            finite_stats,
+        )
+    }
+
+    fn decode(&mut self, latent: ArrayView4<f32>, norms: Norms<'_>) -> NetResult<Array4<f32>> {
+        self.checked("decode", |vae| vae.decode(latent, norms), finite)
+    }
+
+    fn decoder_stats(&mut self, latent: ArrayView4<f32>) -> NetResult<GroupNormStats> {
+        self.checked(
+            "decoder statistics pass",
+            |vae| vae.decoder_stats(latent),
+            finite_stats,
+        )
+    }
+
+    fn begin_tiles(&mut self, decoder: bool) {
+        self.vae.begin_tiles(decoder);
+        if let Some(twin) = self.twin.as_mut().and_then(|t| t.vae.as_mut()) {
+            twin.begin_tiles(decoder);
+        }
+    }
+
+    fn end_tiles(&mut self) {
+        self.vae.end_tiles();
+        if let Some(twin) = self.twin.as_mut().and_then(|t| t.vae.as_mut()) {
+            twin.end_tiles();
+        }
+    }
+}
