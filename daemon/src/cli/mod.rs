@@ -180,6 +180,10 @@ pub struct ClarityBenchArgs {
     /// Diffusion tiles per network call (default: the device's, see diffusion.tile_batch)
     #[arg(long)]
     pub tile_batch: Option<usize>,
+    /// Only write the random models into --dir, with a config.toml that makes them the
+    /// defaults (for `tessera serve` on that data directory, as bench/compare.sh does)
+    #[arg(long, requires = "dir")]
+    pub models_only: bool,
     #[command(flatten)]
     pub device: BenchDevice,
 }

@@ -232,9 +232,27 @@ impl ClarityRunner {
     }
 
     /// Starts loading the default upscaler and model set in the background (see
-    /// `warmup.rs`); jobs take what it has loaded.
+    /// `warmup.rs`); jobs take what it has loaded. The set is Clarity's default job's; where
+    /// its LoRAs or embeddings are not installed, the default models without them (the set
+    /// of a job whose prompt names no LoRA, such as the Refiners preset's).
     pub fn start_warm_up(&mut self) -> WarmUpHandle {
-        let defaults = JobParams::default();
+        let clarity = JobParams::default();
+        let (defaults, set) = match self.set_key(&clarity) {
+            Ok(key) => (clarity, Ok(key)),
+            Err(e) => {
+                let plain = JobParams::refiners();
+                match self.set_key(&plain) {
+                    Ok(key) => {
+                        tracing::info!(
+                            "warm-up: {}; warming the default models without it",
+                            e.message
+                        );
+                        (plain, Ok(key))
+                    }
+                    Err(_) => (clarity, Err(e.message)),
+                }
+            }
+        };
         let plan = WarmUpPlan {
             upscaler_precision: self
                 .config
@@ -246,7 +264,8 @@ impl ClarityRunner {
             upscaler: upscale::resolve_model(&self.data_dir, &self.config, &defaults)
                 .map(|m| m.path)
                 .map_err(|e| e.message),
-            set: self.set_key(&defaults).map_err(|e| e.message),
+            set,
+            prompts: defaults,
         };
         let handle = WarmUpHandle::start(plan);
         self.warm_up = Some(handle.clone());

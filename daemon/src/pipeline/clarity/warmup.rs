@@ -62,6 +62,8 @@ pub struct WarmUpPlan {
     pub upscaler_precision: Precision,
     /// The default model set (Clarity's defaults: its LoRAs and embeddings included).
     pub set: Result<SetKey, String>,
+    /// The job whose prompts are encoded once the set is loaded (the one `set` is for).
+    pub prompts: JobParams,
 }
 
 /// A handle on the running (or finished) warm-up.
@@ -193,7 +195,7 @@ impl WarmUpHandle {
         };
         self.part_done(|_| {});
         self.begin("the default prompts", |_| {});
-        let defaults = JobParams::default();
+        let defaults = &plan.prompts;
         let emphasis = defaults.preset != Preset::Refiners;
         for prompt in [&defaults.prompt, &defaults.negative_prompt] {
             if let Err(e) = set.text.conditioning(prompt, emphasis) {
