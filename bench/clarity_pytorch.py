@@ -4,7 +4,9 @@ random full-size models built from diffusers and transformers components (SD 1.5
 ControlNet tile, VAE, CLIP ViT-L/14 text encoder) and a 64-filter 23-block ESRGAN, fp32, with
 the same number of network evaluations at the same shapes:
 
-- ESRGAN ×4 over A1111's 192-pixel tiles (overlap 8), then PIL Lanczos to the canvas;
+- ESRGAN ×4 over the same tiles as Tessera's default (the fewest of at most 320 pixels,
+  overlap 32: one tile at 256²; ``--esrgan-tiles a1111`` for A1111's 192-pixel tiles), then
+  PIL Lanczos to the canvas;
 - the two prompts through the text encoder (one 77-token chunk each);
 - VAE encode of the canvas;
 - per sampler evaluation and MultiDiffusion tile: ControlNet (with its hint encoder, which
@@ -134,10 +136,23 @@ def a1111_tiles(length: int, tile: int = 192, overlap: int = 8):
     return [min(int(i * (length - tile) / (n - 1)), length - tile) for i in range(n)], tile
 
 
-def esrgan_tiled(net, img: np.ndarray) -> np.ndarray:
+def fewest_tiles(length: int, tile: int = 320, overlap: int = 32):
+    """Tessera's default: the fewest tiles of at most ``tile``, all of one size."""
+    if length <= tile:
+        return [0], length
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = math.ceil((length + (n - 1) * overlap) / n)
+    return [min(int(i * (length - size) / (n - 1)), length - size) for i in range(n)], size
+
+
+ESRGAN_TILES = {"fewest": fewest_tiles, "a1111": a1111_tiles}
+
+
+def esrgan_tiled(net, img: np.ndarray, placement: str = "fewest") -> np.ndarray:
     _, h, w = img.shape
-    ys, th = a1111_tiles(h)
-    xs, tw = a1111_tiles(w)
+    tiles = ESRGAN_TILES[placement]
+    ys, th = tiles(h)
+    xs, tw = tiles(w)
     out = np.zeros((3, h * 4, w * 4), np.float32)
     for y in ys:
         for x in xs:
@@ -200,6 +215,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument(
+        "--esrgan-tiles",
+        choices=sorted(ESRGAN_TILES),
+        default="fewest",
+        help="ESRGAN tiles as Tessera's default (fewest, of at most 320 px) or A1111's 192 px",
+    )
+    ap.add_argument(
         "--refiners-statistics",
         action="store_true",
         help="also run Refiners' per-job VAE statistics pass (a 1024² encode and decode)",
@@ -234,7 +255,7 @@ def main():
             canvas = int(size * m) // 8 * 8
             up = image
             while up.shape[1] < canvas:
-                up = esrgan_tiled(esrgan, up)
+                up = esrgan_tiled(esrgan, up, args.esrgan_tiles)
             pil = Image.fromarray((up.transpose(1, 2, 0) * 255).astype(np.uint8))
             pil = pil.resize((canvas, canvas), Image.LANCZOS)
             canvas_img = np.asarray(pil).astype(np.float32).transpose(2, 0, 1) / 255.0

@@ -14,6 +14,9 @@ pub struct Config {
     pub engine: EngineConfig,
     pub upscale: UpscaleConfig,
     pub diffusion: DiffusionConfig,
+    pub serve: ServeConfig,
+    pub cache: CacheConfig,
+    pub preview: PreviewConfig,
 }
 
 /// Bounds on what one client may ask of the daemon.
@@ -121,18 +124,47 @@ pub struct UpscaleConfig {
     /// The upscaler used when a job names none (falls back to the first one
     /// in `models/upscalers/` when this one is absent).
     pub default_upscaler: String,
-    /// ESRGAN tile size in input pixels.
-    pub tile: usize,
-    /// ESRGAN tile overlap in input pixels.
-    pub overlap: usize,
+    /// How ESRGAN tiles are laid out: `fewest` (default) or `a1111` (Clarity's).
+    pub placement: TilePlacement,
+    /// ESRGAN tile size in input pixels: the largest tile for `fewest` (default 320), the
+    /// tile for `a1111` (default 192).
+    pub tile: Option<usize>,
+    /// ESRGAN tile overlap in input pixels (default 32 for `fewest`, 8 for `a1111`).
+    pub overlap: Option<usize>,
+}
+
+/// `upscale.placement`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TilePlacement {
+    #[default]
+    Fewest,
+    A1111,
+}
+
+impl UpscaleConfig {
+    /// The ESRGAN tiling these settings describe.
+    pub fn tiling(&self) -> crate::nets::esrgan::Tiling {
+        use crate::nets::esrgan::Tiling;
+        let base = match self.placement {
+            TilePlacement::Fewest => Tiling::DEFAULT,
+            TilePlacement::A1111 => Tiling::CLARITY,
+        };
+        Tiling {
+            tile: self.tile.unwrap_or(base.tile),
+            overlap: self.overlap.unwrap_or(base.overlap),
+            ..base
+        }
+    }
 }
 
 impl Default for UpscaleConfig {
     fn default() -> Self {
         Self {
             default_upscaler: "RealESRGAN_x4plus".into(),
-            tile: 192,
-            overlap: 8,
+            placement: TilePlacement::Fewest,
+            tile: None,
+            overlap: None,
         }
     }
 }
@@ -179,6 +211,52 @@ impl Default for DiffusionConfig {
     }
 }
 
+/// What `tessera serve` does besides serving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Load the default upscaler and model set in the background as soon as the daemon
+    /// listens, so that the first job finds them warm.
+    pub warm_up: bool,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { warm_up: true }
+    }
+}
+
+/// What the daemon keeps from one job for the next (`pipeline/cache.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes of pre-upscaled canvases and VAE posteriors kept for re-runs of the same
+    /// picture; unset: a sixteenth of the machine's memory, between 256 MiB and 2 GiB; 0: none.
+    pub max_bytes: Option<u64>,
+}
+
+impl CacheConfig {
+    pub fn budget(&self) -> u64 {
+        self.max_bytes
+            .unwrap_or_else(crate::pipeline::cache::default_budget)
+    }
+}
+
+/// Previews of a region (`JobParams.preview`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreviewConfig {
+    /// Pixels of the result computed around the region on each side, so that it looks as in
+    /// the whole job.
+    pub context: u32,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        Self { context: 128 }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", .path.display())]
@@ -216,7 +294,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let u = &self.upscale;
+        let u = self.upscale.tiling();
         if u.tile < 16 {
             return Err(format!("upscale.tile must be at least 16 (got {})", u.tile));
         }
@@ -289,8 +367,14 @@ mod tests {
             Config::default().diffusion.vae_memory_budget,
             DEFAULT_VAE_MEMORY_BUDGET
         );
-        assert_eq!(config.upscale.tile, 256);
-        assert_eq!(config.upscale.overlap, 8);
+        assert_eq!(config.upscale.tiling().tile, 256);
+        assert_eq!(config.upscale.tiling().overlap, 32);
+        std::fs::write(&path, "[upscale]\nplacement = \"a1111\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.upscale.tiling(),
+            crate::nets::esrgan::Tiling::CLARITY
+        );
         assert_eq!(config.limits.max_jobs_per_client, 16);
     }
 

@@ -156,6 +156,7 @@ fn run(
     let mut tiles_seen = Vec::new();
     let output = run_stages(
         &mut StageNets {
+            reuse: None,
             upscaler: &mut EsrganUpscaler {
                 net: &mut esrgan,
                 tiling: Tiling::default(),

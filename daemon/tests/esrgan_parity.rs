@@ -242,7 +242,7 @@ fn tiled_with_enough_context_equals_the_whole_image() {
         let tiled = model
             .upscale(
                 image.view(),
-                &Tiling { tile, overlap },
+                &Tiling::a1111(tile, overlap),
                 ChannelOrder::Bgr,
                 &mut |done, total| {
                     calls.push((done, total));
@@ -291,10 +291,7 @@ fn default_tiling_is_sane() {
     let tiled = model
         .upscale(
             image.view(),
-            &Tiling {
-                tile: 40,
-                overlap: 8,
-            },
+            &Tiling::a1111(40, 8),
             ChannelOrder::Rgb,
             &mut no_progress(),
         )
@@ -327,10 +324,7 @@ fn odd_sizes_and_unshuffle_tiling_match() {
     let whole = model
         .upscale(
             image.view(),
-            &Tiling {
-                tile: 512,
-                overlap: 8,
-            },
+            &Tiling::a1111(512, 8),
             ChannelOrder::Rgb,
             &mut no_progress(),
         )
@@ -339,10 +333,7 @@ fn odd_sizes_and_unshuffle_tiling_match() {
     let tiled = model
         .upscale(
             image.view(),
-            &Tiling {
-                tile: 47,
-                overlap: 45,
-            },
+            &Tiling::a1111(47, 45),
             ChannelOrder::Rgb,
             &mut no_progress(),
         )
@@ -364,10 +355,7 @@ fn cancelling_stops_after_the_current_tile() {
     let mut calls = 0;
     let result = model.upscale(
         image.view(),
-        &Tiling {
-            tile: 24,
-            overlap: 8,
-        },
+        &Tiling::a1111(24, 8),
         ChannelOrder::Rgb,
         &mut |done, total| {
             calls += 1;
@@ -512,4 +500,54 @@ fn the_channel_order_is_fed_and_read_back() {
     assert!(max_abs_diff(&bgr, &back) <= 1e-6);
     let differ = max_abs_diff(&rgb, &bgr);
     assert!(differ > 1e-3, "{differ}");
+}
+
+#[test]
+fn the_default_tiling_takes_the_fewest_tiles_and_keeps_the_seams_close_to_the_whole_image() {
+    let mut model = Esrgan::load(
+        engine(),
+        &fixture("tiny-x4.safetensors"),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .unwrap();
+    let whole_of = |model: &mut Esrgan, image: &Array3<f32>| {
+        let whole = model.forward(image.view().insert_axis(Axis(0))).unwrap();
+        whole.index_axis(Axis(0), 0).mapv(|v| v.clamp(0.0, 1.0))
+    };
+    let count = |model: &mut Esrgan, image: &Array3<f32>, tiling: Tiling| {
+        let mut calls = 0;
+        let out = model
+            .upscale(image.view(), &tiling, ChannelOrder::Rgb, &mut |_, _| {
+                calls += 1;
+                Ok(())
+            })
+            .unwrap();
+        (out, calls)
+    };
+    // A 256² input is one tile: the whole-image result, bit for bit.
+    let small = procedural_image(256, 256);
+    let (tiled, calls) = count(&mut model, &small, Tiling::DEFAULT);
+    assert_eq!(calls, 1);
+    assert_eq!(tiled, whole_of(&mut model, &small));
+    // 400 × 360 takes 2 × 2 tiles (A1111's placement: 3 × 2 of 192).
+    let large = procedural_image(400, 360);
+    let whole = whole_of(&mut model, &large);
+    let (fewest, calls) = count(&mut model, &large, Tiling::DEFAULT);
+    assert_eq!(calls, 4);
+    let (a1111, calls) = count(&mut model, &large, Tiling::CLARITY);
+    assert_eq!(calls, 6);
+    let max = max_abs_diff(&fewest, &whole);
+    let mean = (&fewest - &whole).mapv(f32::abs).mean().unwrap();
+    let a1111_max = max_abs_diff(&a1111, &whole);
+    eprintln!(
+        "default tiles vs whole: max {max:.2e}, mean {mean:.2e}; A1111's: max {a1111_max:.2e}"
+    );
+    assert!(max <= TOLERANCE && mean < 1e-6, "max {max}, mean {mean}");
+    assert!(max < a1111_max, "12 pixels of context beat none");
+    // With an overlap of twice the receptive radius (33 pixels here) plus the ramp, the seams
+    // change nothing: the tiled result is the whole-image result.
+    let (exact, calls) = count(&mut model, &large, Tiling::fewest(256, 80));
+    assert_eq!(calls, 4);
+    let err = max_abs_diff(&exact, &whole);
+    assert!(err <= TOLERANCE, "{err}");
 }

@@ -801,7 +801,8 @@ def models_hint(models: List[ModelEntry], source: str, folder: str = "") -> str:
 
 def progress_text(progress: Progress) -> str:
     """The status line under GIMP's progress bar, e.g. ``Tessera: upscale,
-    tile 3 of 12`` (with the stage when there are several)."""
+    tile 3 of 12, about 45 s left`` (with the stage when there are several,
+    the time left once the daemon estimates it)."""
     parts = [progress.phase or "working"]
     if progress.stages > 1:
         parts.insert(0, f"stage {progress.stage + 1} of {progress.stages}")
@@ -809,7 +810,20 @@ def progress_text(progress: Progress) -> str:
         parts.append(f"step {progress.step} of {progress.steps}")
     if progress.tiles > 1:
         parts.append(f"tile {progress.tile} of {progress.tiles}")
+    eta = getattr(progress, "eta_seconds", None)
+    if eta is not None:
+        parts.append(f"about {duration(eta)} left")
     return "Tessera: " + ", ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``3 min 20 s``, ``1 h 05 min``."""
+    total = max(0, int(round(seconds)))
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        return f"{total // 60} min {total % 60:02d} s"
+    return f"{total // 3600} h {(total % 3600) // 60:02d} min"
 
 
 def error_text(error: BaseException) -> str:

@@ -59,8 +59,11 @@ def selection_rect(document: Any) -> Optional[region.Rect]:
     return None if rect.empty else rect
 
 
-def read_source(document: Any, node: Any = None, source: str = "layer") -> Source:
-    """Reads the pixels to upscale. Raises :class:`UserError`,
+def read_source(
+    document: Any, node: Any = None, source: str = "layer", whole: bool = False
+) -> Source:
+    """Reads the pixels to upscale: the selection's bounding box, or the whole
+    canvas without a selection or with ``whole``. Raises :class:`UserError`,
     :class:`UnsupportedColorSpace` or :class:`region.NothingToUpscale`."""
     if document is None:
         raise UserError("Open a document first.")
@@ -81,7 +84,8 @@ def read_source(document: Any, node: Any = None, source: str = "layer") -> Sourc
         space = (node.colorModel(), node.colorDepth(), node.colorProfile())
         label = node.name()
     layout = pixels.layout_for(*space)
-    rect = region.source_rect((document.width(), document.height()), selection_rect(document))
+    selection = None if whole else selection_rect(document)
+    rect = region.source_rect((document.width(), document.height()), selection)
     document.waitForDone()
     if merged:
         data = document.pixelData(rect.x, rect.y, rect.width, rect.height)
@@ -232,5 +236,46 @@ def in_place(app: Any, source: Source, result: Image, scale: float) -> Any:
     parent.addChildNode(layer, above)
     document.waitForDone()
     document.setActiveNode(layer)
+    document.refreshProjection()
+    return layer
+
+
+def preview_layer(app: Any, source: Source, result: Image, over: region.Rect, scale: float) -> Any:
+    """Shows a preview (``result``, the upscaled look of ``over``) as a new
+    layer on top of the source layer, scaled to ``over`` and placed on it:
+    one undo step. The scaling happens in a scratch document that is closed
+    again, so the user's document sees only the finished layer."""
+    check_result(source, result)
+    document = source.document
+    if not is_open(app, document):
+        raise UserError("The document was closed before the preview arrived.")
+    data = result.data
+    if (result.width, result.height) != (over.width, over.height):
+        scratch = app.createDocument(
+            result.width,
+            result.height,
+            "tessera-preview",
+            source.color_model,
+            source.color_depth,
+            source.color_profile,
+            72.0,
+        )
+        try:
+            layer = _new_layer(scratch, "preview", source, result, 0, 0)
+            scratch.rootNode().addChildNode(layer, None)
+            scratch.waitForDone()
+            scratch.scaleImage(over.width, over.height, 72, 72, "Bicubic")
+            scratch.waitForDone()
+            data = bytes(layer.pixelData(0, 0, over.width, over.height))
+        finally:
+            scratch.setModified(False)
+            scratch.close()
+    shown = Image(over.width, over.height, result.channels, result.sample, result.transfer, data)
+    name = region.preview_name(scale, result.width, result.height)
+    layer = _new_layer(document, name, source, shown, over.x, over.y)
+    above = source.node if _node_in(document, source.node) else None
+    parent = above.parentNode() if above is not None else document.rootNode()
+    parent.addChildNode(layer, above)
+    document.waitForDone()
     document.refreshProjection()
     return layer

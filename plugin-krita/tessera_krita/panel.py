@@ -1,10 +1,10 @@
-"""The docker's contents: parameters, Upscale and Cancel, progress, the
+"""The docker's contents: parameters, Upscale, Preview and Cancel, progress, the
 daemon's state and messages.
 
 A plain ``QWidget`` (the Krita ``DockWidget`` in :mod:`.extension` only wraps
 it), built from the parameter specs that the protocol takes today. Its shape
 fits a laptop screen beside Krita's own dockers: what a painter uses on every
-upscale is at the top — the daemon's state, the Upscale and Cancel buttons,
+upscale is at the top — the daemon's state, the Upscale, Preview and Cancel buttons,
 the progress and the result line, then scale, creativity, resemblance and
 prompt — everything else in a folded *Advanced* section, and all of it in a
 scroll area. The docker asks Krita for no more height than the part down to
@@ -175,12 +175,25 @@ class Panel(QWidget):
             "Upscale the selection (its bounding box) or, without one, the whole layer.",
         )
         self.upscale_button.clicked.connect(lambda: upscaler.upscale())
+        self.preview_button = QPushButton("Preview")
+        self.preview_button.setObjectName("tessera_preview_button")
+        self._tip(
+            self.preview_button,
+            "Show how the selection will look in the upscale of the whole layer, quickly: "
+            "the daemon computes only that part (with some of the layer around it), and it "
+            "comes back as a layer over the selection, which undo (Ctrl+Z) removes.",
+        )
+        self.preview_button.clicked.connect(lambda: upscaler.preview())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("tessera_cancel_button")
         self._tip(self.cancel_button, "Stop the upscale; the document is left as it was.")
         self.cancel_button.clicked.connect(upscaler.cancel)
-        row.addWidget(self.upscale_button)
-        row.addWidget(self.cancel_button)
+        for button in (self.upscale_button, self.preview_button, self.cancel_button):
+            # Qt's styles ask 80 pixels of every text button; three of them must share a
+            # narrow docker, so each may shrink to its text.
+            text = button.fontMetrics().horizontalAdvance(button.text())
+            button.setMinimumWidth(text + 2 * button.fontMetrics().averageCharWidth())
+            row.addWidget(button)
         return row
 
     def _build_feedback(self) -> QVBoxLayout:
@@ -431,6 +444,7 @@ class Panel(QWidget):
     def _phase_changed(self, phase: str) -> None:
         busy = phase != IDLE
         self.upscale_button.setEnabled(not busy)
+        self.preview_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
 
     def _progressed(self, fraction: float, text: str) -> None:

@@ -35,6 +35,7 @@ PROTOCOL_VERSION = tessera_client.PROTOCOL_VERSION
 Preset = tessera_client.Preset
 ProtocolError = tessera_client.ProtocolError
 Rejected = tessera_client.Rejected
+Region = tessera_client.Region
 Accepted = tessera_client.Accepted
 SampleFormat = tessera_client.SampleFormat
 Shutdown = tessera_client.Shutdown

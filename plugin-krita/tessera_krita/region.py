@@ -10,6 +10,7 @@
 No Qt and no Krita here.
 """
 
+import math
 from typing import NamedTuple, Optional, Tuple
 
 
@@ -85,3 +86,20 @@ def in_place(canvas: Tuple[int, int], region: Rect, result: Tuple[int, int]) -> 
         int(round(region.x * fx)),
         int(round(region.y * fy)),
     )
+
+
+def preview_region(canvas: Tuple[int, int], selection: Rect, scale: float) -> Rect:
+    """The rectangle of the whole layer's result that covers ``selection``
+    (already clipped to the canvas), at least one pixel a side."""
+    out_w = max(1, int(round(canvas[0] * scale)))
+    out_h = max(1, int(round(canvas[1] * scale)))
+    left = min(int(math.floor(selection.x * scale)), out_w - 1)
+    top = min(int(math.floor(selection.y * scale)), out_h - 1)
+    right = min(out_w, int(math.ceil((selection.x + selection.width) * scale)))
+    bottom = min(out_h, int(math.ceil((selection.y + selection.height) * scale)))
+    return Rect(left, top, max(1, right - left), max(1, bottom - top))
+
+
+def preview_name(scale: float, width: int, height: int) -> str:
+    """The preview layer's name, e.g. ``Preview ×2 (384×320) [Tessera]``."""
+    return f"Preview ×{format_scale(scale)} ({width}×{height}) [Tessera]"

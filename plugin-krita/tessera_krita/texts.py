@@ -81,8 +81,9 @@ def is_cancelled(error: BaseException) -> bool:
 
 
 def progress_text(progress: Progress) -> str:
-    """E.g. ``Stage 1/2 · denoise · step 3/7 · tile 2/6``; parts that say
-    nothing (one stage, one step, one tile) are left out."""
+    """E.g. ``Stage 1/2 · denoise · step 3/7 · tile 2/6 · 3 min 20 s left``;
+    parts that say nothing (one stage, one step, one tile, no estimate yet)
+    are left out."""
     parts = []
     if progress.stages > 1:
         parts.append(f"Stage {progress.stage + 1}/{progress.stages}")
@@ -91,8 +92,21 @@ def progress_text(progress: Progress) -> str:
         parts.append(f"step {progress.step}/{progress.steps}")
     if progress.tiles > 1:
         parts.append(f"tile {progress.tile}/{progress.tiles}")
+    eta = getattr(progress, "eta_seconds", None)
+    if eta is not None:
+        parts.append(f"{duration(eta)} left")
     text = " · ".join(parts)
     return text[0].upper() + text[1:]
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``3 min 20 s``, ``1 h 05 min``."""
+    total = max(0, int(round(seconds)))
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        return f"{total // 60} min {total % 60:02d} s"
+    return f"{total // 3600} h {(total % 3600) // 60:02d} min"
 
 
 def percent(fraction: float) -> int:

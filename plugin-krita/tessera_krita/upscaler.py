@@ -13,9 +13,9 @@ from typing import Any, Optional
 from . import document as doc_io
 from . import params, texts
 from .pixels import UnsupportedColorSpace
-from .proto import Done, Progress
+from .proto import Done, Progress, Region
 from .qt import QObject, pyqtSignal
-from .region import NothingToUpscale
+from .region import NothingToUpscale, Rect, preview_region
 from .session import JobTicket
 from .settings import OUTPUT_IN_PLACE
 
@@ -74,6 +74,8 @@ class Upscaler(QObject):
         self._ticket: Optional[JobTicket] = None
         self._cancelled = False
         self._started = 0.0
+        #: The selection a running preview shows (``None``: an upscale).
+        self._preview: Optional[Rect] = None
         #: The latest progress of the running job.
         self.last_progress: Optional[Progress] = None
 
@@ -85,6 +87,28 @@ class Upscaler(QObject):
         if phase != self.phase:
             self.phase = phase
             self.phaseChanged.emit(phase)
+
+    def preview(
+        self,
+        document: Any = None,
+        node: Any = None,
+        source: Optional[str] = None,
+        values: Optional[dict] = None,
+    ) -> bool:
+        """Starts a preview of the selection: the daemon computes the
+        selection's part of the whole layer's result (from the layer around
+        it), which comes back as a temporary layer over the selection (one
+        undo step removes it). Returns whether it started."""
+        if document is None:
+            document = self.app.activeDocument()
+        selection = doc_io.selection_rect(document) if document is not None else None
+        if selection is None:
+            if not self.busy:
+                self.finished.emit(
+                    Outcome(False, "Select the region to preview first (a rectangle is enough).")
+                )
+            return False
+        return self._start(document, node, source, None, values, selection)
 
     def upscale(
         self,
@@ -98,6 +122,17 @@ class Upscaler(QObject):
         ``document`` (default: the active one) with the settings' parameters,
         or those in ``values``. Returns whether it started; the end is
         reported by :attr:`finished` either way."""
+        return self._start(document, node, source, output, values, None)
+
+    def _start(
+        self,
+        document: Any,
+        node: Any,
+        source: Optional[str],
+        output: Optional[str],
+        values: Optional[dict],
+        preview: Optional[Rect],
+    ) -> bool:
         if self.busy:
             self.finished.emit(
                 Outcome(False, "An upscale is already running; cancel it or wait for it.")
@@ -111,7 +146,14 @@ class Upscaler(QObject):
             job_params = params.to_job_params(
                 values if values is not None else self.settings.values()
             )
-            self._source = doc_io.read_source(document, node, source)
+            self._source = doc_io.read_source(document, node, source, whole=preview is not None)
+            if preview is not None:
+                canvas = (self._source.rect.width, self._source.rect.height)
+                preview = Rect(*preview).intersected(Rect(0, 0, *canvas))
+                if preview.empty:
+                    raise NothingToUpscale("The selection lies outside the canvas.")
+                wanted = preview_region(canvas, preview, float(job_params.scale))
+                job_params.preview = Region(*wanted)
         except UnsupportedColorSpace as e:
             self.conversionOffered.emit(document, e.conversion, e.message)
             self.finished.emit(Outcome(False, e.message, error=e))
@@ -120,6 +162,7 @@ class Upscaler(QObject):
             self.finished.emit(Outcome(False, str(e), error=e))
             return False
         self._params = job_params
+        self._preview = preview
         self._cancelled = False
         self._ticket = None
         self.last_progress = None
@@ -205,6 +248,9 @@ class Upscaler(QObject):
         self._set_phase(APPLYING)
         self.progressed.emit(1.0, "Adding the result…")
         scale = self._params.scale
+        if self._preview is not None:
+            self._show_preview(source, done, scale, self._preview)
+            return
         try:
             if self._output == OUTPUT_IN_PLACE:
                 result = doc_io.in_place(self.app, source, done.image, scale)
@@ -226,6 +272,24 @@ class Upscaler(QObject):
         )
         self._end(Outcome(True, message, result=result, seconds=seconds))
 
+    def _show_preview(self, source: Any, done: Done, scale: float, over: Rect) -> None:
+        try:
+            result = doc_io.preview_layer(self.app, source, done.image, over, scale)
+        except doc_io.UserError as e:
+            self._end(Outcome(False, str(e), error=e))
+            return
+        except Exception as e:  # a Krita API failure: report it, keep Krita alive
+            log.exception("could not show the preview")
+            self._end(Outcome(False, f"The preview could not be shown: {e}", error=e))
+            return
+        seconds = time.monotonic() - self._started
+        message = (
+            f"Preview of {over.width}×{over.height} (×{scale:g}: {done.image.width}×"
+            f"{done.image.height}) shown as a layer over the selection in {seconds:.1f} s; "
+            "undo (Ctrl+Z) removes it."
+        )
+        self._end(Outcome(True, message, result=result, seconds=seconds))
+
     def _failed(self, error: BaseException) -> None:
         if not self.busy:
             return
@@ -238,6 +302,7 @@ class Upscaler(QObject):
     def _end(self, outcome: Outcome) -> None:
         self._ticket = None
         self._source = None
+        self._preview = None
         self._set_phase(IDLE)
         if outcome.ok:
             self.progressed.emit(1.0, "Done")

@@ -21,10 +21,10 @@ pub use frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode, encode, read_frame,
 pub use image::{Channels, Image, ImageError, SampleFormat, Transfer};
 pub use message::{
     Accepted, DeviceMemory, Done, Failed, Handshake, JobId, Message, ModelEntry, ModelKind,
-    ModelList, Progress, Rejected, StageTiming, Status, Submit,
+    ModelList, Progress, Rejected, StageTiming, Status, Submit, WarmUp,
 };
-pub use params::{JobParams, LoraWeight, Preset, Sampler};
+pub use params::{JobParams, LoraWeight, Preset, Region, Sampler};
 
 /// Version of the wire format. Both sides send it in their [`Handshake`]; a
 /// daemon answers a different version with [`ErrorKind::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;

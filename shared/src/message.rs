@@ -164,6 +164,11 @@ pub struct Status {
     pub session_budget_bytes: Option<u64>,
     /// The estimated size of the sessions held now (weights and an allowance), in bytes.
     pub session_bytes: u64,
+    /// The loading of the default model set that `tessera serve` starts as soon as it
+    /// listens; `None` when this daemon runs none.
+    pub warm_up: Option<WarmUp>,
+    /// The running job's estimated seconds left (its last `Progress.eta_seconds`).
+    pub running_eta_seconds: Option<f32>,
 }
 
 /// An accelerator's memory as its driver reports it.
@@ -174,6 +179,22 @@ pub struct DeviceMemory {
     pub total_bytes: u64,
     /// Free now, for every process on the device.
     pub free_bytes: u64,
+}
+
+/// How far the daemon's start-up warm-up is: the default model set compiled and its
+/// sessions created in the background, so that the first job finds them warm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmUp {
+    /// What it loads now, e.g. "UNet juggernaut_reborn.safetensors"; empty once it is over.
+    pub loading: String,
+    /// Parts loaded, out of `parts`.
+    pub done: u32,
+    pub parts: u32,
+    /// Seconds since it began, or that it took once it is over.
+    pub seconds: f32,
+    /// Why it stopped before the end (a default model missing, a load failure); empty
+    /// otherwise. A job loads what it needs either way.
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -102,6 +102,18 @@ pub struct JobParams {
     pub loras: Vec<LoraWeight>,
     /// Strength of a 3×3 sharpening of the result, 0 (off) to 10.
     pub sharpen: f32,
+    /// Only this rectangle of the result, computed from the part of the input around it: a
+    /// quick look at a region before the whole job. `None`: the whole result.
+    pub preview: Option<Region>,
+}
+
+/// A rectangle in pixels of the result: left, top, width, height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Region {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
 }
 
 impl Default for JobParams {
@@ -128,6 +140,7 @@ impl Default for JobParams {
             controlnet: None,
             loras: Vec::new(),
             sharpen: 0.0,
+            preview: None,
         }
     }
 }

@@ -144,3 +144,62 @@ fn models_list_shows_sizes_and_hashes() {
         "{line}"
     );
 }
+
+#[test]
+fn a_batch_writes_every_good_file_skips_existing_results_and_names_the_bad_one() {
+    let daemon = Daemon::prepare("[upscale]\ndefault_upscaler = \"tiny-x4\"\n").start();
+    let root = daemon.dir.path();
+    let folder = root.join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    write_png(&folder.join("a.png"), 8, 6, false);
+    write_png(&folder.join("b.png"), 5, 7, true);
+    std::fs::write(folder.join("broken.png"), b"not a png at all").unwrap();
+    write_png(&folder.join("c.png"), 6, 6, false);
+    let extra = root.join("extra.png");
+    write_png(&extra, 4, 4, false);
+    let out = root.join("out");
+    std::fs::create_dir(&out).unwrap();
+    // A result from an earlier run: kept as it is.
+    std::fs::write(out.join("c.png"), b"earlier").unwrap();
+    let batch = |overwrite: bool| {
+        let mut command = daemon.command(["upscale", "--preset", "upscaler", "--scale", "2"]);
+        command.arg(&folder).arg(&extra).arg("-o").arg(&out);
+        if overwrite {
+            command.arg("--overwrite");
+        }
+        command.output().unwrap()
+    };
+    let first = batch(false);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(1), "{stdout}\n{stderr}");
+    for (name, size) in [
+        ("a.png", (16, 12)),
+        ("b.png", (10, 14)),
+        ("extra.png", (8, 8)),
+    ] {
+        let result = image::open(out.join(name)).unwrap();
+        assert_eq!((result.width(), result.height()), size, "{name}");
+    }
+    assert_eq!(std::fs::read(out.join("c.png")).unwrap(), b"earlier");
+    assert!(!out.join("broken.png").exists());
+    assert!(
+        stderr.contains("broken.png failed: cannot read"),
+        "the bad file is named with its cause: {stderr}"
+    );
+    assert!(
+        stdout.contains("skipped") && stdout.contains("c.png"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("3 written, 1 skipped, 1 failed of 5 files"),
+        "{stdout}"
+    );
+    let again = batch(true);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        stdout.contains("4 written, 0 skipped, 1 failed of 5 files"),
+        "{stdout}"
+    );
+    assert_eq!(image::open(out.join("c.png")).unwrap().width(), 12);
+}

@@ -136,9 +136,10 @@ def test_the_dialog_shows_every_argument_once():
 def test_defaults_are_the_protocols():
     params = core.job_params(DEFAULTS)
     assert JobParams(**params) == JobParams()
-    # Every field but the LoRA list (the prompt's <lora:…> tags cover it).
+    # Every field but the LoRA list (the prompt's <lora:…> tags cover it) and the preview
+    # of a region (the plug-in upscales whole images or selections).
     fields = [f.name for f in dataclasses.fields(JobParams)]
-    assert sorted(params) == sorted(f for f in fields if f != "loras")
+    assert sorted(params) == sorted(f for f in fields if f not in ("loras", "preview"))
     assert (params["preset"], params["sampler"]) == (Preset.CLARITY, Sampler.DPMPP_3M_SDE_KARRAS)
     assert params["prompt"] == CLARITY_PROMPT
     assert params["negative_prompt"] == CLARITY_NEGATIVE_PROMPT
@@ -157,7 +158,7 @@ def test_argument_names_are_the_clis_flags():
     block = block[: block.index("\n}\n")]
     flags = [name.replace("_", "-") for name in re.findall(r"pub (\w+):", block)]
     jobs = [a for a in core.ARGUMENTS if a.job_field]
-    assert sorted(a.name for a in jobs) == sorted(f for f in flags if f != "lora")
+    assert sorted(a.name for a in jobs) == sorted(f for f in flags if f not in ("lora", "preview"))
     for argument in jobs:
         assert argument.job_field == argument.name.replace("-", "_")
 
@@ -472,6 +473,8 @@ def test_progress_text():
     assert core.progress_text(one) == "Tessera: upscale, tile 3 of 12"
     many = Progress(1, 1, 2, "denoise", 4, 7, 2, 6, 0.7)
     assert core.progress_text(many) == "Tessera: stage 2 of 2, denoise, step 4 of 7, tile 2 of 6"
+    timed = Progress(1, 0, 1, "denoise", 4, 7, 1, 1, 0.5, eta_seconds=200.4)
+    assert core.progress_text(timed) == "Tessera: denoise, step 4 of 7, about 3 min 20 s left"
 
 
 @pytest.mark.parametrize(

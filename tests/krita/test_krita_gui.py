@@ -86,3 +86,21 @@ def test_an_in_place_result_arrives_and_undoes_one_step_per_change(gui):
         ([224, 176], [300.0, 300.0]),
     ]
     assert gui["after_all_undos"] == before
+
+
+def test_preview_shows_the_selection_upscaled_as_one_layer_that_one_undo_removes(gui):
+    assert gui["preview_button_beside_upscale"]
+    preview = gui["preview"]
+    assert gui["idle_after_preview"] and gui["outcomes"][2]["ok"], preview["message"]
+    assert preview["message"].startswith("Preview of 192×160 (×4: 768×640) shown as a layer")
+    before, after = preview["before"], preview["after"]
+    assert after["size"] == before["size"], "the canvas keeps its size"
+    names = [layer[0] for layer in after["layers"]]
+    new = "Preview ×4 (768×640) [Tessera]"
+    assert len(names) == len(before["layers"]) + 1
+    assert names.index(new) == names.index("Layer 1") + 1
+    # Over the selection, at the document's scale.
+    assert after["layers"][names.index(new)][1] == SELECTION
+    assert after["merged"] != before["merged"]
+    assert preview["active"] == "Layer 1", "the painter's layer stays the active one"
+    assert gui["after_preview_undo"] == before

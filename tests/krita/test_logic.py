@@ -170,6 +170,15 @@ def test_in_place_scales_the_canvas_by_the_factor_the_result_has():
     assert place == (144, 90, 48, 0)
 
 
+def test_a_preview_asks_for_the_selections_part_of_the_whole_result():
+    assert region.preview_region((224, 176), region.Rect(16, 8, 192, 160), 4.0) == (
+        64, 32, 768, 640,
+    )  # fmt: skip
+    # ×1.5 of an odd selection: the pixels that cover it, inside the 150×120 result.
+    assert region.preview_region((100, 80), region.Rect(33, 0, 67, 80), 1.5) == (49, 0, 101, 120)
+    assert region.preview_name(2.0, 384, 320) == "Preview ×2 (384×320) [Tessera]"
+
+
 def test_layer_names_say_the_scale_and_the_size():
     assert region.layer_name(2.0, 1024, 768, "Paint Layer 1") == (
         "Paint Layer 1 ×2 (1024×768) [Tessera]"
@@ -524,6 +533,9 @@ def test_progress_text_says_stage_phase_step_and_tile_when_they_matter():
     assert texts.progress_text(Progress(1, 0, 1, "upscale", 1, 1, 3, 12, 0.2)) == (
         "Upscale · tile 3/12"
     )
+    with_eta = Progress(1, 0, 1, "denoise", 4, 7, 1, 1, 0.5, eta_seconds=200.4)
+    assert texts.progress_text(with_eta) == "Denoise · step 4/7 · 3 min 20 s left"
+    assert texts.duration(44.6) == "45 s" and texts.duration(3900) == "1 h 05 min"
     assert texts.percent(0.1234) == 123 and texts.percent(2) == 1000
     assert texts.percent(float("nan")) == 0
 

@@ -268,6 +268,15 @@ pub fn clarity(target: &Target, args: &ClarityBenchArgs) -> anyhow::Result<ExitC
         args.tile_batch != Some(0),
         "--tile-batch must be at least 1"
     );
+    if args.models_only {
+        let dir = args.dir.as_deref().expect("clap requires --dir");
+        let seconds = crate::pipeline::clarity::bench::write_data_dir(dir, &args.models)?;
+        println!(
+            "random models and config.toml in {} ({seconds:.1} s)",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     // The job's memory as the daemon would hold it (`tessera serve` tunes the allocator so).
     crate::server::keep_large_blocks_mapped();
     let engine = engine(target, &args.device)?;

@@ -36,11 +36,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Upscale {
-            input,
+            inputs,
             output,
+            overwrite,
             job,
             no_start,
-        } => upscale(&target, &input, &output, job.to_params(), no_start),
+        } => {
+            if super::batch::is_batch(&inputs, &output) {
+                upscale_batch(
+                    &target,
+                    &inputs,
+                    &output,
+                    &job.to_params(),
+                    overwrite,
+                    no_start,
+                )
+            } else {
+                upscale(&target, &inputs[0], &output, job.to_params(), no_start)
+            }
+        }
         Command::Status => status(&target),
         Command::Doctor { manifest } => super::doctor::run(&target, manifest.as_deref()),
         Command::Stop => stop(&target),
@@ -138,7 +152,7 @@ fn upscale(
     let bar = ProgressBar::new(1000);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} {msg:28} [{bar:32}] {percent:>3}% {elapsed_precise} ETA {eta}",
+            "{spinner} {msg:44} [{bar:32}] {percent:>3}% {elapsed_precise}",
         )
         .expect("the template is valid")
         .progress_chars("=> "),
@@ -158,12 +172,7 @@ fn upscale(
     };
     let outcome = client.wait(accepted.job, |p| {
         warn(&p.warnings, &bar);
-        let stage = if p.stages > 1 {
-            format!("stage {}/{} ", p.stage + 1, p.stages)
-        } else {
-            String::new()
-        };
-        bar.set_message(format!("{stage}{} tile {}/{}", p.phase, p.tile, p.tiles));
+        bar.set_message(super::batch::progress_text(p));
         bar.set_position((p.fraction * 1000.0) as u64);
     });
     let done = match outcome {
@@ -219,6 +228,60 @@ fn finish_upscale(
     Ok(ExitCode::SUCCESS)
 }
 
+fn upscale_batch(
+    target: &Target,
+    inputs: &[std::path::PathBuf],
+    out_dir: &std::path::Path,
+    params: &JobParams,
+    overwrite: bool,
+    no_start: bool,
+) -> anyhow::Result<ExitCode> {
+    let items = super::batch::plan(inputs, out_dir)?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create the folder {}", out_dir.display()))?;
+    let mut client = if no_start {
+        launch::connect(target)?
+    } else {
+        launch::connect_or_start(target)?
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let in_flight = super::batch::InFlight::default();
+    {
+        let (interrupted, in_flight, canceller) =
+            (interrupted.clone(), in_flight.clone(), client.canceller());
+        ctrlc::set_handler(move || {
+            if interrupted.swap(true, Ordering::SeqCst) {
+                std::process::exit(i32::from(EXIT_CANCELLED));
+            }
+            eprintln!("\ntessera: cancelling (press Ctrl-C again to quit at once)");
+            for job in in_flight.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = canceller.cancel(*job);
+            }
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let outcome = super::batch::run(
+        &mut client,
+        items,
+        params,
+        overwrite,
+        &interrupted,
+        &in_flight,
+    );
+    for (input, reason) in &outcome.failed {
+        eprintln!("tessera: {} failed: {reason}", input.display());
+    }
+    if outcome.cancelled {
+        eprintln!("tessera: cancelled");
+        return Ok(ExitCode::from(EXIT_CANCELLED));
+    }
+    Ok(if outcome.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn status(target: &Target) -> anyhow::Result<ExitCode> {
     let mut client = match launch::connect(target) {
         Ok(client) => client,
@@ -243,12 +306,19 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
     }
     match status.running {
         Some(job) => println!(
-            "job:     {job} ({:.0}% done)",
-            status.running_fraction * 100.0
+            "job:     {job} ({:.0}% done{})",
+            status.running_fraction * 100.0,
+            status
+                .running_eta_seconds
+                .map(|s| format!(", {} left", super::batch::short_duration(s)))
+                .unwrap_or_default()
         ),
         None => println!("job:     idle"),
     }
     println!("queued:  {}", status.queued);
+    if let Some(line) = status.warm_up.as_ref().map(warm_up_line) {
+        println!("warm-up: {line}");
+    }
     if status.resident_bytes > 0 {
         println!("memory:  {} resident", human_size(status.resident_bytes));
     }
@@ -281,6 +351,20 @@ fn status(target: &Target) -> anyhow::Result<ExitCode> {
         println!("warning: {warning}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The start-up warm-up in a few words.
+fn warm_up_line(w: &tessera_protocol::WarmUp) -> String {
+    if !w.loading.is_empty() {
+        format!(
+            "loading {} ({} of {} parts done, {:.1} s so far)",
+            w.loading, w.done, w.parts, w.seconds
+        )
+    } else if !w.error.is_empty() {
+        format!("stopped after {:.1} s: {}", w.seconds, w.error)
+    } else {
+        format!("the default models were warm after {:.1} s", w.seconds)
+    }
 }
 
 fn stop(target: &Target) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,7 @@
 //! `stop` and `models` talk to it (starting it when needed); `runtime`
 //! fetches the ONNX Runtime library; `doctor` checks the installation.
 
+mod batch;
 mod bench;
 pub mod client;
 mod commands;
@@ -50,13 +51,18 @@ pub enum Command {
         #[arg(long, hide = !cfg!(feature = "tray"))]
         tray: bool,
     },
-    /// Upscale an image file (starts the daemon if none is running)
+    /// Upscale image files (starts the daemon if none is running)
     Upscale {
-        /// Input image: PNG, JPEG, WebP or TIFF, 8 or 16 bits
-        input: PathBuf,
-        /// Output image; the extension picks the format (png, jpg, webp, tif)
+        /// Input images (PNG, JPEG, WebP or TIFF, 8 or 16 bits), or folders of them
+        #[arg(required = true, num_args = 1..)]
+        inputs: Vec<PathBuf>,
+        /// Output image, whose extension picks the format (png, jpg, webp, tif); for several
+        /// inputs or a folder, the folder the results go to under their input's names
         #[arg(short, long)]
         output: PathBuf,
+        /// Replace results that exist already (a batch skips them otherwise)
+        #[arg(long)]
+        overwrite: bool,
         #[command(flatten)]
         job: Box<params::JobArgs>,
         /// Fail instead of starting a daemon when none is running
@@ -200,6 +206,10 @@ pub struct ClarityBenchArgs {
     /// Diffusion tiles per network call (default: the device's, see diffusion.tile_batch)
     #[arg(long)]
     pub tile_batch: Option<usize>,
+    /// Only write the random models into --dir, with a config.toml that makes them the
+    /// defaults (for `tessera serve` on that data directory, as bench/compare.sh does)
+    #[arg(long, requires = "dir")]
+    pub models_only: bool,
     #[command(flatten)]
     pub device: BenchDevice,
 }

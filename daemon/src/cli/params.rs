@@ -2,7 +2,7 @@
 //! optional so that `--preset` supplies every value the user does not give.
 
 use clap::{Args, ValueEnum};
-use tessera_protocol::{JobParams, LoraWeight, Sampler};
+use tessera_protocol::{JobParams, LoraWeight, Region, Sampler};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PresetArg {
@@ -92,6 +92,31 @@ pub struct JobArgs {
     /// Sharpening of the result, 0 to 10 [default: 0]
     #[arg(long)]
     pub sharpen: Option<f32>,
+    /// Only this rectangle of the result (pixels of the result: left, top, width, height),
+    /// computed from the part of the input around it: a quick look before the whole job
+    #[arg(long, value_name = "X,Y,W,H", value_parser = parse_region)]
+    pub preview: Option<Region>,
+}
+
+/// `X,Y,W,H` in pixels of the result.
+pub fn parse_region(text: &str) -> Result<Region, String> {
+    let numbers: Vec<u32> = text
+        .split(',')
+        .map(|v| v.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("“{text}” is not four whole numbers; write X,Y,W,H"))?;
+    let [x, y, width, height] = numbers[..] else {
+        return Err(format!("“{text}” is not four numbers; write X,Y,W,H"));
+    };
+    if width == 0 || height == 0 {
+        return Err("the preview's width and height must be at least 1".into());
+    }
+    Ok(Region {
+        x,
+        y,
+        width,
+        height,
+    })
 }
 
 /// `NAME:WEIGHT`, the weight after the last colon; `NAME` alone means weight 1.
@@ -153,6 +178,7 @@ impl JobArgs {
             controlnet: self.controlnet.clone().or(base.controlnet),
             loras,
             sharpen: self.sharpen.unwrap_or(base.sharpen),
+            preview: self.preview.or(base.preview),
         }
     }
 }
@@ -223,6 +249,22 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_preview_is_four_numbers() {
+        assert_eq!(
+            params(&["--preview", "10, 20,30,40"]).preview,
+            Some(Region {
+                x: 10,
+                y: 20,
+                width: 30,
+                height: 40
+            })
+        );
+        assert!(parse_region("1,2,3").is_err());
+        assert!(parse_region("1,2,0,4").is_err());
+        assert!(parse_region("a,b,c,d").unwrap_err().contains("X,Y,W,H"));
     }
 
     #[test]

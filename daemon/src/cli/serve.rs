@@ -62,6 +62,8 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
     )?);
     let precisions = config.engine.precisions(engine.execution_providers());
     tracing::info!("precision: {}", precisions.describe());
+    let mut runner = ClarityRunner::new(engine.clone(), dir.clone(), config.clone());
+    let warm_up = config.serve.warm_up.then(|| runner.start_warm_up());
     let info = DaemonInfo {
         runtime: engine.runtime_description(),
         // The precision travels in the device line (the editors show it as it is).
@@ -72,6 +74,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         ),
         data_dir: dir.root().display().to_string(),
         engine: Some(Arc::new(EngineView(engine.clone()))),
+        warm_up: warm_up.map(|w| Arc::new(move || w.report()) as _),
     };
     tracing::info!(
         "tessera {} using {} on {}",
@@ -80,7 +83,7 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
         info.device
     );
     let checker = Arc::new(Checker::new(dir.clone(), config.clone()));
-    let runner = Box::new(ClarityRunner::new(engine, dir.clone(), config.clone()));
+    let runner = Box::new(runner);
     let options = ServeOptions {
         data_dir: dir,
         address: target.address.clone(),

@@ -15,7 +15,7 @@ use std::path::Path;
 use ndarray::{Array3, Array4, ArrayView3, ArrayView4, CowArray, Ix3, s};
 
 use super::tiling::plan_axis;
-pub use super::tiling::{BLEND, Tiling};
+pub use super::tiling::{BLEND, Placement, Tiling};
 use super::{ModelError, Precision};
 use crate::Cancelled;
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};

@@ -12,20 +12,55 @@
 /// Width of the seam ramp, in input pixels.
 pub const BLEND: usize = 8;
 
-/// Tile size and overlap, in input pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How tiles are laid out along an axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// The fewest tiles of at most `tile` pixels that overlap by at least `overlap`, all of
+    /// one size, just large enough to cover the image: an image up to `tile` is one tile.
+    Fewest,
+    /// A1111's `split_grid`, which Clarity uses: tiles of exactly `tile` pixels, as few as
+    /// needed for the overlap, spread evenly (so neighbours often overlap by much more).
+    A1111,
+}
+
+/// Tile size and overlap, in input pixels, and the placement rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tiling {
     pub tile: usize,
     pub overlap: usize,
+    pub placement: Placement,
+}
+
+impl Tiling {
+    /// A1111's placement with this tile and overlap.
+    pub const fn a1111(tile: usize, overlap: usize) -> Tiling {
+        Tiling {
+            tile,
+            overlap,
+            placement: Placement::A1111,
+        }
+    }
+
+    /// The fewest tiles of at most `tile` pixels overlapping by `overlap`.
+    pub const fn fewest(tile: usize, overlap: usize) -> Tiling {
+        Tiling {
+            tile,
+            overlap,
+            placement: Placement::Fewest,
+        }
+    }
+
+    /// A1111's `ESRGAN_tile` / `ESRGAN_tile_overlap` defaults (192 / 8), which Clarity uses.
+    pub const CLARITY: Tiling = Tiling::a1111(192, 8);
+    /// The daemon's default: one tile up to 320 pixels a side (a 4× RRDBNet 64/23 computes
+    /// a 320² tile in about 1 GB of activations), larger images in the fewest tiles of at
+    /// most that, 32 pixels of overlap (12 of context each side of an 8-pixel seam ramp).
+    pub const DEFAULT: Tiling = Tiling::fewest(320, 32);
 }
 
 impl Default for Tiling {
-    /// A1111's `ESRGAN_tile` / `ESRGAN_tile_overlap` defaults, which Clarity uses.
     fn default() -> Tiling {
-        Tiling {
-            tile: 192,
-            overlap: 8,
-        }
+        Tiling::DEFAULT
     }
 }
 
@@ -50,13 +85,12 @@ pub fn plan_axis(size: usize, tiling: Tiling, align: usize, scale: usize) -> Vec
         0,
         "pad the image to a multiple of the alignment first"
     );
-    let tile = (tiling.tile / align * align).max(align).min(size);
-    let starts = place(
-        size,
-        tile,
-        tiling.overlap.min(tile.saturating_sub(align)),
-        align,
-    );
+    let max_tile = (tiling.tile / align * align).max(align).min(size);
+    let overlap = tiling.overlap.min(max_tile.saturating_sub(align));
+    let (tile, starts) = match tiling.placement {
+        Placement::A1111 => (max_tile, place(size, max_tile, overlap, align)),
+        Placement::Fewest => place_fewest(size, max_tile, overlap, align),
+    };
     // Seam ramp width: bounded by the overlaps and the spacing so ramps never overlap.
     let mut ramp = BLEND as f64;
     for w in starts.windows(2) {
@@ -97,6 +131,38 @@ pub fn plan_axis(size: usize, tiling: Tiling, align: usize, scale: usize) -> Vec
         .collect()
 }
 
+/// The fewest tiles of at most `max_tile` whose neighbours overlap by at least `overlap`,
+/// shrunk to the smallest common length (a multiple of `align`) that still covers `size`:
+/// (that length, the starts).
+fn place_fewest(size: usize, max_tile: usize, overlap: usize, align: usize) -> (usize, Vec<usize>) {
+    if size <= max_tile {
+        return (size, vec![0]);
+    }
+    let n = (size - overlap).div_ceil(max_tile - overlap).max(2);
+    let mut tile = (size + (n - 1) * overlap).div_ceil(n).div_ceil(align) * align;
+    loop {
+        let starts = place_n(size, tile.min(size), n, align);
+        if tile >= max_tile || starts.windows(2).all(|w| w[0] + tile >= w[1] + overlap) {
+            return (tile.min(size), starts);
+        }
+        tile += align; // rounding the starts to `align` cost some overlap
+    }
+}
+
+/// `n` starts of `tile`-long tiles spread evenly over `size`, the last flush with the end.
+fn place_n(size: usize, tile: usize, n: usize, align: usize) -> Vec<usize> {
+    let room = size - tile;
+    (0..n)
+        .map(|i| {
+            if i + 1 == n {
+                room
+            } else {
+                (i * room / (n - 1)) / align * align
+            }
+        })
+        .collect()
+}
+
 /// Tile starts: the fewest tiles whose neighbours overlap by at least `overlap`.
 fn place(size: usize, tile: usize, overlap: usize, align: usize) -> Vec<usize> {
     if size <= tile {
@@ -105,16 +171,7 @@ fn place(size: usize, tile: usize, overlap: usize, align: usize) -> Vec<usize> {
     let step = tile - overlap; // > 0: overlap < tile
     let mut n = (size - overlap).div_ceil(step).max(2);
     loop {
-        let room = size - tile;
-        let starts: Vec<usize> = (0..n)
-            .map(|i| {
-                if i + 1 == n {
-                    room
-                } else {
-                    (i * room / (n - 1)) / align * align
-                }
-            })
-            .collect();
+        let starts = place_n(size, tile, n, align);
         if starts.windows(2).all(|w| w[0] + tile >= w[1] + overlap) {
             return starts;
         }
@@ -138,7 +195,7 @@ mod tests {
 
     #[test]
     fn small_images_are_one_tile() {
-        let spans = plan_axis(50, Tiling::default(), 1, 4);
+        let spans = plan_axis(50, Tiling::CLARITY, 1, 4);
         assert_eq!(spans.len(), 1);
         assert_eq!((spans[0].start, spans[0].len), (0, 50));
         assert!(spans[0].weights.iter().all(|&w| w == 1.0));
@@ -147,7 +204,7 @@ mod tests {
     #[test]
     fn a1111_grid_for_the_defaults() {
         // W = 500: cols = ceil((500 − 8) / 184) = 3, starts 0, 154, 308.
-        let spans = plan_axis(500, Tiling::default(), 1, 4);
+        let spans = plan_axis(500, Tiling::CLARITY, 1, 4);
         let starts: Vec<usize> = spans.iter().map(|s| s.start).collect();
         assert_eq!(starts, [0, 154, 308]);
         for w in coverage(&spans, 500, 4) {
@@ -163,7 +220,7 @@ mod tests {
             (122, 24, 20, 2),
             (33, 16, 15, 1),
         ] {
-            let tiling = Tiling { tile, overlap };
+            let tiling = Tiling::a1111(tile, overlap);
             let spans = plan_axis(size, tiling, align, 2);
             for s in &spans {
                 assert_eq!(s.start % align, 0);
@@ -196,16 +253,34 @@ mod tests {
     }
 
     #[test]
+    fn the_fewest_tiles_cover_the_image_with_the_overlap() {
+        // 256 fits one tile; 512 takes 2 tiles of 272 (overlap 32) instead of A1111's 3 of 192.
+        assert_eq!(plan_axis(256, Tiling::DEFAULT, 1, 4).len(), 1);
+        let spans = plan_axis(512, Tiling::DEFAULT, 1, 4);
+        let layout: Vec<(usize, usize)> = spans.iter().map(|s| (s.start, s.len)).collect();
+        assert_eq!(layout, [(0, 272), (240, 272)]);
+        assert_eq!(plan_axis(512, Tiling::CLARITY, 1, 4).len(), 3);
+        for (size, tile, overlap, align) in [(1000, 320, 32, 1), (332, 100, 30, 4), (96, 40, 20, 2)]
+        {
+            let tiling = Tiling::fewest(tile, overlap);
+            let spans = plan_axis(size, tiling, align, 2);
+            let n = (size - overlap).div_ceil(tile - overlap);
+            assert_eq!(spans.len(), n, "{size}/{tile}/{overlap}");
+            for w in spans.windows(2) {
+                assert!(w[0].start + w[0].len >= w[1].start + overlap);
+                assert_eq!(w[1].start % align, 0);
+            }
+            assert!(spans.iter().all(|s| s.len <= tile && s.len == spans[0].len));
+            assert_eq!(spans.last().map(|s| s.start + s.len), Some(size));
+            for w in coverage(&spans, size, 2) {
+                assert!((w - 1.0).abs() < 1e-6, "{size}/{tile}/{overlap}: sum {w}");
+            }
+        }
+    }
+
+    #[test]
     fn overlap_larger_than_the_tile_still_progresses() {
-        let spans = plan_axis(
-            100,
-            Tiling {
-                tile: 10,
-                overlap: 50,
-            },
-            1,
-            1,
-        );
+        let spans = plan_axis(100, Tiling::a1111(10, 50), 1, 1);
         assert!(spans.len() >= 10);
         assert_eq!(spans.last().unwrap().start + 10, 100);
     }

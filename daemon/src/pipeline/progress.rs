@@ -21,6 +21,10 @@ pub struct Step {
 pub trait ProgressSink {
     /// Records progress; `Err(Cancelled)` means: stop now.
     fn report(&mut self, step: Step) -> Result<(), Cancelled>;
+
+    /// The work's own estimate of the seconds left, for the reports that follow (work that
+    /// gives none is extrapolated from its fraction).
+    fn time_left(&mut self, _seconds: Option<f32>) {}
 }
 
 /// A sink for work that nobody watches and nobody cancels (benchmarks, tools).

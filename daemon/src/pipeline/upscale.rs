@@ -84,6 +84,9 @@ pub fn check_job(config: &Config, image: &Image, params: &JobParams) -> Result<(
     }
     crate::pipeline::clarity::params::validate(params)?;
     let (width, height) = output_size(image.width, image.height, params.scale);
+    if let Some(region) = &params.preview {
+        crate::pipeline::clarity::preview::check(region, (width, height))?;
+    }
     let pixels = width * height;
     let bytes = pixels * image.pixel_bytes() as u64;
     // The result travels in one frame, whose length is a u32.
@@ -138,6 +141,23 @@ impl Upscaler {
             config,
             loaded: None,
         }
+    }
+
+    /// Keeps `net`, loaded elsewhere from `path` as it was at `stamp` in `precision` (the
+    /// warm-up's).
+    pub(crate) fn adopt(
+        &mut self,
+        path: PathBuf,
+        stamp: FileStamp,
+        precision: Precision,
+        net: Esrgan,
+    ) {
+        self.loaded = Some(Loaded {
+            path,
+            stamp,
+            precision,
+            net,
+        });
     }
 
     /// The ESRGAN of `model`, loaded once and kept until another one is asked for.
@@ -206,10 +226,7 @@ impl JobRunner for Upscaler {
             });
             clock = Instant::now();
         };
-        let tiling = Tiling {
-            tile: self.config.upscale.tile,
-            overlap: self.config.upscale.overlap,
-        };
+        let tiling = self.config.upscale.tiling();
         let format = PixelFormat::of(&image);
         let (target_w, target_h) = output_size(image.width, image.height, params.scale);
         let (target_w, target_h) = (target_w as usize, target_h as usize);
@@ -296,7 +313,7 @@ const MIN_RETRY_TILE: usize = 32;
 fn halved(tiling: &Tiling, level: u32) -> Tiling {
     Tiling {
         tile: tiling.tile >> level,
-        overlap: tiling.overlap,
+        ..*tiling
     }
 }
 

@@ -28,6 +28,7 @@ struct Running {
     client: ClientId,
     cancel: Arc<AtomicBool>,
     fraction: f32,
+    eta_seconds: Option<f32>,
 }
 
 #[derive(Default)]
@@ -70,6 +71,9 @@ pub trait EngineReport: Send + Sync {
     fn session_bytes(&self) -> u64;
 }
 
+/// Says how far the start-up warm-up is (asked at every `GetStatus`).
+pub type WarmUpReport = Arc<dyn Fn() -> tessera_protocol::WarmUp + Send + Sync>;
+
 /// Facts about the daemon that `Status` reports.
 #[derive(Clone)]
 pub struct DaemonInfo {
@@ -77,6 +81,7 @@ pub struct DaemonInfo {
     pub device: String,
     pub data_dir: String,
     pub engine: Option<Arc<dyn EngineReport>>,
+    pub warm_up: Option<WarmUpReport>,
 }
 
 impl std::fmt::Debug for DaemonInfo {
@@ -299,6 +304,7 @@ impl Hub {
                     client: job.client,
                     cancel: job.cancel.clone(),
                     fraction: 0.0,
+                    eta_seconds: None,
                 });
                 return Some(job);
             }
@@ -309,6 +315,13 @@ impl Hub {
     /// The client a running job reports to, if it is still connected.
     pub fn outbox_of(&self, client: ClientId) -> Option<Arc<Outbox>> {
         self.lock().clients.get(&client).cloned()
+    }
+
+    /// The running job's latest estimate of its seconds left.
+    pub fn set_eta(&self, job: JobId, seconds: Option<f32>) {
+        if let Some(running) = self.lock().running.as_mut().filter(|r| r.id == job) {
+            running.eta_seconds = seconds;
+        }
     }
 
     pub fn set_fraction(&self, job: JobId, fraction: f32) {
@@ -347,6 +360,7 @@ impl Hub {
         let device_memory = engine.and_then(|e| e.device_memory());
         let session_budget_bytes = engine.and_then(|e| e.session_budget());
         let session_bytes = engine.map_or(0, |e| e.session_bytes());
+        let warm_up = self.info.warm_up.as_ref().map(|f| f());
         let state = self.lock();
         Status {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -363,6 +377,8 @@ impl Hub {
             device_memory,
             session_budget_bytes,
             session_bytes,
+            warm_up,
+            running_eta_seconds: state.running.as_ref().and_then(|r| r.eta_seconds),
         }
     }
 
@@ -445,6 +461,7 @@ mod tests {
                 device: "test".into(),
                 data_dir: "/tmp".into(),
                 engine: None,
+                warm_up: None,
             },
         )
     }

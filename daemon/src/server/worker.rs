@@ -38,6 +38,7 @@ pub(super) fn run(hub: Arc<Hub>, mut runner: Box<dyn JobRunner>) {
             origin: None,
             mark,
             warnings: Vec::new(),
+            time_left: None,
         };
         let outcome =
             panic::catch_unwind(AssertUnwindSafe(|| runner.run(image, &params, &mut sink)));
@@ -127,6 +128,8 @@ struct JobProgress<'a> {
     mark: u64,
     /// The job's warnings so far, in the order first seen: the list only grows.
     warnings: Vec<String>,
+    /// The job's own estimate of the seconds left, when it gives one.
+    time_left: Option<f32>,
 }
 
 impl JobProgress<'_> {
@@ -150,6 +153,10 @@ impl JobProgress<'_> {
 }
 
 impl ProgressSink for JobProgress<'_> {
+    fn time_left(&mut self, seconds: Option<f32>) {
+        self.time_left = seconds;
+    }
+
     fn report(&mut self, step: Step) -> Result<(), Cancelled> {
         if self.cancel.load(Ordering::SeqCst) {
             return Err(Cancelled);
@@ -157,7 +164,9 @@ impl ProgressSink for JobProgress<'_> {
         // Clients draw bars: never let them go backwards.
         self.fraction = self.fraction.max(step.fraction.clamp(0.0, 1.0));
         self.hub.set_fraction(self.job, self.fraction);
-        let eta_seconds = self.eta();
+        let extrapolated = self.eta();
+        let eta_seconds = self.time_left.or(extrapolated);
+        self.hub.set_eta(self.job, eta_seconds);
         if let Some(outbox) = self.hub.outbox_of(self.client) {
             outbox.send(Message::Progress(Progress {
                 job: self.job,

@@ -57,6 +57,7 @@ from .messages import (
     Models,
     Preset,
     Progress,
+    Region,
     Rejected,
     SampleFormat,
     Sampler,
@@ -66,6 +67,7 @@ from .messages import (
     Status,
     Submit,
     Transfer,
+    WarmUp,
     error_kind_name,
 )
 from .paths import DataDir, SocketAddress, data_dir, socket_address
@@ -108,6 +110,7 @@ __all__ = [
     "Preset",
     "Progress",
     "ProtocolError",
+    "Region",
     "Rejected",
     "SampleFormat",
     "Sampler",
@@ -119,6 +122,7 @@ __all__ = [
     "Submit",
     "TesseraError",
     "Transfer",
+    "WarmUp",
     "data_dir",
     "decode",
     "encode",

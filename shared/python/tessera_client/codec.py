@@ -43,6 +43,7 @@ from .messages import (
     Models,
     Preset,
     Progress,
+    Region,
     Rejected,
     SampleFormat,
     Sampler,
@@ -52,6 +53,7 @@ from .messages import (
     Status,
     Submit,
     Transfer,
+    WarmUp,
 )
 
 __all__ = [
@@ -114,10 +116,19 @@ _FIELDS = {
         ("controlnet", _Option(STR)),
         ("loras", _Seq(LoraWeight)),
         ("sharpen", F32),
+        ("preview", _Option(Region)),
     ),
+    Region: (("x", U32), ("y", U32), ("width", U32), ("height", U32)),
     ErrorInfo: _ERROR_INFO_FIELDS,
     StageTiming: (("name", STR), ("seconds", F64)),
     DeviceMemory: (("device", STR), ("total_bytes", U64), ("free_bytes", U64)),
+    WarmUp: (
+        ("loading", STR),
+        ("done", U32),
+        ("parts", U32),
+        ("seconds", F32),
+        ("error", STR),
+    ),
     ModelEntry: (
         ("kind", ModelKind),
         ("name", STR),
@@ -167,6 +178,8 @@ _FIELDS = {
         ("device_memory", _Option(DeviceMemory)),
         ("session_budget_bytes", _Option(U64)),
         ("session_bytes", U64),
+        ("warm_up", _Option(WarmUp)),
+        ("running_eta_seconds", _Option(F32)),
     ),
     ListModels: (("hashes", BOOL),),
     Models: (("models", _Seq(ModelEntry)),),

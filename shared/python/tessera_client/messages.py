@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Union
 
 #: Version of the wire format, sent in both handshakes.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: Largest frame payload read by default (1 GiB), as in the Rust crate.
 DEFAULT_MAX_FRAME_BYTES = 1 << 30
@@ -286,6 +286,8 @@ class JobParams:
     loras: List[LoraWeight] = field(default_factory=list)
     #: 3×3 sharpening of the result, 0 (off) to 10.
     sharpen: float = 0.0
+    #: Only this rectangle of the result (a quick look at a region); ``None``: all of it.
+    preview: Optional["Region"] = None
 
     @classmethod
     def refiners(cls, **changes: Any) -> "JobParams":
@@ -313,6 +315,31 @@ class ErrorInfo:
     #: An :class:`ErrorKind`, or a plain ``int`` for a kind newer than this module.
     kind: ErrorKind
     message: str
+
+
+@dataclass
+class Region:
+    """A rectangle in pixels of the result: left, top, width, height."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass
+class WarmUp:
+    """How far the daemon's start-up loading of the default model set is."""
+
+    #: What it loads now; empty once it is over.
+    loading: str
+    #: Parts loaded, out of ``parts``.
+    done: int
+    parts: int
+    #: Seconds since it began, or that it took once it is over.
+    seconds: float
+    #: Why it stopped before the end; empty otherwise.
+    error: str = ""
 
 
 @dataclass
@@ -478,6 +505,10 @@ class Status:
     session_budget_bytes: Optional[int] = None
     #: Estimated size of the sessions held now, in bytes.
     session_bytes: int = 0
+    #: The start-up warm-up of the default model set; ``None`` when the daemon runs none.
+    warm_up: Optional["WarmUp"] = None
+    #: The running job's estimated seconds left (its last ``Progress.eta_seconds``).
+    running_eta_seconds: Optional[float] = None
 
 
 @dataclass

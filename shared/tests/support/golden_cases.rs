@@ -15,7 +15,7 @@ use half::f16;
 use tessera_protocol::{
     Accepted, Channels, DeviceMemory, Done, ErrorInfo, ErrorKind, Failed, Handshake, Image,
     JobParams, LoraWeight, Message, ModelEntry, ModelKind, ModelList, PROTOCOL_VERSION, Progress,
-    Rejected, SampleFormat, Sampler, StageTiming, Status, Submit, Transfer,
+    Region, Rejected, SampleFormat, Sampler, StageTiming, Status, Submit, Transfer, WarmUp,
 };
 
 /// One golden vector: the file `<name>.bin` holds `message` as a frame.
@@ -280,6 +280,12 @@ pub fn cases() -> Vec<Case> {
                         },
                     ],
                     sharpen: 10.0,
+                    preview: Some(Region {
+                        x: 0,
+                        y: 1,
+                        width: u32::MAX,
+                        height: 512,
+                    }),
                     ..JobParams::default()
                 },
             }),
@@ -451,6 +457,14 @@ pub fn cases() -> Vec<Case> {
                 }),
                 session_budget_bytes: Some(78_382_960_640),
                 session_bytes: 3_288_334_336,
+                warm_up: Some(WarmUp {
+                    loading: String::new(),
+                    done: 6,
+                    parts: 6,
+                    seconds: 27.5,
+                    error: String::new(),
+                }),
+                running_eta_seconds: Some(42.5),
             }),
         ),
         case(
@@ -468,10 +482,39 @@ pub fn cases() -> Vec<Case> {
                 data_dir: r"C:\Users\Jürgen\AppData\Roaming\Tessera\data".into(),
                 sessions: vec![],
                 resident_bytes: 0,
+                                warnings: vec![],
+                device_memory: None,
+                session_budget_bytes: None,
+                session_bytes: 0,
+                warm_up: None,
+                running_eta_seconds: None,
+            }),
+        ),
+        case(
+            "09-status-warming",
+            Message::Status(Status {
+                daemon_version: "0.1.0".into(),
+                runtime: "1.32.0 (/opt/onnxruntime/libonnxruntime.so.1.32.0)".into(),
+                device: "CPU".into(),
+                running: None,
+                running_fraction: 0.0,
+                queued: 0,
+                clients: 1,
+                data_dir: "/home/ana/.local/share/tessera".into(),
+                sessions: vec!["ESRGAN RealESRGAN_x4plus.pth".into()],
+                resident_bytes: 734_003_200,
                 warnings: vec![],
                 device_memory: None,
                 session_budget_bytes: None,
                 session_bytes: 0,
+                warm_up: Some(WarmUp {
+                    loading: "UNet juggernaut_reborn.safetensors".into(),
+                    done: 1,
+                    parts: 6,
+                    seconds: 3.25,
+                    error: String::new(),
+                }),
+                running_eta_seconds: None,
             }),
         ),
         case("10-list-models", Message::ListModels { hashes: false }),

@@ -189,6 +189,30 @@ fn model_names(size: &ModelSize) -> [String; 4] {
     ["sd15", "vae", "tile", "esrgan"].map(|n| format!("{n}-{}random", size.tag))
 }
 
+/// A data directory at `dir` holding the random model set of `size` (written unless it is
+/// there) and a `config.toml` that makes them the defaults; returns the seconds spent.
+pub fn write_data_dir(dir: &Path, size: &ModelSize) -> anyhow::Result<f64> {
+    let data = DataDir::open(dir)?;
+    let [checkpoint, vae, tile, esrgan] = model_names(size);
+    let present = data
+        .models(tessera_protocol::ModelKind::Checkpoint)
+        .join(format!("{checkpoint}.safetensors"))
+        .exists();
+    let seconds = if present {
+        0.0
+    } else {
+        write_models(&data, size)?
+    };
+    std::fs::write(
+        data.config_file(),
+        format!(
+            "[diffusion]\ndefault_checkpoint = \"{checkpoint}\"\ndefault_vae = \"{vae}\"\n\
+             default_controlnet = \"{tile}\"\n[upscale]\ndefault_upscaler = \"{esrgan}\"\n"
+        ),
+    )?;
+    Ok(seconds)
+}
+
 /// Writes the random model set of `size` into `dir/models/…` (about 5.8 GB of f32 at full
 /// size) and returns the seconds it took.
 pub fn write_models(dir: &DataDir, size: &ModelSize) -> anyhow::Result<f64> {
@@ -454,8 +478,12 @@ pub fn clarity(
     for run in 1..=runs.max(1) {
         let (traffic_before, unet_before) = (binding::total(), runner.unet_traffic());
         let started = Instant::now();
+        // Each run's picture differs by one sample, so that no run takes the last one's
+        // pre-upscale and encode from the re-run cache: every run is a whole job.
+        let mut image = test_image(size);
+        image.data[..4].copy_from_slice(&(run as f32 / 255.0).to_le_bytes());
         let out = runner
-            .run(test_image(size), &params, &mut Quiet)
+            .run(image, &params, &mut Quiet)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let total_s = started.elapsed().as_secs_f64();
         let bad = non_finite(&out.image);

@@ -14,18 +14,22 @@ use tessera_protocol::{ErrorInfo, ErrorKind, Image, JobParams, ModelKind, Preset
 use super::models::{EsrganUpscaler, FileStamp, LoraChoice, ModelSet, SetKey};
 use super::nets::{NetResult, StageError};
 use super::params;
+use super::preview::{self, LatentWindow, WindowNoise};
 use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
 use super::stages::{self, Stage};
 use super::text::TextError;
 use super::tile_batch;
 use super::vae::{VaePolicy, VaeRule, VaeTiling};
+use super::warmup::{WarmUpHandle, WarmUpPlan};
 use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::{
     Engine, EngineError, MaybeOutOfMemory, Shrink, Shrinkable, retry_out_of_memory,
 };
 use crate::nets::ModelError;
-use crate::nets::esrgan::{ChannelOrder, Tiling};
+use crate::nets::esrgan::ChannelOrder;
+use crate::pipeline::cache::{JobReuse, Makers, ReuseCache};
+use crate::pipeline::eta::{self, Estimator, Rates};
 use crate::pipeline::filters;
 use crate::pipeline::pixels::{self, PixelFormat, Planar};
 use crate::pipeline::progress::{ProgressSink, Step};
@@ -70,6 +74,26 @@ impl JobSetup<'_> {
             decay: self.decay,
             vae: self.vae,
         }
+    }
+
+    /// [`JobSetup::planned_work`] by phase.
+    pub fn planned_by_phase(
+        &self,
+        plan: &[Stage],
+        input: (usize, usize),
+        upscaler_scale: usize,
+    ) -> Vec<(&'static str, f64)> {
+        let mut size = input;
+        let mut phases = Vec::new();
+        for index in 0..plan.len() {
+            phases.extend(stage::planned_by_phase(
+                &self.stage(plan, index),
+                size,
+                upscaler_scale,
+            ));
+            size = plan[index].output;
+        }
+        phases
     }
 
     /// The estimated work of all stages from an input of `input` pixels.
@@ -130,6 +154,8 @@ pub struct ClarityRunner {
     config: Config,
     upscaler: Upscaler,
     models: Option<ModelSet>,
+    warm_up: Option<WarmUpHandle>,
+    reuse: ReuseCache,
 }
 
 /// The training σ table a preset samples with: A1111 1.7's fp16 one for Clarity (its fork
@@ -202,13 +228,57 @@ impl Timings {
 
 impl ClarityRunner {
     pub fn new(engine: Arc<Engine>, data_dir: DataDir, config: Config) -> ClarityRunner {
+        let budget = usize::try_from(config.cache.budget()).unwrap_or(usize::MAX);
         ClarityRunner {
             upscaler: Upscaler::new(engine.clone(), data_dir.clone(), config.clone()),
             engine,
             data_dir,
             config,
             models: None,
+            warm_up: None,
+            reuse: ReuseCache::new(budget),
         }
+    }
+
+    /// Starts loading the default upscaler and model set in the background (see
+    /// `warmup.rs`); jobs take what it has loaded. The set is Clarity's default job's; where
+    /// its LoRAs or embeddings are not installed, the default models without them (the set
+    /// of a job whose prompt names no LoRA, such as the Refiners preset's).
+    pub fn start_warm_up(&mut self) -> WarmUpHandle {
+        let clarity = JobParams::default();
+        let (defaults, set) = match self.set_key(&clarity) {
+            Ok(key) => (clarity, Ok(key)),
+            Err(e) => {
+                let plain = JobParams::refiners();
+                match self.set_key(&plain) {
+                    Ok(key) => {
+                        tracing::info!(
+                            "warm-up: {}; warming the default models without it",
+                            e.message
+                        );
+                        (plain, Ok(key))
+                    }
+                    Err(_) => (clarity, Err(e.message)),
+                }
+            }
+        };
+        let plan = WarmUpPlan {
+            upscaler_precision: self
+                .config
+                .engine
+                .precisions(self.engine.execution_providers())
+                .upscaler,
+            engine: self.engine.clone(),
+            data_dir: self.data_dir.clone(),
+            upscaler: upscale::resolve_model(&self.data_dir, &self.config, &defaults)
+                .map(|m| m.path)
+                .map_err(|e| e.message),
+            set,
+            prompts: defaults,
+        };
+        let handle = WarmUpHandle::start(plan);
+        self.warm_up = Some(handle.clone());
+        handle
     }
 
     /// What crossed between host and device for the UNet + ControlNet of the loaded model
@@ -253,6 +323,16 @@ impl ClarityRunner {
 
     /// The warm model set for `key`, loading it (and freeing the previous one) if needed.
     fn model_set(&mut self, key: SetKey) -> Result<&mut ModelSet, ErrorInfo> {
+        if self.models.as_ref().is_none_or(|m| m.key != key)
+            && let Some(warm_up) = &self.warm_up
+        {
+            // The warm-up's set if it is this one; else the warm-up stops and lets go.
+            self.models = warm_up.take_set(&key);
+            let freed = self.engine.release_unused();
+            if freed > 0 {
+                tracing::info!("another model set was chosen; {freed} sessions freed");
+            }
+        }
         if self.models.as_ref().is_some_and(|m| m.key != key) {
             self.models = None;
             let freed = self.engine.release_unused();
@@ -272,11 +352,44 @@ impl ClarityRunner {
         Ok(self.models.as_mut().expect("set above"))
     }
 
+    /// A preview of `region`: the job on the part of the input around it, cropped to it.
+    fn preview(
+        &mut self,
+        image: Image,
+        params: &JobParams,
+        region: tessera_protocol::Region,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<JobOutput, ErrorInfo> {
+        let plan = preview::plan(
+            (image.width, image.height),
+            params,
+            region,
+            self.config.preview.context,
+        );
+        let c = plan.crop;
+        let part = preview::crop_image(&image, (c.x0, c.y0, c.x1, c.y1));
+        drop(image);
+        let whole = JobParams {
+            preview: None,
+            ..params.clone()
+        };
+        let mut output = if whole.diffuses() {
+            self.diffuse(part, &whole, progress, Some(&plan.windows))?
+        } else {
+            self.upscaler.run(part, &whole, progress)?
+        };
+        let r = plan.region;
+        output.image =
+            preview::crop_image(&output.image, (r.x, r.y, r.x + r.width, r.y + r.height));
+        Ok(output)
+    }
+
     fn diffuse(
         &mut self,
         image: Image,
         params: &JobParams,
         progress: &mut dyn ProgressSink,
+        windows: Option<&[LatentWindow]>,
     ) -> Result<JobOutput, ErrorInfo> {
         let cancelled = |_| ErrorInfo::new(ErrorKind::Cancelled, "the job was cancelled");
         let mut timings = Timings::new();
@@ -373,9 +486,13 @@ impl ClarityRunner {
             decay: params.decay,
             vae,
         };
-        let tiling = Tiling {
-            tile: self.config.upscale.tile,
-            overlap: self.config.upscale.overlap,
+        let tiling = self.config.upscale.tiling();
+        let makers = Makers {
+            upscaler: format!("{:?} {tiling:?}", FileStamp::of(&upscaler_file.path)),
+            vae: format!(
+                "{:?} {:?} {:?}",
+                models.key.vae, models.key.precisions.vae, setup.vae
+            ),
         };
         let esrgan = self.upscaler.network(&upscaler_file)?;
         let mut pre = EsrganUpscaler {
@@ -387,6 +504,14 @@ impl ClarityRunner {
             order: ChannelOrder::Bgr,
         };
         let total = setup.planned_work(&plan, (iw, ih), pre.scale()).max(1e-9);
+        let rates_path = eta::rates_file(&self.data_dir.cache());
+        let mut estimator = Estimator::new(
+            &setup.planned_by_phase(&plan, (iw, ih), pre.scale()),
+            Rates::load(&rates_path),
+            &engine.device_description(),
+            plan.last().map_or((0, 0), |s| s.canvas),
+        );
+        progress.time_left(estimator.seconds_left().map(|s| s as f32));
         let stages_count = plan.len() as u32;
         let models = self.models.as_mut().expect("loaded above");
         let mut done = 0.0;
@@ -395,6 +520,7 @@ impl ClarityRunner {
         // event belongs to the event's own phase.
         let rgb = run_stages(
             &mut StageNets {
+                reuse: Some(&mut JobReuse::new(&mut self.reuse, makers)),
                 upscaler: &mut pre,
                 vae: &mut models.vae,
                 unet: &mut models.unet,
@@ -403,11 +529,19 @@ impl ClarityRunner {
             input.rgb,
             &plan,
             &setup,
-            &mut SeededNoise { seed: params.seed },
+            &mut *match windows {
+                Some(windows) => Box::new(WindowNoise {
+                    seed: params.seed,
+                    windows: windows.to_vec(),
+                }) as Box<dyn NoiseSource>,
+                None => Box::new(SeededNoise { seed: params.seed }),
+            },
             &mut |index, e: Event| {
                 timings.lap(e.phase);
                 phase = e.phase;
                 done += e.work;
+                estimator.record(e.phase, e.work);
+                progress.time_left(estimator.seconds_left().map(|s| s as f32));
                 progress.report(Step {
                     stage: index as u32,
                     stages: stages_count,
@@ -423,6 +557,14 @@ impl ClarityRunner {
         )
         .map_err(stage_error)?;
         timings.lap(phase);
+        let mut rates = estimator.history().clone();
+        estimator.teach(&mut rates);
+        if let Err(e) = rates.save(&rates_path) {
+            tracing::warn!(
+                "cannot keep the job's rates in {}: {e}",
+                rates_path.display()
+            );
+        }
         // The next job starts warm (a no-op unless this job set sessions aside); this one has
         // its result whatever happens here.
         if let Err(e) = models.warm(&engine) {
@@ -465,9 +607,18 @@ impl JobRunner for ClarityRunner {
         progress: &mut dyn ProgressSink,
     ) -> Result<JobOutput, ErrorInfo> {
         upscale::check_job(&self.config, &image, params)?;
+        if let Some(warm_up) = &self.warm_up
+            && let Ok(model) = upscale::resolve_model(&self.data_dir, &self.config, params)
+            && let Some((path, stamp, precision, net)) = warm_up.take_upscaler(&model.path)
+        {
+            self.upscaler.adopt(path, stamp, precision, net);
+        }
+        if let Some(region) = params.preview {
+            return self.preview(image, params, region, progress);
+        }
         if !params.diffuses() {
             return self.upscaler.run(image, params, progress);
         }
-        self.diffuse(image, params, progress)
+        self.diffuse(image, params, progress, None)
     }
 }

@@ -10,6 +10,7 @@ pub mod job;
 pub mod models;
 pub mod nets;
 pub mod params;
+pub mod preview;
 mod sd_vae;
 pub mod stage;
 pub mod stages;
@@ -18,6 +19,7 @@ pub mod text;
 pub mod tile_batch;
 pub mod tiles;
 pub mod vae;
+pub mod warmup;
 
 #[cfg(test)]
 mod testing;

@@ -107,6 +107,29 @@ impl ModelSet {
         key: SetKey,
         cache_dir: &Path,
     ) -> Result<ModelSet, ModelError> {
+        ModelSet::load_in_parts(engine, key, cache_dir, &mut |_| Ok(()))
+            .map(|set| set.expect("never abandoned"))
+    }
+
+    /// The names of the parts [`ModelSet::load_in_parts`] loads, in order.
+    pub const PARTS: [&'static str; 4] = ["UNet", "ControlNet", "VAE", "text encoder"];
+
+    /// [`ModelSet::load`], calling `before(part)` before each of [`ModelSet::PARTS`]: an
+    /// `Err(Abandoned)` from it stops the load there (`Ok(None)`).
+    pub fn load_in_parts(
+        engine: &Arc<Engine>,
+        key: SetKey,
+        cache_dir: &Path,
+        before: &mut dyn FnMut(&'static str) -> Result<(), Abandoned>,
+    ) -> Result<Option<ModelSet>, ModelError> {
+        macro_rules! part {
+            ($index:expr) => {
+                if before(ModelSet::PARTS[$index]).is_err() {
+                    return Ok(None);
+                }
+            };
+        }
+        part!(0);
         let loras = key
             .loras
             .iter()
@@ -136,6 +159,7 @@ impl ModelSet {
         let mut unet = Unet::new(compiled);
         unet.warm(engine, true)?;
 
+        part!(1);
         let cn_net = sd::controlnet(&key.controlnet.path)?;
         cn_net.log_unused("ControlNet");
         let controlnet = ControlNet::new(
@@ -144,6 +168,7 @@ impl ModelSet {
         )?;
         drop(cn_net);
 
+        part!(2);
         let vae_net = sd::vae(&key.vae.path)?;
         if key.vae.path != key.checkpoint.path {
             vae_net.log_unused("VAE");
@@ -171,6 +196,7 @@ impl ModelSet {
             CheckedVae::new(plain_vae)
         };
 
+        part!(3);
         let embeddings: Vec<TextualInversion> = key
             .embeddings
             .iter()
@@ -224,14 +250,18 @@ impl ModelSet {
         let compiled = clip::compile_weights(&config, &placed, &embeddings, &options, &name)?;
         let text = TextSide::new(TextEncoder::from_compiled(engine, compiled)?);
 
-        Ok(ModelSet {
+        Ok(Some(ModelSet {
             key,
             text,
             unet: SdUnet::new(engine.clone(), unet, controlnet),
             vae,
-        })
+        }))
     }
 }
+
+/// A load stopped on purpose between two parts.
+#[derive(Debug)]
+pub struct Abandoned;
 
 pub(super) fn four(a: ArrayD<f32>, what: &str) -> NetResult<Array4<f32>> {
     a.into_dimensionality::<Ix4>()

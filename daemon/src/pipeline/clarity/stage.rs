@@ -170,22 +170,39 @@ fn passes(size: (usize, usize), canvas: (usize, usize), scale: usize) -> usize {
 /// The estimated work of a stage on an input of `input` pixels, with the same weights the
 /// stage reports (the job's denominator for progress).
 pub fn planned_work(setup: &StageSetup<'_>, input: (usize, usize), upscaler_scale: usize) -> f64 {
+    planned_by_phase(setup, input, upscaler_scale)
+        .iter()
+        .map(|(_, work)| work)
+        .sum()
+}
+
+/// [`planned_work`] by phase, as the stage's events name them.
+pub fn planned_by_phase(
+    setup: &StageSetup<'_>,
+    input: (usize, usize),
+    upscaler_scale: usize,
+) -> [(&'static str, f64); 5] {
     let (cw, ch) = setup.stage.canvas;
-    let mut work = 0.0;
+    let mut upscale = 0.0;
     let (mut w, mut h) = input;
     for _ in 0..passes(input, setup.stage.canvas, upscaler_scale) {
-        work += (w * h) as f64 * Work::ESRGAN_PER_PIXEL;
+        upscale += (w * h) as f64 * Work::ESRGAN_PER_PIXEL;
         w *= upscaler_scale;
         h *= upscaler_scale;
     }
     let pixels = (cw * ch) as f64;
-    work += pixels * (Work::ENCODE_PER_PIXEL + Work::DECODE_PER_PIXEL + Work::HINT_PER_PIXEL);
     let tiles = setup.grid();
     let per_eval: f64 = tiles
         .iter()
         .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
         .sum();
-    work + per_eval * setup.run().evaluations() as f64
+    [
+        ("upscale", upscale),
+        ("encode", pixels * Work::ENCODE_PER_PIXEL),
+        ("condition", pixels * Work::HINT_PER_PIXEL),
+        ("denoise", per_eval * setup.run().evaluations() as f64),
+        ("decode", pixels * Work::DECODE_PER_PIXEL),
+    ]
 }
 
 /// The networks a stage runs.
@@ -196,6 +213,8 @@ pub struct StageNets<'a> {
     /// What a call that runs out of accelerator memory can do: the engine, or
     /// [`crate::engine::NoRecovery`] where nothing runs on one.
     pub recovery: &'a dyn Recovery,
+    /// What earlier jobs left that this stage may take instead of computing it again.
+    pub reuse: Option<&'a mut dyn Reuse>,
 }
 
 impl MaybeOutOfMemory for StageError {
@@ -205,6 +224,19 @@ impl MaybeOutOfMemory for StageError {
             _ => None,
         }
     }
+}
+
+/// The results of a stage's first steps kept from earlier jobs (the daemon's cache,
+/// `pipeline/cache.rs`), by the stage's input and canvas: the pre-upscaled canvas and its
+/// encoded posterior. They do not depend on the seed, creativity, resemblance or prompts.
+pub trait Reuse {
+    /// The stage about to run: its input (`[3, H, W]`) and canvas.
+    fn begin(&mut self, input: ArrayView3<f32>, canvas: (usize, usize));
+    fn image(&mut self) -> Option<Array3<f32>>;
+    fn keep_image(&mut self, image: &Array3<f32>);
+    /// The posterior's mean and log-variance.
+    fn latents(&mut self) -> Option<(Array4<f32>, Array4<f32>)>;
+    fn keep_latents(&mut self, mean: &Array4<f32>, logvar: &Array4<f32>);
 }
 
 /// Runs one stage on `input` (`[3, H, W]`, 0..1) and returns its output (`[3, h, w]` with
@@ -222,68 +254,64 @@ pub fn run_stage(
     let (upscaler, vae_net, unet) = (&mut *nets.upscaler, &mut *nets.vae, &mut *nets.unet);
     let recovery = nets.recovery;
 
-    // 1. Pre-upscale: ESRGAN while smaller than the canvas, then Lanczos to it.
-    let (_, ih, iw) = input.dim();
-    let scale = upscaler.scale();
-    let count = passes((iw, ih), (cw, ch), scale);
-    let mut image = input.to_owned();
-    for pass in 0..count {
-        let pixels = (image.shape()[1] * image.shape()[2]) as f64;
-        // A pass retried after an out-of-memory reports again from its start: only what goes
-        // past the furthest point reached counts as work.
-        let mut reached = 0.0;
-        image = upscaler.upscale(image.view(), &mut |done, total| {
-            let fraction = done as f64 / total as f64;
-            let work = pixels * Work::ESRGAN_PER_PIXEL * (fraction - reached).max(0.0);
-            reached = fraction.max(reached);
-            report(Event {
-                phase: "upscale",
-                step: pass + 1,
-                steps: count,
-                tile: done,
-                tiles: total,
-                work,
-            })
-        })?;
+    // 1. Pre-upscale (ESRGAN while smaller than the canvas, then Lanczos to it) and
+    // 3. encode, or what an earlier job on the same input left of them.
+    let pixels = (cw * ch) as f64;
+    let mut reuse = nets.reuse.as_deref_mut();
+    if let Some(r) = reuse.as_deref_mut() {
+        r.begin(input, (cw, ch));
     }
-    if (image.shape()[2], image.shape()[1]) != (cw, ch) {
-        image = resize::lanczos(image.view(), cw, ch);
+    let kept_latents = reuse.as_deref_mut().and_then(|r| r.latents());
+    let needs_image = kept_latents.is_none() || setup.rules.condition == Condition::PreUpscaled;
+    let kept_image = needs_image
+        .then(|| reuse.as_deref_mut().and_then(|r| r.image()))
+        .flatten();
+    let mut skipped = 0.0;
+    let image = match (needs_image, kept_image) {
+        (true, None) => {
+            let image = pre_upscale(upscaler, input, (cw, ch), report)?;
+            if let Some(r) = reuse.as_deref_mut() {
+                r.keep_image(&image);
+            }
+            Some(image)
+        }
+        (_, kept) => {
+            skipped += planned_pre_upscale(input.dim(), (cw, ch), upscaler.scale());
+            kept
+        }
+    };
+    if kept_latents.is_some() {
+        skipped += pixels * Work::ENCODE_PER_PIXEL;
+    }
+    if skipped > 0.0 {
+        // The work this stage skips, so that progress still adds up to the plan.
+        report(Event {
+            phase: "reuse",
+            step: 1,
+            steps: 1,
+            tile: 1,
+            tiles: 1,
+            work: skipped,
+        })?;
     }
 
     // 2. The ControlNet's condition image.
     let condition = match setup.rules.condition {
         Condition::StageInput => control::condition_image(input, (cw, ch)),
-        Condition::PreUpscaled => image.clone(),
+        Condition::PreUpscaled => image.clone().expect("kept for the condition"),
     };
 
-    // 3. Encode.
-    let signed = image.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
-    drop(image);
-    let pixels = (cw * ch) as f64;
-    let policy = &setup.vae;
-    let describe = |level: u32| {
-        let t = policy.bounded.halved(level.saturating_sub(1));
-        format!(
-            "VAE tiles of {} pixels and {} latents",
-            t.encoder_tile, t.decoder_tile
-        )
+    let (mean, logvar) = match kept_latents {
+        Some(latents) => latents,
+        None => {
+            let image = image.expect("computed when the latents are not kept");
+            let latents = encode(vae_net, image, setup, recovery, report)?;
+            if let Some(r) = reuse {
+                r.keep_latents(&latents.0, &latents.1);
+            }
+            latents
+        }
     };
-    let vae_size = Shrinkable {
-        levels: policy.shrink_levels(),
-        describe: &describe,
-    };
-    let mut vae_shrink = Shrink::default();
-    let mut progress = vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report);
-    let (mean, logvar) = retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
-        vae::encode(
-            vae_net,
-            signed.view(),
-            &policy.shrunk(level).encoder(cw, ch),
-            &mut progress,
-        )
-    })?;
-    drop(progress);
-    drop(signed);
     let dims = [1, 4, lh, lw];
     if mean.shape() != dims {
         return Err(StageError::Unexpected(format!(
@@ -345,6 +373,13 @@ pub fn run_stage(
     on_latent(&latent);
     let k = 1.0 / LATENT_SCALE;
     latent.mapv_inplace(|v| v * k);
+    let policy = &setup.vae;
+    let describe = |level: u32| vae_level(policy, level);
+    let vae_size = Shrinkable {
+        levels: policy.shrink_levels(),
+        describe: &describe,
+    };
+    let mut vae_shrink = Shrink::default();
     let mut progress = vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report);
     let mut decoded: Array4<f32> =
         retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
@@ -504,6 +539,95 @@ fn embed_hints(
         on_batch(range)?;
     }
     Ok(())
+}
+
+/// The estimated work of the pre-upscale of an input of `input` (`[3, H, W]`) to `canvas`.
+fn planned_pre_upscale(input: (usize, usize, usize), canvas: (usize, usize), scale: usize) -> f64 {
+    let (_, mut h, mut w) = input;
+    let mut work = 0.0;
+    for _ in 0..passes((w, h), canvas, scale) {
+        work += (w * h) as f64 * Work::ESRGAN_PER_PIXEL;
+        w *= scale;
+        h *= scale;
+    }
+    work
+}
+
+/// ESRGAN while the image is smaller than the canvas (at most three passes), then Lanczos to
+/// the canvas.
+fn pre_upscale(
+    upscaler: &mut dyn PreUpscaler,
+    input: ArrayView3<f32>,
+    (cw, ch): (usize, usize),
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> NetResult<Array3<f32>> {
+    let (_, ih, iw) = input.dim();
+    let scale = upscaler.scale();
+    let count = passes((iw, ih), (cw, ch), scale);
+    let mut image = input.to_owned();
+    for pass in 0..count {
+        let pixels = (image.shape()[1] * image.shape()[2]) as f64;
+        // A pass retried after an out-of-memory reports again from its start: only what goes
+        // past the furthest point reached counts as work.
+        let mut reached = 0.0;
+        image = upscaler.upscale(image.view(), &mut |done, total| {
+            let fraction = done as f64 / total as f64;
+            let work = pixels * Work::ESRGAN_PER_PIXEL * (fraction - reached).max(0.0);
+            reached = fraction.max(reached);
+            report(Event {
+                phase: "upscale",
+                step: pass + 1,
+                steps: count,
+                tile: done,
+                tiles: total,
+                work,
+            })
+        })?;
+    }
+    if (image.shape()[2], image.shape()[1]) != (cw, ch) {
+        image = resize::lanczos(image.view(), cw, ch);
+    }
+    Ok(image)
+}
+
+/// The VAE posterior (mean, log-variance) of the canvas image (`[3, H, W]`, 0..1).
+/// An encode that runs out of accelerator memory is retried with halved VAE tiles.
+fn encode(
+    vae_net: &mut dyn Vae,
+    image: Array3<f32>,
+    setup: &StageSetup<'_>,
+    recovery: &dyn Recovery,
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> NetResult<(Array4<f32>, Array4<f32>)> {
+    let (cw, ch) = setup.stage.canvas;
+    let signed = image.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
+    drop(image);
+    let pixels = (cw * ch) as f64;
+    let policy = &setup.vae;
+    let describe = |level: u32| vae_level(policy, level);
+    let vae_size = Shrinkable {
+        levels: policy.shrink_levels(),
+        describe: &describe,
+    };
+    let mut vae_shrink = Shrink::default();
+    let mut progress = vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report);
+    retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
+        vae::encode(
+            vae_net,
+            signed.view(),
+            &policy.shrunk(level).encoder(cw, ch),
+            &mut progress,
+        )
+    })
+}
+
+/// What a VAE pass runs with after `level` out-of-memory retries, for the warnings.
+fn vae_level(policy: &VaePolicy, level: u32) -> String {
+    let t = policy.bounded.halved(level.saturating_sub(1));
+    format!(
+        "VAE tiles of {} pixels and {} latents",
+        t.encoder_tile, t.decoder_tile
+    )
 }
 
 /// The report after each VAE call of `phase`: call `done` of `total` carries its share of the

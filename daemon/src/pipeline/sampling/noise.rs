@@ -22,7 +22,7 @@ pub enum NoisePurpose {
 }
 
 impl NoisePurpose {
-    fn stream(self) -> u32 {
+    pub(crate) fn stream(self) -> u32 {
         match self {
             NoisePurpose::Posterior => 0,
             NoisePurpose::Initial => 1,

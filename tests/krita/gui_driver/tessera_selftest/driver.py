@@ -270,3 +270,31 @@ def drive(app, ctx):
         steps.append(snapshot(doc))
     report["undos_after_the_layer"] = steps
     report["after_all_undos"] = snapshot(doc)
+
+    # 3. Preview the selection through the docker's button; then undo it.
+    kritatest.select(doc, spec["selection"])
+    preview = dock.findChild(QPushButton, "tessera_preview_button")
+    report["preview_button_beside_upscale"] = (
+        preview is not None
+        and preview.parentWidget() is probe.upscale.parentWidget()
+        and abs(preview.y() - probe.upscale.y()) < 4
+        and preview.x() > probe.upscale.x()
+    )
+    before_preview = snapshot(doc)
+    probe.reset()
+    preview.click()
+    report["idle_after_preview"] = kritatest.wait_until(
+        lambda: probe.idle() and probe.message.text(), 240
+    )
+    kritatest.pump(0.5)
+    shown = snapshot(doc)
+    report["preview"] = {
+        "message": probe.message.text(),
+        "stages": probe.stages,
+        "before": before_preview,
+        "after": shown,
+        "active": doc.activeNode().name() if doc.activeNode() is not None else None,
+    }
+    undo.trigger()
+    kritatest.wait_until(lambda: snapshot(doc) != shown, 20)
+    report["after_preview_undo"] = snapshot(doc)

@@ -77,6 +77,7 @@ fn run(sampler: Sampler, rules: Rules, batch: usize, strength: f32) -> Outcome {
     let mut events = Vec::new();
     let image = run_stage(
         &mut StageNets {
+            reuse: None,
             upscaler: &mut upscaler,
             vae: &mut vae,
             unet: &mut unet,
@@ -204,6 +205,7 @@ fn a_cancel_stops_the_stage_at_the_next_network_call() {
     let mut seen = 0;
     let result = run_stage(
         &mut StageNets {
+            reuse: None,
             upscaler: &mut NearestUpscaler { scale: 4, calls: 0 },
             vae: &mut TinyVae::default(),
             unet: &mut unet,
@@ -333,6 +335,7 @@ fn run_cramped(batch: usize, fits: usize) -> (Array3<f32>, Vec<String>, bool, f6
     let planned = planned_work(&setup, (40, 24), 4);
     let out = run_stage(
         &mut StageNets {
+            reuse: None,
             upscaler: &mut NearestUpscaler { scale: 4, calls: 0 },
             vae: &mut TinyVae::default(),
             unet: &mut unet,
