@@ -456,9 +456,17 @@ def _upscale(image, drawable, values, run_mode):
         Gimp.progress_update(min(max(progress.fraction, 0.0), 1.0))
         _test_log("progress", fraction=progress.fraction, text=text)
 
+    def on_warning(warning):
+        # E.g. the GPU could not be used and the CPU took over: the user should know why the
+        # job is slow, and GIMP's messages reach them (a dialog, or its error console).
+        Gimp.message(core.warning_text(warning))
+        _test_log("warning", text=warning)
+
     with client:
         Gimp.progress_set_text("Tessera: waiting for the daemon…")
-        result, timings = client.upscale(source, params, on_progress=on_progress)
+        result, timings = client.upscale(
+            source, params, on_progress=on_progress, on_warning=on_warning
+        )
     if (result.channels, result.sample, result.transfer) != (
         layout.channels,
         layout.sample,

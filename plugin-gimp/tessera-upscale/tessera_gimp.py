@@ -799,6 +799,11 @@ def models_hint(models: List[ModelEntry], source: str, folder: str = "") -> str:
 # --- Words for the user -------------------------------------------------------
 
 
+def warning_text(warning: str) -> str:
+    """A warning of the daemon about a running job, as GIMP shows it."""
+    return f"Tessera: {warning}"
+
+
 def progress_text(progress: Progress) -> str:
     """The status line under GIMP's progress bar, e.g. ``Tessera: upscale,
     tile 3 of 12, about 45 s left`` (with the stage when there are several,

@@ -129,6 +129,8 @@ class Panel(QWidget):
         upscaler.phaseChanged.connect(self._phase_changed)
         upscaler.progressed.connect(self._progressed)
         upscaler.finished.connect(self._finished)
+        # A warning shows at once (a job the CPU took over runs far longer than expected).
+        upscaler.warned.connect(lambda text: self.show_message(texts.warnings_note([text])))
         self._fill_models(link.models)
         self._phase_changed(upscaler.phase)
         self._show_status()

@@ -4,7 +4,7 @@ No Qt and no Krita here.
 """
 
 import html
-from typing import Optional
+from typing import Optional, Sequence
 
 from .launcher import AutoStartOff, DaemonCrashed
 from .proto import ConnectionClosed, DaemonNotRunning, ErrorKind, Progress, Status, TesseraError
@@ -97,6 +97,15 @@ def progress_text(progress: Progress) -> str:
         parts.append(f"{duration(eta)} left")
     text = " · ".join(parts)
     return text[0].upper() + text[1:]
+
+
+def warnings_note(warnings: Sequence[str]) -> str:
+    """The daemon's warnings about a job, as a sentence after its result: e.g.
+    ``Note: CUDA is not used: … (the CPU took over).``"""
+    if not warnings:
+        return ""
+    text = "; ".join(w.rstrip(".") for w in warnings)
+    return f"Note: {text}."
 
 
 def duration(seconds: float) -> str:

@@ -8,7 +8,7 @@ result is there, so a cancel or an error leaves it as it was.
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from . import document as doc_io
 from . import params, texts
@@ -43,6 +43,9 @@ class Outcome:
         #: The new layer (in place) or the new document.
         self.result = result
         self.seconds = seconds
+        #: What the daemon warned about while it ran the job (e.g. the GPU could not be
+        #: used and the CPU took over), oldest first.
+        self.warnings: List[str] = []
 
     def __repr__(self) -> str:
         return f"Outcome(ok={self.ok}, cancelled={self.cancelled}, message={self.message!r})"
@@ -59,6 +62,8 @@ class Upscaler(QObject):
     finished = pyqtSignal(object)
     #: A colour space the daemon cannot take: (document, conversion, message).
     conversionOffered = pyqtSignal(object, object, str)
+    #: Each new warning of the running job, once (a sentence from the daemon).
+    warned = pyqtSignal(str)
 
     def __init__(
         self, app: Any, link: Any, settings: Any, parent: Optional[QObject] = None
@@ -78,6 +83,8 @@ class Upscaler(QObject):
         self._preview: Optional[Rect] = None
         #: The latest progress of the running job.
         self.last_progress: Optional[Progress] = None
+        #: The running job's warnings so far.
+        self._warnings: List[str] = []
 
     @property
     def busy(self) -> bool:
@@ -166,6 +173,7 @@ class Upscaler(QObject):
         self._cancelled = False
         self._ticket = None
         self.last_progress = None
+        self._warnings = []
         self._started = time.monotonic()
         image = self._source.image
         log.info(
@@ -233,13 +241,23 @@ class Upscaler(QObject):
         else:
             self.progressed.emit(0.0, "Starting…")
 
+    def _note_warnings(self, warnings: Any) -> None:
+        """Takes the job's warnings so far (a ``Progress`` or ``Done`` carries the
+        whole list, which only grows) and announces the new ones."""
+        for warning in list(warnings or [])[len(self._warnings) :]:
+            self._warnings.append(warning)
+            log.warning("daemon: %s", warning)
+            self.warned.emit(warning)
+
     def _progress(self, progress: Progress) -> None:
+        self._note_warnings(getattr(progress, "warnings", None))
         self.last_progress = progress
         self._set_phase(RUNNING)
         if not self._cancelled:
             self.progressed.emit(float(progress.fraction), texts.progress_text(progress))
 
     def _done(self, done: Done) -> None:
+        self._note_warnings(getattr(done, "warnings", None))
         source = self._source
         if self._cancelled or source is None:
             # Cancelled, but it finished first: the user asked for no change.
@@ -300,6 +318,9 @@ class Upscaler(QObject):
         self._end(Outcome(False, message, cancelled=cancelled, error=error))
 
     def _end(self, outcome: Outcome) -> None:
+        outcome.warnings = list(self._warnings)
+        if outcome.ok and outcome.warnings:
+            outcome.message += " " + texts.warnings_note(outcome.warnings)
         self._ticket = None
         self._source = None
         self._preview = None

@@ -115,6 +115,24 @@ def test_new_layer_equals_the_cli_result(gimp, daemon, precision):
     assert case.result_pixels() == pixels
 
 
+def test_the_daemons_warnings_reach_gimp(gimp):
+    """A daemon whose (simulated) GPU fails its probe at start warns every job
+    that the CPU took over (``TESSERA_FAULTS``, docs/hardening.md); the plug-in
+    passes the warning to GIMP's messages and the job still succeeds."""
+    faults = {"TESSERA_FAULTS": "accelerator, probe"}
+    warned = PYTHON_CONFTEST.Daemon(gimp.shared / "warned-daemon", CONFIG, env=faults)
+    try:
+        folder = gimp.folder("e2e-warned")
+        case = Case(gimp, folder, "e2e", precision="U8_NON_LINEAR", arguments=UPSCALE, **E2E)
+        run = gimp.run("upscale_cases.py", [case.spec], env=_env(gimp, warned))
+        outcome = case.outcome()
+        assert outcome["status"] == "success", f"{outcome}\n{run.output}"
+        texts = [e["text"] for e in run.of("warning")]
+        assert len(texts) == 1 and "simulated GPU is not used" in texts[0], texts
+    finally:
+        warned.stop()
+
+
 def _flags(arguments):
     """The ``tessera upscale`` flags for the plug-in's ``arguments``: the job
     arguments are named like the CLI's flags."""

@@ -468,6 +468,12 @@ def test_a_daemon_that_never_listens_times_out(tmp_path, daemon_env):
 # --- Words ----------------------------------------------------------------------
 
 
+def test_a_warning_reads_as_a_tessera_message():
+    assert (
+        core.warning_text("CUDA is not used: no device") == "Tessera: CUDA is not used: no device"
+    )
+
+
 def test_progress_text():
     one = Progress(1, 0, 1, "upscale", 1, 1, 3, 12, 0.2)
     assert core.progress_text(one) == "Tessera: upscale, tile 3 of 12"

@@ -239,7 +239,7 @@ def ort_lib() -> str:
 class Daemon:
     """``tessera serve`` in its own data directory with the tiny model."""
 
-    def __init__(self, root: Path, config: str = "") -> None:
+    def __init__(self, root: Path, config: str = "", env: Optional[Dict[str, str]] = None) -> None:
         from tessera_client import Client, DaemonNotRunning
 
         self.root = root
@@ -252,6 +252,7 @@ class Daemon:
             "TESSERA_DATA_DIR": str(root),
             "TESSERA_SOCKET": self.socket,
             "TESSERA_ORT_LIB": ort_lib(),
+            **(env or {}),
         }
         self.process: Optional[subprocess.Popen] = None
         self._client = Client

@@ -27,7 +27,7 @@ from tessera_krita import pixels, texts
 
 SRGB = "sRGB-elle-V2-srgbtrc.icc"
 LINEAR = "sRGB-elle-V2-g10.icc"  # Krita's default for 16-bit and float documents
-# Creativity 0: the upscaler alone, since the test data directory has no SD models.
+# The upscaler alone: the test data directory has no SD models.
 TINY = {"upscaler": "tiny-x4", "preset": "upscaler"}
 
 CASES = [
@@ -314,3 +314,30 @@ def test_daemons_the_plugin_starts_are_reaped_and_a_crash_is_called_one(krita_ho
     assert "daemon crashed (killed by signal 9 (SIGKILL))" in second["message"], second
     assert entry["untouched"]
     assert entry["reaped_after_kill"] and entry["exit_after_kill"] == -9
+
+
+@pytest.fixture(scope="module")
+def warned_case(krita_home, tmp_path_factory):
+    """One upscale on a daemon that warns every job: its simulated GPU fails its
+    probe at start (``TESSERA_FAULTS``, docs/hardening.md), so the CPU takes over."""
+    require_daemon()
+    root = short_temp_dir("tw")
+    faults = {"TESSERA_FAULTS": "accelerator, probe"}
+    daemon = Daemon(root, DAEMON_CONFIG, env=faults).start()
+    try:
+        case = dict(name="warned", width=16, height=12, depth="U8", profile=SRGB,
+                    output="new-document", values=dict(TINY, scale=2))  # fmt: skip
+        out = tmp_path_factory.mktemp("warned")
+        run = run_krita(krita_home, "krita_api", {"out_dir": str(out), "cases": [case]}, daemon.env)
+        return run.report["cases"]["warned"]
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_daemons_warnings_reach_the_result_line(warned_case):
+    assert warned_case["ok"], warned_case["message"]
+    assert len(warned_case["warnings"]) == 1, warned_case["warnings"]
+    assert "simulated GPU is not used" in warned_case["warnings"][0]
+    assert warned_case["message"].startswith("Upscaled 16×12 to 32×24")
+    assert "Note: simulated GPU is not used" in warned_case["message"]

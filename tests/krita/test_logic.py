@@ -540,6 +540,16 @@ def test_progress_text_says_stage_phase_step_and_tile_when_they_matter():
     assert texts.percent(float("nan")) == 0
 
 
+def test_the_daemons_warnings_read_as_one_note():
+    assert texts.warnings_note([]) == ""
+    assert (
+        texts.warnings_note(["CUDA is not used: no device."])
+        == "Note: CUDA is not used: no device."
+    )
+    two = texts.warnings_note(["a", "b runs on the CPU (slower)"])
+    assert two == "Note: a; b runs on the CPU (slower)."
+
+
 def test_errors_read_as_plain_sentences():
     missing = TesseraError(ErrorKind.MODEL_NOT_FOUND, "no upscaler named x in /d/models/upscalers")
     assert texts.error_text(missing) == (

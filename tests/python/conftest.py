@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Dict, Optional
 
 import pytest
 
@@ -37,7 +38,7 @@ def ort_lib() -> str:
 class Daemon:
     """A daemon process and the environment that reaches it."""
 
-    def __init__(self, root: Path, config: str) -> None:
+    def __init__(self, root: Path, config: str, env: Optional[Dict[str, str]] = None) -> None:
         self.root = root
         self.socket = str(root / "tessera.sock")
         upscalers = root / "models" / "upscalers"
@@ -48,6 +49,7 @@ class Daemon:
         self.env.update(
             TESSERA_DATA_DIR=str(root), TESSERA_SOCKET=self.socket, TESSERA_ORT_LIB=ort_lib()
         )
+        self.env.update(env or {})
         self.env.pop("ORT_DYLIB_PATH", None)
         self.process = subprocess.Popen(
             [str(tessera_bin()), "serve"],

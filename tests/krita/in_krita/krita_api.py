@@ -86,6 +86,7 @@ def outcome_report(outcome):
         "cancelled": outcome.cancelled,
         "message": outcome.message,
         "error": repr(outcome.error) if outcome.error is not None else None,
+        "warnings": list(outcome.warnings),
     }
 
 
