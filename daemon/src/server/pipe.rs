@@ -36,8 +36,12 @@ pub fn owner_only_sddl(sid: &str) -> String {
 
 /// A security descriptor that lets only the user running this process open the pipe.
 pub fn owner_only_descriptor() -> io::Result<SecurityDescriptor> {
-    let sddl = owner_only_sddl(&current_user_sid()?);
-    let wide = widestring::U16CString::from_str(&sddl)
+    descriptor_for(&current_user_sid()?)
+}
+
+/// The security descriptor that lets only the account `sid` open a pipe.
+pub fn descriptor_for(sid: &str) -> io::Result<SecurityDescriptor> {
+    let wide = widestring::U16CString::from_str(owner_only_sddl(sid))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     SecurityDescriptor::deserialize(&wide)
 }
@@ -121,6 +125,17 @@ pub fn disconnect(stream: &Stream) {
     }
 }
 
+/// Lets the pipe close as soon as the last owner of `stream` drops it. Left to itself,
+/// `interprocess` hands a pipe that was written to a background thread that first waits
+/// (`FlushFileBuffers`) until the other end has read everything; a peer that is itself blocked
+/// writing to us (an oversized frame the daemon refused, say) never does, so both would wait
+/// for ever, and the connections closed after it would queue behind it. What was written
+/// stays readable by the other end after the close.
+pub fn close_without_flush(stream: &Stream) {
+    let Stream::NamedPipe(pipe) = stream;
+    pipe.inner().assume_flushed();
+}
+
 fn user_sid_of_process(process: HANDLE) -> io::Result<String> {
     let mut token: HANDLE = std::ptr::null_mut();
     // SAFETY: `process` is a valid process handle; the token is closed by `Handle`.
@@ -193,25 +208,5 @@ impl Drop for Local {
     fn drop(&mut self) {
         // SAFETY: the pointer came from a function documented to allocate with LocalAlloc.
         unsafe { LocalFree(self.0) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_dacl_names_only_the_user() {
-        assert_eq!(
-            owner_only_sddl("S-1-5-21-1-2-3-1001"),
-            "D:P(A;;GA;;;S-1-5-21-1-2-3-1001)"
-        );
-    }
-
-    #[test]
-    fn this_process_has_a_user_and_a_descriptor_for_it() {
-        let sid = current_user_sid().unwrap();
-        assert!(sid.starts_with("S-1-"), "{sid}");
-        owner_only_descriptor().unwrap();
     }
 }

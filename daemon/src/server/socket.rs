@@ -94,9 +94,17 @@ pub fn peer_is_same_user(stream: &Stream) -> bool {
 }
 
 /// A connected socket that one thread reads while another writes; it
-/// closes when the last clone is dropped.
+/// closes when the last clone is dropped (at once, on Windows too: see
+/// `pipe::close_without_flush`).
 #[derive(Clone)]
 pub struct SharedStream(Arc<Stream>);
+
+impl Drop for SharedStream {
+    fn drop(&mut self) {
+        #[cfg(windows)]
+        super::pipe::close_without_flush(&self.0);
+    }
+}
 
 impl SharedStream {
     pub fn new(stream: Stream) -> SharedStream {

@@ -1,6 +1,9 @@
 //! Which onnxruntime wheel fits this machine, and which execution providers it carries.
 //!
-//! - Windows: `onnxruntime-directml` (DirectML runs on any DirectX 12 GPU, and on the CPU).
+//! - Windows: the plain `onnxruntime` wheel (CPU). `onnxruntime-directml`, which would run on
+//!   any DirectX 12 GPU, is published on PyPI up to 1.24 only, older than the ONNX Runtime 1.31
+//!   this build needs (API 31); `--ort-package onnxruntime-directml --ort-version …` takes it
+//!   once a release is new enough.
 //! - macOS: the plain `onnxruntime` wheel, which carries CoreML.
 //! - Linux x86-64 with an NVIDIA GPU and its driver: `onnxruntime-gpu` (CUDA).
 //! - Anything else: the plain `onnxruntime` wheel (CPU).
@@ -43,8 +46,9 @@ pub struct WheelChoice {
 pub fn choose(machine: &Machine) -> WheelChoice {
     match machine.platform {
         Platform::Windows => WheelChoice {
-            package: "onnxruntime-directml",
-            reason: "Windows: DirectML runs on any DirectX 12 GPU".into(),
+            package: "onnxruntime",
+            reason: "Windows: CPU; no onnxruntime-directml release is new enough for this build"
+                .into(),
         },
         Platform::MacOs => WheelChoice {
             package: "onnxruntime",
@@ -122,14 +126,8 @@ mod tests {
         assert_eq!(pick(Platform::Linux, "x86_64", false), "onnxruntime");
         assert_eq!(pick(Platform::Linux, "x86_64", true), "onnxruntime-gpu");
         assert_eq!(pick(Platform::Linux, "aarch64", true), "onnxruntime");
-        assert_eq!(
-            pick(Platform::Windows, "x86_64", true),
-            "onnxruntime-directml"
-        );
-        assert_eq!(
-            pick(Platform::Windows, "x86_64", false),
-            "onnxruntime-directml"
-        );
+        assert_eq!(pick(Platform::Windows, "x86_64", true), "onnxruntime");
+        assert_eq!(pick(Platform::Windows, "x86_64", false), "onnxruntime");
         assert_eq!(pick(Platform::MacOs, "aarch64", false), "onnxruntime");
         assert!(
             choose(&machine(Platform::Linux, "x86_64", true))

@@ -253,9 +253,13 @@ fn find_python() -> Option<&'static [&'static str]> {
 }
 
 /// True for the shared libraries a wheel's `onnxruntime/capi/` carries
-/// (the main library and its execution-provider plug-ins), false for the
+/// (the main library, its execution-provider plug-ins, and `DirectML.dll`, which
+/// `onnxruntime-directml`'s library loads from its own folder), false for the
 /// Python extension module and everything else.
 fn is_runtime_library(file_name: &str) -> bool {
+    if file_name.eq_ignore_ascii_case("DirectML.dll") {
+        return true;
+    }
     if !file_name.starts_with("libonnxruntime") && !file_name.starts_with("onnxruntime") {
         return false;
     }
@@ -267,7 +271,9 @@ fn is_runtime_library(file_name: &str) -> bool {
 
 /// The library `ort` loads, as opposed to provider plug-ins.
 fn is_main_library(file_name: &str) -> bool {
-    is_runtime_library(file_name) && !file_name.contains("providers")
+    is_runtime_library(file_name)
+        && !file_name.contains("providers")
+        && !file_name.eq_ignore_ascii_case("DirectML.dll")
 }
 
 fn unpack(
@@ -430,6 +436,7 @@ mod tests {
         assert!(is_main_library("onnxruntime.dll"));
         assert!(!is_main_library("onnxruntime_providers_cuda.dll"));
         assert!(is_runtime_library("libonnxruntime_providers_cuda.so"));
+        assert!(is_runtime_library("DirectML.dll") && !is_main_library("DirectML.dll"));
         assert!(!is_runtime_library("onnxruntime_pybind11_state.pyd"));
         assert!(!is_runtime_library("__init__.py"));
     }
