@@ -281,6 +281,7 @@ mod tests {
         ] {
             let plugin = temp.path().join(folder).join("tessera-upscale");
             let script = plugin.join("tessera-upscale.py");
+            assert!(script.is_file(), "{folder}");
             assert!(plugin.join("tessera_client/codec.py").is_file(), "{folder}");
             #[cfg(unix)]
             {
