@@ -73,9 +73,9 @@ fn a_2x_job_runs_every_phase_with_monotonic_progress_and_an_eta() {
         "decode",
         "finish",
     ];
-    // A client that falls behind gets its unsent progress replaced by newer progress, so on a
-    // busy machine a short phase may go unseen: the phases seen come in order, and the job's
-    // timings show that every phase ran.
+    // A client that falls behind gets its unsent progress replaced by newer progress of the
+    // same phase, so on a busy machine a short phase may show only its last event: every
+    // phase is seen, in order, and the job's timings show that every phase ran.
     let mut phases: Vec<&str> = events.iter().map(|e| e.phase.as_str()).collect();
     phases.dedup();
     let positions: Vec<usize> = phases
@@ -83,11 +83,7 @@ fn a_2x_job_runs_every_phase_with_monotonic_progress_and_an_eta() {
         .map(|p| ORDER.iter().position(|o| o == p).expect("a known phase"))
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{phases:?}");
-    // Under Wine (the Windows build's CI), ONNX Runtime's spinning threads and the Wine
-    // server share the two cores, and the writer may see nothing of the tiny denoise phase.
-    if cfg!(not(windows)) {
-        assert!(phases.contains(&"denoise"), "{phases:?}");
-    }
+    assert!(phases.contains(&"denoise"), "{phases:?}");
     assert_eq!(phases.last(), Some(&"finish"));
     let fractions: Vec<f32> = events.iter().map(|e| e.fraction).collect();
     assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "{fractions:?}");
