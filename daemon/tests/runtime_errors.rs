@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tessera::engine::{Engine, EngineError, EngineOptions};
 
@@ -33,7 +33,7 @@ fn assert_says_how_to_fix(err: &EngineError) {
 /// Builds a shared library exporting a fake `OrtGetApiBase` that reports `version` and has no
 /// API table (like a runtime too old for the API we need).
 #[cfg(unix)]
-fn fake_runtime(dir: &Path, name: &str, version: Option<&str>) -> PathBuf {
+fn fake_runtime(dir: &Path, name: &str, version: Option<&str>) -> std::path::PathBuf {
     let source = dir.join(format!("{name}.c"));
     let body = match version {
         Some(v) => format!(

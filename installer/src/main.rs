@@ -94,7 +94,11 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let location = paths::data_dir(args.data_dir.as_deref())?;
-    let home = Home::from_env().context("cannot find the home folder (HOME is not set)")?;
+    let home = Home::from_env().context(if cfg!(windows) {
+        "cannot find the user's profile folder (USERPROFILE is not set)"
+    } else {
+        "cannot find the home folder (HOME is not set)"
+    })?;
     if args.uninstall {
         if !location.path.is_dir() {
             println!(

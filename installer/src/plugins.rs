@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use std::io::Read;
 use std::path::PathBuf;
 use tessera::setup::kritarc;
-use tessera::setup::places::{Editor, EditorPlace};
+use tessera::setup::places::{Editor, EditorPlace, join_relative};
 use tessera::setup::record::{IniEntry, InstallRecord, Item};
 
 mod embedded {
@@ -143,7 +143,7 @@ fn install_krita(
 ) -> anyhow::Result<String> {
     let mut written = Vec::new();
     for (rel, content) in &krita.files {
-        let path = place.folder.join(rel);
+        let path = join_relative(&place.folder, rel);
         files::install(record, &path, content, false, Item::Plugin)?;
         written.push(path);
     }
@@ -189,7 +189,7 @@ fn install_gimp(
 ) -> anyhow::Result<String> {
     let mut written: Vec<PathBuf> = Vec::new();
     for (rel, content, exec) in gimp {
-        let path = place.folder.join(rel);
+        let path = join_relative(&place.folder, rel);
         files::install(record, &path, content, *exec, Item::Plugin)?;
         written.push(path);
     }
@@ -281,6 +281,7 @@ mod tests {
         ] {
             let plugin = temp.path().join(folder).join("tessera-upscale");
             let script = plugin.join("tessera-upscale.py");
+            assert!(script.is_file(), "{folder}");
             assert!(plugin.join("tessera_client/codec.py").is_file(), "{folder}");
             #[cfg(unix)]
             {

@@ -139,24 +139,23 @@ pub fn launchd_plist(launch: &Launch) -> String {
     )
 }
 
-/// A VBScript in the Startup folder: starts the daemon without a console window.
+/// A VBScript in the Startup folder: starts the daemon without a console window. A data
+/// directory of its own goes on the command line (`--data-dir`), the simplest thing every
+/// script host runs (Wine's, for one, cannot set the environment through `WScript.Shell`).
 pub fn startup_script(launch: &Launch) -> String {
-    let quote = |s: &str| s.replace('"', "\"\"");
-    let mut command = format!("\"\"{}\"\" serve", quote(&launch.program.to_string_lossy()));
+    // Inside a VBScript string, a double quote is written twice; the command line quotes the
+    // program and the folder, so both may hold spaces.
+    let quoted = |s: &str| format!("\"\"{}\"\"", s.replace('"', "\"\""));
+    let mut command = format!("{} serve", quoted(&launch.program.to_string_lossy()));
+    if let Some(dir) = &launch.data_dir {
+        command.push_str(&format!(" --data-dir {}", quoted(&dir.to_string_lossy())));
+    }
     if launch.tray {
         command.push_str(" --tray");
     }
-    let mut script = String::from(
-        "' Starts the Tessera daemon at login (written by tessera-install).\r\nSet shell = CreateObject(\"WScript.Shell\")\r\n",
-    );
-    if let Some(dir) = &launch.data_dir {
-        script.push_str(&format!(
-            "shell.Environment(\"PROCESS\")(\"TESSERA_DATA_DIR\") = \"{}\"\r\n",
-            quote(&dir.to_string_lossy())
-        ));
-    }
-    script.push_str(&format!("shell.Run \"{command}\", 0, False\r\n"));
-    script
+    format!(
+        "' Starts the Tessera daemon at login (written by tessera-install).\r\nSet shell = CreateObject(\"WScript.Shell\")\r\nshell.Run \"{command}\", 0, False\r\n"
+    )
 }
 
 /// Tells the service manager; returns whether it was told and what happened, in words.
@@ -300,5 +299,17 @@ mod tests {
             vbs.contains(r#"shell.Run """C:\Users\a\tessera.exe"" serve --tray", 0, False"#),
             "{vbs}"
         );
+        let vbs = startup_script(&launch(
+            r"C:\Users\a b\tessera.exe",
+            Some(r"D:\Tessera data"),
+            false,
+        ));
+        assert!(
+            vbs.contains(
+                r#"shell.Run """C:\Users\a b\tessera.exe"" serve --data-dir ""D:\Tessera data""", 0, False"#
+            ),
+            "{vbs}"
+        );
+        assert_eq!(vbs.lines().count(), 3, "{vbs}");
     }
 }

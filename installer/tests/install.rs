@@ -1,7 +1,9 @@
 //! A whole install in a temporary HOME: the program and its systemd user unit (validated with
 //! `systemd-analyze verify` where it exists), the plug-ins in fake Krita and GIMP folders
 //! (native and Flatpak, `kritarc`), the models from a local server, then an upscale with the
-//! installed program; and `--uninstall`, which must leave HOME as it was.
+//! installed program; and `--uninstall`, which must leave HOME as it was. Unix only: the
+//! Windows install is tested in `windows.rs`.
+#![cfg(unix)]
 
 mod support;
 

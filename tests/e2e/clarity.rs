@@ -73,9 +73,9 @@ fn a_2x_job_runs_every_phase_with_monotonic_progress_and_an_eta() {
         "decode",
         "finish",
     ];
-    // A client that falls behind gets its unsent progress replaced by newer progress, so on a
-    // busy machine a short phase may go unseen: the phases seen come in order, and the job's
-    // timings show that every phase ran.
+    // A client that falls behind gets its unsent progress replaced by newer progress of the
+    // same phase, so on a busy machine a short phase may show only its last event: every
+    // phase is seen, in order, and the job's timings show that every phase ran.
     let mut phases: Vec<&str> = events.iter().map(|e| e.phase.as_str()).collect();
     phases.dedup();
     let positions: Vec<usize> = phases

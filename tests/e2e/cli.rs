@@ -49,7 +49,7 @@ fn upscale_starts_a_daemon_when_none_runs_and_stop_ends_it() {
     assert!(run_ok(&mut daemon.command(["status"])).contains("running: tessera"));
     assert!(run_ok(&mut daemon.command(["stop"])).contains("stopped"));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while daemon.socket.exists() {
+    while daemon.socket_present() {
         assert!(Instant::now() < deadline, "the daemon did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -112,9 +112,14 @@ fn errors_are_one_clear_line() {
         stderr.contains("model-not-found") && stderr.contains("tiny-x4"),
         "{stderr}"
     );
+    let other_socket = if cfg!(windows) {
+        format!("tessera-e2e-other-{}", std::process::id()).into()
+    } else {
+        daemon.dir.path().join("other.sock").into_os_string()
+    };
     let bad_lib = daemon
         .command(["serve", "--socket"])
-        .arg(daemon.dir.path().join("other.sock"))
+        .arg(other_socket)
         .env("TESSERA_ORT_LIB", &input)
         .output()
         .unwrap();

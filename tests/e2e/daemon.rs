@@ -181,7 +181,7 @@ fn a_shutdown_message_stops_the_daemon_cleanly() {
         watcher.read(),
         Ok(Message::ShuttingDown) | Err(ClientError::Closed)
     ));
-    assert!(!daemon.socket.exists(), "the socket file is removed");
+    assert!(!daemon.socket_present(), "the socket is gone");
     // And a new daemon starts on the same socket straight away.
     daemon.restart();
     assert!(daemon.client().status().is_ok());

@@ -6,16 +6,17 @@
 //! The killed clients are this test binary run again as a child in a "role" (the ignored
 //! `role_*` tests, which do nothing unless `TESSERA_E2E_ROLE_SOCKET` is set): the child gets
 //! to the point of interest, says so on stdout and waits to be killed.
-#![cfg(unix)]
+//!
+//! Everything here runs on Windows too (named pipes, the child killed with
+//! `TerminateProcess`), but for the never-reading client, whose writer thread a Unix socket's
+//! `shutdown` unblocks.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tessera::cli::client::Client;
-use tessera_e2e::{Daemon, RssSampler, mib, test_image};
+use tessera::server::socket::{self, SharedStream};
+use tessera_e2e::{Daemon, address_of, mib, test_image};
 use tessera_protocol::{
     Handshake, Image, JobParams, Message, PROTOCOL_VERSION, Submit, read_frame, write_frame,
 };
@@ -40,9 +41,15 @@ fn submit(request: u64, image: Image) -> Vec<u8> {
     }))
 }
 
+/// A raw connection to the daemon that `socket` (a `TESSERA_SOCKET` value) names.
+fn connect(socket: &str) -> SharedStream {
+    let address = address_of(std::path::Path::new(socket));
+    SharedStream::new(socket::connect(&address).unwrap())
+}
+
 /// A raw connection that has sent its handshake (and, if `read_reply`, read the daemon's).
-fn raw(socket: &str, read_reply: bool) -> UnixStream {
-    let mut stream = UnixStream::connect(socket).unwrap();
+fn raw(socket: &str, read_reply: bool) -> SharedStream {
+    let mut stream = connect(socket);
     stream
         .write_all(&frame(&Message::Handshake(Handshake {
             protocol_version: PROTOCOL_VERSION,
@@ -59,7 +66,7 @@ fn raw(socket: &str, read_reply: bool) -> UnixStream {
 }
 
 /// Reads one frame header; returns the payload length and the message tag.
-fn frame_head(stream: &mut UnixStream) -> (usize, u32) {
+fn frame_head(stream: &mut SharedStream) -> (usize, u32) {
     let mut head = [0u8; 8];
     stream.read_exact(&mut head).unwrap();
     let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
@@ -216,6 +223,7 @@ fn a_client_killed_mid_download_frees_its_result() {
 }
 
 /// Waits until no job is running or queued.
+#[cfg(unix)]
 fn wait_until_idle(probe: &mut Client) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -235,15 +243,12 @@ fn wait_until_idle(probe: &mut Client) {
 fn connections_that_never_shake_hands_are_closed() {
     let daemon = Daemon::with_small_tiles();
     let mut probe = daemon.client();
-    let silent = UnixStream::connect(&daemon.socket).unwrap();
-    let mut stalled = UnixStream::connect(&daemon.socket).unwrap();
+    let socket = daemon.socket.to_str().unwrap();
+    let silent = connect(socket);
+    let mut stalled = connect(socket);
     stalled.write_all(&[10, 0]).unwrap(); // half a length prefix, then nothing
-    // The daemon closes both after its handshake timeout (10 s); the guard only keeps a
-    // broken daemon from hanging the test.
+    // The daemon closes both after its handshake timeout (10 s).
     for mut stream in [silent, stalled] {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
         let mut byte = [0u8; 1];
         assert_eq!(stream.read(&mut byte).unwrap(), 0, "closed without a word");
     }
@@ -252,7 +257,9 @@ fn connections_that_never_shake_hands_are_closed() {
 }
 
 /// Waits until `counter` stops moving for a while: the daemon no longer reads the writer.
-fn wait_until_stuck(counter: &AtomicU64) -> u64 {
+#[cfg(unix)]
+fn wait_until_stuck(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    use std::sync::atomic::Ordering;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = (counter.load(Ordering::SeqCst), Instant::now());
     loop {
@@ -270,8 +277,13 @@ fn wait_until_stuck(counter: &AtomicU64) -> u64 {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn a_client_that_never_reads_blocks_nobody_and_is_held_to_its_limits() {
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tessera_e2e::RssSampler;
     let daemon =
         Daemon::prepare("[limits]\nmax_jobs_per_client = 3\n[upscale]\ntile = 64\noverlap = 4\n")
             .start();
@@ -285,7 +297,13 @@ fn a_client_that_never_reads_blocks_nobody_and_is_held_to_its_limits() {
 
     // Twelve jobs whose results (3 MiB each) it never reads, each submitted once the engine is
     // idle again, so that without a limit every one would be accepted and its result kept.
-    let mut stream = raw(daemon.socket.to_str().unwrap(), false);
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    stream
+        .write_all(&frame(&Message::Handshake(Handshake {
+            protocol_version: PROTOCOL_VERSION,
+            agent: "e2e-fault".into(),
+        })))
+        .unwrap();
     for request in 0..12 {
         stream
             .write_all(&submit(request, test_image(256, 256)))

@@ -64,6 +64,8 @@ pub fn fixture(relative: &str) -> PathBuf {
 /// A running daemon with its own data directory and socket; killed on drop.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
+    /// What `TESSERA_SOCKET` names for it: `tessera.sock` in `dir` on Unix, a named pipe of
+    /// its own (`\\.\pipe\tessera-e2e…`) on Windows.
     pub socket: PathBuf,
     child: Option<Child>,
     /// A command that runs `tessera serve` (appended as its last arguments), e.g. to set
@@ -77,9 +79,15 @@ impl Daemon {
     /// A data directory with the tiny ×4 upscaler installed as "tiny-x4",
     /// and `config` (TOML) as its config.toml.
     pub fn prepare(config: &str) -> Daemon {
+        Daemon::prepare_in(&std::env::temp_dir(), config)
+    }
+
+    /// [`Daemon::prepare`] with the data directory made inside `parent`.
+    pub fn prepare_in(parent: &Path, config: &str) -> Daemon {
+        std::fs::create_dir_all(parent).unwrap();
         let dir = tempfile::Builder::new()
             .prefix("tessera-e2e")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("temp dir");
         let upscalers = dir.path().join("models/upscalers");
         std::fs::create_dir_all(&upscalers).unwrap();
@@ -89,7 +97,7 @@ impl Daemon {
         )
         .unwrap();
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        let socket = dir.path().join("tessera.sock");
+        let socket = socket_for(dir.path());
         Daemon {
             dir,
             socket,
@@ -162,9 +170,15 @@ impl Daemon {
     /// where the job's defaults name them (LoRAs, negative embedding), the rest as the only
     /// model of its folder (so the defaults fall back to it), and `config` as config.toml.
     pub fn prepare_diffusion(config: &str) -> Daemon {
-        let daemon = Daemon::prepare(&format!(
-            "[upscale]\ndefault_upscaler = \"tiny-x4\"\n{config}"
-        ));
+        Daemon::prepare_diffusion_in(&std::env::temp_dir(), config)
+    }
+
+    /// [`Daemon::prepare_diffusion`] with the data directory made inside `parent`.
+    pub fn prepare_diffusion_in(parent: &Path, config: &str) -> Daemon {
+        let daemon = Daemon::prepare_in(
+            parent,
+            &format!("[upscale]\ndefault_upscaler = \"tiny-x4\"\n{config}"),
+        );
         let models = daemon.dir.path().join("models");
         let pipeline = repo_root().join("tests/fixtures/pipeline");
         copy_dir(
@@ -202,7 +216,17 @@ impl Daemon {
     }
 
     pub fn address(&self) -> SocketAddress {
-        SocketAddress::Path(self.socket.clone())
+        address_of(&self.socket)
+    }
+
+    /// Whether the daemon's socket is there: its file on Unix; on Windows, whether a
+    /// connection to its pipe is answered (a named pipe lives only while a daemon listens).
+    pub fn socket_present(&self) -> bool {
+        if cfg!(windows) {
+            tessera::server::socket::connect(&self.address()).is_ok()
+        } else {
+            self.socket.exists()
+        }
     }
 
     /// A `tessera` command aimed at this daemon's data directory and socket.
@@ -266,6 +290,25 @@ impl Drop for Daemon {
     }
 }
 
+/// The socket of a test daemon whose data directory is `dir`.
+fn socket_for(dir: &Path) -> PathBuf {
+    if cfg!(windows) {
+        let name = dir.file_name().expect("a temporary folder has a name");
+        PathBuf::from(format!(r"\\.\pipe\{}", name.to_string_lossy()))
+    } else {
+        dir.join("tessera.sock")
+    }
+}
+
+/// The address a `TESSERA_SOCKET` value names, by the daemon's own rules.
+pub fn address_of(socket: &Path) -> SocketAddress {
+    let data = tessera_protocol::paths::DataDir {
+        path: PathBuf::new(),
+        explicit: true,
+    };
+    tessera_protocol::paths::socket_address(Some(&socket.to_string_lossy()), &data)
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {
@@ -320,11 +363,39 @@ pub fn wrap(command: Command, wrapper: &[std::ffi::OsString]) -> Command {
     wrapped
 }
 
-/// Resident memory of a process in bytes (`VmRSS` in `/proc/<pid>/status`).
+/// Resident memory of a process in bytes (`VmRSS` in `/proc/<pid>/status` on Linux, the
+/// working set on Windows).
 pub fn rss_bytes(pid: u32) -> u64 {
     try_rss_bytes(pid).unwrap_or_else(|| panic!("cannot read the memory of process {pid}"))
 }
 
+#[cfg(windows)]
+fn try_rss_bytes(pid: u32) -> Option<u64> {
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::ProcessStatus::{
+        K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS,
+    };
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_VM_READ,
+    };
+    // SAFETY: OpenProcess has no preconditions; the handle is closed below.
+    let process =
+        unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_VM_READ, 0, pid) };
+    if process.is_null() {
+        return None;
+    }
+    let mut counters = PROCESS_MEMORY_COUNTERS {
+        cb: std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `counters` is a PROCESS_MEMORY_COUNTERS of the size given.
+    let ok = unsafe { K32GetProcessMemoryInfo(process, &mut counters, counters.cb) };
+    // SAFETY: opened above, closed once.
+    unsafe { CloseHandle(process) };
+    (ok != 0).then_some(counters.WorkingSetSize as u64)
+}
+
+#[cfg(not(windows))]
 fn try_rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
@@ -369,4 +440,23 @@ impl RssSampler {
 /// Bytes as MiB with one decimal, for reports.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Asserts that `text` (a program's output on Windows) shows Windows paths only: no path with
+/// a `/` among its backslashes, none that starts with `/` or `~/`, and no Unix commands in its
+/// advice.
+pub fn assert_windows_paths(text: &str) {
+    for line in text.lines() {
+        for word in line.split_whitespace() {
+            let word = word.trim_matches(|c: char| "()`'\",:;".contains(c));
+            let mixed = word.contains('\\') && word.contains('/');
+            assert!(
+                !mixed && !word.starts_with('/'),
+                "a / path on Windows: {word:?} in {line:?}"
+            );
+        }
+        for unix in ["~/", "chmod", "systemctl", "XDG_"] {
+            assert!(!line.contains(unix), "{unix:?} on Windows: {line:?}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::engine::{
 };
 use crate::setup::kritarc;
 use crate::setup::manifest::{Manifest, size_text};
-use crate::setup::places::{Editor, EditorPlace, Home};
+use crate::setup::places::{Editor, EditorPlace, Home, join_relative};
 use crate::setup::record::{InstallRecord, Item};
 use crate::store::{DataDir, cuda, registry, runtime};
 use std::path::Path;
@@ -560,21 +560,23 @@ fn models(r: &mut Report, dir: &DataDir, manifest: &Manifest) {
     };
     for entry in &entries {
         let file = entry.file.rsplit('/').next().unwrap_or(&entry.file);
+        // The protocol's names use `/`; shown here as the file's place below models/.
+        let shown = join_relative(Path::new(""), &entry.file);
+        let shown = shown.display();
         match manifest.by_file(entry.kind, file) {
             Some(spec) if entry.sha256.as_deref() == Some(spec.sha256.as_str()) => r.ok(format!(
-                "{} valid ({}, licence {})",
-                entry.file, spec.name, spec.licence
+                "{shown} valid ({}, licence {})",
+                spec.name, spec.licence
             )),
             Some(spec) => r.problem(
                 format!(
-                    "{} is not the expected {} (size or SHA-256 differ)",
-                    entry.file, spec.name
+                    "{shown} is not the expected {} (size or SHA-256 differ)",
+                    spec.name
                 ),
                 "move it away and run tessera-install to fetch it again",
             ),
             None => r.ok(format!(
-                "{} present (your own file; not in the manifest)",
-                entry.file
+                "{shown} present (your own file; not in the manifest)"
             )),
         }
     }
@@ -582,9 +584,8 @@ fn models(r: &mut Report, dir: &DataDir, manifest: &Manifest) {
         if !spec.path(dir).exists() {
             r.problem(
                 format!(
-                    "the default model {}/{} ({}) is missing",
-                    spec.kind.folder(),
-                    spec.file,
+                    "the default model {} ({}) is missing",
+                    Path::new(spec.kind.folder()).join(&spec.file).display(),
                     size_text(spec.size)
                 ),
                 "run tessera-install (or tessera-install --models-from DIR with the file)",
@@ -717,7 +718,7 @@ fn gimp(r: &mut Report, place: &EditorPlace) {
             return;
         }
     }
-    if !folder.join("tessera_client/__init__.py").is_file() {
+    if !join_relative(&folder, "tessera_client/__init__.py").is_file() {
         r.problem(
             format!(
                 "{}: the protocol codec is missing beside the plug-in",

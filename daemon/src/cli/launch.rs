@@ -108,5 +108,28 @@ fn detach(command: &mut Command) {
         const DETACHED_PROCESS: u32 = 0x0000_0008;
         const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
         command.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP);
+        keep_own_handles_from_children();
+    }
+}
+
+/// Stops this process's standard handles from being inherited. Windows hands a new process
+/// every inheritable handle of its parent, whatever its own standard handles are; ours are
+/// often the pipes of whoever runs `tessera upscale` (a script, an editor's plug-in) and were
+/// inheritable for us, so the daemon would hold them open for its whole life and the caller,
+/// waiting for their end, would wait for the daemon to exit.
+#[cfg(windows)]
+fn keep_own_handles_from_children() {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::Foundation::{HANDLE_FLAG_INHERIT, SetHandleInformation};
+    for handle in [
+        std::io::stdin().as_raw_handle(),
+        std::io::stdout().as_raw_handle(),
+        std::io::stderr().as_raw_handle(),
+    ] {
+        if !handle.is_null() {
+            // SAFETY: a standard handle of this process (or an invalid one, which the call
+            // refuses); only its inherit flag changes.
+            unsafe { SetHandleInformation(handle, HANDLE_FLAG_INHERIT, 0) };
+        }
     }
 }

@@ -257,7 +257,8 @@ pub enum ModelsCommand {
         no_hashes: bool,
     },
     /// Write the SD 1.5 graphs as standard .onnx files with their weights beside them
-    ExportOnnx(ExportArgs),
+    // Boxed: its paths make it the one large variant (larger still on Windows).
+    ExportOnnx(Box<ExportArgs>),
 }
 
 #[derive(Debug, Subcommand)]

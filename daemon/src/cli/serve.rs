@@ -16,8 +16,13 @@ pub fn run(target: &Target, threads: Option<usize>, tray: bool) -> anyhow::Resul
     // Before anything allocates: the daemon lives for the whole session.
     server::keep_large_blocks_mapped();
     if tray && !cfg!(all(feature = "tray", target_os = "linux")) {
+        if cfg!(target_os = "linux") {
+            anyhow::bail!(
+                "this tessera has no tray: it is built with `cargo build --release -p tessera --features tray`"
+            );
+        }
         anyhow::bail!(
-            "this tessera has no tray: it is built with `cargo build --release -p tessera --features tray`, on Linux"
+            "the tray icon exists on Linux only: run `tessera serve` without --tray (tessera-install's login entry does)"
         );
     }
     let dir = DataDir::open(&target.data_dir.path).with_context(|| {

@@ -38,14 +38,19 @@ pub(super) fn serve(shared: Arc<Shared>, stream: Stream) {
             return;
         }
     }
-    if let Err(e) = stream.set_recv_timeout(Some(HANDSHAKE_TIMEOUT)) {
-        tracing::debug!("client {client}: no handshake timeout ({e})");
-    }
+    let deadline = match stream.read_deadline(HANDSHAKE_TIMEOUT) {
+        Ok(deadline) => Some(deadline),
+        Err(e) => {
+            tracing::warn!("client {client}: no handshake timeout ({e})");
+            None
+        }
+    };
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    let ended = match handshake(&mut reader, &outbox, client) {
-        Ok(()) => match reader.get_ref().set_recv_timeout(None) {
+    let expired = || deadline.as_ref().is_some_and(|d| d.expired());
+    let ended = match handshake(&mut reader, &outbox, client, &expired) {
+        Ok(()) => match deadline.map_or(Ok(()), |d| d.meet()) {
             Ok(()) => request_loop(&shared, &mut reader, &outbox, client),
-            Err(e) => End::Left(format!("cannot clear the handshake timeout: {e}")),
+            Err(e) => End::Left(format!("cannot lift the handshake timeout: {e}")),
         },
         Err(end) => end,
     };
@@ -107,10 +112,13 @@ fn frame_end(error: FrameError, max: u32) -> End {
     }
 }
 
+/// Reads the client's handshake and answers it; `expired` tells whether a failed read was
+/// cut short by the handshake timeout.
 fn handshake(
     reader: &mut BufReader<SharedStream>,
     outbox: &Outbox,
     client: u64,
+    expired: &dyn Fn() -> bool,
 ) -> Result<(), End> {
     match read_frame(reader, MAX_HANDSHAKE_BYTES) {
         Ok(Message::Handshake(hello)) if hello.protocol_version == PROTOCOL_VERSION => {
@@ -135,6 +143,10 @@ fn handshake(
         Ok(_) => Err(End::Refused(ErrorInfo::new(
             ErrorKind::Protocol,
             "the first message must be a Handshake",
+        ))),
+        Err(_) if expired() => Err(End::Left(format!(
+            "no handshake within {} s",
+            HANDSHAKE_TIMEOUT.as_secs()
         ))),
         Err(FrameError::Io(e))
             if matches!(

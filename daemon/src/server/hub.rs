@@ -94,7 +94,29 @@ impl std::fmt::Debug for DaemonInfo {
     }
 }
 
+/// The process's resident memory in bytes, where the platform says (Linux: `/proc`;
+/// Windows: the working set).
+#[cfg(windows)]
+fn resident_bytes() -> u64 {
+    use windows_sys::Win32::System::ProcessStatus::{
+        K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS,
+    };
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+    let mut counters = PROCESS_MEMORY_COUNTERS {
+        cb: std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: the pseudo-handle of this process, and a counters struct of the size given.
+    let ok = unsafe { K32GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, counters.cb) };
+    if ok == 0 {
+        0
+    } else {
+        counters.WorkingSetSize as u64
+    }
+}
+
 /// The process's resident memory in bytes, where the platform says (Linux: `/proc`).
+#[cfg(not(windows))]
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm

@@ -44,7 +44,19 @@ fn lock_path(address: &SocketAddress, data_dir: &DataDir) -> PathBuf {
             name.push(".lock");
             PathBuf::from(name)
         }
-        SocketAddress::Pipe(_) => data_dir.root().join("daemon.lock"),
+        // One lock per pipe, as a socket file has one beside it: another daemon may serve the
+        // same data directory on a pipe of its own.
+        SocketAddress::Pipe(name) => {
+            let safe: String = name
+                .chars()
+                .map(|c| match c {
+                    '<' | '>' | ':' | '"' | '/' | '\\' | '|' | '?' | '*' => '_',
+                    c if c.is_control() => '_',
+                    c => c,
+                })
+                .collect();
+            data_dir.root().join(format!("{safe}.lock"))
+        }
     }
 }
 
@@ -101,10 +113,21 @@ pub fn claim(address: &SocketAddress, data_dir: &DataDir) -> Result<Instance, In
     })
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn each_pipe_has_a_lock_file_of_its_own() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path()).unwrap();
+        let lock = |name: &str| lock_path(&SocketAddress::Pipe(name.into()), &dir);
+        assert_eq!(lock("tessera-Ana"), temp.path().join("tessera-Ana.lock"));
+        assert_eq!(lock("a:b*c"), temp.path().join("a_b_c.lock"));
+        assert_ne!(lock("tessera-Ana"), lock("tessera-Ana-0badf00d"));
+    }
+
+    #[cfg(unix)]
     #[test]
     fn a_second_claim_is_refused_and_a_stale_socket_removed() {
         let temp = tempfile::tempdir().unwrap();

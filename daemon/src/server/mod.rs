@@ -7,6 +7,8 @@ mod connection;
 pub mod hub;
 pub mod instance;
 pub mod outbox;
+#[cfg(windows)]
+pub mod pipe;
 pub mod socket;
 mod worker;
 

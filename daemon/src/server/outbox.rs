@@ -1,7 +1,10 @@
 //! One client's queue of outgoing messages, drained by that client's writer
 //! thread. A slow or stuck client never blocks the engine or other clients,
 //! and what waits for it stays bounded:
-//! - progress events are coalesced (only the newest per job is kept);
+//! - progress events are coalesced: an unsent event of a job is replaced by the job's next
+//!   one while both are of the same stage and phase, so a reader that falls behind still gets
+//!   the last event of every phase (its tiles all done), and what waits is bounded by the
+//!   number of phases;
 //! - results not yet written count as the client's jobs, so the per-client
 //!   job limit also caps the results waiting here (see `Hub::submit`);
 //! - replies to requests are capped: the connection stops reading requests
@@ -35,19 +38,22 @@ struct State {
 }
 
 impl Outbox {
-    /// Queues a message. A progress event replaces a still-unsent one for the same job.
+    /// Queues a message. A progress event replaces the job's last still-unsent one when that
+    /// is of the same stage and phase.
     pub fn send(&self, message: Message) {
         let mut state = self.state.lock().expect("outbox lock");
         if state.closing || state.dead {
             return;
         }
         if let Message::Progress(progress) = &message
-            && let Some(pending) = state
+            && let Some(Message::Progress(pending)) = state
                 .queue
                 .iter_mut()
+                .rev()
                 .find(|m| matches!(m, Message::Progress(p) if p.job == progress.job))
+            && (pending.stage, &pending.phase) == (progress.stage, &progress.phase)
         {
-            *pending = message;
+            *pending = progress.clone();
             return;
         }
         if is_result(&message) {
@@ -135,11 +141,15 @@ mod tests {
     use tessera_protocol::Progress;
 
     fn progress(job: u64, fraction: f32) -> Message {
+        in_phase(job, "upscale", fraction)
+    }
+
+    fn in_phase(job: u64, phase: &str, fraction: f32) -> Message {
         Message::Progress(Progress {
             job,
             stage: 0,
             stages: 1,
-            phase: "upscale".into(),
+            phase: phase.into(),
             step: 1,
             steps: 1,
             tile: 1,
@@ -163,6 +173,22 @@ mod tests {
         assert_eq!(outbox.next(), Some(progress(1, 0.9)));
         assert_eq!(outbox.next(), Some(progress(2, 0.1)));
         assert_eq!(outbox.next(), Some(Message::GetStatus));
+        assert_eq!(outbox.next(), None);
+    }
+
+    #[test]
+    fn the_last_event_of_each_phase_is_kept() {
+        let outbox = Outbox::default();
+        outbox.send(in_phase(1, "upscale", 0.1));
+        outbox.send(in_phase(1, "upscale", 0.2));
+        outbox.send(in_phase(1, "resize", 0.8));
+        outbox.send(in_phase(1, "resize", 0.9));
+        outbox.send(in_phase(2, "upscale", 0.5));
+        outbox.send(in_phase(1, "resize", 0.95));
+        outbox.close();
+        assert_eq!(outbox.next(), Some(in_phase(1, "upscale", 0.2)));
+        assert_eq!(outbox.next(), Some(in_phase(1, "resize", 0.95)));
+        assert_eq!(outbox.next(), Some(in_phase(2, "upscale", 0.5)));
         assert_eq!(outbox.next(), None);
     }
 

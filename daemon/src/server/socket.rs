@@ -1,6 +1,6 @@
 //! The local socket itself: turning a [`SocketAddress`] into an
-//! `interprocess` name, binding it for the daemon (owner-only) and
-//! connecting to it as a client.
+//! `interprocess` name, binding it for the daemon (owner-only: a Unix socket's
+//! mode, a named pipe's DACL, see `pipe`) and connecting to it as a client.
 
 use interprocess::local_socket::{
     GenericFilePath, GenericNamespaced, ListenerOptions, Name, Stream, ToFsName, ToNsName,
@@ -8,6 +8,9 @@ use interprocess::local_socket::{
 };
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+#[cfg(windows)]
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tessera_protocol::paths::{MAX_UNIX_SOCKET_PATH, SocketAddress};
 
 pub fn name(address: &SocketAddress) -> io::Result<Name<'static>> {
@@ -36,7 +39,9 @@ pub fn connect(address: &SocketAddress) -> io::Result<Stream> {
 }
 
 /// Binds the daemon's listener, reachable only by this user: mode 0600 on
-/// Unix (set before `bind`, so there is no window where it is open).
+/// Unix (set before `bind`, so there is no window where it is open), a DACL
+/// that grants this user alone on Windows (given to every instance of the pipe
+/// as it is created).
 pub fn bind(address: &SocketAddress) -> io::Result<interprocess::local_socket::Listener> {
     let options = ListenerOptions::new()
         .name(name(address)?)
@@ -45,6 +50,11 @@ pub fn bind(address: &SocketAddress) -> io::Result<interprocess::local_socket::L
     let options = {
         use interprocess::os::unix::local_socket::ListenerOptionsExt;
         options.mode(0o600)
+    };
+    #[cfg(windows)]
+    let options = {
+        use interprocess::os::windows::local_socket::ListenerOptionsExt;
+        options.security_descriptor(super::pipe::owner_only_descriptor()?)
     };
     match options.create_sync() {
         #[cfg(unix)]
@@ -77,26 +87,104 @@ pub fn peer_is_same_user(stream: &Stream) -> bool {
             Err(_) => true,
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     {
-        let _ = stream;
-        true
+        super::pipe::peer_is_same_user(stream)
     }
 }
 
 /// A connected socket that one thread reads while another writes; it
-/// closes when the last clone is dropped.
+/// closes when the last clone is dropped (at once, on Windows too: see
+/// `pipe::close_without_flush`).
 #[derive(Clone)]
 pub struct SharedStream(Arc<Stream>);
+
+impl Drop for SharedStream {
+    fn drop(&mut self) {
+        #[cfg(windows)]
+        super::pipe::close_without_flush(&self.0);
+    }
+}
 
 impl SharedStream {
     pub fn new(stream: Stream) -> SharedStream {
         SharedStream(Arc::new(stream))
     }
 
-    /// Bounds how long one read waits for data (`None`: forever).
-    pub fn set_recv_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
-        self.0.set_recv_timeout(timeout)
+    /// Ends this connection's reads once `timeout` has passed, unless the returned
+    /// deadline is met first. A read cut short fails, with `WouldBlock` or `TimedOut` on Unix
+    /// (a receive timeout); on Windows, whose named pipes have no read timeout, a watchdog
+    /// thread disconnects the pipe instead, and [`ReadDeadline::expired`] tells the two
+    /// failures apart.
+    pub fn read_deadline(&self, timeout: Duration) -> io::Result<ReadDeadline> {
+        #[cfg(unix)]
+        {
+            self.0.set_recv_timeout(Some(timeout))?;
+            Ok(ReadDeadline {
+                stream: self.clone(),
+            })
+        }
+        #[cfg(windows)]
+        {
+            let (met, wait) = crossbeam_channel::bounded::<()>(0);
+            let expired = Arc::new(AtomicBool::new(false));
+            let stream = self.clone();
+            let flag = expired.clone();
+            std::thread::Builder::new()
+                .name("read-deadline".into())
+                .spawn(move || {
+                    if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                        wait.recv_timeout(timeout)
+                    {
+                        flag.store(true, Ordering::SeqCst);
+                        super::pipe::disconnect(&stream.0);
+                    }
+                })?;
+            Ok(ReadDeadline { _met: met, expired })
+        }
+    }
+}
+
+/// A pending limit on a connection's reads (see [`SharedStream::read_deadline`]).
+pub struct ReadDeadline {
+    #[cfg(unix)]
+    stream: SharedStream,
+    /// Dropped when the deadline is met or abandoned, which wakes the watchdog.
+    #[cfg(windows)]
+    _met: crossbeam_channel::Sender<()>,
+    #[cfg(windows)]
+    expired: Arc<AtomicBool>,
+}
+
+impl ReadDeadline {
+    /// Lifts the limit: reads wait as long as they need from now on.
+    pub fn meet(self) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            self.stream.0.set_recv_timeout(None)
+        }
+        #[cfg(windows)]
+        {
+            if self.expired() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the deadline had passed",
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    /// Whether the deadline passed (Windows; on Unix the failed read says so itself).
+    pub fn expired(&self) -> bool {
+        #[cfg(unix)]
+        {
+            false
+        }
+        #[cfg(windows)]
+        {
+            self.expired.load(Ordering::SeqCst)
+        }
     }
 }
 

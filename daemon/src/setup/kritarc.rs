@@ -1,6 +1,6 @@
 //! Editing one `key=value` line of Krita's `kritarc` (KConfig's INI dialect) without touching
 //! anything else, and undoing that edit byte for byte: Krita enables a Python plug-in through
-//! `[python] enable_<name>=true`.
+//! `[python] enable_<name>=true`. A file with Windows line ends (`\r\n`) keeps them.
 
 /// The result of [`set`]: the new text and what was there before.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,14 +18,15 @@ pub fn set(text: &str, group: &str, key: &str, value: &str) -> Edit {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let line = format!("{key}={value}");
     let Some((start, end)) = section(&lines, group) else {
+        let eol = line_end(text);
         let mut out = text.to_owned();
         if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
+            out.push_str(eol);
         }
         if !out.trim().is_empty() {
-            out.push('\n');
+            out.push_str(eol);
         }
-        out.push_str(&format!("[{group}]\n{line}\n"));
+        out.push_str(&format!("[{group}]{eol}{line}{eol}"));
         return Edit {
             text: out,
             previous: None,
@@ -111,12 +112,18 @@ fn find_key(body: &[String], key: &str) -> Option<usize> {
         .position(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
 }
 
+/// The file's line end: `\r\n` when it has any, else `\n`.
+fn line_end(text: &str) -> &'static str {
+    if text.contains("\r\n") { "\r\n" } else { "\n" }
+}
+
 fn join(lines: Vec<String>, original: &str) -> String {
-    let mut out = lines.join("\n");
+    let eol = line_end(original);
+    let mut out = lines.join(eol);
     if original.ends_with('\n') || original.is_empty() {
-        out.push('\n');
+        out.push_str(eol);
     }
-    if out == "\n" {
+    if out == eol {
         out.clear();
     }
     out
@@ -150,6 +157,16 @@ mod tests {
             "[General]\nfoo=1\n\n[python]\nenable_tessera_krita=true\n"
         );
         assert_eq!(round_trip(""), "[python]\nenable_tessera_krita=true\n");
+    }
+
+    #[test]
+    fn windows_line_ends_are_kept() {
+        let text = round_trip("[General]\r\nfoo=1\r\n");
+        assert_eq!(
+            text,
+            "[General]\r\nfoo=1\r\n\r\n[python]\r\nenable_tessera_krita=true\r\n"
+        );
+        round_trip("[General]\r\na=1\r\n\r\n[python]\r\nenable_other=true\r\n");
     }
 
     #[test]

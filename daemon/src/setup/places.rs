@@ -9,6 +9,16 @@
 
 use std::path::{Path, PathBuf};
 
+/// `base` joined with a `/`-separated relative path one component at a time, so that the
+/// result has the platform's own separators throughout (`C:\Users\ana\AppData\Roaming\krita`,
+/// never `…\Roaming/krita` on Windows).
+pub fn join_relative(base: &Path, relative: &str) -> PathBuf {
+    relative
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .fold(base.to_path_buf(), |path, part| path.join(part))
+}
+
 /// The platforms the installer knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Platform {
@@ -48,14 +58,19 @@ impl Home {
     /// From the environment of this process; `None` without a home folder.
     pub fn from_env() -> Option<Home> {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        let home = var("HOME")
-            .or_else(|| var("USERPROFILE"))
-            .map(PathBuf::from)?;
+        // Windows programs find the profile in USERPROFILE; a HOME there comes from a Unix
+        // shell (MSYS2, Cygwin, Wine) and names something else.
+        let (first, second) = if cfg!(windows) {
+            ("USERPROFILE", "HOME")
+        } else {
+            ("HOME", "USERPROFILE")
+        };
+        let home = var(first).or_else(|| var(second)).map(PathBuf::from)?;
         let xdg = |name: &str, default: &str| {
             var(name)
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute())
-                .unwrap_or_else(|| home.join(default))
+                .unwrap_or_else(|| join_relative(&home, default))
         };
         Some(Home {
             platform: Platform::current(),
@@ -63,10 +78,10 @@ impl Home {
             data: xdg("XDG_DATA_HOME", ".local/share"),
             appdata: var("APPDATA")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| home.join("AppData/Roaming")),
+                .unwrap_or_else(|| join_relative(&home, "AppData/Roaming")),
             local_appdata: var("LOCALAPPDATA")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| home.join("AppData/Local")),
+                .unwrap_or_else(|| join_relative(&home, "AppData/Local")),
             home,
         })
     }
@@ -77,37 +92,36 @@ impl Home {
             platform,
             home: home.to_path_buf(),
             config: home.join(".config"),
-            data: home.join(".local/share"),
-            appdata: home.join("AppData/Roaming"),
-            local_appdata: home.join("AppData/Local"),
+            data: join_relative(home, ".local/share"),
+            appdata: join_relative(home, "AppData/Roaming"),
+            local_appdata: join_relative(home, "AppData/Local"),
         }
     }
 
     /// Where the `tessera` program is installed.
     pub fn bin_dir(&self) -> PathBuf {
         match self.platform {
-            Platform::Windows => self.local_appdata.join("Programs/Tessera"),
-            _ => self.home.join(".local/bin"),
+            Platform::Windows => join_relative(&self.local_appdata, "Programs/Tessera"),
+            _ => join_relative(&self.home, ".local/bin"),
         }
     }
 
     /// The file that starts `tessera serve` at login.
     pub fn service_file(&self) -> PathBuf {
         match self.platform {
-            Platform::Linux => self.config.join("systemd/user").join(SYSTEMD_UNIT),
-            Platform::MacOs => self
-                .home
-                .join("Library/LaunchAgents")
+            Platform::Linux => join_relative(&self.config, "systemd/user").join(SYSTEMD_UNIT),
+            Platform::MacOs => join_relative(&self.home, "Library/LaunchAgents")
                 .join(format!("{LAUNCHD_LABEL}.plist")),
-            Platform::Windows => self
-                .appdata
-                .join("Microsoft/Windows/Start Menu/Programs/Startup/Tessera.vbs"),
+            Platform::Windows => join_relative(
+                &self.appdata,
+                "Microsoft/Windows/Start Menu/Programs/Startup/Tessera.vbs",
+            ),
         }
     }
 
     /// Every Krita install this user has, found or not (see [`EditorPlace::found`]).
     pub fn krita_places(&self) -> Vec<EditorPlace> {
-        let flatpak = self.home.join(".var/app").join(KRITA_FLATPAK);
+        let flatpak = join_relative(&self.home, ".var/app").join(KRITA_FLATPAK);
         let mut places = match self.platform {
             Platform::Linux => vec![EditorPlace {
                 editor: Editor::Krita,
@@ -119,11 +133,11 @@ impl Home {
             Platform::MacOs => vec![EditorPlace {
                 editor: Editor::Krita,
                 flavour: "native",
-                folder: self.home.join("Library/Application Support/krita"),
-                settings: Some(self.home.join("Library/Preferences/kritarc")),
+                folder: join_relative(&self.home, "Library/Application Support/krita"),
+                settings: Some(join_relative(&self.home, "Library/Preferences/kritarc")),
                 markers: vec![
-                    self.home.join("Library/Application Support/krita"),
-                    self.home.join("Library/Preferences/kritarc"),
+                    join_relative(&self.home, "Library/Application Support/krita"),
+                    join_relative(&self.home, "Library/Preferences/kritarc"),
                 ],
             }],
             Platform::Windows => vec![EditorPlace {
@@ -141,8 +155,8 @@ impl Home {
             places.push(EditorPlace {
                 editor: Editor::Krita,
                 flavour: "Flatpak",
-                folder: flatpak.join("data/krita"),
-                settings: Some(flatpak.join("config/kritarc")),
+                folder: join_relative(&flatpak, "data/krita"),
+                settings: Some(join_relative(&flatpak, "config/kritarc")),
                 markers: vec![flatpak.clone()],
             });
         }
@@ -156,17 +170,17 @@ impl Home {
             "native",
             match self.platform {
                 Platform::Linux => self.config.join("GIMP"),
-                Platform::MacOs => self.home.join("Library/Application Support/GIMP"),
+                Platform::MacOs => join_relative(&self.home, "Library/Application Support/GIMP"),
                 Platform::Windows => self.appdata.join("GIMP"),
             },
         )];
         if self.platform == Platform::Linux {
             roots.push((
                 "Flatpak",
-                self.home
-                    .join(".var/app")
-                    .join(GIMP_FLATPAK)
-                    .join("config/GIMP"),
+                join_relative(
+                    &join_relative(&self.home, ".var/app").join(GIMP_FLATPAK),
+                    "config/GIMP",
+                ),
             ));
         }
         let mut places = Vec::new();
@@ -321,6 +335,16 @@ mod tests {
             temp.path().join(".config/systemd/user/tessera.service")
         );
         assert_eq!(h.bin_dir(), temp.path().join(".local/bin"));
+    }
+
+    #[test]
+    fn relative_paths_take_the_platforms_separator() {
+        let joined = join_relative(Path::new("base"), "a/b//c");
+        assert_eq!(joined, Path::new("base").join("a").join("b").join("c"));
+        assert_eq!(
+            joined.display().to_string(),
+            ["base", "a", "b", "c"].join(std::path::MAIN_SEPARATOR_STR)
+        );
     }
 
     #[test]

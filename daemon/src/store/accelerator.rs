@@ -6,8 +6,10 @@
 //! with `reg query`; neither DXGI nor WMI is needed), on macOS none (Apple's GPUs have no use
 //! here, see below). Then, most capable first:
 //!
-//! - an NVIDIA GPU with its driver: `onnxruntime-gpu` (CUDA) on Linux x86-64; DirectML
-//!   (`onnxruntime-directml`) on Windows, as before;
+//! - an NVIDIA GPU with its driver: `onnxruntime-gpu` (CUDA) on x86-64, Linux and Windows (its
+//!   CUDA and cuDNN wheels exist for both). Not DirectML on Windows: `onnxruntime-directml` is
+//!   published up to 1.24 only, older than the ONNX Runtime 1.31 this build needs (API 31);
+//!   `--providers directml` with `--ort-version` takes it once a release is new enough;
 //! - another GPU that is not Intel's (AMD, …): the plain wheel with the WebGPU plugin
 //!   (`webgpu`: Vulkan on Linux, Direct3D 12 on Windows), which picks the high-performance
 //!   adapter;
@@ -171,18 +173,10 @@ pub fn choose(machine: &Machine) -> WheelChoice {
             "macOS: the CPU (CoreML is opt-in until it is measured faster)".into(),
         );
     }
-    if let Some(found) = &machine.nvidia {
-        match machine.platform {
-            Platform::Windows => {
-                return choice(
-                    "onnxruntime-directml",
-                    &["directml"],
-                    format!("{found}: DirectML"),
-                );
-            }
-            _ if x86 => return choice("onnxruntime-gpu", &["cuda"], format!("{found}: CUDA")),
-            _ => {}
-        }
+    if let Some(found) = &machine.nvidia
+        && x86
+    {
+        return choice("onnxruntime-gpu", &["cuda"], format!("{found}: CUDA"));
     }
     if let Some(gpu) = machine.other_gpu()
         && plugins_here
@@ -287,10 +281,7 @@ mod tests {
         assert_eq!(pick(Platform::Linux, "x86_64", false), "onnxruntime");
         assert_eq!(pick(Platform::Linux, "x86_64", true), "onnxruntime-gpu");
         assert_eq!(pick(Platform::Linux, "aarch64", true), "onnxruntime");
-        assert_eq!(
-            pick(Platform::Windows, "x86_64", true),
-            "onnxruntime-directml"
-        );
+        assert_eq!(pick(Platform::Windows, "x86_64", true), "onnxruntime-gpu");
         assert_eq!(pick(Platform::Windows, "x86_64", false), "onnxruntime");
         assert_eq!(pick(Platform::MacOs, "aarch64", false), "onnxruntime");
         let cuda = choose(&machine(Platform::Linux, "x86_64", true));

@@ -282,6 +282,8 @@ impl Home {
 }
 
 pub fn make_executable(path: &Path) {
+    #[cfg(not(unix))]
+    let _ = path;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -107,9 +107,10 @@ _POLL_MS = 100
 _PIPE_CHUNK = 1 << 20
 
 
-class _PipeStream:  # pragma: no cover - Windows only
+class _PipeStream:
     """A named pipe handle opened with ``FILE_FLAG_OVERLAPPED``, driven
-    through CPython's ``_winapi`` (as :mod:`multiprocessing` does)."""
+    through CPython's ``_winapi`` (as :mod:`multiprocessing` does). Tested on a
+    stand-in ``_winapi`` (``shared/python/tests/test_pipe_transport.py``)."""
 
     def __init__(self, handle: int) -> None:
         self._handle = handle
