@@ -33,6 +33,8 @@ pub struct Limits {
     pub max_queue: usize,
     /// Jobs one client may have queued or running at once.
     pub max_jobs_per_client: usize,
+    /// Clients connected at once (each holds two threads); one more is refused.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +45,7 @@ impl Default for Limits {
             max_output_pixels: 16384 * 16384,
             max_queue: 64,
             max_jobs_per_client: 16,
+            max_connections: 32,
         }
     }
 }
@@ -327,11 +330,13 @@ impl Config {
         if l.max_frame_bytes < 1024
             || l.max_queue == 0
             || l.max_jobs_per_client == 0
+            || l.max_connections == 0
             || l.max_input_pixels == 0
             || l.max_output_pixels == 0
         {
             return Err(
-                "limits must allow at least a 1 KiB frame, a one-pixel image and one job".into(),
+                "limits must allow at least a 1 KiB frame, a one-pixel image, one job and one connection"
+                    .into(),
             );
         }
         Ok(())
@@ -341,6 +346,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_models_are_the_manifests_default_set() {
+        use crate::store::manifest::{Manifest, Set};
+        use tessera_protocol::ModelKind;
+        let manifest = Manifest::builtin();
+        let config = Config::default();
+        for (kind, name) in [
+            (ModelKind::Checkpoint, &config.diffusion.default_checkpoint),
+            (ModelKind::Vae, &config.diffusion.default_vae),
+            (ModelKind::ControlNet, &config.diffusion.default_controlnet),
+            (ModelKind::Upscaler, &config.upscale.default_upscaler),
+        ] {
+            let spec = manifest.find(name).unwrap();
+            assert_eq!((spec.kind, spec.set), (kind, Set::Default), "{name}");
+        }
+    }
 
     #[test]
     fn a_missing_file_means_defaults() {

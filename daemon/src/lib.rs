@@ -4,7 +4,8 @@
 //! The modules follow the pipeline: `weights` reads model files into one
 //! canonical naming, `onnx` builds graphs, `nets` describes each network,
 //! `engine` runs graphs on ONNX Runtime, `pipeline` turns an image into an
-//! upscaled image, `server` serves jobs over the local socket, `store` knows
+//! upscaled image, `server` serves jobs over the local socket, `job` is what those two share
+//! (the runner and checker traits, progress and cancellation), `store` knows
 //! the data directory, `setup` knows what the installer puts where, `tray`
 //! (cargo feature `tray`) is the tray icon, and `cli` is the user's side of it all.
 
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod fuzzing;
+pub mod job;
 pub mod nets;
 pub mod onnx;
 pub mod pipeline;
@@ -22,7 +24,4 @@ pub mod store;
 pub mod tray;
 pub mod weights;
 
-/// Returned by long work when its job was cancelled between two network calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the job was cancelled")]
-pub struct Cancelled;
+pub use job::Cancelled;

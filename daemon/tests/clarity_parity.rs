@@ -18,7 +18,7 @@ use tessera::engine::{Engine, EngineOptions};
 use tessera::nets::esrgan::{Esrgan, Tiling};
 use tessera::nets::{Precision, Precisions};
 use tessera::pipeline::clarity::job::{JobSetup, run_stages};
-use tessera::pipeline::clarity::models::{EsrganUpscaler, FileStamp, ModelSet, SetKey};
+use tessera::pipeline::clarity::models::{EsrganUpscaler, ModelSet, SetKey, StampedFile};
 use tessera::pipeline::clarity::stage::{Rules, StageNets};
 use tessera::pipeline::clarity::stages;
 use tessera::pipeline::clarity::vae::{VaePolicy, VaeTiling};
@@ -106,11 +106,11 @@ fn run(
     limits: &Limits,
 ) -> Run {
     let cache = tempfile::tempdir().unwrap();
-    let checkpoint = FileStamp::of(&pipeline_fixture("tiny-clarity"));
+    let checkpoint = StampedFile::of(&pipeline_fixture("tiny-clarity"));
     let key = SetKey {
         checkpoint: checkpoint.clone(),
         vae: checkpoint,
-        controlnet: FileStamp::of(&pipeline_fixture("tiny-tile")),
+        controlnet: StampedFile::of(&pipeline_fixture("tiny-tile")),
         loras: vec![],
         embeddings: vec![],
         precisions,

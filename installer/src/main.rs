@@ -16,9 +16,9 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tessera::engine::PluginProvider;
-use tessera::setup::manifest::Manifest;
 use tessera::setup::places::Home;
 use tessera::setup::record::{InstallRecord, Item};
+use tessera::store::manifest::Manifest;
 use tessera::store::{DataDir, accelerator, runtime};
 use tessera_protocol::{ModelKind, paths};
 

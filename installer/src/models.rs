@@ -5,8 +5,9 @@
 use crate::download::{Fetcher, SourceError, host, partial_path};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
-use tessera::setup::manifest::{Manifest, ModelSpec, size_text};
 use tessera::setup::record::{InstallRecord, Item};
+use tessera::store::manifest::{Manifest, ModelSpec};
+use tessera::store::space::size_text;
 use tessera::store::{DataDir, space};
 
 pub struct ModelOptions<'a> {

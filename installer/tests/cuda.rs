@@ -506,7 +506,7 @@ fn the_cuda_libraries_a_gpu_wheel_names_are_installed_checked_replaced_and_remov
         "{doctor}"
     );
     let lt = library_bytes("libcublasLt.so.13").len();
-    let lt_size = tessera::setup::manifest::size_text(lt as u64);
+    let lt_size = tessera::store::space::size_text(lt as u64);
     assert!(
         doctor.contains(&format!(
             "ok       libcublasLt.so.13 {lt_size} (nvidia-cublas 13.1.0.3)"

@@ -33,6 +33,7 @@ _HEADLINES = {
     ErrorKind.SHUTTING_DOWN: "The daemon is shutting down.",
     ErrorKind.IO: "The daemon could not read or write a file.",
     ErrorKind.INTERNAL: "The daemon hit a bug.",
+    ErrorKind.TOO_MANY_CONNECTIONS: "The daemon serves too many programs at once; close one.",
 }
 
 

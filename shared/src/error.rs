@@ -44,6 +44,9 @@ pub enum ErrorKind {
     Io,
     /// A bug: the daemon hit a state it did not expect. The log has details.
     Internal,
+    /// The daemon already serves the configured maximum number of connections; this one is
+    /// answered with this error and closed.
+    TooManyConnections,
 }
 
 impl ErrorKind {
@@ -66,6 +69,7 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting-down",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
+            ErrorKind::TooManyConnections => "too-many-connections",
         }
     }
 }

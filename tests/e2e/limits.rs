@@ -3,7 +3,7 @@
 //! daemon goes on serving.
 
 use std::io::Read;
-use tessera::cli::client::Client;
+use tessera::cli::client::{Client, ClientError};
 use tessera::server::socket;
 use tessera_e2e::{Daemon, test_image};
 use tessera_protocol::{
@@ -227,4 +227,49 @@ fn a_bad_limit_in_config_toml_stops_the_daemon_with_the_key_named() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("limits"), "{stderr}");
+}
+
+/// A client of `daemon`, once it has room for one: connections that just closed (the start's
+/// probes, a client dropped a moment ago) still count until the daemon has seen them go.
+fn connect_when_free(daemon: &Daemon, agent: &str) -> Client {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Client::connect(&daemon.address(), agent) {
+            Ok(client) => return client,
+            Err(ClientError::Daemon(e))
+                if e.kind == ErrorKind::TooManyConnections
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot connect: {e}"),
+        }
+    }
+}
+
+#[test]
+fn connections_over_max_connections_are_refused_until_one_closes() {
+    let daemon = start("max_connections = 2");
+    let first = connect_when_free(&daemon, "e2e-first");
+    let mut second = connect_when_free(&daemon, "e2e-second");
+    match Client::connect(&daemon.address(), "e2e-third") {
+        Err(ClientError::Daemon(e)) => {
+            assert_eq!(e.kind, ErrorKind::TooManyConnections, "{}", e.message);
+            assert!(
+                e.message.contains("2 connections") && e.message.contains("max_connections"),
+                "{}",
+                e.message
+            );
+        }
+        Ok(_) => panic!("a third connection was served with max_connections = 2"),
+        Err(e) => panic!("expected TooManyConnections, got {e}"),
+    }
+    // The connected clients are served as before.
+    let done = second
+        .upscale(test_image(8, 8), params(4.0), |_| {})
+        .expect("a connected client is still served");
+    assert_eq!(done.image.width, 32);
+    drop(first);
+    let mut third = connect_when_free(&daemon, "e2e-third");
+    third.status().expect("the freed place is served");
 }

@@ -10,9 +10,10 @@ use crate::engine::{
     PluginProvider,
 };
 use crate::setup::kritarc;
-use crate::setup::manifest::{Manifest, size_text};
 use crate::setup::places::{Editor, EditorPlace, Home, join_relative};
 use crate::setup::record::{InstallRecord, Item};
+use crate::store::manifest::Manifest;
+use crate::store::space::size_text;
 use crate::store::{DataDir, cuda, registry, runtime};
 use std::path::Path;
 use std::process::ExitCode;

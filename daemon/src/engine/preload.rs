@@ -39,8 +39,7 @@ pub struct Preloaded {
 
 static PRELOADED: OnceLock<Preloaded> = OnceLock::new();
 
-/// The DirectML library the DirectML wheel carries beside `onnxruntime.dll`.
-pub const DIRECTML_DLL: &str = "DirectML.dll";
+pub use crate::store::runtime::DIRECTML_DLL;
 
 static DIRECTML: OnceLock<Result<libloading::Library, String>> = OnceLock::new();
 

@@ -6,7 +6,6 @@ pub mod clarity;
 pub mod eta;
 pub mod filters;
 pub mod pixels;
-pub mod progress;
 pub mod prompt;
 pub mod resize;
 pub mod sampling;

@@ -3,15 +3,14 @@
 //! with Lanczos and re-attached; the result goes back in the input's format.
 
 use super::pixels::{self, PixelFormat, Planar};
-use super::progress::{ProgressSink, Step};
 use super::resize;
 use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::{Engine, MaybeOutOfMemory, Recovery, Shrink, Shrinkable, retry_out_of_memory};
+use crate::job::{JobChecker, JobOutput, JobRunner, ProgressSink, Step};
 use crate::nets::ModelError;
 use crate::nets::Precision;
 use crate::nets::esrgan::{ChannelOrder, Esrgan, EsrganError, Tiling};
-use crate::server::{JobChecker, JobOutput, JobRunner};
 use crate::store::{DataDir, FileStamp, ModelFile};
 use ndarray::{Array3, ArrayView3};
 use std::path::PathBuf;

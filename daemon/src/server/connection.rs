@@ -70,6 +70,22 @@ pub(super) fn serve(shared: Arc<Shared>, stream: Stream) {
     }
 }
 
+/// How long a refused connection is given to send its handshake before it gets its answer.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads what a refused client sends first (its handshake, at most [`REFUSAL_TIMEOUT`]), answers
+/// with `error` and closes. Reading first matters: closing a socket with unread data resets it,
+/// and the client would see a reset instead of the reason.
+pub(super) fn refuse(stream: Stream, error: ErrorInfo) {
+    let mut stream = SharedStream::new(stream);
+    let deadline = stream.read_deadline(REFUSAL_TIMEOUT).ok();
+    let _ = read_frame(&mut BufReader::new(stream.clone()), MAX_HANDSHAKE_BYTES);
+    drop(deadline);
+    if let Err(e) = write_frame(&mut stream, &Message::Error(error)) {
+        tracing::debug!("a refused client left before its answer: {e}");
+    }
+}
+
 /// How a connection ended.
 enum End {
     /// The peer went away.

@@ -14,37 +14,15 @@ mod worker;
 
 pub use worker::keep_large_blocks_mapped;
 
-use crate::pipeline::progress::ProgressSink;
+use crate::job::{JobChecker, JobRunner};
 use crate::store::DataDir;
 use hub::{DaemonInfo, Hub};
 use interprocess::local_socket::prelude::*;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tessera_protocol::paths::SocketAddress;
-use tessera_protocol::{ErrorInfo, Image, JobParams, Message, StageTiming};
-
-/// What a finished job produced.
-pub struct JobOutput {
-    pub image: Image,
-    pub timings: Vec<StageTiming>,
-}
-
-/// Runs jobs on the engine. Lives on the single engine thread.
-pub trait JobRunner: Send {
-    fn run(
-        &mut self,
-        image: Image,
-        params: &JobParams,
-        progress: &mut dyn ProgressSink,
-    ) -> Result<JobOutput, ErrorInfo>;
-}
-
-/// Vets a submission before it is queued (image, parameters, models), so a
-/// job that cannot run is rejected at once. Called from connection threads.
-pub trait JobChecker: Send + Sync {
-    fn check(&self, image: &Image, params: &JobParams) -> Result<(), ErrorInfo>;
-}
+use tessera_protocol::{ErrorInfo, ErrorKind, Message};
 
 /// What every connection thread shares.
 pub(crate) struct Shared {
@@ -53,6 +31,11 @@ pub(crate) struct Shared {
     data_dir: DataDir,
     address: SocketAddress,
     stop: AtomicBool,
+    /// Connections being served now, and the most at once (`limits.max_connections`).
+    connections: AtomicUsize,
+    max_connections: usize,
+    /// Connections being refused now (each on a short-lived thread of its own).
+    refusals: AtomicUsize,
 }
 
 impl Shared {
@@ -119,6 +102,7 @@ pub fn serve_controlled(
     on_listening: impl FnOnce(Control),
 ) -> std::io::Result<()> {
     let listener = socket::bind(&options.address)?;
+    let max_connections = options.limits.max_connections;
     let hub = Arc::new(Hub::new(options.limits, options.info));
     let shared = Arc::new(Shared {
         hub: hub.clone(),
@@ -126,6 +110,9 @@ pub fn serve_controlled(
         data_dir: options.data_dir,
         address: options.address.clone(),
         stop: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+        max_connections,
+        refusals: AtomicUsize::new(0),
     });
     {
         let shared = shared.clone();
@@ -167,10 +154,18 @@ pub fn serve_controlled(
             tracing::warn!("refused a connection from another user");
             continue;
         }
+        if shared.connections.load(Ordering::SeqCst) >= shared.max_connections {
+            refuse_busy(&shared, stream);
+            continue;
+        }
+        let served = Counted::new(&shared, |s| &s.connections);
         let shared = shared.clone();
         if let Err(e) = std::thread::Builder::new()
             .name("client".into())
-            .spawn(move || connection::serve(shared, stream))
+            .spawn(move || {
+                let _served = served;
+                connection::serve(shared, stream)
+            })
         {
             tracing::error!("cannot start a connection thread: {e}");
         }
@@ -178,6 +173,64 @@ pub fn serve_controlled(
     drop(listener);
     shut_down(&hub, &worker_exit);
     Ok(())
+}
+
+/// Connections refused at once; beyond that a connection is closed without an answer, so that
+/// a flood of them costs no more than this many short-lived threads.
+const MAX_REFUSALS: usize = 4;
+
+/// Answers a connection over `limits.max_connections` with `TooManyConnections` (after its
+/// handshake, so that the client reads the error rather than a reset) and closes it.
+fn refuse_busy(shared: &Arc<Shared>, stream: interprocess::local_socket::Stream) {
+    let busy = shared.connections.load(Ordering::SeqCst);
+    tracing::warn!(
+        "refused a connection: {busy} clients are connected (limits.max_connections is {})",
+        shared.max_connections
+    );
+    if shared.refusals.load(Ordering::SeqCst) >= MAX_REFUSALS {
+        return;
+    }
+    let error = ErrorInfo::new(
+        ErrorKind::TooManyConnections,
+        format!(
+            "the daemon already serves {} connections (limits.max_connections in config.toml); \
+             close another client or raise the limit",
+            shared.max_connections
+        ),
+    );
+    let refusing = Counted::new(shared, |s| &s.refusals);
+    let spawned = std::thread::Builder::new()
+        .name("refusal".into())
+        .spawn(move || {
+            let _refusing = refusing;
+            connection::refuse(stream, error)
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start a thread to refuse a connection: {e}");
+    }
+}
+
+/// One count held in a shared counter for as long as it lives (a thread's whole life, panics
+/// included).
+struct Counted {
+    shared: Arc<Shared>,
+    counter: fn(&Shared) -> &AtomicUsize,
+}
+
+impl Counted {
+    fn new(shared: &Arc<Shared>, counter: fn(&Shared) -> &AtomicUsize) -> Counted {
+        counter(shared).fetch_add(1, Ordering::SeqCst);
+        Counted {
+            shared: shared.clone(),
+            counter,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.counter)(&self.shared).fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn shut_down(hub: &Hub, worker_exit: &crossbeam_channel::Receiver<()>) {

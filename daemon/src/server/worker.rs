@@ -2,10 +2,9 @@
 //! runs them one at a time, turning each outcome (result, error, cancel or
 //! even a panic) into exactly one terminal message for its client.
 
-use super::JobRunner;
 use super::hub::{Hub, Job};
 use crate::Cancelled;
-use crate::pipeline::progress::{ProgressSink, Step};
+use crate::job::{JobRunner, ProgressSink, Step};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -19,25 +19,7 @@ pub fn join_relative(base: &Path, relative: &str) -> PathBuf {
         .fold(base.to_path_buf(), |path, part| path.join(part))
 }
 
-/// The platforms the installer knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Platform {
-    Linux,
-    MacOs,
-    Windows,
-}
-
-impl Platform {
-    pub fn current() -> Platform {
-        if cfg!(windows) {
-            Platform::Windows
-        } else if cfg!(target_os = "macos") {
-            Platform::MacOs
-        } else {
-            Platform::Linux
-        }
-    }
-}
+pub use crate::store::Platform;
 
 /// The user's folders, as the environment gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,7 +21,7 @@
 //! The execution-provider list is written next to the installed library, and the daemon uses
 //! it unless `engine.execution_providers` in `config.toml` says otherwise.
 
-use crate::setup::places::Platform;
+use super::Platform;
 use std::path::Path;
 use std::process::Command;
 

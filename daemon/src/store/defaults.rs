@@ -1,8 +1,8 @@
 //! How to get a model that a job needs and the data directory lacks. The models Tessera knows,
 //! the default set that `tessera-install` downloads among them, are the built-in manifest
-//! (`setup/models.toml`); this module only reads it.
+//! (`store/models.toml`); this module only reads it.
 
-use crate::setup::manifest::{Manifest, ModelSpec, Set};
+use super::manifest::{Manifest, ModelSpec, Set};
 use std::path::Path;
 use std::sync::OnceLock;
 use tessera_protocol::ModelKind;

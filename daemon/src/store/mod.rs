@@ -7,12 +7,18 @@
 //! runtime; `runtime/plugins/<name>/` plugin execution providers), `cache/` (converted
 //! weights, hashes; `cache/compiled/` what compiling providers made of the graphs),
 //! `logs/`, and an optional `config.toml`.
+//!
+//! Below everything else in the daemon: it also knows the model manifest (`manifest`, what can
+//! be installed), the platform, and what a runtime install puts where, so that `engine`,
+//! `setup`, `weights` and the installer build on it and it on none of them.
 
 pub mod accelerator;
 pub mod cuda;
 pub mod defaults;
 pub mod hashes;
+pub mod manifest;
 pub mod pip;
+pub mod plugin_providers;
 pub mod plugins;
 pub mod registry;
 pub mod runtime;
@@ -25,6 +31,26 @@ use tessera_protocol::ModelKind;
 
 pub use registry::{ModelFile, RegistryError};
 pub use stamp::FileStamp;
+
+/// The platforms Tessera knows: where files go, which runtime wheel fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    Linux,
+    MacOs,
+    Windows,
+}
+
+impl Platform {
+    pub fn current() -> Platform {
+        if cfg!(windows) {
+            Platform::Windows
+        } else if cfg!(target_os = "macos") {
+            Platform::MacOs
+        } else {
+            Platform::Linux
+        }
+    }
+}
 
 /// The data directory of one daemon.
 #[derive(Debug, Clone)]

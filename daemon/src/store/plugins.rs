@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::hashes::sha256_file;
+use super::plugin_providers::{self as plugins, PluginProvider};
 use super::runtime::RuntimeInstallError;
 use super::{DataDir, pip, write_atomically};
-use crate::engine::plugins::{self, PluginProvider};
 
 /// The release of each plugin's wheel this build is tested with (OpenVINO and WebGPU load into
 /// ONNX Runtime 1.32.0 here; TensorRT-RTX is not tested without an RTX card).

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 /// The ONNX Runtime release this build is tested with.
 pub const DEFAULT_VERSION: &str = "1.32.0";
 
+/// The DirectML library the DirectML wheel carries beside `onnxruntime.dll`.
+pub const DIRECTML_DLL: &str = "DirectML.dll";
+
 /// The newest `onnxruntime-gpu` release published as a wheel (1.32.0 is not), and the oldest
 /// this build accepts (it needs ONNX Runtime API 31).
 pub const GPU_VERSION: &str = "1.31.1";
@@ -333,7 +336,7 @@ fn find_wheel(folder: &Path, package: &str, version: &str) -> std::io::Result<Op
 /// `DirectML.dll`, newer than the one Windows ships), false for the
 /// Python extension module and everything else.
 fn is_runtime_library(file_name: &str) -> bool {
-    if file_name.eq_ignore_ascii_case(crate::engine::DIRECTML_DLL) {
+    if file_name.eq_ignore_ascii_case(DIRECTML_DLL) {
         return true;
     }
     if !file_name.starts_with("libonnxruntime") && !file_name.starts_with("onnxruntime") {
@@ -349,7 +352,7 @@ fn is_runtime_library(file_name: &str) -> bool {
 fn is_main_library(file_name: &str) -> bool {
     is_runtime_library(file_name)
         && !file_name.contains("providers")
-        && !file_name.eq_ignore_ascii_case(crate::engine::DIRECTML_DLL)
+        && !file_name.eq_ignore_ascii_case(DIRECTML_DLL)
 }
 
 fn unpack(
@@ -404,10 +407,7 @@ fn unpack(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        providers: super::accelerator::providers_for(
-            package,
-            crate::setup::places::Platform::current(),
-        ),
+        providers: super::accelerator::providers_for(package, super::Platform::current()),
         dependencies_read: false,
         cuda: None,
         plugins: Vec::new(),

@@ -2,7 +2,6 @@
 //! download or unpack starts (a 4 GB write that fails at 90 % helps nobody). Shared by the model
 //! step of `tessera-install` and the runtime install (ONNX Runtime, CUDA and cuDNN libraries).
 
-use crate::setup::manifest::size_text;
 use std::path::{Path, PathBuf};
 
 /// Room kept free beyond the files themselves (records, logs, compiled graphs).
@@ -56,6 +55,21 @@ pub fn ensure_room(folder: &Path, needed: u64) -> Result<(), Shortfall> {
     Ok(())
 }
 
+/// A byte count for people, in the decimal units model hosts show: `4.17 GB`, `335 MB`, `13.3 kB`.
+pub fn size_text(bytes: u64) -> String {
+    for (unit, name) in [(1e9, "GB"), (1e6, "MB"), (1e3, "kB")] {
+        let value = bytes as f64 / unit;
+        if value >= 1.0 {
+            return match value {
+                v if v >= 99.95 => format!("{v:.0} {name}"),
+                v if v >= 9.995 => format!("{v:.1} {name}"),
+                v => format!("{v:.2} {name}"),
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +85,21 @@ mod tests {
         let text = short.to_string();
         assert!(text.starts_with("1152921505 GB needed and "), "{text}");
         assert!(text.contains(&temp.path().display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn sizes_read_in_three_figures() {
+        let cases = [
+            (0, "0 bytes"),
+            (999, "999 bytes"),
+            (13_339, "13.3 kB"),
+            (9_547_795, "9.55 MB"),
+            (67_040_989, "67.0 MB"),
+            (334_641_190, "335 MB"),
+            (2_132_653_060, "2.13 GB"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(size_text(bytes), text, "{bytes}");
+        }
     }
 }

@@ -42,6 +42,7 @@ class ErrorKind(enum.IntEnum):
     SHUTTING_DOWN = 13
     IO = 14
     INTERNAL = 15
+    TOO_MANY_CONNECTIONS = 16
 
     def __str__(self) -> str:
         """The short, stable, kebab-case name (Rust's ``ErrorKind::name``)."""
@@ -58,7 +59,12 @@ class ErrorKind(enum.IntEnum):
 
 #: The kinds of :class:`Error` after which the daemon closes the connection.
 CONNECTION_ERRORS = frozenset(
-    {ErrorKind.PROTOCOL, ErrorKind.VERSION_MISMATCH, ErrorKind.FRAME_TOO_LARGE}
+    {
+        ErrorKind.PROTOCOL,
+        ErrorKind.VERSION_MISMATCH,
+        ErrorKind.FRAME_TOO_LARGE,
+        ErrorKind.TOO_MANY_CONNECTIONS,
+    }
 )
 
 

@@ -174,6 +174,10 @@ ERRORS = [
     (ErrorKind.SHUTTING_DOWN, "the daemon is shutting down"),
     (ErrorKind.IO, "cannot write cache/unet.onnx: no space left on device"),
     (ErrorKind.INTERNAL, "internal error: the tile plan is empty; see the log"),
+    (
+        ErrorKind.TOO_MANY_CONNECTIONS,
+        "the daemon already serves 32 connections (limits.max_connections); close another client",
+    ),
 ]
 
 

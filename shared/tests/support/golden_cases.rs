@@ -197,6 +197,10 @@ fn error_examples() -> Vec<(ErrorKind, &'static str)> {
             Internal,
             "internal error: the tile plan is empty; see the log",
         ),
+        (
+            TooManyConnections,
+            "the daemon already serves 32 connections (limits.max_connections); close another client",
+        ),
     ]
 }
 

@@ -22,10 +22,9 @@ use crate::Cancelled;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::binding::{self, Traffic};
+use crate::job::{JobRunner, ProgressSink, Step};
 use crate::nets::bench::{ModelSize, gemm_peak, peak_rss_mib, unet_tensors, write_random_as};
 use crate::nets::{PrecisionSetting, Precisions};
-use crate::pipeline::progress::{ProgressSink, Step};
-use crate::server::JobRunner;
 use crate::store::DataDir;
 
 /// CLIP's vocabulary (the tokenizer's ids).

@@ -11,7 +11,7 @@ use std::time::Instant;
 use ndarray::{Array3, Array4, ArrayView2};
 use tessera_protocol::{ErrorInfo, ErrorKind, Image, JobParams, ModelKind, Preset, StageTiming};
 
-use super::models::{EsrganUpscaler, FileStamp, LoraChoice, ModelSet, SetKey};
+use super::models::{EsrganUpscaler, LoraChoice, ModelSet, SetKey, StampedFile};
 use super::nets::{NetResult, StageError};
 use super::params;
 use super::preview::{self, LatentWindow, WindowNoise};
@@ -26,19 +26,18 @@ use crate::config::Config;
 use crate::engine::{
     Engine, EngineError, MaybeOutOfMemory, Shrink, Shrinkable, retry_out_of_memory,
 };
+use crate::job::{JobOutput, JobRunner, ProgressSink, Step};
 use crate::nets::ModelError;
 use crate::nets::esrgan::ChannelOrder;
 use crate::pipeline::cache::{JobReuse, Makers, ReuseCache};
 use crate::pipeline::eta::{self, Estimator, Rates};
 use crate::pipeline::filters;
 use crate::pipeline::pixels::{self, PixelFormat, Planar};
-use crate::pipeline::progress::{ProgressSink, Step};
 use crate::pipeline::resize;
 use crate::pipeline::sampling::Update;
 use crate::pipeline::sampling::noise::{NoiseSource, SeededNoise};
 use crate::pipeline::sampling::schedule::{self, Schedule, Training};
 use crate::pipeline::upscale::{self, Upscaler};
-use crate::server::{JobOutput, JobRunner};
 use crate::store::{DataDir, registry};
 
 /// What every stage of a job shares.
@@ -306,12 +305,12 @@ impl ClarityRunner {
             .map_err(|e| ErrorInfo::new(ErrorKind::Io, e.to_string()))?
             .into_iter()
             .filter(|m| !m.is_folder)
-            .map(|m| FileStamp::of(&m.path))
+            .map(|m| StampedFile::of(&m.path))
             .collect();
         Ok(SetKey {
-            checkpoint: FileStamp::of(&sd.checkpoint.path),
-            vae: FileStamp::of(&sd.vae.path),
-            controlnet: FileStamp::of(&sd.controlnet.path),
+            checkpoint: StampedFile::of(&sd.checkpoint.path),
+            vae: StampedFile::of(&sd.vae.path),
+            controlnet: StampedFile::of(&sd.controlnet.path),
             loras,
             embeddings,
             precisions: self
@@ -488,7 +487,7 @@ impl ClarityRunner {
         };
         let tiling = self.config.upscale.tiling();
         let makers = Makers {
-            upscaler: format!("{:?} {tiling:?}", FileStamp::of(&upscaler_file.path)),
+            upscaler: format!("{:?} {tiling:?}", StampedFile::of(&upscaler_file.path)),
             vae: format!(
                 "{:?} {:?} {:?}",
                 models.key.vae, models.key.precisions.vae, setup.vae

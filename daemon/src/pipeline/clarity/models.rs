@@ -4,9 +4,9 @@
 //! text encoder with LoRAs and embeddings. Each implements the trait the stage is written
 //! against (`nets.rs`).
 
+use crate::store::FileStamp;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use ndarray::{Array4, ArrayD, Ix4};
 
@@ -30,22 +30,20 @@ use crate::weights::embedding::TextualInversion;
 use crate::weights::lora::{Lora, LoraPatch, LoraTarget};
 use crate::weights::{self, Patch, sd};
 
-/// A file as part of a model set's identity: path, size and modification time, so that a
-/// model replaced on disk is loaded again.
+/// A file as part of a model set's identity: its path and its [`FileStamp`] (`None` while it
+/// cannot be read), so that a model replaced on disk, even by a copy that keeps its times, is
+/// loaded again.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct FileStamp {
+pub struct StampedFile {
     pub path: PathBuf,
-    pub size: u64,
-    pub modified: Option<SystemTime>,
+    pub stamp: Option<FileStamp>,
 }
 
-impl FileStamp {
-    pub fn of(path: &Path) -> FileStamp {
-        let meta = std::fs::metadata(path).ok();
-        FileStamp {
+impl StampedFile {
+    pub fn of(path: &Path) -> StampedFile {
+        StampedFile {
             path: path.to_owned(),
-            size: meta.as_ref().map_or(0, |m| m.len()),
-            modified: meta.and_then(|m| m.modified().ok()),
+            stamp: FileStamp::read(path).ok(),
         }
     }
 }
@@ -53,7 +51,7 @@ impl FileStamp {
 /// A LoRA with A1111's two multipliers (text encoder, UNet), in thousandths.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LoraChoice {
-    pub file: FileStamp,
+    pub file: StampedFile,
     pub te: i64,
     pub unet: i64,
 }
@@ -61,11 +59,11 @@ pub struct LoraChoice {
 /// Everything that decides what a model set computes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SetKey {
-    pub checkpoint: FileStamp,
-    pub vae: FileStamp,
-    pub controlnet: FileStamp,
+    pub checkpoint: StampedFile,
+    pub vae: StampedFile,
+    pub controlnet: StampedFile,
     pub loras: Vec<LoraChoice>,
-    pub embeddings: Vec<FileStamp>,
+    pub embeddings: Vec<StampedFile>,
     /// Per network, resolved for the device the sessions run on.
     pub precisions: Precisions,
 }
@@ -85,7 +83,7 @@ fn milli(v: f64) -> i64 {
 impl LoraChoice {
     pub fn new(path: &Path, te: f64, unet: f64) -> LoraChoice {
         LoraChoice {
-            file: FileStamp::of(path),
+            file: StampedFile::of(path),
             te: milli(te),
             unet: milli(unet),
         }

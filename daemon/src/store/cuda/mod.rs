@@ -195,7 +195,7 @@ impl CudaLibraries {
             "{} libraries: {} files, {} in {} ({})",
             self.label(),
             self.libraries.len(),
-            crate::setup::manifest::size_text(self.size()),
+            crate::store::space::size_text(self.size()),
             folder(runtime_dir).display(),
             packages.join(", ")
         )

@@ -2,8 +2,8 @@
 //! their exact size, SHA-256, licence and pinned sources. The built-in list is `models.toml`
 //! beside this file; `tessera-install --manifest FILE` reads another one in the same format.
 
-use crate::store::DataDir;
-use crate::store::hashes::sha256_file;
+use super::DataDir;
+use super::hashes::sha256_file;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tessera_protocol::ModelKind;
@@ -226,21 +226,6 @@ impl Manifest {
     }
 }
 
-/// A byte count for people, in the decimal units model hosts show: `4.17 GB`, `335 MB`, `13.3 kB`.
-pub fn size_text(bytes: u64) -> String {
-    for (unit, name) in [(1e9, "GB"), (1e6, "MB"), (1e3, "kB")] {
-        let value = bytes as f64 / unit;
-        if value >= 1.0 {
-            return match value {
-                v if v >= 99.95 => format!("{v:.0} {name}"),
-                v if v >= 9.995 => format!("{v:.1} {name}"),
-                v => format!("{v:.2} {name}"),
-            };
-        }
-    }
-    format!("{bytes} bytes")
-}
-
 /// The manifest's word for each kind: the singular of its folder name.
 pub fn kind_word(kind: ModelKind) -> &'static str {
     match kind {
@@ -362,35 +347,9 @@ mod tests {
             );
             assert!(spec.sources[0].url.starts_with("https://"), "{file}");
         }
-        let config = crate::config::Config::default();
-        for (kind, name) in [
-            (ModelKind::Checkpoint, &config.diffusion.default_checkpoint),
-            (ModelKind::Vae, &config.diffusion.default_vae),
-            (ModelKind::ControlNet, &config.diffusion.default_controlnet),
-            (ModelKind::Upscaler, &config.upscale.default_upscaler),
-        ] {
-            let spec = m.find(name).unwrap();
-            assert_eq!((spec.kind, spec.set), (kind, Set::Default), "{name}");
-        }
         let total: u64 = m.defaults().map(|s| s.size).sum();
         assert_eq!(total, 4_170_195_592);
-        assert_eq!(size_text(total), "4.17 GB");
-    }
-
-    #[test]
-    fn sizes_read_in_three_figures() {
-        let cases = [
-            (0, "0 bytes"),
-            (999, "999 bytes"),
-            (13_339, "13.3 kB"),
-            (9_547_795, "9.55 MB"),
-            (67_040_989, "67.0 MB"),
-            (334_641_190, "335 MB"),
-            (2_132_653_060, "2.13 GB"),
-        ];
-        for (bytes, text) in cases {
-            assert_eq!(size_text(bytes), text, "{bytes}");
-        }
+        assert_eq!(crate::store::space::size_text(total), "4.17 GB");
     }
 
     const ONE: &str = r#"
