@@ -11,7 +11,7 @@
 //!   below; only its unit test uses it. Statistics are always computed in f32 (as PyTorch's
 //!   autocast does), also in fp16 graphs. [`NormStats`] selects where they come from: the input
 //!   itself (normal), the input with the statistics also returned as graph outputs, or graph
-//!   inputs (frozen, for the tiled VAE).
+//!   inputs (frozen, for the tiled VAE, folded with the affine into one `x · s + t`).
 //! - Attention is one `com.microsoft.MultiHeadAttention` node on `[B, N, C]` tokens (an ONNX
 //!   Runtime contrib op with a CPU kernel; ONNX Runtime does not fuse the MatMul–Softmax form by
 //!   itself); Linear weights are PyTorch's `[out, in]` and are transposed by a node on the
