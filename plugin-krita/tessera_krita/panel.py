@@ -2,7 +2,7 @@
 daemon's state and messages.
 
 A plain ``QWidget`` (the Krita ``DockWidget`` in :mod:`.extension` only wraps
-it), built from the parameter specs that the protocol takes today. Its shape
+it), built from the parameter specs of :mod:`.params`. Its shape
 fits a laptop screen beside Krita's own dockers: what a painter uses on every
 upscale is at the top — the daemon's state, the Upscale, Preview and Cancel buttons,
 the progress and the result line, then scale, creativity, resemblance and

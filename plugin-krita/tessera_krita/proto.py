@@ -1,7 +1,7 @@
 """The protocol client, ``tessera_client`` from ``shared/python/``.
 
 The release zip carries a verbatim copy of it in ``tessera_krita/vendor/``
-(``scripts/build-krita-plugin`` puts it there), so that the plug-in needs
+(``plugin-krita/build.py`` puts it there), so that the plug-in needs
 nothing besides Krita. In the source tree, where there is no copy, the
 package on ``sys.path`` is used instead (the tests put ``shared/python``
 there).

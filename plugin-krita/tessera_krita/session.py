@@ -3,8 +3,8 @@
 The transport (a ``QLocalSocket`` in :mod:`.connection`, a list in the
 tests) gives this class every message that arrives and sends what it asks
 to; the session does the handshake and routes the daemon's answers as
-``docs/protocol.md`` §7 says: ``Accepted``/``Rejected`` by request number,
-``Progress``/``Done``/``Failed`` by job number (those that overtake their
+``docs/protocol.md`` §7 "Connection lifecycle" says: ``Accepted``/``Rejected``
+by request number, ``Progress``/``Done``/``Failed`` by job number (those that overtake their
 job's ``Accepted`` are held until it comes), ``Status`` and ``Models`` to
 the oldest request of their kind, an ``Error`` to the oldest status or
 models request (``UnknownJob`` needs no answer).

@@ -3,13 +3,18 @@
 //!
 //! - Every graph takes and returns f32; an fp16 graph casts its inputs to f16 once, computes in
 //!   f16 with f16 weights, and casts its outputs back (so callers never see the difference).
-//! - GroupNorm is built in exactly one place, [`SdNet::group_norm`]: Reshape → InstanceNorm →
-//!   Reshape → affine, the fast form on ONNX Runtime (ort-notes §4). Its statistics are always
-//!   computed in f32 (as PyTorch's autocast does), also in fp16 graphs. [`NormStats`] selects
-//!   where the statistics come from: the input itself (normal), the input with the statistics
-//!   also returned as graph outputs, or graph inputs (frozen, for the tiled VAE).
-//! - Attention is one `com.microsoft.MultiHeadAttention` node on `[B, N, C]` tokens (ort-notes
-//!   §6); Linear weights are PyTorch's `[out, in]` and are transposed by a node on the
+//! - Every GroupNorm of the SD networks (UNet, ControlNet, VAE and the VAE's segments) is built
+//!   by [`SdNet::group_norm`]: Reshape → InstanceNorm → Reshape → affine. ONNX Runtime has no
+//!   kernel for GroupNormalization-21 and expands its function body into primitive ops, which
+//!   was measured about 2× slower than this form (`docs/models.md`, "Op forms"). The graph
+//!   builder's own `Graph::group_norm` (`onnx/ops.rs`) emits the same form without the options
+//!   below; only its unit test uses it. Statistics are always computed in f32 (as PyTorch's
+//!   autocast does), also in fp16 graphs. [`NormStats`] selects where they come from: the input
+//!   itself (normal), the input with the statistics also returned as graph outputs, or graph
+//!   inputs (frozen, for the tiled VAE, folded with the affine into one `x · s + t`).
+//! - Attention is one `com.microsoft.MultiHeadAttention` node on `[B, N, C]` tokens (an ONNX
+//!   Runtime contrib op with a CPU kernel; ONNX Runtime does not fuse the MatMul–Softmax form by
+//!   itself); Linear weights are PyTorch's `[out, in]` and are transposed by a node on the
 //!   initializer, which ONNX Runtime folds once at session creation.
 
 use crate::onnx::{Conv2d, Dim, ElemType, ExternalTensor, Graph, Value};
@@ -21,9 +26,10 @@ pub type W<'a> = Scope<'a, ExternalTensor>;
 
 /// Where every GroupNorm of a graph takes its per-(sample, group) mean and variance from.
 ///
-/// Tiled VAE (clarity-algorithm.md §2.5) runs a graph with `Export` once on a downscaled whole
-/// image and then the `Frozen` graph on every tile with those statistics, so tiles are
-/// normalised alike. GroupNorm *k* (in graph order) has `groupnorm_{k}_mean` and
+/// Tiled VAE (the multidiffusion-upscaler-for-automatic1111 extension Clarity runs, its
+/// `tilevae.py`; `docs/pipeline.md`, "VAE passes") runs a graph with `Export` once on a
+/// downscaled whole image and then the `Frozen` graph on every tile with those statistics, so
+/// tiles are normalised alike. GroupNorm *k* (in graph order) has `groupnorm_{k}_mean` and
 /// `groupnorm_{k}_var`, f32 `[batch, groups]` (biased variance, as PyTorch's GroupNorm).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NormStats {

@@ -12,7 +12,8 @@ use super::proto::{
     ValueInfoProto, attribute_type, dimension, type_proto,
 };
 
-/// IR version written into every model (pairs with opset 21, see ort-notes §2a).
+/// IR version written into every model: IR 10 is the one released with opset 21 (the table
+/// in the ONNX repository's `docs/Versioning.md`).
 pub const IR_VERSION: i64 = 10;
 /// Version of the default `ai.onnx` operator set.
 pub const OPSET: i64 = 21;

@@ -1,7 +1,8 @@
 //! Building ONNX graphs in Rust, so no Python exporter is ever needed.
 //!
-//! Every network (ESRGAN now; CLIP, UNet, ControlNet and VAE later) is written against this
-//! small builder: named inputs and outputs with symbolic dimensions, cheap-to-clone [`Value`]
+//! Every network of `crate::nets` (ESRGAN, the CLIP text encoder, and SD 1.5's UNet, ControlNet
+//! hint encoder and body, VAE encoder and decoder with their GroupNorm-statistics variants and
+//! the colour-fix segments) is written against this small builder: named inputs and outputs with symbolic dimensions, cheap-to-clone [`Value`]
 //! handles, one method per operator, small constants embedded in the model, and weights as
 //! EXTERNAL initializers that point into a `.safetensors` file (so the model protobuf stays a
 //! few kilobytes and ONNX Runtime maps the weights straight from disk).

@@ -1,9 +1,10 @@
 //! The operator vocabulary of the graph builder, one method per ONNX op (plus a few composite
 //! helpers) so that network code reads like the paper rather than like protobuf.
 //!
-//! Where ONNX Runtime has a faster form than the obvious one, the helper emits that form (see
-//! `shared/reference/ort-notes.md` §4 and §6): GroupNorm is written as InstanceNormalization
-//! between reshapes, and attention as `com.microsoft.MultiHeadAttention`.
+//! Where ONNX Runtime has a faster form than the obvious one, the helper emits that form (the
+//! measurements are in `docs/models.md`, "Op forms"): GroupNorm is written as
+//! InstanceNormalization between reshapes, and attention as `com.microsoft.MultiHeadAttention`
+//! (ONNX Runtime's contrib operator, documented in its `docs/ContribOperators.md`).
 
 use super::graph::{Dim, ElemType, Graph, MS_DOMAIN, Value, attr};
 
@@ -244,8 +245,10 @@ impl Graph {
     /// `channels`.
     ///
     /// Emitted as Reshape → InstanceNormalization → Reshape → Mul → Add: ONNX Runtime has no
-    /// kernel for GroupNormalization-21 and inlines it into ~29 primitive ops, which measured 2×
-    /// slower (ort-notes §4).
+    /// kernel for GroupNormalization-21 (its `docs/OperatorKernels.md` lists none) and expands
+    /// the operator's function body into about 29 primitive ops, which measured 2× slower.
+    /// The networks use `SdNet::group_norm` (`nets/sd_blocks.rs`), which emits the same form with
+    /// f32 statistics and exported or frozen statistics; this one serves the unit test.
     #[allow(clippy::too_many_arguments)]
     pub fn group_norm(
         &mut self,
@@ -273,9 +276,9 @@ impl Graph {
     }
 
     /// Scaled dot-product attention over `[B, N, C]` queries and `[B, M, C]` keys/values, split
-    /// into `num_heads` heads, as one `com.microsoft.MultiHeadAttention` node (ort-notes §6:
-    /// ONNX Runtime does not fuse the MatMul/Softmax form, and the fused op is faster and far
-    /// smaller in memory).
+    /// into `num_heads` heads, as one `com.microsoft.MultiHeadAttention` node: ONNX Runtime's
+    /// graph optimiser does not fuse the MatMul/Softmax form, and the contrib op measured faster
+    /// and far smaller in memory (`docs/models.md`, "Op forms").
     pub fn multi_head_attention(
         &mut self,
         q: &Value,

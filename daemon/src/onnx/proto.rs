@@ -2,10 +2,11 @@
 //! reads, as hand-written `prost` messages.
 //!
 //! Hand-written rather than generated because generation needs `protoc` at build time and the
-//! published generated crates are either stale or drag in a whole inference engine (see
-//! `shared/reference/ort-notes.md` §2). Field numbers are those of `onnx.proto`; fields we never
-//! use are simply absent, which protobuf tolerates in both directions (unknown fields are skipped
-//! when decoding).
+//! published generated crates either fail to build as published (`onnx-protobuf`), are stale
+//! (`onnx-pb`) or drag in a whole inference engine (`tract-onnx`, `candle-onnx`). Field numbers
+//! are those of `onnx/onnx.proto` in the ONNX repository (github.com/onnx/onnx); fields we
+//! never use are simply absent, which protobuf tolerates in both directions (unknown fields are
+//! skipped when decoding).
 
 /// `ModelProto`: the top-level message of an `.onnx` file.
 #[derive(Clone, PartialEq, prost::Message)]

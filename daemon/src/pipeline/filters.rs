@@ -1,6 +1,6 @@
-//! Image filters applied after the pipeline: Clarity's `sharpen` (§2.10), a 3×3 kernel with
-//! −s/10 off the centre and 1 + 8·s/10 in it, applied as PIL's `ImageFilter.Kernel` does
-//! (the one-pixel border is left as it is).
+//! Image filters applied after the pipeline: Clarity's `sharpen` (its `predict.py`), a 3×3
+//! kernel with −s/10 off the centre and 1 + 8·s/10 in it, applied as PIL's `ImageFilter.Kernel`
+//! does (the one-pixel border is left as it is).
 
 use ndarray::Array3;
 

@@ -2,10 +2,12 @@
 //! plug-in folders (native and Flatpak), computed from an explicit [`Home`] so that tests can
 //! point everything at a temporary folder and check the macOS and Windows tables on Linux.
 //!
-//! Editor folders come from `shared/reference/editor-plugins.md`: Krita keeps resources in
-//! `~/.local/share/krita/` (Flatpak `~/.var/app/org.kde.krita/data/krita/`) with `pykrita/` and
-//! `actions/` inside and its settings in `kritarc`; GIMP 3 keeps per-user plug-ins in
-//! `~/.config/GIMP/3.N/plug-ins/` (Flatpak `~/.var/app/org.gimp.GIMP/config/GIMP/3.N/`).
+//! The editor folders are the ones Krita's and GIMP's manuals give (docs.krita.org, "Resource
+//! Management" and "How to make a Krita Python plugin"; developer.gimp.org, the GIMP 3 plug-in
+//! tutorial): Krita keeps resources in `~/.local/share/krita/` (Flatpak
+//! `~/.var/app/org.kde.krita/data/krita/`) with `pykrita/` and `actions/` inside and its
+//! settings in `kritarc`; GIMP 3 keeps per-user plug-ins in `~/.config/GIMP/3.N/plug-ins/`
+//! (Flatpak `~/.var/app/org.gimp.GIMP/config/GIMP/3.N/`).
 
 use std::path::{Path, PathBuf};
 

@@ -3,8 +3,9 @@
 //!
 //! Canonical names are BasicSR's (Real-ESRGAN's), which follow the paper's module names:
 //! `conv_first`, `body.{i}.rdb{1,2,3}.conv{1..5}`, `conv_body`, `conv_up{k}`, `conv_hr`,
-//! `conv_last`, each with `.weight` and `.bias`. Three layouts exist in the wild (see
-//! `shared/reference/models.md` §3 and spandrel's ESRGAN loader):
+//! `conv_last`, each with `.weight` and `.bias`. Three layouts exist in the wild (spandrel's
+//! ESRGAN loader, github.com/chaiNNer-org/spandrel, and A1111's `esrgan_model.py` translate
+//! the same three):
 //!
 //! | layout | example files | keys |
 //! |---|---|---|

@@ -1,6 +1,7 @@
 //! The ControlNet tile's two inputs that the pipeline prepares: the per-residual scales
 //! ("My prompt is more important": resemblance · decay^(12 − i)) and the condition image
-//! (sd-webui-controlnet's "Crop and Resize" of the stage input to the canvas, §2.9).
+//! (sd-webui-controlnet's "Crop and Resize" of the stage input to the canvas, as Clarity
+//! configures its ControlNet unit).
 
 use ndarray::{Array3, ArrayView3};
 

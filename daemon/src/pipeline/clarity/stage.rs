@@ -1,4 +1,4 @@
-//! One stage of the Clarity pipeline (`clarity-algorithm.md` §2.3–2.10): ESRGAN and Lanczos
+//! One stage of the Clarity pipeline (`docs/pipeline.md`, "A stage"): ESRGAN and Lanczos
 //! to the canvas, VAE encode, noise to the start σ, the sampler's steps over MultiDiffusion
 //! evaluations with the ControlNet tile, VAE decode. Everything a stage touches comes in
 //! through traits (`nets.rs`), its rules through [`Rules`], its noise through a
@@ -44,7 +44,8 @@ pub enum Grid {
 /// What the ControlNet tile sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Condition {
-    /// The stage input enlarged bicubically with crop-to-fill (Clarity, §2.9).
+    /// The stage input enlarged bicubically with crop-to-fill (Clarity: sd-webui-controlnet's
+    /// "Crop and Resize").
     StageInput,
     /// The pre-upscaled image that is also encoded (Refiners).
     PreUpscaled,

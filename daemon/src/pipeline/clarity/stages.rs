@@ -1,4 +1,4 @@
-//! The stage plan (`clarity-algorithm.md` §2.1): a scale above 2 is reached in ×2 stages, each
+//! The stage plan (Clarity's `predict.py`): a scale above 2 is reached in ×2 stages, each
 //! a full upscale-and-diffuse pass on the previous stage's output, with the creativity
 //! multiplied by the multistep factor and the seed increased by one for each stage after the
 //! first. The Refiners preset runs one pass at the whole scale.

@@ -1,6 +1,7 @@
-//! MultiDiffusion tile grids over the latent, in latent units: Clarity's (Tiled Diffusion,
-//! `clarity-algorithm.md` §2.8) and Refiners' (`MultiDiffusion.generate_latent_tiles`, §3.2),
-//! and how tiles are grouped into batches for one network call.
+//! MultiDiffusion tile grids over the latent, in latent units: Clarity's (the Tiled Diffusion
+//! extension's `split_bboxes`, multidiffusion-upscaler-for-automatic1111) and Refiners'
+//! (`MultiDiffusion.generate_latent_tiles`), and how tiles are grouped into batches for one
+//! network call. `docs/pipeline.md`, "MultiDiffusion", states both grids.
 
 use std::ops::Range;
 

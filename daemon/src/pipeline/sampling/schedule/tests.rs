@@ -12,7 +12,8 @@ fn close(a: &[f64], b: &[f64], tol: f64) {
     }
 }
 
-/// Clarity's 18-step "DPM++ 3M SDE Karras" table (§2.6).
+/// Clarity's 18-step "DPM++ 3M SDE Karras" table: k-diffusion's `get_sigmas_karras` over 19
+/// values with the next-to-last dropped, as A1111 does for this sampler (`docs/pipeline.md`).
 const CLARITY_TABLE: [f64; 19] = [
     14.6146, 11.5804, 9.1029, 7.0944, 5.4784, 4.1888, 3.1686, 2.3693, 1.7494, 1.2741, 0.9141,
     0.6450, 0.4469, 0.3034, 0.2014, 0.1303, 0.0819, 0.0498, 0.0,
@@ -33,7 +34,8 @@ fn clarity_karras_table_with_the_next_to_last_sigma_discarded() {
     let s = full(Sampler::DpmPp3mSdeKarras, 18, &Training::sd15());
     close(&s.sigmas, &CLARITY_TABLE, 5e-5);
     assert_eq!(s.output_scale, 1.0);
-    // Continuous UNet timesteps (§2.6: t ≈ 230, 146, 82, 41, 18, 6.7, 1.9 from σ 0.6450).
+    // Continuous UNet timesteps (k-diffusion's `sigma_to_t`: t ≈ 230, 146, 82, 41, 18, 6.7, 1.9
+    // from σ 0.6450).
     close(
         &s.timesteps[11..],
         &[230.07, 145.938, 82.236, 40.856, 17.858, 6.732, 1.916],
@@ -191,8 +193,9 @@ fn refiners_ddim_on_leading_timesteps() {
 }
 
 #[test]
-fn the_two_strength_rules_differ_where_section_7_says() {
-    // §7.2: the same 7 at 0.35, 10 vs 9 at 0.5.
+fn the_two_strength_rules_differ_at_half_strength() {
+    // A1111 runs ⌊s·N⌋ + 1 evaluations, Refiners N − ⌊N·(1 − s)⌋: the same 7 at 0.35, 10 vs 9
+    // at 0.5.
     assert_eq!(evaluations(StrengthRule::A1111, 0.5, 18), 10);
     assert_eq!(evaluations(StrengthRule::Refiners, 0.5, 18), 9);
     assert_eq!(evaluations(StrengthRule::Refiners, 0.0, 18), 0);
