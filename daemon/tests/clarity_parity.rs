@@ -18,10 +18,10 @@ use tessera::engine::{Engine, EngineOptions};
 use tessera::nets::esrgan::{Esrgan, Tiling};
 use tessera::nets::{Precision, Precisions};
 use tessera::pipeline::clarity::job::{JobSetup, run_stages};
-use tessera::pipeline::clarity::models::{EsrganUpscaler, ModelSet, SetKey, StampedFile};
+use tessera::pipeline::clarity::model_set::{EsrganUpscaler, ModelSet, SetKey, StampedFile};
 use tessera::pipeline::clarity::stage::{Rules, StageNets};
-use tessera::pipeline::clarity::stages;
-use tessera::pipeline::clarity::vae::{VaePolicy, VaeTiling};
+use tessera::pipeline::clarity::stage_plan;
+use tessera::pipeline::clarity::vae_passes::{VaePolicy, VaeTiling};
 use tessera::pipeline::sampling::Update;
 use tessera::pipeline::sampling::noise::{NoisePurpose, NoiseSource};
 use tessera::pipeline::sampling::schedule::{self, Training};
@@ -137,7 +137,7 @@ fn run(
     )
     .unwrap();
     let input: Array3<f32> = refs["input"].clone().into_dimensionality::<Ix3>().unwrap();
-    let plan = stages::plan((64, 32), (256, 128), 4.0, 0.35, 0.8, 1337, false);
+    let plan = stage_plan::plan((64, 32), (256, 128), 4.0, 0.35, 0.8, 1337, false);
     assert_eq!(plan.len(), 2);
     let setup = JobSetup {
         rules: Rules::CLARITY,

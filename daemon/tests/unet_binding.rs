@@ -16,8 +16,8 @@ use tessera::nets::controlnet::{CompiledControlNet, ControlNet};
 use tessera::nets::sd::{Precision, SdOptions};
 use tessera::nets::unet::{CompiledUnet, Unet};
 use tessera::pipeline::clarity::control::residual_scales;
-use tessera::pipeline::clarity::models::SdUnet;
-use tessera::pipeline::clarity::nets::{ControlledUnet, Prompts, StageConditioning};
+use tessera::pipeline::clarity::model_set::SdUnet;
+use tessera::pipeline::clarity::network_traits::{ControlledUnet, Prompts, StageConditioning};
 use tessera::weights::sd;
 
 fn engine() -> Arc<Engine> {

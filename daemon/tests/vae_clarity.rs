@@ -15,8 +15,10 @@ use sd_common::{TINY, sd_fixture};
 use tessera::engine::{Engine, EngineOptions};
 use tessera::nets::sd::{Precision, SdOptions};
 use tessera::nets::vae::CompiledVae;
-use tessera::pipeline::clarity::models::SdVae;
-use tessera::pipeline::clarity::vae::{self, Grid, TiledPass, VaePass, VaePolicy, VaeTiling};
+use tessera::pipeline::clarity::model_set::SdVae;
+use tessera::pipeline::clarity::vae_passes::{
+    self, Grid, TiledPass, VaePass, VaePolicy, VaeTiling,
+};
 use tessera::weights::sd;
 
 fn engine() -> Arc<Engine> {
@@ -101,11 +103,11 @@ const BOUNDED: VaeTiling = VaeTiling {
 };
 
 fn run_encode(net: &mut SdVae, image: &Array4<f32>, pass: &VaePass) -> (Array4<f32>, Array4<f32>) {
-    vae::encode(net, image.view(), pass, &mut |_, _| Ok(())).unwrap()
+    vae_passes::encode(net, image.view(), pass, &mut |_, _| Ok(())).unwrap()
 }
 
 fn run_decode(net: &mut SdVae, latent: &Array4<f32>, pass: &VaePass) -> Array4<f32> {
-    vae::decode(net, latent.view(), pass, &mut |_, _| Ok(())).unwrap()
+    vae_passes::decode(net, latent.view(), pass, &mut |_, _| Ok(())).unwrap()
 }
 
 #[test]

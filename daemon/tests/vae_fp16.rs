@@ -20,9 +20,9 @@ use tessera::engine::{Engine, EngineOptions};
 use tessera::nets::sd::{Precision, SdOptions};
 use tessera::nets::vae::CompiledVae;
 use tessera::pipeline::clarity::checked_vae::CheckedVae;
-use tessera::pipeline::clarity::models::SdVae;
-use tessera::pipeline::clarity::nets::{Norms, Vae};
-use tessera::pipeline::clarity::vae::{self, VaePass, VaePolicy, VaeTiling};
+use tessera::pipeline::clarity::model_set::SdVae;
+use tessera::pipeline::clarity::network_traits::{Norms, Vae};
+use tessera::pipeline::clarity::vae_passes::{self, VaePass, VaePolicy, VaeTiling};
 use tessera::weights::sd;
 
 fn engine() -> Arc<Engine> {
@@ -114,7 +114,8 @@ fn an_overflowing_fp16_decode_is_redone_in_fp32() {
 
     // The job's VAE: the f16 pass overflows, the f32 redo gives the f32 result.
     let mut vae = CheckedVae::with_fp32_redo(half, engine.clone(), file.clone(), cache.clone());
-    let whole = vae::decode(&mut vae, z.view(), &VaePass::Whole, &mut |_, _| Ok(())).unwrap();
+    let whole =
+        vae_passes::decode(&mut vae, z.view(), &VaePass::Whole, &mut |_, _| Ok(())).unwrap();
     assert_eq!(vae.redos(), 1);
     assert!(whole.iter().all(|v| v.is_finite()));
     assert_eq!(max_diff(&whole, &want), 0.0, "the redo is the fp32 decode");
@@ -129,7 +130,7 @@ fn an_overflowing_fp16_decode_is_redone_in_fp32() {
     let pass = VaePolicy::bounded(tiling).decoder(6, 6);
     assert!(matches!(pass, VaePass::Tiled(_)));
     let mut calls = 0;
-    let tiled = vae::decode(&mut vae, z.view(), &pass, &mut |_, total| {
+    let tiled = vae_passes::decode(&mut vae, z.view(), &pass, &mut |_, total| {
         calls = total;
         Ok(())
     })

@@ -14,9 +14,11 @@ use tessera::Cancelled;
 use tessera::engine::{Engine, EngineOptions};
 use tessera::nets::sd::{Precision, SdOptions};
 use tessera::nets::vae::CompiledVae;
-use tessera::pipeline::clarity::models::SdVae;
-use tessera::pipeline::clarity::nets::StageError;
-use tessera::pipeline::clarity::vae::{self, Grid, TiledPass, VaePass, VaePolicy, VaeTiling};
+use tessera::pipeline::clarity::model_set::SdVae;
+use tessera::pipeline::clarity::network_traits::StageError;
+use tessera::pipeline::clarity::vae_passes::{
+    self, Grid, TiledPass, VaePass, VaePolicy, VaeTiling,
+};
 use tessera::weights::sd;
 
 /// This binary's one engine (one ONNX Runtime environment per process), shared as the
@@ -100,10 +102,10 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
                 (c as f32 - 1.5) * 0.5 + (x + y) as f32 * 0.1
             });
             let pass = VaePolicy::bounded(TILING).decoder(6, 6);
-            vae::decode(&mut net, latent.view(), &pass, &mut on_call).unwrap();
+            vae_passes::decode(&mut net, latent.view(), &pass, &mut on_call).unwrap();
         } else {
             let pass = VaePolicy::bounded(TILING).encoder(48, 48);
-            vae::encode(&mut net, image.view(), &pass, &mut on_call).unwrap();
+            vae_passes::encode(&mut net, image.view(), &pass, &mut on_call).unwrap();
         }
         // The decoder's statistics proxy is taken behind post_quant_conv: one call more.
         let first_tile = usize::from(decoder) + 1;
@@ -134,10 +136,10 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
 
     // A whole image still runs on the plain graphs, created again if they were set aside.
     let tiled = VaePolicy::bounded(TILING).encoder(48, 48);
-    vae::encode(&mut net, image.view(), &tiled, &mut |_, _| Ok(())).unwrap();
+    vae_passes::encode(&mut net, image.view(), &tiled, &mut |_, _| Ok(())).unwrap();
     assert!(!plain_held(&engine, "encoder"));
     let small = image.slice(ndarray::s![.., .., ..24, ..24]);
-    vae::encode(&mut net, small, &VaePass::Whole, &mut |_, _| Ok(())).unwrap();
+    vae_passes::encode(&mut net, small, &VaePass::Whole, &mut |_, _| Ok(())).unwrap();
     assert!(
         plain_held(&engine, "encoder"),
         "a whole pass brings it back"
@@ -145,7 +147,7 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
 
     // A cancelled pass lets them go too.
     let mut calls = 0;
-    let cancelled = vae::encode(&mut net, image.view(), &tiled, &mut |_, _| {
+    let cancelled = vae_passes::encode(&mut net, image.view(), &tiled, &mut |_, _| {
         calls += 1;
         if calls == 3 { Err(Cancelled) } else { Ok(()) }
     });
@@ -184,7 +186,7 @@ fn the_cut_encoder_holds_its_sessions_only_while_a_colour_fixed_pass_runs() {
             .count()
     };
     let mut seen = Vec::new();
-    vae::encode(&mut net, image.view(), &pass, &mut |done, total| {
+    vae_passes::encode(&mut net, image.view(), &pass, &mut |done, total| {
         seen.push((done, total, segments(&engine)));
         Ok(())
     })

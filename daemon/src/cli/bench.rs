@@ -393,7 +393,7 @@ pub fn vae(
     })?);
     let (dir, _temp) = scratch_dir(dir)?;
     let config = crate::config::DiffusionConfig::default();
-    let bounded = crate::pipeline::clarity::vae::VaeTiling::new(
+    let bounded = crate::pipeline::clarity::vae_passes::VaeTiling::new(
         config.vae_encoder_tile,
         config.vae_decoder_tile,
     );
@@ -403,7 +403,7 @@ pub fn vae(
         engine.device_description()
     );
     println!("  side  pass    how                         seconds   peak MiB  estimate MiB");
-    crate::pipeline::clarity::vae::bench::run(engine, &dir, sides, bounded, &mut |r| {
+    crate::pipeline::clarity::vae_passes::bench::run(engine, &dir, sides, bounded, &mut |r| {
         println!(
             "  {:>5} {:<7} {:<27} {:>8.1} {:>10.0} {:>12}",
             r.side,

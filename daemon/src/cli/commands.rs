@@ -63,7 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => list_models(&target, !no_hashes),
         Command::Models {
             command: ModelsCommand::ExportOnnx(args),
-        } => super::sd::export_onnx(&target, &args),
+        } => super::export::export_onnx(&target, &args),
         Command::Bench {
             command: BenchCommand::SdStep(args),
         } => super::bench::sd_step(&target, &args),

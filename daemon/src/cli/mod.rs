@@ -8,11 +8,11 @@ pub mod client;
 mod commands;
 pub use commands::{RuntimePlan, runtime_plan};
 mod doctor;
+mod export;
 pub mod imagefile;
 mod launch;
 pub mod logging;
 pub mod params;
-mod sd;
 mod serve;
 
 use clap::{Parser, Subcommand};

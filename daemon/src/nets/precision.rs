@@ -10,7 +10,7 @@
 //! encoder and ESRGAN. The VAE has its own
 //! setting, f32 unless asked otherwise: SD 1.5's VAE overflows f16 in its decoder, so an f16 VAE
 //! is checked after every pass and a pass with NaN or ∞ is done again in f32
-//! (`pipeline/clarity/models.rs`).
+//! (`pipeline/clarity/model_set.rs`).
 
 use serde::{Deserialize, Serialize};
 

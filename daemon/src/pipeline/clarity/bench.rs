@@ -347,7 +347,7 @@ impl ClarityReport {
 fn workload(params: &JobParams, size: u32, models: &ModelSize) -> (usize, f64) {
     use super::stage::{Rules, StageSetup};
     use crate::pipeline::sampling::{Update, schedule};
-    let stages = super::stages::plan(
+    let stages = super::stage_plan::plan(
         (size as usize, size as usize),
         {
             let (w, h) = crate::pipeline::upscale::output_size(size, size, params.scale);
@@ -383,7 +383,7 @@ fn workload(params: &JobParams, size: u32, models: &ModelSize) -> (usize, f64) {
             cfg: params.dynamic,
             resemblance: params.resemblance,
             decay: params.decay,
-            vae: super::vae::VaePolicy::bounded(super::vae::VaeTiling::new(
+            vae: super::vae_passes::VaePolicy::bounded(super::vae_passes::VaeTiling::new(
                 diffusion.vae_encoder_tile,
                 diffusion.vae_decoder_tile,
             )),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use ndarray::{Array4, ArrayView4};
 
-use super::models::SdVae;
-use super::nets::{
+use super::model_set::SdVae;
+use super::network_traits::{
     Carried, GroupNormStats, GroupStats, NetResult, Norms, Segmented, StageError, Vae,
 };
 use crate::engine::{Engine, EngineError};

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array3, Array4, ArrayView2, ArrayView4, Axis};
 
-use super::models::four;
-use super::nets::{ControlledUnet, NetResult, Prompts, StageConditioning, StageError};
+use super::model_set::four;
+use super::network_traits::{ControlledUnet, NetResult, Prompts, StageConditioning, StageError};
 use crate::engine::Engine;
 use crate::engine::binding::{Resident, Traffic};
 use crate::nets::controlnet::{BodyInputs, ControlNet, SCALES};

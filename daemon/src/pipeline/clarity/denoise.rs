@@ -9,7 +9,7 @@
 
 use ndarray::{Array3, Array4, ArrayView3, ArrayView4, Axis, s};
 
-use super::nets::{ControlledUnet, NetResult, Prompts, StageError};
+use super::network_traits::{ControlledUnet, NetResult, Prompts, StageError};
 use super::tiles::{LatentTile, coverage};
 use crate::Cancelled;
 

@@ -11,15 +11,15 @@ use std::time::Instant;
 use ndarray::{Array3, Array4, ArrayView2};
 use tessera_protocol::{ErrorInfo, ErrorKind, Image, JobParams, ModelKind, Preset, StageTiming};
 
-use super::models::{EsrganUpscaler, LoraChoice, ModelSet, SetKey, StampedFile};
-use super::nets::{NetResult, StageError};
+use super::model_set::{EsrganUpscaler, LoraChoice, ModelSet, SetKey, StampedFile};
+use super::network_traits::{NetResult, StageError};
 use super::params;
 use super::preview::{self, LatentWindow, WindowNoise};
 use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
-use super::stages::{self, Stage};
+use super::stage_plan::{self, Stage};
 use super::text::TextError;
 use super::tile_batch;
-use super::vae::{VaePolicy, VaeRule, VaeTiling};
+use super::vae_passes::{VaePolicy, VaeRule, VaeTiling};
 use super::warmup::{WarmUpHandle, WarmUpPlan};
 use crate::Cancelled;
 use crate::config::Config;
@@ -433,7 +433,7 @@ impl ClarityRunner {
         let uncond = encode(&params.negative_prompt)?;
         timings.lap("text");
 
-        let plan = stages::plan(
+        let plan = stage_plan::plan(
             (iw, ih),
             (tw, th),
             params.scale,

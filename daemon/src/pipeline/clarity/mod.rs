@@ -7,18 +7,18 @@ pub mod control;
 pub mod controlled_unet;
 pub mod denoise;
 pub mod job;
-pub mod models;
-pub mod nets;
+pub mod model_set;
+pub mod network_traits;
 pub mod params;
 pub mod preview;
 mod sd_vae;
 pub mod stage;
-pub mod stages;
+pub mod stage_plan;
 pub mod step_bench;
 pub mod text;
 pub mod tile_batch;
 pub mod tiles;
-pub mod vae;
+pub mod vae_passes;
 pub mod warmup;
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use ndarray::{ArrayD, IxDyn};
 use tessera_protocol::{ErrorInfo, ErrorKind, Image, JobParams, Preset, Region};
 
-use super::stages;
+use super::stage_plan;
 use crate::pipeline::sampling::noise::{NoisePurpose, NoiseSource, gaussian};
 use crate::pipeline::upscale::output_size;
 
@@ -92,7 +92,7 @@ pub fn plan(input: (u32, u32), params: &JobParams, region: Region, context: u32)
         height: region.height.min(ch as u32),
     };
     let (tw, th) = output_size(width, height, params.scale);
-    let full = stages::plan(
+    let full = stage_plan::plan(
         (width as usize, height as usize),
         (tw as usize, th as usize),
         params.scale,

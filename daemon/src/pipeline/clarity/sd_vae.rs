@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 
-use super::nets::{
+use super::network_traits::{
     Carried, GroupNormStats, GroupStats, NetResult, Norms, Segmented, StageError, Vae,
 };
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};

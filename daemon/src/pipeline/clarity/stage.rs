@@ -1,17 +1,17 @@
 //! One stage of the Clarity pipeline (`docs/pipeline.md`, "A stage"): ESRGAN and Lanczos
 //! to the canvas, VAE encode, noise to the start σ, the sampler's steps over MultiDiffusion
 //! evaluations with the ControlNet tile, VAE decode. Everything a stage touches comes in
-//! through traits (`nets.rs`), its rules through [`Rules`], its noise through a
+//! through traits (`network_traits.rs`), its rules through [`Rules`], its noise through a
 //! [`NoiseSource`]; it reports after every network call.
 
 use ndarray::{Array3, Array4, ArrayView2, ArrayView3, Axis, s};
 
 use super::control;
 use super::denoise::{self, Guidance};
-use super::nets::{ControlledUnet, NetResult, StageConditioning, StageError, Vae};
-use super::stages::Stage;
+use super::network_traits::{ControlledUnet, NetResult, StageConditioning, StageError, Vae};
+use super::stage_plan::Stage;
 use super::tiles::{self, LatentTile};
-use super::vae::{self, VaePolicy};
+use super::vae_passes::{self, VaePolicy};
 use crate::Cancelled;
 use crate::engine::{MaybeOutOfMemory, Recovery, Shrink, Shrinkable, retry_out_of_memory};
 use crate::pipeline::resize;
@@ -384,7 +384,7 @@ pub fn run_stage(
     let mut progress = vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report);
     let mut decoded: Array4<f32> =
         retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
-            vae::decode(
+            vae_passes::decode(
                 vae_net,
                 latent.view(),
                 &policy.shrunk(level).decoder(lw, lh),
@@ -613,7 +613,7 @@ fn encode(
     let mut vae_shrink = Shrink::default();
     let mut progress = vae_progress("encode", pixels * Work::ENCODE_PER_PIXEL, report);
     retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
-        vae::encode(
+        vae_passes::encode(
             vae_net,
             signed.view(),
             &policy.shrunk(level).encoder(cw, ch),

@@ -22,7 +22,7 @@ use ndarray::{Array2, Array4, ArrayD, Axis, Ix4};
 
 use super::control::residual_scales;
 use super::controlled_unet::SdUnet;
-use super::nets::{ControlledUnet, Prompts, StageConditioning};
+use super::network_traits::{ControlledUnet, Prompts, StageConditioning};
 use crate::engine::Engine;
 use crate::engine::binding::{self, Traffic};
 use crate::nets::bench::{

@@ -6,7 +6,7 @@
 use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayView4, Axis, s};
 
 use super::control::RESIDUALS;
-use super::nets::{
+use super::network_traits::{
     Carried, ControlledUnet, GroupNormStats, GroupStats, NetResult, Norms, Prompts, Segmented,
     StageConditioning, Vae,
 };

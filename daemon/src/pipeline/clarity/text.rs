@@ -80,14 +80,14 @@ pub enum TextError {
     #[error(transparent)]
     Syntax(#[from] SyntaxError),
     #[error(transparent)]
-    Net(super::nets::StageError),
+    Net(super::network_traits::StageError),
 }
 
-impl From<TextError> for super::nets::StageError {
+impl From<TextError> for super::network_traits::StageError {
     fn from(e: TextError) -> Self {
         match e {
             TextError::Net(e) => e,
-            TextError::Syntax(e) => super::nets::StageError::Unexpected(e.to_string()),
+            TextError::Syntax(e) => super::network_traits::StageError::Unexpected(e.to_string()),
         }
     }
 }

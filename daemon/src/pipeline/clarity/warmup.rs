@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tessera_protocol::{JobParams, Preset, WarmUp};
 
-use super::models::{Abandoned, ModelSet, SetKey};
+use super::model_set::{Abandoned, ModelSet, SetKey};
 use crate::engine::Engine;
 use crate::nets::Precision;
 use crate::nets::esrgan::Esrgan;

@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::pipeline::clarity::control::RESIDUALS;
-use crate::pipeline::clarity::nets::StageConditioning;
+use crate::pipeline::clarity::network_traits::StageConditioning;
 use crate::pipeline::clarity::testing::Pointwise;
 use crate::pipeline::clarity::tiles::clarity_grid;
 use ndarray::Array2;

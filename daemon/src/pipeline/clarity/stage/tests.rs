@@ -4,9 +4,9 @@
 
 use super::*;
 use crate::engine::NoRecovery;
-use crate::pipeline::clarity::stages;
+use crate::pipeline::clarity::stage_plan;
 use crate::pipeline::clarity::testing::{NearestUpscaler, Pointwise, TinyVae};
-use crate::pipeline::clarity::vae::VaeTiling;
+use crate::pipeline::clarity::vae_passes::VaeTiling;
 use crate::pipeline::sampling::noise::SeededNoise;
 use crate::pipeline::sampling::schedule::Training;
 use ndarray::{Array2, ArrayD, ArrayView4};
@@ -41,7 +41,7 @@ struct Outcome {
 
 fn run(sampler: Sampler, rules: Rules, batch: usize, strength: f32) -> Outcome {
     let image = input(40, 24);
-    let plan = stages::plan((40, 24), (80, 48), 2.0, strength, 0.8, 7, false);
+    let plan = stage_plan::plan((40, 24), (80, 48), 2.0, strength, 0.8, 7, false);
     let schedule = schedule::full(sampler, 18, &Training::sd15());
     let cond = Array2::from_elem((4, 3), 0.2f32);
     let uncond = Array2::from_elem((4, 3), -0.1f32);
@@ -182,7 +182,7 @@ fn the_strength_sets_how_far_the_result_moves() {
 #[test]
 fn a_cancel_stops_the_stage_at_the_next_network_call() {
     let image = input(40, 24);
-    let plan = stages::plan((40, 24), (80, 48), 2.0, 0.35, 0.8, 7, false);
+    let plan = stage_plan::plan((40, 24), (80, 48), 2.0, 0.35, 0.8, 7, false);
     let schedule = schedule::full(Sampler::Ddim, 18, &Training::sd15());
     let ctx = Array2::from_elem((4, 3), 0.1f32);
     let setup = StageSetup {
@@ -264,7 +264,7 @@ impl ControlledUnet for Cramped {
         batch: usize,
         sample: ArrayView4<f32>,
         timestep: f32,
-        prompts: crate::pipeline::clarity::nets::Prompts,
+        prompts: crate::pipeline::clarity::network_traits::Prompts,
     ) -> NetResult<Array4<f32>> {
         self.check(sample.dim().0)?;
         self.inner.predict(batch, sample, timestep, prompts)
@@ -296,7 +296,7 @@ impl Recovery for StandInEngine {
 /// The stage of [`run`] with a UNet that holds `fits` tiles per call on its "GPU".
 fn run_cramped(batch: usize, fits: usize) -> (Array3<f32>, Vec<String>, bool, f64, f64) {
     let image = input(40, 24);
-    let plan = stages::plan((40, 24), (80, 48), 2.0, 0.35, 0.8, 7, false);
+    let plan = stage_plan::plan((40, 24), (80, 48), 2.0, 0.35, 0.8, 7, false);
     let schedule = schedule::full(Sampler::DpmPp3mSdeKarras, 18, &Training::sd15());
     let cond = Array2::from_elem((4, 3), 0.2f32);
     let uncond = Array2::from_elem((4, 3), -0.1f32);
@@ -404,7 +404,7 @@ fn vae_tiles_halve_down_to_their_floor() {
 
 #[test]
 fn a_vae_pass_out_of_memory_goes_to_the_bounded_tiles_then_halves_them() {
-    use crate::pipeline::clarity::vae::{VaePass, VaeRule};
+    use crate::pipeline::clarity::vae_passes::{VaePass, VaeRule};
     let policy = VaePolicy {
         rule: VaeRule::Clarity,
         accelerator: true,

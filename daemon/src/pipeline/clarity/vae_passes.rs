@@ -21,7 +21,7 @@ use ndarray::{Array4, ArrayView4, Axis, s};
 pub use plan::{TiledPass, VaePass, VaePolicy, VaeRule, VaeTiling};
 pub use split::{Grid, Span, bounded_split, clarity_split};
 
-use super::nets::{NetResult, Norms, Vae};
+use super::network_traits::{NetResult, Norms, Vae};
 use crate::Cancelled;
 
 /// Tiles of `pass` over an `h`×`w` input whose cores are multiples of `align`.
@@ -216,7 +216,7 @@ fn check_channels(x: &Array4<f32>, channels: usize) -> NetResult<()> {
     if x.len_of(Axis(1)) == channels {
         Ok(())
     } else {
-        Err(super::nets::StageError::Unexpected(format!(
+        Err(super::network_traits::StageError::Unexpected(format!(
             "the VAE returned {} channels where {channels} were expected",
             x.len_of(Axis(1))
         )))

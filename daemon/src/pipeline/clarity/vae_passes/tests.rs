@@ -7,7 +7,7 @@
 use super::colour_fix::weighted_average;
 use super::plan::estimate;
 use super::*;
-use crate::pipeline::clarity::nets::{GroupStats, StageError};
+use crate::pipeline::clarity::network_traits::{GroupStats, StageError};
 use crate::pipeline::clarity::testing::{TinyVae, moments};
 use ndarray::Array4;
 
@@ -416,19 +416,19 @@ fn the_colour_fix_runs_every_tile_through_every_segment() {
             let crop = img
                 .slice(s![.., .., r.input.clone(), c.input.clone()])
                 .to_owned();
-            let input = crate::pipeline::clarity::nets::Carried {
+            let input = crate::pipeline::clarity::network_traits::Carried {
                 x: crop,
                 skip: None,
             };
             match by_hand.encoder_segment(0, input, &head).unwrap() {
-                crate::pipeline::clarity::nets::Segmented::State(state, stats) => {
+                crate::pipeline::clarity::network_traits::Segmented::State(state, stats) => {
                     seen.push((stats, state.x.shape()[2] * state.x.shape()[3]))
                 }
                 _ => panic!("the head gives a state"),
             }
         }
     }
-    let frozen = crate::pipeline::clarity::nets::GroupNormStats {
+    let frozen = crate::pipeline::clarity::network_traits::GroupNormStats {
         layers: vec![head.layers[0].clone(), weighted_average(&seen)],
     };
     let (expected, _) = by_hand.run_encoder(img.view(), Norms::Frozen(&frozen));

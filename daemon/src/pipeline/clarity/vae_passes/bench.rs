@@ -15,8 +15,8 @@ use crate::Cancelled;
 use crate::engine::Engine;
 use crate::nets::sd::SdOptions;
 use crate::nets::vae::CompiledVae;
-use crate::pipeline::clarity::models::SdVae;
-use crate::pipeline::clarity::nets::Vae;
+use crate::pipeline::clarity::model_set::SdVae;
+use crate::pipeline::clarity::network_traits::Vae;
 use crate::weights::sd;
 
 /// One measured pass.

@@ -12,7 +12,7 @@ use ndarray::{Array4, ArrayView4, s};
 
 use super::{Span, TiledPass, place_latent, proxy, tile_grid};
 use crate::Cancelled;
-use crate::pipeline::clarity::nets::{
+use crate::pipeline::clarity::network_traits::{
     Carried, GroupNormStats, GroupStats, NetResult, Segmented, StageError, Vae,
 };
 

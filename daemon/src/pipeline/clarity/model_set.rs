@@ -2,7 +2,7 @@
 //! its LoRAs fused, the ControlNet tile split into hint encoder and body, the VAE
 //! (`sd_vae.rs`: its extra graphs only while an image large enough to need tiles runs), and the
 //! text encoder with LoRAs and embeddings. Each implements the trait the stage is written
-//! against (`nets.rs`).
+//! against (`network_traits.rs`).
 
 use crate::store::FileStamp;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use ndarray::{Array4, ArrayD, Ix4};
 
 use super::checked_vae::CheckedVae;
 pub use super::controlled_unet::SdUnet;
-use super::nets::{NetResult, StageError};
+use super::network_traits::{NetResult, StageError};
 pub use super::sd_vae::SdVae;
 use super::stage::PreUpscaler;
 use super::text::TextSide;

@@ -1,5 +1,5 @@
 //! What a Clarity stage needs from the networks, as small traits: the pipeline is written
-//! against these, the ONNX networks implement them (`models.rs`), and the tests drive the
+//! against these, the ONNX networks implement them (`model_set.rs`), and the tests drive the
 //! orchestration with exact stand-ins where the real networks would only blur what is
 //! being checked.
 //!
