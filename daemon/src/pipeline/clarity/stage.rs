@@ -7,7 +7,7 @@
 use ndarray::{Array3, Array4, ArrayView2, ArrayView3, Axis, s};
 
 use super::control;
-use super::denoise::{self, Guidance};
+use super::denoise::Guidance;
 use super::network_traits::{ControlledUnet, NetResult, StageConditioning, StageError, Vae};
 use super::stage_plan::Stage;
 use super::tiles::{self, LatentTile};
@@ -15,9 +15,9 @@ use super::vae_passes::{self, VaePolicy};
 use crate::Cancelled;
 use crate::engine::{MaybeOutOfMemory, Recovery, Shrink, Shrinkable, retry_out_of_memory};
 use crate::pipeline::resize;
+use crate::pipeline::sampling::Update;
 use crate::pipeline::sampling::noise::{NoisePurpose, NoiseSource};
 use crate::pipeline::sampling::schedule::{self, Run, Schedule, StrengthRule};
-use crate::pipeline::sampling::{SamplerState, Update};
 
 /// SD 1.x's latent scale factor.
 pub const LATENT_SCALE: f32 = 0.18215;
@@ -128,84 +128,6 @@ impl StageSetup<'_> {
     }
 }
 
-/// A stage's report after a network call: which phase, how far in it, and how much of the
-/// job's estimated work the call did (see [`Work`]).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Event {
-    pub phase: &'static str,
-    pub step: usize,
-    pub steps: usize,
-    pub tile: usize,
-    pub tiles: usize,
-    pub work: f64,
-}
-
-/// Estimated cost of each kind of network call, in GFLOP (forward passes at SD 1.5's size):
-/// what progress fractions and the ETA are weighted by.
-pub struct Work;
-
-impl Work {
-    /// RRDBNet 64/23 per input pixel.
-    pub const ESRGAN_PER_PIXEL: f64 = 0.036;
-    /// VAE encoder per image pixel, decoder per image pixel.
-    pub const ENCODE_PER_PIXEL: f64 = 0.004;
-    pub const DECODE_PER_PIXEL: f64 = 0.009;
-    /// ControlNet hint encoder per hint pixel.
-    pub const HINT_PER_PIXEL: f64 = 0.000_06;
-    /// UNet + ControlNet per latent position and sample (2158 GFLOP for 2 × 64²).
-    pub const UNET_PER_LATENT: f64 = 0.263;
-}
-
-/// ESRGAN passes to reach `canvas` from `size` (A1111: while smaller, at most 3).
-fn passes(size: (usize, usize), canvas: (usize, usize), scale: usize) -> usize {
-    let (mut w, mut h) = size;
-    let mut n = 0;
-    while (w < canvas.0 || h < canvas.1) && n < 3 && scale > 1 {
-        w *= scale;
-        h *= scale;
-        n += 1;
-    }
-    n
-}
-
-/// The estimated work of a stage on an input of `input` pixels, with the same weights the
-/// stage reports (the job's denominator for progress).
-pub fn planned_work(setup: &StageSetup<'_>, input: (usize, usize), upscaler_scale: usize) -> f64 {
-    planned_by_phase(setup, input, upscaler_scale)
-        .iter()
-        .map(|(_, work)| work)
-        .sum()
-}
-
-/// [`planned_work`] by phase, as the stage's events name them.
-pub fn planned_by_phase(
-    setup: &StageSetup<'_>,
-    input: (usize, usize),
-    upscaler_scale: usize,
-) -> [(&'static str, f64); 5] {
-    let (cw, ch) = setup.stage.canvas;
-    let mut upscale = 0.0;
-    let (mut w, mut h) = input;
-    for _ in 0..passes(input, setup.stage.canvas, upscaler_scale) {
-        upscale += (w * h) as f64 * Work::ESRGAN_PER_PIXEL;
-        w *= upscaler_scale;
-        h *= upscaler_scale;
-    }
-    let pixels = (cw * ch) as f64;
-    let tiles = setup.grid();
-    let per_eval: f64 = tiles
-        .iter()
-        .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
-        .sum();
-    [
-        ("upscale", upscale),
-        ("encode", pixels * Work::ENCODE_PER_PIXEL),
-        ("condition", pixels * Work::HINT_PER_PIXEL),
-        ("denoise", per_eval * setup.run().evaluations() as f64),
-        ("decode", pixels * Work::DECODE_PER_PIXEL),
-    ]
-}
-
 /// The networks a stage runs.
 pub struct StageNets<'a> {
     pub upscaler: &'a mut dyn PreUpscaler,
@@ -250,13 +172,39 @@ pub fn run_stage(
     report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
     on_latent: &mut dyn FnMut(&Array4<f32>),
 ) -> NetResult<Array3<f32>> {
+    // 1.–3. The canvas, the ControlNet's condition image and the encoded posterior.
+    let Encoded {
+        condition,
+        mean,
+        logvar,
+    } = encode_canvas(nets, input, setup, report)?;
+    // 4. The starting latent: from the posterior, with noise to the start σ.
+    let run = setup.run();
+    let x = starting_latent(mean, logvar, setup, &run, noise)?;
+    // 5. and 6. The stage's conditioning, handed to the networks once, then the sampler.
+    let x = denoise_canvas(nets, condition, x, setup, &run, noise, report)?;
+    // 7. Decode.
+    decode_canvas(nets, x, setup, &run, report, on_latent)
+}
+
+/// What the first steps of a stage give: the condition image and the posterior.
+struct Encoded {
+    condition: Array3<f32>,
+    mean: Array4<f32>,
+    logvar: Array4<f32>,
+}
+
+/// Steps 1–3: pre-upscale (ESRGAN while smaller than the canvas, then Lanczos to it), the
+/// ControlNet's condition image, and the VAE encode, or what an earlier job on the same input
+/// left of them.
+fn encode_canvas(
+    nets: &mut StageNets<'_>,
+    input: ArrayView3<f32>,
+    setup: &StageSetup<'_>,
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> NetResult<Encoded> {
     let (cw, ch) = setup.stage.canvas;
     let (lw, lh) = setup.latent_size();
-    let (upscaler, vae_net, unet) = (&mut *nets.upscaler, &mut *nets.vae, &mut *nets.unet);
-    let recovery = nets.recovery;
-
-    // 1. Pre-upscale (ESRGAN while smaller than the canvas, then Lanczos to it) and
-    // 3. encode, or what an earlier job on the same input left of them.
     let pixels = (cw * ch) as f64;
     let mut reuse = nets.reuse.as_deref_mut();
     if let Some(r) = reuse.as_deref_mut() {
@@ -270,14 +218,14 @@ pub fn run_stage(
     let mut skipped = 0.0;
     let image = match (needs_image, kept_image) {
         (true, None) => {
-            let image = pre_upscale(upscaler, input, (cw, ch), report)?;
+            let image = pre_upscale(&mut *nets.upscaler, input, (cw, ch), report)?;
             if let Some(r) = reuse.as_deref_mut() {
                 r.keep_image(&image);
             }
             Some(image)
         }
         (_, kept) => {
-            skipped += planned_pre_upscale(input.dim(), (cw, ch), upscaler.scale());
+            skipped += planned_pre_upscale(input.dim(), (cw, ch), nets.upscaler.scale());
             kept
         }
     };
@@ -296,7 +244,6 @@ pub fn run_stage(
         })?;
     }
 
-    // 2. The ControlNet's condition image.
     let condition = match setup.rules.condition {
         Condition::StageInput => control::condition_image(input, (cw, ch)),
         Condition::PreUpscaled => image.clone().expect("kept for the condition"),
@@ -306,20 +253,36 @@ pub fn run_stage(
         Some(latents) => latents,
         None => {
             let image = image.expect("computed when the latents are not kept");
-            let latents = encode(vae_net, image, setup, recovery, report)?;
+            let latents = encode(&mut *nets.vae, image, setup, nets.recovery, report)?;
             if let Some(r) = reuse {
                 r.keep_latents(&latents.0, &latents.1);
             }
             latents
         }
     };
-    let dims = [1, 4, lh, lw];
-    if mean.shape() != dims {
+    if mean.shape() != [1, 4, lh, lw] {
         return Err(StageError::Unexpected(format!(
             "the VAE encoded a {cw}×{ch} image to {:?}",
             mean.shape()
         )));
     }
+    Ok(Encoded {
+        condition,
+        mean,
+        logvar,
+    })
+}
+
+/// Step 4: the latent taken from the posterior by the preset's rule, scaled, with noise added
+/// to the start σ.
+fn starting_latent(
+    mean: Array4<f32>,
+    logvar: Array4<f32>,
+    setup: &StageSetup<'_>,
+    run: &Run,
+    noise: &mut dyn NoiseSource,
+) -> NetResult<ndarray::ArrayD<f32>> {
+    let dims: [usize; 4] = mean.dim().into();
     let mut z = match setup.rules.posterior {
         Posterior::Mean => mean,
         Posterior::Sample => {
@@ -332,9 +295,6 @@ pub fn run_stage(
         }
     };
     z.mapv_inplace(|v| v * LATENT_SCALE);
-
-    // 4. Noise to the start σ.
-    let run = setup.run();
     let mut x = z.into_dyn();
     if run.evaluations() > 0 {
         let eps = noise.noise(setup.index, NoisePurpose::Initial, &dims);
@@ -343,9 +303,21 @@ pub fn run_stage(
             .and(&eps)
             .for_each(|x, &e| *x += sigma * e);
     }
+    Ok(x)
+}
 
-    // 5. The stage's conditioning, handed to the networks once: text, residual scales and the
-    // hint embedding of every batch of tiles.
+/// Steps 5 and 6: the stage's conditioning (text, residual scales, the hint embedding of every
+/// batch of tiles) handed to the networks once, then the sampler's steps.
+fn denoise_canvas(
+    nets: &mut StageNets<'_>,
+    condition: Array3<f32>,
+    x: ndarray::ArrayD<f32>,
+    setup: &StageSetup<'_>,
+    run: &Run,
+    noise: &mut dyn NoiseSource,
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+) -> NetResult<ndarray::ArrayD<f32>> {
+    let (lw, lh) = setup.latent_size();
     let grid = setup.grid();
     let guidance = Guidance {
         tiles: &grid,
@@ -358,16 +330,37 @@ pub fn run_stage(
         uncond: setup.uncond,
         scales: control::residual_scales(setup.resemblance, setup.decay),
     };
+    let unet = &mut *nets.unet;
     unet.begin_stage(&conditioning)?;
     // What the networks keep for the stage goes at its end, whatever the end.
     let sampled = sample(
-        unet, condition, &guidance, &run, x, dims, setup, noise, recovery, report,
+        unet,
+        condition,
+        &guidance,
+        run,
+        x,
+        [1, 4, lh, lw],
+        setup,
+        noise,
+        nets.recovery,
+        report,
     );
     unet.end_stage();
-    let x = sampled?;
+    sampled
+}
 
-    // 7. Decode (the final latent is shown to `on_latent` first: the reference-parity test
-    // compares it).
+/// Step 7: the final latent decoded (shown to `on_latent` first: the reference-parity test
+/// compares it), in the VAE policy's pass, smaller ones when memory runs out.
+fn decode_canvas(
+    nets: &mut StageNets<'_>,
+    x: ndarray::ArrayD<f32>,
+    setup: &StageSetup<'_>,
+    run: &Run,
+    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
+    on_latent: &mut dyn FnMut(&Array4<f32>),
+) -> NetResult<Array3<f32>> {
+    let (cw, ch) = setup.stage.canvas;
+    let (lw, lh) = setup.latent_size();
     let mut latent = x.into_dimensionality::<ndarray::Ix4>().map_err(shape)?;
     let out_scale = run.output_scale as f32;
     latent.mapv_inplace(|v| v * out_scale);
@@ -381,9 +374,11 @@ pub fn run_stage(
         describe: &describe,
     };
     let mut vae_shrink = Shrink::default();
+    let pixels = (cw * ch) as f64;
     let mut progress = vae_progress("decode", pixels * Work::DECODE_PER_PIXEL, report);
+    let vae_net = &mut *nets.vae;
     let mut decoded: Array4<f32> =
-        retry_out_of_memory(recovery, &mut vae_shrink, &vae_size, |level| {
+        retry_out_of_memory(nets.recovery, &mut vae_shrink, &vae_size, |level| {
             vae_passes::decode(
                 vae_net,
                 latent.view(),
@@ -401,157 +396,6 @@ pub fn run_stage(
     } else {
         Ok(image.slice(s![.., ..oh, ..ow]).to_owned())
     }
-}
-
-/// Steps 5 and 6 of a stage: the hint embeddings, then the sampler's steps over
-/// MultiDiffusion evaluations; returns the final latent.
-///
-/// Out of accelerator memory, an evaluation is done again with fewer tiles per call (the
-/// result does not depend on it: the hints are embedded again for the smaller batches), then
-/// with the failing network on the CPU.
-#[allow(clippy::too_many_arguments)]
-fn sample(
-    unet: &mut dyn ControlledUnet,
-    condition: Array3<f32>,
-    guidance: &Guidance<'_>,
-    run: &Run,
-    mut x: ndarray::ArrayD<f32>,
-    dims: [usize; 4],
-    setup: &StageSetup<'_>,
-    noise: &mut dyn NoiseSource,
-    recovery: &dyn Recovery,
-    report: &mut dyn FnMut(Event) -> Result<(), Cancelled>,
-) -> NetResult<ndarray::ArrayD<f32>> {
-    let grid = guidance.tiles;
-    let hint_pixels = (condition.shape()[1] * condition.shape()[2]) as f64 / grid.len() as f64;
-    let mut hint_shrink = Shrink::default();
-    embed_hints(
-        unet,
-        condition.view(),
-        grid,
-        guidance.batch,
-        recovery,
-        &mut hint_shrink,
-        &mut |range| {
-            report(Event {
-                phase: "condition",
-                step: 1,
-                steps: 1,
-                tile: range.end,
-                tiles: grid.len(),
-                work: range.len() as f64 * hint_pixels * Work::HINT_PER_PIXEL,
-            })
-        },
-    )?;
-    // The condition image is kept while a smaller batch may need its hints again (and the
-    // configured one again once a network has moved to the CPU).
-    let condition = (guidance.batch > 1).then_some(condition);
-    let mut embedded_for = guidance.batch;
-
-    // 6. The sampler's steps, each over one MultiDiffusion evaluation.
-    let steps = run.evaluations();
-    let eval_work: f64 = grid
-        .iter()
-        .map(|t| 2.0 * (t.w * t.h) as f64 * Work::UNET_PER_LATENT)
-        .sum();
-    let describe = |level: u32| {
-        let b = (guidance.batch >> level).max(1);
-        format!("{b} tile{} per call", if b == 1 { "" } else { "s" })
-    };
-    let batch_size = Shrinkable {
-        levels: guidance.batch.max(1).ilog2(),
-        describe: &describe,
-    };
-    let mut batch_shrink = Shrink::default();
-    let mut state = SamplerState::new(setup.update);
-    for i in 0..steps {
-        let (sigma, next) = (run.sigmas[i], run.sigmas[i + 1]);
-        let x4 = x
-            .view()
-            .into_dimensionality::<ndarray::Ix4>()
-            .map_err(shape)?;
-        let mut reached = 0.0;
-        let d = retry_out_of_memory(recovery, &mut batch_shrink, &batch_size, |level| {
-            let g = Guidance {
-                batch: (guidance.batch >> level).max(1),
-                ..*guidance
-            };
-            if g.batch != embedded_for {
-                let image = condition
-                    .as_ref()
-                    .ok_or_else(|| StageError::Unexpected("the condition image is gone".into()))?;
-                embed_hints(
-                    unet,
-                    image.view(),
-                    grid,
-                    g.batch,
-                    recovery,
-                    &mut hint_shrink,
-                    &mut |_| Ok(()),
-                )?;
-                embedded_for = g.batch;
-            }
-            let calls = denoise::calls_per_evaluation(&g);
-            let mut done = 0;
-            denoise::denoise(unet, x4, sigma, run.timesteps[i], &g, &mut || {
-                done += 1;
-                let fraction = done as f64 / calls as f64;
-                let work = eval_work * (fraction - reached).max(0.0);
-                reached = fraction.max(reached);
-                report(Event {
-                    phase: "denoise",
-                    step: i + 1,
-                    steps,
-                    tile: (done * grid.len()).div_ceil(calls),
-                    tiles: grid.len(),
-                    work,
-                })
-            })
-        })?;
-        let xi = (setup.update.is_stochastic() && next > 0.0)
-            .then(|| noise.noise(setup.index, NoisePurpose::Step(i), &dims));
-        state.step(
-            &mut x,
-            d.into_dyn(),
-            sigma,
-            next,
-            xi.as_ref().map(|n| n.view()),
-        );
-    }
-    Ok(x)
-}
-
-/// Embeds the hints of `grid` in batches of `batch` tiles for the stage; `on_batch` follows
-/// each batch. The hint encoder has no size to shrink: out of memory, it goes to the CPU.
-#[allow(clippy::too_many_arguments)]
-fn embed_hints(
-    unet: &mut dyn ControlledUnet,
-    condition: ArrayView3<f32>,
-    grid: &[LatentTile],
-    batch: usize,
-    recovery: &dyn Recovery,
-    shrink: &mut Shrink,
-    on_batch: &mut dyn FnMut(std::ops::Range<usize>) -> Result<(), Cancelled>,
-) -> NetResult<()> {
-    for (index, (range, hints)) in denoise::hint_batches(condition, grid, batch).enumerate() {
-        retry_out_of_memory(recovery, shrink, &Shrinkable::FIXED, |_| {
-            unet.embed_hints(index, hints.view())
-        })?;
-        on_batch(range)?;
-    }
-    Ok(())
-}
-
-/// The estimated work of the pre-upscale of an input of `input` (`[3, H, W]`) to `canvas`.
-fn planned_pre_upscale(input: (usize, usize, usize), canvas: (usize, usize), scale: usize) -> f64 {
-    let (_, mut h, mut w) = input;
-    let mut work = 0.0;
-    for _ in 0..passes((w, h), canvas, scale) {
-        work += (w * h) as f64 * Work::ESRGAN_PER_PIXEL;
-        w *= scale;
-        h *= scale;
-    }
-    work
 }
 
 /// ESRGAN while the image is smaller than the canvas (at most three passes), then Lanczos to
@@ -658,6 +502,13 @@ fn vae_progress<'a>(
 fn shape(e: ndarray::ShapeError) -> StageError {
     StageError::Unexpected(format!("latent shape: {e}"))
 }
+
+mod sample;
+mod work;
+
+use sample::sample;
+pub use work::{Event, Work, planned_by_phase, planned_work};
+use work::{passes, planned_pre_upscale};
 
 #[cfg(test)]
 mod tests;
