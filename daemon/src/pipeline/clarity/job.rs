@@ -8,15 +8,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{Array3, Array4, ArrayView2};
+use ndarray::{Array2, Array3};
 use tessera_protocol::{ErrorInfo, ErrorKind, Image, JobParams, ModelKind, Preset, StageTiming};
 
 use super::model_set::{EsrganUpscaler, LoraChoice, ModelSet, SetKey, StampedFile};
-use super::network_traits::{NetResult, StageError};
+use super::network_traits::StageError;
 use super::params;
 use super::preview::{self, LatentWindow, WindowNoise};
-use super::stage::{self, Event, PreUpscaler, Rules, StageNets, StageSetup};
-use super::stage_plan::{self, Stage};
+use super::stage::{Event, PreUpscaler, StageNets};
+use super::stage_plan;
 use super::text::TextError;
 use super::tile_batch;
 use super::vae_passes::{VaePolicy, VaeRule, VaeTiling};
@@ -36,115 +36,11 @@ use crate::pipeline::pixels::{self, PixelFormat, Planar};
 use crate::pipeline::resize;
 use crate::pipeline::sampling::Update;
 use crate::pipeline::sampling::noise::{NoiseSource, SeededNoise};
-use crate::pipeline::sampling::schedule::{self, Schedule, Training};
+use crate::pipeline::sampling::schedule;
 use crate::pipeline::upscale::{self, Upscaler};
-use crate::store::{DataDir, registry};
+use crate::store::{DataDir, ModelFile, registry};
 
-/// What every stage of a job shares.
-pub struct JobSetup<'a> {
-    pub rules: Rules,
-    pub schedule: Schedule,
-    pub update: Update,
-    pub tile: (usize, usize),
-    pub batch: usize,
-    pub cond: ArrayView2<'a, f32>,
-    pub uncond: ArrayView2<'a, f32>,
-    pub cfg: f32,
-    pub resemblance: f32,
-    pub decay: f32,
-    pub vae: VaePolicy,
-}
-
-impl JobSetup<'_> {
-    fn stage<'s>(&'s self, plan: &'s [Stage], index: usize) -> StageSetup<'s> {
-        StageSetup {
-            stage: &plan[index],
-            index,
-            stages: plan.len(),
-            rules: self.rules,
-            schedule: &self.schedule,
-            update: self.update,
-            tile: self.tile,
-            batch: self.batch,
-            cond: self.cond,
-            uncond: self.uncond,
-            cfg: self.cfg,
-            resemblance: self.resemblance,
-            decay: self.decay,
-            vae: self.vae,
-        }
-    }
-
-    /// [`JobSetup::planned_work`] by phase.
-    pub fn planned_by_phase(
-        &self,
-        plan: &[Stage],
-        input: (usize, usize),
-        upscaler_scale: usize,
-    ) -> Vec<(&'static str, f64)> {
-        let mut size = input;
-        let mut phases = Vec::new();
-        for index in 0..plan.len() {
-            phases.extend(stage::planned_by_phase(
-                &self.stage(plan, index),
-                size,
-                upscaler_scale,
-            ));
-            size = plan[index].output;
-        }
-        phases
-    }
-
-    /// The estimated work of all stages from an input of `input` pixels.
-    pub fn planned_work(
-        &self,
-        plan: &[Stage],
-        input: (usize, usize),
-        upscaler_scale: usize,
-    ) -> f64 {
-        let mut size = input;
-        let mut total = 0.0;
-        for index in 0..plan.len() {
-            total += stage::planned_work(&self.stage(plan, index), size, upscaler_scale);
-            size = plan[index].output;
-        }
-        total
-    }
-}
-
-/// Runs every stage of `plan` on `input` (`[3, H, W]`, 0..1); `report(stage, event)` follows
-/// every network call, `on_latent(stage, latent)` sees each stage's final latent.
-pub fn run_stages(
-    nets: &mut StageNets<'_>,
-    input: Array3<f32>,
-    plan: &[Stage],
-    setup: &JobSetup<'_>,
-    noise: &mut dyn NoiseSource,
-    report: &mut dyn FnMut(usize, Event) -> Result<(), Cancelled>,
-    on_latent: &mut dyn FnMut(usize, &Array4<f32>),
-) -> NetResult<Array3<f32>> {
-    let mut image = input;
-    for index in 0..plan.len() {
-        let stage_setup = setup.stage(plan, index);
-        image = stage::run_stage(
-            nets,
-            image.view(),
-            &stage_setup,
-            noise,
-            &mut |e| report(index, e),
-            &mut |l| on_latent(index, l),
-        )?;
-    }
-    Ok(image)
-}
-
-/// The rules of a preset.
-pub fn rules(preset: Preset) -> Rules {
-    match preset {
-        Preset::Refiners => Rules::REFINERS,
-        _ => Rules::CLARITY,
-    }
-}
+pub use super::job_setup::{JobSetup, rules, run_stages, training};
 
 /// Runs every job on the engine thread: diffusion jobs here, the others by the upscaler.
 pub struct ClarityRunner {
@@ -155,15 +51,6 @@ pub struct ClarityRunner {
     models: Option<ModelSet>,
     warm_up: Option<WarmUpHandle>,
     reuse: ReuseCache,
-}
-
-/// The training σ table a preset samples with: A1111 1.7's fp16 one for Clarity (its fork
-/// halves the whole model), the float64 one for the Refiners library.
-pub fn training(preset: Preset) -> Training {
-    match preset {
-        Preset::Refiners => Training::sd15(),
-        _ => Training::sd15_half(),
-    }
 }
 
 fn stage_error(e: StageError) -> ErrorInfo {
@@ -383,6 +270,9 @@ impl ClarityRunner {
         Ok(output)
     }
 
+    /// A diffusion job: 1. the models loaded (or found warm), 2. the prompts encoded, 3. the
+    /// stage plan and what its stages share, 4. the stages run with progress and time left,
+    /// 5. the result composed (sharpened, alpha re-attached, the input's pixel format).
     fn diffuse(
         &mut self,
         image: Image,
@@ -390,7 +280,6 @@ impl ClarityRunner {
         progress: &mut dyn ProgressSink,
         windows: Option<&[LatentWindow]>,
     ) -> Result<JobOutput, ErrorInfo> {
-        let cancelled = |_| ErrorInfo::new(ErrorKind::Cancelled, "the job was cancelled");
         let mut timings = Timings::new();
         progress
             .report(Step {
@@ -404,35 +293,20 @@ impl ClarityRunner {
                 fraction: 0.0,
             })
             .map_err(cancelled)?;
-        let upscaler_file = upscale::resolve_model(&self.data_dir, &self.config, params)?;
-        let key = self.set_key(params)?;
         let format = PixelFormat::of(&image);
         let (tw, th) = upscale::output_size(image.width, image.height, params.scale);
         let (tw, th) = (tw as usize, th as usize);
         let input = pixels::to_planar(&image);
         drop(image);
         let (iw, ih) = (input.width(), input.height());
-        self.upscaler.network(&upscaler_file)?;
-        let engine = self.engine.clone();
-        // What an earlier large job set aside and could not warm again (it failed) comes back.
-        self.model_set(key)?
-            .warm(&engine)
-            .map_err(|e| load_error(ModelError::Runtime(e)))?;
+
+        // 1. Models.
+        let upscaler_file = self.load_models(params)?;
         timings.lap("load");
-
-        let emphasis = params.preset != Preset::Refiners;
-        let models = self.models.as_mut().expect("loaded above");
-        // Out of accelerator memory, the text encoder moves to the CPU (it has no tiles).
-        let mut encode = |prompt: &str| {
-            retry_out_of_memory(&*engine, &mut Shrink::default(), &Shrinkable::FIXED, |_| {
-                models.text.conditioning(prompt, emphasis)
-            })
-            .map_err(|e| stage_error(e.into()))
-        };
-        let cond = encode(&params.prompt)?;
-        let uncond = encode(&params.negative_prompt)?;
+        // 2. Prompts.
+        let (cond, uncond) = self.encode_prompts(params)?;
         timings.lap("text");
-
+        // 3. The plan and what its stages share.
         let plan = stage_plan::plan(
             (iw, ih),
             (tw, th),
@@ -442,50 +316,23 @@ impl ClarityRunner {
             params.seed,
             params.preset == Preset::Refiners,
         );
-        let d = &self.config.diffusion;
-        let vae = VaePolicy {
-            rule: match params.preset {
-                Preset::Refiners => VaeRule::Bounded,
-                _ => VaeRule::Clarity,
-            },
-            // Clarity's VAE passes need no memory estimate on an accelerator.
-            accelerator: crate::nets::precision::accelerated(engine.execution_providers()),
-            budget: d.vae_memory_budget,
-            bounded: VaeTiling::new(d.vae_encoder_tile, d.vae_decoder_tile),
-        };
+        let engine = self.engine.clone();
+        let vae = self.vae_policy(params.preset);
+        let models = self.models.as_mut().expect("loaded above");
         // A job whose VAE goes in tiles is large: its memory peak is in the tiles, so the
         // text encoder, done with once the prompts are encoded, gives its memory back until
         // the job is over (the VAE's tiled passes do the same with the plain VAE graphs).
-        let large = plan
+        if plan
             .last()
-            .is_some_and(|s| vae.tiles(s.canvas.0, s.canvas.1));
-        if large {
+            .is_some_and(|s| vae.tiles(s.canvas.0, s.canvas.1))
+        {
             models.text.set_aside(&engine);
         }
-        let models_precision = models.key.precisions.unet;
-        let setup = JobSetup {
-            rules: rules(params.preset),
-            schedule: schedule::full(
-                params.sampler,
-                params.steps as usize,
-                &training(params.preset),
-            ),
-            update: Update::of(params.sampler),
-            tile: (params.tile_width as usize, params.tile_height as usize),
-            batch: tile_batch::resolve(
-                d.tile_batch,
-                engine.execution_providers(),
-                models_precision,
-                (params.tile_width as usize, params.tile_height as usize),
-            ),
-            cond: cond.view(),
-            uncond: uncond.view(),
-            cfg: params.dynamic,
-            resemblance: params.resemblance,
-            decay: params.decay,
-            vae,
-        };
+        let setup = self.job_setup(params, &cond, &uncond, vae);
+
+        // 4. The stages, with progress and the time left.
         let tiling = self.config.upscale.tiling();
+        let models = self.models.as_mut().expect("loaded above");
         let makers = Makers {
             upscaler: format!("{:?} {tiling:?}", StampedFile::of(&upscaler_file.path)),
             vae: format!(
@@ -512,7 +359,6 @@ impl ClarityRunner {
         );
         progress.time_left(estimator.seconds_left().map(|s| s as f32));
         let stages_count = plan.len() as u32;
-        let models = self.models.as_mut().expect("loaded above");
         let mut done = 0.0;
         let mut phase = "";
         // Every event reports the network call that just finished, so the time since the last
@@ -556,27 +402,15 @@ impl ClarityRunner {
         )
         .map_err(stage_error)?;
         timings.lap(phase);
-        let mut rates = estimator.history().clone();
-        estimator.teach(&mut rates);
-        if let Err(e) = rates.save(&rates_path) {
-            tracing::warn!(
-                "cannot keep the job's rates in {}: {e}",
-                rates_path.display()
-            );
-        }
+        keep_rates(&estimator, &rates_path);
         // The next job starts warm (a no-op unless this job set sessions aside); this one has
         // its result whatever happens here.
         if let Err(e) = models.warm(&engine) {
             tracing::warn!("the sessions a large job set aside could not be created again: {e}");
         }
 
-        let mut rgb = rgb;
-        filters::sharpen(&mut rgb, params.sharpen);
-        let alpha = input
-            .alpha
-            .as_ref()
-            .map(|a| resize::lanczos_plane(a.view(), tw, th));
-        let result = pixels::from_planar(&Planar { rgb, alpha }, format);
+        // 5. The result.
+        let result = compose_result(rgb, input.alpha, params.sharpen, (tw, th), format);
         timings.lap("finish");
         progress
             .report(Step {
@@ -596,6 +430,120 @@ impl ClarityRunner {
             timings: timings.laps,
         })
     }
+
+    /// Step 1 of a job: the upscaler and the model set, loaded or found warm (what an earlier
+    /// large job set aside and could not warm again, because it failed, comes back).
+    fn load_models(&mut self, params: &JobParams) -> Result<ModelFile, ErrorInfo> {
+        let upscaler_file = upscale::resolve_model(&self.data_dir, &self.config, params)?;
+        let key = self.set_key(params)?;
+        self.upscaler.network(&upscaler_file)?;
+        let engine = self.engine.clone();
+        self.model_set(key)?
+            .warm(&engine)
+            .map_err(|e| load_error(ModelError::Runtime(e)))?;
+        Ok(upscaler_file)
+    }
+
+    /// Step 2: the prompt and the negative prompt as conditionings (cached by the text side).
+    /// Out of accelerator memory, the text encoder moves to the CPU (it has no tiles).
+    fn encode_prompts(
+        &mut self,
+        params: &JobParams,
+    ) -> Result<(Array2<f32>, Array2<f32>), ErrorInfo> {
+        let emphasis = params.preset != Preset::Refiners;
+        let engine = self.engine.clone();
+        let models = self.models.as_mut().expect("loaded before the prompts");
+        let mut encode = |prompt: &str| {
+            retry_out_of_memory(&*engine, &mut Shrink::default(), &Shrinkable::FIXED, |_| {
+                models.text.conditioning(prompt, emphasis)
+            })
+            .map_err(|e| stage_error(e.into()))
+        };
+        Ok((encode(&params.prompt)?, encode(&params.negative_prompt)?))
+    }
+
+    /// How the job's VAE passes run: the preset's rule, within the configured budget.
+    fn vae_policy(&self, preset: Preset) -> VaePolicy {
+        let d = &self.config.diffusion;
+        VaePolicy {
+            rule: match preset {
+                Preset::Refiners => VaeRule::Bounded,
+                _ => VaeRule::Clarity,
+            },
+            // Clarity's VAE passes need no memory estimate on an accelerator.
+            accelerator: crate::nets::precision::accelerated(self.engine.execution_providers()),
+            budget: d.vae_memory_budget,
+            bounded: VaeTiling::new(d.vae_encoder_tile, d.vae_decoder_tile),
+        }
+    }
+
+    /// Step 3: what every stage of the job shares.
+    fn job_setup<'a>(
+        &self,
+        params: &JobParams,
+        cond: &'a Array2<f32>,
+        uncond: &'a Array2<f32>,
+        vae: VaePolicy,
+    ) -> JobSetup<'a> {
+        let tile = (params.tile_width as usize, params.tile_height as usize);
+        let precision = self
+            .models
+            .as_ref()
+            .expect("loaded before the setup")
+            .key
+            .precisions
+            .unet;
+        JobSetup {
+            rules: rules(params.preset),
+            schedule: schedule::full(
+                params.sampler,
+                params.steps as usize,
+                &training(params.preset),
+            ),
+            update: Update::of(params.sampler),
+            tile,
+            batch: tile_batch::resolve(
+                self.config.diffusion.tile_batch,
+                self.engine.execution_providers(),
+                precision,
+                tile,
+            ),
+            cond: cond.view(),
+            uncond: uncond.view(),
+            cfg: params.dynamic,
+            resemblance: params.resemblance,
+            decay: params.decay,
+            vae,
+        }
+    }
+}
+
+fn cancelled(_: Cancelled) -> ErrorInfo {
+    ErrorInfo::new(ErrorKind::Cancelled, "the job was cancelled")
+}
+
+/// Keeps what the job taught the time-left estimate for the next job; a failure costs only
+/// the next job's estimate.
+fn keep_rates(estimator: &Estimator, path: &std::path::Path) {
+    let mut rates = estimator.history().clone();
+    estimator.teach(&mut rates);
+    if let Err(e) = rates.save(path) {
+        tracing::warn!("cannot keep the job's rates in {}: {e}", path.display());
+    }
+}
+
+/// Step 5: the stages' output sharpened, the alpha (upscaled apart, Lanczos) re-attached, in
+/// the input's pixel format.
+fn compose_result(
+    mut rgb: Array3<f32>,
+    alpha: Option<Array2<f32>>,
+    sharpen: f32,
+    (tw, th): (usize, usize),
+    format: PixelFormat,
+) -> Image {
+    filters::sharpen(&mut rgb, sharpen);
+    let alpha = alpha.map(|a| resize::lanczos_plane(a.view(), tw, th));
+    pixels::from_planar(&Planar { rgb, alpha }, format)
 }
 
 impl JobRunner for ClarityRunner {

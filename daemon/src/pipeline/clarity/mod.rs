@@ -7,6 +7,7 @@ pub mod control;
 pub mod controlled_unet;
 pub mod denoise;
 pub mod job;
+pub mod job_setup;
 pub mod model_set;
 pub mod network_traits;
 pub mod params;
