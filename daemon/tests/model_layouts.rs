@@ -45,7 +45,7 @@ fn layout(name: &str) -> PathBuf {
 fn options() -> SdOptions<'static> {
     SdOptions {
         precision: Precision::F32,
-        hyper: Some(TINY),
+        config: Some(TINY),
         patch: None,
     }
 }

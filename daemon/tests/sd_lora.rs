@@ -22,7 +22,7 @@ fn unet_with_lora(file: &str, multiplier: f32, cache: &Path) -> (CompiledUnet, s
     assert!(!patch.is_empty());
     let options = SdOptions {
         precision: Precision::F32,
-        hyper: Some(TINY),
+        config: Some(TINY),
         patch: Some(&patch),
     };
     let compiled = CompiledUnet::compile(&net, cache, &options).unwrap();
@@ -390,7 +390,7 @@ fn kohya_keys_in_ldm_block_numbering_fuse_the_same() {
     assert_eq!(patch.patched().count(), 12);
     let options = SdOptions {
         precision: Precision::F32,
-        hyper: Some(TINY),
+        config: Some(TINY),
         patch: Some(&patch),
     };
     let compiled = CompiledUnet::compile(&net, dir.path(), &options).unwrap();

@@ -11,16 +11,16 @@ use tessera::nets::controlnet::{CompiledControlNet, ControlNet};
 use tessera::nets::sd::{Precision, SdOptions};
 use tessera::nets::unet::{CompiledUnet, Unet};
 use tessera::nets::vae::CompiledVae;
-use tessera::weights::sd::{self, Layout, SdHyper};
+use tessera::weights::sd::{self, DiffusersConfig, Layout};
 
 const TOLERANCE: f32 = 1e-4;
 /// fp16 graphs against the fp32 reference, relative to the output's largest magnitude.
 const FP16_RELATIVE: f32 = 3e-2;
 
-fn options(precision: Precision, hyper: Option<SdHyper>) -> SdOptions<'static> {
+fn options(precision: Precision, config: Option<DiffusersConfig>) -> SdOptions<'static> {
     SdOptions {
         precision,
-        hyper,
+        config,
         patch: None,
     }
 }
@@ -53,13 +53,14 @@ fn check(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>, precision: Precision
 
 fn run_unet(
     path: &str,
-    hyper: Option<SdHyper>,
+    declared: Option<DiffusersConfig>,
     precision: Precision,
     residuals: bool,
 ) -> ArrayD<f32> {
     let net = sd::unet(&sd_fixture(path)).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let compiled = CompiledUnet::compile(&net, cache.path(), &options(precision, hyper)).unwrap();
+    let compiled =
+        CompiledUnet::compile(&net, cache.path(), &options(precision, declared)).unwrap();
     let mut unet = Unet::new(compiled);
     let (x, t, c) = unet_inputs();
     let r = residuals.then(residual_inputs);
@@ -92,7 +93,7 @@ fn unet_from_a_diffusers_folder_reads_its_config() {
     let net = sd::unet(&sd_fixture("tiny-diffusers")).unwrap();
     assert_eq!(net.layout, Layout::Diffusers);
     assert_eq!(
-        net.config_hyper,
+        net.config,
         Some(TINY),
         "heads and groups from unet/config.json"
     );
@@ -109,7 +110,7 @@ fn unet_from_a_diffusers_folder_reads_its_config() {
 fn vae_in_every_layout_matches_diffusers() {
     let image = sd_reference("vae.image");
     let latent = sd_reference("vae.latent");
-    for (path, tag, hyper) in [
+    for (path, tag, declared) in [
         ("tiny-ldm.safetensors", "ldm", Some(TINY)),
         ("tiny-diffusers", "diffusers", None),
         ("tiny-vae-bf16.safetensors", "bf16", Some(TINY)),
@@ -117,7 +118,8 @@ fn vae_in_every_layout_matches_diffusers() {
         for precision in [Precision::F32, Precision::F16] {
             let net = sd::vae(&sd_fixture(path)).unwrap();
             let cache = tempfile::tempdir().unwrap();
-            let vae = CompiledVae::compile(&net, cache.path(), &options(precision, hyper)).unwrap();
+            let vae =
+                CompiledVae::compile(&net, cache.path(), &options(precision, declared)).unwrap();
             let enc = engine().session(&vae.encoder).unwrap();
             let out = tessera::nets::sd::run(
                 &enc,
@@ -160,7 +162,7 @@ fn vae_in_every_layout_matches_diffusers() {
 fn controlnet_in_both_layouts_full_and_split_matches_diffusers() {
     let (x, t, c) = unet_inputs();
     let hint = hint_image(2, 64, 128);
-    for (path, tag, hyper) in [
+    for (path, tag, declared) in [
         ("tiny-controlnet.pth", "ldm", Some(TINY)),
         ("tiny-controlnet-fp16.safetensors", "fp16", Some(TINY)),
         ("tiny-controlnet-diffusers", "fp16", None),
@@ -169,7 +171,7 @@ fn controlnet_in_both_layouts_full_and_split_matches_diffusers() {
             let net = sd::controlnet(&sd_fixture(path)).unwrap();
             let cache = tempfile::tempdir().unwrap();
             let compiled =
-                CompiledControlNet::compile(&net, cache.path(), &options(precision, hyper))
+                CompiledControlNet::compile(&net, cache.path(), &options(precision, declared))
                     .unwrap();
             let names = compiled.output_names();
             let mut cn = ControlNet::new(engine(), compiled).unwrap();

@@ -42,7 +42,7 @@ fn fixture(name: &str) -> PathBuf {
 fn networks(cache: &std::path::Path, precision: Precision) -> (Unet, ControlNet) {
     let options = SdOptions {
         precision,
-        hyper: None,
+        config: None,
         patch: None,
     };
     let unet = CompiledUnet::compile(

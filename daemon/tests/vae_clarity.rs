@@ -59,7 +59,7 @@ fn vae() -> SdVae {
     let net = sd::vae(&sd_fixture("tiny-diffusers")).unwrap();
     let options = SdOptions {
         precision: Precision::F32,
-        hyper: Some(TINY),
+        config: Some(TINY),
         patch: None,
     };
     let compiled = CompiledVae::compile(&net, cache.path(), &options).unwrap();

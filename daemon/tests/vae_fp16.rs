@@ -72,7 +72,7 @@ fn compile(path: &Path, cache: &Path, precision: Precision) -> CompiledVae {
     let net = sd::vae(path).unwrap();
     let options = SdOptions {
         precision,
-        hyper: Some(TINY),
+        config: Some(TINY),
         patch: None,
     };
     CompiledVae::compile(&net, cache, &options).unwrap()

@@ -76,7 +76,7 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
     let cache = tempfile::tempdir().unwrap();
     let options = SdOptions {
         precision: Precision::F32,
-        hyper: Some(TINY),
+        config: Some(TINY),
         patch: None,
     };
     let compiled = CompiledVae::compile(&net, cache.path(), &options).unwrap();
@@ -162,7 +162,7 @@ fn the_cut_encoder_holds_its_sessions_only_while_a_colour_fixed_pass_runs() {
     let cache = tempfile::tempdir().unwrap();
     let options = SdOptions {
         precision: Precision::F32,
-        hyper: Some(TINY),
+        config: Some(TINY),
         patch: None,
     };
     let compiled = CompiledVae::compile(&net, cache.path(), &options).unwrap();

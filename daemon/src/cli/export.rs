@@ -8,7 +8,7 @@ use super::launch::Target;
 use crate::nets::export::{ExportOptions, export};
 use crate::nets::sd::Precision;
 use crate::store;
-use crate::weights::sd::SdHyper;
+use crate::weights::sd::DiffusersConfig;
 
 pub fn export_onnx(target: &Target, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let dir = store::DataDir::open(&target.data_dir.path)?;
@@ -17,12 +17,12 @@ pub fn export_onnx(target: &Target, args: &ExportArgs) -> anyhow::Result<ExitCod
         .iter()
         .map(|s| parse_lora(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let hyper = match (args.attention_heads, args.norm_groups) {
-        (Some(attention_heads), Some(norm_groups)) => Some(SdHyper {
+    let config = match (args.attention_heads, args.norm_groups) {
+        (None, None) => None,
+        (attention_heads, norm_groups) => Some(DiffusersConfig {
             attention_heads,
             norm_groups,
         }),
-        _ => None,
     };
     let options = ExportOptions {
         checkpoint: args.checkpoint.clone(),
@@ -35,7 +35,7 @@ pub fn export_onnx(target: &Target, args: &ExportArgs) -> anyhow::Result<ExitCod
         } else {
             Precision::F32
         },
-        hyper,
+        config,
         skip_text_encoder: args.no_text_encoder,
         out_dir: args.out_dir.clone(),
         cache_dir: dir.cache(),

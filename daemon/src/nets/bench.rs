@@ -78,7 +78,9 @@ impl ModelSize {
             block_channels: self.unet_channels().to_vec(),
             layers_per_block: 2,
             attention: ATTENTION.to_vec(),
+            up_attention: ATTENTION.iter().rev().copied().collect(),
             context_dim: self.text_width,
+            ..UnetConfig::sd15()
         }
     }
 }

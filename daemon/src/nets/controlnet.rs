@@ -30,11 +30,12 @@ use super::unet::{UnetConfig, common_inputs, encoder_half, latent_dims, residual
 use crate::engine::binding::{self, BoundCall, Resident, Traffic};
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::onnx::{Conv2d, Dim, ElemType, Value};
-use crate::weights::sd::{NetWeights, SdHyper};
+use crate::weights::sd::{DiffusersConfig, NetWeights};
 use crate::weights::{SourceTensor, TensorMap, WeightType, Weights, WeightsError};
 
-/// A ControlNet's shape: its UNet encoder half plus the hint encoder's widths.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A ControlNet's configuration: its UNet encoder half plus the hint encoder's widths
+/// (diffusers' `conditioning_channels` and `conditioning_embedding_out_channels`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct ControlNetConfig {
     pub unet: UnetConfig,
     /// Input channels of the hint (3).
@@ -43,9 +44,34 @@ pub struct ControlNetConfig {
     pub hint_widths: Vec<usize>,
 }
 
+impl Default for ControlNetConfig {
+    fn default() -> ControlNetConfig {
+        ControlNetConfig::sd15()
+    }
+}
+
 impl ControlNetConfig {
-    pub fn infer(w: &TensorMap<SourceTensor>) -> Result<ControlNetConfig, WeightsError> {
-        let unet = UnetConfig::infer(w)?;
+    /// An SD 1.5 ControlNet (e.g. ControlNet 1.1 tile).
+    pub fn sd15() -> ControlNetConfig {
+        ControlNetConfig {
+            unet: UnetConfig {
+                out_channels: 0,
+                up_attention: Vec::new(),
+                ..UnetConfig::sd15()
+            },
+            hint_channels: 3,
+            hint_widths: vec![16, 32, 96, 256],
+        }
+    }
+
+    /// Reads the configuration from the canonical tensors' shapes once (see
+    /// [`UnetConfig::from_weights`] for `declared`), and checks that every residual has its
+    /// zero convolution.
+    pub fn from_weights(
+        w: &TensorMap<SourceTensor>,
+        declared: &DiffusersConfig,
+    ) -> Result<ControlNetConfig, WeightsError> {
+        let unet = UnetConfig::from_weights(w, declared)?;
         let emb = w.scope("controlnet_cond_embedding");
         let conv_in = emb.get("conv_in.weight")?;
         let blocks = emb.scope("blocks").count_indexed();
@@ -74,14 +100,19 @@ impl ControlNetConfig {
     }
 }
 
-/// The hint encoder: conv → SiLU, then per stage a conv and a stride-2 conv (each → SiLU),
-/// then the zero-initialised `conv_out` to the UNet's width.
-fn cond_embedding(net: &mut SdNet, hint: &Value, w: &Weights) -> Result<Value, WeightsError> {
+/// The hint encoder: conv → SiLU, then per further stage a conv and a stride-2 conv (each →
+/// SiLU), then the zero-initialised `conv_out` to the UNet's width.
+fn cond_embedding(
+    net: &mut SdNet,
+    config: &ControlNetConfig,
+    hint: &Value,
+    w: &Weights,
+) -> Result<Value, WeightsError> {
     let emb = w.scope("controlnet_cond_embedding");
     let h = net.conv(hint, &emb.scope("conv_in"), Conv2d::padded(1))?;
     let mut h = net.silu(&h);
     let blocks = emb.scope("blocks");
-    for k in 0..blocks.count_indexed() {
+    for k in 0..2 * (config.hint_widths.len() - 1) {
         let attrs = if k % 2 == 1 {
             Conv2d::strided(1, 2)
         } else {
@@ -117,24 +148,23 @@ impl ControlNetGraph {
 pub fn build_graph(
     config: &ControlNetConfig,
     w: &Weights,
-    hyper: SdHyper,
     weight_type: WeightType,
     which: ControlNetGraph,
 ) -> Result<crate::onnx::Graph, WeightsError> {
-    let mut net = SdNet::new(which.name(), weight_type, hyper);
+    let mut net = SdNet::new(which.name(), weight_type, config.unet.norm_groups);
     let embedding_width = config.unet.block_channels[0];
     if which == ControlNetGraph::CondEncoder {
         let hint = net.input(
             "controlnet_cond",
             &nchw(config.hint_channels, "image_height", "image_width"),
         );
-        let emb = cond_embedding(&mut net, &hint, w)?;
+        let emb = cond_embedding(&mut net, config, &hint, w)?;
         net.output(
             "controlnet_cond_embedding",
             &emb,
             &latent_dims(embedding_width, 1),
         );
-        return Ok(net.g);
+        return Ok(net.finish());
     }
     let (sample, temb, context) = common_inputs(&mut net, &config.unet, w)?;
     let emb = if which == ControlNetGraph::Full {
@@ -142,7 +172,7 @@ pub fn build_graph(
             "controlnet_cond",
             &nchw(config.hint_channels, "image_height", "image_width"),
         );
-        cond_embedding(&mut net, &hint, w)?
+        cond_embedding(&mut net, config, &hint, w)?
     } else {
         net.input(
             "controlnet_cond_embedding",
@@ -167,7 +197,7 @@ pub fn build_graph(
         match &scales {
             // In f32, as the host multiplied the f32 outputs before.
             Some(scales) => {
-                let r = net.g.convert(r, net.dtype, ElemType::F32);
+                let r = net.to_f32(r);
                 let k = net
                     .g
                     .slice(scales, &[i as i64], &[i as i64 + 1], &[0], &[1]);
@@ -197,7 +227,7 @@ pub fn build_graph(
         &r,
         latent_dims(channels, divisor),
     );
-    Ok(net.g)
+    Ok(net.finish())
 }
 
 /// The body graph's input of per-residual scales.
@@ -207,7 +237,6 @@ pub const SCALES: &str = "conditioning_scales";
 #[derive(Clone, Debug)]
 pub struct CompiledControlNet {
     pub config: ControlNetConfig,
-    pub hyper: SdHyper,
     pub weights: Weights,
     pub cond_encoder: CompiledModel,
     pub body: CompiledModel,
@@ -220,14 +249,13 @@ impl CompiledControlNet {
         cache_dir: &std::path::Path,
         options: &SdOptions<'_>,
     ) -> Result<CompiledControlNet, ModelError> {
-        let config = ControlNetConfig::infer(&net.tensors)?;
-        let (weights, hyper) = sd::prepare(net, "controlnet", cache_dir, options)?;
-        CompiledControlNet::build(config, hyper, weights, options.precision.weight_type(), net)
+        let config = ControlNetConfig::from_weights(&net.tensors, &options.declared(net))?;
+        let weights = sd::prepare(net, "controlnet", cache_dir, options)?;
+        CompiledControlNet::build(config, weights, options.precision.weight_type(), net)
     }
 
     pub fn build(
         config: ControlNetConfig,
-        hyper: SdHyper,
         weights: Weights,
         weight_type: WeightType,
         net: &NetWeights,
@@ -238,7 +266,7 @@ impl CompiledControlNet {
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let graph = |which| -> Result<CompiledModel, ModelError> {
-            let g = build_graph(&config, &weights, hyper, weight_type, which)?;
+            let g = build_graph(&config, &weights, weight_type, which)?;
             Ok(sd::compiled(
                 format!("{} {file}", which.name()),
                 g,
@@ -250,7 +278,6 @@ impl CompiledControlNet {
         let full = graph(ControlNetGraph::Full)?;
         Ok(CompiledControlNet {
             config,
-            hyper,
             weights,
             cond_encoder,
             body,

@@ -1,7 +1,8 @@
 //! ESRGAN: the RRDBNet super-resolution network (Wang et al., 2018), with tiled inference.
 //!
-//! The graph is built from canonical weights (see `crate::weights::esrgan`) and every
-//! hyper-parameter is read from tensor shapes: input channels and pixel-unshuffle factor from
+//! The graph is built from an [`EsrganConfig`] over canonical weights (see
+//! `crate::weights::esrgan`); `EsrganConfig::from_weights` reads every hyper-parameter from
+//! tensor shapes once: input channels and pixel-unshuffle factor from
 //! `conv_first`, filters `nf` from its output, blocks `nb` from `body.N`, growth `gc` from the
 //! first dense conv, and the scale from the number of `conv_upK`. Graph interface:
 //! `input` `[batch, 3, height, width]` f32 in 0..1 → `output` `[batch, 3, height·s, width·s]`
@@ -10,18 +11,20 @@
 //! An fp16 graph (f16 weights, every op in f16) keeps the f32 interface: it casts once after
 //! the input and once before the output.
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
 use ndarray::{Array3, Array4, ArrayView3, ArrayView4, CowArray, Ix3, s};
 
+use super::builder::{NetBuilder, W};
 use super::tiling::plan_axis;
 pub use super::tiling::{BLEND, Placement, Tiling};
 use super::{ModelError, Precision};
 use crate::Cancelled;
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
-use crate::onnx::{Conv2d, Dim, ElemType, ExternalTensor, Graph, Value};
+use crate::onnx::{Conv2d, Dim, Graph, Value};
 use crate::weights::esrgan::Layout;
-use crate::weights::{self, Scope, SourceFile, SourceTensor, TensorMap, WeightsError};
+use crate::weights::{self, SourceFile, SourceTensor, TensorMap, WeightsError};
 
 /// LeakyReLU slope used throughout RRDBNet.
 const SLOPE: f32 = 0.2;
@@ -42,7 +45,8 @@ pub enum ChannelOrder {
     Bgr,
 }
 
-/// Hyper-parameters, all inferred from the weights.
+/// RRDBNet's configuration (BasicSR's `num_feat`, `num_block`, `num_grow_ch`, scale):
+/// [`EsrganConfig::x4plus`] (also its `Default`) or [`EsrganConfig::from_weights`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EsrganConfig {
     pub layout: Layout,
@@ -58,14 +62,33 @@ pub struct EsrganConfig {
     pub unshuffle: usize,
 }
 
+impl Default for EsrganConfig {
+    fn default() -> EsrganConfig {
+        EsrganConfig::x4plus()
+    }
+}
+
 impl EsrganConfig {
     /// The model's overall scale factor.
     pub fn scale(&self) -> usize {
         (1 << self.upsamples) / self.unshuffle
     }
 
-    /// Reads and checks every hyper-parameter from the canonical tensors' shapes.
-    pub fn infer(
+    /// Real-ESRGAN's `RealESRGAN_x4plus` (and the ESRGAN ×4 models of its family): RRDBNet
+    /// with 64 filters, 23 blocks, growth 32, ×4.
+    pub fn x4plus() -> EsrganConfig {
+        EsrganConfig {
+            layout: Layout::RealEsrgan,
+            nf: 64,
+            nb: 23,
+            gc: 32,
+            upsamples: 2,
+            unshuffle: 1,
+        }
+    }
+
+    /// Reads and checks every hyper-parameter from the canonical tensors' shapes, once.
+    pub fn from_weights(
         w: &TensorMap<SourceTensor>,
         layout: Layout,
     ) -> Result<EsrganConfig, WeightsError> {
@@ -196,107 +219,97 @@ fn bad(w: &TensorMap<SourceTensor>, name: &str, reason: &str) -> WeightsError {
 /// Builds the ONNX graph of an RRDBNet over `w` (external weights, f32 or f16: the graph
 /// computes in their type).
 pub fn build_graph(config: &EsrganConfig, w: &weights::Weights) -> Result<Graph, WeightsError> {
-    let mut g = Graph::new("esrgan");
-    let dtype = w.weight_type().elem();
-    let batch = Dim::from("batch");
-    let input = g.f32_input(
-        "input",
-        &[
-            batch.clone(),
-            Dim::from(3),
-            Dim::from("height"),
-            Dim::from("width"),
-        ],
-        dtype,
-    );
-    let mut x = input;
+    let mut net = Rrdbnet {
+        b: NetBuilder::new("esrgan", w.weight_type()),
+    };
+    let dims = |h: &str, w: &str| [Dim::from("batch"), Dim::from(3), Dim::from(h), Dim::from(w)];
+    let mut x = net.input("input", &dims("height", "width"));
     if config.unshuffle > 1 {
-        x = g.pixel_unshuffle(&x, config.unshuffle, 3);
+        x = net.g.pixel_unshuffle(&x, config.unshuffle, 3);
     }
 
-    let fea = conv(&mut g, &x, &w.scope("conv_first"))?;
+    let fea = net.conv3(&x, &w.scope("conv_first"))?;
     let mut trunk = fea.clone();
     for i in 0..config.nb {
-        trunk = rrdb(&mut g, &trunk, &w.scope("body").scope(i), dtype)?;
+        trunk = net.rrdb(&trunk, &w.scope("body").scope(i))?;
     }
-    let trunk = conv(&mut g, &trunk, &w.scope("conv_body"))?;
-    let mut fea = g.add(&fea, &trunk);
+    let trunk = net.conv3(&trunk, &w.scope("conv_body"))?;
+    let mut fea = net.g.add(&fea, &trunk);
     for k in 1..=config.upsamples {
-        let up = g.resize_nearest(&fea, 2.0);
-        let up = conv(&mut g, &up, &w.scope(format!("conv_up{k}")))?;
-        fea = g.leaky_relu(&up, SLOPE);
+        let up = net.g.resize_nearest(&fea, 2.0);
+        let up = net.conv3(&up, &w.scope(format!("conv_up{k}")))?;
+        fea = net.g.leaky_relu(&up, SLOPE);
     }
-    let hr = conv(&mut g, &fea, &w.scope("conv_hr"))?;
-    let hr = g.leaky_relu(&hr, SLOPE);
-    let out = conv(&mut g, &hr, &w.scope("conv_last"))?;
-    g.f32_output(
-        "output",
-        &out,
-        dtype,
-        Some(&[
-            batch,
-            Dim::from(3),
-            Dim::from("out_height"),
-            Dim::from("out_width"),
-        ]),
-    );
-    Ok(g)
+    let hr = net.conv3(&fea, &w.scope("conv_hr"))?;
+    let hr = net.g.leaky_relu(&hr, SLOPE);
+    let out = net.conv3(&hr, &w.scope("conv_last"))?;
+    net.output("output", &out, &dims("out_height", "out_width"));
+    Ok(net.b.finish())
 }
 
-/// Residual-in-residual dense block: three dense blocks, then a scaled skip.
-fn rrdb(
-    g: &mut Graph,
-    x: &Value,
-    w: &Scope<ExternalTensor>,
-    dtype: ElemType,
-) -> Result<Value, WeightsError> {
-    let mut y = x.clone();
-    for r in 1..=3 {
-        y = rdb(g, &y, &w.scope(format!("rdb{r}")), dtype)?;
+/// RRDBNet's layers over a [`NetBuilder`].
+struct Rrdbnet {
+    b: NetBuilder,
+}
+
+impl Deref for Rrdbnet {
+    type Target = NetBuilder;
+    fn deref(&self) -> &NetBuilder {
+        &self.b
     }
-    let y = residual_scale(g, &y, dtype);
-    Ok(g.add(&y, x))
 }
 
-/// `x · RESIDUAL` in the graph's element type.
-fn residual_scale(g: &mut Graph, x: &Value, dtype: ElemType) -> Value {
-    let k = g.constant(dtype, &[], &[RESIDUAL]);
-    g.mul(x, &k)
-}
-
-/// Residual dense block: five 3×3 convs, each seeing the block input and all earlier outputs
-/// (growth `gc` channels each), the last one projecting back to `nf`; then a scaled skip.
-fn rdb(
-    g: &mut Graph,
-    x: &Value,
-    w: &Scope<ExternalTensor>,
-    dtype: ElemType,
-) -> Result<Value, WeightsError> {
-    let mut features = vec![x.clone()];
-    for k in 1..=4 {
-        let input = concat_all(g, &features);
-        let y = conv(g, &input, &w.scope(format!("conv{k}")))?;
-        features.push(g.leaky_relu(&y, SLOPE));
+impl DerefMut for Rrdbnet {
+    fn deref_mut(&mut self) -> &mut NetBuilder {
+        &mut self.b
     }
-    let input = concat_all(g, &features);
-    let y = conv(g, &input, &w.scope("conv5"))?;
-    let y = residual_scale(g, &y, dtype);
-    Ok(g.add(&y, x))
 }
 
-fn concat_all(g: &mut Graph, values: &[Value]) -> Value {
-    if values.len() == 1 {
-        return values[0].clone();
+impl Rrdbnet {
+    /// Residual-in-residual dense block: three dense blocks, then a scaled skip.
+    fn rrdb(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        let mut y = x.clone();
+        for r in 1..=3 {
+            y = self.rdb(&y, &w.scope(format!("rdb{r}")))?;
+        }
+        let y = self.residual_scale(&y);
+        Ok(self.g.add(&y, x))
     }
-    let refs: Vec<&Value> = values.iter().collect();
-    g.concat(&refs, 1)
-}
 
-/// A 3×3 "same" convolution with bias.
-fn conv(g: &mut Graph, x: &Value, w: &Scope<ExternalTensor>) -> Result<Value, WeightsError> {
-    let weight = g.external(w.get("weight")?);
-    let bias = g.external(w.get("bias")?);
-    Ok(g.conv(x, &weight, Some(&bias), Conv2d::padded(1)))
+    /// `x · RESIDUAL` in the graph's element type.
+    fn residual_scale(&mut self, x: &Value) -> Value {
+        let k = self.constant(&[], &[RESIDUAL]);
+        self.g.mul(x, &k)
+    }
+
+    /// Residual dense block: five 3×3 convs, each seeing the block input and all earlier
+    /// outputs (growth `gc` channels each), the last one projecting back to `nf`; then a scaled
+    /// skip.
+    fn rdb(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        let mut features = vec![x.clone()];
+        for k in 1..=4 {
+            let input = self.concat_all(&features);
+            let y = self.conv3(&input, &w.scope(format!("conv{k}")))?;
+            features.push(self.g.leaky_relu(&y, SLOPE));
+        }
+        let input = self.concat_all(&features);
+        let y = self.conv3(&input, &w.scope("conv5"))?;
+        let y = self.residual_scale(&y);
+        Ok(self.g.add(&y, x))
+    }
+
+    fn concat_all(&mut self, values: &[Value]) -> Value {
+        if values.len() == 1 {
+            return values[0].clone();
+        }
+        let refs: Vec<&Value> = values.iter().collect();
+        self.g.concat(&refs, 1)
+    }
+
+    /// A 3×3 "same" convolution with bias.
+    fn conv3(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        self.conv(x, w, Conv2d::padded(1))
+    }
 }
 
 /// Why an upscale did not finish.
@@ -376,7 +389,7 @@ impl Esrgan {
             );
         }
         let (canonical, layout) = weights::esrgan::canonicalize(&source)?;
-        let config = EsrganConfig::infer(&canonical, layout)?;
+        let config = EsrganConfig::from_weights(&canonical, layout)?;
         let weights = weights::materialize_as(
             &source,
             &canonical,

@@ -24,7 +24,7 @@ use super::vae::CompiledVae;
 use crate::engine::CompiledModel;
 use crate::weights::embedding::TextualInversion;
 use crate::weights::lora::{Lora, LoraPatch, LoraTarget};
-use crate::weights::sd::{self, SdHyper};
+use crate::weights::sd::{self, DiffusersConfig};
 use crate::weights::{Patch, WeightsError};
 
 /// What to export.
@@ -40,8 +40,9 @@ pub struct ExportOptions {
     /// Textual-inversion embeddings (text encoder only).
     pub embeddings: Vec<PathBuf>,
     pub precision: Precision,
-    /// Heads and GroupNorm groups when not SD 1.5's (tiny test models).
-    pub hyper: Option<SdHyper>,
+    /// Heads and GroupNorm groups when not SD 1.5's (tiny test models), as a diffusers
+    /// `config.json` would declare them.
+    pub config: Option<DiffusersConfig>,
     /// Leave the text encoder out.
     pub skip_text_encoder: bool,
     pub out_dir: PathBuf,
@@ -90,7 +91,7 @@ pub fn export(options: &ExportOptions) -> Result<Vec<PathBuf>, ExportError> {
     let mut written = Vec::new();
     let plain = SdOptions {
         precision: options.precision,
-        hyper: options.hyper,
+        config: options.config,
         patch: None,
     };
 
@@ -101,7 +102,6 @@ pub fn export(options: &ExportOptions) -> Result<Vec<PathBuf>, ExportError> {
     let weights = copy_weights(&unet.weights, out, "unet")?;
     let unet = CompiledUnet::build(
         unet.config,
-        unet.hyper,
         weights,
         options.precision.weight_type(),
         &unet_net,
@@ -115,7 +115,6 @@ pub fn export(options: &ExportOptions) -> Result<Vec<PathBuf>, ExportError> {
     let weights = copy_weights(&vae.weights, out, "vae")?;
     let vae = CompiledVae::build(
         vae.config,
-        vae.hyper,
         weights,
         options.precision.weight_type(),
         &vae_net,
@@ -128,13 +127,8 @@ pub fn export(options: &ExportOptions) -> Result<Vec<PathBuf>, ExportError> {
         let net = sd::controlnet(path)?;
         let cn = CompiledControlNet::compile(&net, &options.cache_dir, &plain)?;
         let weights = copy_weights(&cn.weights, out, "controlnet")?;
-        let cn = CompiledControlNet::build(
-            cn.config,
-            cn.hyper,
-            weights,
-            options.precision.weight_type(),
-            &net,
-        )?;
+        let cn =
+            CompiledControlNet::build(cn.config, weights, options.precision.weight_type(), &net)?;
         written.push(cn.weights.file().to_owned());
         written.push(write_onnx(out, "controlnet", &cn.full)?);
         written.push(write_onnx(

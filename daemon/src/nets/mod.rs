@@ -1,11 +1,18 @@
 //! The neural networks, one file each, written as ONNX graphs over canonical weights.
 //!
-//! Each network infers its hyper-parameters from tensor shapes, builds its graph with
-//! `crate::onnx`, and runs it through `crate::engine`. Foreign key layouts never reach this
-//! code: `crate::weights` translates them first.
+//! Each network is written the same way: a config struct (`UnetConfig`, `VaeConfig`,
+//! `ControlNetConfig`, `ClipConfig`, `EsrganConfig`) with its reference model's values as a named
+//! constructor and a `from_weights` that reads a checkpoint's from its tensor shapes once; then a
+//! `build_graph` that walks the config with a [`builder::NetBuilder`] (the one place where
+//! values cross between f32 and the compute type) and hands each layer its module's weights as
+//! a scope. The graphs run through `crate::engine`. Foreign key layouts never reach this code:
+//! `crate::weights` translates them first.
 
 pub mod bench;
+pub mod builder;
 pub mod clip;
+#[cfg(test)]
+mod config_tests;
 pub mod controlnet;
 pub mod esrgan;
 pub mod export;

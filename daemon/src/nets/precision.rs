@@ -1,7 +1,7 @@
 //! The element type each network computes in, and how the configuration chooses it per device.
 //!
-//! Graphs keep f32 inputs and outputs whatever they compute in (`crate::onnx`'s
-//! `f32_input`/`f32_output`), so a precision is a property of a compiled graph only: callers
+//! Graphs keep f32 inputs and outputs whatever they compute in (`nets::builder::NetBuilder`'s
+//! `input`/`output`, the one place where values cross between f32 and the compute type), so a precision is a property of a compiled graph only: callers
 //! never see it. On the CPU execution provider f16 is no faster (ONNX Runtime's CPU kernels
 //! widen it), so `auto` means f32 there, and on every device that computes on the host's CPU
 //! (OpenVINO's CPU device, whose own precision hint decides its arithmetic:

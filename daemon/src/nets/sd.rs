@@ -15,7 +15,7 @@ pub use super::Precision;
 use crate::engine::binding;
 use crate::engine::{CompiledModel, EngineError, SharedSession};
 use crate::onnx::Graph;
-use crate::weights::sd::{NetWeights, SdHyper};
+use crate::weights::sd::{DiffusersConfig, NetWeights};
 use crate::weights::{self, Patch, Target, Weights};
 
 /// How to compile an SD network.
@@ -23,21 +23,29 @@ use crate::weights::{self, Patch, Target, Weights};
 pub struct SdOptions<'a> {
     /// f32 for the CPU; f16 for GPU execution providers.
     pub precision: Precision,
-    /// Heads and GroupNorm groups when they are not SD 1.5's (tiny test models); `None`: the
-    /// diffusers `config.json` if there is one, else SD 1.5's.
-    pub hyper: Option<SdHyper>,
+    /// What shapes cannot tell (heads, GroupNorm groups), declared as a diffusers
+    /// `config.json` would (tiny test models); each declared field wins over the `config.json`
+    /// beside the weights, and what neither declares is SD 1.5's.
+    pub config: Option<DiffusersConfig>,
     /// Applied while the weights are converted (fused LoRAs).
     pub patch: Option<&'a dyn Patch>,
 }
 
-/// Places `net`'s weights for ONNX Runtime (in place, or converted/patched into `cache_dir`)
-/// and settles the hyper-parameters.
+impl SdOptions<'_> {
+    /// What is declared about `net` beyond its shapes: these options' fields, else its
+    /// `config.json`'s.
+    pub fn declared(&self, net: &NetWeights) -> DiffusersConfig {
+        net.declared(self.config)
+    }
+}
+
+/// Places `net`'s weights for ONNX Runtime (in place, or converted/patched into `cache_dir`).
 pub fn prepare(
     net: &NetWeights,
     network: &str,
     cache_dir: &Path,
     options: &SdOptions<'_>,
-) -> Result<(Weights, SdHyper), ModelError> {
+) -> Result<Weights, ModelError> {
     let cache_name = format!("{network}{}", options.precision.suffix());
     let weights = weights::materialize_as(
         &net.source,
@@ -49,7 +57,7 @@ pub fn prepare(
             patch: options.patch,
         },
     )?;
-    Ok((weights, net.hyper(options.hyper)))
+    Ok(weights)
 }
 
 /// A built graph with its weights as the engine takes it; an fp16 graph's name says so.

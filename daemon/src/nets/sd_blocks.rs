@@ -1,8 +1,10 @@
 //! The layers Stable Diffusion's UNet, ControlNet and VAE are built from, as graph-building
 //! helpers over canonical (diffusers-named) weights.
 //!
-//! - Every graph takes and returns f32; an fp16 graph casts its inputs to f16 once, computes in
-//!   f16 with f16 weights, and casts its outputs back (so callers never see the difference).
+//! - [`SdNet`] is the network family's [`NetBuilder`] (the graph, its compute type and the
+//!   f32 ↔ compute casts, `nets/builder.rs`) plus the GroupNorm settings; every layer takes the
+//!   weights of its module as a scope and its widths from the network's config, never from
+//!   probing the weights.
 //! - Every GroupNorm of the SD networks (UNet, ControlNet, VAE and the VAE's segments) is built
 //!   by [`SdNet::group_norm`]: Reshape → InstanceNorm → Reshape → affine. ONNX Runtime has no
 //!   kernel for GroupNormalization-21 and expands its function body into primitive ops, which
@@ -17,12 +19,12 @@
 //!   itself); Linear weights are PyTorch's `[out, in]` and are transposed by a node on the
 //!   initializer, which ONNX Runtime folds once at session creation.
 
-use crate::onnx::{Conv2d, Dim, ElemType, ExternalTensor, Graph, Value};
-use crate::weights::sd::SdHyper;
-use crate::weights::{Scope, WeightType, WeightsError};
+use std::ops::{Deref, DerefMut};
 
-/// Weights of one module.
-pub type W<'a> = Scope<'a, ExternalTensor>;
+use super::builder::NetBuilder;
+pub use super::builder::W;
+use crate::onnx::{Conv2d, Dim, ElemType, Value};
+use crate::weights::{WeightType, WeightsError};
 
 /// Where every GroupNorm of a graph takes its per-(sample, group) mean and variance from.
 ///
@@ -42,108 +44,97 @@ pub enum NormStats {
     Frozen,
 }
 
-/// A graph under construction plus what every layer needs to know.
+/// How the spatial transformers of a UNet (and ControlNet) are built: part of
+/// [`UnetConfig`](super::unet::UnetConfig).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransformerConfig {
+    /// Attention heads (SD 1.5: 8 at every level; diffusers' `attention_head_dim` config field
+    /// holds this number for SD 1.5).
+    pub heads: usize,
+    /// Transformer blocks per spatial transformer (diffusers' `transformer_layers_per_block`).
+    pub layers: usize,
+    /// `proj_in`/`proj_out` are Linear layers instead of 1×1 convolutions (diffusers'
+    /// `use_linear_projection`; SD 2.x style).
+    pub linear_projection: bool,
+    /// The query, key and value projections have biases (diffusers' `attention_bias`).
+    pub attention_bias: bool,
+}
+
+impl TransformerConfig {
+    /// Stable Diffusion 1.5's.
+    pub const SD15: TransformerConfig = TransformerConfig {
+        heads: 8,
+        layers: 1,
+        linear_projection: false,
+        attention_bias: false,
+    };
+}
+
+/// A graph under construction ([`NetBuilder`]) plus what the SD layers need to know.
 pub struct SdNet {
-    pub g: Graph,
-    /// The type activations and weights have inside the graph.
-    pub dtype: ElemType,
-    pub hyper: SdHyper,
+    b: NetBuilder,
+    /// GroupNorm groups everywhere in the network (SD 1.5: 32).
+    pub norm_groups: usize,
     pub norm_stats: NormStats,
     /// GroupNorms built so far (numbers their statistics).
     group_norms: usize,
 }
 
-/// GroupNorm epsilon of the UNet's ResNets and output norm (diffusers `norm_eps`).
-pub const RESNET_EPS: f32 = 1e-5;
-/// GroupNorm epsilon in front of a spatial transformer, and everywhere in the VAE.
+impl Deref for SdNet {
+    type Target = NetBuilder;
+    fn deref(&self) -> &NetBuilder {
+        &self.b
+    }
+}
+
+impl DerefMut for SdNet {
+    fn deref_mut(&mut self) -> &mut NetBuilder {
+        &mut self.b
+    }
+}
+
+/// GroupNorm epsilon in front of a spatial transformer (fixed in diffusers'
+/// `Transformer2DModel`, not a config field).
 pub const TRANSFORMER_NORM_EPS: f32 = 1e-6;
-/// LayerNorm epsilon inside transformer blocks.
+/// LayerNorm epsilon inside transformer blocks (fixed in diffusers' `BasicTransformerBlock`).
 pub const LAYER_NORM_EPS: f32 = 1e-5;
 
 impl SdNet {
-    pub fn new(name: &str, weight_type: WeightType, hyper: SdHyper) -> SdNet {
+    pub fn new(name: &str, weight_type: WeightType, norm_groups: usize) -> SdNet {
         SdNet {
-            g: Graph::new(name),
-            dtype: weight_type.elem(),
-            hyper,
+            b: NetBuilder::new(name, weight_type),
+            norm_groups,
             norm_stats: NormStats::Live,
             group_norms: 0,
         }
     }
 
-    /// A graph input (always f32), cast to the compute type.
-    pub fn input(&mut self, name: &str, dims: &[Dim]) -> Value {
-        self.g.f32_input(name, dims, self.dtype)
+    /// The finished graph.
+    pub fn finish(self) -> crate::onnx::Graph {
+        self.b.finish()
     }
 
-    /// An f32 tensor of the graph (an input, the time embedding) in the compute type.
-    pub fn to_compute(&mut self, x: &Value) -> Value {
-        self.g.convert(x, ElemType::F32, self.dtype)
-    }
-
-    /// Declares `x` as the f32 graph output `name`.
-    pub fn output(&mut self, name: &str, x: &Value, dims: &[Dim]) {
-        self.g.f32_output(name, x, self.dtype, Some(dims));
-    }
-
-    pub fn param(&mut self, w: &W, name: &str) -> Result<Value, WeightsError> {
-        Ok(self.g.external(w.get(name)?))
-    }
-
-    /// A module's tensor as f32, whatever the compute type.
-    fn param_f32(&mut self, w: &W, name: &str) -> Result<Value, WeightsError> {
-        let p = self.param(w, name)?;
-        Ok(self.g.convert(&p, self.dtype, ElemType::F32))
-    }
-
-    /// A float constant in the compute type.
-    pub fn constant(&mut self, dims: &[i64], data: &[f32]) -> Value {
-        self.g.constant(self.dtype, dims, data)
-    }
-
-    /// 2-D convolution with the module's weight and bias (every convolution of SD 1.5's
-    /// networks has one, so a missing bias is a missing tensor, reported by name).
-    pub fn conv(&mut self, x: &Value, w: &W, attrs: Conv2d) -> Result<Value, WeightsError> {
+    /// `x · Wᵀ + b` over the last axis (PyTorch `nn.Linear`) with the module's weight and bias.
+    pub fn linear(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
         let weight = self.param(w, "weight")?;
         let bias = self.param(w, "bias")?;
-        Ok(self.g.conv(x, &weight, Some(&bias), attrs))
+        Ok(self.linear_with(x, &weight, Some(&bias)))
     }
 
-    /// `x · Wᵀ + b` over the last axis (PyTorch `nn.Linear`). Only the attention's query, key
-    /// and value projections have no bias in SD 1.5; any other Linear without one is a
-    /// missing tensor, reported by name.
-    pub fn linear(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
-        let weight_t = w.get("weight")?;
-        let bias_free = ["to_q.weight", "to_k.weight", "to_v.weight"]
-            .iter()
-            .any(|n| weight_t.name.ends_with(n));
-        if !bias_free && !w.contains("bias") {
-            w.get("bias")?;
-        }
+    /// `x · Wᵀ` (a Linear layer without bias: SD 1.5's attention projections).
+    pub fn linear_no_bias(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
         let weight = self.param(w, "weight")?;
-        self.linear_with(x, &weight, w, None)
+        Ok(self.linear_with(x, &weight, None))
     }
 
-    /// A Linear layer with a given weight value (e.g. a slice of the stored one) and the bias
-    /// `bias` (a value) or the module's own.
-    fn linear_with(
-        &mut self,
-        x: &Value,
-        weight: &Value,
-        w: &W,
-        bias: Option<Value>,
-    ) -> Result<Value, WeightsError> {
+    /// A Linear layer with a given weight value (e.g. a slice of the stored one) and bias.
+    fn linear_with(&mut self, x: &Value, weight: &Value, bias: Option<&Value>) -> Value {
         let wt = self.g.transpose(weight, &[1, 0]);
         let y = self.g.matmul(x, &wt);
-        let bias = match bias {
-            Some(b) => Some(b),
-            None if w.contains("bias") => Some(self.param(w, "bias")?),
-            None => None,
-        };
-        Ok(match bias {
-            Some(b) => self.g.add(&y, &b),
+        match bias {
+            Some(b) => self.g.add(&y, b),
             None => y,
-        })
+        }
     }
 
     /// GroupNorm over `[B, C, H, W]` with the module's per-channel weight and bias; see the
@@ -151,7 +142,7 @@ impl SdNet {
     pub fn group_norm(&mut self, x: &Value, w: &W, eps: f32) -> Result<Value, WeightsError> {
         let gamma_t = w.get("weight")?;
         let channels = gamma_t.dim(0);
-        let groups = self.hyper.norm_groups;
+        let groups = self.norm_groups;
         if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(WeightsError::BadShape {
                 name: gamma_t.name.clone(),
@@ -163,7 +154,7 @@ impl SdNet {
         self.group_norms += 1;
         let stats_dims = [Dim::from("batch"), Dim::from(groups as i64)];
         let (mean_name, var_name) = (format!("groupnorm_{k}_mean"), format!("groupnorm_{k}_var"));
-        let x32 = self.g.convert(x, self.dtype, ElemType::F32);
+        let x32 = self.to_f32(x);
         if self.norm_stats == NormStats::Frozen {
             let mean = self.g.input(&mean_name, ElemType::F32, &stats_dims);
             let var = self.g.input(&var_name, ElemType::F32, &stats_dims);
@@ -178,7 +169,7 @@ impl SdNet {
         let zeros = self.g.floats(&vec![0.0; groups]);
         let normed = self.g.instance_norm(&grouped, &ones, &zeros, eps);
         let normed = self.g.reshape_to(&normed, &shape);
-        let normed = self.g.convert(&normed, ElemType::F32, self.dtype);
+        let normed = self.to_compute(&normed);
         let gamma = self.param(w, "weight")?;
         let beta = self.param(w, "bias")?;
         let gamma = self.g.reshape(&gamma, &[channels as i64, 1, 1]);
@@ -190,20 +181,15 @@ impl SdNet {
     /// Declares the per-group mean and biased variance of `x` (`[B, C, H, W]`, the input of a
     /// GroupNorm that is not in this graph) as f32 `[B, G]` outputs `mean_name`, `var_name`.
     pub fn output_group_stats(&mut self, x: &Value, mean_name: &str, var_name: &str) {
-        let x32 = if self.dtype == ElemType::F32 {
-            x.clone()
-        } else {
-            self.g.cast(x, ElemType::F32)
-        };
-        let grouped = self
-            .g
-            .reshape(&x32, &[0, self.hyper.norm_groups as i64, -1]);
+        let x32 = self.to_f32(x);
+        let groups = self.norm_groups as i64;
+        let grouped = self.g.reshape(&x32, &[0, groups, -1]);
         self.output_grouped_stats(&grouped, mean_name, var_name);
     }
 
     /// The statistics of an f32 `[B, G, N]` tensor as `[B, G]` outputs.
     fn output_grouped_stats(&mut self, grouped: &Value, mean_name: &str, var_name: &str) {
-        let groups = self.hyper.norm_groups as i64;
+        let groups = self.norm_groups as i64;
         let stats_dims = [Dim::from("batch"), Dim::from(groups)];
         let axes = self.g.ints(&[2]);
         let mean = self.g.node("ReduceMean", &[grouped, &axes], vec![]);
@@ -232,7 +218,7 @@ impl SdNet {
         eps: f32,
     ) -> Result<Value, WeightsError> {
         let channels = w.get("weight")?.dim(0);
-        let groups = self.hyper.norm_groups;
+        let groups = self.norm_groups;
         let per_channel = |net: &mut SdNet, stat: &Value| {
             // [B, G] → [B, G, C/G] → [B, C, 1, 1]: each group's value for each of its channels.
             let axes = net.g.ints(&[2]);
@@ -258,7 +244,7 @@ impl SdNet {
         let shift = self.g.sub(&beta, &mean_scaled);
         let scaled = self.g.mul(x32, &scale);
         let y = self.g.add(&scaled, &shift);
-        Ok(self.g.convert(&y, ElemType::F32, self.dtype))
+        Ok(self.to_compute(&y))
     }
 
     /// LayerNorm over the last axis.
@@ -280,13 +266,16 @@ impl SdNet {
     }
 
     /// ResNet block: GroupNorm → SiLU → conv, plus the projected time embedding (given
-    /// already through SiLU), GroupNorm → SiLU → conv, plus the (1×1-projected) input.
+    /// already through SiLU), GroupNorm → SiLU → conv, plus the input. `channels` are its input
+    /// and output widths: a block that changes the width projects its input with the 1×1
+    /// `conv_shortcut` (diffusers' `use_in_shortcut`).
     pub fn resnet(
         &mut self,
         x: &Value,
         temb_silu: Option<&Value>,
         w: &W,
         eps: f32,
+        channels: [usize; 2],
     ) -> Result<Value, WeightsError> {
         let h = self.group_norm(x, &w.scope("norm1"), eps)?;
         let h = self.silu(&h);
@@ -300,7 +289,7 @@ impl SdNet {
         let h = self.group_norm(&h, &w.scope("norm2"), eps)?;
         let h = self.silu(&h);
         let h = self.conv(&h, &w.scope("conv2"), Conv2d::padded(1))?;
-        let shortcut = if w.scope("conv_shortcut").exists() {
+        let shortcut = if channels[0] != channels[1] {
             self.conv(x, &w.scope("conv_shortcut"), Conv2d::padded(0))?
         } else {
             x.clone()
@@ -329,9 +318,10 @@ impl SdNet {
         x: &Value,
         context: &Value,
         w: &W,
+        config: &TransformerConfig,
     ) -> Result<Value, WeightsError> {
         let h = self.group_norm(x, &w.scope("norm"), TRANSFORMER_NORM_EPS)?;
-        let conv_projection = w.get("proj_in.weight")?.rank() == 4;
+        let conv_projection = !config.linear_projection;
         let mut tokens = if conv_projection {
             let h = self.conv(&h, &w.scope("proj_in"), Conv2d::padded(0))?;
             self.to_tokens(&h)
@@ -340,8 +330,8 @@ impl SdNet {
             self.linear(&t, &w.scope("proj_in"))?
         };
         let blocks = w.scope("transformer_blocks");
-        for i in 0..blocks.count_indexed() {
-            tokens = self.transformer_block(&tokens, context, &blocks.scope(i))?;
+        for i in 0..config.layers {
+            tokens = self.transformer_block(&tokens, context, &blocks.scope(i), config)?;
         }
         let h = if conv_projection {
             let h = self.to_image(&tokens, x);
@@ -360,26 +350,29 @@ impl SdNet {
         x: &Value,
         context: &Value,
         w: &W,
+        config: &TransformerConfig,
     ) -> Result<Value, WeightsError> {
-        let heads = self.hyper.attention_heads;
+        let (heads, bias) = (config.heads, config.attention_bias);
         let n = self.layer_norm(x, &w.scope("norm1"), LAYER_NORM_EPS)?;
-        let a = self.attention(&n, None, &w.scope("attn1"), heads)?;
+        let a = self.attention(&n, None, &w.scope("attn1"), heads, bias)?;
         let x = self.g.add(x, &a);
         let n = self.layer_norm(&x, &w.scope("norm2"), LAYER_NORM_EPS)?;
-        let a = self.attention(&n, Some(context), &w.scope("attn2"), heads)?;
+        let a = self.attention(&n, Some(context), &w.scope("attn2"), heads, bias)?;
         let x = self.g.add(&x, &a);
         let n = self.layer_norm(&x, &w.scope("norm3"), LAYER_NORM_EPS)?;
         let f = self.geglu_feed_forward(&n, &w.scope("ff").scope("net"))?;
         Ok(self.g.add(&x, &f))
     }
 
-    /// Multi-head attention of `x` on itself or on `context`, with the output projection.
+    /// Multi-head attention of `x` on itself or on `context`, with the output projection;
+    /// `qkv_bias`: whether the query, key and value projections have biases.
     pub fn attention(
         &mut self,
         x: &Value,
         context: Option<&Value>,
         w: &W,
         heads: usize,
+        qkv_bias: bool,
     ) -> Result<Value, WeightsError> {
         let channels = w.get("to_q.weight")?.dim(0);
         if heads == 0 || !channels.is_multiple_of(heads) {
@@ -391,9 +384,16 @@ impl SdNet {
             });
         }
         let source = context.unwrap_or(x);
-        let q = self.linear(x, &w.scope("to_q"))?;
-        let k = self.linear(source, &w.scope("to_k"))?;
-        let v = self.linear(source, &w.scope("to_v"))?;
+        let project = |net: &mut SdNet, x: &Value, name: &str| {
+            if qkv_bias {
+                net.linear(x, &w.scope(name))
+            } else {
+                net.linear_no_bias(x, &w.scope(name))
+            }
+        };
+        let q = project(self, x, "to_q")?;
+        let k = project(self, source, "to_k")?;
+        let v = project(self, source, "to_v")?;
         let o = self.g.multi_head_attention(&q, &k, &v, heads);
         self.linear(&o, &w.scope("to_out").scope(0))
     }
@@ -411,8 +411,8 @@ impl SdNet {
         };
         let (w_value, w_gate) = (half(self, &weight, 0), half(self, &weight, 1));
         let (b_value, b_gate) = (half(self, &bias, 0), half(self, &bias, 1));
-        let value = self.linear_with(x, &w_value, &proj, Some(b_value))?;
-        let gate = self.linear_with(x, &w_gate, &proj, Some(b_gate))?;
+        let value = self.linear_with(x, &w_value, Some(&b_value));
+        let gate = self.linear_with(x, &w_gate, Some(&b_gate));
         let gate = self.g.node(
             "Gelu",
             &[&gate],

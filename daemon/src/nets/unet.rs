@@ -9,23 +9,26 @@
 //!   `mid_block_additional_residual`, each added unscaled (the pipeline scales them) to the
 //!   skip tensor of the same index and to the mid-block output.
 //!
-//! Hyper-parameters come from tensor shapes: levels and their widths, ResNets per level,
-//! which levels attend, the text width. Heads and GroupNorm groups cannot be seen in shapes
-//! (`SdHyper`).
+//! The graph is built from a [`UnetConfig`] alone: `from_weights` reads levels and their
+//! widths, ResNets per level, which levels attend, the text width and the transformers' form
+//! from tensor shapes once; heads and GroupNorm groups cannot be seen in shapes and come from a
+//! diffusers `config.json` (or the caller), else SD 1.5's.
 
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::ModelError;
 use super::sd::{self, SdOptions};
-use super::sd_blocks::{RESNET_EPS, SdNet, nchw};
+use super::sd_blocks::{SdNet, TransformerConfig, nchw};
 use crate::engine::binding::{BoundCall, Resident, Traffic};
 use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
 use crate::onnx::{Conv2d, Dim, Graph, Value};
-use crate::weights::sd::{NetWeights, SdHyper};
+use crate::weights::sd::{DiffusersConfig, NetWeights};
 use crate::weights::{SourceTensor, TensorMap, WeightType, Weights, WeightsError};
 
-/// The shape of a UNet (or of a ControlNet's encoder half), read from its tensors.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A UNet's (or a ControlNet encoder half's) configuration, the fields diffusers' `config.json`
+/// declares: [`UnetConfig::sd15`] (also its `Default`) is Stable Diffusion 1.5's,
+/// [`UnetConfig::from_weights`] reads a checkpoint's once, and the graph is built from it alone.
+#[derive(Clone, Debug, PartialEq)]
 pub struct UnetConfig {
     pub in_channels: usize,
     /// Output channels (0 for a ControlNet, which has no decoder).
@@ -34,21 +37,60 @@ pub struct UnetConfig {
     pub block_channels: Vec<usize>,
     /// ResNets per down level (SD 1.5: 2; up levels have one more).
     pub layers_per_block: usize,
-    /// Whether each down level has cross-attention transformers.
+    /// Whether each down level has cross-attention transformers (SD 1.5: all but the last).
     pub attention: Vec<bool>,
+    /// Whether each up level has them, deepest first (SD 1.5: all but the first; empty for a
+    /// ControlNet).
+    pub up_attention: Vec<bool>,
     /// Width of the text embedding (SD 1.5: 768).
     pub context_dim: usize,
+    /// GroupNorm groups (SD 1.5: 32; diffusers' `norm_num_groups`).
+    pub norm_groups: usize,
+    /// GroupNorm epsilon of the ResNets and the output norm (diffusers' `norm_eps`).
+    pub norm_eps: f32,
+    /// The spatial transformers.
+    pub transformer: TransformerConfig,
+}
+
+impl Default for UnetConfig {
+    fn default() -> UnetConfig {
+        UnetConfig::sd15()
+    }
 }
 
 impl UnetConfig {
-    /// Reads the encoder half (shared with the ControlNet) and, if present, the decoder.
-    pub fn infer(w: &TensorMap<SourceTensor>) -> Result<UnetConfig, WeightsError> {
+    /// Stable Diffusion 1.5's UNet.
+    pub fn sd15() -> UnetConfig {
+        UnetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            block_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: 2,
+            attention: vec![true, true, true, false],
+            up_attention: vec![false, true, true, true],
+            context_dim: 768,
+            norm_groups: 32,
+            norm_eps: 1e-5,
+            transformer: TransformerConfig::SD15,
+        }
+    }
+
+    /// Reads the encoder half (shared with the ControlNet) and, if present, the decoder from
+    /// the canonical tensors' shapes; heads and GroupNorm groups, which shapes cannot tell,
+    /// come from `declared` (else SD 1.5's). Checks that the widths split into those.
+    pub fn from_weights(
+        w: &TensorMap<SourceTensor>,
+        declared: &DiffusersConfig,
+    ) -> Result<UnetConfig, WeightsError> {
         let shape = |name: &str| -> Result<Vec<usize>, WeightsError> {
             Ok(w.root().get(name)?.shape.clone())
         };
         let conv_in = shape("conv_in.weight")?;
+        if conv_in.len() != 4 {
+            return Err(bad_shape(w, "conv_in.weight", "expected a 2-D convolution"));
+        }
         let levels = w.scope("down_blocks").count_indexed();
-        if levels == 0 || conv_in.len() != 4 {
+        if levels == 0 {
             return Err(WeightsError::Missing {
                 name: "down_blocks.0".into(),
             });
@@ -77,6 +119,7 @@ impl UnetConfig {
         } else {
             0
         };
+        let mut up_attention = Vec::new();
         if out_channels > 0 {
             let ups = w.scope("up_blocks").count_indexed();
             if ups != levels {
@@ -86,15 +129,63 @@ impl UnetConfig {
                     reason: format!("{ups} up levels for {levels} down levels"),
                 });
             }
+            up_attention = (0..ups)
+                .map(|i| w.scope("up_blocks").scope(i).scope("attentions").exists())
+                .collect();
         }
-        Ok(UnetConfig {
+        // Every transformer of SD-family UNets is alike; the mid block always has one.
+        let mid = w.scope("mid_block.attentions.0");
+        let transformer = TransformerConfig {
+            heads: declared
+                .attention_heads
+                .unwrap_or(TransformerConfig::SD15.heads),
+            layers: mid.scope("transformer_blocks").count_indexed(),
+            linear_projection: mid.get("proj_in.weight")?.shape.len() == 2,
+            attention_bias: mid.contains("transformer_blocks.0.attn1.to_q.bias"),
+        };
+        let config = UnetConfig {
             in_channels: conv_in[1],
             out_channels,
             block_channels,
             layers_per_block: layers,
             attention,
+            up_attention,
             context_dim,
-        })
+            norm_groups: declared
+                .norm_groups
+                .unwrap_or(UnetConfig::sd15().norm_groups),
+            norm_eps: UnetConfig::sd15().norm_eps,
+            transformer,
+        };
+        config.check_splits(w)?;
+        Ok(config)
+    }
+
+    /// Every level's width must split into the GroupNorm groups and, where it attends, into
+    /// the heads.
+    fn check_splits(&self, w: &TensorMap<SourceTensor>) -> Result<(), WeightsError> {
+        let (groups, heads) = (self.norm_groups, self.transformer.heads);
+        for (i, &c) in self.block_channels.iter().enumerate() {
+            if groups == 0 || !c.is_multiple_of(groups) {
+                let name = format!("down_blocks.{i}.resnets.0.norm2.weight");
+                let reason = format!("{c} channels do not split into {groups} GroupNorm groups");
+                return Err(bad_shape(w, &name, &reason));
+            }
+            let attends = self.attention[i] || i + 1 == self.block_channels.len();
+            if attends && (heads == 0 || !c.is_multiple_of(heads)) {
+                let name = if self.attention[i] {
+                    format!("down_blocks.{i}.attentions.0.transformer_blocks.0.attn1.to_q.weight")
+                } else {
+                    "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight".to_owned()
+                };
+                return Err(bad_shape(
+                    w,
+                    &name,
+                    &format!("{c} channels do not split into {heads} heads"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Channels and the height/width divisor of each skip tensor, in the order diffusers
@@ -116,6 +207,18 @@ impl UnetConfig {
     pub fn mid(&self) -> (usize, usize) {
         let levels = self.block_channels.len();
         (self.block_channels[levels - 1], 1 << (levels - 1))
+    }
+}
+
+/// A [`WeightsError::BadShape`] for tensor `name` of `w`.
+pub(crate) fn bad_shape(w: &TensorMap<SourceTensor>, name: &str, reason: &str) -> WeightsError {
+    WeightsError::BadShape {
+        name: name.to_owned(),
+        shape: w
+            .get(name)
+            .map(|t| t.shape.iter().map(|&d| d as i64).collect())
+            .unwrap_or_default(),
+        reason: reason.to_owned(),
     }
 }
 
@@ -158,12 +261,17 @@ pub(crate) fn encoder_half(
     }
     let mut skips = vec![h.clone()];
     let levels = config.block_channels.len();
-    for i in 0..levels {
+    let (eps, transformer) = (config.norm_eps, &config.transformer);
+    let mut channels = config.block_channels[0];
+    for (i, &out) in config.block_channels.iter().enumerate() {
         let level = w.scope("down_blocks").scope(i);
         for j in 0..config.layers_per_block {
-            h = net.resnet(&h, Some(temb), &level.scope("resnets").scope(j), RESNET_EPS)?;
+            let resnet = level.scope("resnets").scope(j);
+            h = net.resnet(&h, Some(temb), &resnet, eps, [channels, out])?;
+            channels = out;
             if config.attention[i] {
-                h = net.spatial_transformer(&h, context, &level.scope("attentions").scope(j))?;
+                let attention = level.scope("attentions").scope(j);
+                h = net.spatial_transformer(&h, context, &attention, transformer)?;
             }
             skips.push(h.clone());
         }
@@ -173,9 +281,10 @@ pub(crate) fn encoder_half(
         }
     }
     let mid = w.scope("mid_block");
-    h = net.resnet(&h, Some(temb), &mid.scope("resnets").scope(0), RESNET_EPS)?;
-    h = net.spatial_transformer(&h, context, &mid.scope("attentions").scope(0))?;
-    h = net.resnet(&h, Some(temb), &mid.scope("resnets").scope(1), RESNET_EPS)?;
+    let same = [channels; 2];
+    h = net.resnet(&h, Some(temb), &mid.scope("resnets").scope(0), eps, same)?;
+    h = net.spatial_transformer(&h, context, &mid.scope("attentions").scope(0), transformer)?;
+    h = net.resnet(&h, Some(temb), &mid.scope("resnets").scope(1), eps, same)?;
     Ok((skips, h))
 }
 
@@ -221,7 +330,6 @@ pub(crate) fn common_inputs(
 pub fn build_graph(
     config: &UnetConfig,
     w: &Weights,
-    hyper: SdHyper,
     weight_type: WeightType,
     residual_inputs: bool,
 ) -> Result<Graph, WeightsError> {
@@ -230,7 +338,7 @@ pub fn build_graph(
     } else {
         "unet"
     };
-    let mut net = SdNet::new(name, weight_type, hyper);
+    let mut net = SdNet::new(name, weight_type, config.norm_groups);
     let (sample, temb, context) = common_inputs(&mut net, config, w)?;
     let (mut skips, mut h) = encoder_half(&mut net, config, w, &sample, &temb, &context, None)?;
     if residual_inputs {
@@ -243,22 +351,24 @@ pub fn build_graph(
         h = net.g.add(&h, &r);
     }
     let levels = config.block_channels.len();
+    let skip_channels = config.residuals();
+    let (mut channels, _) = config.mid();
     for i in 0..levels {
         let level = w.scope("up_blocks").scope(i);
-        let attention = level.scope("attentions").exists();
+        let out = config.block_channels[levels - 1 - i];
         for j in 0..=config.layers_per_block {
             let skip = skips.pop().ok_or_else(|| WeightsError::Missing {
                 name: level.path("resnets"),
             })?;
+            let (skip_width, _) = skip_channels[skips.len()];
             h = net.g.concat(&[&h, &skip], 1);
-            h = net.resnet(
-                &h,
-                Some(&temb),
-                &level.scope("resnets").scope(j),
-                RESNET_EPS,
-            )?;
-            if attention {
-                h = net.spatial_transformer(&h, &context, &level.scope("attentions").scope(j))?;
+            let resnet = level.scope("resnets").scope(j);
+            let widths = [channels + skip_width, out];
+            h = net.resnet(&h, Some(&temb), &resnet, config.norm_eps, widths)?;
+            channels = out;
+            if config.up_attention[i] {
+                let attention = level.scope("attentions").scope(j);
+                h = net.spatial_transformer(&h, &context, &attention, &config.transformer)?;
             }
         }
         if i + 1 < levels {
@@ -268,18 +378,17 @@ pub fn build_graph(
             h = net.upsample_to(&h, &level.scope("upsamplers").scope(0), &like)?;
         }
     }
-    let h = net.group_norm(&h, &w.scope("conv_norm_out"), RESNET_EPS)?;
+    let h = net.group_norm(&h, &w.scope("conv_norm_out"), config.norm_eps)?;
     let h = net.silu(&h);
     let out = net.conv(&h, &w.scope("conv_out"), Conv2d::padded(1))?;
     net.output("out_sample", &out, &latent_dims(config.out_channels, 1));
-    Ok(net.g)
+    Ok(net.finish())
 }
 
 /// A compiled UNet: its configuration, weights, and both graphs.
 #[derive(Clone, Debug)]
 pub struct CompiledUnet {
     pub config: UnetConfig,
-    pub hyper: SdHyper,
     pub weights: Weights,
     /// Without residual inputs.
     pub plain: CompiledModel,
@@ -294,21 +403,20 @@ impl CompiledUnet {
         cache_dir: &std::path::Path,
         options: &SdOptions<'_>,
     ) -> Result<CompiledUnet, ModelError> {
-        let config = UnetConfig::infer(&net.tensors)?;
+        let config = UnetConfig::from_weights(&net.tensors, &options.declared(net))?;
         if config.out_channels == 0 {
             return Err(WeightsError::Missing {
                 name: "conv_out.weight".into(),
             }
             .into());
         }
-        let (weights, hyper) = sd::prepare(net, "unet", cache_dir, options)?;
-        CompiledUnet::build(config, hyper, weights, options.precision.weight_type(), net)
+        let weights = sd::prepare(net, "unet", cache_dir, options)?;
+        CompiledUnet::build(config, weights, options.precision.weight_type(), net)
     }
 
     /// Both graphs over already placed `weights`.
     pub fn build(
         config: UnetConfig,
-        hyper: SdHyper,
         weights: Weights,
         weight_type: WeightType,
         net: &NetWeights,
@@ -318,13 +426,12 @@ impl CompiledUnet {
             .path()
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let plain = build_graph(&config, &weights, hyper, weight_type, false)?;
-        let controlled = build_graph(&config, &weights, hyper, weight_type, true)?;
+        let plain = build_graph(&config, &weights, weight_type, false)?;
+        let controlled = build_graph(&config, &weights, weight_type, true)?;
         Ok(CompiledUnet {
             plain: sd::compiled(format!("UNet {file}"), plain, &weights),
             controlled: sd::compiled(format!("UNet+ControlNet {file}"), controlled, &weights),
             config,
-            hyper,
             weights,
         })
     }

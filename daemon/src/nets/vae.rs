@@ -9,31 +9,28 @@
 //!   −1..1, not clamped).
 //!
 //! **Scaling.** Neither graph applies SD's latent scale factor: the diffusion model works on
-//! z·[`SCALING_FACTOR`], so the pipeline multiplies the encoder's sample by it and divides
-//! before decoding.
+//! z·[`VaeConfig::scaling_factor`] (0.18215), so the pipeline multiplies the encoder's sample by
+//! it and divides before decoding.
 //!
-//! Levels, ResNets per level, widths and the latent width come from tensor shapes; GroupNorm
-//! groups (32 in SD) from `SdHyper`. The mid-block attention is single-head over all pixels.
+//! The graphs are built from a [`VaeConfig`] alone: `from_weights` reads levels, ResNets per
+//! level, widths, the latent width and whether the mid block attends from tensor shapes once;
+//! GroupNorm groups (32 in SD) come from a diffusers `config.json` (or the caller). The
+//! mid-block attention is single-head over all pixels.
 
 pub mod segments;
 
 use super::ModelError;
 use super::sd::{self, SdOptions};
 pub use super::sd_blocks::NormStats;
-use super::sd_blocks::{SdNet, TRANSFORMER_NORM_EPS, W, nchw};
+use super::sd_blocks::{SdNet, W, nchw};
 use crate::engine::CompiledModel;
 use crate::onnx::{Conv2d, Graph, Value};
-use crate::weights::sd::{NetWeights, SdHyper};
+use crate::weights::sd::{DiffusersConfig, NetWeights};
 use crate::weights::{SourceTensor, TensorMap, WeightType, Weights, WeightsError};
 
-/// SD 1.x's latent scale: the UNet sees `z · 0.18215`.
-pub const SCALING_FACTOR: f32 = 0.18215;
-
-/// Every GroupNorm of the VAE uses this epsilon.
-const EPS: f32 = TRANSFORMER_NORM_EPS;
-
-/// The VAE's shape, from its tensors.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The VAE's configuration, the fields diffusers' `config.json` declares: [`VaeConfig::sd15`]
+/// (also its `Default`) is Stable Diffusion 1.5's, [`VaeConfig::from_weights`] reads a file's.
+#[derive(Clone, Debug, PartialEq)]
 pub struct VaeConfig {
     pub image_channels: usize,
     pub latent_channels: usize,
@@ -41,10 +38,44 @@ pub struct VaeConfig {
     pub block_channels: Vec<usize>,
     /// Encoder ResNets per level (the decoder has one more).
     pub layers_per_block: usize,
+    /// Whether the mid blocks attend (diffusers' `mid_block_add_attention`).
+    pub mid_attention: bool,
+    /// GroupNorm groups (SD: 32; `norm_num_groups`).
+    pub norm_groups: usize,
+    /// Epsilon of every GroupNorm (fixed in diffusers' VAE blocks).
+    pub norm_eps: f32,
+    /// SD's latent scale: the UNet sees `z · scaling_factor`; the graphs do not apply it.
+    pub scaling_factor: f32,
+}
+
+impl Default for VaeConfig {
+    fn default() -> VaeConfig {
+        VaeConfig::sd15()
+    }
 }
 
 impl VaeConfig {
-    pub fn infer(w: &TensorMap<SourceTensor>) -> Result<VaeConfig, WeightsError> {
+    /// Stable Diffusion 1.5's VAE (`AutoencoderKL` of `sd-vae-ft-mse`).
+    pub fn sd15() -> VaeConfig {
+        VaeConfig {
+            image_channels: 3,
+            latent_channels: 4,
+            block_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            mid_attention: true,
+            norm_groups: 32,
+            norm_eps: 1e-6,
+            scaling_factor: 0.18215,
+        }
+    }
+
+    /// Reads the configuration from the canonical tensors' shapes once; GroupNorm groups,
+    /// which shapes cannot tell, come from `declared` (else SD's). Checks that every width
+    /// splits into the groups.
+    pub fn from_weights(
+        w: &TensorMap<SourceTensor>,
+        declared: &DiffusersConfig,
+    ) -> Result<VaeConfig, WeightsError> {
         let shape = |name: &str| -> Result<Vec<usize>, WeightsError> {
             Ok(w.root().get(name)?.shape.clone())
         };
@@ -66,12 +97,38 @@ impl VaeConfig {
                 reason: format!("{ups} decoder levels for {levels} encoder levels"),
             });
         }
+        let groups = declared
+            .norm_groups
+            .unwrap_or(VaeConfig::sd15().norm_groups);
+        for (i, &c) in block_channels.iter().enumerate() {
+            if groups == 0 || !c.is_multiple_of(groups) {
+                return Err(super::unet::bad_shape(
+                    w,
+                    &format!("encoder.down_blocks.{i}.resnets.0.norm2.weight"),
+                    &format!("{c} channels do not split into {groups} GroupNorm groups"),
+                ));
+            }
+        }
         Ok(VaeConfig {
             image_channels: shape("encoder.conv_in.weight")?[1],
             latent_channels: post[0],
             block_channels,
             layers_per_block: w.scope("encoder.down_blocks.0.resnets").count_indexed(),
+            mid_attention: w.scope("encoder.mid_block.attentions").exists(),
+            norm_groups: groups,
+            ..VaeConfig::sd15()
         })
+    }
+
+    /// Input and output widths of ResNet `resnet` of encoder level `level` (`None`: the mid
+    /// block).
+    pub fn encoder_resnet_widths(&self, level: Option<usize>, resnet: usize) -> [usize; 2] {
+        let c = &self.block_channels;
+        match level {
+            None => [c[c.len() - 1]; 2],
+            Some(l) if resnet > 0 => [c[l]; 2],
+            Some(l) => [c[l.saturating_sub(1)], c[l]],
+        }
     }
 
     /// Image size ÷ latent size.
@@ -81,23 +138,39 @@ impl VaeConfig {
 }
 
 /// The mid block: ResNet, single-head self-attention over all pixels, ResNet.
-fn mid_block(net: &mut SdNet, x: &Value, w: &W) -> Result<Value, WeightsError> {
-    let h = net.resnet(x, None, &w.scope("resnets").scope(0), EPS)?;
-    let h = if w.scope("attentions").exists() {
+fn mid_block(net: &mut SdNet, config: &VaeConfig, x: &Value, w: &W) -> Result<Value, WeightsError> {
+    let (eps, widths) = (config.norm_eps, config.encoder_resnet_widths(None, 0));
+    let h = net.resnet(x, None, &w.scope("resnets").scope(0), eps, widths)?;
+    let h = if config.mid_attention {
         let a = w.scope("attentions").scope(0);
-        let normed = net.group_norm(&h, &a.scope("group_norm"), EPS)?;
-        let tokens = net.to_tokens(&normed);
-        let attended = net.attention(&tokens, None, &a, 1)?;
-        let image = net.to_image(&attended, &h);
-        net.g.add(&image, &h)
+        mid_attention(net, config, &h, &a)?
     } else {
         h
     };
-    net.resnet(&h, None, &w.scope("resnets").scope(1), EPS)
+    net.resnet(&h, None, &w.scope("resnets").scope(1), eps, widths)
 }
 
-fn output_head(net: &mut SdNet, x: &Value, w: &W) -> Result<Value, WeightsError> {
-    let h = net.group_norm(x, &w.scope("conv_norm_out"), EPS)?;
+/// GroupNorm, single-head self-attention over all pixels (biased projections), plus the input.
+fn mid_attention(
+    net: &mut SdNet,
+    config: &VaeConfig,
+    x: &Value,
+    w: &W,
+) -> Result<Value, WeightsError> {
+    let normed = net.group_norm(x, &w.scope("group_norm"), config.norm_eps)?;
+    let tokens = net.to_tokens(&normed);
+    let attended = net.attention(&tokens, None, w, 1, true)?;
+    let image = net.to_image(&attended, x);
+    Ok(net.g.add(&image, x))
+}
+
+fn output_head(
+    net: &mut SdNet,
+    config: &VaeConfig,
+    x: &Value,
+    w: &W,
+) -> Result<Value, WeightsError> {
+    let h = net.group_norm(x, &w.scope("conv_norm_out"), config.norm_eps)?;
     let h = net.silu(&h);
     net.conv(&h, &w.scope("conv_out"), Conv2d::padded(1))
 }
@@ -107,11 +180,10 @@ fn output_head(net: &mut SdNet, x: &Value, w: &W) -> Result<Value, WeightsError>
 pub fn build_encoder(
     config: &VaeConfig,
     w: &Weights,
-    hyper: SdHyper,
     weight_type: WeightType,
     stats: NormStats,
 ) -> Result<Graph, WeightsError> {
-    let mut net = SdNet::new("vae_encoder", weight_type, hyper);
+    let mut net = SdNet::new("vae_encoder", weight_type, config.norm_groups);
     net.norm_stats = stats;
     let enc = w.scope("encoder");
     let x = net.input("sample", &nchw(config.image_channels, "height", "width"));
@@ -120,17 +192,24 @@ pub fn build_encoder(
     for i in 0..levels {
         let level = enc.scope("down_blocks").scope(i);
         for j in 0..config.layers_per_block {
-            h = net.resnet(&h, None, &level.scope("resnets").scope(j), EPS)?;
+            let widths = config.encoder_resnet_widths(Some(i), j);
+            h = net.resnet(
+                &h,
+                None,
+                &level.scope("resnets").scope(j),
+                config.norm_eps,
+                widths,
+            )?;
         }
         if i + 1 < levels {
             // diffusers pads right and bottom only, then convolves unpadded with stride 2.
             h = net.downsample(&h, &level.scope("downsamplers").scope(0), [0, 0, 1, 1])?;
         }
     }
-    h = mid_block(&mut net, &h, &enc.scope("mid_block"))?;
-    h = output_head(&mut net, &h, &enc)?;
+    h = mid_block(&mut net, config, &h, &enc.scope("mid_block"))?;
+    h = output_head(&mut net, config, &h, &enc)?;
     posterior_outputs(&mut net, config, w, &h)?;
-    Ok(net.g)
+    Ok(net.finish())
 }
 
 /// `quant_conv` on the encoder's output, then the posterior's mean and (clamped)
@@ -157,11 +236,10 @@ fn posterior_outputs(
 pub fn build_decoder(
     config: &VaeConfig,
     w: &Weights,
-    hyper: SdHyper,
     weight_type: WeightType,
     stats: NormStats,
 ) -> Result<Graph, WeightsError> {
-    build_decoder_from(config, w, hyper, weight_type, stats, DecoderInput::Latent)
+    build_decoder_from(config, w, weight_type, stats, DecoderInput::Latent)
 }
 
 /// What a decoder graph starts from.
@@ -178,12 +256,11 @@ pub enum DecoderInput {
 pub fn build_decoder_from(
     config: &VaeConfig,
     w: &Weights,
-    hyper: SdHyper,
     weight_type: WeightType,
     stats: NormStats,
     input: DecoderInput,
 ) -> Result<Graph, WeightsError> {
-    let mut net = SdNet::new("vae_decoder", weight_type, hyper);
+    let mut net = SdNet::new("vae_decoder", weight_type, config.norm_groups);
     net.norm_stats = stats;
     let dec = w.scope("decoder");
     let dims = nchw(config.latent_channels, "latent_height", "latent_width");
@@ -195,46 +272,48 @@ pub fn build_decoder_from(
         DecoderInput::PostQuant => net.input("decoder_input", &dims),
     };
     let mut h = net.conv(&z, &dec.scope("conv_in"), Conv2d::padded(1))?;
-    h = mid_block(&mut net, &h, &dec.scope("mid_block"))?;
+    h = mid_block(&mut net, config, &h, &dec.scope("mid_block"))?;
     let levels = config.block_channels.len();
+    let mut channels = config.block_channels[levels - 1];
     for i in 0..levels {
         let level = dec.scope("up_blocks").scope(i);
+        let out = config.block_channels[levels - 1 - i];
         for j in 0..=config.layers_per_block {
-            h = net.resnet(&h, None, &level.scope("resnets").scope(j), EPS)?;
+            let resnet = level.scope("resnets").scope(j);
+            h = net.resnet(&h, None, &resnet, config.norm_eps, [channels, out])?;
+            channels = out;
         }
         if i + 1 < levels {
             h = net.upsample(&h, &level.scope("upsamplers").scope(0))?;
         }
     }
-    let image = output_head(&mut net, &h, &dec)?;
+    let image = output_head(&mut net, config, &h, &dec)?;
     net.output(
         "sample",
         &image,
         &nchw(config.image_channels, "height", "width"),
     );
-    Ok(net.g)
+    Ok(net.finish())
 }
 
 /// `latent_sample` → `decoder_input`: `post_quant_conv` alone.
 pub fn build_post_quant(
     config: &VaeConfig,
     w: &Weights,
-    hyper: SdHyper,
     weight_type: WeightType,
 ) -> Result<Graph, WeightsError> {
-    let mut net = SdNet::new("vae_post_quant", weight_type, hyper);
+    let mut net = SdNet::new("vae_post_quant", weight_type, config.norm_groups);
     let dims = nchw(config.latent_channels, "latent_height", "latent_width");
     let z = net.input("latent_sample", &dims);
     let z = net.conv(&z, &w.scope("post_quant_conv"), Conv2d::padded(0))?;
     net.output("decoder_input", &z, &dims);
-    Ok(net.g)
+    Ok(net.finish())
 }
 
 /// A compiled VAE: configuration, weights, both graphs.
 #[derive(Debug)]
 pub struct CompiledVae {
     pub config: VaeConfig,
-    pub hyper: SdHyper,
     pub weights: Weights,
     pub encoder: CompiledModel,
     pub decoder: CompiledModel,
@@ -253,19 +332,12 @@ impl CompiledVae {
                 DecoderInput::Latent
             };
             (
-                build_decoder_from(
-                    &self.config,
-                    &self.weights,
-                    self.hyper,
-                    weight_type,
-                    stats,
-                    input,
-                )?,
+                build_decoder_from(&self.config, &self.weights, weight_type, stats, input)?,
                 &self.decoder,
             )
         } else {
             (
-                build_encoder(&self.config, &self.weights, self.hyper, weight_type, stats)?,
+                build_encoder(&self.config, &self.weights, weight_type, stats)?,
                 &self.encoder,
             )
         };
@@ -285,7 +357,6 @@ impl CompiledVae {
         let graph = segments::build_segment(
             &self.config,
             &self.weights,
-            self.hyper,
             self.weights.weight_type(),
             segment,
             stats,
@@ -302,12 +373,7 @@ impl CompiledVae {
 
     /// `post_quant_conv` alone ([`build_post_quant`]).
     pub fn post_quant(&self) -> Result<CompiledModel, ModelError> {
-        let graph = build_post_quant(
-            &self.config,
-            &self.weights,
-            self.hyper,
-            self.weights.weight_type(),
-        )?;
+        let graph = build_post_quant(&self.config, &self.weights, self.weights.weight_type())?;
         Ok(sd::compiled(
             format!("{} post_quant_conv", self.decoder.name),
             graph,
@@ -320,14 +386,24 @@ impl CompiledVae {
         cache_dir: &std::path::Path,
         options: &SdOptions<'_>,
     ) -> Result<CompiledVae, ModelError> {
-        let config = VaeConfig::infer(&net.tensors)?;
-        let (weights, hyper) = sd::prepare(net, "vae", cache_dir, options)?;
-        CompiledVae::build(config, hyper, weights, options.precision.weight_type(), net)
+        let config = VaeConfig::from_weights(&net.tensors, &options.declared(net))?;
+        CompiledVae::compile_with(net, config, cache_dir, options)
+    }
+
+    /// [`CompiledVae::compile`] with a configuration already read (e.g. to compile the same
+    /// VAE again in another precision).
+    pub fn compile_with(
+        net: &NetWeights,
+        config: VaeConfig,
+        cache_dir: &std::path::Path,
+        options: &SdOptions<'_>,
+    ) -> Result<CompiledVae, ModelError> {
+        let weights = sd::prepare(net, "vae", cache_dir, options)?;
+        CompiledVae::build(config, weights, options.precision.weight_type(), net)
     }
 
     pub fn build(
         config: VaeConfig,
-        hyper: SdHyper,
         weights: Weights,
         weight_type: WeightType,
         net: &NetWeights,
@@ -337,13 +413,12 @@ impl CompiledVae {
             .path()
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let encoder = build_encoder(&config, &weights, hyper, weight_type, NormStats::Live)?;
-        let decoder = build_decoder(&config, &weights, hyper, weight_type, NormStats::Live)?;
+        let encoder = build_encoder(&config, &weights, weight_type, NormStats::Live)?;
+        let decoder = build_decoder(&config, &weights, weight_type, NormStats::Live)?;
         Ok(CompiledVae {
             encoder: sd::compiled(format!("VAE encoder {file}"), encoder, &weights),
             decoder: sd::compiled(format!("VAE decoder {file}"), decoder, &weights),
             config,
-            hyper,
             weights,
         })
     }

@@ -6,7 +6,7 @@
 //! InstanceNormalization between reshapes, and attention as `com.microsoft.MultiHeadAttention`
 //! (ONNX Runtime's contrib operator, documented in its `docs/ContribOperators.md`).
 
-use super::graph::{Dim, ElemType, Graph, MS_DOMAIN, Value, attr};
+use super::graph::{ElemType, Graph, MS_DOMAIN, Value, attr};
 
 /// Attributes of a 2-D convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,26 +177,15 @@ impl Graph {
         self.node("Cast", &[x], vec![attr::elem_type("to", to)])
     }
 
-    /// `x`, of element type `from`, as `to`: `x` itself when they agree, else a Cast. The one
-    /// place where graphs that compute in f16 or f32 meet their f32 interface.
+    /// `x`, of element type `from`, as `to`: `x` itself when they agree, else a Cast. The
+    /// networks cross between f32 and their compute type only through `nets::builder`, which
+    /// calls this.
     pub fn convert(&mut self, x: &Value, from: ElemType, to: ElemType) -> Value {
         if from == to {
             x.clone()
         } else {
             self.cast(x, to)
         }
-    }
-
-    /// An f32 graph input, handed on in the `compute` type.
-    pub fn f32_input(&mut self, name: &str, dims: &[Dim], compute: ElemType) -> Value {
-        let x = self.input(name, ElemType::F32, dims);
-        self.convert(&x, ElemType::F32, compute)
-    }
-
-    /// Declares `x`, computed in `compute`, as the f32 graph output `name`.
-    pub fn f32_output(&mut self, name: &str, x: &Value, compute: ElemType, dims: Option<&[Dim]>) {
-        let x = self.convert(x, compute, ElemType::F32);
-        self.output(name, &x, ElemType::F32, dims);
     }
 
     /// Slice with constant bounds; `steps` may be negative (reversal).

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use ndarray::ArrayD;
-use tessera::weights::sd::SdHyper;
+use tessera::weights::sd::DiffusersConfig;
 
 /// The tiny fixtures' heads and groups (SD 1.5's 8 and 32 do not fit 4–8 channels).
-pub const TINY: SdHyper = SdHyper {
-    attention_heads: 2,
-    norm_groups: 2,
+pub const TINY: DiffusersConfig = DiffusersConfig {
+    attention_heads: Some(2),
+    norm_groups: Some(2),
 };
 
 pub fn sd_fixture(name: &str) -> PathBuf {

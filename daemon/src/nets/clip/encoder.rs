@@ -78,7 +78,7 @@ pub fn open(
     let located = clip_keys::locate(model)?;
     let source = SourceFile::open(&located.file)?;
     let (canonical, layout) = clip_keys::canonicalize(&source)?;
-    let config = ClipConfig::infer(&canonical, layout, located.config.as_ref())?;
+    let config = ClipConfig::from_weights(&canonical, layout, located.config.as_ref())?;
     Ok((source, canonical, config))
 }
 

@@ -1,11 +1,15 @@
 //! The text encoder as an ONNX graph (see the parent module for the architecture and the
-//! interface).
+//! interface), built like every network here: [`ClipConfig`] → layers over a `NetBuilder`
+//! with scoped weight names.
+
+use std::ops::{Deref, DerefMut};
 
 use ndarray::Array2;
 
 use super::{Activation, ClipConfig, ClipOptions};
-use crate::onnx::{Dim, ElemType, ExternalTensor, Gemm, Graph, MS_DOMAIN, Value, attr};
-use crate::weights::{self, Scope, WeightsError};
+use crate::nets::builder::{NetBuilder, W};
+use crate::onnx::{Dim, ElemType, Gemm, Graph, MS_DOMAIN, Value, attr};
+use crate::weights::{self, WeightsError};
 
 /// quick_gelu's sigmoid slope.
 const QUICK_GELU: f32 = 1.702;
@@ -28,10 +32,9 @@ pub fn build_graph(
             ),
         });
     }
-    let dtype = options.precision.weight_type().elem();
-    let mut b = Builder {
-        g: Graph::new("clip_text_encoder"),
-        dtype,
+    let mut b = ClipNet {
+        b: NetBuilder::new("clip_text_encoder", options.precision.weight_type()),
+        config,
     };
     let (c, s) = (config.hidden as i64, config.positions as i64);
     let batch = Dim::from("batch");
@@ -40,18 +43,18 @@ pub fn build_graph(
     let root = w.scope("text_model");
 
     // Embeddings: token rows (plus the textual-inversion rows) and learned positions.
-    let mut table = b.weight(&root.scope("embeddings").scope("token_embedding"), "weight")?;
+    let mut table = b.param(&root.scope("embeddings").scope("token_embedding"), "weight")?;
     if let Some(rows) = extra_rows {
         let extra = b.g.constant_f32(
             &[rows.nrows() as i64, c],
             rows.as_slice().expect("standard layout"),
         );
-        let extra = b.in_dtype(&extra);
+        let extra = b.to_compute(&extra);
         table = b.g.concat(&[&table, &extra], 0);
     }
     let tokens =
         b.g.node("Gather", &[&table, &ids], vec![attr::int("axis", 0)]);
-    let position = b.weight(
+    let position = b.param(
         &root.scope("embeddings").scope("position_embedding"),
         "weight",
     )?;
@@ -61,9 +64,9 @@ pub fn build_graph(
 
     let run = config.layers + 1 - options.clip_skip;
     for l in 0..run {
-        h = b.encoder_layer(config, &h, &root.scope("encoder").scope("layers").scope(l))?;
+        h = b.encoder_layer(&h, &root.scope("encoder").scope("layers").scope(l))?;
     }
-    let h = b.layer_norm(config, &h, &root.scope("final_layer_norm"))?;
+    let h = b.layer_norm(&h, &root.scope("final_layer_norm"))?;
     let last = b.g.reshape(&h, &[-1, s, c]);
 
     // Pooler: the row of the first end-of-text token of each sequence.
@@ -81,59 +84,45 @@ pub fn build_graph(
         vec![attr::int("batch_dims", 1)],
     );
 
-    b.g.f32_output(
+    b.output(
         "last_hidden_state",
         &last,
-        dtype,
-        Some(&[batch.clone(), Dim::from(s), Dim::from(c)]),
+        &[batch.clone(), Dim::from(s), Dim::from(c)],
     );
-    b.g.f32_output(
-        "pooler_output",
-        &pooled,
-        dtype,
-        Some(&[batch, Dim::from(c)]),
-    );
-    Ok(b.g)
+    b.output("pooler_output", &pooled, &[batch, Dim::from(c)]);
+    Ok(b.b.finish())
 }
 
-/// The graph under construction and the element type its weights and activations use.
-struct Builder {
-    g: Graph,
-    dtype: ElemType,
+/// The text encoder's layers over a [`NetBuilder`].
+struct ClipNet<'c> {
+    b: NetBuilder,
+    config: &'c ClipConfig,
 }
 
-impl Builder {
-    /// An external weight, which must be stored in the graph's element type.
-    fn weight(&mut self, w: &Scope<ExternalTensor>, name: &str) -> Result<Value, WeightsError> {
-        let t = w.get(name)?;
-        if t.elem_type != self.dtype {
-            return Err(WeightsError::BadShape {
-                name: t.name.clone(),
-                shape: t.dims.clone(),
-                reason: format!(
-                    "stored as {:?}, the graph computes in {:?}",
-                    t.elem_type, self.dtype
-                ),
-            });
-        }
-        Ok(self.g.external(t))
+impl Deref for ClipNet<'_> {
+    type Target = NetBuilder;
+    fn deref(&self) -> &NetBuilder {
+        &self.b
     }
+}
 
-    /// An f32 value converted to the graph's element type (folded away by ONNX Runtime when
-    /// the value is a constant).
-    fn in_dtype(&mut self, v: &Value) -> Value {
-        self.g.convert(v, ElemType::F32, self.dtype)
+impl DerefMut for ClipNet<'_> {
+    fn deref_mut(&mut self) -> &mut NetBuilder {
+        &mut self.b
     }
+}
 
+impl ClipNet<'_> {
+    /// An f32 scalar in the compute type.
     fn scalar(&mut self, v: f32) -> Value {
         let s = self.g.scalar(v);
-        self.in_dtype(&s)
+        self.to_compute(&s)
     }
 
     /// `x·Wᵀ + b` over rows, with the weight as stored (`[out, in]`).
-    fn linear(&mut self, x: &Value, w: &Scope<ExternalTensor>) -> Result<Value, WeightsError> {
-        let weight = self.weight(w, "weight")?;
-        let bias = self.weight(w, "bias")?;
+    fn linear(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        let weight = self.param(w, "weight")?;
+        let bias = self.param(w, "bias")?;
         Ok(self.g.gemm(
             x,
             &weight,
@@ -145,34 +134,23 @@ impl Builder {
         ))
     }
 
-    fn layer_norm(
-        &mut self,
-        config: &ClipConfig,
-        x: &Value,
-        w: &Scope<ExternalTensor>,
-    ) -> Result<Value, WeightsError> {
-        let gamma = self.weight(w, "weight")?;
-        let beta = self.weight(w, "bias")?;
+    fn layer_norm(&mut self, x: &Value, w: &W) -> Result<Value, WeightsError> {
+        let gamma = self.param(w, "weight")?;
+        let beta = self.param(w, "bias")?;
+        let eps = self.config.layer_norm_eps;
         Ok(self.g.node(
             "LayerNormalization",
             &[x, &gamma, &beta],
-            vec![
-                attr::int("axis", -1),
-                attr::float("epsilon", config.layer_norm_eps),
-            ],
+            vec![attr::int("axis", -1), attr::float("epsilon", eps)],
         ))
     }
 
     /// One pre-norm transformer layer on rows `[batch·77, C]`.
-    fn encoder_layer(
-        &mut self,
-        config: &ClipConfig,
-        h: &Value,
-        w: &Scope<ExternalTensor>,
-    ) -> Result<Value, WeightsError> {
+    fn encoder_layer(&mut self, h: &Value, w: &W) -> Result<Value, WeightsError> {
+        let config = self.config;
         let (c, s) = (config.hidden as i64, config.positions as i64);
         let attn = w.scope("self_attn");
-        let x = self.layer_norm(config, h, &w.scope("layer_norm1"))?;
+        let x = self.layer_norm(h, &w.scope("layer_norm1"))?;
         let mut qkv = Vec::with_capacity(3);
         for proj in ["q_proj", "k_proj", "v_proj"] {
             let y = self.linear(&x, &attn.scope(proj))?;
@@ -197,7 +175,7 @@ impl Builder {
         let a = self.linear(&a, &attn.scope("out_proj"))?;
         let h = self.g.add(h, &a);
 
-        let x = self.layer_norm(config, &h, &w.scope("layer_norm2"))?;
+        let x = self.layer_norm(&h, &w.scope("layer_norm2"))?;
         let x = self.linear(&x, &w.scope("mlp").scope("fc1"))?;
         let x = match config.activation {
             Activation::QuickGelu => {

@@ -9,7 +9,8 @@
 //! last_hidden_state = final_layer_norm(h)
 //! ```
 //!
-//! Every hyper-parameter comes from the canonical tensors' shapes (see
+//! [`ClipConfig::vit_l14`] (also its `Default`) is SD 1.x's text encoder;
+//! [`ClipConfig::from_weights`] reads a file's from the canonical tensors' shapes once (see
 //! `crate::weights::clip_keys`): width and vocabulary from the token embedding, sequence length
 //! from the position embedding, depth from `encoder.layers.N`, MLP width from `fc1`. The head
 //! count is the one number shapes cannot tell: a folder's `config.json` gives it, otherwise
@@ -60,7 +61,7 @@ pub enum Activation {
     Gelu,
 }
 
-/// Hyper-parameters, inferred from the weights.
+/// The text encoder's configuration, the fields of a transformers `CLIPTextConfig`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipConfig {
     pub layout: Layout,
@@ -81,7 +82,28 @@ pub struct ClipConfig {
     pub layer_norm_eps: f32,
 }
 
+impl Default for ClipConfig {
+    fn default() -> ClipConfig {
+        ClipConfig::vit_l14()
+    }
+}
+
 impl ClipConfig {
+    /// OpenAI CLIP ViT-L/14's text tower, SD 1.x's text encoder (diffusers `text_encoder/`).
+    pub fn vit_l14() -> ClipConfig {
+        ClipConfig {
+            layout: Layout::Transformers,
+            vocab_size: 49408,
+            hidden: 768,
+            positions: 77,
+            layers: 12,
+            intermediate: 3072,
+            heads: 12,
+            activation: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+        }
+    }
+
     /// `<|startoftext|>`: the second-to-last id of a CLIP vocabulary.
     pub fn bos_id(&self) -> i64 {
         self.vocab_size as i64 - 2
@@ -94,7 +116,7 @@ impl ClipConfig {
 
     /// Reads every hyper-parameter from the canonical tensors' shapes (and `folder` for what
     /// shapes cannot tell), then checks every tensor's shape and that none is left over.
-    pub fn infer(
+    pub fn from_weights(
         w: &TensorMap<SourceTensor>,
         layout: Layout,
         folder: Option<&FolderConfig>,

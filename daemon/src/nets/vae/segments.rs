@@ -21,10 +21,9 @@
 //! f32); the head's are `groupnorm_{k}_*` for its k-th GroupNorm, as in the whole encoder, so a
 //! proxy pass of the head with exported statistics (`NormStats::Export`) feeds it directly.
 
-use super::{EPS, VaeConfig, posterior_outputs};
+use super::{VaeConfig, mid_attention, posterior_outputs};
 use crate::nets::sd_blocks::{NormStats, SdNet, W, nchw};
 use crate::onnx::{Conv2d, Dim, Graph, Value};
-use crate::weights::sd::SdHyper;
 use crate::weights::{WeightType, Weights, WeightsError};
 
 /// One graph of the cut encoder.
@@ -56,7 +55,9 @@ impl Segment {
             }
         }
         resnet(&mut out, None, 0);
-        out.push(Segment::Attention);
+        if config.mid_attention {
+            out.push(Segment::Attention);
+        }
         resnet(&mut out, None, 1);
         out.push(Segment::Output);
         out
@@ -67,13 +68,15 @@ impl Segment {
         matches!(self, Segment::ResnetOut { .. })
     }
 
-    /// Whether the segment returns the residual as `skip` (a ResNet that projects its input;
-    /// otherwise the residual is the segment's input itself, which the caller keeps).
-    pub fn gives_skip(self, w: &Weights) -> bool {
+    /// Whether the segment returns the residual as `skip` (a ResNet that changes the width
+    /// projects its input; otherwise the residual is the segment's input itself, which the
+    /// caller keeps).
+    pub fn gives_skip(self, config: &VaeConfig) -> bool {
         match self {
-            Segment::ResnetIn { level, resnet } => resnet_scope(w, level, resnet)
-                .scope("conv_shortcut")
-                .exists(),
+            Segment::ResnetIn { level, resnet } => {
+                let [input, output] = config.encoder_resnet_widths(level, resnet);
+                input != output
+            }
             _ => false,
         }
     }
@@ -95,13 +98,15 @@ fn resnet_scope(w: &Weights, level: Option<usize>, resnet: usize) -> W<'_> {
 pub fn build_segment(
     config: &VaeConfig,
     w: &Weights,
-    hyper: SdHyper,
     weight_type: WeightType,
     segment: Segment,
     stats: NormStats,
 ) -> Result<Graph, WeightsError> {
-    let mut net = SdNet::new(&format!("vae_encoder_{segment:?}"), weight_type, hyper);
+    let name = format!("vae_encoder_{segment:?}");
+    let mut net = SdNet::new(&name, weight_type, config.norm_groups);
     net.norm_stats = stats;
+    let eps = config.norm_eps;
+    let deepest = config.block_channels[config.block_channels.len() - 1];
     let enc = w.scope("encoder");
     let dims = |c: usize| nchw(c, "height", "width");
     let x = match segment {
@@ -110,32 +115,33 @@ pub fn build_segment(
             let mut h = net.conv(&image, &enc.scope("conv_in"), Conv2d::padded(1))?;
             let level = enc.scope("down_blocks").scope(0);
             for j in 0..config.layers_per_block {
-                h = net.resnet(&h, None, &level.scope("resnets").scope(j), EPS)?;
+                let widths = config.encoder_resnet_widths(Some(0), j);
+                h = net.resnet(&h, None, &level.scope("resnets").scope(j), eps, widths)?;
             }
             if stats == NormStats::Export {
-                return Ok(net.g);
+                return Ok(net.finish());
             }
             net.downsample(&h, &level.scope("downsamplers").scope(0), [0, 0, 1, 1])?
         }
         Segment::ResnetIn { level, resnet } => {
             let scope = resnet_scope(w, level, resnet);
-            let x = net.input("x", &dims(scope.get("norm1.weight")?.dim(0)));
-            let h = net.group_norm(&x, &scope.scope("norm1"), EPS)?;
+            let [input, output] = config.encoder_resnet_widths(level, resnet);
+            let x = net.input("x", &dims(input));
+            let h = net.group_norm(&x, &scope.scope("norm1"), eps)?;
             let h = net.silu(&h);
             let h = net.conv(&h, &scope.scope("conv1"), Conv2d::padded(1))?;
-            if scope.scope("conv_shortcut").exists() {
+            if segment.gives_skip(config) {
                 let skip = net.conv(&x, &scope.scope("conv_shortcut"), Conv2d::padded(0))?;
-                let channels = scope.get("conv_shortcut.weight")?.dim(0);
-                net.output("next_skip", &skip, &dims(channels));
+                net.output("next_skip", &skip, &dims(output));
             }
             h
         }
         Segment::ResnetOut { level, resnet } => {
             let scope = resnet_scope(w, level, resnet);
-            let channels = scope.get("norm2.weight")?.dim(0);
+            let [_, channels] = config.encoder_resnet_widths(level, resnet);
             let x = net.input("x", &dims(channels));
             let skip = net.input("skip", &dims(channels));
-            let h = net.group_norm(&x, &scope.scope("norm2"), EPS)?;
+            let h = net.group_norm(&x, &scope.scope("norm2"), eps)?;
             let h = net.silu(&h);
             let h = net.conv(&h, &scope.scope("conv2"), Conv2d::padded(1))?;
             let mut out = net.g.add(&skip, &h);
@@ -154,24 +160,20 @@ pub fn build_segment(
         }
         Segment::Attention => {
             let a = enc.scope("mid_block.attentions").scope(0);
-            let x = net.input("x", &dims(a.get("group_norm.weight")?.dim(0)));
-            let normed = net.group_norm(&x, &a.scope("group_norm"), EPS)?;
-            let tokens = net.to_tokens(&normed);
-            let attended = net.attention(&tokens, None, &a, 1)?;
-            let image = net.to_image(&attended, &x);
-            net.g.add(&image, &x)
+            let x = net.input("x", &dims(deepest));
+            mid_attention(&mut net, config, &x, &a)?
         }
         Segment::Output => {
-            let x = net.input("x", &dims(enc.get("conv_norm_out.weight")?.dim(0)));
-            let h = net.group_norm(&x, &enc.scope("conv_norm_out"), EPS)?;
+            let x = net.input("x", &dims(deepest));
+            let h = net.group_norm(&x, &enc.scope("conv_norm_out"), eps)?;
             let h = net.silu(&h);
             let h = net.conv(&h, &enc.scope("conv_out"), Conv2d::padded(1))?;
             posterior_outputs(&mut net, config, w, &h)?;
-            return Ok(net.g);
+            return Ok(net.finish());
         }
     };
     finish(&mut net, &x)?;
-    Ok(net.g)
+    Ok(net.finish())
 }
 
 /// Declares `x` as the segment's state with the statistics the next GroupNorm will see.

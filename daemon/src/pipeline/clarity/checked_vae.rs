@@ -17,9 +17,9 @@ use super::network_traits::{
 use crate::engine::{Engine, EngineError};
 use crate::nets::sd::SdOptions;
 use crate::nets::vae::CompiledVae;
+use crate::nets::vae::VaeConfig;
 use crate::nets::{ModelError, Precision};
 use crate::weights::WeightType;
-use crate::weights::sd::SdHyper;
 
 /// Where the f32 twin of an f16 VAE comes from.
 struct Twin {
@@ -28,7 +28,7 @@ struct Twin {
     source: PathBuf,
     cache_dir: PathBuf,
     /// The f16 VAE's heads and groups (the twin must be the same network).
-    hyper: SdHyper,
+    config: VaeConfig,
     vae: Option<SdVae>,
 }
 
@@ -62,7 +62,7 @@ impl CheckedVae {
             engine,
             source,
             cache_dir,
-            hyper: compiled.hyper,
+            config: compiled.config.clone(),
             vae: None,
         });
         CheckedVae {
@@ -116,12 +116,13 @@ impl Twin {
         if self.vae.is_none() {
             let compile = || -> Result<CompiledVae, ModelError> {
                 let net = crate::weights::sd::vae(&self.source)?;
-                CompiledVae::compile(
+                CompiledVae::compile_with(
                     &net,
+                    self.config.clone(),
                     &self.cache_dir,
                     &SdOptions {
                         precision: Precision::F32,
-                        hyper: Some(self.hyper),
+                        config: None,
                         patch: None,
                     },
                 )

@@ -143,7 +143,7 @@ impl ModelSet {
         let precisions = key.precisions;
         let plain = SdOptions {
             precision: precisions.unet,
-            hyper: None,
+            config: None,
             patch: None,
         };
 

@@ -126,7 +126,7 @@ impl SdVae {
                     segment,
                     name: model.name,
                     session,
-                    gives_skip: segment.gives_skip(&self.compiled.weights),
+                    gives_skip: segment.gives_skip(&self.compiled.config),
                 });
             }
         }

@@ -142,7 +142,7 @@ fn compile(
 ) -> anyhow::Result<(CompiledUnet, CompiledControlNet)> {
     let options = SdOptions {
         precision,
-        hyper: None,
+        config: None,
         patch: None,
     };
     let cache = dir.join("cache");

@@ -21,27 +21,25 @@ use std::path::{Path, PathBuf};
 use super::{SourceFile, SourceTensor, TensorMap, WeightsError};
 pub use detect::ModelKind;
 
-/// The hyper-parameters of an SD network that tensor shapes cannot tell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SdHyper {
-    /// Attention heads of the UNet/ControlNet transformers (SD 1.5: 8 at every level; diffusers'
-    /// `attention_head_dim` config field holds this number for SD 1.5).
-    pub attention_heads: usize,
-    /// GroupNorm groups everywhere (SD 1.5: 32).
-    pub norm_groups: usize,
+/// What a diffusers `config.json` declares about an SD network that its tensor shapes cannot
+/// tell; `None`: not declared (the network's config then takes SD 1.5's value). The network
+/// configs (`nets::unet::UnetConfig`, …) are filled from the shapes and this.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiffusersConfig {
+    /// Attention heads of the UNet/ControlNet transformers (`num_attention_heads`, or
+    /// `attention_head_dim`, which holds the head count for SD 1.5).
+    pub attention_heads: Option<usize>,
+    /// GroupNorm groups everywhere (`norm_num_groups`).
+    pub norm_groups: Option<usize>,
 }
 
-impl SdHyper {
-    /// Stable Diffusion 1.5's values.
-    pub const SD15: SdHyper = SdHyper {
-        attention_heads: 8,
-        norm_groups: 32,
-    };
-}
-
-impl Default for SdHyper {
-    fn default() -> SdHyper {
-        SdHyper::SD15
+impl DiffusersConfig {
+    /// Each field of `self`, or `fallback`'s where `self` does not declare it.
+    pub fn or(self, fallback: DiffusersConfig) -> DiffusersConfig {
+        DiffusersConfig {
+            attention_heads: self.attention_heads.or(fallback.attention_heads),
+            norm_groups: self.norm_groups.or(fallback.norm_groups),
+        }
     }
 }
 
@@ -62,7 +60,7 @@ pub struct NetWeights {
     pub tensors: TensorMap<SourceTensor>,
     pub layout: Layout,
     /// From `config.json` when the weights sit in a diffusers folder.
-    pub config_hyper: Option<SdHyper>,
+    pub config: Option<DiffusersConfig>,
     /// Tensors of the file that none of the networks it holds uses (a checkpoint's
     /// noise-schedule and EMA buffers and CLIP's `position_ids`, a VAE's `loss.*` and EMA
     /// counters, whatever beside a ControlNet's `control_model.*`): skipped; the loader of the
@@ -71,10 +69,12 @@ pub struct NetWeights {
 }
 
 impl NetWeights {
-    /// The hyper-parameters to build with: `explicit` if given, else `config.json`'s, else
-    /// SD 1.5's.
-    pub fn hyper(&self, explicit: Option<SdHyper>) -> SdHyper {
-        explicit.or(self.config_hyper).unwrap_or_default()
+    /// What is declared about the network: each field of `explicit` if given, else
+    /// `config.json`'s.
+    pub fn declared(&self, explicit: Option<DiffusersConfig>) -> DiffusersConfig {
+        explicit
+            .unwrap_or_default()
+            .or(self.config.unwrap_or_default())
     }
 
     /// Logs how many of the file's tensors no network uses, with the first few names.
@@ -154,7 +154,7 @@ pub fn unet(path: &Path) -> Result<NetWeights, WeightsError> {
         source,
         tensors,
         layout,
-        config_hyper: config.as_deref().map(read_config).transpose()?,
+        config: config.as_deref().map(read_config).transpose()?,
         unused,
     })
 }
@@ -202,7 +202,7 @@ pub fn vae(path: &Path) -> Result<NetWeights, WeightsError> {
         source,
         tensors,
         layout,
-        config_hyper: config.as_deref().map(read_config).transpose()?,
+        config: config.as_deref().map(read_config).transpose()?,
         unused,
     })
 }
@@ -244,7 +244,7 @@ pub fn controlnet(path: &Path) -> Result<NetWeights, WeightsError> {
         source,
         tensors,
         layout,
-        config_hyper: config.as_deref().map(read_config).transpose()?,
+        config: config.as_deref().map(read_config).transpose()?,
         unused,
     })
 }
@@ -289,8 +289,8 @@ fn resolve(path: &Path, component: &str) -> Result<(PathBuf, Option<PathBuf>), W
     Ok((file, config.is_file().then_some(config)))
 }
 
-/// The hyper-parameters in a diffusers `config.json` (missing fields: SD 1.5's).
-fn read_config(path: &Path) -> Result<SdHyper, WeightsError> {
+/// What a diffusers `config.json` declares that shapes cannot tell.
+fn read_config(path: &Path) -> Result<DiffusersConfig, WeightsError> {
     let text = std::fs::read_to_string(path).map_err(|e| WeightsError::io(path, e))?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| WeightsError::corrupt(path, format!("not JSON: {e}")))?;
@@ -319,9 +319,9 @@ fn read_config(path: &Path) -> Result<SdHyper, WeightsError> {
         None => number(&json["attention_head_dim"])?,
     };
     let groups = number(&json["norm_num_groups"])?;
-    Ok(SdHyper {
-        attention_heads: heads.unwrap_or(SdHyper::SD15.attention_heads),
-        norm_groups: groups.unwrap_or(SdHyper::SD15.norm_groups),
+    Ok(DiffusersConfig {
+        attention_heads: heads,
+        norm_groups: groups,
     })
 }
 

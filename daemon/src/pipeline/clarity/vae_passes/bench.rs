@@ -88,7 +88,7 @@ pub fn run(
     let net = sd::vae(&file)?;
     let options = SdOptions {
         precision: crate::nets::sd::Precision::F32,
-        hyper: None,
+        config: None,
         patch: None,
     };
     let compiled = CompiledVae::compile(&net, &cache, &options)?;
