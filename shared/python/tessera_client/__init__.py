@@ -25,6 +25,7 @@ The wire format is specified in ``docs/protocol.md`` and frozen by the golden
 vectors in ``shared/golden/``.
 """
 
+from . import launcher as launcher
 from .client import Client, Job
 from .codec import (
     decode,
