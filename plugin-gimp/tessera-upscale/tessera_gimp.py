@@ -28,6 +28,7 @@ from tessera_client import (
     data_dir,
     launcher,
     list_installed,
+    params_table,
     socket_address,
 )
 
@@ -131,8 +132,10 @@ OUTPUT_NEW_LAYER = "new-layer"
 OUTPUT_SCALE_IMAGE = "scale-image"
 OUTPUT_NEW_IMAGE = "new-image"
 
+#: The daemon's ranges (``tessera_client.params_table``, written by the Rust crate).
+_RANGES = params_table.RANGES
 #: The daemon's diffusion tile sides, in latents (multiples of 8).
-TILE_MIN, TILE_MAX = 16, 256
+TILE_MIN, TILE_MAX = _RANGES["tile_width"]
 #: The largest seed a GIMP integer argument holds; the protocol takes any u64.
 #: (An unsigned argument would reach 2³² − 1, but GIMP 3.0's procedure dialog
 #: has no widget for one.)
@@ -142,8 +145,7 @@ SEED_MAX = 2**31 - 1
 _DEFAULTS = JobParams()
 
 #: In registration order: new arguments go last, so that scripts passing them
-#: by position keep working. The ranges are the daemon's
-#: (``daemon/src/pipeline/clarity/params.rs``).
+#: by position keep working. The ranges are the daemon's (:data:`_RANGES`).
 ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "scale",
@@ -152,8 +154,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "How many times larger the result is per side (1 to 16): above ×2 the detail is "
         "invented anew in each ×2 stage, sharper but further from the original",
         _DEFAULTS.scale,
-        minimum=1.0,
-        maximum=16.0,
+        minimum=_RANGES["scale"][0],
+        maximum=_RANGES["scale"][1],
         job_field="scale",
         to_job=float,
     ),
@@ -218,8 +220,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "further from the original; at 0 the Clarity preset only re-encodes (the Upscaler "
         "preset skips the diffusion)",
         _DEFAULTS.creativity,
-        minimum=0.0,
-        maximum=1.0,
+        minimum=_RANGES["creativity"][0],
+        maximum=_RANGES["creativity"][1],
         job_field="creativity",
         to_job=float,
     ),
@@ -230,8 +232,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "How strongly the ControlNet holds the result to the original (0 to 3): more keeps "
         "the original's shapes and colours, less lets the model add detail that was never there",
         _DEFAULTS.resemblance,
-        minimum=0.0,
-        maximum=3.0,
+        minimum=_RANGES["resemblance"][0],
+        maximum=_RANGES["resemblance"][1],
         job_field="resemblance",
         to_job=float,
     ),
@@ -242,8 +244,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "How hard the model follows the prompt (guidance scale, 1 to 50): more gives contrast "
         "and punch but can burn colours, less is softer and more faithful",
         _DEFAULTS.dynamic,
-        minimum=1.0,
-        maximum=50.0,
+        minimum=_RANGES["dynamic"][0],
+        maximum=_RANGES["dynamic"][1],
         job_field="dynamic",
         to_job=float,
     ),
@@ -279,8 +281,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "Sampler steps of a full denoise (1 to 100), of which about creativity × steps run: "
         "more refine the detail a little further but take longer",
         _DEFAULTS.steps,
-        minimum=1,
-        maximum=100,
+        minimum=_RANGES["steps"][0],
+        maximum=_RANGES["steps"][1],
         job_field="steps",
         to_job=int,
     ),
@@ -339,8 +341,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "How much of the ControlNet's hold reaches its fine, high-resolution blocks (0 to 1): "
         "more keeps fine detail truer to the original, less leaves fine texture to the model",
         _DEFAULTS.decay,
-        minimum=0.0,
-        maximum=1.0,
+        minimum=_RANGES["decay"][0],
+        maximum=_RANGES["decay"][1],
         job_field="decay",
         to_job=float,
     ),
@@ -351,8 +353,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "Creativity multiplier for each ×2 stage after the first (0 to 2): less keeps the later "
         "stages faithful, more lets them invent as much as the first",
         _DEFAULTS.multistep_factor,
-        minimum=0.0,
-        maximum=2.0,
+        minimum=_RANGES["multistep_factor"][0],
+        maximum=_RANGES["multistep_factor"][1],
         job_field="multistep_factor",
         to_job=float,
     ),
@@ -392,8 +394,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "Sharpen",
         "Sharpening of the result (0 to 10): more looks crisper but can add halos; 0 is off",
         _DEFAULTS.sharpen,
-        minimum=0.0,
-        maximum=10.0,
+        minimum=_RANGES["sharpen"][0],
+        maximum=_RANGES["sharpen"][1],
         job_field="sharpen",
         to_job=float,
     ),

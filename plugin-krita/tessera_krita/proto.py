@@ -14,6 +14,8 @@ except ImportError:
 
 from_vendor = tessera_client.__name__ != "tessera_client"
 
+CLARITY_NEGATIVE_PROMPT = tessera_client.CLARITY_NEGATIVE_PROMPT
+CLARITY_PROMPT = tessera_client.CLARITY_PROMPT
 Channels = tessera_client.Channels
 ConnectionClosed = tessera_client.ConnectionClosed
 DaemonNotRunning = tessera_client.DaemonNotRunning

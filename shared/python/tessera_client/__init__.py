@@ -26,6 +26,7 @@ vectors in ``shared/golden/``.
 """
 
 from . import launcher as launcher
+from . import params_table as params_table
 from .client import Client, Job
 from .codec import (
     decode,
