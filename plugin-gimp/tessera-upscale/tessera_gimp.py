@@ -1,17 +1,14 @@
 """The parts of the GIMP plug-in that do not need GIMP: the procedure's
 arguments and how they become job parameters, the pixel layout sent for each
 GIMP precision, where the result goes, finding and starting the daemon, the
-models on offer, and the words shown to the user. ``tessera-upscale.py``
+models on offer, and the words shown to the user; finding and starting the
+daemon are ``tessera_client.launcher``'s rules, worded here for GIMP. ``tessera-upscale.py``
 (the plug-in proper) glues them to GIMP's API.
 
 Standard library only, Python 3.8+, like ``tessera_client``.
 """
 
 import os
-import shutil
-import subprocess
-import sys
-import time
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from tessera_client import (
@@ -29,7 +26,9 @@ from tessera_client import (
     TesseraError,
     Transfer,
     data_dir,
+    launcher,
     list_installed,
+    params_table,
     socket_address,
 )
 
@@ -133,8 +132,10 @@ OUTPUT_NEW_LAYER = "new-layer"
 OUTPUT_SCALE_IMAGE = "scale-image"
 OUTPUT_NEW_IMAGE = "new-image"
 
+#: The daemon's ranges (``tessera_client.params_table``, written by the Rust crate).
+_RANGES = params_table.RANGES
 #: The daemon's diffusion tile sides, in latents (multiples of 8).
-TILE_MIN, TILE_MAX = 16, 256
+TILE_MIN, TILE_MAX = _RANGES["tile_width"]
 #: The largest seed a GIMP integer argument holds; the protocol takes any u64.
 #: (An unsigned argument would reach 2³² − 1, but GIMP 3.0's procedure dialog
 #: has no widget for one.)
@@ -144,8 +145,7 @@ SEED_MAX = 2**31 - 1
 _DEFAULTS = JobParams()
 
 #: In registration order: new arguments go last, so that scripts passing them
-#: by position keep working. The ranges are the daemon's
-#: (``daemon/src/pipeline/clarity/params.rs``).
+#: by position keep working. The ranges are the daemon's (:data:`_RANGES`).
 ARGUMENTS: Tuple[Argument, ...] = (
     Argument(
         "scale",
@@ -154,8 +154,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "How many times larger the result is per side (1 to 16): above ×2 the detail is "
         "invented anew in each ×2 stage, sharper but further from the original",
         _DEFAULTS.scale,
-        minimum=1.0,
-        maximum=16.0,
+        minimum=_RANGES["scale"][0],
+        maximum=_RANGES["scale"][1],
         job_field="scale",
         to_job=float,
     ),
@@ -220,8 +220,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "further from the original; at 0 the Clarity preset only re-encodes (the Upscaler "
         "preset skips the diffusion)",
         _DEFAULTS.creativity,
-        minimum=0.0,
-        maximum=1.0,
+        minimum=_RANGES["creativity"][0],
+        maximum=_RANGES["creativity"][1],
         job_field="creativity",
         to_job=float,
     ),
@@ -232,8 +232,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "How strongly the ControlNet holds the result to the original (0 to 3): more keeps "
         "the original's shapes and colours, less lets the model add detail that was never there",
         _DEFAULTS.resemblance,
-        minimum=0.0,
-        maximum=3.0,
+        minimum=_RANGES["resemblance"][0],
+        maximum=_RANGES["resemblance"][1],
         job_field="resemblance",
         to_job=float,
     ),
@@ -244,8 +244,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "How hard the model follows the prompt (guidance scale, 1 to 50): more gives contrast "
         "and punch but can burn colours, less is softer and more faithful",
         _DEFAULTS.dynamic,
-        minimum=1.0,
-        maximum=50.0,
+        minimum=_RANGES["dynamic"][0],
+        maximum=_RANGES["dynamic"][1],
         job_field="dynamic",
         to_job=float,
     ),
@@ -281,8 +281,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "Sampler steps of a full denoise (1 to 100), of which about creativity × steps run: "
         "more refine the detail a little further but take longer",
         _DEFAULTS.steps,
-        minimum=1,
-        maximum=100,
+        minimum=_RANGES["steps"][0],
+        maximum=_RANGES["steps"][1],
         job_field="steps",
         to_job=int,
     ),
@@ -341,8 +341,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "How much of the ControlNet's hold reaches its fine, high-resolution blocks (0 to 1): "
         "more keeps fine detail truer to the original, less leaves fine texture to the model",
         _DEFAULTS.decay,
-        minimum=0.0,
-        maximum=1.0,
+        minimum=_RANGES["decay"][0],
+        maximum=_RANGES["decay"][1],
         job_field="decay",
         to_job=float,
     ),
@@ -353,8 +353,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "Creativity multiplier for each ×2 stage after the first (0 to 2): less keeps the later "
         "stages faithful, more lets them invent as much as the first",
         _DEFAULTS.multistep_factor,
-        minimum=0.0,
-        maximum=2.0,
+        minimum=_RANGES["multistep_factor"][0],
+        maximum=_RANGES["multistep_factor"][1],
         job_field="multistep_factor",
         to_job=float,
     ),
@@ -394,8 +394,8 @@ ARGUMENTS: Tuple[Argument, ...] = (
         "Sharpen",
         "Sharpening of the result (0 to 10): more looks crisper but can add halos; 0 is off",
         _DEFAULTS.sharpen,
-        minimum=0.0,
-        maximum=10.0,
+        minimum=_RANGES["sharpen"][0],
+        maximum=_RANGES["sharpen"][1],
         job_field="sharpen",
         to_job=float,
     ),
@@ -581,75 +581,39 @@ def layout_for(precision_nick: str, base_type_nick: str, has_alpha: bool) -> Lay
 # --- The daemon ---------------------------------------------------------------
 
 #: Set to the ``tessera`` program to use, when it is not on ``PATH``.
-BIN_ENV = "TESSERA_BIN"
+BIN_ENV = launcher.BIN_ENV
 #: How long a daemon the plug-in started may take to listen.
-START_TIMEOUT = 30.0
+START_TIMEOUT = launcher.START_TIMEOUT
 
 
 class TesseraMissing(Exception):
     """No ``tessera`` program was found to start the daemon with."""
 
 
-def _program_name() -> str:
-    return "tessera.exe" if sys.platform == "win32" else "tessera"
-
-
 def install_folders(env: Mapping[str, str]) -> List[str]:
-    """Folders where installers and ``cargo install`` put ``tessera``."""
-    home = env.get("HOME") or env.get("USERPROFILE") or ""
-    folders = []
-    if home:
-        folders += [os.path.join(home, ".local", "bin"), os.path.join(home, ".cargo", "bin")]
-    if sys.platform == "win32":
-        local = env.get("LOCALAPPDATA")
-        if local:
-            folders.append(os.path.join(local, "Programs", "Tessera"))
-    else:
-        folders += ["/usr/local/bin", "/opt/tessera/bin"]
-    return folders
+    """Folders searched after ``PATH`` (``tessera_client.launcher``'s list)."""
+    return launcher.install_folders(env)
 
 
 def candidate_binaries(env: Optional[Mapping[str, str]] = None) -> List[str]:
     """Where the ``tessera`` program may be, in order: ``$TESSERA_BIN``,
     ``PATH``, then :func:`install_folders`."""
-    env = os.environ if env is None else env
-    exe = _program_name()
-    found: List[str] = []
-    explicit = env.get(BIN_ENV)
-    if explicit:
-        found.append(explicit)
-    on_path = shutil.which(exe, path=env.get("PATH", os.defpath))
-    if on_path:
-        found.append(on_path)
-    found += [os.path.join(folder, exe) for folder in install_folders(env)]
-    unique: List[str] = []
-    for path in found:
-        if path not in unique:
-            unique.append(path)
-    return unique
+    return launcher.candidates("", env)
 
 
 def find_tessera(env: Optional[Mapping[str, str]] = None) -> str:
     """The ``tessera`` program; raises :class:`TesseraMissing` with the
     places looked at."""
-    env = os.environ if env is None else env
-    explicit = env.get(BIN_ENV)
-    if explicit and not _is_program(explicit):
+    try:
+        return launcher.find_tessera("", env)
+    except launcher.ProgramInvalid as e:
+        raise TesseraMissing(str(e)) from None
+    except launcher.ProgramNotFound as e:
         raise TesseraMissing(
-            f"{BIN_ENV} is set to {explicit}, which is not a program; correct {BIN_ENV} or unset it"
-        )
-    for path in candidate_binaries(env):
-        if _is_program(path):
-            return path
-    raise TesseraMissing(
-        "Tessera is not running, and its program `tessera` was not found "
-        f"(looked on PATH and in {', '.join(install_folders(env))}). "
-        f"Install Tessera, or set {BIN_ENV} to the path of the `tessera` program."
-    )
-
-
-def _is_program(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
+            "Tessera is not running, and its program `tessera` was not found "
+            f"(looked on PATH and in {', '.join(e.looked)}). "
+            f"Install Tessera, or set {BIN_ENV} to the path of the `tessera` program."
+        ) from None
 
 
 def connect(agent: str = AGENT, **kwargs: Any) -> Client:
@@ -670,57 +634,28 @@ def start_daemon(
     Raises ``RuntimeError`` with the daemon's own words if it does not start.
     """
     env = dict(os.environ if env is None else env)
-    logs = os.path.join(data_dir(env=env).path, "logs")
-    os.makedirs(logs, exist_ok=True)
-    log_path = os.path.join(logs, "daemon-start.log")
-    kwargs: Dict[str, Any] = {}
-    if sys.platform == "win32":  # pragma: no cover - Windows only
-        kwargs["creationflags"] = 0x00000008 | 0x00000200  # DETACHED_PROCESS | NEW_PROCESS_GROUP
-    else:
-        kwargs["start_new_session"] = True
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [binary, "serve"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-            env=env,
-            close_fds=True,
-            **kwargs,
-        )
-    if on_spawn is not None:
-        on_spawn(process.pid)
     address = socket_address(env=env)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return Client(address, agent=agent)
-        except DaemonNotRunning:
-            pass
-        code = process.poll()
-        if code is not None:
-            raise RuntimeError(
-                f"Tessera's service could not start: {_last_error(log_path, code)} "
-                f"(its output is in {log_path})"
-            )
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"Tessera's service started but did not answer on {address} within "
-                f"{timeout:.0f} s (its output is in {log_path})"
-            )
-        time.sleep(0.1)
-
-
-def _last_error(log_path: str, code: int) -> str:
     try:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except OSError:
-        lines = []
-    for line in reversed(lines):
-        if "tessera:" in line or "ERROR" in line or "error" in line:
-            return line.split("tessera:", 1)[-1].strip()
-    return lines[-1] if lines else f"it exited with status {code}"
+        return launcher.start_and_connect(
+            binary,
+            data_dir(env=env).path,
+            lambda: Client(address, agent=agent),
+            str(address),
+            timeout=timeout,
+            env=env,
+            on_spawn=on_spawn,
+        )
+    except launcher.StartFailed as e:
+        raise RuntimeError(
+            f"Tessera's service could not start: {e.reason} (its output is in {e.log_path})"
+        ) from None
+    except launcher.StartTimedOut as e:
+        raise RuntimeError(
+            f"Tessera's service started but did not answer on {address} within "
+            f"{timeout:.0f} s (its output is in {e.log_path})"
+        ) from None
+    except launcher.LaunchError as e:
+        raise RuntimeError(str(e)) from None
 
 
 def connect_or_start(

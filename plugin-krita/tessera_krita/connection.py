@@ -15,8 +15,10 @@ the GUI thread never waits on it.
   daemon runs, the models are read from the data directory's ``models/``
   folder instead, by the daemon's rules.
 
-The bytes of each message are the codec's (``tessera_client``); the routing
-is :class:`~.session.Session`'s.
+Framing and routing are ``tessera_client``'s, without I/O: this module feeds
+the socket's bytes to a ``FrameReader`` and its messages to a ``Session``, and
+writes what the session sends; finding and starting the daemon is
+``tessera_client.launcher``'s (through :mod:`.launcher`).
 """
 
 import logging
@@ -25,19 +27,21 @@ import time
 from typing import Any, Callable, List, Optional, Tuple
 
 from . import launcher
-from .framing import FrameReader, frame_parts
 from .proto import (
+    OPEN,
     ConnectionClosed,
     DaemonNotRunning,
+    FrameReader,
+    Session,
     SocketAddress,
     Status,
     TesseraError,
     data_dir,
+    frame_parts,
     list_installed,
     socket_address,
 )
 from .qt import QLocalSocket, QObject, QTimer, pyqtSignal, socket_error_signal, to_bytes
-from .session import OPEN, Session
 
 log = logging.getLogger("tessera_krita")
 

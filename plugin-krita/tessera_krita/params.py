@@ -1,7 +1,9 @@
 """The job parameters: Clarity's names, defaults, ranges and tooltips, and
 their mapping onto the protocol's ``JobParams``.
 
-Every parameter the pipelines take is described here once. A
+Every parameter the pipelines take is described here once; the defaults and
+ranges are the daemon's, from ``tessera_client.params_table`` (which the Rust
+crate writes). A
 parameter is *offered* — shown in the docker, saved in the settings and sent
 — only when the protocol's ``JobParams`` has a field of the same name, so
 the docker never shows a control that would do nothing, and works against
@@ -15,7 +17,17 @@ No Qt and no Krita here.
 import dataclasses
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from .proto import JobParams, ModelKind, Preset
+from .proto import (
+    CLARITY_NEGATIVE_PROMPT,
+    CLARITY_PROMPT,
+    JobParams,
+    ModelKind,
+    Preset,
+    tessera_client,
+)
+
+_DEFAULTS = tessera_client.params_table.DEFAULTS
+_RANGES = tessera_client.params_table.RANGES
 
 FLOAT, INT, TEXT, MODEL, CHOICE = "float", "int", "text", "model", "choice"
 
@@ -43,11 +55,6 @@ class Spec(NamedTuple):
     choices: Tuple[Tuple[str, str, Any], ...] = ()
 
 
-CLARITY_PROMPT = (
-    "masterpiece, best quality, highres, <lora:more_details:0.5> <lora:SDXLrender_v2.0:1>"
-)
-CLARITY_NEGATIVE_PROMPT = "(worst quality, low quality, normal quality:2) JuggernautNegative-neg"
-
 #: Every parameter, in the order the docker shows them.
 SPECS: Tuple[Spec, ...] = (
     Spec(
@@ -68,12 +75,12 @@ SPECS: Tuple[Spec, ...] = (
         "scale",
         "Scale",
         FLOAT,
-        2.0,
+        _DEFAULTS["scale"],
         "How many times larger the result is, per side. Large factors are done in ×2 "
         "passes, each one inventing detail anew: more passes give a sharper image that "
         "strays further from the original.",
-        minimum=1.0,
-        maximum=16.0,
+        minimum=_RANGES["scale"][0],
+        maximum=_RANGES["scale"][1],
         step=0.5,
         decimals=2,
     ),
@@ -81,36 +88,36 @@ SPECS: Tuple[Spec, ...] = (
         "creativity",
         "Creativity",
         FLOAT,
-        0.35,
+        _DEFAULTS["creativity"],
         "How much the diffusion pass may repaint. Higher invents more detail and "
         "texture (quality), lower stays truer to the pixels you have (fidelity); "
         "0.3–0.9 is the useful range.",
-        minimum=0.0,
-        maximum=1.0,
+        minimum=_RANGES["creativity"][0],
+        maximum=_RANGES["creativity"][1],
         step=0.05,
     ),
     Spec(
         "resemblance",
         "Resemblance",
         FLOAT,
-        0.6,
+        _DEFAULTS["resemblance"],
         "How strongly the result is held to the original's shapes and colours. "
         "Higher keeps fidelity but can look flat; lower frees the model to add "
         "detail that was never there. Try 0.3–1.6.",
-        minimum=0.0,
-        maximum=3.0,
+        minimum=_RANGES["resemblance"][0],
+        maximum=_RANGES["resemblance"][1],
         step=0.05,
     ),
     Spec(
         "tile_width",
         "Fractality",
         INT,
-        112,
+        _DEFAULTS["tile_width"],
         "The size of the diffusion tiles, in latent units (×8 pixels). Smaller tiles "
         "make the model see the image closer up and add finer, busier detail; larger "
         "tiles keep the whole coherent.",
-        minimum=16,
-        maximum=256,
+        minimum=_RANGES["tile_width"][0],
+        maximum=_RANGES["tile_width"][1],
         step=16,
         group="fractality",
     ),
@@ -118,10 +125,10 @@ SPECS: Tuple[Spec, ...] = (
         "tile_height",
         "Fractality",
         INT,
-        144,
+        _DEFAULTS["tile_height"],
         "The height of the diffusion tiles, in latent units (×8 pixels); see the width.",
-        minimum=16,
-        maximum=256,
+        minimum=_RANGES["tile_height"][0],
+        maximum=_RANGES["tile_height"][1],
         step=16,
         group="fractality",
     ),
@@ -129,11 +136,11 @@ SPECS: Tuple[Spec, ...] = (
         "dynamic",
         "Dynamic",
         FLOAT,
-        6.0,
+        _DEFAULTS["dynamic"],
         "How hard the model follows the prompt (CFG). Higher gives more contrast "
         "and punch but can burn colours; lower is softer and more faithful. Try 3–9.",
-        minimum=1.0,
-        maximum=50.0,
+        minimum=_RANGES["dynamic"][0],
+        maximum=_RANGES["dynamic"][1],
         step=0.5,
         decimals=1,
     ),
@@ -141,18 +148,18 @@ SPECS: Tuple[Spec, ...] = (
         "steps",
         "Steps",
         INT,
-        18,
+        _DEFAULTS["steps"],
         "Sampler steps for a full denoise; only about creativity × steps are run. "
         "More steps are slower and refine detail a little further.",
-        minimum=1,
-        maximum=100,
+        minimum=_RANGES["steps"][0],
+        maximum=_RANGES["steps"][1],
         step=1,
     ),
     Spec(
         "seed",
         "Seed",
         INT,
-        1337,
+        _DEFAULTS["seed"],
         "The noise seed. The same seed and settings give the same result; change it "
         "to get another take on the invented detail.",
         minimum=0,

@@ -14,6 +14,8 @@ except ImportError:
 
 from_vendor = tessera_client.__name__ != "tessera_client"
 
+CLARITY_NEGATIVE_PROMPT = tessera_client.CLARITY_NEGATIVE_PROMPT
+CLARITY_PROMPT = tessera_client.CLARITY_PROMPT
 Channels = tessera_client.Channels
 ConnectionClosed = tessera_client.ConnectionClosed
 DaemonNotRunning = tessera_client.DaemonNotRunning
@@ -22,8 +24,10 @@ Error = tessera_client.Error
 ErrorInfo = tessera_client.ErrorInfo
 ErrorKind = tessera_client.ErrorKind
 Failed = tessera_client.Failed
+FrameReader = tessera_client.FrameReader
 GetStatus = tessera_client.GetStatus
 Handshake = tessera_client.Handshake
+JobTicket = tessera_client.JobTicket
 Image = tessera_client.Image
 JobParams = tessera_client.JobParams
 ListModels = tessera_client.ListModels
@@ -42,6 +46,7 @@ Shutdown = tessera_client.Shutdown
 ShuttingDown = tessera_client.ShuttingDown
 SocketAddress = tessera_client.SocketAddress
 Status = tessera_client.Status
+Session = tessera_client.Session
 Submit = tessera_client.Submit
 Cancel = tessera_client.Cancel
 TesseraError = tessera_client.TesseraError
@@ -51,6 +56,9 @@ data_dir = tessera_client.data_dir
 list_installed = tessera_client.list_installed
 decode = tessera_client.decode
 encode_parts = tessera_client.encode_parts
+frame_parts = tessera_client.frame_parts
 error_kind_name = tessera_client.error_kind_name
 socket_address = tessera_client.socket_address
+#: A session's state once the handshake is done.
+OPEN = tessera_client.session.OPEN
 client_version = tessera_client.__version__

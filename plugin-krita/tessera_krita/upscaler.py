@@ -13,10 +13,9 @@ from typing import Any, List, Optional
 from . import document as doc_io
 from . import params, texts
 from .pixels import UnsupportedColorSpace
-from .proto import Done, Progress, Region
+from .proto import Done, JobTicket, Progress, Region
 from .qt import QObject, pyqtSignal
 from .region import NothingToUpscale, Rect, preview_region
-from .session import JobTicket
 from .settings import OUTPUT_IN_PLACE
 
 log = logging.getLogger("tessera_krita")

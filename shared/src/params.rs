@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod python;
+
 /// Clarity's default prompt: its three quality words and its two LoRAs.
 pub const CLARITY_PROMPT: &str =
     "masterpiece, best quality, highres, <lora:more_details:0.5> <lora:SDXLrender_v2.0:1>";
@@ -20,6 +22,27 @@ pub const CLARITY_NEGATIVE_PROMPT: &str =
 pub const REFINERS_PROMPT: &str = "masterpiece, best quality, highres";
 /// The Refiners library's default negative prompt.
 pub const REFINERS_NEGATIVE_PROMPT: &str = "worst quality, low quality, normal quality";
+
+/// The accepted values of each numeric parameter, inclusive: the daemon refuses a job outside
+/// them (`InvalidParams`, naming the field), and the clients offer no more. The Python client
+/// reads them, with the defaults, from the file [`python::table`] writes.
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    pub const SCALE: RangeInclusive<f32> = 1.0..=16.0;
+    pub const CREATIVITY: RangeInclusive<f32> = 0.0..=1.0;
+    pub const RESEMBLANCE: RangeInclusive<f32> = 0.0..=3.0;
+    pub const DYNAMIC: RangeInclusive<f32> = 1.0..=50.0;
+    /// Both tile sides, in latents (8 pixels); also a multiple of [`TILE_MULTIPLE`].
+    pub const TILE: RangeInclusive<u32> = 16..=256;
+    pub const TILE_MULTIPLE: u32 = 8;
+    pub const STEPS: RangeInclusive<u32> = 1..=100;
+    pub const DECAY: RangeInclusive<f32> = 0.0..=1.0;
+    pub const MULTISTEP_FACTOR: RangeInclusive<f32> = 0.0..=2.0;
+    pub const SHARPEN: RangeInclusive<f32> = 0.0..=10.0;
+    /// The weight of each of a job's `loras`.
+    pub const LORA_WEIGHT: RangeInclusive<f32> = -10.0..=10.0;
+}
 
 /// Which pipeline runs, and by whose rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

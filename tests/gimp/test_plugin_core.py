@@ -191,19 +191,28 @@ def test_each_choice_maps_to_its_enum(name, enum, cli_enum):
 
 
 def _daemon_ranges():
-    """The ranges ``daemon/src/pipeline/clarity/params.rs`` checks, by field."""
+    """The ranges ``daemon/src/pipeline/clarity/params.rs`` checks, by field: the
+    ``limits`` it names, as ``shared/src/params.rs`` defines them."""
     text = (REPO / "daemon" / "src" / "pipeline" / "clarity" / "params.rs").read_text()
-    found = {
-        field: (float(low), float(high))
-        for field, low, high in re.findall(
-            r'range\("(\w+)", params\.\w+, ([\d.]+), ([\d.]+)\)', text
+    shared = (REPO / "shared" / "src" / "params.rs").read_text()
+    limits = {
+        name: (float(low), float(high))
+        for name, low, high in re.findall(
+            r"pub const (\w+): RangeInclusive<\w+> = (-?[\d.]+)\.\.=(-?[\d.]+);", shared
         )
     }
-    tiles = re.search(r"!\((\d+)\.\.=(\d+)\)\.contains\(&tile\) \|\| tile % (\d+) != 0", text)
-    found["tile_width"] = found["tile_height"] = (float(tiles[1]), float(tiles[2]))
-    steps = re.search(r"!\((\d+)\.\.=(\d+)\)\.contains\(&params\.steps\)", text)
-    found["steps"] = (float(steps[1]), float(steps[2]))
-    return found, int(tiles[3])
+    found = {
+        field: limits[name]
+        for field, name in re.findall(
+            r'range\(\s*"(\w+)",\s*params\.\w+,\s*limits::(\w+),?\s*\)', text
+        )
+    }
+    assert re.search(r"!limits::TILE\.contains\(&tile\) \|\| tile % multiple != 0", text)
+    found["tile_width"] = found["tile_height"] = limits["TILE"]
+    assert re.search(r"!limits::STEPS\.contains\(&params\.steps\)", text)
+    found["steps"] = limits["STEPS"]
+    multiple = re.search(r"pub const TILE_MULTIPLE: u32 = (\d+);", shared)
+    return found, int(multiple[1])
 
 
 def test_ranges_are_the_daemons():

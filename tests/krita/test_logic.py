@@ -38,8 +38,10 @@ from tessera_client import (
     TesseraError,
     Transfer,
     encode_frame,
+    framing,
+    session,
 )
-from tessera_krita import framing, launcher, params, pixels, region, session, settings, texts
+from tessera_krita import launcher, params, pixels, region, settings, texts
 
 # --- Byte layouts -------------------------------------------------------------
 

@@ -19,8 +19,8 @@ use tessera_protocol::{
     ErrorInfo, ErrorKind, Image, ImageError, JobParams, ModelKind, StageTiming,
 };
 
-pub const MIN_SCALE: f32 = 1.0;
-pub const MAX_SCALE: f32 = 16.0;
+pub const MIN_SCALE: f32 = *tessera_protocol::params::limits::SCALE.start();
+pub const MAX_SCALE: f32 = *tessera_protocol::params::limits::SCALE.end();
 
 /// The reference pipeline never runs more than three ESRGAN passes.
 const MAX_PASSES: u32 = 3;

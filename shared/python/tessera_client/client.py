@@ -9,17 +9,17 @@
         result, timings = client.upscale(image, JobParams(scale=2), on_progress=print)
 
 One connection carries any number of jobs and requests. A background thread
-reads every frame and routes it: ``Accepted``/``Rejected`` to the submission
-with the same ``request`` number, ``Progress``/``Done``/``Failed`` to the job
-with the same ``job`` number, ``Status``/``Models``/``ShuttingDown`` to the
-oldest waiting request of that type. Callers wait in their own thread, and
-progress callbacks run there too (never on the reader thread). Writes are
+reads every frame and hands it to a :class:`~.session.Session`, the same
+routing the Krita plug-in drives from Qt's event loop: ``Accepted``/``Rejected``
+to the submission with the same ``request`` number, ``Progress``/``Done``/``Failed``
+to the job with the same ``job`` number, ``Status``/``Models``/``ShuttingDown``
+to the oldest waiting request of that type. Callers wait in their own thread,
+and progress callbacks run there too (never on the reader thread). Writes are
 serialised by a lock, so :meth:`Client.cancel` may be called from any thread,
 e.g. a UI's Cancel button while another thread waits in :meth:`Client.upscale`.
 """
 
 import collections
-import itertools
 import logging
 import queue
 import threading
@@ -28,18 +28,14 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple, U
 
 from . import transport
 from .codec import read_frame, write_frame
-from .errors import ConnectionClosed, ProtocolError, TesseraError
+from .errors import ConnectionClosed, TesseraError
+from .framing import MAX_FRAME_FROM_DAEMON
 from .messages import (
-    CONNECTION_ERRORS,
-    PROTOCOL_VERSION,
-    Accepted,
     Cancel,
     Done,
     Error,
     ErrorKind,
-    Failed,
     GetStatus,
-    Handshake,
     Image,
     JobParams,
     ListModels,
@@ -48,21 +44,18 @@ from .messages import (
     ModelEntry,
     Models,
     Progress,
-    Rejected,
     Shutdown,
     ShuttingDown,
     StageTiming,
     Status,
-    Submit,
 )
 from .paths import SocketAddress, data_dir, socket_address
+from .session import JobTicket, Session
 
 __all__ = ["Client", "Job"]
 
 log = logging.getLogger("tessera_client")
 
-#: The default largest frame read from the daemon: what a ``u32`` prefix can say.
-MAX_FRAME_FROM_DAEMON = 0xFFFF_FFFF
 #: Longest accepted daemon handshake frame.
 _MAX_HANDSHAKE_BYTES = 64 * 1024
 # Marks "use the client's reply_timeout".
@@ -73,7 +66,7 @@ WarningCallback = Callable[[str], Any]
 
 
 class _Ended:
-    """Put on a job's event queue when the connection ends before the job."""
+    """Put on a job's event queue when it fails or the connection ends first."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -83,8 +76,9 @@ class Job:
     """A submitted job. ``job`` is the daemon's job number once accepted;
     :meth:`wait` returns its ``Done`` message or raises its failure."""
 
-    def __init__(self, client: "Client", request: int) -> None:
-        self.request = request
+    def __init__(self, client: "Client") -> None:
+        #: The submission's request number.
+        self.request: Optional[int] = None
         #: The daemon's job number (``None`` until accepted).
         self.job: Optional[int] = None
         #: Jobs ahead of this one when it was accepted.
@@ -99,8 +93,13 @@ class Job:
         self._refusal: Optional[BaseException] = None
         self._events: queue.Queue = queue.Queue()
         self._outcome: Optional[Union[Done, BaseException]] = None
-        self._cancel_requested = False
-        self._abandoned = False
+        # The session's callbacks run on the reader thread: they only hand over.
+        self._ticket = JobTicket(
+            on_accepted=self._accepted,
+            on_progress=self._events.put,
+            on_done=self._events.put,
+            on_failed=self._failed,
+        )
 
     def __repr__(self) -> str:
         return f"Job(request={self.request}, job={self.job}, position={self.position})"
@@ -113,6 +112,19 @@ class Job:
     def cancel(self) -> None:
         """Asks the daemon to drop or stop the job (see :meth:`Client.cancel`)."""
         self._client.cancel(self)
+
+    def _accepted(self, ticket: JobTicket) -> None:
+        self.job = ticket.job
+        self.position = ticket.position
+        self._answered.set()
+
+    def _failed(self, error: BaseException) -> None:
+        if self._answered.is_set():
+            self._events.put(_Ended(error))
+        else:  # rejected, or the connection ended before the daemon answered
+            self._refusal = error
+            self._outcome = error
+            self._answered.set()
 
     def _note_warnings(self, warnings: List[str], on_warning: Optional[WarningCallback]) -> None:
         """Records the warnings of a ``Progress`` or ``Done`` (the job's whole
@@ -151,8 +163,6 @@ class Job:
             elif isinstance(event, Done):
                 self._note_warnings(event.warnings, on_warning)
                 self._outcome = event
-            elif isinstance(event, Failed):
-                self._outcome = TesseraError.from_info(event.error)
             elif isinstance(event, _Ended):
                 self._outcome = event.error
         if isinstance(self._outcome, BaseException):
@@ -163,11 +173,18 @@ class Job:
 class _Waiter:
     """One request waiting for its reply."""
 
-    def __init__(self, expect: type) -> None:
-        self.expect = expect
+    def __init__(self) -> None:
         self.event = threading.Event()
         self.reply: Optional[Message] = None
         self.error: Optional[BaseException] = None
+
+    def answer(self, reply: Message) -> None:
+        self.reply = reply
+        self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
 
 
 class Client:
@@ -206,19 +223,17 @@ class Client:
         #: Errors from the daemon that answered no pending request, e.g.
         #: ``UNKNOWN_JOB`` after cancelling a job that had just finished.
         self.errors: Deque[Error] = collections.deque(maxlen=32)
-        self._lock = threading.Lock()  # guards the routing state below
-        self._write_lock = threading.Lock()
-        self._requests = itertools.count(1)
-        self._submissions: Dict[int, Job] = {}
-        self._jobs: Dict[int, Job] = {}
-        self._waiters: Deque[_Waiter] = collections.deque()
+        self._lock = threading.Lock()  # guards the session and the outbox
+        self._write_lock = threading.Lock()  # one writer at a time, in outbox order
+        #: What the session asked to send, written by :meth:`_flush` outside ``_lock``.
+        self._outbox: List[Message] = []
+        self._session = Session(self._outbox.append, agent, on_daemon_error=self.errors.append)
         self._closed = False
         self._failure: Optional[BaseException] = None
-        self._stopping = False
 
         self._stream = transport.connect(self.address, connect_timeout)
         try:
-            self._handshake(agent, connect_timeout)
+            self._handshake(connect_timeout)
         except BaseException:
             self._stream.close()
             raise
@@ -234,9 +249,10 @@ class Client:
 
     # --- Connection ---------------------------------------------------------
 
-    def _handshake(self, agent: str, timeout: Optional[float]) -> None:
+    def _handshake(self, timeout: Optional[float]) -> None:
         self._stream.settimeout(timeout)
-        write_frame(self._stream, Handshake(PROTOCOL_VERSION, agent))
+        self._session.start()
+        self._flush()
         try:
             reply = read_frame(self._stream, _MAX_HANDSHAKE_BYTES)
         except ConnectionClosed:
@@ -248,30 +264,27 @@ class Client:
                 f"the daemon at {self.address} did not answer the handshake within {timeout} s"
             ) from None
         self._stream.settimeout(None)
-        if isinstance(reply, Error):
-            raise TesseraError(reply.kind, reply.message)
-        if not isinstance(reply, Handshake):
-            raise ProtocolError(f"the daemon answered the handshake with {type(reply).__name__}")
-        if reply.protocol_version != PROTOCOL_VERSION:
-            raise TesseraError(
-                ErrorKind.VERSION_MISMATCH,
-                f"the daemon ({reply.agent}) speaks protocol version "
-                f"{reply.protocol_version} and this client version {PROTOCOL_VERSION}; "
-                "update the plug-in and the daemon to the same release",
-            )
+        self._session.receive(reply)
         #: The daemon's handshake agent, e.g. ``"tessera 0.1.0"``.
-        self.daemon_agent = reply.agent
+        self.daemon_agent = self._session.daemon_agent
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def _submissions(self) -> Dict[int, JobTicket]:
+        """Submissions the daemon has not answered yet."""
+        with self._lock:
+            return self._session.submissions
+
     def close(self) -> None:
         """Closes the connection. The daemon cancels this connection's jobs;
         threads waiting here get :class:`ConnectionClosed`."""
         self._fail_all(ConnectionClosed("the client closed the connection"))
-        if self._reader is not threading.current_thread():
-            self._reader.join(timeout=5)
+        reader = getattr(self, "_reader", None)
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=5)
 
     def __enter__(self) -> "Client":
         return self
@@ -279,16 +292,25 @@ class Client:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _send(self, message: Message) -> None:
+    def _flush(self) -> None:
+        """Writes what the session asked to send, in its order; a broken
+        connection fails everything waiting and raises :class:`ConnectionClosed`."""
         with self._write_lock:
-            if self._closed:
-                raise self._closed_error()
-            try:
-                write_frame(self._stream, message)
-            except OSError as e:
-                error = ConnectionClosed(f"the connection to the daemon broke: {e}")
-                self._fail_all(error)
-                raise error from e
+            with self._lock:
+                messages = self._outbox[:]
+                del self._outbox[:]
+                closed = self._closed
+            if closed:
+                if messages:
+                    raise self._closed_error()
+                return
+            for message in messages:
+                try:
+                    write_frame(self._stream, message)
+                except OSError as e:
+                    error = ConnectionClosed(f"the connection to the daemon broke: {e}")
+                    self._fail_all(error)
+                    raise error from e
 
     def _closed_error(self) -> BaseException:
         return self._failure or ConnectionClosed("the connection is closed")
@@ -312,23 +334,20 @@ class Client:
         params = _job_params(params)
         if validate:
             image.validate()
+        job = Job(self)
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            job = Job(self, next(self._requests))
-            self._submissions[job.request] = job
-        try:
-            self._send(Submit(job.request, image, params))
-        except BaseException:
-            with self._lock:
-                self._submissions.pop(job.request, None)
-            raise
+            self._session.submit(image, params, job._ticket)
+            job.request = job._ticket.request
+        self._flush()
         wait_for = self.reply_timeout if timeout is _DEFAULT else timeout
         if not job._answered.wait(wait_for):
             with self._lock:
                 answered = job._answered.is_set()
-                # An abandoned submission is cancelled as soon as it is accepted.
-                job._abandoned = not answered
+                if not answered:
+                    # An abandoned submission is cancelled as soon as it is accepted.
+                    self._session.cancel(job._ticket)
             if not answered:
                 raise TimeoutError(f"the daemon did not accept the job within {wait_for} s")
         if job._refusal is not None:
@@ -367,30 +386,25 @@ class Client:
         ``None`` for every job of this client. Returns at once; the job then
         ends with ``Failed`` of kind ``CANCELLED`` (or its result, if it
         finished first). Safe to call from any thread."""
-        if isinstance(job, Job):
-            targets = [job]
-        elif job is None:
-            with self._lock:
-                targets = list(self._submissions.values()) + list(self._jobs.values())
-        else:
-            self._send(Cancel(int(job)))
-            return
-        numbers = []
         with self._lock:
-            for target in targets:
-                target._cancel_requested = True
-                if target.job is not None and self._jobs.get(target.job) is target:
-                    numbers.append(target.job)
-        for number in numbers:
-            self._send(Cancel(number))
+            if isinstance(job, Job):
+                self._session.cancel(job._ticket)
+            elif job is None:
+                for ticket in self._session.tickets():
+                    self._session.cancel(ticket)
+            else:
+                if self._closed:
+                    raise self._closed_error()
+                self._outbox.append(Cancel(int(job)))
+        self._flush()
 
     def _request(self, message: Message, expect: type, timeout: Optional[float]) -> Any:
-        waiter = _Waiter(expect)
+        waiter = _Waiter()
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            self._waiters.append(waiter)
-        self._send(message)
+            self._session.request(message, expect, waiter.answer, waiter.fail)
+        self._flush()
         if not waiter.event.wait(timeout):
             # It stays queued, so that its late reply is not taken for another's.
             raise TimeoutError(
@@ -429,7 +443,11 @@ class Client:
         try:
             while True:
                 message = read_frame(self._stream, self.max_frame_bytes)
-                self._route(message)
+                with self._lock:
+                    if self._closed:
+                        break
+                    self._session.receive(message)
+                self._flush()
         except ConnectionClosed:
             pass
         except TesseraError as e:
@@ -440,71 +458,11 @@ class Client:
             log.error("the tessera_client reader failed", exc_info=True)
             error = ConnectionClosed(f"the client's reader failed: {e!r}")
         if error is None:
-            if self._stopping:
+            if self._session.stopping:
                 error = TesseraError(ErrorKind.SHUTTING_DOWN, "the daemon shut down")
             else:
                 error = ConnectionClosed("the daemon closed the connection")
         self._fail_all(error)
-
-    def _route(self, message: Message) -> None:
-        to_cancel: Optional[int] = None
-        with self._lock:
-            if isinstance(message, (Progress, Done, Failed)):
-                job = self._jobs.get(message.job)
-                if job is None:
-                    log.debug("ignoring %s for job %s of no pending job", message, message.job)
-                    return
-                if not isinstance(message, Progress):
-                    del self._jobs[message.job]
-                job._events.put(message)
-            elif isinstance(message, Accepted):
-                job = self._submissions.pop(message.request, None)
-                if job is None:
-                    log.warning("cancelling job %s: no submission %s", message.job, message.request)
-                    to_cancel = message.job
-                    job = Job(self, message.request)
-                    job._abandoned = True
-                job.job = message.job
-                job.position = message.position
-                self._jobs[message.job] = job
-                if job._cancel_requested or job._abandoned:
-                    to_cancel = message.job
-                job._answered.set()
-            elif isinstance(message, Rejected):
-                job = self._submissions.pop(message.request, None)
-                if job is None:
-                    log.warning("ignoring %s: no such submission", message)
-                    return
-                job._refusal = TesseraError.from_info(message.error)
-                job._outcome = job._refusal
-                job._answered.set()
-            elif isinstance(message, (Status, Models, ShuttingDown)):
-                if isinstance(message, ShuttingDown):
-                    self._stopping = True
-                waiter = next((w for w in self._waiters if w.expect is type(message)), None)
-                if waiter is not None:
-                    self._waiters.remove(waiter)
-                    waiter.reply = message
-                    waiter.event.set()
-                elif not isinstance(message, ShuttingDown):
-                    log.warning("ignoring an unsolicited %s", type(message).__name__)
-            elif isinstance(message, Error):
-                if message.kind in CONNECTION_ERRORS:
-                    raise TesseraError(message.kind, message.message)
-                if message.kind != ErrorKind.UNKNOWN_JOB and self._waiters:
-                    waiter = self._waiters.popleft()
-                    waiter.error = TesseraError(message.kind, message.message)
-                    waiter.event.set()
-                else:
-                    log.info("daemon: %s", TesseraError(message.kind, message.message))
-                    self.errors.append(message)
-            else:
-                raise ProtocolError(f"a daemon may not send {type(message).__name__}")
-        if to_cancel is not None:
-            try:
-                self._send(Cancel(to_cancel))
-            except ConnectionError:
-                pass
 
     def _fail_all(self, error: BaseException) -> None:
         """Closes the connection and hands ``error`` to everyone waiting."""
@@ -513,21 +471,9 @@ class Client:
                 return
             self._closed = True
             self._failure = error
-            submissions = list(self._submissions.values())
-            jobs = list(self._jobs.values())
-            waiters = list(self._waiters)
-            self._submissions.clear()
-            self._jobs.clear()
-            self._waiters.clear()
+            del self._outbox[:]
+            self._session.close(error)
         self._stream.close()
-        for job in submissions:
-            job._refusal = error
-            job._answered.set()
-        for job in jobs:
-            job._events.put(_Ended(error))
-        for waiter in waiters:
-            waiter.error = error
-            waiter.event.set()
 
 
 def _job_params(params: Union[JobParams, Mapping[str, Any], None]) -> JobParams:

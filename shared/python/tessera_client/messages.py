@@ -14,6 +14,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Union
 
+from .params_table import DEFAULTS, REFINERS
+
 #: Version of the wire format, sent in both handshakes.
 PROTOCOL_VERSION = 4
 
@@ -208,15 +210,14 @@ def _enum_repr(value: int) -> str:
     return f"{type(value).__name__}.{value.name}" if isinstance(value, enum.Enum) else str(value)
 
 
+# Defaults come from params_table, which the Rust crate writes (shared/src/params.rs).
 #: Clarity's default prompt: its quality words and its two LoRAs.
-CLARITY_PROMPT = (
-    "masterpiece, best quality, highres, <lora:more_details:0.5> <lora:SDXLrender_v2.0:1>"
-)
+CLARITY_PROMPT: str = DEFAULTS["prompt"]
 #: Clarity's default negative prompt: weighted quality words and its negative embedding.
-CLARITY_NEGATIVE_PROMPT = "(worst quality, low quality, normal quality:2) JuggernautNegative-neg"
+CLARITY_NEGATIVE_PROMPT: str = DEFAULTS["negative_prompt"]
 #: The Refiners library's default prompts.
-REFINERS_PROMPT = "masterpiece, best quality, highres"
-REFINERS_NEGATIVE_PROMPT = "worst quality, low quality, normal quality"
+REFINERS_PROMPT: str = REFINERS["prompt"]
+REFINERS_NEGATIVE_PROMPT: str = REFINERS["negative_prompt"]
 
 
 class Preset(enum.IntEnum):
@@ -257,54 +258,51 @@ class JobParams:
     :meth:`refiners` and :meth:`upscaler_only` for the other presets, and
     ``docs/protocol.md`` for each field's range."""
 
+    # Defaults and ranges: params_table (written by the Rust crate), see docs/protocol.md.
     #: Output size ÷ input size, per axis; 1 to 16.
-    scale: float = 2.0
+    scale: float = DEFAULTS["scale"]
     #: A model in ``models/upscalers/`` (with or without extension); ``None``
     #: takes the daemon's default.
-    upscaler: Optional[str] = None
-    preset: Preset = Preset.CLARITY
+    upscaler: Optional[str] = DEFAULTS["upscaler"]
+    preset: Preset = Preset(DEFAULTS["preset"])
     #: Denoising strength, 0 to 1; at 0 the Clarity preset still runs the VAE round trip and one
     #: evaluation at the last sigma (as A1111 does), the Refiners preset the upscaler alone.
-    creativity: float = 0.35
+    creativity: float = DEFAULTS["creativity"]
     #: ControlNet tile weight, 0 to 3.
-    resemblance: float = 0.6
+    resemblance: float = DEFAULTS["resemblance"]
     #: Classifier-free guidance scale, 1 to 50.
-    dynamic: float = 6.0
+    dynamic: float = DEFAULTS["dynamic"]
     #: Diffusion tile size in latents (8 px), 16 to 256, multiples of 8.
-    tile_width: int = 112
-    tile_height: int = 144
+    tile_width: int = DEFAULTS["tile_width"]
+    tile_height: int = DEFAULTS["tile_height"]
     #: Sampler steps of a full denoise, 1 to 100.
-    steps: int = 18
-    seed: int = 1337
+    steps: int = DEFAULTS["steps"]
+    seed: int = DEFAULTS["seed"]
     prompt: str = CLARITY_PROMPT
     negative_prompt: str = CLARITY_NEGATIVE_PROMPT
-    sampler: Sampler = Sampler.DPMPP_3M_SDE_KARRAS
+    sampler: Sampler = Sampler(DEFAULTS["sampler"])
     #: ControlNet residual i is scaled by resemblance · decay^(12 − i); 0 to 1.
-    decay: float = 0.825
+    decay: float = DEFAULTS["decay"]
     #: Creativity multiplier per extra ×2 stage, 0 to 2.
-    multistep_factor: float = 0.8
+    multistep_factor: float = DEFAULTS["multistep_factor"]
     #: Models in ``models/checkpoints``, ``models/vae``, ``models/controlnet``;
     #: ``None`` takes the daemon's default.
-    checkpoint: Optional[str] = None
-    vae: Optional[str] = None
-    controlnet: Optional[str] = None
+    checkpoint: Optional[str] = DEFAULTS["checkpoint"]
+    vae: Optional[str] = DEFAULTS["vae"]
+    controlnet: Optional[str] = DEFAULTS["controlnet"]
     #: LoRAs besides the prompt's ``<lora:name:weight>`` tags.
     loras: List[LoraWeight] = field(default_factory=list)
     #: 3×3 sharpening of the result, 0 (off) to 10.
-    sharpen: float = 0.0
+    sharpen: float = DEFAULTS["sharpen"]
     #: Only this rectangle of the result (a quick look at a region); ``None``: all of it.
     preview: Optional["Region"] = None
 
     @classmethod
     def refiners(cls, **changes: Any) -> "JobParams":
         """The Refiners library's ``MultiUpscaler`` defaults (its Space's seed)."""
-        values: Dict[str, Any] = dict(
-            preset=Preset.REFINERS,
-            seed=42,
-            prompt=REFINERS_PROMPT,
-            negative_prompt=REFINERS_NEGATIVE_PROMPT,
-            sampler=Sampler.DPMPP_2M,
-        )
+        values: Dict[str, Any] = dict(REFINERS)
+        values["preset"] = Preset(values["preset"])
+        values["sampler"] = Sampler(values["sampler"])
         values.update(changes)
         return cls(**values)
 

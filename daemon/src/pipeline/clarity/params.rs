@@ -2,6 +2,8 @@
 //! with a sentence naming the field), and the models they name, resolved in the data
 //! directory with a "how to get it" for missing defaults.
 
+use std::ops::RangeInclusive;
+use tessera_protocol::params::limits;
 use tessera_protocol::{ErrorInfo, ErrorKind, JobParams, ModelKind, Preset};
 
 use crate::config::Config;
@@ -16,10 +18,11 @@ fn invalid(message: String) -> ErrorInfo {
     ErrorInfo::new(ErrorKind::InvalidParams, message)
 }
 
-fn range(name: &str, value: f32, low: f32, high: f32) -> Result<(), ErrorInfo> {
-    if (low..=high).contains(&value) {
+fn range(name: &str, value: f32, limits: RangeInclusive<f32>) -> Result<(), ErrorInfo> {
+    if limits.contains(&value) {
         Ok(())
     } else {
+        let (low, high) = limits.into_inner();
         Err(invalid(format!(
             "{name} must be between {low} and {high} (got {value})"
         )))
@@ -31,25 +34,33 @@ pub fn validate(params: &JobParams) -> Result<(), ErrorInfo> {
     if params.preset == Preset::Upscaler {
         return Ok(());
     }
-    range("creativity", params.creativity, 0.0, 1.0)?;
-    range("resemblance", params.resemblance, 0.0, 3.0)?;
-    range("dynamic", params.dynamic, 1.0, 50.0)?;
-    range("decay", params.decay, 0.0, 1.0)?;
-    range("multistep_factor", params.multistep_factor, 0.0, 2.0)?;
-    range("sharpen", params.sharpen, 0.0, 10.0)?;
+    range("creativity", params.creativity, limits::CREATIVITY)?;
+    range("resemblance", params.resemblance, limits::RESEMBLANCE)?;
+    range("dynamic", params.dynamic, limits::DYNAMIC)?;
+    range("decay", params.decay, limits::DECAY)?;
+    range(
+        "multistep_factor",
+        params.multistep_factor,
+        limits::MULTISTEP_FACTOR,
+    )?;
+    range("sharpen", params.sharpen, limits::SHARPEN)?;
+    let (tile_low, tile_high) = limits::TILE.into_inner();
+    let multiple = limits::TILE_MULTIPLE;
     for (name, tile) in [
         ("tile_width", params.tile_width),
         ("tile_height", params.tile_height),
     ] {
-        if !(16..=256).contains(&tile) || tile % 8 != 0 {
+        if !limits::TILE.contains(&tile) || tile % multiple != 0 {
             return Err(invalid(format!(
-                "{name} must be a multiple of 8 between 16 and 256 latents (got {tile})"
+                "{name} must be a multiple of {multiple} between {tile_low} and {tile_high} \
+                 latents (got {tile})"
             )));
         }
     }
-    if !(1..=100).contains(&params.steps) {
+    if !limits::STEPS.contains(&params.steps) {
+        let (low, high) = limits::STEPS.into_inner();
         return Err(invalid(format!(
-            "steps must be between 1 and 100 (got {})",
+            "steps must be between {low} and {high} (got {})",
             params.steps
         )));
     }
@@ -77,8 +88,7 @@ pub fn validate(params: &JobParams) -> Result<(), ErrorInfo> {
         range(
             &format!("the weight of LoRA {}", lora.name),
             lora.weight,
-            -10.0,
-            10.0,
+            limits::LORA_WEIGHT,
         )?;
     }
     Ok(())

@@ -1,29 +1,31 @@
-"""One connection's protocol state, driven by events instead of threads.
+"""One connection's protocol state, without I/O: the caller feeds it every
+message that arrives and sends what it hands over, so that a blocking thread
+(:class:`~.client.Client`) and an event loop (the Krita plug-in's
+``QLocalSocket``) drive the same rules.
 
-The transport (a ``QLocalSocket`` in :mod:`.connection`, a list in the
-tests) gives this class every message that arrives and sends what it asks
-to; the session does the handshake and routes the daemon's answers as
+The session does the handshake and routes the daemon's answers as
 ``docs/protocol.md`` §7 "Connection lifecycle" says: ``Accepted``/``Rejected``
-by request number, ``Progress``/``Done``/``Failed`` by job number (those that overtake their
-job's ``Accepted`` are held until it comes), ``Status`` and ``Models`` to
-the oldest request of their kind, an ``Error`` to the oldest status or
-models request (``UnknownJob`` needs no answer).
+by request number, ``Progress``/``Done``/``Failed`` by job number (those that
+overtake their job's ``Accepted`` are held until it comes), ``Status``,
+``Models`` and ``ShuttingDown`` to the oldest request of their kind, an
+``Error`` to the oldest request waiting (``UnknownJob`` needs no answer).
 
-Callbacks run in the caller's thread, from :meth:`Session.receive` or
-:meth:`Session.close`. No Qt here.
+Callbacks run in the caller's thread, from :meth:`Session.receive`,
+:meth:`Session.cancel` or :meth:`Session.close`; ``send`` is called the same
+way and must not block on the session. No threads, sockets or Qt here.
 """
 
 import collections
 import itertools
 import logging
-from typing import Any, Callable, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
-from .proto import (
+from .errors import ConnectionClosed, ProtocolError, TesseraError
+from .messages import (
     CONNECTION_ERRORS,
     PROTOCOL_VERSION,
     Accepted,
     Cancel,
-    ConnectionClosed,
     Done,
     Error,
     ErrorKind,
@@ -33,15 +35,14 @@ from .proto import (
     ListModels,
     Models,
     Progress,
-    ProtocolError,
     Rejected,
+    Shutdown,
     ShuttingDown,
     Status,
     Submit,
-    TesseraError,
 )
 
-log = logging.getLogger("tessera_krita")
+log = logging.getLogger("tessera_client")
 
 HANDSHAKING, OPEN, CLOSED = "handshaking", "open", "closed"
 
@@ -95,17 +96,23 @@ class _Waiter:
 
 
 class Session:
-    """The protocol over one connection. ``send`` writes one message."""
+    """The protocol over one connection. ``send`` writes one message (or
+    queues it for the caller to write); ``on_open`` gets the daemon's agent
+    once the handshake is done; ``on_daemon_error`` gets each ``Error`` that
+    answers no request (``UnknownJob`` after cancelling a job that had just
+    ended, say)."""
 
     def __init__(
         self,
         send: Callable[[Any], None],
         agent: str,
         on_open: Callable[[str], Any] = _ignore,
+        on_daemon_error: Callable[[Error], Any] = _ignore,
     ) -> None:
         self._send = send
         self.agent = agent
         self.on_open = on_open
+        self.on_daemon_error = on_daemon_error
         self.state = HANDSHAKING
         #: The daemon's handshake agent, e.g. ``tessera 0.1.0``, once open.
         self.daemon_agent: Optional[str] = None
@@ -148,7 +155,7 @@ class Session:
     def request_status(
         self, on_reply: Callable[[Status], Any], on_error: Callable[[BaseException], Any] = _ignore
     ) -> None:
-        self._request(GetStatus(), Status, on_reply, on_error)
+        self.request(GetStatus(), Status, on_reply, on_error)
 
     def request_models(
         self,
@@ -156,9 +163,20 @@ class Session:
         on_error: Callable[[BaseException], Any] = _ignore,
         hashes: bool = False,
     ) -> None:
-        self._request(ListModels(hashes), Models, lambda m: on_reply(m.models), on_error)
+        self.request(ListModels(hashes), Models, lambda m: on_reply(m.models), on_error)
 
-    def _request(self, message: Any, expect: type, on_reply: Callable, on_error: Callable) -> None:
+    def request_shutdown(
+        self,
+        on_reply: Callable[[ShuttingDown], Any],
+        on_error: Callable[[BaseException], Any] = _ignore,
+    ) -> None:
+        self.request(Shutdown(), ShuttingDown, on_reply, on_error)
+
+    def request(self, message: Any, expect: type, on_reply: Callable, on_error: Callable) -> None:
+        """Sends ``message``; ``on_reply`` gets the first ``expect`` that
+        comes for it, ``on_error`` a :class:`TesseraError` instead. A request
+        stays queued until answered, so that a late reply is never taken for
+        a later request's."""
         self._check_open()
         self._waiters.append(_Waiter(expect, on_reply, on_error))
         self._send(message)
@@ -167,6 +185,20 @@ class Session:
     def busy_jobs(self) -> int:
         """Submissions and jobs not finished yet."""
         return len(self._submissions) + len(self._jobs)
+
+    @property
+    def submissions(self) -> Dict[int, JobTicket]:
+        """Submissions not answered yet, by request number."""
+        return dict(self._submissions)
+
+    def tickets(self) -> List[JobTicket]:
+        """Every submission and job not finished yet."""
+        return list(self._submissions.values()) + list(self._jobs.values())
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the daemon said it is shutting down."""
+        return self._stopping
 
     # --- Incoming ---------------------------------------------------------------
 
@@ -231,17 +263,21 @@ class Session:
             if waiter is not None:
                 self._waiters.remove(waiter)
                 waiter.on_reply(message)
+            elif not isinstance(message, ShuttingDown):
+                log.debug("ignoring an unsolicited %s", type(message).__name__)
         elif isinstance(message, Error):
             if message.kind in CONNECTION_ERRORS:
                 raise TesseraError(message.kind, message.message)
             if message.kind == ErrorKind.UNKNOWN_JOB:
                 log.info("daemon: %s", message.message)
+                self.on_daemon_error(message)
                 return
             waiter = self._waiters.popleft() if self._waiters else None
             if waiter is not None:
                 waiter.on_error(TesseraError(message.kind, message.message))
             else:
                 log.warning("daemon: %s", TesseraError(message.kind, message.message))
+                self.on_daemon_error(message)
         else:
             raise ProtocolError(f"a daemon may not send {type(message).__name__}")
 
@@ -254,7 +290,7 @@ class Session:
             raise TesseraError(
                 ErrorKind.VERSION_MISMATCH,
                 f"the daemon ({message.agent}) speaks protocol version "
-                f"{message.protocol_version} and this plug-in version {PROTOCOL_VERSION}; "
+                f"{message.protocol_version} and this client version {PROTOCOL_VERSION}; "
                 "install the plug-in and the daemon of the same release",
             )
         self.state = OPEN

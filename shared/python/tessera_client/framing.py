@@ -1,18 +1,20 @@
-"""Frames over a non-blocking stream: bytes arrive in pieces of any size
-(``QLocalSocket.readyRead``), messages come out whole.
+"""Frames without I/O: bytes go in as they arrive, in pieces of any size (a
+``QLocalSocket``'s ``readyRead``, a ``recv`` loop), and messages come out
+whole; frames to write come out as byte strings for whatever writes them.
 
-The codec (``tessera_client.decode``/``encode_parts``) does the bytes of a
-message; this module only cuts the stream into frames, checking each length
-prefix before allocating, and builds frames to write without copying an
-image's pixels more than once.
-
-No Qt here.
+The codec (:func:`~.codec.decode`, :func:`~.codec.encode_parts`) does the
+bytes of a message; this module only cuts the stream into frames, checking
+each length prefix before allocating, and builds frames to write without
+copying an image's pixels more than once. :func:`~.codec.read_frame` and
+:func:`~.codec.write_frame` are the blocking counterparts for a socket.
 """
 
 import struct
 from typing import List, Optional
 
-from .proto import ErrorKind, ProtocolError, decode, encode_parts
+from .codec import decode, encode_parts
+from .errors import ProtocolError
+from .messages import ErrorKind
 
 _PREFIX = struct.Struct("<I")
 
