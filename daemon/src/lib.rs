@@ -8,10 +8,16 @@
 //! (the runner and checker traits, progress and cancellation), `store` knows
 //! the data directory, `setup` knows what the installer puts where, `tray`
 //! (cargo feature `tray`) is the tray icon, and `cli` is the user's side of it all.
+//!
+//! Development code is left out of the product unless a cargo feature asks for it: `dev` adds
+//! the benchmarks (`tessera bench`), `fuzzing` the fuzzing entry points. This crate's own tests
+//! turn both on (a dev-dependency on itself), so `cargo test` and `cargo clippy --all-targets`
+//! build and check them.
 
 pub mod cli;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod job;
 pub mod nets;

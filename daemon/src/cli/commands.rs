@@ -1,9 +1,7 @@
 //! What each client-side command does.
 
 use super::launch::{self, Target};
-use super::{
-    BenchCommand, Cli, Command, ModelsCommand, RuntimeCommand, client::ClientError, imagefile,
-};
+use super::{Cli, Command, ModelsCommand, RuntimeCommand, client::ClientError, imagefile};
 use crate::store::{self, registry, runtime};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -64,20 +62,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models {
             command: ModelsCommand::ExportOnnx(args),
         } => super::sd::export_onnx(&target, &args),
-        Command::Bench {
-            command: BenchCommand::SdStep(args),
-        } => super::bench::sd_step(&target, &args),
-        Command::Bench {
-            command: BenchCommand::Clarity(args),
-        } => super::bench::clarity(&target, &args),
-        Command::Bench {
-            command:
-                BenchCommand::Vae {
-                    dir,
-                    sides,
-                    threads,
-                },
-        } => super::bench::vae(&target, &dir, &sides, threads),
+        #[cfg(feature = "dev")]
+        Command::Bench { command } => super::bench::run(&target, command),
+        #[cfg(not(feature = "dev"))]
+        Command::Bench { .. } => bail!(
+            "this tessera was built without benchmarks; build one with them: \
+             cargo build --release -p tessera --features dev"
+        ),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {

@@ -4,6 +4,7 @@
 //! `crate::onnx`, and runs it through `crate::engine`. Foreign key layouts never reach this
 //! code: `crate::weights` translates them first.
 
+#[cfg(feature = "dev")]
 pub mod bench;
 pub mod clip;
 pub mod controlnet;
