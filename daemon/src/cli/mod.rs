@@ -7,9 +7,9 @@ mod batch;
 mod bench;
 #[cfg(feature = "dev")]
 mod bench_args;
-pub mod client;
+pub use tessera_protocol::client;
 mod commands;
-pub use commands::{RuntimePlan, runtime_plan};
+pub use crate::store::accelerator::{RuntimePlan, runtime_plan};
 #[cfg(feature = "dev")]
 pub use bench_args::{BenchCommand, BenchDevice, ClarityBenchArgs, SdStepArgs};
 mod doctor;
@@ -200,18 +200,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes on one line, each cause once: most of our errors
-/// already quote their cause, which `{:#}` would print a second time.
+/// An error and its causes on one line, each cause once (see [`crate::store::one_line`]).
 pub fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
+    crate::store::one_line(error.as_ref())
 }
