@@ -1,6 +1,7 @@
 //! The `tessera` command line: `serve` runs the daemon; `upscale`, `status`,
 //! `stop` and `models` talk to it (starting it when needed); `runtime`
-//! fetches the ONNX Runtime library; `doctor` checks the installation.
+//! fetches the ONNX Runtime library; `doctor` checks the installation; `bench` runs the
+//! benchmarks in a build with the cargo feature `dev` (and says how to get one otherwise).
 
 mod batch;
 #[cfg(feature = "dev")]

@@ -1,5 +1,6 @@
-//! Execution providers: names in configuration (`cuda`, `cuda:1`, `directml`, `coreml`, `cpu`),
-//! why one cannot be used here ([`diagnose`]: the library lacks it, a CUDA or cuDNN library is
+//! Execution providers (their names in configuration, `cuda`, `cuda:1`, `directml`, `coreml`,
+//! `cpu`, are `store::execution_providers`, which the installer shares): why one cannot be used
+//! here ([`diagnose`]: the library lacks it, a CUDA or cuDNN library is
 //! missing, no device, not the right system), the options each is registered with
 //! ([`EpSettings`], [`cuda_options`]), and registration on a session. Whether a provider that
 //! passes all this actually computes is the probe's job (`probe.rs`).

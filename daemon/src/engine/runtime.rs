@@ -1,7 +1,8 @@
 //! Finding, checking and loading the ONNX Runtime shared library, once per process.
 //!
 //! `ort` with `load-dynamic` panics when it cannot load the library on its own, and it loads
-//! only one library per process. So we resolve the path ourselves, open it with `libloading`
+//! only one library per process. So we resolve the path ourselves (`store::ort_library`, which
+//! the installer shares), open it with `libloading`
 //! and read its version before `ort` ever sees it: a missing file, a non-library, a library
 //! without the ONNX Runtime entry point or an old version each become a one-line
 //! [`EngineError`] instead of a panic. The `ort` initialisation itself runs under
