@@ -3,7 +3,9 @@
 //! reads short. Naming and connecting, and the connection shared by a reader and a writer, are
 //! the protocol crate's (`tessera_protocol::socket`), re-exported here.
 
-use interprocess::local_socket::{ListenerOptions, Stream, prelude::*};
+#[cfg(unix)]
+use interprocess::local_socket::prelude::*;
+use interprocess::local_socket::{ListenerOptions, Stream};
 use std::io;
 #[cfg(windows)]
 use std::sync::Arc;
