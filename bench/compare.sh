@@ -12,11 +12,11 @@
 #
 #   bench/compare.sh [SIZE] [SCALE] [THREADS] [STEPS]      # default: 256 2 2 18
 #
-# Needs a release build (cargo build --release -p tessera), an ONNX Runtime library
-# (TESSERA_ORT_LIB), a Python with torch, diffusers and transformers (PYTHON), git, and the
-# refiners repository (REFINERS_GIT: a URL or a local clone). The random models (about 5.8 GB
-# each side) go to BENCH_DIR (default /dev/shm/tessera-bench, a RAM disk) and are removed at
-# the end.
+# Needs a release build with the benchmarks (cargo build --release -p tessera --features dev), an
+# ONNX Runtime library (TESSERA_ORT_LIB), a Python with torch, diffusers and transformers
+# (PYTHON), git, and the refiners repository (REFINERS_GIT: a URL or a local clone). The random
+# models (about 5.8 GB each side) go to BENCH_DIR (default /dev/shm/tessera-bench, a RAM disk)
+# and are removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-256}
@@ -36,6 +36,10 @@ cleanup() {
   if [ -n "$daemon" ]; then kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; fi
   rm -rf "$dir"
 }
+if ! "$tessera" bench --help >/dev/null 2>&1; then
+  echo "compare.sh: $tessera has no benchmarks (cargo build --release -p tessera --features dev)" >&2
+  exit 2
+fi
 trap cleanup EXIT
 mkdir -p "$work"
 export TESSERA_DATA_DIR="$data" TESSERA_SOCKET="$socket"

@@ -2,7 +2,7 @@
 //! weight files, image payloads), callable on a byte slice. The `cargo fuzz` targets in
 //! `fuzz/` are one-line wrappers around these, and `daemon/tests/fuzz_corpus.rs` replays the
 //! committed corpus through them on stable Rust, so CI exercises the same code without
-//! nightly.
+//! nightly. Compiled with the cargo feature `fuzzing` only.
 //!
 //! An entry point panics only when an invariant is broken (a decoded message that does not
 //! re-encode to the same bytes, a converted image of the wrong size); rejecting the input with

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tessera::store::manifest::{Mismatch, ModelSpec};
+use tessera_store::manifest::{Mismatch, ModelSpec};
 
 /// Slowest transfer rate still considered alive when sizing a download's time limit.
 const SLOWEST_BYTES_PER_SECOND: u64 = 32 * 1024;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
-use tessera::setup::record::{InstallRecord, Item};
+use tessera_store::setup::record::{InstallRecord, Item};
 
 /// Writes `bytes` to `path` and records it as `item`.
 pub fn install(

@@ -15,12 +15,12 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tessera::engine::PluginProvider;
-use tessera::setup::places::Home;
-use tessera::setup::record::{InstallRecord, Item};
-use tessera::store::manifest::Manifest;
-use tessera::store::{DataDir, accelerator, runtime};
 use tessera_protocol::{ModelKind, paths};
+use tessera_store::manifest::Manifest;
+use tessera_store::plugin_providers::PluginProvider;
+use tessera_store::setup::places::Home;
+use tessera_store::setup::record::{InstallRecord, Item};
+use tessera_store::{DataDir, accelerator, runtime};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tessera-install: {}", tessera::cli::one_line(&e));
+            eprintln!("tessera-install: {}", tessera_store::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -249,11 +249,11 @@ fn merge(into: &mut InstallRecord, new: InstallRecord) {
 }
 
 fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> anyhow::Result<()> {
-    let cuda = tessera::store::cuda::folder(&dir.runtime());
+    let cuda = tessera_store::cuda::folder(&dir.runtime());
     let wheels = dir.cache().join("wheels");
     let plugin_dirs: Vec<PathBuf> = PluginProvider::ALL
         .iter()
-        .map(|p| tessera::engine::plugins::folder(dir.root(), *p))
+        .map(|p| tessera_store::plugin_providers::folder(dir.root(), *p))
         .collect();
     let plugins_root = dir.runtime().join("plugins");
     let mut folders = vec![
@@ -286,7 +286,7 @@ fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> an
             let sha = if path.starts_with(&cuda) {
                 String::new()
             } else {
-                tessera::store::hashes::sha256_file(&path).unwrap_or_default()
+                tessera_store::hashes::sha256_file(&path).unwrap_or_default()
             };
             record.note_file(&path, item, sha);
         }
@@ -296,7 +296,7 @@ fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> an
         println!("                 {}", libraries.summary(&dir.runtime()));
         if let Some(major) = libraries.cuda_major
             && let Some(driver) = accelerator::Machine::detect().nvidia
-            && let Err(reason) = tessera::store::cuda::driver_supports(&driver, major)
+            && let Err(reason) = tessera_store::cuda::driver_supports(&driver, major)
         {
             println!(
                 "                 warning: {reason}: CUDA will not start until it is updated (the CPU works meanwhile)"
@@ -333,7 +333,7 @@ fn install_runtime(args: &Args, dir: &DataDir, record: &mut InstallRecord) -> an
 /// (with the CUDA libraries a GPU wheel names).
 fn fetch_runtime(args: &Args, dir: &DataDir) -> anyhow::Result<runtime::InstalledRuntime> {
     if let Some(lib) = &args.ort_lib {
-        let found = tessera::engine::locate_library(Some(lib), dir.root())?;
+        let found = tessera_store::ort_library::locate(Some(lib), dir.root())?;
         let adopted = runtime::adopt(dir, &found)?;
         println!(
             "ONNX Runtime     {} (yours, linked into {})",
@@ -342,7 +342,10 @@ fn fetch_runtime(args: &Args, dir: &DataDir) -> anyhow::Result<runtime::Installe
         );
         return Ok(adopted);
     }
-    let plan = tessera::cli::runtime_plan(args.ort_package.clone(), args.providers.as_deref())?;
+    let plan = tessera_store::accelerator::runtime_plan(
+        args.ort_package.clone(),
+        args.providers.as_deref(),
+    )?;
     let version = args
         .ort_version
         .clone()
@@ -367,10 +370,10 @@ fn fetch_runtime(args: &Args, dir: &DataDir) -> anyhow::Result<runtime::Installe
     };
     println!("                 {}", installed.library_path(dir).display());
     if let Some(providers) = &plan.providers {
-        installed = tessera::store::plugins::install_for(
+        installed = tessera_store::plugins::install_for(
             dir,
             providers,
-            &tessera::store::plugins::PluginInstallOptions {
+            &tessera_store::plugins::PluginInstallOptions {
                 version: None,
                 wheel: None,
                 force: false,

@@ -5,10 +5,10 @@
 use crate::download::{Fetcher, SourceError, host, partial_path};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
-use tessera::setup::record::{InstallRecord, Item};
-use tessera::store::manifest::{Manifest, ModelSpec};
-use tessera::store::space::size_text;
-use tessera::store::{DataDir, space};
+use tessera_store::manifest::{Manifest, ModelSpec};
+use tessera_store::setup::record::{InstallRecord, Item};
+use tessera_store::space::size_text;
+use tessera_store::{DataDir, space};
 
 pub struct ModelOptions<'a> {
     pub manifest: &'a Manifest,

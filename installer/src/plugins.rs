@@ -8,9 +8,9 @@ use crate::files;
 use anyhow::{Context, bail};
 use std::io::Read;
 use std::path::PathBuf;
-use tessera::setup::kritarc;
-use tessera::setup::places::{Editor, EditorPlace, join_relative};
-use tessera::setup::record::{IniEntry, InstallRecord, Item};
+use tessera_store::setup::kritarc;
+use tessera_store::setup::places::{Editor, EditorPlace, join_relative};
+use tessera_store::setup::record::{IniEntry, InstallRecord, Item};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
@@ -202,7 +202,7 @@ fn install_gimp(
 mod tests {
     use super::*;
     use std::io::Write;
-    use tessera::setup::places::{Home, Platform};
+    use tessera_store::setup::places::{Home, Platform};
 
     fn zip(files: &[(&str, &str)]) -> Vec<u8> {
         let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));

@@ -10,8 +10,8 @@ use crate::files;
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tessera::setup::places::{Home, LAUNCHD_LABEL, Platform, SYSTEMD_UNIT};
-use tessera::setup::record::{InstallRecord, Item, ServiceEntry};
+use tessera_store::setup::places::{Home, LAUNCHD_LABEL, Platform, SYSTEMD_UNIT};
+use tessera_store::setup::record::{InstallRecord, Item, ServiceEntry};
 
 /// What the login service runs.
 pub struct Launch {

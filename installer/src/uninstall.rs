@@ -5,10 +5,10 @@
 //! models, logs, settings) is left alone and reported.
 
 use crate::service;
-use tessera::setup::kritarc;
-use tessera::setup::record::{InstallRecord, Item};
-use tessera::store::{DataDir, runtime};
 use tessera_protocol::paths;
+use tessera_store::setup::kritarc;
+use tessera_store::setup::record::{InstallRecord, Item};
+use tessera_store::{DataDir, runtime};
 
 /// Undoes the install recorded in `dir`; returns report lines.
 pub fn run(
@@ -54,7 +54,7 @@ pub fn run(
                 removed += 1;
             }
         }
-        let _ = std::fs::remove_dir(tessera::store::cuda::folder(&dir.runtime()));
+        let _ = std::fs::remove_dir(tessera_store::cuda::folder(&dir.runtime()));
     }
     for file in std::mem::take(&mut record.files) {
         if file.item == Item::Model && !remove_models {
@@ -129,7 +129,7 @@ pub fn run(
 /// Asks a daemon serving this data directory to shut down, so its program can be removed.
 fn stop_daemon(location: &paths::DataDir) -> bool {
     let address = paths::socket_address(None, location);
-    match tessera::cli::client::Client::connect(&address, "tessera-install") {
+    match tessera_protocol::client::Client::connect(&address, "tessera-install") {
         Ok(mut client) => client.shutdown().is_ok(),
         Err(_) => false,
     }

@@ -391,7 +391,7 @@ fn listing(folder: &Path) -> Vec<String> {
 }
 
 fn packages(home: &Home) -> Vec<String> {
-    let record = tessera::store::runtime::read_record(&home.data().join("runtime")).unwrap();
+    let record = tessera_store::runtime::read_record(&home.data().join("runtime")).unwrap();
     let mut packages: Vec<String> = record
         .cuda
         .unwrap()
@@ -460,7 +460,7 @@ fn the_cuda_libraries_a_gpu_wheel_names_are_installed_checked_replaced_and_remov
         ],
         "cuBLAS for the wheel's platform, not the newer one for a newer glibc"
     );
-    let record = tessera::store::runtime::read_record(&runtime).unwrap();
+    let record = tessera_store::runtime::read_record(&runtime).unwrap();
     let libraries = record.cuda.as_ref().unwrap();
     assert_eq!(libraries.cuda_major, Some(13));
     assert_eq!(libraries.requirements.len(), 5);
@@ -506,7 +506,7 @@ fn the_cuda_libraries_a_gpu_wheel_names_are_installed_checked_replaced_and_remov
         "{doctor}"
     );
     let lt = library_bytes("libcublasLt.so.13").len();
-    let lt_size = tessera::store::space::size_text(lt as u64);
+    let lt_size = tessera_store::space::size_text(lt as u64);
     assert!(
         doctor.contains(&format!(
             "ok       libcublasLt.so.13 {lt_size} (nvidia-cublas 13.1.0.3)"
@@ -623,7 +623,7 @@ fn a_failing_index_is_one_line_naming_the_cuda_libraries() {
     );
     assert!(last.contains("the CPU still works"), "{last}");
     // The library itself is in place, recorded as not yet checked for CUDA: a re-run tries again.
-    let record = tessera::store::runtime::read_record(&home.data().join("runtime")).unwrap();
+    let record = tessera_store::runtime::read_record(&home.data().join("runtime")).unwrap();
     assert!(!record.dependencies_read && record.cuda.is_none());
     assert!(!home.data().join("cache/wheels/cuda").exists());
     // And --uninstall still removes what the failed run added.

@@ -139,7 +139,7 @@ fn a_plugin_provider_is_installed_recorded_and_uninstalled() {
         assert!(folder.join(file).is_file(), "{file} missing");
     }
     assert!(!folder.join("__init__.py").exists());
-    let record = tessera::store::runtime::read_record(&runtime).unwrap();
+    let record = tessera_store::runtime::read_record(&runtime).unwrap();
     assert_eq!(record.providers, ["openvino:gpu", "cpu"]);
     assert_eq!(record.plugins.len(), 1);
     assert_eq!(record.plugins[0].files.len(), 4);

@@ -1,5 +1,6 @@
 //! Tessera's wire protocol, shared by the daemon, the CLI and (mirrored in
-//! `python/tessera_client`) the editor plug-ins.
+//! `python/tessera_client`) the editor plug-ins, with the local socket's client side
+//! (`socket`) and the blocking Rust client (`client`).
 //!
 //! A connection is a stream of frames; each frame is a little-endian `u32`
 //! payload length followed by one [`Message`] encoded with bincode's legacy
@@ -9,12 +10,14 @@
 //! decode and re-encode byte for byte. Changing any type here changes the wire
 //! format: bump [`PROTOCOL_VERSION`] and regenerate the golden files.
 
+pub mod client;
 pub mod error;
 pub mod frame;
 pub mod image;
 pub mod message;
 pub mod params;
 pub mod paths;
+pub mod socket;
 
 pub use error::{ErrorInfo, ErrorKind};
 pub use frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode, encode, read_frame, write_frame};

@@ -1,7 +1,7 @@
 //! `tessera bench sd-step`, `tessera bench clarity` and `tessera bench vae`: the engine on the asked execution
 //! providers and precision, the benchmark, and a report whose last block is one `key: value`
 //! per line (what `scripts/gpu-check` collects into its table). A benchmark whose networks give
-//! NaN or ∞ fails with a message saying so.
+//! NaN or ∞ fails with a message saying so. Built with the cargo feature `dev` only.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,14 +10,27 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::bench_args::{BenchCommand, BenchDevice, ClarityBenchArgs, SdStepArgs};
 use super::launch::Target;
-use super::{BenchDevice, ClarityBenchArgs, SdStepArgs};
 use crate::engine::binding::Traffic;
 use crate::engine::device_memory::PeakSampler;
 use crate::engine::{Engine, EngineOptions, EngineTuning, ExecutionProvider};
 use crate::nets::precision::accelerated;
 use crate::pipeline::clarity::bench::ClarityOptions;
 use crate::pipeline::clarity::step_bench::StepOptions;
+
+/// Runs the benchmark asked for.
+pub fn run(target: &Target, command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::SdStep(args) => sd_step(target, &args),
+        BenchCommand::Clarity(args) => clarity(target, &args),
+        BenchCommand::Vae {
+            dir,
+            sides,
+            threads,
+        } => vae(target, &dir, &sides, threads),
+    }
+}
 
 /// The largest and mean absolute difference of `got` to `want`, relative to `want`'s largest
 /// value as well (`None` when the sizes differ).
@@ -157,7 +170,7 @@ fn traffic_text(t: &Traffic) -> String {
     )
 }
 
-pub fn sd_step(target: &Target, args: &SdStepArgs) -> anyhow::Result<ExitCode> {
+fn sd_step(target: &Target, args: &SdStepArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.latent >= 8 && args.latent.is_multiple_of(8) && args.batch > 0,
         "the latent size must be a multiple of 8, the batch at least 1"
@@ -259,7 +272,7 @@ pub fn sd_step(target: &Target, args: &SdStepArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn clarity(target: &Target, args: &ClarityBenchArgs) -> anyhow::Result<ExitCode> {
+fn clarity(target: &Target, args: &ClarityBenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.size >= 8 && (1.0..=16.0).contains(&args.scale) && (1..=100).contains(&args.steps),
         "the size must be at least 8, the scale between 1 and 16 and the steps between 1 and 100"
@@ -375,7 +388,7 @@ pub fn clarity(target: &Target, args: &ClarityBenchArgs) -> anyhow::Result<ExitC
 
 /// `tessera bench vae`: each way the pipeline can encode and decode a square canvas (whole,
 /// Clarity's tiles, the bounded tiles), with its time and peak memory, on the CPU.
-pub fn vae(
+fn vae(
     target: &Target,
     dir: &Option<std::path::PathBuf>,
     sides: &[usize],

@@ -1,9 +1,8 @@
 //! What each client-side command does.
 
 use super::launch::{self, Target};
-use super::{
-    BenchCommand, Cli, Command, ModelsCommand, RuntimeCommand, client::ClientError, imagefile,
-};
+use super::{Cli, Command, ModelsCommand, RuntimeCommand, client::ClientError, imagefile};
+use crate::store::accelerator::{RuntimePlan, runtime_plan};
 use crate::store::{self, registry, runtime};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -64,20 +63,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models {
             command: ModelsCommand::ExportOnnx(args),
         } => super::export::export_onnx(&target, &args),
-        Command::Bench {
-            command: BenchCommand::SdStep(args),
-        } => super::bench::sd_step(&target, &args),
-        Command::Bench {
-            command: BenchCommand::Clarity(args),
-        } => super::bench::clarity(&target, &args),
-        Command::Bench {
-            command:
-                BenchCommand::Vae {
-                    dir,
-                    sides,
-                    threads,
-                },
-        } => super::bench::vae(&target, &dir, &sides, threads),
+        #[cfg(feature = "dev")]
+        Command::Bench { command } => super::bench::run(&target, command),
+        #[cfg(not(feature = "dev"))]
+        Command::Bench { .. } => bail!(
+            "this tessera was built without benchmarks; build one with them: \
+             cargo build --release -p tessera --features dev"
+        ),
         Command::Runtime {
             command:
                 RuntimeCommand::Install {
@@ -418,53 +410,6 @@ fn human_size(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
-}
-
-/// What `tessera runtime install` installs: the package, the providers (when they are to be
-/// recorded, plugins installed), and why.
-pub struct RuntimePlan {
-    pub package: String,
-    pub providers: Option<Vec<String>>,
-    pub reason: String,
-}
-
-/// The package and providers: as asked, else what the providers need, else what fits the
-/// machine (`store/accelerator.rs`).
-pub fn runtime_plan(
-    package: Option<String>,
-    providers: Option<&str>,
-) -> anyhow::Result<RuntimePlan> {
-    let listed: Option<Vec<String>> = providers
-        .filter(|l| !l.trim().eq_ignore_ascii_case("auto"))
-        .map(|l| {
-            l.split(',')
-                .map(|p| p.trim().to_ascii_lowercase())
-                .filter(|p| !p.is_empty())
-                .collect()
-        });
-    if let Some(list) = &listed {
-        crate::engine::parse_providers(list).map_err(|e| anyhow::anyhow!("--providers: {e}"))?;
-    }
-    Ok(match (package, listed) {
-        (Some(package), listed) => RuntimePlan {
-            package,
-            providers: listed,
-            reason: "as asked".into(),
-        },
-        (None, Some(list)) => RuntimePlan {
-            package: store::accelerator::package_for(&list).to_owned(),
-            providers: Some(list),
-            reason: "for the providers asked for".into(),
-        },
-        (None, None) => {
-            let choice = store::accelerator::choose(&store::accelerator::Machine::detect());
-            RuntimePlan {
-                package: choice.package.to_owned(),
-                providers: Some(choice.providers),
-                reason: choice.reason,
-            }
-        }
-    })
 }
 
 fn install_runtime(

@@ -9,9 +9,8 @@ use super::runtime::one_line;
 /// Engine failures. Every `Display` is one line (the CLI prints it as is).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error(
-        "ONNX Runtime library not found ({searched}); run `tessera runtime install` or set TESSERA_ORT_LIB"
-    )]
+    /// The message is the store's (`store::ort_library::NotFound`), which the installer prints.
+    #[error("{}", crate::store::ort_library::NotFound { searched: searched.clone() })]
     RuntimeNotFound { searched: String },
     #[error(
         "cannot use {} as ONNX Runtime: {reason}; run `tessera runtime install` or set TESSERA_ORT_LIB",

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+pub use crate::store::execution_providers::ExecutionProvider;
 pub use budget::BudgetSetting;
 use build::Built;
 pub use cache::SessionInfo;
@@ -111,73 +112,6 @@ impl Default for EngineTuning {
             vram_budget: BudgetSetting::Auto,
             faults: Faults::default(),
             precision_hint: PrecisionHint::default(),
-        }
-    }
-}
-
-/// An ONNX Runtime execution provider. Which ones work depends on the library: the
-/// `onnxruntime-gpu` wheel carries CUDA, `onnxruntime-directml` DirectML, the macOS wheel CoreML;
-/// plugin providers (OpenVINO, WebGPU, TensorRT-RTX) come as libraries of their own in
-/// `runtime/plugins/`. One that cannot be used is dropped with its reason and the CPU takes over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExecutionProvider {
-    Cpu,
-    Cuda {
-        device_id: i32,
-    },
-    /// `adapter`: the DXGI adapter index; `None`: the high-performance adapter (the discrete
-    /// GPU of a laptop with two).
-    DirectMl {
-        adapter: Option<i32>,
-    },
-    CoreMl,
-    /// A device of a plugin provider (`plugins.rs`).
-    Plugin(PluginEp),
-    /// The fault-injection tests' accelerator: it runs on the CPU provider but is treated as
-    /// an accelerator (see `faults.rs`); no configuration names it.
-    Simulated,
-}
-
-impl ExecutionProvider {
-    fn name(self) -> &'static str {
-        match self {
-            ExecutionProvider::Cpu => "CPU",
-            ExecutionProvider::Cuda { .. } => "CUDA",
-            ExecutionProvider::DirectMl { .. } => "DirectML",
-            ExecutionProvider::CoreMl => "CoreML",
-            ExecutionProvider::Plugin(ep) => ep.provider.label(),
-            ExecutionProvider::Simulated => "simulated GPU",
-        }
-    }
-
-    /// Whether this is an accelerator (anything but ONNX Runtime's own CPU provider): its
-    /// sessions are probed, can fall back to the CPU, and have their node placement logged.
-    pub fn is_accelerator(self) -> bool {
-        self != ExecutionProvider::Cpu
-    }
-
-    /// Whether it computes on the host's CPU and memory (the CPU provider, OpenVINO's CPU
-    /// device): then the CPU's policies hold (f32 graphs under `auto`, one diffusion tile per
-    /// call, the VAE's memory budget) and no device memory is budgeted.
-    pub fn on_host_cpu(self) -> bool {
-        match self {
-            ExecutionProvider::Cpu => true,
-            ExecutionProvider::Plugin(ep) => ep.on_cpu(),
-            _ => false,
-        }
-    }
-
-    /// The name this provider has in configuration, e.g. `cuda:1`, `openvino:cpu`.
-    pub fn config_name(self) -> String {
-        match self {
-            ExecutionProvider::Cpu => "cpu".into(),
-            ExecutionProvider::Cuda { device_id: 0 } => "cuda".into(),
-            ExecutionProvider::Cuda { device_id } => format!("cuda:{device_id}"),
-            ExecutionProvider::DirectMl { adapter: None } => "directml".into(),
-            ExecutionProvider::DirectMl { adapter: Some(i) } => format!("directml:{i}"),
-            ExecutionProvider::CoreMl => "coreml".into(),
-            ExecutionProvider::Plugin(ep) => ep.config_name(),
-            ExecutionProvider::Simulated => "simulated".into(),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Execution providers: names in configuration (`cuda`, `cuda:1`, `directml`, `coreml`, `cpu`),
-//! why one cannot be used here ([`diagnose`]: the library lacks it, a CUDA or cuDNN library is
+//! Execution providers (their names in configuration, `cuda`, `cuda:1`, `directml`, `coreml`,
+//! `cpu`, are `store::execution_providers`, which the installer shares): why one cannot be used
+//! here ([`diagnose`]: the library lacks it, a CUDA or cuDNN library is
 //! missing, no device, not the right system), the options each is registered with
 //! ([`EpSettings`], [`cuda_options`]), and registration on a session. Whether a provider that
 //! passes all this actually computes is the probe's job (`probe.rs`).
@@ -10,77 +11,9 @@ use super::ExecutionProvider;
 use super::nvml::Nvml;
 use super::plugins::{self, PluginEp, PluginSettings, PrecisionHint};
 use super::runtime::{Runtime, one_line};
+pub use crate::store::execution_providers::parse_list;
 use ort::ep::ExecutionProvider as _;
 use ort::session::builder::SessionBuilder;
-
-impl std::str::FromStr for ExecutionProvider {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<ExecutionProvider, String> {
-        if let Some(plugin) = PluginEp::parse(text) {
-            return plugin.map(ExecutionProvider::Plugin);
-        }
-        let (name, device) = match text.split_once(':') {
-            Some((name, device)) => (name, Some(device)),
-            None => (text, None),
-        };
-        let device_id =
-            match device {
-                Some(d) => Some(d.parse::<i32>().ok().filter(|id| *id >= 0).ok_or_else(|| {
-                    format!("{text:?}: the device must be a number, e.g. cuda:1")
-                })?),
-                None => None,
-            };
-        let provider = match name.to_ascii_lowercase().as_str() {
-            "cpu" => ExecutionProvider::Cpu,
-            "cuda" => ExecutionProvider::Cuda {
-                device_id: device_id.unwrap_or(0),
-            },
-            "directml" | "dml" => ExecutionProvider::DirectMl { adapter: device_id },
-            "coreml" => ExecutionProvider::CoreMl,
-            _ => {
-                return Err(format!(
-                    "unknown execution provider {text:?} (one of cpu, cuda, directml, coreml, openvino:gpu, openvino:cpu, openvino:npu, webgpu, tensorrt-rtx)"
-                ));
-            }
-        };
-        if device.is_some()
-            && matches!(provider, ExecutionProvider::Cpu | ExecutionProvider::CoreMl)
-        {
-            return Err(format!(
-                "{text:?}: only cuda, directml, openvino, webgpu and tensorrt-rtx take a device"
-            ));
-        }
-        Ok(provider)
-    }
-}
-
-impl std::fmt::Display for ExecutionProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExecutionProvider::Cuda { device_id } if *device_id != 0 => {
-                write!(f, "{} device {device_id}", self.name())
-            }
-            ExecutionProvider::DirectMl {
-                adapter: Some(adapter),
-            } => write!(f, "{} adapter {adapter}", self.name()),
-            ExecutionProvider::Plugin(ep) => write!(f, "{ep}"),
-            _ => f.write_str(self.name()),
-        }
-    }
-}
-
-/// Parses a configured list; the CPU is appended when missing (it is always the fallback).
-pub fn parse_list(names: &[String]) -> Result<Vec<ExecutionProvider>, String> {
-    let mut list = names
-        .iter()
-        .map(|n| n.parse())
-        .collect::<Result<Vec<ExecutionProvider>, String>>()?;
-    if !list.contains(&ExecutionProvider::Cpu) {
-        list.push(ExecutionProvider::Cpu);
-    }
-    Ok(list)
-}
 
 /// How cuDNN picks a convolution algorithm (`cudnn_conv_algo_search`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

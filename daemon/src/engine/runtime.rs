@@ -1,7 +1,8 @@
 //! Finding, checking and loading the ONNX Runtime shared library, once per process.
 //!
 //! `ort` with `load-dynamic` panics when it cannot load the library on its own, and it loads
-//! only one library per process. So we resolve the path ourselves, open it with `libloading`
+//! only one library per process. So we resolve the path ourselves (`store::ort_library`, which
+//! the installer shares), open it with `libloading`
 //! and read its version before `ort` ever sees it: a missing file, a non-library, a library
 //! without the ONNX Runtime entry point or an old version each become a one-line
 //! [`EngineError`] instead of a panic. The `ort` initialisation itself runs under
@@ -14,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::EngineError;
-
-/// Environment variables naming the library, in order of precedence.
-pub const ENV_VARS: [&str; 2] = ["TESSERA_ORT_LIB", "ORT_DYLIB_PATH"];
+use crate::store::ort_library;
+pub use crate::store::ort_library::{ENV_VARS, library_name};
 
 /// The loaded runtime: `ort`'s environment plus what we learned about the library.
 pub(crate) struct Runtime {
@@ -63,92 +63,11 @@ pub(crate) fn loaded_path() -> Option<PathBuf> {
         .map(|r| r.path.clone())
 }
 
-/// The library to load: the explicit path, else `TESSERA_ORT_LIB`, else `ORT_DYLIB_PATH`,
-/// else the newest matching library under `<data dir>/runtime/`. A path that names a folder is
-/// searched like `runtime/`. A path given explicitly (argument or variable) that does not
-/// exist is an error, not a reason to look elsewhere.
+/// The library to load (see [`ort_library::locate`]).
 pub fn locate(explicit: Option<&Path>, data_dir: &Path) -> Result<PathBuf, EngineError> {
-    let from_env = ENV_VARS.iter().find_map(|v| {
-        std::env::var_os(v)
-            .filter(|s| !s.is_empty())
-            .map(|s| (*v, PathBuf::from(s)))
-    });
-    let named = match (explicit, from_env) {
-        (Some(p), _) => Some(("the --ort-lib option", p.to_owned())),
-        (None, Some((var, p))) => Some((var, p)),
-        (None, None) => None,
-    };
-    if let Some((origin, path)) = named {
-        if path.is_dir() {
-            return search(&path).ok_or_else(|| EngineError::RuntimeNotFound {
-                searched: format!("no {} in {} from {origin}", library_name(), path.display()),
-            });
-        }
-        if !path.exists() {
-            return Err(EngineError::RuntimeNotFound {
-                searched: format!("{} from {origin} does not exist", path.display()),
-            });
-        }
-        return Ok(std::path::absolute(&path).unwrap_or(path));
-    }
-    let runtime_dir = data_dir.join("runtime");
-    search(&runtime_dir).ok_or_else(|| EngineError::RuntimeNotFound {
-        searched: format!("no {} in {}", library_name(), runtime_dir.display()),
+    ort_library::locate(explicit, data_dir).map_err(|e| EngineError::RuntimeNotFound {
+        searched: e.searched,
     })
-}
-
-/// The platform's library file name.
-pub fn library_name() -> &'static str {
-    if cfg!(windows) {
-        "onnxruntime.dll"
-    } else if cfg!(target_os = "macos") {
-        "libonnxruntime.dylib"
-    } else {
-        "libonnxruntime.so"
-    }
-}
-
-fn is_library_name(name: &str) -> bool {
-    if cfg!(windows) {
-        name.eq_ignore_ascii_case("onnxruntime.dll")
-    } else if cfg!(target_os = "macos") {
-        name.starts_with("libonnxruntime")
-            && name.ends_with(".dylib")
-            && !name.contains("providers")
-    } else {
-        name == "libonnxruntime.so" || name.starts_with("libonnxruntime.so.")
-    }
-}
-
-/// Searches `dir` and up to three levels below it (the PyPI wheel keeps the library in
-/// `onnxruntime/capi/`) and returns the match with the longest (most specific) version.
-fn search(dir: &Path) -> Option<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![(dir.to_owned(), 0)];
-    while let Some((d, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                if depth < 3 {
-                    stack.push((path, depth + 1));
-                }
-            } else if entry.file_name().to_str().is_some_and(is_library_name) {
-                found.push(path);
-            }
-        }
-    }
-    found.sort_by_key(|p| (version_key(p), p.clone()));
-    found.pop().map(|p| std::path::absolute(&p).unwrap_or(p))
-}
-
-fn version_key(p: &Path) -> Vec<u32> {
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    name.split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect()
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

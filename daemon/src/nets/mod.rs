@@ -8,6 +8,7 @@
 //! a scope. The graphs run through `crate::engine`. Foreign key layouts never reach this code:
 //! `crate::weights` translates them first.
 
+#[cfg(feature = "dev")]
 pub mod bench;
 pub mod builder;
 pub mod clip;

@@ -5,7 +5,7 @@
 
 use super::Shared;
 use super::outbox::Outbox;
-use super::socket::SharedStream;
+use super::socket::{ReadDeadlineExt, SharedStream};
 use interprocess::local_socket::Stream;
 use std::io::BufReader;
 use std::sync::Arc;

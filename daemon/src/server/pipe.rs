@@ -125,17 +125,6 @@ pub fn disconnect(stream: &Stream) {
     }
 }
 
-/// Lets the pipe close as soon as the last owner of `stream` drops it. Left to itself,
-/// `interprocess` hands a pipe that was written to a background thread that first waits
-/// (`FlushFileBuffers`) until the other end has read everything; a peer that is itself blocked
-/// writing to us (an oversized frame the daemon refused, say) never does, so both would wait
-/// for ever, and the connections closed after it would queue behind it. What was written
-/// stays readable by the other end after the close.
-pub fn close_without_flush(stream: &Stream) {
-    let Stream::NamedPipe(pipe) = stream;
-    pipe.inner().assume_flushed();
-}
-
 fn user_sid_of_process(process: HANDLE) -> io::Result<String> {
     let mut token: HANDLE = std::ptr::null_mut();
     // SAFETY: `process` is a valid process handle; the token is closed by `Handle`.

@@ -1,42 +1,19 @@
-//! The local socket itself: turning a [`SocketAddress`] into an
-//! `interprocess` name, binding it for the daemon (owner-only: a Unix socket's
-//! mode, a named pipe's DACL, see `pipe`) and connecting to it as a client.
+//! The daemon's side of the local socket: binding it (owner-only: a Unix socket's mode, a
+//! named pipe's DACL, see `pipe`), checking who connects, and cutting a silent connection's
+//! reads short. Naming and connecting, and the connection shared by a reader and a writer, are
+//! the protocol crate's (`tessera_protocol::socket`), re-exported here.
 
-use interprocess::local_socket::{
-    GenericFilePath, GenericNamespaced, ListenerOptions, Name, Stream, ToFsName, ToNsName,
-    prelude::*,
-};
-use std::io::{self, Read, Write};
+#[cfg(unix)]
+use interprocess::local_socket::prelude::*;
+use interprocess::local_socket::{ListenerOptions, Stream};
+use std::io;
+#[cfg(windows)]
 use std::sync::Arc;
 #[cfg(windows)]
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tessera_protocol::paths::{MAX_UNIX_SOCKET_PATH, SocketAddress};
-
-pub fn name(address: &SocketAddress) -> io::Result<Name<'static>> {
-    match address {
-        SocketAddress::Path(path) => {
-            let len = path.as_os_str().len();
-            if len > MAX_UNIX_SOCKET_PATH {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "the socket path {} is {len} bytes long, more than the {MAX_UNIX_SOCKET_PATH} the OS allows; \
-                         set TESSERA_SOCKET to a shorter path",
-                        path.display()
-                    ),
-                ));
-            }
-            path.clone().to_fs_name::<GenericFilePath>()
-        }
-        SocketAddress::Pipe(pipe) => pipe.clone().to_ns_name::<GenericNamespaced>(),
-    }
-}
-
-/// Connects to a daemon.
-pub fn connect(address: &SocketAddress) -> io::Result<Stream> {
-    Stream::connect(name(address)?)
-}
+use tessera_protocol::paths::SocketAddress;
+pub use tessera_protocol::socket::{SharedStream, connect, name};
 
 /// Binds the daemon's listener, reachable only by this user: mode 0600 on
 /// Unix (set before `bind`, so there is no window where it is open), a DACL
@@ -93,33 +70,21 @@ pub fn peer_is_same_user(stream: &Stream) -> bool {
     }
 }
 
-/// A connected socket that one thread reads while another writes; it
-/// closes when the last clone is dropped (at once, on Windows too: see
-/// `pipe::close_without_flush`).
-#[derive(Clone)]
-pub struct SharedStream(Arc<Stream>);
-
-impl Drop for SharedStream {
-    fn drop(&mut self) {
-        #[cfg(windows)]
-        super::pipe::close_without_flush(&self.0);
-    }
-}
-
-impl SharedStream {
-    pub fn new(stream: Stream) -> SharedStream {
-        SharedStream(Arc::new(stream))
-    }
-
+/// A limit on how long a connection's reads may wait.
+pub trait ReadDeadlineExt {
     /// Ends this connection's reads once `timeout` has passed, unless the returned
     /// deadline is met first. A read cut short fails, with `WouldBlock` or `TimedOut` on Unix
     /// (a receive timeout); on Windows, whose named pipes have no read timeout, a watchdog
     /// thread disconnects the pipe instead, and [`ReadDeadline::expired`] tells the two
     /// failures apart.
-    pub fn read_deadline(&self, timeout: Duration) -> io::Result<ReadDeadline> {
+    fn read_deadline(&self, timeout: Duration) -> io::Result<ReadDeadline>;
+}
+
+impl ReadDeadlineExt for SharedStream {
+    fn read_deadline(&self, timeout: Duration) -> io::Result<ReadDeadline> {
         #[cfg(unix)]
         {
-            self.0.set_recv_timeout(Some(timeout))?;
+            self.stream().set_recv_timeout(Some(timeout))?;
             Ok(ReadDeadline {
                 stream: self.clone(),
             })
@@ -137,7 +102,7 @@ impl SharedStream {
                         wait.recv_timeout(timeout)
                     {
                         flag.store(true, Ordering::SeqCst);
-                        super::pipe::disconnect(&stream.0);
+                        super::pipe::disconnect(stream.stream());
                     }
                 })?;
             Ok(ReadDeadline { _met: met, expired })
@@ -145,7 +110,7 @@ impl SharedStream {
     }
 }
 
-/// A pending limit on a connection's reads (see [`SharedStream::read_deadline`]).
+/// A pending limit on a connection's reads (see [`ReadDeadlineExt::read_deadline`]).
 pub struct ReadDeadline {
     #[cfg(unix)]
     stream: SharedStream,
@@ -161,7 +126,7 @@ impl ReadDeadline {
     pub fn meet(self) -> io::Result<()> {
         #[cfg(unix)]
         {
-            self.stream.0.set_recv_timeout(None)
+            self.stream.stream().set_recv_timeout(None)
         }
         #[cfg(windows)]
         {
@@ -185,21 +150,5 @@ impl ReadDeadline {
         {
             self.expired.load(Ordering::SeqCst)
         }
-    }
-}
-
-impl Read for SharedStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
-    }
-}
-
-impl Write for SharedStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        (&*self.0).flush()
     }
 }

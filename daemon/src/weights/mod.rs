@@ -21,6 +21,7 @@ mod torch;
 pub mod clip_keys;
 pub mod embedding;
 pub mod esrgan;
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod lora;
 pub mod sd;

@@ -1,5 +1,5 @@
 """The models in a data directory's ``models/`` folder, found the way the
-daemon finds them (``daemon/src/store/registry.rs``), for clients that need
+daemon finds them (``store/src/registry.rs``), for clients that need
 the list while no daemon runs: the editor plug-ins fill their model choices
 from it, and tell a new user that nothing is installed yet.
 

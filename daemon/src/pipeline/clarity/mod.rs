@@ -1,6 +1,7 @@
 //! The Clarity pipeline: an image through ×2 stages of upscale → VAE encode → MultiDiffusion
 //! with ControlNet tile → VAE decode, by Clarity's rules or (preset) Refiners'.
 
+#[cfg(feature = "dev")]
 pub mod bench;
 pub mod checked_vae;
 pub mod control;
@@ -15,6 +16,7 @@ pub mod preview;
 mod sd_vae;
 pub mod stage;
 pub mod stage_plan;
+#[cfg(feature = "dev")]
 pub mod step_bench;
 pub mod text;
 pub mod tile_batch;

@@ -11,6 +11,7 @@
 //! GroupNorms after the first downsample, which take the pixel-weighted average of the tiles'
 //! own statistics ([`colour_fix`]).
 
+#[cfg(feature = "dev")]
 pub mod bench;
 mod colour_fix;
 pub mod plan;

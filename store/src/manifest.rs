@@ -349,7 +349,7 @@ mod tests {
         }
         let total: u64 = m.defaults().map(|s| s.size).sum();
         assert_eq!(total, 4_170_195_592);
-        assert_eq!(crate::store::space::size_text(total), "4.17 GB");
+        assert_eq!(crate::space::size_text(total), "4.17 GB");
     }
 
     const ONE: &str = r#"

@@ -8,20 +8,28 @@
 //! weights, hashes; `cache/compiled/` what compiling providers made of the graphs),
 //! `logs/`, and an optional `config.toml`.
 //!
-//! Below everything else in the daemon: it also knows the model manifest (`manifest`, what can
-//! be installed), the platform, and what a runtime install puts where, so that `engine`,
-//! `setup`, `weights` and the installer build on it and it on none of them.
+//! Below everything else in the daemon (which re-exports this crate as `tessera::store`): it
+//! also knows the model manifest (`manifest`, what can be installed), the platform, what a
+//! runtime install puts where, the execution providers' names and where the ONNX Runtime
+//! library is found, and what the installer puts where (`setup`, re-exported as
+//! `tessera::setup`). The daemon's `engine`, `weights` and `cli` and the installer
+//! (`tessera-install`) build on it; it links neither ONNX Runtime nor the image codecs, so the
+//! installer does not either.
 
 pub mod accelerator;
 pub mod cuda;
 pub mod defaults;
+mod error_line;
+pub mod execution_providers;
 pub mod hashes;
 pub mod manifest;
+pub mod ort_library;
 pub mod pip;
 pub mod plugin_providers;
 pub mod plugins;
 pub mod registry;
 pub mod runtime;
+pub mod setup;
 pub mod space;
 pub mod stamp;
 
@@ -29,6 +37,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use tessera_protocol::ModelKind;
 
+pub use error_line::one_line;
 pub use registry::{ModelFile, RegistryError};
 pub use stamp::FileStamp;
 

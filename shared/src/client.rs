@@ -1,16 +1,16 @@
-//! A blocking client of the daemon, used by the CLI and the end-to-end tests:
-//! connect and handshake, ask for status or models, submit a job and follow
-//! its events, cancel from another thread.
+//! A blocking client of the daemon, used by the CLI (`tessera::cli::client`), the installer
+//! (to stop the daemon) and the end-to-end tests: connect and handshake, ask for status or
+//! models, submit a job and follow its events, cancel from another thread.
 
-use crate::server::socket::{self, SharedStream};
-use std::collections::VecDeque;
-use std::io::BufReader;
-use std::sync::{Arc, Mutex};
-use tessera_protocol::paths::SocketAddress;
-use tessera_protocol::{
+use crate::paths::SocketAddress;
+use crate::socket::{self, SharedStream};
+use crate::{
     Accepted, Done, ErrorInfo, FrameError, Handshake, Image, JobId, JobParams, Message, ModelEntry,
     PROTOCOL_VERSION, Progress, Status, Submit, read_frame, write_frame,
 };
+use std::collections::VecDeque;
+use std::io::BufReader;
+use std::sync::{Arc, Mutex};
 
 /// Results may be large: accept frames up to the protocol's hard limit.
 const MAX_REPLY_BYTES: u32 = u32::MAX;
@@ -206,8 +206,7 @@ impl Client {
                 }
                 Ok(other) => break Err(unexpected(&other)),
                 // A failed cancel (the job ended meanwhile) is no reason to stop waiting.
-                Err(ClientError::Daemon(e))
-                    if e.kind == tessera_protocol::ErrorKind::UnknownJob => {}
+                Err(ClientError::Daemon(e)) if e.kind == crate::ErrorKind::UnknownJob => {}
                 Err(e) if e.is_connection_lost() => break Err(ClientError::JobLost { job }),
                 Err(e) => break Err(e),
             }

@@ -21,7 +21,7 @@ pub fn join_relative(base: &Path, relative: &str) -> PathBuf {
         .fold(base.to_path_buf(), |path, part| path.join(part))
 }
 
-pub use crate::store::Platform;
+pub use crate::Platform;
 
 /// The user's folders, as the environment gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 
 use super::metadata::WheelName;
 use super::{Library, Package};
-use crate::store::space;
+use crate::space;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -163,7 +163,7 @@ fn write_streamed(reader: &mut impl Read, target: &Path) -> std::io::Result<(u64
     }
     temp.as_file().sync_all()?;
     temp.persist(target).map_err(|e| e.error)?;
-    Ok((size, crate::store::hashes::hex(&hasher.finalize())))
+    Ok((size, crate::hashes::hex(&hasher.finalize())))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! How to get a model that a job needs and the data directory lacks. The models Tessera knows,
 //! the default set that `tessera-install` downloads among them, are the built-in manifest
-//! (`store/models.toml`); this module only reads it.
+//! (`models.toml`); this module only reads it.
 
 use super::manifest::{Manifest, ModelSpec, Set};
 use std::path::Path;

@@ -141,7 +141,7 @@ fn only_the_shared_libraries_are_unpacked_flat_and_recorded() {
     assert_eq!((lt.package.as_str(), lt.size), ("nvidia-cublas", 16));
     assert_eq!(
         lt.sha256,
-        crate::store::hashes::sha256_file(&folder.join("libcublasLt.so.13")).unwrap()
+        crate::hashes::sha256_file(&folder.join("libcublasLt.so.13")).unwrap()
     );
 }
 

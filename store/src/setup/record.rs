@@ -4,7 +4,7 @@
 //! Folders are recorded only when the installer created them, files with the SHA-256 they had,
 //! and settings written into other programs' files (`kritarc`) with the value they had before.
 
-use crate::store::{DataDir, write_atomically};
+use crate::{DataDir, write_atomically};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -253,6 +253,58 @@ pub fn detect_nvidia(proc_version: &Path) -> Option<String> {
     (output.status.success() && !first.is_empty()).then(|| format!("{first} (nvidia-smi)"))
 }
 
+/// A `--providers` list with a name that is no execution provider.
+#[derive(Debug, thiserror::Error)]
+#[error("--providers: {0}")]
+pub struct BadProviders(pub String);
+
+/// What `tessera runtime install` and `tessera-install` install: the package, the providers (when they are to be
+/// recorded, plugins installed), and why.
+pub struct RuntimePlan {
+    pub package: String,
+    pub providers: Option<Vec<String>>,
+    pub reason: String,
+}
+
+/// The package and providers: as asked, else what the providers need, else what fits the
+/// machine ([`choose`]).
+pub fn runtime_plan(
+    package: Option<String>,
+    providers: Option<&str>,
+) -> Result<RuntimePlan, BadProviders> {
+    let listed: Option<Vec<String>> = providers
+        .filter(|l| !l.trim().eq_ignore_ascii_case("auto"))
+        .map(|l| {
+            l.split(',')
+                .map(|p| p.trim().to_ascii_lowercase())
+                .filter(|p| !p.is_empty())
+                .collect()
+        });
+    if let Some(list) = &listed {
+        crate::execution_providers::parse_list(list).map_err(BadProviders)?;
+    }
+    Ok(match (package, listed) {
+        (Some(package), listed) => RuntimePlan {
+            package,
+            providers: listed,
+            reason: "as asked".into(),
+        },
+        (None, Some(list)) => RuntimePlan {
+            package: package_for(&list).to_owned(),
+            providers: Some(list),
+            reason: "for the providers asked for".into(),
+        },
+        (None, None) => {
+            let choice = choose(&Machine::detect());
+            RuntimePlan {
+                package: choice.package.to_owned(),
+                providers: Some(choice.providers),
+                reason: choice.reason,
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

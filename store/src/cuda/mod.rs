@@ -195,7 +195,7 @@ impl CudaLibraries {
             "{} libraries: {} files, {} in {} ({})",
             self.label(),
             self.libraries.len(),
-            crate::store::space::size_text(self.size()),
+            crate::space::size_text(self.size()),
             folder(runtime_dir).display(),
             packages.join(", ")
         )
