@@ -150,6 +150,24 @@ fn models_list_shows_sizes_and_hashes() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn a_listing_whose_reader_went_away_ends_quietly() {
+    let daemon = Daemon::prepare("");
+    // A pipe whose reading end is closed before the command writes: every write fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = daemon
+        .command(["models", "list"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}
+
 #[test]
 fn a_batch_writes_every_good_file_skips_existing_results_and_names_the_bad_one() {
     let daemon = Daemon::prepare("[upscale]\ndefault_upscaler = \"tiny-x4\"\n").start();

@@ -192,6 +192,19 @@ pub enum RuntimeCommand {
 /// Runs the command line; the process exits with the returned code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The commands that only print (`tessera models list | head`) end quietly when their reader
+    // goes away, as Unix tools do, instead of panicking in `println!`. The others keep ignoring
+    // SIGPIPE: a daemon or a job's client whose peer vanished reports it as an error.
+    #[cfg(unix)]
+    if matches!(
+        cli.command,
+        Command::Status | Command::Models { .. } | Command::Doctor { .. }
+    ) {
+        // SAFETY: called before any other thread exists; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match commands::run(cli) {
         Ok(code) => code,
         Err(error) => {
