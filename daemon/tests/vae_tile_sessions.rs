@@ -69,9 +69,9 @@ const TILING: VaeTiling = VaeTiling {
     decoder_pad: 1,
 };
 
-#[test]
-fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
-    let _turn = one_at_a_time();
+/// The tiny fixture VAE compiled in f32 into a cache of its own (kept alive by the caller), on a
+/// fresh engine.
+fn tiny_vae() -> (Arc<Engine>, SdVae, tempfile::TempDir) {
     let net = sd::vae(&sd_fixture("tiny-ldm.safetensors")).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let options = SdOptions {
@@ -81,10 +81,22 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
     };
     let compiled = CompiledVae::compile(&net, cache.path(), &options).unwrap();
     let engine = engine();
-    let mut net = SdVae::new(engine.clone(), compiled).unwrap();
-    let image = Array4::from_shape_fn((1, 3, 48, 48), |(_, c, y, x)| {
+    let net = SdVae::new(engine.clone(), compiled).unwrap();
+    (engine, net, cache)
+}
+
+/// A smooth `side`² image in −1..1.
+fn smooth_image(side: usize) -> Array4<f32> {
+    Array4::from_shape_fn((1, 3, side, side), |(_, c, y, x)| {
         ((x as f32 * 0.3 + y as f32 * 0.2 + c as f32).sin() * 0.8).clamp(-1.0, 1.0)
-    });
+    })
+}
+
+#[test]
+fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
+    let _turn = one_at_a_time();
+    let (engine, mut net, _cache) = tiny_vae();
+    let image = smooth_image(48);
 
     assert!(net.is_warm() && plain_held(&engine, "encoder") && plain_held(&engine, "decoder"));
     for decoder in [false, true] {
@@ -158,19 +170,8 @@ fn statistics_sessions_live_only_while_a_tiled_pass_runs() {
 #[test]
 fn the_cut_encoder_holds_its_sessions_only_while_a_colour_fixed_pass_runs() {
     let _turn = one_at_a_time();
-    let net = sd::vae(&sd_fixture("tiny-ldm.safetensors")).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let options = SdOptions {
-        precision: Precision::F32,
-        config: Some(TINY),
-        patch: None,
-    };
-    let compiled = CompiledVae::compile(&net, cache.path(), &options).unwrap();
-    let engine = engine();
-    let mut net = SdVae::new(engine.clone(), compiled).unwrap();
-    let image = Array4::from_shape_fn((1, 3, 96, 96), |(_, c, y, x)| {
-        ((x as f32 * 0.3 + y as f32 * 0.2 + c as f32).sin() * 0.8).clamp(-1.0, 1.0)
-    });
+    let (engine, mut net, _cache) = tiny_vae();
+    let image = smooth_image(96);
     let pass = VaePass::Tiled(TiledPass {
         grid: Grid::Clarity,
         tile: 32,

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
-use support::{Behaviour, Home, Server, generated, run, snapshot, stderr, stdout};
+use support::{Behaviour, Home, Server, generated, isolated_pip, run, snapshot, stderr, stdout};
 
 struct Wheel {
     /// Normalised project name, e.g. `nvidia-cudnn-cu13`.
@@ -336,20 +336,6 @@ fn index(wheels: &[Wheel]) -> BTreeMap<String, Vec<u8>> {
     root.push_str("</body></html>\n");
     files.insert("/simple/".into(), root.into_bytes());
     files
-}
-
-/// The machine's pip, told nothing but the index: no configuration file, cache or links.
-fn isolated_pip(command: &mut Command) -> &mut Command {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PIP_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .env("PIP_CONFIG_FILE", "/dev/null")
-        .env("PIP_NO_CACHE_DIR", "1")
-        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .env_remove("TESSERA_PIP_INDEX_URL")
 }
 
 fn install(home: &Home, server: &Server, version: &str) -> Output {

@@ -11,7 +11,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::Command;
-use support::{Behaviour, Home, Server, run, stdout};
+use support::{Behaviour, Home, Server, isolated_pip, run, stdout};
 
 fn wheel(project: &str, version: &str, files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     let dist = project.replace('-', "_");
@@ -93,20 +93,6 @@ fn index() -> BTreeMap<String, Vec<u8>> {
     root.push_str("</body></html>\n");
     files.insert("/simple/".into(), root.into_bytes());
     files
-}
-
-/// The machine's pip, told nothing but the index.
-fn isolated_pip(command: &mut Command) -> &mut Command {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PIP_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .env("PIP_CONFIG_FILE", "/dev/null")
-        .env("PIP_NO_CACHE_DIR", "1")
-        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .env_remove("TESSERA_PIP_INDEX_URL")
 }
 
 #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::hashes::sha256_file;
 use super::plugin_providers::{self as plugins, PluginProvider};
 use super::runtime::RuntimeInstallError;
-use super::{DataDir, pip, write_atomically};
+use super::{DataDir, write_atomically};
 
 /// The release of each plugin's wheel this build is tested with (OpenVINO and WebGPU load into
 /// ONNX Runtime 1.32.0 here; TensorRT-RTX is not tested without an RTX card).
@@ -116,7 +116,7 @@ pub fn install(
     }
     let wheel = match &options.wheel {
         Some(wheel) => wheel.clone(),
-        None => download(dir, package, &version, options.index_url.as_deref())?,
+        None => super::runtime::cached_wheel(dir, package, &version, options.index_url.as_deref())?,
     };
     let folder = plugins::folder(dir.root(), provider);
     let files = unpack(&wheel, &folder)?;
@@ -143,62 +143,6 @@ pub fn install(
             .unwrap_or_default(),
         files,
     })
-}
-
-fn download(
-    dir: &DataDir,
-    package: &str,
-    version: &str,
-    index_url: Option<&str>,
-) -> Result<PathBuf, RuntimeInstallError> {
-    let wheels = dir.cache().join("wheels");
-    let io = |source| RuntimeInstallError::Io {
-        path: wheels.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&wheels).map_err(io)?;
-    let prefix = format!("{}-{version}-", package.replace('-', "_"));
-    let find = || -> std::io::Result<Option<PathBuf>> {
-        for entry in std::fs::read_dir(&wheels)? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with(&prefix) && name.ends_with(".whl") {
-                return Ok(Some(path));
-            }
-        }
-        Ok(None)
-    };
-    if let Some(cached) = find().map_err(io)? {
-        return Ok(cached);
-    }
-    tracing::info!("downloading {package}=={version} with pip");
-    let failed = |detail: String| RuntimeInstallError::Pip {
-        package: package.to_owned(),
-        version: version.to_owned(),
-        detail,
-    };
-    pip::Download {
-        requirements: &[format!("{package}=={version}")],
-        index_url,
-        ..pip::Download::default()
-    }
-    .run(&wheels)
-    .map_err(|error| match error {
-        pip::PipError::NoPython { tried } => RuntimeInstallError::NoPython {
-            tried,
-            package: package.to_owned(),
-        },
-        pip::PipError::NoSpace { detail } => RuntimeInstallError::DiskFull {
-            what: format!("{package} {version}"),
-            folder: wheels.clone(),
-            detail,
-        },
-        pip::PipError::Failed { detail } => failed(detail),
-        pip::PipError::Io(source) => io(source),
-    })?;
-    find()
-        .map_err(io)?
-        .ok_or_else(|| failed("pip reported success but left no wheel".into()))
 }
 
 /// Whether a wheel entry is one the plugin needs at run time: everything in its package folder

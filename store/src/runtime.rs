@@ -278,7 +278,22 @@ pub fn adopt(dir: &DataDir, library: &Path) -> Result<InstalledRuntime, RuntimeI
 }
 
 fn download_wheel(dir: &DataDir, options: &InstallOptions) -> Result<PathBuf, RuntimeInstallError> {
-    let (package, version) = (options.package.as_str(), options.version.as_str());
+    cached_wheel(
+        dir,
+        &options.package,
+        &options.version,
+        options.index_url.as_deref(),
+    )
+}
+
+/// `package==version`'s wheel in the data directory's `cache/wheels/`, downloaded with the user's
+/// pip unless it is there already.
+pub(crate) fn cached_wheel(
+    dir: &DataDir,
+    package: &str,
+    version: &str,
+    index_url: Option<&str>,
+) -> Result<PathBuf, RuntimeInstallError> {
     let wheels = dir.cache().join("wheels");
     let io = |source| RuntimeInstallError::Io {
         path: wheels.clone(),
@@ -296,7 +311,7 @@ fn download_wheel(dir: &DataDir, options: &InstallOptions) -> Result<PathBuf, Ru
     };
     pip::Download {
         requirements: &[format!("{package}=={version}")],
-        index_url: options.index_url.as_deref(),
+        index_url,
         ..pip::Download::default()
     }
     .run(&wheels)

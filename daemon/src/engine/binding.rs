@@ -25,6 +25,7 @@ use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, ValueType};
 
+use super::ep_api::status_result;
 use super::{EngineError, SharedSession};
 
 /// Bytes between host arrays and ONNX Runtime, and the network calls they belong to.
@@ -175,7 +176,7 @@ impl Placement {
                     )
                 }
             };
-            check(status)?;
+            status_result(status)?;
             names
                 .iter()
                 .zip(infos)
@@ -189,21 +190,6 @@ impl Placement {
     }
 }
 
-/// An `OrtStatus` as a result (and released).
-fn check(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
-    if status.0.is_null() {
-        return Ok(());
-    }
-    let api = ort::api();
-    // SAFETY: a non-null status owns a NUL-terminated message until it is released.
-    let message = unsafe { CStr::from_ptr((api.GetErrorMessage)(status.0)) }
-        .to_string_lossy()
-        .into_owned();
-    // SAFETY: released once, here.
-    unsafe { (api.ReleaseStatus)(status.0) };
-    Err(message)
-}
-
 /// The device (name and id) of a session's memory info, as an owned default-memory info.
 fn device_memory(info: *const ort::sys::OrtMemoryInfo) -> Result<MemoryInfo<'static>, String> {
     if info.is_null() {
@@ -214,8 +200,8 @@ fn device_memory(info: *const ort::sys::OrtMemoryInfo) -> Result<MemoryInfo<'sta
     let mut id: c_int = 0;
     // SAFETY: `info` is a valid memory info owned by the session; the name is a static string.
     unsafe {
-        check((api.MemoryInfoGetName)(info, &mut name))?;
-        check((api.MemoryInfoGetId)(info, &mut id))?;
+        status_result((api.MemoryInfoGetName)(info, &mut name))?;
+        status_result((api.MemoryInfoGetId)(info, &mut id))?;
     }
     // SAFETY: MemoryInfoGetName returned a NUL-terminated string.
     let name = unsafe { CStr::from_ptr(name) }

@@ -102,7 +102,7 @@ pub fn append_for_device(
 }
 
 /// An `OrtStatus` as a result (and released).
-fn status_result(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
+pub(super) fn status_result(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
     if status.0.is_null() {
         return Ok(());
     }

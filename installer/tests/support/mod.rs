@@ -341,3 +341,17 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
     }
     found
 }
+
+/// The machine's pip, told nothing but the index: no configuration file, cache or links.
+pub fn isolated_pip(command: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PIP_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        .env("PIP_NO_CACHE_DIR", "1")
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env_remove("TESSERA_PIP_INDEX_URL")
+}
