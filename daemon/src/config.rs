@@ -196,9 +196,9 @@ pub struct DiffusionConfig {
     pub vae_memory_budget: u64,
 }
 
-/// The default `diffusion.vae_memory_budget`: 4 GiB, which runs a 1024² canvas (a ×2 job on a
+/// The default `diffusion.vae_memory_budget`: 4.5 GiB, which runs a 1024² canvas (a ×2 job on a
 /// 512² picture) whole both ways, as Clarity does, and keeps larger canvases in bounded tiles.
-pub const DEFAULT_VAE_MEMORY_BUDGET: u64 = 4 << 30;
+pub const DEFAULT_VAE_MEMORY_BUDGET: u64 = 9 << 29;
 
 impl Default for DiffusionConfig {
     fn default() -> Self {

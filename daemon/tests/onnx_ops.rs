@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
-use tessera::engine::CompiledModel;
+use tessera::engine::{CompiledModel, CpuMemory};
 use tessera::onnx::{Dim, ElemType, ExternalTensor, Gemm, Graph, Value};
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -34,6 +34,7 @@ fn run(g: Graph, folder: &Path, x: &ArrayD<f32>) -> ArrayD<f32> {
         onnx: g.to_bytes(),
         weights_folder: folder.to_owned(),
         weight_files: vec![],
+        cpu_memory: CpuMemory::Heap,
     };
     let session = common::engine()
         .session(&model)

@@ -56,7 +56,7 @@ impl Engine {
         // A session option (Enable/DisableCpuMemArena), not a provider registration: the
         // accelerators below keep their precedence over the CPU.
         ort::ep::ExecutionProvider::register(
-            &ort::ep::CPU::default().with_arena_allocator(self.cpu_arena),
+            &ort::ep::CPU::default().with_arena_allocator(self.cpu_arena_for(model, accelerated)),
             &mut builder,
         )
         .map_err(|e| text(&e))?;

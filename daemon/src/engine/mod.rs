@@ -58,6 +58,7 @@ pub use providers::{
 };
 pub use runtime::{ENV_VARS, library_name, locate as locate_library};
 use runtime::{Runtime, one_line};
+use session::ArenaRelease;
 pub use session::{EngineSession, Placement};
 
 /// A session shared between the cache and the networks using it.
@@ -126,6 +127,23 @@ pub struct CompiledModel {
     pub weights_folder: PathBuf,
     /// The files the weights live in; their size and mtime are part of the model's identity.
     pub weight_files: Vec<PathBuf>,
+    /// How a CPU session of this graph holds its activations.
+    pub cpu_memory: CpuMemory,
+}
+
+/// How a CPU session holds the activations of a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuMemory {
+    /// From the process heap, each block given back when the graph frees it (unless
+    /// `engine.cpu_arena` keeps ONNX Runtime's arena for every session).
+    #[default]
+    Heap,
+    /// In ONNX Runtime's arena for the length of one call, shrunk at its end. For graphs whose
+    /// single calls are large (the VAE at 1024² frees and allocates blocks of half a gigabyte
+    /// dozens of times): every fresh block from the heap is a fresh mapping whose pages fault in
+    /// one by one, a quarter of such a call's time; the arena reuses the blocks within the call
+    /// and still gives them back before the next one.
+    ArenaPerCall,
 }
 
 /// The ONNX Runtime engine (see the module docs).
@@ -508,12 +526,7 @@ impl Engine {
             compiled = compiled.map_or("", CacheUse::describe),
             "session ready"
         );
-        let shrink = match placement {
-            Placement::Accelerator(ExecutionProvider::Cuda { device_id }) => {
-                shrink_options(&format!("gpu:{device_id}"))
-            }
-            _ => None,
-        };
+        let shrink = self.shrinkage(&model, &placement);
         let info = Arc::new(SessionInfo::new(&model.name, &placement, bytes));
         info.set_build_report(nodes, compiled);
         let session = Arc::new(Mutex::new(EngineSession::new(
@@ -667,12 +680,11 @@ impl Engine {
                 .map_err(|e| EngineError::ort(model, e))?
                 .session;
             let reason = "it ran out of GPU memory".to_owned();
-            guard.replace(
-                session,
-                Placement::Cpu {
-                    reason: Some(reason),
-                },
-            );
+            let placement = Placement::Cpu {
+                reason: Some(reason),
+            };
+            let shrink = self.shrinkage(&compiled, &placement);
+            guard.replace(session, placement, shrink);
             tracing::info!(model, "moved to the CPU");
         }
         Ok(())
@@ -695,6 +707,28 @@ impl Recovery for Engine {
 
     fn warn(&self, text: String) {
         self.notices.raise(text);
+    }
+}
+
+impl Engine {
+    /// Whether `model`'s sessions keep ONNX Runtime's CPU arena, when built for the CPU
+    /// (`accelerated` false) or an accelerator.
+    pub(super) fn cpu_arena_for(&self, model: &CompiledModel, accelerated: bool) -> bool {
+        self.cpu_arena || (!accelerated && model.cpu_memory == CpuMemory::ArenaPerCall)
+    }
+
+    /// What a session of `model` placed per `placement` gives back at the end of its calls.
+    fn shrinkage(&self, model: &CompiledModel, placement: &Placement) -> ArenaRelease {
+        match placement {
+            Placement::Accelerator(ExecutionProvider::Cuda { device_id }) => {
+                shrink_options(&format!("gpu:{device_id}"))
+                    .map_or(ArenaRelease::Never, ArenaRelease::OnNewShapes)
+            }
+            Placement::Cpu { .. } if !self.cpu_arena && self.cpu_arena_for(model, false) => {
+                shrink_options("cpu:0").map_or(ArenaRelease::Never, ArenaRelease::EveryCall)
+            }
+            _ => ArenaRelease::Never,
+        }
     }
 }
 

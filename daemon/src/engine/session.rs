@@ -34,6 +34,17 @@ impl Placement {
     }
 }
 
+/// What a session gives back of its memory arenas at the end of a call.
+pub(super) enum ArenaRelease {
+    /// Nothing: a CPU session without an arena, or one that keeps it (`engine.cpu_arena`).
+    Never,
+    /// An accelerator's arena: a call of new shapes grew it for them, so it gives the growth
+    /// back at its end; calls that repeat shapes reuse it.
+    OnNewShapes(RunOptions),
+    /// A CPU arena held for one call ([`super::CpuMemory::ArenaPerCall`]): every call.
+    EveryCall(RunOptions),
+}
+
 /// A session and the engine's facts about it (see the module docs).
 pub struct EngineSession {
     session: Session,
@@ -41,10 +52,8 @@ pub struct EngineSession {
     /// Where it runs and what it is estimated to hold, readable without this session's lock.
     info: Arc<SessionInfo>,
     faults: Arc<FaultState>,
-    /// Run options that shrink the device arena at the end of a call (accelerators only).
-    shrink: Option<RunOptions>,
-    /// The input shapes of the last call: a call of new shapes grew the arena for them, so
-    /// it gives the growth back at its end; calls that repeat shapes reuse it.
+    release: ArenaRelease,
+    /// The input shapes of the last call (for [`ArenaRelease::OnNewShapes`]).
     last_shapes: u64,
 }
 
@@ -54,14 +63,14 @@ impl EngineSession {
         model: Arc<CompiledModel>,
         info: Arc<SessionInfo>,
         faults: Arc<FaultState>,
-        shrink: Option<RunOptions>,
+        release: ArenaRelease,
     ) -> EngineSession {
         EngineSession {
             session,
             model,
             info,
             faults,
-            shrink,
+            release,
             last_shapes: 0,
         }
     }
@@ -80,26 +89,36 @@ impl EngineSession {
     }
 
     /// Runs the session as [`Session::run`] does. On an accelerator the call first passes the
-    /// injected faults, and a call whose input shapes differ from the previous call's shrinks
-    /// the device arena at its end (ONNX Runtime's `memory.enable_memory_arena_shrinkage`), so
-    /// that a one-off large call (a VAE tile, an edge tile) does not keep its activations.
+    /// injected faults. The call gives its arena back at its end (ONNX Runtime's
+    /// `memory.enable_memory_arena_shrinkage`) per [`ArenaRelease`], so that a one-off large
+    /// call (a VAE pass, an edge tile) does not keep its activations.
     pub fn run<'s, 'i, 'v: 'i, const N: usize>(
         &'s mut self,
         input_values: impl Into<SessionInputs<'i, 'v, N>>,
     ) -> ort::Result<SessionOutputs<'s>> {
         let inputs = input_values.into();
         self.info.note_run();
-        if !self.info.on_accelerator() {
-            return self.session.run(inputs);
-        }
-        if let Err(message) = self.faults.before_accelerated_call(&self.model.name) {
+        if self.info.on_accelerator()
+            && let Err(message) = self.faults.before_accelerated_call(&self.model.name)
+        {
             return Err(ort::Error::new(message));
         }
         let shapes = shape_signature(&inputs);
-        let new_shapes = std::mem::replace(&mut self.last_shapes, shapes) != shapes;
-        match (&self.shrink, new_shapes) {
-            (Some(options), true) => self.session.run_with_options(inputs, options),
+        match (self.releases_after(shapes), &self.release) {
+            (true, ArenaRelease::EveryCall(options) | ArenaRelease::OnNewShapes(options)) => {
+                self.session.run_with_options(inputs, options)
+            }
             _ => self.session.run(inputs),
+        }
+    }
+
+    /// Whether a call of input `shapes` gives the arena back at its end.
+    fn releases_after(&mut self, shapes: u64) -> bool {
+        let new_shapes = std::mem::replace(&mut self.last_shapes, shapes) != shapes;
+        match self.release {
+            ArenaRelease::EveryCall(_) => true,
+            ArenaRelease::OnNewShapes(_) => new_shapes,
+            ArenaRelease::Never => false,
         }
     }
 
@@ -112,24 +131,29 @@ impl EngineSession {
         shapes: u64,
     ) -> ort::Result<SessionOutputs<'b>> {
         self.info.note_run();
-        if !self.info.on_accelerator() {
-            return self.session.run_binding(binding);
-        }
-        if let Err(message) = self.faults.before_accelerated_call(&self.model.name) {
+        if self.info.on_accelerator()
+            && let Err(message) = self.faults.before_accelerated_call(&self.model.name)
+        {
             return Err(ort::Error::new(message));
         }
-        let new_shapes = std::mem::replace(&mut self.last_shapes, shapes) != shapes;
-        match (&self.shrink, new_shapes) {
-            (Some(options), true) => self.session.run_binding_with_options(binding, options),
+        match (self.releases_after(shapes), &self.release) {
+            (true, ArenaRelease::EveryCall(options) | ArenaRelease::OnNewShapes(options)) => {
+                self.session.run_binding_with_options(binding, options)
+            }
             _ => self.session.run_binding(binding),
         }
     }
 
     /// Puts `session` in place of this one's (same model), now running per `placement`.
-    pub(super) fn replace(&mut self, session: Session, placement: Placement) {
+    pub(super) fn replace(
+        &mut self,
+        session: Session,
+        placement: Placement,
+        release: ArenaRelease,
+    ) {
         self.session = session;
         self.info.set_placement(placement);
-        self.shrink = None;
+        self.release = release;
         self.last_shapes = 0;
     }
 }

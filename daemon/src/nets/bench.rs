@@ -12,7 +12,7 @@ use std::time::Instant;
 use ndarray::{ArrayD, IxDyn};
 
 use super::unet::UnetConfig;
-use crate::engine::{CompiledModel, Engine};
+use crate::engine::{CompiledModel, CpuMemory, Engine};
 use crate::onnx::{Dim, ElemType, Graph};
 
 /// SD 1.5's levels with attention, and its prompt length.
@@ -109,6 +109,7 @@ pub(crate) fn gemm_peak(engine: &Engine, n: usize) -> anyhow::Result<f64> {
         onnx: g.to_bytes(),
         weights_folder: std::env::temp_dir(),
         weight_files: vec![],
+        cpu_memory: CpuMemory::Heap,
     };
     let session = engine.session(&model)?;
     let a = random_array(&[n, n], 6);

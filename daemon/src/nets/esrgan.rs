@@ -21,7 +21,7 @@ use super::tiling::plan_axis;
 pub use super::tiling::{BLEND, Placement, Tiling};
 use super::{ModelError, Precision};
 use crate::Cancelled;
-use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
+use crate::engine::{CompiledModel, CpuMemory, Engine, EngineError, SharedSession};
 use crate::onnx::{Conv2d, Dim, Graph, Value};
 use crate::weights::esrgan::Layout;
 use crate::weights::{self, SourceFile, SourceTensor, TensorMap, WeightsError};
@@ -415,6 +415,7 @@ impl Esrgan {
             onnx: graph.to_bytes(),
             weights_folder: weights.folder().to_owned(),
             weight_files: vec![weights.file().to_owned()],
+            cpu_memory: CpuMemory::Heap,
         };
         Ok((config, model))
     }

@@ -13,7 +13,7 @@ use ort::session::SessionInputValue;
 use super::ModelError;
 pub use super::Precision;
 use crate::engine::binding;
-use crate::engine::{CompiledModel, EngineError, SharedSession};
+use crate::engine::{CompiledModel, CpuMemory, EngineError, SharedSession};
 use crate::onnx::Graph;
 use crate::weights::sd::{DiffusersConfig, NetWeights};
 use crate::weights::{self, Patch, Target, Weights};
@@ -71,6 +71,7 @@ pub fn compiled(name: String, graph: Graph, weights: &Weights) -> CompiledModel 
         onnx: graph.to_bytes(),
         weights_folder: weights.folder().to_owned(),
         weight_files: vec![weights.file().to_owned()],
+        cpu_memory: CpuMemory::Heap,
     }
 }
 

@@ -23,7 +23,7 @@ use super::ModelError;
 use super::sd::{self, SdOptions};
 pub use super::sd_blocks::NormStats;
 use super::sd_blocks::{SdNet, W, nchw};
-use crate::engine::CompiledModel;
+use crate::engine::{CompiledModel, CpuMemory};
 use crate::onnx::{Conv2d, Graph, Value};
 use crate::weights::sd::{DiffusersConfig, NetWeights};
 use crate::weights::{SourceTensor, TensorMap, WeightType, Weights, WeightsError};
@@ -341,7 +341,7 @@ impl CompiledVae {
                 &self.encoder,
             )
         };
-        Ok(sd::compiled(
+        Ok(compiled(
             format!("{} ({stats:?} GroupNorm statistics)", base.name),
             graph,
             &self.weights,
@@ -361,7 +361,7 @@ impl CompiledVae {
             segment,
             stats,
         )?;
-        Ok(sd::compiled(
+        Ok(compiled(
             format!(
                 "{} segment {segment:?} ({stats:?} GroupNorm statistics)",
                 self.encoder.name
@@ -374,7 +374,7 @@ impl CompiledVae {
     /// `post_quant_conv` alone ([`build_post_quant`]).
     pub fn post_quant(&self) -> Result<CompiledModel, ModelError> {
         let graph = build_post_quant(&self.config, &self.weights, self.weights.weight_type())?;
-        Ok(sd::compiled(
+        Ok(compiled(
             format!("{} post_quant_conv", self.decoder.name),
             graph,
             &self.weights,
@@ -416,10 +416,19 @@ impl CompiledVae {
         let encoder = build_encoder(&config, &weights, weight_type, NormStats::Live)?;
         let decoder = build_decoder(&config, &weights, weight_type, NormStats::Live)?;
         Ok(CompiledVae {
-            encoder: sd::compiled(format!("VAE encoder {file}"), encoder, &weights),
-            decoder: sd::compiled(format!("VAE decoder {file}"), decoder, &weights),
+            encoder: compiled(format!("VAE encoder {file}"), encoder, &weights),
+            decoder: compiled(format!("VAE decoder {file}"), decoder, &weights),
             config,
             weights,
         })
+    }
+}
+
+/// A VAE graph as the engine takes it: its calls are few and large, so a CPU session holds an
+/// arena for each call ([`CpuMemory::ArenaPerCall`]).
+fn compiled(name: String, graph: Graph, weights: &Weights) -> CompiledModel {
+    CompiledModel {
+        cpu_memory: CpuMemory::ArenaPerCall,
+        ..sd::compiled(name, graph, weights)
     }
 }

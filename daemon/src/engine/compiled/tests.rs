@@ -1,4 +1,5 @@
 use super::*;
+use crate::engine::CpuMemory;
 
 fn model(dir: &Path, name: &str, weights: &str) -> CompiledModel {
     let file = dir.join(weights);
@@ -10,6 +11,7 @@ fn model(dir: &Path, name: &str, weights: &str) -> CompiledModel {
         onnx: name.as_bytes().to_vec(),
         weights_folder: dir.to_path_buf(),
         weight_files: vec![file],
+        cpu_memory: CpuMemory::Heap,
     }
 }
 

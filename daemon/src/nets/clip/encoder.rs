@@ -6,7 +6,7 @@ use std::path::Path;
 use ndarray::{Array2, Array3, ArrayView2};
 
 use super::{ClipConfig, ClipOptions, build_graph};
-use crate::engine::{CompiledModel, Engine, EngineError, SharedSession};
+use crate::engine::{CompiledModel, CpuMemory, Engine, EngineError, SharedSession};
 use crate::nets::ModelError;
 use crate::weights::clip_keys;
 use crate::weights::embedding::TextualInversion;
@@ -145,6 +145,7 @@ pub fn compile_weights(
             onnx: graph.to_bytes(),
             weights_folder: weights.folder().to_owned(),
             weight_files: vec![weights.file().to_owned()],
+            cpu_memory: CpuMemory::Heap,
         },
         embeddings: slots,
     })

@@ -226,17 +226,19 @@ impl VaePolicy {
 }
 
 /// Estimated peak bytes of activations (beyond the weights) of each kind of VAE pass on ONNX
-/// Runtime's CPU provider: linear in the pixels, from `tessera bench vae` on SD 1.5's VAE
-/// (`bench/README.md`). The mid-block attention adds no visible quadratic term up to 128² latents
-/// (ONNX Runtime's attention does not hold the score matrix).
+/// Runtime's CPU provider, with the arena a VAE session holds for each call
+/// ([`crate::engine::CpuMemory::ArenaPerCall`]): linear in the pixels, from `tessera bench vae` on
+/// SD 1.5's VAE (`bench/README.md`). The mid-block attention adds no visible quadratic term up to
+/// 128² latents (ONNX Runtime's attention does not hold the score matrix).
 pub mod estimate {
-    /// Bytes per image pixel of a whole encode (measured 1548–1568 from 256² to 1024²), and of
-    /// a whole decode (measured 3072).
-    const ENCODE_PER_PIXEL: u64 = 1_600;
-    const DECODE_PER_PIXEL: u64 = 3_200;
-    /// The statistics passes keep more alive (measured per proxy pixel: 3605–3632 for the
-    /// encoder head, 9394–11072 for the whole decoder, session start included).
-    const HEAD_STATISTICS_PER_PIXEL: u64 = 3_700;
+    /// Bytes per image pixel of a whole encode (measured 1998 at 1024²), and of a whole decode
+    /// (measured 4226). The arena's blocks are reused within the call but not packed as tightly
+    /// as the heap's (1568 and 3072 without it), for two thirds of the time.
+    const ENCODE_PER_PIXEL: u64 = 2_050;
+    const DECODE_PER_PIXEL: u64 = 4_300;
+    /// The statistics passes keep more alive (measured per proxy pixel: 4227 for the encoder
+    /// head, 9394–11072 for the whole decoder, session start included).
+    const HEAD_STATISTICS_PER_PIXEL: u64 = 4_300;
     const DECODER_STATISTICS_PER_PIXEL: u64 = 11_000;
     /// A tile's state between two segments of the cut encoder, per image pixel: at its largest
     /// (the first ResNet after the first downsample) `x` and the residual, 256 channels each on
