@@ -50,7 +50,7 @@ echo "== machine: $(nproc) cores, load at start: $(cut -d' ' -f1-3 /proc/loadavg
 if [ ! -d .cache/refiners-deps/refiners ]; then
   rm -rf .cache/refiners
   git clone -q --no-checkout "$refiners_git" .cache/refiners
-  git -C .cache/refiners checkout -q "$refiners_commit" -- src pyproject.toml LICENSE
+  git -C .cache/refiners checkout -q "$refiners_commit" -- src pyproject.toml LICENSE README.md
   git -C .cache/refiners reset -q "$refiners_commit"
   "$python" -m pip install -q --no-deps --target .cache/refiners-deps ./.cache/refiners
   "$python" -m pip install -q --target .cache/refiners-deps jaxtyping
