@@ -11,11 +11,7 @@ mod common;
 mod sd_common;
 
 use ndarray::Array4;
-use sd_common::{TINY, sd_fixture};
 use tessera::engine::{CompiledModel, CpuMemory, Engine, EngineOptions, EngineTuning};
-use tessera::nets::sd::{Precision, SdOptions};
-use tessera::nets::vae::CompiledVae;
-use tessera::weights::sd;
 
 fn resident_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -76,14 +72,8 @@ fn engine(cpu_arena: bool) -> Engine {
 fn the_vae_arena_reuses_blocks_within_a_call_and_is_given_back_after_it() {
     // As the daemon runs: blocks of 1 MiB or more mapped on their own.
     tessera::server::keep_large_blocks_mapped();
-    let net = sd::vae(&sd_fixture("tiny-ldm.safetensors")).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let options = SdOptions {
-        precision: Precision::F32,
-        config: Some(TINY),
-        patch: None,
-    };
-    let vae = CompiledVae::compile(&net, cache.path(), &options).unwrap();
+    let vae = sd_common::tiny_ldm_vae(cache.path());
     assert_eq!(vae.decoder.cpu_memory, CpuMemory::ArenaPerCall);
     assert_eq!(vae.encoder.cpu_memory, CpuMemory::ArenaPerCall);
     let on_the_heap = CompiledModel {

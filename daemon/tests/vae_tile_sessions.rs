@@ -9,17 +9,13 @@ mod sd_common;
 use std::sync::{Arc, OnceLock};
 
 use ndarray::Array4;
-use sd_common::{TINY, sd_fixture};
 use tessera::Cancelled;
 use tessera::engine::{Engine, EngineOptions};
-use tessera::nets::sd::{Precision, SdOptions};
-use tessera::nets::vae::CompiledVae;
 use tessera::pipeline::clarity::model_set::SdVae;
 use tessera::pipeline::clarity::network_traits::StageError;
 use tessera::pipeline::clarity::vae_passes::{
     self, Grid, TiledPass, VaePass, VaePolicy, VaeTiling,
 };
-use tessera::weights::sd;
 
 /// This binary's one engine (one ONNX Runtime environment per process), shared as the
 /// pipeline shares it.
@@ -72,14 +68,8 @@ const TILING: VaeTiling = VaeTiling {
 /// The tiny fixture VAE compiled in f32 into a cache of its own (kept alive by the caller), on a
 /// fresh engine.
 fn tiny_vae() -> (Arc<Engine>, SdVae, tempfile::TempDir) {
-    let net = sd::vae(&sd_fixture("tiny-ldm.safetensors")).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let options = SdOptions {
-        precision: Precision::F32,
-        config: Some(TINY),
-        patch: None,
-    };
-    let compiled = CompiledVae::compile(&net, cache.path(), &options).unwrap();
+    let compiled = sd_common::tiny_ldm_vae(cache.path());
     let engine = engine();
     let net = SdVae::new(engine.clone(), compiled).unwrap();
     (engine, net, cache)

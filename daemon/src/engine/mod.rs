@@ -526,7 +526,7 @@ impl Engine {
             compiled = compiled.map_or("", CacheUse::describe),
             "session ready"
         );
-        let shrink = self.shrinkage(&model, &placement);
+        let release = self.arena_release(&model, &placement);
         let info = Arc::new(SessionInfo::new(&model.name, &placement, bytes));
         info.set_build_report(nodes, compiled);
         let session = Arc::new(Mutex::new(EngineSession::new(
@@ -534,7 +534,7 @@ impl Engine {
             model,
             info.clone(),
             self.faults.clone(),
-            shrink,
+            release,
         )));
         self.lock_cache().note_alive(info, &session);
         Ok(session)
@@ -683,8 +683,8 @@ impl Engine {
             let placement = Placement::Cpu {
                 reason: Some(reason),
             };
-            let shrink = self.shrinkage(&compiled, &placement);
-            guard.replace(session, placement, shrink);
+            let release = self.arena_release(&compiled, &placement);
+            guard.replace(session, placement, release);
             tracing::info!(model, "moved to the CPU");
         }
         Ok(())
@@ -718,13 +718,16 @@ impl Engine {
     }
 
     /// What a session of `model` placed per `placement` gives back at the end of its calls.
-    fn shrinkage(&self, model: &CompiledModel, placement: &Placement) -> ArenaRelease {
+    fn arena_release(&self, model: &CompiledModel, placement: &Placement) -> ArenaRelease {
         match placement {
             Placement::Accelerator(ExecutionProvider::Cuda { device_id }) => {
                 shrink_options(&format!("gpu:{device_id}"))
                     .map_or(ArenaRelease::Never, ArenaRelease::OnNewShapes)
             }
-            Placement::Cpu { .. } if !self.cpu_arena && self.cpu_arena_for(model, false) => {
+            // With `engine.cpu_arena` every session keeps its arena.
+            Placement::Cpu { .. }
+                if !self.cpu_arena && model.cpu_memory == CpuMemory::ArenaPerCall =>
+            {
                 shrink_options("cpu:0").map_or(ArenaRelease::Never, ArenaRelease::EveryCall)
             }
             _ => ArenaRelease::Never,

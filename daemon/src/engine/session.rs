@@ -1,7 +1,8 @@
 //! One warm session as the engine hands it out: ONNX Runtime's session plus what the engine
 //! needs to keep a job alive around it — where it runs and why, what it is estimated to hold,
 //! the model it was built from (to build it again on the CPU), and the hooks every call goes
-//! through: injected faults (`faults.rs`) and arena shrinkage after a call of a new shape.
+//! through: injected faults (`faults.rs`) and the arena given back at the end of a call (after a
+//! call of a new shape on an accelerator; after every call of a VAE on the CPU).
 //!
 //! It dereferences to [`ort::session::Session`], so networks use it as they would ONNX
 //! Runtime's; its own [`EngineSession::run`] and [`EngineSession::run_binding`] shadow
@@ -103,8 +104,10 @@ impl EngineSession {
         {
             return Err(ort::Error::new(message));
         }
-        let shapes = shape_signature(&inputs);
-        match (self.releases_after(shapes), &self.release) {
+        match (
+            self.releases_after(|| shape_signature(&inputs)),
+            &self.release,
+        ) {
             (true, ArenaRelease::EveryCall(options) | ArenaRelease::OnNewShapes(options)) => {
                 self.session.run_with_options(inputs, options)
             }
@@ -112,12 +115,15 @@ impl EngineSession {
         }
     }
 
-    /// Whether a call of input `shapes` gives the arena back at its end.
-    fn releases_after(&mut self, shapes: u64) -> bool {
-        let new_shapes = std::mem::replace(&mut self.last_shapes, shapes) != shapes;
+    /// Whether a call gives the arena back at its end; `shapes` (a signature of its input
+    /// shapes) is asked for only where that depends on them.
+    fn releases_after(&mut self, shapes: impl FnOnce() -> u64) -> bool {
         match self.release {
             ArenaRelease::EveryCall(_) => true,
-            ArenaRelease::OnNewShapes(_) => new_shapes,
+            ArenaRelease::OnNewShapes(_) => {
+                let shapes = shapes();
+                std::mem::replace(&mut self.last_shapes, shapes) != shapes
+            }
             ArenaRelease::Never => false,
         }
     }
@@ -136,7 +142,7 @@ impl EngineSession {
         {
             return Err(ort::Error::new(message));
         }
-        match (self.releases_after(shapes), &self.release) {
+        match (self.releases_after(|| shapes), &self.release) {
             (true, ArenaRelease::EveryCall(options) | ArenaRelease::OnNewShapes(options)) => {
                 self.session.run_binding_with_options(binding, options)
             }

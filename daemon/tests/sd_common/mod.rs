@@ -3,11 +3,13 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ndarray::ArrayD;
-use tessera::weights::sd::DiffusersConfig;
+use tessera::nets::sd::{Precision, SdOptions};
+use tessera::nets::vae::CompiledVae;
+use tessera::weights::sd::{self, DiffusersConfig};
 
 /// The tiny fixtures' heads and groups (SD 1.5's 8 and 32 do not fit 4–8 channels).
 pub const TINY: DiffusersConfig = DiffusersConfig {
@@ -19,6 +21,18 @@ pub fn sd_fixture(name: &str) -> PathBuf {
     super::common::repo_root()
         .join("tests/fixtures/sd")
         .join(name)
+}
+
+/// The tiny fixture VAE (`tiny-ldm.safetensors`) compiled in f32 into `cache`, which must
+/// outlive its sessions.
+pub fn tiny_ldm_vae(cache: &Path) -> CompiledVae {
+    let net = sd::vae(&sd_fixture("tiny-ldm.safetensors")).unwrap();
+    let options = SdOptions {
+        precision: Precision::F32,
+        config: Some(TINY),
+        patch: None,
+    };
+    CompiledVae::compile(&net, cache, &options).unwrap()
 }
 
 /// A tensor of `tests/fixtures/sd/reference.safetensors`, read with the `safetensors` crate.
